@@ -1,0 +1,229 @@
+//! The frame codec: `u32` big-endian body length, then a postcard body.
+//!
+//! [`FrameDecoder`] is an incremental, sans-IO decoder: push whatever bytes arrived, then
+//! ask for frames. "Need more bytes" (`Ok(None)`) is kept apart from "this is wrong"
+//! (`Err`). The length prefix is checked against the limit *before* any buffer for the
+//! body is reserved, so an attacker announcing 4 GiB costs nothing.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::ProtocolError;
+use crate::limits::MAX_CONTROL_FRAME;
+
+/// Length of the frame header (the big-endian body length).
+pub const HEADER_LEN: usize = 4;
+
+/// Encodes `value` as one frame (header + body). Fails only if the body would exceed
+/// [`MAX_CONTROL_FRAME`] or the value cannot be serialized.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
+    encode_with_limit(value, MAX_CONTROL_FRAME)
+}
+
+/// Encodes `value` as one frame whose body may be at most `limit` bytes.
+pub fn encode_with_limit<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8>, ProtocolError> {
+    let mut out = vec![0u8; HEADER_LEN];
+    let mut out = postcard::to_extend(value, std::mem::take(&mut out))
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let len = out.len() - HEADER_LEN;
+    if len > limit {
+        return Err(ProtocolError::FrameTooLarge { len, limit });
+    }
+    // `len <= limit <= u32::MAX` on every platform we build for; checked to be total anyway.
+    let len32 = u32::try_from(len).map_err(|_| ProtocolError::FrameTooLarge { len, limit })?;
+    out[..HEADER_LEN].copy_from_slice(&len32.to_be_bytes());
+    Ok(out)
+}
+
+/// Decodes a whole frame body (without header) into `T`. Trailing bytes are an error.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+    let (value, rest) =
+        postcard::take_from_bytes(body).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(ProtocolError::Malformed(format!(
+            "{} trailing bytes after the frame body",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// Reads the announced body length from a header, rejecting it if over `limit`.
+pub fn body_len(header: [u8; HEADER_LEN], limit: usize) -> Result<usize, ProtocolError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > limit {
+        return Err(ProtocolError::FrameTooLarge { len, limit });
+    }
+    Ok(len)
+}
+
+/// An incremental frame decoder over a byte buffer.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    /// Bytes received and not yet consumed as frames.
+    buf: Vec<u8>,
+    /// Largest body this decoder accepts.
+    limit: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder accepting bodies of at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed, or an error if the
+    /// buffered bytes can never form a valid frame (after an error, the stream must be
+    /// abandoned: frame boundaries are lost).
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtocolError> {
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&self.buf[..HEADER_LEN]);
+        let len = body_len(header, self.limit)?;
+        let total = HEADER_LEN + len;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let value = decode_body(&self.buf[HEADER_LEN..total]);
+        self.buf.drain(..total);
+        value.map(Some)
+    }
+
+    /// Call when the stream has ended: an error if a partial frame is left over.
+    pub fn finish(&self) -> Result<(), ProtocolError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let need = if self.buf.len() < HEADER_LEN {
+            HEADER_LEN
+        } else {
+            let mut header = [0u8; HEADER_LEN];
+            header.copy_from_slice(&self.buf[..HEADER_LEN]);
+            HEADER_LEN + u32::from_be_bytes(header) as usize
+        };
+        Err(ProtocolError::Truncated {
+            have: self.buf.len(),
+            need,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Event, Request, Response};
+    use proptest::prelude::*;
+
+    #[test]
+    fn oversize_length_is_rejected_before_the_body_arrives() {
+        let mut d = FrameDecoder::new(16);
+        d.push(&(17u32).to_be_bytes());
+        assert_eq!(
+            d.next_frame::<Request>(),
+            Err(ProtocolError::FrameTooLarge { len: 17, limit: 16 })
+        );
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes() {
+        let bytes = encode(&Request::Ping).unwrap();
+        let mut d = FrameDecoder::new(MAX_CONTROL_FRAME);
+        for b in &bytes[..bytes.len() - 1] {
+            d.push(&[*b]);
+            assert_eq!(d.next_frame::<Request>(), Ok(None));
+        }
+        assert!(d.finish().is_err());
+        d.push(&bytes[bytes.len() - 1..]);
+        assert_eq!(d.next_frame::<Request>(), Ok(Some(Request::Ping)));
+        assert!(d.finish().is_ok());
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut bytes = encode(&Request::Ping).unwrap();
+        bytes.push(0);
+        let len = (bytes.len() - HEADER_LEN) as u32;
+        bytes[..4].copy_from_slice(&len.to_be_bytes());
+        let mut d = FrameDecoder::new(MAX_CONTROL_FRAME);
+        d.push(&bytes);
+        assert!(matches!(
+            d.next_frame::<Request>(),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn encoding_over_the_limit_fails() {
+        let big = Request::Ping;
+        assert!(encode_with_limit(&big, 0).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_any_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            for limit in [0usize, 7, 1024, MAX_CONTROL_FRAME] {
+                let mut d = FrameDecoder::new(limit);
+                d.push(&bytes);
+                let _ = d.next_frame::<Request>();
+                let mut d = FrameDecoder::new(limit);
+                d.push(&bytes);
+                let _ = d.next_frame::<Response>();
+                let mut d = FrameDecoder::new(limit);
+                d.push(&bytes);
+                let _ = d.next_frame::<Event>();
+            }
+            let _ = decode_body::<Request>(&bytes);
+            let _ = decode_body::<Response>(&bytes);
+            let _ = decode_body::<Event>(&bytes);
+            let _ = decode_body::<crate::Content>(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_bodies_behind_a_valid_header_never_panic(body in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(&body);
+            let mut d = FrameDecoder::new(MAX_CONTROL_FRAME);
+            d.push(&framed);
+            let _ = d.next_frame::<Request>();
+        }
+
+        #[test]
+        fn frames_round_trip_in_any_chunking(text in ".{0,200}", cut in 0usize..64, seq in any::<u64>()) {
+            let req = Request::Fetch {
+                group: crate::GroupHandle::parse("bauamt").unwrap(),
+                since: seq,
+                limit: 10,
+            };
+            let content = crate::Content::text(text.clone());
+            let post = Request::Post {
+                group: crate::GroupHandle::parse("bauamt").unwrap(),
+                client_id: crate::ClientMsgId([7; 16]),
+                body: crate::PostBody::Public(content),
+            };
+            let mut stream = encode(&req).unwrap();
+            stream.extend(encode(&post).unwrap());
+            let cut = cut.min(stream.len());
+            let mut d = FrameDecoder::new(MAX_CONTROL_FRAME);
+            d.push(&stream[..cut]);
+            let mut got = Vec::new();
+            while let Some(r) = d.next_frame::<Request>().unwrap() { got.push(r); }
+            d.push(&stream[cut..]);
+            while let Some(r) = d.next_frame::<Request>().unwrap() { got.push(r); }
+            prop_assert_eq!(got, vec![req, post]);
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Size and count limits shared by both ends of a connection.
+
+/// Largest control frame body (requests, responses, events), in bytes.
+pub const MAX_CONTROL_FRAME: usize = 1024 * 1024;
+
+/// Largest attachment chunk carried by one frame, in bytes.
+pub const MAX_ATTACHMENT_CHUNK: usize = 256 * 1024;
+
+/// Largest text of one message, in bytes (UTF-8).
+pub const MAX_TEXT: usize = 64 * 1024;
+
+/// Largest opaque payload of one post (an MLS message for secret groups), in bytes.
+pub const MAX_POST_PAYLOAD: usize = 512 * 1024;
+
+/// Most entries returned by one `Fetch`.
+pub const MAX_FETCH: u32 = 1000;
+
+/// Longest display name, in bytes.
+pub const MAX_NAME: usize = 128;
+
+/// Longest password accepted, in bytes (Argon2 works on any length; this bounds the work).
+pub const MAX_PASSWORD: usize = 1024;
+
+/// Shortest password accepted at enrollment, in characters.
+pub const MIN_PASSWORD: usize = 8;
+
+/// Most departments, roles, owners or mentions in one request.
+pub const MAX_LIST: usize = 256;
