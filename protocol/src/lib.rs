@@ -25,6 +25,7 @@
 
 pub mod content;
 pub mod error;
+pub mod fingerprint;
 pub mod frame;
 pub mod ids;
 pub mod limits;
