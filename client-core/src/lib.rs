@@ -1,1 +1,34 @@
-//! placeholder
+//! Everything a Rathaus client app needs: the connection to the server ([`net`]), the
+//! local profile store ([`store`]), and synchronisation ([`Client`]: outbox, cursors,
+//! timeline, events). The `rathaus` CLI is a thin shell over this crate; a phone app would
+//! embed it the same way.
+//!
+//! A profile is a directory holding the device key (`device.key`, mode 0600) and one
+//! SQLite file with settings, cursors, the timeline and the outbox.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rathaus_client::ClientError> {
+//! use rathaus_client::Client;
+//! use rathaus_protocol::GroupHandle;
+//!
+//! let mut client = Client::open(std::path::Path::new("/home/anna/.rathaus"))?;
+//! let bauamt = GroupHandle::parse("bauamt").map_err(|e| rathaus_client::ClientError::Invalid(e.to_string()))?;
+//! client.send_text(&bauamt, "Die Baustelle ist ab Montag gesperrt.").await?;
+//! for row in client.read(&bauamt).await? {
+//!     println!("{} {}: {}", row.seq, row.sender_name, row.text);
+//! }
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod client;
+pub mod error;
+pub mod net;
+pub mod store;
+mod sync;
+pub mod time_fmt;
+
+pub use client::{Client, EnrollOptions, GroupView, Identity};
+pub use error::{ClientError, Result};
+pub use store::TimelineRow;
+pub use sync::{SendReceipt, SyncReport};

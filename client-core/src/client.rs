@@ -1,0 +1,387 @@
+//! The client: a profile (key + store) and, when online, an authenticated connection.
+
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use rathaus_protocol::{
+    DepartmentInfo, DepartmentSlug, DeviceId, DeviceKey, GroupHandle, GroupKind, MemberInfo,
+    Request, Response, Role, SessionInfo, UserId, UserSummary, PROTOCOL_VERSION,
+};
+
+use crate::error::{ClientError, Result};
+use crate::net::{Connection, Subscription};
+use crate::store::{self, ProfileStore};
+
+/// Settings keys in the profile store.
+mod keys {
+    pub(super) const SERVER: &str = "server";
+    pub(super) const FINGERPRINT: &str = "fingerprint";
+    pub(super) const USER: &str = "user";
+    pub(super) const DEVICE: &str = "device";
+    pub(super) const ORG: &str = "org";
+}
+
+/// Who this profile is and where its server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Server address, `host:port`.
+    pub server: String,
+    /// Pinned certificate fingerprint, `SHA256:…`.
+    pub fingerprint: String,
+    /// Personnel number.
+    pub user: UserId,
+    /// This device.
+    pub device: DeviceId,
+    /// Organisation name.
+    pub org: String,
+}
+
+/// What enrollment needs.
+#[derive(Debug, Clone)]
+pub struct EnrollOptions {
+    /// Server address, `host:port`.
+    pub server: String,
+    /// The server's certificate fingerprint, as printed by `rathaus-server init`.
+    pub fingerprint: String,
+    /// Personnel number.
+    pub user: UserId,
+    /// One-time enrollment code from the admin.
+    pub code: String,
+    /// The password to set.
+    pub password: String,
+    /// A name for this device.
+    pub device_name: String,
+}
+
+/// A group as listed for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    /// Handle.
+    pub handle: GroupHandle,
+    /// Kind.
+    pub kind: GroupKind,
+    /// Display name.
+    pub name: String,
+    /// Latest seq on the server.
+    pub head: u64,
+    /// Entries after the user's read mark.
+    pub unread: u64,
+}
+
+/// A Rathaus client bound to one profile directory.
+#[derive(Debug)]
+pub struct Client {
+    /// The profile directory.
+    pub(crate) dir: PathBuf,
+    /// The profile database.
+    pub(crate) store: ProfileStore,
+    /// The device key (transport auth; MLS signature key).
+    pub(crate) key: SigningKey,
+    /// Who we are.
+    pub(crate) identity: Identity,
+    /// The authenticated connection, once connected.
+    pub(crate) conn: Option<(Connection, SessionInfo)>,
+}
+
+impl Client {
+    /// Enrolls a new device with a one-time code and creates the profile in `dir`.
+    pub async fn enroll(dir: &Path, options: EnrollOptions) -> Result<Client> {
+        if dir.join(store::DB_FILE).exists() || dir.join(store::KEY_FILE).exists() {
+            return Err(ClientError::AlreadyEnrolled(dir.to_path_buf()));
+        }
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let conn = Connection::connect(&options.server, &options.fingerprint).await?;
+        let request = Request::Enroll {
+            protocol: PROTOCOL_VERSION,
+            user: options.user.clone(),
+            code: options.code.clone(),
+            password: options.password.clone(),
+            device_key: DeviceKey(key.verifying_key().to_bytes()),
+            device_name: options.device_name.clone(),
+        };
+        let response = conn.request(&request).await;
+        conn.close().await;
+        let (device, org) = match response? {
+            Response::Enrolled { device, org } => (device, org),
+            _ => return Err(ClientError::UnexpectedResponse("Enroll")),
+        };
+        Self::create_profile(
+            dir,
+            key,
+            &options.server,
+            &options.fingerprint,
+            options.user,
+            device,
+            org,
+        )
+    }
+
+    /// Enrolls another device of an already enrolled user, proven by the password.
+    pub async fn add_device(
+        dir: &Path,
+        server: &str,
+        fingerprint: &str,
+        user: UserId,
+        password: &str,
+        device_name: &str,
+    ) -> Result<Client> {
+        if dir.join(store::DB_FILE).exists() || dir.join(store::KEY_FILE).exists() {
+            return Err(ClientError::AlreadyEnrolled(dir.to_path_buf()));
+        }
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let conn = Connection::connect(server, fingerprint).await?;
+        let request = Request::AddDevice {
+            protocol: PROTOCOL_VERSION,
+            user: user.clone(),
+            password: password.to_owned(),
+            device_key: DeviceKey(key.verifying_key().to_bytes()),
+            device_name: device_name.to_owned(),
+        };
+        let response = conn.request(&request).await;
+        conn.close().await;
+        let (device, org) = match response? {
+            Response::Enrolled { device, org } => (device, org),
+            _ => return Err(ClientError::UnexpectedResponse("AddDevice")),
+        };
+        Self::create_profile(dir, key, server, fingerprint, user, device, org)
+    }
+
+    /// Opens an enrolled profile.
+    pub fn open(dir: &Path) -> Result<Client> {
+        if !dir.join(store::DB_FILE).exists() {
+            return Err(ClientError::NotEnrolled(dir.to_path_buf()));
+        }
+        let key = store::load_device_key(dir)?;
+        let store = ProfileStore::open(dir)?;
+        let get = |k: &str| -> Result<String> {
+            store
+                .setting(k)?
+                .ok_or_else(|| ClientError::NotEnrolled(dir.to_path_buf()))
+        };
+        let user = UserId::parse(&get(keys::USER)?)
+            .map_err(|e| ClientError::Invalid(format!("corrupt profile: {e}")))?;
+        let device = get(keys::DEVICE)?
+            .parse::<u64>()
+            .map_err(|_| ClientError::Invalid("corrupt profile: device id".into()))?;
+        let identity = Identity {
+            server: get(keys::SERVER)?,
+            fingerprint: get(keys::FINGERPRINT)?,
+            user,
+            device: DeviceId(device),
+            org: store.setting(keys::ORG)?.unwrap_or_default(),
+        };
+        Ok(Client {
+            dir: dir.to_path_buf(),
+            store,
+            key,
+            identity,
+            conn: None,
+        })
+    }
+
+    /// Who this profile is.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The profile directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The local store (read access for apps and tools).
+    pub fn store(&self) -> &ProfileStore {
+        &self.store
+    }
+
+    /// Connects and authenticates, if not connected yet. Returns the session.
+    pub async fn connect(&mut self) -> Result<SessionInfo> {
+        if let Some((conn, info)) = &self.conn {
+            if conn.raw().close_reason().is_none() {
+                return Ok(info.clone());
+            }
+        }
+        self.conn = None;
+        let conn = Connection::connect(&self.identity.server, &self.identity.fingerprint).await?;
+        let info = conn
+            .authenticate(&self.identity.user, self.identity.device, &self.key)
+            .await?;
+        self.conn = Some((conn, info.clone()));
+        Ok(info)
+    }
+
+    /// Closes the connection, if any.
+    pub async fn disconnect(&mut self) {
+        if let Some((conn, _)) = self.conn.take() {
+            conn.close().await;
+        }
+    }
+
+    /// Sends one request over the authenticated connection, connecting first if needed.
+    pub async fn request(&mut self, request: &Request) -> Result<Response> {
+        self.connect().await?;
+        let (conn, _) = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| ClientError::ConnectionLost("not connected".into()))?;
+        let result = conn.request(request).await;
+        if let Err(e) = &result {
+            if e.is_transient() {
+                self.conn = None;
+            }
+        }
+        result
+    }
+
+    /// The session as the server sees it now.
+    pub async fn whoami(&mut self) -> Result<SessionInfo> {
+        match self.request(&Request::Whoami).await? {
+            Response::Me(info) => Ok(info),
+            _ => Err(ClientError::UnexpectedResponse("Whoami")),
+        }
+    }
+
+    /// The groups this user can see, with unread counts.
+    pub async fn groups(&mut self) -> Result<Vec<GroupView>> {
+        let groups = match self.request(&Request::ListGroups).await? {
+            Response::Groups(g) => g,
+            _ => return Err(ClientError::UnexpectedResponse("ListGroups")),
+        };
+        groups
+            .into_iter()
+            .map(|g| {
+                let mark = self.store.read_mark(&g.handle.to_string())?;
+                Ok(GroupView {
+                    unread: g.head.saturating_sub(mark),
+                    handle: g.handle,
+                    kind: g.kind,
+                    name: g.name,
+                    head: g.head,
+                })
+            })
+            .collect()
+    }
+
+    /// The members of a group.
+    pub async fn members(&mut self, group: &GroupHandle) -> Result<Vec<MemberInfo>> {
+        match self
+            .request(&Request::Members {
+                group: group.clone(),
+            })
+            .await?
+        {
+            Response::Members { members, .. } => Ok(members),
+            _ => Err(ClientError::UnexpectedResponse("Members")),
+        }
+    }
+
+    /// Opens the event subscription on the current connection.
+    pub async fn subscribe(&mut self) -> Result<Subscription> {
+        self.connect().await?;
+        let (conn, _) = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| ClientError::ConnectionLost("not connected".into()))?;
+        conn.subscribe().await
+    }
+
+    /// Admin: creates a department and its public group.
+    pub async fn admin_add_department(
+        &mut self,
+        slug: DepartmentSlug,
+        name: &str,
+        owners: Vec<UserId>,
+    ) -> Result<DepartmentInfo> {
+        let request = Request::AddDepartment {
+            slug,
+            name: name.to_owned(),
+            owners,
+        };
+        match self.request(&request).await? {
+            Response::Department(d) => Ok(d),
+            _ => Err(ClientError::UnexpectedResponse("AddDepartment")),
+        }
+    }
+
+    /// Admin: provisions a user; returns the one-time enrollment code and its expiry.
+    pub async fn admin_add_user(
+        &mut self,
+        user: UserId,
+        name: &str,
+        departments: Vec<DepartmentSlug>,
+        roles: Vec<Role>,
+    ) -> Result<(String, i64)> {
+        let request = Request::AddUser {
+            user,
+            name: name.to_owned(),
+            departments,
+            roles,
+        };
+        match self.request(&request).await? {
+            Response::UserAdded {
+                enrollment_code,
+                expires_at_ms,
+                ..
+            } => Ok((enrollment_code, expires_at_ms)),
+            _ => Err(ClientError::UnexpectedResponse("AddUser")),
+        }
+    }
+
+    /// Admin: offboards a user.
+    pub async fn admin_remove_user(&mut self, user: UserId) -> Result<()> {
+        match self.request(&Request::RemoveUser { user }).await? {
+            Response::Done => Ok(()),
+            _ => Err(ClientError::UnexpectedResponse("RemoveUser")),
+        }
+    }
+
+    /// Admin: all users.
+    pub async fn admin_users(&mut self) -> Result<Vec<UserSummary>> {
+        match self.request(&Request::ListUsers).await? {
+            Response::Users(u) => Ok(u),
+            _ => Err(ClientError::UnexpectedResponse("ListUsers")),
+        }
+    }
+
+    /// Admin: all departments.
+    pub async fn admin_departments(&mut self) -> Result<Vec<DepartmentInfo>> {
+        match self.request(&Request::ListDepartments).await? {
+            Response::Departments(d) => Ok(d),
+            _ => Err(ClientError::UnexpectedResponse("ListDepartments")),
+        }
+    }
+
+    fn create_profile(
+        dir: &Path,
+        key: SigningKey,
+        server: &str,
+        fingerprint: &str,
+        user: UserId,
+        device: DeviceId,
+        org: String,
+    ) -> Result<Client> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ClientError::io(format!("cannot create {}", dir.display()), e))?;
+        store::restrict_permissions(dir)?;
+        store::write_device_key(dir, &key)?;
+        let store = ProfileStore::open(dir)?;
+        store.set_setting(keys::SERVER, server)?;
+        store.set_setting(keys::FINGERPRINT, fingerprint)?;
+        store.set_setting(keys::USER, user.as_str())?;
+        store.set_setting(keys::DEVICE, &device.0.to_string())?;
+        store.set_setting(keys::ORG, &org)?;
+        Ok(Client {
+            dir: dir.to_path_buf(),
+            store,
+            key,
+            identity: Identity {
+                server: server.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+                user,
+                device,
+                org,
+            },
+            conn: None,
+        })
+    }
+}

@@ -1,0 +1,334 @@
+//! The network layer: a QUIC connection to the server with a pinned certificate, one
+//! bidirectional stream per request, and a long-lived subscription stream for events.
+
+mod pin;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey};
+use quinn::{ConnectionError, ReadExactError, RecvStream, SendStream};
+use rathaus_protocol::{
+    fingerprint, frame, limits, DeviceId, Event, Request, Response, SessionInfo, Signature, UserId,
+    PROTOCOL_VERSION,
+};
+
+use crate::error::{ClientError, Result};
+
+/// Application close code the server uses when it ends an offboarded user's session.
+pub const CLOSE_ACCOUNT_REMOVED: u32 = 0x10;
+
+/// How long to wait for the QUIC + TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the answer to one request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An open connection to a Rathaus server.
+#[derive(Debug)]
+pub struct Connection {
+    /// Kept alive as long as the connection; closing it frees the UDP socket.
+    endpoint: quinn::Endpoint,
+    /// The QUIC connection.
+    conn: quinn::Connection,
+}
+
+impl Connection {
+    /// Connects to `addr` (`host:port`) and checks that the server's certificate matches
+    /// `pinned_fingerprint` (`SHA256:…`). A mismatch is refused with
+    /// [`ClientError::FingerprintMismatch`].
+    pub async fn connect(addr: &str, pinned_fingerprint: &str) -> Result<Self> {
+        let pinned = fingerprint::parse(pinned_fingerprint)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let unreachable = |reason: String| ClientError::Unreachable {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let remote = resolve(addr).await.map_err(unreachable)?;
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (verifier, seen_mismatch) = pin::PinnedCertVerifier::new(pinned, provider.clone());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ClientError::Invalid(format!("TLS configuration: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![rathaus_protocol::ALPN.to_vec()];
+        let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| ClientError::Invalid(format!("TLS configuration: {e}")))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic_tls));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(15)));
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(60))
+                .map_err(|e| ClientError::Invalid(e.to_string()))?,
+        ));
+        config.transport_config(Arc::new(transport));
+
+        let bind: SocketAddr = if remote.is_ipv6() {
+            "[::]:0"
+                .parse()
+                .map_err(|_| unreachable("bad bind address".into()))?
+        } else {
+            "0.0.0.0:0"
+                .parse()
+                .map_err(|_| unreachable("bad bind address".into()))?
+        };
+        let mut endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
+        endpoint.set_default_client_config(config);
+        let server_name = server_name(addr);
+        let connecting = endpoint
+            .connect(remote, &server_name)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => return Err(unreachable("no answer (timed out)".into())),
+            Ok(Err(e)) => {
+                let seen = seen_mismatch.lock().ok().and_then(|s| *s);
+                if let Some(actual) = seen {
+                    return Err(ClientError::FingerprintMismatch {
+                        expected: fingerprint::format(&pinned),
+                        actual: fingerprint::format(&actual),
+                    });
+                }
+                return Err(unreachable(e.to_string()));
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        Ok(Self { endpoint, conn })
+    }
+
+    /// Sends one request on a new stream and returns the server's single answer.
+    /// `Response::Error` becomes [`ClientError::Server`].
+    pub async fn request(&self, request: &Request) -> Result<Response> {
+        let (mut send, mut recv) = self.open().await?;
+        write_frame(&mut send, request)
+            .await
+            .map_err(|e| self.map(e))?;
+        let _ = send.finish();
+        let response = self.read_response(&mut recv).await?;
+        Ok(response)
+    }
+
+    /// Authenticates this connection as `user`'s device `device` by signing the server's
+    /// challenge, bound to this TLS session (DESIGN §3).
+    pub async fn authenticate(
+        &self,
+        user: &UserId,
+        device: DeviceId,
+        key: &SigningKey,
+    ) -> Result<SessionInfo> {
+        let (mut send, mut recv) = self.open().await?;
+        let hello = Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            user: user.clone(),
+            device,
+        };
+        write_frame(&mut send, &hello)
+            .await
+            .map_err(|e| self.map(e))?;
+        let nonce = match self.read_response(&mut recv).await? {
+            Response::Challenge { nonce, .. } => nonce,
+            _ => return Err(ClientError::UnexpectedResponse("Hello")),
+        };
+        let mut exporter = [0u8; 32];
+        self.conn
+            .export_keying_material(&mut exporter, rathaus_protocol::AUTH_EXPORTER_LABEL, b"")
+            .map_err(|_| ClientError::ConnectionLost("TLS exporter unavailable".into()))?;
+        let transcript = rathaus_protocol::auth_transcript(&exporter, &nonce);
+        let signature = Signature::new(key.sign(&transcript).to_bytes());
+        write_frame(&mut send, &Request::Prove { signature })
+            .await
+            .map_err(|e| self.map(e))?;
+        let _ = send.finish();
+        match self.read_response(&mut recv).await? {
+            Response::Authenticated(info) => Ok(info),
+            _ => Err(ClientError::UnexpectedResponse("Prove")),
+        }
+    }
+
+    /// Opens the event subscription stream.
+    pub async fn subscribe(&self) -> Result<Subscription> {
+        let (mut send, mut recv) = self.open().await?;
+        write_frame(&mut send, &Request::Subscribe)
+            .await
+            .map_err(|e| self.map(e))?;
+        match self.read_response(&mut recv).await? {
+            Response::Subscribed => Ok(Subscription {
+                _send: send,
+                recv,
+                conn: self.conn.clone(),
+            }),
+            _ => Err(ClientError::UnexpectedResponse("Subscribe")),
+        }
+    }
+
+    /// Closes the connection politely and waits briefly for the close to be sent.
+    pub async fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+    }
+
+    /// The underlying QUIC connection (for tests and tools that need raw streams).
+    pub fn raw(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    async fn open(&self) -> Result<(SendStream, RecvStream)> {
+        self.conn.open_bi().await.map_err(|e| connection_error(&e))
+    }
+
+    async fn read_response(&self, recv: &mut RecvStream) -> Result<Response> {
+        let read = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Response>(recv)).await;
+        match read {
+            Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT.as_secs())),
+            Ok(Err(e)) => Err(self.map(e)),
+            Ok(Ok(None)) => Err(self.map(FrameIoError::Closed)),
+            Ok(Ok(Some(Response::Error { code, message }))) => {
+                Err(ClientError::Server { code, message })
+            }
+            Ok(Ok(Some(r))) => Ok(r),
+        }
+    }
+
+    fn map(&self, e: FrameIoError) -> ClientError {
+        map_frame_error(&self.conn, e)
+    }
+}
+
+/// A stream of pushed events.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Kept open: finishing it would end the subscription.
+    _send: SendStream,
+    /// Where events arrive.
+    recv: RecvStream,
+    /// For the close reason when the stream ends.
+    conn: quinn::Connection,
+}
+
+impl Subscription {
+    /// The next event; an error when the connection ends (with the reason, e.g.
+    /// [`ClientError::AccountRemoved`]).
+    pub async fn next(&mut self) -> Result<Event> {
+        match read_frame::<Response>(&mut self.recv).await {
+            Ok(Some(Response::Event(event))) => Ok(event),
+            Ok(Some(Response::Error { code, message })) => {
+                Err(ClientError::Server { code, message })
+            }
+            Ok(Some(_)) => Err(ClientError::UnexpectedResponse("Subscribe")),
+            Ok(None) => Err(map_frame_error(&self.conn, FrameIoError::Closed)),
+            Err(e) => Err(map_frame_error(&self.conn, e)),
+        }
+    }
+}
+
+/// Frame-level IO failure on one stream.
+#[derive(Debug)]
+pub(crate) enum FrameIoError {
+    /// The stream ended (cleanly) before a frame.
+    Closed,
+    /// The stream or connection failed.
+    Stream(String),
+    /// The bytes were not a valid frame.
+    Protocol(rathaus_protocol::ProtocolError),
+}
+
+fn map_frame_error(conn: &quinn::Connection, e: FrameIoError) -> ClientError {
+    if let Some(reason) = conn.close_reason() {
+        return connection_error(&reason);
+    }
+    match e {
+        FrameIoError::Closed => ClientError::ConnectionLost("the server closed the stream".into()),
+        FrameIoError::Stream(s) => ClientError::ConnectionLost(s),
+        FrameIoError::Protocol(p) => ClientError::Protocol(p),
+    }
+}
+
+fn connection_error(e: &ConnectionError) -> ClientError {
+    match e {
+        ConnectionError::ApplicationClosed(close)
+            if close.error_code == quinn::VarInt::from_u32(CLOSE_ACCOUNT_REMOVED) =>
+        {
+            ClientError::AccountRemoved
+        }
+        ConnectionError::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            if reason.contains("shutting down") {
+                ClientError::ServerShuttingDown
+            } else {
+                ClientError::ConnectionLost(format!("closed by the server: {reason}"))
+            }
+        }
+        other => ClientError::ConnectionLost(other.to_string()),
+    }
+}
+
+/// Writes one frame.
+pub(crate) async fn write_frame<T: serde::Serialize>(
+    send: &mut SendStream,
+    value: &T,
+) -> Result<(), FrameIoError> {
+    let bytes = frame::encode(value).map_err(FrameIoError::Protocol)?;
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| FrameIoError::Stream(e.to_string()))
+}
+
+/// Reads one frame; `Ok(None)` if the stream ended cleanly before it.
+pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
+    recv: &mut RecvStream,
+) -> Result<Option<T>, FrameIoError> {
+    let mut header = [0u8; frame::HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(ReadExactError::FinishedEarly(n)) => {
+            return Err(FrameIoError::Protocol(
+                rathaus_protocol::ProtocolError::Truncated {
+                    have: n,
+                    need: frame::HEADER_LEN,
+                },
+            ))
+        }
+        Err(ReadExactError::ReadError(e)) => return Err(FrameIoError::Stream(e.to_string())),
+    }
+    let len = frame::body_len(header, limits::MAX_CONTROL_FRAME).map_err(FrameIoError::Protocol)?;
+    let mut body = vec![0u8; len];
+    match recv.read_exact(&mut body).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(n)) => {
+            return Err(FrameIoError::Protocol(
+                rathaus_protocol::ProtocolError::Truncated { have: n, need: len },
+            ))
+        }
+        Err(ReadExactError::ReadError(e)) => return Err(FrameIoError::Stream(e.to_string())),
+    }
+    frame::decode_body(&body)
+        .map(Some)
+        .map_err(FrameIoError::Protocol)
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    let mut addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("cannot resolve {addr:?} (expected host:port): {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{addr:?} resolves to no address"))
+}
+
+/// The TLS server name: the host part of `addr`, or `localhost` for IP literals (the
+/// certificate is pinned, so the name only matters for SNI).
+fn server_name(addr: &str) -> String {
+    let host = match addr.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => addr,
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() || host.is_empty() {
+        "localhost".to_owned()
+    } else {
+        host.to_owned()
+    }
+}

@@ -1,0 +1,411 @@
+//! The local profile store: one SQLite file per profile holding settings, per-group
+//! cursors and read marks, the timeline, and the outbox of messages not yet acknowledged.
+//!
+//! Every multi-row change (a fetched batch plus its cursor, an acknowledged send plus its
+//! timeline row) is one SQLite transaction, so a crash never leaves them out of step.
+
+mod keyfile;
+
+use std::path::Path;
+
+use rathaus_protocol::ClientMsgId;
+use rusqlite::{params, Connection, OptionalExtension};
+
+pub use keyfile::{load_device_key, write_device_key, KEY_FILE};
+
+use crate::error::{ClientError, Result};
+
+/// File name of the SQLite database inside a profile directory.
+pub const DB_FILE: &str = "profile.sqlite";
+
+/// Schema version written by this build (in SQLite's `user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// The profile's SQLite database.
+#[derive(Debug)]
+pub struct ProfileStore {
+    /// The open database.
+    db: Connection,
+}
+
+/// One message as kept in the local timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineRow {
+    /// Group handle.
+    pub group: String,
+    /// Server sequence number.
+    pub seq: u64,
+    /// Sender's personnel number.
+    pub sender: String,
+    /// Sender's display name.
+    pub sender_name: String,
+    /// Server receive time, Unix milliseconds.
+    pub sent_at_ms: i64,
+    /// Kind: `text`, `edit`, `delete`, `reaction`, `attachment`, `removed`, `membership`…
+    pub kind: String,
+    /// Text for display.
+    pub text: String,
+}
+
+/// A message waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// The client id that makes retries idempotent.
+    pub client_id: ClientMsgId,
+    /// Target group handle.
+    pub group: String,
+    /// Encoded `PostBody`.
+    pub body: Vec<u8>,
+    /// How often sending was attempted.
+    pub attempts: u32,
+}
+
+impl ProfileStore {
+    /// Opens (creating if needed) the database in `dir`, with owner-only permissions.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(DB_FILE);
+        let db = Connection::open(&path)?;
+        restrict_permissions(&path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        let store = Self { db };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The underlying connection (the MLS storage shares the file).
+    pub fn connection(&self) -> &Connection {
+        &self.db
+    }
+
+    /// A setting, if set.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Sets a setting.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO settings(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The last seq fetched for `group` (0 if never).
+    pub fn cursor(&self, group: &str) -> Result<u64> {
+        let seq: Option<i64> = self
+            .db
+            .query_row("SELECT seq FROM cursors WHERE grp = ?1", [group], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(seq.map_or(0, to_u64))
+    }
+
+    /// Stores fetched timeline rows and advances the group's cursor to `cursor`, in one
+    /// transaction. Rows already present (same group and seq) are left as they are.
+    pub fn append_fetched(&mut self, group: &str, rows: &[TimelineRow], cursor: u64) -> Result<()> {
+        let tx = self.db.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO timeline(grp, seq, sender, sender_name, sent_at_ms, kind, text)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for row in rows {
+                insert.execute(params![
+                    row.group,
+                    to_i64(row.seq),
+                    row.sender,
+                    row.sender_name,
+                    row.sent_at_ms,
+                    row.kind,
+                    row.text
+                ])?;
+            }
+            tx.execute(
+                "INSERT INTO cursors(grp, seq) VALUES (?1, ?2)
+                 ON CONFLICT(grp) DO UPDATE SET seq = max(seq, excluded.seq)",
+                params![group, to_i64(cursor)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The whole local timeline of `group`, oldest first.
+    pub fn timeline(&self, group: &str) -> Result<Vec<TimelineRow>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT grp, seq, sender, sender_name, sent_at_ms, kind, text
+             FROM timeline WHERE grp = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map([group], |r| {
+                Ok(TimelineRow {
+                    group: r.get(0)?,
+                    seq: to_u64(r.get(1)?),
+                    sender: r.get(2)?,
+                    sender_name: r.get(3)?,
+                    sent_at_ms: r.get(4)?,
+                    kind: r.get(5)?,
+                    text: r.get(6)?,
+                })
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Highest seq the user has read in `group`.
+    pub fn read_mark(&self, group: &str) -> Result<u64> {
+        let seq: Option<i64> = self
+            .db
+            .query_row("SELECT seq FROM read_marks WHERE grp = ?1", [group], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(seq.map_or(0, to_u64))
+    }
+
+    /// Marks everything up to `seq` in `group` as read.
+    pub fn mark_read(&self, group: &str, seq: u64) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO read_marks(grp, seq) VALUES (?1, ?2)
+             ON CONFLICT(grp) DO UPDATE SET seq = max(seq, excluded.seq)",
+            params![group, to_i64(seq)],
+        )?;
+        Ok(())
+    }
+
+    /// Puts a message into the outbox (state `queued`).
+    pub fn enqueue(
+        &self,
+        client_id: ClientMsgId,
+        group: &str,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO outbox(client_id, grp, body, state, created_ms, attempts)
+             VALUES (?1, ?2, ?3, 'queued', ?4, 0)",
+            params![client_id.0.as_slice(), group, body, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Messages not yet acknowledged, oldest first.
+    pub fn pending(&self) -> Result<Vec<OutboxItem>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT client_id, grp, body, attempts FROM outbox
+             WHERE state != 'acked' ORDER BY created_ms, rowid",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                let id: Vec<u8> = r.get(0)?;
+                Ok((id, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?))
+            })?
+            .collect::<std::result::Result<Vec<(Vec<u8>, String, Vec<u8>, i64)>, _>>()?;
+        rows.into_iter()
+            .map(|(id, group, body, attempts)| {
+                let id: [u8; 16] = id
+                    .try_into()
+                    .map_err(|_| ClientError::Invalid("corrupt outbox entry".into()))?;
+                Ok(OutboxItem {
+                    client_id: ClientMsgId(id),
+                    group,
+                    body,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    /// Records a send attempt (state `sent`).
+    pub fn mark_sent(&self, client_id: ClientMsgId) -> Result<()> {
+        self.db.execute(
+            "UPDATE outbox SET state = 'sent', attempts = attempts + 1 WHERE client_id = ?1",
+            [client_id.0.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    /// Records the server's acknowledgement and the resulting timeline row, in one
+    /// transaction.
+    pub fn mark_acked(&mut self, client_id: ClientMsgId, row: &TimelineRow) -> Result<()> {
+        let tx = self.db.transaction()?;
+        tx.execute(
+            "UPDATE outbox SET state = 'acked', seq = ?2 WHERE client_id = ?1",
+            params![client_id.0.as_slice(), to_i64(row.seq)],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO timeline(grp, seq, sender, sender_name, sent_at_ms, kind, text)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                row.group,
+                to_i64(row.seq),
+                row.sender,
+                row.sender_name,
+                row.sent_at_ms,
+                row.kind,
+                row.text
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The seq and server time of an acknowledged message, if it was acknowledged.
+    pub fn receipt(&self, client_id: ClientMsgId) -> Result<Option<(u64, i64)>> {
+        let row: Option<(i64, i64)> = self
+            .db
+            .query_row(
+                "SELECT o.seq, t.sent_at_ms FROM outbox o
+                 JOIN timeline t ON t.grp = o.grp AND t.seq = o.seq
+                 WHERE o.client_id = ?1 AND o.state = 'acked' AND o.failure IS NULL",
+                [client_id.0.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(seq, at)| (to_u64(seq), at)))
+    }
+
+    /// Drops an outbox entry the server refused for good (e.g. `Forbidden`).
+    pub fn mark_failed(&self, client_id: ClientMsgId, reason: &str) -> Result<()> {
+        self.db.execute(
+            "UPDATE outbox SET state = 'acked', failure = ?2 WHERE client_id = ?1",
+            params![client_id.0.as_slice(), reason],
+        )?;
+        Ok(())
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let version: i64 = self
+            .db
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(ClientError::Invalid(format!(
+                "this profile was written by a newer Rathaus (schema {version}); update rathaus"
+            )));
+        }
+        if version < 1 {
+            self.db.execute_batch(
+                "BEGIN;
+                 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE cursors (grp TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+                 CREATE TABLE read_marks (grp TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+                 CREATE TABLE timeline (
+                     grp TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
+                     sender_name TEXT NOT NULL, sent_at_ms INTEGER NOT NULL,
+                     kind TEXT NOT NULL, text TEXT NOT NULL,
+                     PRIMARY KEY (grp, seq));
+                 CREATE TABLE outbox (
+                     client_id BLOB PRIMARY KEY, grp TEXT NOT NULL, body BLOB NOT NULL,
+                     state TEXT NOT NULL, created_ms INTEGER NOT NULL,
+                     attempts INTEGER NOT NULL, seq INTEGER, failure TEXT);
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// SQLite integers are signed; seqs never reach 2^63 in practice, and clamping keeps the
+/// conversion total.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+#[cfg(unix)]
+pub(crate) fn restrict_permissions(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if path.is_dir() { 0o700 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        ClientError::io(
+            format!("cannot restrict permissions of {}", path.display()),
+            e,
+        )
+    })
+}
+
+#[cfg(not(unix))]
+pub(crate) fn restrict_permissions(_path: &Path) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: u64) -> TimelineRow {
+        TimelineRow {
+            group: "bauamt".into(),
+            seq,
+            sender: "P1".into(),
+            sender_name: "Anna".into(),
+            sent_at_ms: 0,
+            kind: "text".into(),
+            text: format!("m{seq}"),
+        }
+    }
+
+    #[test]
+    fn fetched_rows_and_cursor_persist_and_do_not_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = ProfileStore::open(dir.path()).unwrap();
+            s.append_fetched("bauamt", &[row(1), row(2)], 2).unwrap();
+            s.append_fetched("bauamt", &[row(2), row(3)], 3).unwrap();
+        }
+        let s = ProfileStore::open(dir.path()).unwrap();
+        assert_eq!(s.cursor("bauamt").unwrap(), 3);
+        let seqs: Vec<u64> = s
+            .timeline("bauamt")
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn outbox_keeps_unacked_messages_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ClientMsgId([1; 16]);
+        {
+            let s = ProfileStore::open(dir.path()).unwrap();
+            s.enqueue(id, "bauamt", b"body", 1).unwrap();
+            s.mark_sent(id).unwrap();
+        }
+        let mut s = ProfileStore::open(dir.path()).unwrap();
+        let pending = s.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].attempts, 1);
+        s.mark_acked(id, &row(7)).unwrap();
+        assert!(s.pending().unwrap().is_empty());
+        assert_eq!(s.timeline("bauamt").unwrap()[0].seq, 7);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn database_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let _s = ProfileStore::open(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join(DB_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0);
+    }
+}

@@ -1,0 +1,277 @@
+//! Synchronisation: the outbox (send until acknowledged), fetching since each group's
+//! cursor, and applying pushed events.
+
+use rand::RngCore;
+use rathaus_protocol::{
+    ClientMsgId, Content, EntryBody, ErrorCode, Event, GroupHandle, LogEntry, PostBody, Request,
+    Response,
+};
+
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+use crate::store::TimelineRow;
+use crate::time_fmt::now_ms;
+
+/// The server's acknowledgement of a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The message's id.
+    pub client_id: ClientMsgId,
+    /// Its seq in the group.
+    pub seq: u64,
+    /// Server receive time, Unix milliseconds.
+    pub sent_at_ms: i64,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Outbox messages delivered.
+    pub sent: usize,
+    /// Outbox messages the server refused for good, with the reason.
+    pub failed: Vec<(String, String)>,
+    /// New timeline entries per group.
+    pub fetched: Vec<(String, usize)>,
+}
+
+impl Client {
+    /// Sends a text message to `group`: queued in the outbox first, so a send that cannot
+    /// be delivered now is retried by the next [`sync`](Client::sync).
+    pub async fn send_text(&mut self, group: &GroupHandle, text: &str) -> Result<SendReceipt> {
+        self.send(group, Content::text(text)).await
+    }
+
+    /// Sends content to `group` through the outbox.
+    pub async fn send(&mut self, group: &GroupHandle, content: Content) -> Result<SendReceipt> {
+        content
+            .validate()
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        if group.is_secret() {
+            return Err(ClientError::Invalid(format!(
+                "{group}: secret groups are not supported by this client version"
+            )));
+        }
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let client_id = ClientMsgId(id);
+        let body = postcard::to_allocvec(&PostBody::Public(content))
+            .map_err(|e| ClientError::Invalid(format!("cannot encode message: {e}")))?;
+        self.store
+            .enqueue(client_id, &group.to_string(), &body, now_ms())?;
+        // Older queued messages go first, so order is kept.
+        let report = self.flush_outbox().await?;
+        if let Some((_, reason)) = report
+            .failed
+            .iter()
+            .find(|(id, _)| *id == client_id.to_string())
+        {
+            return Err(ClientError::Invalid(reason.clone()));
+        }
+        self.receipt(client_id)
+    }
+
+    /// Sends every queued message, oldest first, until one fails transiently.
+    pub async fn flush_outbox(&mut self) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        for item in self.store.pending()? {
+            let body: PostBody = match postcard::from_bytes(&item.body) {
+                Ok(b) => b,
+                Err(e) => {
+                    let reason = format!("unreadable outbox entry: {e}");
+                    self.store.mark_failed(item.client_id, &reason)?;
+                    report.failed.push((item.client_id.to_string(), reason));
+                    continue;
+                }
+            };
+            let group = match GroupHandle::parse(&item.group) {
+                Ok(g) => g,
+                Err(e) => {
+                    self.store.mark_failed(item.client_id, &e.to_string())?;
+                    report
+                        .failed
+                        .push((item.client_id.to_string(), e.to_string()));
+                    continue;
+                }
+            };
+            self.store.mark_sent(item.client_id)?;
+            let request = Request::Post {
+                group: group.clone(),
+                client_id: item.client_id,
+                body: body.clone(),
+            };
+            match self.request(&request).await {
+                Ok(Response::Posted {
+                    seq, sent_at_ms, ..
+                }) => {
+                    let me = self.identity.user.to_string();
+                    let name = self.display_name();
+                    let (kind, text) = match &body {
+                        PostBody::Public(c) => (c.kind().to_owned(), c.summary()),
+                        PostBody::Mls(_) => ("mls".to_owned(), "(encrypted)".to_owned()),
+                    };
+                    let row = TimelineRow {
+                        group: group.to_string(),
+                        seq,
+                        sender: me,
+                        sender_name: name,
+                        sent_at_ms,
+                        kind,
+                        text,
+                    };
+                    self.store.mark_acked(item.client_id, &row)?;
+                    report.sent += 1;
+                }
+                Ok(_) => return Err(ClientError::UnexpectedResponse("Post")),
+                Err(e) if is_permanent(&e) => {
+                    self.store.mark_failed(item.client_id, &e.to_string())?;
+                    report
+                        .failed
+                        .push((item.client_id.to_string(), e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Sends the outbox, then fetches everything new in every visible group.
+    pub async fn sync(&mut self) -> Result<SyncReport> {
+        let mut report = self.flush_outbox().await?;
+        let groups = self.groups().await?;
+        for g in groups {
+            if g.handle.is_secret() {
+                continue;
+            }
+            let n = self.fetch_group(&g.handle).await?;
+            if n > 0 {
+                report.fetched.push((g.handle.to_string(), n));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Fetches everything after the group's cursor into the timeline; returns how many
+    /// entries arrived.
+    pub async fn fetch_group(&mut self, group: &GroupHandle) -> Result<usize> {
+        let handle = group.to_string();
+        let mut total = 0;
+        // Bounded: each round advances the cursor or stops.
+        for _ in 0..100_000 {
+            let since = self.store.cursor(&handle)?;
+            let request = Request::Fetch {
+                group: group.clone(),
+                since,
+                limit: rathaus_protocol::limits::MAX_FETCH,
+            };
+            let (entries, head) = match self.request(&request).await? {
+                Response::Entries { entries, head, .. } => (entries, head),
+                _ => return Err(ClientError::UnexpectedResponse("Fetch")),
+            };
+            let Some(last) = entries.last().map(|e| e.seq) else {
+                break;
+            };
+            if last <= since {
+                break;
+            }
+            let rows: Vec<TimelineRow> = entries.iter().map(|e| timeline_row(group, e)).collect();
+            total += rows.len();
+            self.store.append_fetched(&handle, &rows, last)?;
+            if last >= head {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Syncs one group, marks it read, and returns its whole local timeline.
+    pub async fn read(&mut self, group: &GroupHandle) -> Result<Vec<TimelineRow>> {
+        if group.is_secret() {
+            return Err(ClientError::Invalid(format!(
+                "{group}: secret groups are not supported by this client version"
+            )));
+        }
+        // Deliver our own queued messages first, so the timeline shows them.
+        if let Err(e) = self.flush_outbox().await {
+            if !e.is_transient() {
+                return Err(e);
+            }
+        }
+        self.fetch_group(group).await?;
+        let rows = self.store.timeline(&group.to_string())?;
+        if let Some(last) = rows.last() {
+            self.store.mark_read(&group.to_string(), last.seq)?;
+        }
+        Ok(rows)
+    }
+
+    /// Applies a pushed event: stores a new entry (fetching any gap before it first).
+    /// Returns the timeline rows that became new.
+    pub async fn apply_event(&mut self, event: &Event) -> Result<Vec<TimelineRow>> {
+        match event {
+            Event::Posted { group, entry } => {
+                let handle = group.to_string();
+                let cursor = self.store.cursor(&handle)?;
+                if entry.seq <= cursor {
+                    return Ok(Vec::new());
+                }
+                if entry.seq == cursor + 1 {
+                    let row = timeline_row(group, entry);
+                    self.store
+                        .append_fetched(&handle, std::slice::from_ref(&row), entry.seq)?;
+                    return Ok(vec![row]);
+                }
+                // A gap: fetch everything we missed, which includes this entry.
+                self.fetch_group(group).await?;
+                let rows = self.store.timeline(&handle)?;
+                Ok(rows.into_iter().filter(|r| r.seq > cursor).collect())
+            }
+            Event::GroupsChanged | Event::ShuttingDown => Ok(Vec::new()),
+        }
+    }
+
+    fn display_name(&self) -> String {
+        self.conn
+            .as_ref()
+            .map(|(_, info)| info.name.clone())
+            .unwrap_or_else(|| self.identity.user.to_string())
+    }
+
+    fn receipt(&self, client_id: ClientMsgId) -> Result<SendReceipt> {
+        match self.store.receipt(client_id)? {
+            Some((seq, sent_at_ms)) => Ok(SendReceipt {
+                client_id,
+                seq,
+                sent_at_ms,
+            }),
+            None => Err(ClientError::ConnectionLost(
+                "message kept in the outbox; it is sent with the next sync".into(),
+            )),
+        }
+    }
+}
+
+/// Errors after which retrying the same post can never succeed.
+fn is_permanent(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(ErrorCode::Forbidden | ErrorCode::NotFound | ErrorCode::Invalid | ErrorCode::TooLarge)
+    )
+}
+
+/// Converts a server log entry into a timeline row.
+pub(crate) fn timeline_row(group: &GroupHandle, entry: &LogEntry) -> TimelineRow {
+    let (kind, text) = match &entry.body {
+        EntryBody::Content(c) => (c.kind().to_owned(), c.summary()),
+        EntryBody::Mls(_) => ("mls".to_owned(), "(encrypted)".to_owned()),
+        EntryBody::Removed { by } => ("removed".to_owned(), format!("(removed by moderator {by})")),
+    };
+    TimelineRow {
+        group: group.to_string(),
+        seq: entry.seq,
+        sender: entry.sender.to_string(),
+        sender_name: entry.sender_name.clone(),
+        sent_at_ms: entry.sent_at_ms,
+        kind,
+        text,
+    }
+}
