@@ -1,0 +1,496 @@
+//! One function per command.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use rathaus_client::time_fmt::rfc3339;
+use rathaus_client::{Client, ClientError, EnrollOptions, TimelineRow};
+use rathaus_protocol::{DepartmentSlug, Event, GroupHandle, Role, UserId};
+use serde_json::{json, Value};
+
+use crate::output::Output;
+use crate::{password, AdminCommand, Cli, Command, DepartmentCommand, UserCommand};
+
+pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
+    let profile = cli.profile.clone();
+    match cli.command {
+        Command::Enroll {
+            server,
+            fingerprint,
+            user,
+            code,
+            device_name,
+            password_stdin,
+        } => {
+            let dir = profile_dir(profile)?;
+            let user = UserId::parse(&user)?;
+            let password = password::read(password_stdin, true)?;
+            let client = Client::enroll(
+                &dir,
+                EnrollOptions {
+                    server,
+                    fingerprint,
+                    user,
+                    code,
+                    password,
+                    device_name: device_name.unwrap_or_else(default_device_name),
+                },
+            )
+            .await?;
+            print_enrolled(out, &client);
+            Ok(())
+        }
+        Command::AddDevice {
+            server,
+            fingerprint,
+            user,
+            device_name,
+            password_stdin,
+        } => {
+            let dir = profile_dir(profile)?;
+            let user = UserId::parse(&user)?;
+            let password = password::read(password_stdin, false)?;
+            let name = device_name.unwrap_or_else(default_device_name);
+            let client =
+                Client::add_device(&dir, &server, &fingerprint, user, &password, &name).await?;
+            print_enrolled(out, &client);
+            Ok(())
+        }
+        Command::Whoami => {
+            let mut client = open(profile)?;
+            let me = client.whoami().await?;
+            let id = client.identity().clone();
+            let roles: Vec<&str> = me.roles.iter().map(|r| r.as_str()).collect();
+            let departments: Vec<&str> = me.departments.iter().map(|d| d.as_str()).collect();
+            out.print(
+                json!({"user": me.user.as_str(), "name": me.name, "device": me.device.0,
+                       "roles": roles, "departments": departments, "org": me.org,
+                       "server": id.server, "fingerprint": id.fingerprint}),
+                || {
+                    format!(
+                        "{} ({}), device {} at {}\nroles: {}\ndepartments: {}\nserver: {} ({})",
+                        me.name,
+                        me.user,
+                        me.device,
+                        me.org,
+                        roles.join(", "),
+                        if departments.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            departments.join(", ")
+                        },
+                        id.server,
+                        id.fingerprint
+                    )
+                },
+            );
+            client.disconnect().await;
+            Ok(())
+        }
+        Command::Admin { command } => admin(profile, command, out).await,
+        Command::Groups => {
+            let mut client = open(profile)?;
+            let groups = client.groups().await?;
+            let docs: Vec<Value> = groups
+                .iter()
+                .map(|g| {
+                    json!({"handle": g.handle.to_string(), "kind": g.kind.as_str(),
+                                "name": g.name, "head": g.head, "unread": g.unread})
+                })
+                .collect();
+            out.print(json!({"groups": docs}), || {
+                groups
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{:<24} {:<13} {:>5} unread  {}",
+                            g.handle.to_string(),
+                            g.kind.as_str(),
+                            g.unread,
+                            g.name
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            client.disconnect().await;
+            Ok(())
+        }
+        Command::Send { group, text } => {
+            let group = GroupHandle::parse(&group)?;
+            let mut client = open(profile)?;
+            let receipt = client.send_text(&group, &text).await?;
+            out.print(
+                json!({"group": group.to_string(), "seq": receipt.seq,
+                       "sent_at": rfc3339(receipt.sent_at_ms),
+                       "client_id": receipt.client_id.to_string()}),
+                || format!("sent to {group} as #{}", receipt.seq),
+            );
+            client.disconnect().await;
+            Ok(())
+        }
+        Command::Read { group } => {
+            let group = GroupHandle::parse(&group)?;
+            let mut client = open(profile)?;
+            let rows = client.read(&group).await?;
+            let docs: Vec<Value> = rows.iter().map(row_json).collect();
+            out.print(
+                json!({"group": group.to_string(), "messages": docs}),
+                || {
+                    if rows.is_empty() {
+                        format!("{group}: no messages yet")
+                    } else {
+                        rows.iter().map(row_text).collect::<Vec<_>>().join("\n")
+                    }
+                },
+            );
+            client.disconnect().await;
+            Ok(())
+        }
+        Command::Sync => {
+            let mut client = open(profile)?;
+            let report = client.sync().await?;
+            let fetched: serde_json::Map<String, Value> = report
+                .fetched
+                .iter()
+                .map(|(g, n)| (g.clone(), json!(n)))
+                .collect();
+            let failed: Vec<Value> = report
+                .failed
+                .iter()
+                .map(|(id, why)| json!({"client_id": id, "reason": why}))
+                .collect();
+            out.print(
+                json!({"sent": report.sent, "failed": failed, "fetched": fetched}),
+                || {
+                    let mut lines = vec![format!("sent {} queued message(s)", report.sent)];
+                    for (id, why) in &report.failed {
+                        lines.push(format!("not delivered ({id}): {why}"));
+                    }
+                    for (g, n) in &report.fetched {
+                        lines.push(format!("{g}: {n} new"));
+                    }
+                    if report.fetched.is_empty() {
+                        lines.push("nothing new".into());
+                    }
+                    lines.join("\n")
+                },
+            );
+            client.disconnect().await;
+            Ok(())
+        }
+        Command::Listen { count } => listen(profile, count, out).await,
+        Command::Members { group } => {
+            let group = GroupHandle::parse(&group)?;
+            let mut client = open(profile)?;
+            let members = client.members(&group).await?;
+            let docs: Vec<Value> = members
+                .iter()
+                .map(|m| {
+                    json!({"user": m.user.as_str(), "name": m.name, "owner": m.owner,
+                           "devices": m.devices.iter().map(|d| d.0).collect::<Vec<_>>()})
+                })
+                .collect();
+            out.print(json!({"group": group.to_string(), "members": docs}), || {
+                members
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{:<16} {}{} ({} device(s))",
+                            m.user.as_str(),
+                            m.name,
+                            if m.owner { " [owner]" } else { "" },
+                            m.devices.len()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            client.disconnect().await;
+            Ok(())
+        }
+        Command::Demo => crate::demo::run(out).await,
+    }
+}
+
+async fn admin(profile: Option<PathBuf>, command: AdminCommand, out: &Output) -> Result<()> {
+    let mut client = open(profile)?;
+    match command {
+        AdminCommand::Department {
+            command: DepartmentCommand::Add { slug, name, owners },
+        } => {
+            let slug = DepartmentSlug::parse(&slug)?;
+            let owners = owners
+                .iter()
+                .map(|o| UserId::parse(o))
+                .collect::<Result<Vec<_>, _>>()?;
+            let d = client.admin_add_department(slug, &name, owners).await?;
+            let owners: Vec<&str> = d.owners.iter().map(|o| o.as_str()).collect();
+            out.print(
+                json!({"department": d.slug.as_str(), "name": d.name, "owners": owners,
+                       "groups": [d.slug.as_str(), format!("{}/secret", d.slug)]}),
+                || {
+                    format!(
+                        "created department {} ({}), owners: {}",
+                        d.slug,
+                        d.name,
+                        owners.join(", ")
+                    )
+                },
+            );
+        }
+        AdminCommand::Department {
+            command: DepartmentCommand::List,
+        } => {
+            let list = client.admin_departments().await?;
+            let docs: Vec<Value> = list
+                .iter()
+                .map(|d| {
+                    json!({"department": d.slug.as_str(), "name": d.name,
+                    "owners": d.owners.iter().map(|o| o.as_str()).collect::<Vec<_>>(),
+                    "members": d.members})
+                })
+                .collect();
+            out.print(json!({"departments": docs}), || {
+                list.iter()
+                    .map(|d| {
+                        format!(
+                            "{:<20} {:<30} {} member(s)",
+                            d.slug.as_str(),
+                            d.name,
+                            d.members
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        AdminCommand::User {
+            command:
+                UserCommand::Add {
+                    id,
+                    name,
+                    departments,
+                    roles,
+                },
+        } => {
+            let user = UserId::parse(&id)?;
+            let departments = departments
+                .iter()
+                .map(|d| DepartmentSlug::parse(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            let roles = roles
+                .iter()
+                .map(|r| Role::parse(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (code, expires) = client
+                .admin_add_user(user.clone(), &name, departments, roles)
+                .await?;
+            out.print(
+                json!({"user": user.as_str(), "enrollment_code": code, "expires_at": rfc3339(expires)}),
+                || {
+                    format!(
+                        "created {user} ({name})\nenrollment code: {code}\n(valid once, until {})",
+                        rfc3339(expires)
+                    )
+                },
+            );
+        }
+        AdminCommand::User {
+            command: UserCommand::Remove { id },
+        } => {
+            let user = UserId::parse(&id)?;
+            client.admin_remove_user(user.clone()).await?;
+            out.print(json!({"removed": user.as_str()}), || {
+                format!("{user} offboarded: sessions ended, devices revoked")
+            });
+        }
+        AdminCommand::User {
+            command: UserCommand::List,
+        } => {
+            let users = client.admin_users().await?;
+            let docs: Vec<Value> = users
+                .iter()
+                .map(|u| {
+                    json!({"user": u.user.as_str(), "name": u.name,
+                    "roles": u.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                    "departments": u.departments.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
+                    "enrolled": u.enrolled, "devices": u.devices})
+                })
+                .collect();
+            out.print(json!({"users": docs}), || {
+                users
+                    .iter()
+                    .map(|u| {
+                        format!(
+                            "{:<16} {:<28} {}{}",
+                            u.user.as_str(),
+                            u.name,
+                            u.roles
+                                .iter()
+                                .map(|r| r.as_str())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            if u.enrolled { "" } else { "  (not enrolled)" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    client.disconnect().await;
+    Ok(())
+}
+
+/// `listen`: subscribe, catch up, then print every new message; reconnects with backoff
+/// when the connection drops, and stops for good when the account was removed.
+async fn listen(profile: Option<PathBuf>, count: Option<u64>, out: &Output) -> Result<()> {
+    let mut client = open(profile)?;
+    let mut printed = 0u64;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let session = async {
+            let mut sub = client.subscribe().await?;
+            // Catch up on what arrived while offline; events for entries fetched here are
+            // skipped by the cursor check.
+            let groups = client.groups().await?;
+            let mut caught_up = Vec::new();
+            for g in groups.iter().filter(|g| !g.handle.is_secret()) {
+                let before = client.store().cursor(&g.handle.to_string())?;
+                client.fetch_group(&g.handle).await?;
+                let rows = client.store().timeline(&g.handle.to_string())?;
+                caught_up.extend(rows.into_iter().filter(|r| r.seq > before));
+            }
+            Ok::<_, ClientError>((sub, caught_up))
+        }
+        .await;
+        let (mut sub, caught_up) = match session {
+            Ok((sub, rows)) => (sub, rows),
+            Err(ClientError::AccountRemoved) => return Err(ClientError::AccountRemoved.into()),
+            Err(e) if e.is_transient() => {
+                eprintln!("rathaus: {e}; retrying in {} s", backoff.as_secs_f32());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !out.json {
+            eprintln!("listening as {} (Ctrl-C to stop)", client.identity().user);
+        }
+        backoff = Duration::from_millis(500);
+        for row in caught_up {
+            out.line(row_json_event(&row), row_text_event(&row));
+            printed += 1;
+            if count.is_some_and(|c| printed >= c) {
+                client.disconnect().await;
+                return Ok(());
+            }
+        }
+        loop {
+            let event = tokio::select! {
+                e = sub.next() => e,
+                _ = tokio::signal::ctrl_c() => {
+                    client.disconnect().await;
+                    return Ok(());
+                }
+            };
+            match event {
+                Ok(Event::ShuttingDown) => {
+                    eprintln!("rathaus: the server is restarting; reconnecting");
+                    break;
+                }
+                Ok(event) => {
+                    for row in client.apply_event(&event).await? {
+                        out.line(row_json_event(&row), row_text_event(&row));
+                        printed += 1;
+                        if count.is_some_and(|c| printed >= c) {
+                            client.disconnect().await;
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(ClientError::AccountRemoved) => {
+                    return Err(ClientError::AccountRemoved.into());
+                }
+                Err(e) => {
+                    eprintln!("rathaus: {e}; reconnecting");
+                    break;
+                }
+            }
+        }
+        client.disconnect().await;
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+fn open(profile: Option<PathBuf>) -> Result<Client> {
+    let dir = profile_dir(profile)?;
+    Ok(Client::open(&dir)?)
+}
+
+fn profile_dir(profile: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = profile {
+        return Ok(p);
+    }
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| anyhow!("no profile given: use --profile DIR or set RATHAUS_PROFILE"))?;
+    Ok(PathBuf::from(home).join(".rathaus"))
+}
+
+fn default_device_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "this computer".to_owned());
+    format!("rathaus CLI on {host}")
+}
+
+fn print_enrolled(out: &Output, client: &Client) {
+    let id = client.identity();
+    out.print(
+        json!({"user": id.user.as_str(), "device": id.device.0, "server": id.server,
+               "fingerprint": id.fingerprint, "org": id.org,
+               "profile": client.dir().display().to_string()}),
+        || {
+            format!(
+                "enrolled {} as device {} at {} ({})\nprofile: {}",
+                id.user,
+                id.device,
+                id.org,
+                id.server,
+                client.dir().display()
+            )
+        },
+    );
+}
+
+pub(crate) fn row_json(row: &TimelineRow) -> Value {
+    json!({"seq": row.seq, "sender": row.sender, "sender_name": row.sender_name,
+           "sent_at": rfc3339(row.sent_at_ms), "kind": row.kind, "text": row.text})
+}
+
+pub(crate) fn row_text(row: &TimelineRow) -> String {
+    format!(
+        "#{:<4} {}  {}: {}",
+        row.seq,
+        rfc3339(row.sent_at_ms),
+        row.sender_name,
+        row.text
+    )
+}
+
+fn row_json_event(row: &TimelineRow) -> Value {
+    let mut doc = row_json(row);
+    if let Some(map) = doc.as_object_mut() {
+        map.insert("group".into(), json!(row.group));
+    }
+    doc
+}
+
+fn row_text_event(row: &TimelineRow) -> String {
+    format!("[{}] {}", row.group, row_text(row))
+}

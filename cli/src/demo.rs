@@ -1,0 +1,146 @@
+//! `rathaus demo`: a self-contained tour. Starts a temporary server in this process,
+//! provisions a department and two colleagues, and shows them talking in the public group.
+//! Everything lives in a temporary directory that is removed afterwards.
+
+use anyhow::{Context, Result};
+use rathaus_client::{Client, EnrollOptions};
+use rathaus_protocol::{DepartmentSlug, GroupHandle, Role, UserId};
+use rathaus_server::clock::SystemClock;
+use rathaus_server::{InitOptions, RunOptions};
+use serde_json::json;
+
+use crate::commands::{row_json, row_text};
+use crate::output::Output;
+
+pub(crate) async fn run(out: &Output) -> Result<()> {
+    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let data = tmp.path().join("server");
+    let say = |s: &str| {
+        if !out.json {
+            println!("{s}");
+        }
+    };
+
+    say("== Rathaus demo: a temporary server on 127.0.0.1 ==");
+    let report = rathaus_server::init(
+        &InitOptions {
+            data_dir: data.clone(),
+            listen: Some("127.0.0.1:0".parse()?),
+            org: Some("Stadt Musterstadt".into()),
+            admin_user: None,
+        },
+        &SystemClock,
+    )?;
+    let mut options = RunOptions::new(&data);
+    options.listen = Some("127.0.0.1:0".parse()?);
+    let server = rathaus_server::start(options).await?;
+    let addr = server.local_addr().to_string();
+    let fingerprint = server.fingerprint();
+    say(&format!(
+        "server listening on {addr}\ncertificate fingerprint {fingerprint}"
+    ));
+
+    let enroll = |dir: std::path::PathBuf, user: &str, code: String| {
+        let addr = addr.clone();
+        let fingerprint = fingerprint.clone();
+        let user = user.to_owned();
+        async move {
+            Client::enroll(
+                &dir,
+                EnrollOptions {
+                    server: addr,
+                    fingerprint,
+                    user: UserId::parse(&user)?,
+                    code,
+                    password: format!("{user}-demo-password"),
+                    device_name: "demo".into(),
+                },
+            )
+            .await
+            .with_context(|| format!("enrolling {user}"))
+        }
+    };
+
+    say(&format!(
+        "\n-- IT enrolls the bootstrap admin '{}' with its one-time code",
+        report.admin_user
+    ));
+    let mut admin = enroll(
+        tmp.path().join("admin"),
+        &report.admin_user,
+        report.enrollment_code.clone(),
+    )
+    .await?;
+
+    say("-- IT provisions Anna Berg (P1001) and Jonas Weber (P1002), and the department Bauamt");
+    let (anna_code, _) = admin
+        .admin_add_user(
+            UserId::parse("P1001")?,
+            "Anna Berg",
+            vec![],
+            vec![Role::Author],
+        )
+        .await?;
+    let bauamt_slug = DepartmentSlug::parse("bauamt")?;
+    admin
+        .admin_add_department(bauamt_slug.clone(), "Bauamt", vec![UserId::parse("P1001")?])
+        .await?;
+    let (jonas_code, _) = admin
+        .admin_add_user(
+            UserId::parse("P1002")?,
+            "Jonas Weber",
+            vec![bauamt_slug],
+            vec![],
+        )
+        .await?;
+    say(&format!(
+        "   enrollment codes: P1001 {anna_code}, P1002 {jonas_code} (single use, 72 h)"
+    ));
+
+    say("-- Anna and Jonas enroll their phones with personnel number + code");
+    let mut anna = enroll(tmp.path().join("anna"), "P1001", anna_code).await?;
+    let mut jonas = enroll(tmp.path().join("jonas"), "P1002", jonas_code).await?;
+
+    let bauamt = GroupHandle::parse("bauamt")?;
+    say("\n-- Anna posts in the public group 'bauamt'; Jonas reads and answers");
+    anna.send_text(
+        &bauamt,
+        "Guten Morgen! Die Baustelle Rathausplatz ist ab Montag gesperrt.",
+    )
+    .await?;
+    jonas.read(&bauamt).await?;
+    jonas
+        .send_text(&bauamt, "Danke, ich sage dem Bauhof Bescheid.")
+        .await?;
+    let timeline = anna.read(&bauamt).await?;
+    for row in &timeline {
+        say(&format!("   {}", row_text(row)));
+    }
+
+    say("\n-- What the operator's server stores for 'bauamt' (public: server-readable)");
+    for c in [&mut admin, &mut anna, &mut jonas] {
+        c.disconnect().await;
+    }
+    server.shutdown().await;
+    let inspection = rathaus_server::inspect(&data, Some(&bauamt))?;
+    if let Some(entries) = inspection.get("entries").and_then(|e| e.as_array()) {
+        for e in entries {
+            say(&format!(
+                "   seq {} kind {} size {} bytes",
+                e.get("seq").unwrap_or(&json!(null)),
+                e.get("kind").and_then(|k| k.as_str()).unwrap_or("?"),
+                e.get("size").unwrap_or(&json!(null))
+            ));
+        }
+    }
+    say("\nDemo finished; the temporary server and profiles are deleted.");
+    if out.json {
+        let messages: Vec<_> = timeline.iter().map(row_json).collect();
+        println!(
+            "{}",
+            json!({"server": addr, "fingerprint": fingerprint,
+                   "group": "bauamt", "messages": messages, "inspect": inspection})
+        );
+    }
+    Ok(())
+}
