@@ -159,14 +159,15 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             let failed: Vec<Value> = report
                 .failed
                 .iter()
-                .map(|(id, why)| json!({"client_id": id, "reason": why}))
+                .map(|f| json!({"client_id": f.client_id.to_string(), "group": f.group,
+                                "code": f.code.map(|c| c.as_str()), "reason": f.reason}))
                 .collect();
             out.print(
                 json!({"sent": report.sent, "failed": failed, "fetched": fetched}),
                 || {
                     let mut lines = vec![format!("sent {} queued message(s)", report.sent)];
-                    for (id, why) in &report.failed {
-                        lines.push(format!("not delivered ({id}): {why}"));
+                    for f in &report.failed {
+                        lines.push(format!("not delivered to {}: {}", f.group, f.reason));
                     }
                     for (g, n) in &report.fetched {
                         lines.push(format!("{g}: {n} new"));

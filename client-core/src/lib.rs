@@ -31,4 +31,4 @@ pub mod time_fmt;
 pub use client::{Client, EnrollOptions, GroupView, Identity};
 pub use error::{ClientError, Result};
 pub use store::TimelineRow;
-pub use sync::{SendReceipt, SyncReport};
+pub use sync::{SendFailure, SendReceipt, SyncReport};

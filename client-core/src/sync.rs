@@ -23,13 +23,26 @@ pub struct SendReceipt {
     pub sent_at_ms: i64,
 }
 
+/// A queued message the server refused for good (it is not retried).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendFailure {
+    /// The message's id.
+    pub client_id: ClientMsgId,
+    /// Its group.
+    pub group: String,
+    /// The server's reason code, if the server refused it.
+    pub code: Option<ErrorCode>,
+    /// Why, for people.
+    pub reason: String,
+}
+
 /// What a sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
     /// Outbox messages delivered.
     pub sent: usize,
-    /// Outbox messages the server refused for good, with the reason.
-    pub failed: Vec<(String, String)>,
+    /// Outbox messages the server refused for good.
+    pub failed: Vec<SendFailure>,
     /// New timeline entries per group.
     pub fetched: Vec<(String, usize)>,
 }
@@ -60,12 +73,14 @@ impl Client {
             .enqueue(client_id, &group.to_string(), &body, now_ms())?;
         // Older queued messages go first, so order is kept.
         let report = self.flush_outbox().await?;
-        if let Some((_, reason)) = report
-            .failed
-            .iter()
-            .find(|(id, _)| *id == client_id.to_string())
-        {
-            return Err(ClientError::Invalid(reason.clone()));
+        if let Some(failure) = report.failed.iter().find(|f| f.client_id == client_id) {
+            return Err(match failure.code {
+                Some(code) => ClientError::Server {
+                    code,
+                    message: failure.reason.clone(),
+                },
+                None => ClientError::Invalid(failure.reason.clone()),
+            });
         }
         self.receipt(client_id)
     }
@@ -79,7 +94,12 @@ impl Client {
                 Err(e) => {
                     let reason = format!("unreadable outbox entry: {e}");
                     self.store.mark_failed(item.client_id, &reason)?;
-                    report.failed.push((item.client_id.to_string(), reason));
+                    report.failed.push(SendFailure {
+                        client_id: item.client_id,
+                        group: item.group.clone(),
+                        code: None,
+                        reason,
+                    });
                     continue;
                 }
             };
@@ -87,9 +107,12 @@ impl Client {
                 Ok(g) => g,
                 Err(e) => {
                     self.store.mark_failed(item.client_id, &e.to_string())?;
-                    report
-                        .failed
-                        .push((item.client_id.to_string(), e.to_string()));
+                    report.failed.push(SendFailure {
+                        client_id: item.client_id,
+                        group: item.group.clone(),
+                        code: None,
+                        reason: e.to_string(),
+                    });
                     continue;
                 }
             };
@@ -123,10 +146,17 @@ impl Client {
                 }
                 Ok(_) => return Err(ClientError::UnexpectedResponse("Post")),
                 Err(e) if is_permanent(&e) => {
-                    self.store.mark_failed(item.client_id, &e.to_string())?;
-                    report
-                        .failed
-                        .push((item.client_id.to_string(), e.to_string()));
+                    let (code, reason) = match &e {
+                        ClientError::Server { code, message } => (Some(*code), message.clone()),
+                        other => (None, other.to_string()),
+                    };
+                    self.store.mark_failed(item.client_id, &reason)?;
+                    report.failed.push(SendFailure {
+                        client_id: item.client_id,
+                        group: item.group.clone(),
+                        code,
+                        reason,
+                    });
                 }
                 Err(e) => return Err(e),
             }

@@ -1,1 +1,295 @@
-//! placeholder
+//! End-to-end test fixtures for Rathaus: a real server on `127.0.0.1:0` with a temporary
+//! data directory and a manual clock, and real clients with temporary profiles.
+//!
+//! ```no_run
+//! # async fn t() -> anyhow::Result<()> {
+//! let mut backend = rathaus_tests::TestBackend::start().await?;
+//! let mut admin = backend.admin().await?;
+//! backend.department(&mut admin, "bauamt", &[]).await?;
+//! let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &["bauamt"]).await?;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rathaus_client::{Client, EnrollOptions};
+use rathaus_protocol::{DepartmentSlug, Role, UserId};
+use rathaus_server::clock::ManualClock;
+use rathaus_server::{InitOptions, RunOptions, RunningServer};
+
+/// Password every fixture user enrolls with.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A real server in this process plus the directories of its clients.
+pub struct TestBackend {
+    /// Server data directory (removed on drop).
+    pub data: tempfile::TempDir,
+    /// Client profiles live below this directory.
+    pub profiles: tempfile::TempDir,
+    /// The running server, if running.
+    pub server: Option<RunningServer>,
+    /// The server's clock, advanced by tests (enrollment expiry, throttling).
+    pub clock: Arc<ManualClock>,
+    /// Where the server listens.
+    pub addr: SocketAddr,
+    /// Its certificate fingerprint.
+    pub fingerprint: String,
+    /// The bootstrap admin's id and one-time code (consumed by [`TestBackend::admin`]).
+    admin_code: Option<(String, String)>,
+}
+
+impl TestBackend {
+    /// Initialises a data directory and starts a server on `127.0.0.1:0`.
+    pub async fn start() -> Result<Self> {
+        init_tracing();
+        let data = tempfile::tempdir()?;
+        let profiles = tempfile::tempdir()?;
+        let clock = Arc::new(ManualClock::new(now_ms()));
+        let report = rathaus_server::init(
+            &InitOptions {
+                data_dir: data.path().join("server"),
+                listen: Some("127.0.0.1:0".parse()?),
+                org: Some("Stadt Teststadt".into()),
+                admin_user: None,
+            },
+            clock.as_ref(),
+        )?;
+        let mut backend = Self {
+            data,
+            profiles,
+            server: None,
+            clock,
+            addr: "127.0.0.1:0".parse()?,
+            fingerprint: report.fingerprint.clone(),
+            admin_code: Some((report.admin_user, report.enrollment_code)),
+        };
+        backend.run().await?;
+        Ok(backend)
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.path().join("server")
+    }
+
+    /// Starts the server (again), on the same port if it ran before.
+    pub async fn run(&mut self) -> Result<()> {
+        let mut options = RunOptions::new(self.data_dir());
+        options.listen = Some(self.addr);
+        options.clock = self.clock.clone();
+        let server = rathaus_server::start(options).await?;
+        self.addr = server.local_addr();
+        self.fingerprint = server.fingerprint();
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    /// Enrolls the bootstrap admin (once).
+    pub async fn admin(&mut self) -> Result<Client> {
+        let (user, code) = self
+            .admin_code
+            .take()
+            .ok_or_else(|| anyhow!("the admin was enrolled already"))?;
+        self.enroll(&user, &code).await
+    }
+
+    /// The bootstrap admin's id and enrollment code, without enrolling (for CLI tests).
+    pub fn take_admin_code(&mut self) -> Option<(String, String)> {
+        self.admin_code.take()
+    }
+
+    /// Enrolls `user` with `code` into a fresh profile.
+    pub async fn enroll(&self, user: &str, code: &str) -> Result<Client> {
+        let dir = self.profile_dir(user);
+        Ok(Client::enroll(
+            &dir,
+            EnrollOptions {
+                server: self.addr.to_string(),
+                fingerprint: self.fingerprint.clone(),
+                user: UserId::parse(user)?,
+                code: code.to_owned(),
+                password: PASSWORD.to_owned(),
+                device_name: format!("{user}'s test device"),
+            },
+        )
+        .await?)
+    }
+
+    /// A fresh, unused profile directory for `user`.
+    pub fn profile_dir(&self, user: &str) -> PathBuf {
+        for n in 0.. {
+            let dir = self.profiles.path().join(format!("{user}-{n}"));
+            if !dir.exists() {
+                return dir;
+            }
+        }
+        unreachable!("an unbounded counter always finds a free name")
+    }
+
+    /// Creates a department via the admin client.
+    pub async fn department(&self, admin: &mut Client, slug: &str, owners: &[&str]) -> Result<()> {
+        let owners = owners
+            .iter()
+            .map(|o| UserId::parse(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        admin
+            .admin_add_department(DepartmentSlug::parse(slug)?, slug, owners)
+            .await?;
+        Ok(())
+    }
+
+    /// Provisions `user` via the admin client and returns its one-time code.
+    pub async fn provision(
+        &self,
+        admin: &mut Client,
+        user: &str,
+        name: &str,
+        departments: &[&str],
+        roles: &[Role],
+    ) -> Result<String> {
+        let departments = departments
+            .iter()
+            .map(|d| DepartmentSlug::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (code, _) = admin
+            .admin_add_user(UserId::parse(user)?, name, departments, roles.to_vec())
+            .await?;
+        Ok(code)
+    }
+
+    /// Provisions and enrolls a member of `departments`.
+    pub async fn user(
+        &self,
+        admin: &mut Client,
+        user: &str,
+        name: &str,
+        departments: &[&str],
+    ) -> Result<Client> {
+        let code = self.provision(admin, user, name, departments, &[]).await?;
+        self.enroll(user, &code).await
+    }
+}
+
+/// A `rathaus-server run` child process (for crash tests: it can be SIGKILLed).
+pub struct ServerProcess {
+    /// The child.
+    pub child: Child,
+    /// The address it printed.
+    pub addr: SocketAddr,
+    /// The fingerprint it printed.
+    pub fingerprint: String,
+}
+
+impl ServerProcess {
+    /// Starts `rathaus-server run --data DIR --listen LISTEN` and waits for its
+    /// "listening on ADDR fingerprint FP" line.
+    pub fn spawn(data: &Path, listen: &str) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(workspace_bin("rathaus-server")?)
+            .args(["run", "--data"])
+            .arg(data)
+            .args(["--listen", listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start rathaus-server")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no stdout of rathaus-server"))?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow!("rathaus-server exited before listening"))??;
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let (addr, fingerprint) = parse_listening_line(&line)?;
+        Ok(Self {
+            child,
+            addr,
+            fingerprint,
+        })
+    }
+
+    /// SIGKILL: no shutdown handler runs, nothing is flushed beyond what was acknowledged.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `listening on ADDR fingerprint SHA256:…`.
+pub fn parse_listening_line(line: &str) -> Result<(SocketAddr, String)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["listening", "on", addr, "fingerprint", fp, ..] => Ok((addr.parse()?, (*fp).to_owned())),
+        _ => bail!("unexpected first line from rathaus-server: {line:?}"),
+    }
+}
+
+/// Path of a binary of this workspace (`rathaus`, `rathaus-server`), building it if the
+/// test run did not.
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("unexpected test binary location {}", exe.display()))?;
+    let path = profile_dir.join(name);
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = BUILD.lock().map_err(|_| anyhow!("poisoned"))?;
+    if !path.exists() {
+        let package = if name == "rathaus" { "rathaus-cli" } else { "rathaus-server" };
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", package, "--bin", name])
+            .status()?;
+        if !status.success() || !path.exists() {
+            bail!("cannot build {name}");
+        }
+    }
+    Ok(path)
+}
+
+/// Runs `f` with a generous bound, so a hang fails the test instead of blocking CI.
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .map_err(|_| anyhow!("timed out: {what}"))
+}
+
+/// Current wall-clock time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    rathaus_client::time_fmt::now_ms()
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}

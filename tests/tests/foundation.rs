@@ -1,0 +1,352 @@
+//! End-to-end tests of the foundation: accounts, enrollment, authentication, public
+//! groups, push delivery, robustness against bad peers, durability and offboarding.
+//! Every test runs a real server on 127.0.0.1:0 and real clients with temporary profiles.
+
+use std::time::Duration;
+
+use rathaus_client::{Client, ClientError};
+use rathaus_protocol::{
+    frame, ClientMsgId, Content, ErrorCode, Event, GroupHandle, PostBody, Request, Response,
+    UserId,
+};
+use rathaus_tests::{within, TestBackend, PASSWORD};
+
+fn bauamt() -> GroupHandle {
+    GroupHandle::parse("bauamt").unwrap()
+}
+
+#[tokio::test]
+async fn bootstrap_provision_enroll_post_read() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    let me = admin.whoami().await.unwrap();
+    assert!(me.roles.contains(&rathaus_protocol::Role::Admin));
+
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &["bauamt"]).await.unwrap();
+    let mut jonas = backend.user(&mut admin, "P1002", "Jonas Weber", &["bauamt"]).await.unwrap();
+
+    let groups = anna.groups().await.unwrap();
+    let handles: Vec<String> = groups.iter().map(|g| g.handle.to_string()).collect();
+    assert!(handles.contains(&"bauamt".to_owned()), "{handles:?}");
+    assert!(handles.contains(&"announcements".to_owned()), "{handles:?}");
+
+    let r1 = anna.send_text(&bauamt(), "Baustelle ab Montag gesperrt").await.unwrap();
+    let r2 = jonas.send_text(&bauamt(), "Danke, Bauhof weiss Bescheid").await.unwrap();
+    assert_eq!((r1.seq, r2.seq), (1, 2));
+
+    for client in [&mut anna, &mut jonas] {
+        let rows = client.read(&bauamt()).await.unwrap();
+        let texts: Vec<(&str, &str)> =
+            rows.iter().map(|r| (r.sender.as_str(), r.text.as_str())).collect();
+        assert_eq!(
+            texts,
+            vec![
+                ("P1001", "Baustelle ab Montag gesperrt"),
+                ("P1002", "Danke, Bauhof weiss Bescheid")
+            ]
+        );
+        assert_eq!(rows[0].sender_name, "Anna Berg");
+    }
+
+    // Unread counts follow the read mark.
+    jonas.send_text(&bauamt(), "Noch eine Frage").await.unwrap();
+    let groups = anna.groups().await.unwrap();
+    let b = groups.iter().find(|g| g.handle == bauamt()).unwrap();
+    assert_eq!(b.unread, 1);
+
+    // Members are listed with owners and devices.
+    let members = anna.members(&bauamt()).await.unwrap();
+    let ids: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    assert!(ids.contains(&"P1001") && ids.contains(&"P1002"), "{ids:?}");
+    assert!(members.iter().all(|m| m.devices.len() == 1));
+
+    // A profile reopened from disk still knows its timeline and identity.
+    let dir = anna.dir().to_path_buf();
+    anna.disconnect().await;
+    drop(anna);
+    let mut anna = Client::open(&dir).unwrap();
+    assert_eq!(anna.identity().user.as_str(), "P1001");
+    assert_eq!(anna.store().timeline("bauamt").unwrap().len(), 2);
+    assert_eq!(anna.read(&bauamt()).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_listening_client_gets_new_posts_pushed() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &["bauamt"]).await.unwrap();
+    let mut jonas = backend.user(&mut admin, "P1002", "Jonas Weber", &["bauamt"]).await.unwrap();
+
+    let mut sub = jonas.subscribe().await.unwrap();
+    anna.send_text(&bauamt(), "Kaffee ist fertig").await.unwrap();
+    let rows = within("the pushed post", async {
+        loop {
+            let event = sub.next().await.unwrap();
+            let rows = jonas.apply_event(&event).await.unwrap();
+            if !rows.is_empty() {
+                return rows;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(rows[0].text, "Kaffee ist fertig");
+    assert_eq!(rows[0].sender, "P1001");
+    // The pushed entry is in the local timeline without any fetch.
+    assert_eq!(jonas.store().timeline("bauamt").unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_enrollment_code_works_once_and_not_after_expiry() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    let code = backend
+        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
+        .await
+        .unwrap();
+    backend.enroll("P1001", &code).await.unwrap();
+    let again = backend.enroll("P1001", &code).await.unwrap_err();
+    assert_eq!(again.code(), Some(ErrorCode::CodeInvalid), "{again}");
+
+    let late = backend
+        .provision(&mut admin, "P1002", "Jonas Weber", &[], &[])
+        .await
+        .unwrap();
+    backend.clock.advance(Duration::from_secs(72 * 3600 + 60));
+    let expired = backend.enroll("P1002", &late).await.unwrap_err();
+    assert_eq!(expired.code(), Some(ErrorCode::CodeInvalid), "{expired}");
+}
+
+#[tokio::test]
+async fn wrong_password_and_wrong_device_key_are_refused_and_throttled() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &[]).await.unwrap();
+    let server = backend.addr.to_string();
+
+    // Wrong password for a second device: refused, then throttled.
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let dir = backend.profile_dir("P1001");
+        let err = Client::add_device(
+            &dir,
+            &server,
+            &backend.fingerprint,
+            UserId::parse("P1001").unwrap(),
+            "not the password",
+            "phone",
+        )
+        .await
+        .unwrap_err();
+        codes.push(err.code());
+    }
+    assert_eq!(codes[0], Some(ErrorCode::Unauthenticated));
+    assert_eq!(codes.last().copied().flatten(), Some(ErrorCode::RateLimited), "{codes:?}");
+
+    // Even the right password is refused while throttled…
+    let dir = backend.profile_dir("P1001");
+    let err = Client::add_device(
+        &dir,
+        &server,
+        &backend.fingerprint,
+        UserId::parse("P1001").unwrap(),
+        PASSWORD,
+        "phone",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::RateLimited));
+    // …but not forever: after the backoff the real user gets in.
+    backend.clock.advance(Duration::from_secs(3600));
+    let dir = backend.profile_dir("P1001");
+    let mut phone = Client::add_device(
+        &dir,
+        &server,
+        &backend.fingerprint,
+        UserId::parse("P1001").unwrap(),
+        PASSWORD,
+        "phone",
+    )
+    .await
+    .unwrap();
+    assert_eq!(phone.whoami().await.unwrap().user.as_str(), "P1001");
+
+    // A wrong device key: a connection claiming Anna's device but signing with another key.
+    let forged_key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let conn = rathaus_client::net::Connection::connect(&server, &backend.fingerprint)
+            .await
+            .unwrap();
+        let err = conn
+            .authenticate(&anna.identity().user, anna.identity().device, &forged_key)
+            .await
+            .unwrap_err();
+        seen.push(err.code());
+        conn.close().await;
+    }
+    assert_eq!(seen[0], Some(ErrorCode::Unauthenticated));
+    assert_eq!(seen.last().copied().flatten(), Some(ErrorCode::RateLimited), "{seen:?}");
+    backend.clock.advance(Duration::from_secs(3600));
+    anna.disconnect().await;
+    assert_eq!(anna.whoami().await.unwrap().user.as_str(), "P1001");
+}
+
+#[tokio::test]
+async fn a_client_pinned_to_another_fingerprint_refuses_to_connect() {
+    let backend = TestBackend::start().await.unwrap();
+    let other = rathaus_protocol::fingerprint::format(&[0x42; 32]);
+    let err = rathaus_client::net::Connection::connect(&backend.addr.to_string(), &other)
+        .await
+        .unwrap_err();
+    match err {
+        ClientError::FingerprintMismatch { expected, actual } => {
+            assert_eq!(expected, other);
+            assert_eq!(actual, backend.fingerprint);
+        }
+        other => panic!("expected a fingerprint mismatch, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_oversize_frames_get_errors_while_others_keep_working() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &["bauamt"]).await.unwrap();
+
+    let attacker =
+        rathaus_client::net::Connection::connect(&backend.addr.to_string(), &backend.fingerprint)
+            .await
+            .unwrap();
+    let raw = attacker.raw();
+
+    // 1. Garbage bytes behind a valid length: a typed `Invalid` error on that stream.
+    let (mut send, mut recv) = raw.open_bi().await.unwrap();
+    let garbage = [0xffu8; 64];
+    let mut bytes = (garbage.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&garbage);
+    send.write_all(&bytes).await.unwrap();
+    send.finish().unwrap();
+    let answer = within("garbage answer", read_response(&mut recv)).await.unwrap();
+    assert!(matches!(answer, Some(Response::Error { code: ErrorCode::Invalid, .. })), "{answer:?}");
+
+    // 2. A frame announcing 4 GiB: `TooLarge`, without the server waiting for the body.
+    let (mut send, mut recv) = raw.open_bi().await.unwrap();
+    send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let answer = within("oversize answer", read_response(&mut recv)).await.unwrap();
+    assert!(matches!(answer, Some(Response::Error { code: ErrorCode::TooLarge, .. })), "{answer:?}");
+
+    // 3. An unauthenticated request for data: `Unauthenticated`.
+    let (mut send, mut recv) = raw.open_bi().await.unwrap();
+    let fetch = Request::Fetch { group: bauamt(), since: 0, limit: 10 };
+    send.write_all(&frame::encode(&fetch).unwrap()).await.unwrap();
+    send.finish().unwrap();
+    let answer = within("unauthenticated answer", read_response(&mut recv)).await.unwrap();
+    assert!(
+        matches!(answer, Some(Response::Error { code: ErrorCode::Unauthenticated, .. })),
+        "{answer:?}"
+    );
+
+    // The attacker's own connection still answers a well-formed request…
+    let pong = within("ping", attacker.request(&Request::Ping)).await.unwrap().unwrap();
+    assert_eq!(pong, Response::Pong);
+    // …and a colleague on another connection is not affected at all.
+    let receipt = anna.send_text(&bauamt(), "still here").await.unwrap();
+    assert_eq!(receipt.seq, 1);
+    assert_eq!(anna.read(&bauamt()).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retried_post_is_stored_once() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &["bauamt"]).await.unwrap();
+    let post = Request::Post {
+        group: bauamt(),
+        client_id: ClientMsgId([9; 16]),
+        body: PostBody::Public(Content::text("einmal")),
+    };
+    let first = anna.request(&post).await.unwrap();
+    let second = anna.request(&post).await.unwrap();
+    match (first, second) {
+        (
+            Response::Posted { seq: a, duplicate: false, .. },
+            Response::Posted { seq: b, duplicate: true, .. },
+        ) => assert_eq!(a, b),
+        other => panic!("unexpected answers {other:?}"),
+    }
+    assert_eq!(anna.read(&bauamt()).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_offboarded_user_is_disconnected_and_cannot_log_in_again() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &["bauamt"]).await.unwrap();
+    let mut jonas = backend.user(&mut admin, "P1002", "Jonas Weber", &["bauamt"]).await.unwrap();
+    jonas.send_text(&bauamt(), "bleibt stehen").await.unwrap();
+
+    let mut sub = jonas.subscribe().await.unwrap();
+    admin.admin_remove_user(UserId::parse("P1002").unwrap()).await.unwrap();
+
+    // The live session ends at once, with a reason the client can show.
+    let ended = within("the session to end", async {
+        loop {
+            match sub.next().await {
+                Ok(Event::Posted { .. } | Event::GroupsChanged) => continue,
+                Ok(other) => return Err(format!("unexpected event {other:?}")),
+                Err(e) => return Ok(e),
+            }
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(matches!(ended, ClientError::AccountRemoved), "{ended}");
+
+    // Logging in again is refused.
+    jonas.disconnect().await;
+    let err = jonas.whoami().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated), "{err}");
+
+    // Their public post remains, and they are no longer a member.
+    let rows = anna.read(&bauamt()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].text, "bleibt stehen");
+    let members = anna.members(&bauamt()).await.unwrap();
+    assert!(members.iter().all(|m| m.user.as_str() != "P1002"));
+}
+
+#[tokio::test]
+async fn a_member_cannot_use_admin_requests() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &[]).await.unwrap();
+    let err = anna
+        .admin_add_user(UserId::parse("P9999").unwrap(), "Mallory", vec![], vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    let err = anna.admin_remove_user(UserId::parse("admin").unwrap()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    // Only editors and admins post announcements.
+    let err = anna
+        .send_text(&GroupHandle::Announcements, "Freibier für alle")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+}
+
+async fn read_response(recv: &mut quinn::RecvStream) -> Option<Response> {
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.ok()?;
+    let len = frame::body_len(header, rathaus_protocol::limits::MAX_CONTROL_FRAME).ok()?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.ok()?;
+    frame::decode_body(&body).ok()
+}
