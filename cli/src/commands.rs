@@ -159,8 +159,10 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             let failed: Vec<Value> = report
                 .failed
                 .iter()
-                .map(|f| json!({"client_id": f.client_id.to_string(), "group": f.group,
-                                "code": f.code.map(|c| c.as_str()), "reason": f.reason}))
+                .map(|f| {
+                    json!({"client_id": f.client_id.to_string(), "group": f.group,
+                                "code": f.code.map(|c| c.as_str()), "reason": f.reason})
+                })
                 .collect();
             out.print(
                 json!({"sent": report.sent, "failed": failed, "fetched": fetched}),

@@ -65,6 +65,19 @@ pub enum ContentBody {
         /// For secret groups, the key the blob is encrypted with.
         file_key: Option<[u8; 32]>,
     },
+    /// A published announcement (only in `announcements`, written by the server).
+    Announcement {
+        /// Announcement id (for `announce ack`).
+        id: u64,
+        /// Headline.
+        title: String,
+        /// Body text.
+        text: String,
+        /// Whether colleagues are asked to acknowledge it.
+        requires_ack: bool,
+        /// When it disappears, Unix milliseconds.
+        expires_at_ms: Option<i64>,
+    },
 }
 
 /// Why content was refused.
@@ -121,6 +134,14 @@ impl Content {
                     return Err(InvalidContent("file name must be 1 to 255 bytes"));
                 }
             }
+            ContentBody::Announcement { title, text, .. } => {
+                if title.trim().is_empty() || title.len() > 256 {
+                    return Err(InvalidContent("title must be 1 to 256 bytes"));
+                }
+                if text.len() > MAX_TEXT {
+                    return Err(InvalidContent("text longer than 64 KiB"));
+                }
+            }
         }
         Ok(())
     }
@@ -133,6 +154,20 @@ impl Content {
             ContentBody::Delete { target } => format!("(deleted #{target})"),
             ContentBody::Reaction { target, emoji } => format!("(reacted {emoji} to #{target})"),
             ContentBody::Attachment { name, size, .. } => format!("(file {name}, {size} bytes)"),
+            ContentBody::Announcement {
+                id,
+                title,
+                text,
+                requires_ack,
+                ..
+            } => {
+                let ack = if *requires_ack {
+                    format!(" [please acknowledge: rathaus announce ack {id}]")
+                } else {
+                    String::new()
+                };
+                format!("{title}: {text}{ack}")
+            }
         }
     }
 
@@ -144,6 +179,7 @@ impl Content {
             ContentBody::Delete { .. } => "delete",
             ContentBody::Reaction { .. } => "reaction",
             ContentBody::Attachment { .. } => "attachment",
+            ContentBody::Announcement { .. } => "announcement",
         }
     }
 }

@@ -23,6 +23,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod content;
 pub mod error;
 pub mod fingerprint;
@@ -37,8 +38,8 @@ pub use ids::{
     ClientMsgId, DepartmentSlug, DeviceId, DeviceKey, GroupHandle, Role, Signature, UserId,
 };
 pub use messages::{
-    DepartmentInfo, EntryBody, Event, GroupKind, GroupSummary, LogEntry, MemberInfo, PostBody,
-    Request, Response, SessionInfo, UserSummary,
+    AnnouncementInfo, AnnouncementState, AuditEntry, DepartmentInfo, EntryBody, Event, GroupKind,
+    GroupSummary, LogEntry, MemberInfo, PostBody, Request, Response, SessionInfo, UserSummary,
 };
 
 /// The protocol version this build speaks. A peer announcing another version is refused

@@ -128,6 +128,98 @@ pub enum Request {
     ListUsers,
     /// Admin: lists all departments. Answered with `Departments`.
     ListDepartments,
+    /// Admin: changes a user's roles. Answered with `User`.
+    SetRoles {
+        /// Personnel number.
+        user: UserId,
+        /// Roles to grant.
+        add: Vec<Role>,
+        /// Roles to take away (`member` cannot be taken away).
+        remove: Vec<Role>,
+    },
+    /// Author/editor/admin: writes an announcement draft, visible only to its author until
+    /// submitted. Answered with `Announcement`.
+    AnnouncementDraft {
+        /// Headline.
+        title: String,
+        /// Body text.
+        text: String,
+        /// Whether colleagues are asked to confirm they have read it.
+        requires_ack: bool,
+        /// When it disappears, Unix milliseconds.
+        expires_at_ms: Option<i64>,
+    },
+    /// The author hands a draft to the editors. Answered with `Announcement`.
+    AnnouncementSubmit {
+        /// Announcement id.
+        id: u64,
+    },
+    /// Editor: approves a submitted draft, publishing it to `announcements`.
+    /// Answered with `Announcement`.
+    AnnouncementApprove {
+        /// Announcement id.
+        id: u64,
+    },
+    /// Editor: sends a submitted draft back with a comment. Answered with `Announcement`.
+    AnnouncementReject {
+        /// Announcement id.
+        id: u64,
+        /// Why, for the author.
+        comment: String,
+    },
+    /// Editor/admin: publishes a notice directly. Answered with `Announcement`.
+    AnnouncementPublish {
+        /// Headline.
+        title: String,
+        /// Body text.
+        text: String,
+        /// Whether colleagues are asked to confirm they have read it.
+        requires_ack: bool,
+        /// When it disappears, Unix milliseconds.
+        expires_at_ms: Option<i64>,
+    },
+    /// "I have read it." Answered with `Announcement`.
+    AnnouncementAck {
+        /// Announcement id.
+        id: u64,
+    },
+    /// Editor: pins or unpins a published announcement. Answered with `Announcement`.
+    AnnouncementPin {
+        /// Announcement id.
+        id: u64,
+        /// Pinned or not.
+        pinned: bool,
+    },
+    /// Lists announcements: published and unexpired ones; with `pending`, editors see
+    /// submitted drafts and authors their own drafts. Answered with `Announcements`.
+    Announcements {
+        /// Show drafts and submissions instead of published announcements.
+        pending: bool,
+    },
+    /// Department owner/admin: removes a post from a public group, leaving a tombstone.
+    /// Answered with `Done`.
+    RemovePost {
+        /// The group.
+        group: GroupHandle,
+        /// The post.
+        seq: u64,
+    },
+    /// Admin: the hash-chained audit log from `since` (index, 0 = start). Answered with
+    /// `Audit`.
+    AuditLog {
+        /// First index to return.
+        since: u64,
+        /// At most this many.
+        limit: u32,
+    },
+    /// Admin: keep entries of a public group or `announcements` only this many days
+    /// (`None`: forever). Answered with `Done`.
+    SetRetention {
+        /// The group.
+        group: GroupHandle,
+        /// Days to keep.
+        days: Option<u32>,
+    },
 }
 
 /// What is posted.
@@ -217,6 +309,19 @@ pub enum Response {
     Department(DepartmentInfo),
     /// Answer to `ListDepartments`.
     Departments(Vec<DepartmentInfo>),
+    /// A user (answer to `SetRoles`).
+    User(UserSummary),
+    /// An announcement.
+    Announcement(AnnouncementInfo),
+    /// A list of announcements.
+    Announcements(Vec<AnnouncementInfo>),
+    /// Audit log entries, oldest first.
+    Audit {
+        /// The entries.
+        entries: Vec<AuditEntry>,
+        /// Number of entries in the whole log.
+        total: u64,
+    },
 }
 
 /// Something that happened, pushed to subscribed clients.
@@ -362,6 +467,92 @@ pub struct DepartmentInfo {
     pub owners: Vec<UserId>,
     /// Number of members.
     pub members: u32,
+}
+
+/// Where an announcement is in its workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnnouncementState {
+    /// Being written; only its author sees it.
+    Draft,
+    /// Waiting for an editor.
+    Submitted,
+    /// Visible to everybody in `announcements`.
+    Published,
+    /// Sent back by an editor.
+    Rejected {
+        /// The editor.
+        by: UserId,
+        /// Why.
+        comment: String,
+    },
+}
+
+impl AnnouncementState {
+    /// Lower-case name for output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AnnouncementState::Draft => "draft",
+            AnnouncementState::Submitted => "submitted",
+            AnnouncementState::Published => "published",
+            AnnouncementState::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// An announcement as a user sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnouncementInfo {
+    /// Id.
+    pub id: u64,
+    /// Who wrote it.
+    pub author: UserId,
+    /// The author's display name.
+    pub author_name: String,
+    /// Headline.
+    pub title: String,
+    /// Body text.
+    pub text: String,
+    /// Workflow state.
+    pub state: AnnouncementState,
+    /// Whether colleagues are asked to acknowledge it.
+    pub requires_ack: bool,
+    /// When it disappears, Unix milliseconds.
+    pub expires_at_ms: Option<i64>,
+    /// Pinned by an editor.
+    pub pinned: bool,
+    /// Its entry in `announcements`, once published.
+    pub seq: Option<u64>,
+    /// Created, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Number of colleagues who acknowledged it.
+    pub acks: u32,
+    /// Who acknowledged it (filled for editors and admins only).
+    pub acked_by: Vec<UserId>,
+    /// Whether the asking user acknowledged it.
+    pub acked_by_me: bool,
+}
+
+/// One entry of the hash-chained audit log. `hash` commits to every other field,
+/// including the previous entry's hash, so editing or removing an entry breaks the chain
+/// (see [`crate::audit`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Position in the log (0, 1, …).
+    pub index: u64,
+    /// When, Unix milliseconds.
+    pub at_ms: i64,
+    /// Who did it.
+    pub actor: UserId,
+    /// What, e.g. `user.add`, `user.remove`, `announcement.approve`, `post.remove`.
+    pub action: String,
+    /// On what, e.g. a user id or `bauamt#12`.
+    pub target: String,
+    /// Details (never content of secret groups).
+    pub detail: String,
+    /// Hash of the previous entry (zeros for the first).
+    pub prev_hash: [u8; 32],
+    /// SHA-256 over this entry's other fields.
+    pub hash: [u8; 32],
 }
 
 impl Response {

@@ -260,7 +260,11 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = BUILD.lock().map_err(|_| anyhow!("poisoned"))?;
     if !path.exists() {
-        let package = if name == "rathaus" { "rathaus-cli" } else { "rathaus-server" };
+        let package = if name == "rathaus" {
+            "rathaus-cli"
+        } else {
+            "rathaus-server"
+        };
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["build", "-p", package, "--bin", name])
             .status()?;

@@ -20,7 +20,12 @@ fn rathaus(profile: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .unwrap();
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     } else {
         drop(child.stdin.take());
     }
@@ -35,7 +40,10 @@ fn json_ok(out: &Output) -> Value {
         String::from_utf8_lossy(&out.stdout)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("not one JSON document ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -46,7 +54,13 @@ fn init_run_enroll_provision_post_read_with_json() {
     let init = Command::new(workspace_bin("rathaus-server").unwrap())
         .args(["init", "--data"])
         .arg(&data)
-        .args(["--listen", "127.0.0.1:0", "--org", "Stadt Teststadt", "--json"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--org",
+            "Stadt Teststadt",
+            "--json",
+        ])
         .output()
         .unwrap();
     let init = json_ok(&init);
@@ -70,23 +84,66 @@ fn init_run_enroll_provision_post_read_with_json() {
     let admin = tmp.path().join("admin");
     let enrolled = json_ok(&rathaus(
         &admin,
-        &["enroll", "--server", &addr, "--fingerprint", &fp, "--user", &admin_user,
-          "--code", &admin_code, "--password-stdin", "--json"],
+        &[
+            "enroll",
+            "--server",
+            &addr,
+            "--fingerprint",
+            &fp,
+            "--user",
+            &admin_user,
+            "--code",
+            &admin_code,
+            "--password-stdin",
+            "--json",
+        ],
         Some(&format!("{PASSWORD}\n")),
     ));
     assert_eq!(enrolled["user"], admin_user.as_str());
 
-    json_ok(&rathaus(&admin, &["admin", "department", "add", "bauamt", "--name", "Bauamt", "--json"], None));
+    json_ok(&rathaus(
+        &admin,
+        &[
+            "admin",
+            "department",
+            "add",
+            "bauamt",
+            "--name",
+            "Bauamt",
+            "--json",
+        ],
+        None,
+    ));
     let anna_add = json_ok(&rathaus(
         &admin,
-        &["admin", "user", "add", "P1001", "--name", "Anna Berg", "--department", "bauamt", "--json"],
+        &[
+            "admin",
+            "user",
+            "add",
+            "P1001",
+            "--name",
+            "Anna Berg",
+            "--department",
+            "bauamt",
+            "--json",
+        ],
         None,
     ));
     assert_eq!(anna_add["user"], "P1001");
     let anna_code = anna_add["enrollment_code"].as_str().unwrap().to_owned();
     let jonas_add = json_ok(&rathaus(
         &admin,
-        &["admin", "user", "add", "P1002", "--name", "Jonas Weber", "--department", "bauamt", "--json"],
+        &[
+            "admin",
+            "user",
+            "add",
+            "P1002",
+            "--name",
+            "Jonas Weber",
+            "--department",
+            "bauamt",
+            "--json",
+        ],
         None,
     ));
     let jonas_code = jonas_add["enrollment_code"].as_str().unwrap().to_owned();
@@ -96,8 +153,19 @@ fn init_run_enroll_provision_post_read_with_json() {
     for (profile, user, code) in [(&anna, "P1001", &anna_code), (&jonas, "P1002", &jonas_code)] {
         json_ok(&rathaus(
             profile,
-            &["enroll", "--server", &addr, "--fingerprint", &fp, "--user", user, "--code", code,
-              "--password-stdin", "--json"],
+            &[
+                "enroll",
+                "--server",
+                &addr,
+                "--fingerprint",
+                &fp,
+                "--user",
+                user,
+                "--code",
+                code,
+                "--password-stdin",
+                "--json",
+            ],
             Some(&format!("{PASSWORD}\n")),
         ));
     }
@@ -105,9 +173,17 @@ fn init_run_enroll_provision_post_read_with_json() {
     assert_eq!(whoami["user"], "P1001");
     assert_eq!(whoami["name"], "Anna Berg");
 
-    let sent = json_ok(&rathaus(&anna, &["send", "bauamt", "Hallo Bauamt", "--json"], None));
+    let sent = json_ok(&rathaus(
+        &anna,
+        &["send", "bauamt", "Hallo Bauamt", "--json"],
+        None,
+    ));
     assert_eq!(sent["seq"], 1);
-    json_ok(&rathaus(&jonas, &["send", "bauamt", "Hallo Anna", "--json"], None));
+    json_ok(&rathaus(
+        &jonas,
+        &["send", "bauamt", "Hallo Anna", "--json"],
+        None,
+    ));
 
     let read = json_ok(&rathaus(&jonas, &["read", "bauamt", "--json"], None));
     assert_eq!(read["group"], "bauamt");
@@ -120,7 +196,11 @@ fn init_run_enroll_provision_post_read_with_json() {
     assert!(messages[0]["sent_at"].as_str().unwrap().contains('T'));
 
     let groups = json_ok(&rathaus(&anna, &["groups", "--json"], None));
-    assert!(groups["groups"].as_array().unwrap().iter().any(|g| g["handle"] == "bauamt"));
+    assert!(groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["handle"] == "bauamt"));
 
     // Failures: non-zero exit and one line on stderr.
     let bad = rathaus(&anna, &["send", "no such group!", "x"], None);
@@ -130,7 +210,11 @@ fn init_run_enroll_provision_post_read_with_json() {
     let missing = rathaus(&tmp.path().join("nobody"), &["whoami"], None);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("enroll"));
-    let forbidden = rathaus(&anna, &["admin", "user", "add", "P1003", "--name", "X", "--json"], None);
+    let forbidden = rathaus(
+        &anna,
+        &["admin", "user", "add", "P1003", "--name", "X", "--json"],
+        None,
+    );
     assert!(!forbidden.status.success());
     let doc: Value = serde_json::from_slice(&forbidden.stdout).unwrap();
     assert_eq!(doc["error"]["code"], "Forbidden");

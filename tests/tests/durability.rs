@@ -36,7 +36,12 @@ async fn sigkill_after_acknowledged_posts_loses_and_duplicates_nothing() {
         };
         async move { Client::enroll(&dir, options).await.unwrap() }
     };
-    let mut admin = enroll(tmp.path().join("admin"), &report.admin_user, &report.enrollment_code).await;
+    let mut admin = enroll(
+        tmp.path().join("admin"),
+        &report.admin_user,
+        &report.enrollment_code,
+    )
+    .await;
     admin
         .admin_add_department("bauamt".parse().unwrap(), "Bauamt", vec![])
         .await
@@ -44,7 +49,12 @@ async fn sigkill_after_acknowledged_posts_loses_and_duplicates_nothing() {
     let mut writers = Vec::new();
     for (i, user) in ["P1001", "P1002", "P1003"].iter().enumerate() {
         let (code, _) = admin
-            .admin_add_user(UserId::parse(user).unwrap(), user, vec!["bauamt".parse().unwrap()], vec![])
+            .admin_add_user(
+                UserId::parse(user).unwrap(),
+                user,
+                vec!["bauamt".parse().unwrap()],
+                vec![],
+            )
             .await
             .unwrap();
         writers.push((i, enroll(tmp.path().join(user), user, &code).await));
@@ -79,12 +89,22 @@ async fn sigkill_after_acknowledged_posts_loses_and_duplicates_nothing() {
     // Restart on the same address; the profiles still point there.
     let server = ServerProcess::spawn(&data, &addr).unwrap();
     let mut reader = Client::open(&dirs[0]).unwrap();
-    let rows = within("read after restart", reader.read(&bauamt)).await.unwrap().unwrap();
+    let rows = within("read after restart", reader.read(&bauamt))
+        .await
+        .unwrap()
+        .unwrap();
     let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, (1..=120).collect::<Vec<u64>>(), "dense, ordered, no duplicates");
+    assert_eq!(
+        seqs,
+        (1..=120).collect::<Vec<u64>>(),
+        "dense, ordered, no duplicates"
+    );
     for (seq, text, _) in &acked {
         let row = rows.iter().find(|r| r.seq == *seq).unwrap();
-        assert_eq!(&row.text, text, "acknowledged post #{seq} survived unchanged");
+        assert_eq!(
+            &row.text, text,
+            "acknowledged post #{seq} survived unchanged"
+        );
     }
 
     // A client retrying an acknowledged post after the crash gets the same seq back.
@@ -96,7 +116,11 @@ async fn sigkill_after_acknowledged_posts_loses_and_duplicates_nothing() {
     };
     let mut writer0 = Client::open(&dirs[0]).unwrap();
     match writer0.request(&retry).await {
-        Ok(Response::Posted { seq: again, duplicate: true, .. }) => assert_eq!(again, seq),
+        Ok(Response::Posted {
+            seq: again,
+            duplicate: true,
+            ..
+        }) => assert_eq!(again, seq),
         other => panic!("expected a duplicate acknowledgement, got {other:?}"),
     }
     writer0.disconnect().await;

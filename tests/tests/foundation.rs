@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use rathaus_client::{Client, ClientError};
 use rathaus_protocol::{
-    frame, ClientMsgId, Content, ErrorCode, Event, GroupHandle, PostBody, Request, Response,
-    UserId,
+    frame, ClientMsgId, Content, ErrorCode, Event, GroupHandle, PostBody, Request, Response, UserId,
 };
 use rathaus_tests::{within, TestBackend, PASSWORD};
 
@@ -23,22 +22,36 @@ async fn bootstrap_provision_enroll_post_read() {
     assert!(me.roles.contains(&rathaus_protocol::Role::Admin));
 
     backend.department(&mut admin, "bauamt", &[]).await.unwrap();
-    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &["bauamt"]).await.unwrap();
-    let mut jonas = backend.user(&mut admin, "P1002", "Jonas Weber", &["bauamt"]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let mut jonas = backend
+        .user(&mut admin, "P1002", "Jonas Weber", &["bauamt"])
+        .await
+        .unwrap();
 
     let groups = anna.groups().await.unwrap();
     let handles: Vec<String> = groups.iter().map(|g| g.handle.to_string()).collect();
     assert!(handles.contains(&"bauamt".to_owned()), "{handles:?}");
     assert!(handles.contains(&"announcements".to_owned()), "{handles:?}");
 
-    let r1 = anna.send_text(&bauamt(), "Baustelle ab Montag gesperrt").await.unwrap();
-    let r2 = jonas.send_text(&bauamt(), "Danke, Bauhof weiss Bescheid").await.unwrap();
+    let r1 = anna
+        .send_text(&bauamt(), "Baustelle ab Montag gesperrt")
+        .await
+        .unwrap();
+    let r2 = jonas
+        .send_text(&bauamt(), "Danke, Bauhof weiss Bescheid")
+        .await
+        .unwrap();
     assert_eq!((r1.seq, r2.seq), (1, 2));
 
     for client in [&mut anna, &mut jonas] {
         let rows = client.read(&bauamt()).await.unwrap();
-        let texts: Vec<(&str, &str)> =
-            rows.iter().map(|r| (r.sender.as_str(), r.text.as_str())).collect();
+        let texts: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.sender.as_str(), r.text.as_str()))
+            .collect();
         assert_eq!(
             texts,
             vec![
@@ -76,11 +89,19 @@ async fn a_listening_client_gets_new_posts_pushed() {
     let mut backend = TestBackend::start().await.unwrap();
     let mut admin = backend.admin().await.unwrap();
     backend.department(&mut admin, "bauamt", &[]).await.unwrap();
-    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &["bauamt"]).await.unwrap();
-    let mut jonas = backend.user(&mut admin, "P1002", "Jonas Weber", &["bauamt"]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let mut jonas = backend
+        .user(&mut admin, "P1002", "Jonas Weber", &["bauamt"])
+        .await
+        .unwrap();
 
     let mut sub = jonas.subscribe().await.unwrap();
-    anna.send_text(&bauamt(), "Kaffee ist fertig").await.unwrap();
+    anna.send_text(&bauamt(), "Kaffee ist fertig")
+        .await
+        .unwrap();
     let rows = within("the pushed post", async {
         loop {
             let event = sub.next().await.unwrap();
@@ -123,7 +144,10 @@ async fn an_enrollment_code_works_once_and_not_after_expiry() {
 async fn wrong_password_and_wrong_device_key_are_refused_and_throttled() {
     let mut backend = TestBackend::start().await.unwrap();
     let mut admin = backend.admin().await.unwrap();
-    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &[]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &[])
+        .await
+        .unwrap();
     let server = backend.addr.to_string();
 
     // Wrong password for a second device: refused, then throttled.
@@ -143,7 +167,11 @@ async fn wrong_password_and_wrong_device_key_are_refused_and_throttled() {
         codes.push(err.code());
     }
     assert_eq!(codes[0], Some(ErrorCode::Unauthenticated));
-    assert_eq!(codes.last().copied().flatten(), Some(ErrorCode::RateLimited), "{codes:?}");
+    assert_eq!(
+        codes.last().copied().flatten(),
+        Some(ErrorCode::RateLimited),
+        "{codes:?}"
+    );
 
     // Even the right password is refused while throttled…
     let dir = backend.profile_dir("P1001");
@@ -188,7 +216,11 @@ async fn wrong_password_and_wrong_device_key_are_refused_and_throttled() {
         conn.close().await;
     }
     assert_eq!(seen[0], Some(ErrorCode::Unauthenticated));
-    assert_eq!(seen.last().copied().flatten(), Some(ErrorCode::RateLimited), "{seen:?}");
+    assert_eq!(
+        seen.last().copied().flatten(),
+        Some(ErrorCode::RateLimited),
+        "{seen:?}"
+    );
     backend.clock.advance(Duration::from_secs(3600));
     anna.disconnect().await;
     assert_eq!(anna.whoami().await.unwrap().user.as_str(), "P1001");
@@ -215,7 +247,10 @@ async fn garbage_and_oversize_frames_get_errors_while_others_keep_working() {
     let mut backend = TestBackend::start().await.unwrap();
     let mut admin = backend.admin().await.unwrap();
     backend.department(&mut admin, "bauamt", &[]).await.unwrap();
-    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &["bauamt"]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
 
     let attacker =
         rathaus_client::net::Connection::connect(&backend.addr.to_string(), &backend.fingerprint)
@@ -230,28 +265,67 @@ async fn garbage_and_oversize_frames_get_errors_while_others_keep_working() {
     bytes.extend_from_slice(&garbage);
     send.write_all(&bytes).await.unwrap();
     send.finish().unwrap();
-    let answer = within("garbage answer", read_response(&mut recv)).await.unwrap();
-    assert!(matches!(answer, Some(Response::Error { code: ErrorCode::Invalid, .. })), "{answer:?}");
+    let answer = within("garbage answer", read_response(&mut recv))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            answer,
+            Some(Response::Error {
+                code: ErrorCode::Invalid,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
 
     // 2. A frame announcing 4 GiB: `TooLarge`, without the server waiting for the body.
     let (mut send, mut recv) = raw.open_bi().await.unwrap();
     send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    let answer = within("oversize answer", read_response(&mut recv)).await.unwrap();
-    assert!(matches!(answer, Some(Response::Error { code: ErrorCode::TooLarge, .. })), "{answer:?}");
+    let answer = within("oversize answer", read_response(&mut recv))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            answer,
+            Some(Response::Error {
+                code: ErrorCode::TooLarge,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
 
     // 3. An unauthenticated request for data: `Unauthenticated`.
     let (mut send, mut recv) = raw.open_bi().await.unwrap();
-    let fetch = Request::Fetch { group: bauamt(), since: 0, limit: 10 };
-    send.write_all(&frame::encode(&fetch).unwrap()).await.unwrap();
+    let fetch = Request::Fetch {
+        group: bauamt(),
+        since: 0,
+        limit: 10,
+    };
+    send.write_all(&frame::encode(&fetch).unwrap())
+        .await
+        .unwrap();
     send.finish().unwrap();
-    let answer = within("unauthenticated answer", read_response(&mut recv)).await.unwrap();
+    let answer = within("unauthenticated answer", read_response(&mut recv))
+        .await
+        .unwrap();
     assert!(
-        matches!(answer, Some(Response::Error { code: ErrorCode::Unauthenticated, .. })),
+        matches!(
+            answer,
+            Some(Response::Error {
+                code: ErrorCode::Unauthenticated,
+                ..
+            })
+        ),
         "{answer:?}"
     );
 
     // The attacker's own connection still answers a well-formed request…
-    let pong = within("ping", attacker.request(&Request::Ping)).await.unwrap().unwrap();
+    let pong = within("ping", attacker.request(&Request::Ping))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(pong, Response::Pong);
     // …and a colleague on another connection is not affected at all.
     let receipt = anna.send_text(&bauamt(), "still here").await.unwrap();
@@ -264,7 +338,10 @@ async fn a_retried_post_is_stored_once() {
     let mut backend = TestBackend::start().await.unwrap();
     let mut admin = backend.admin().await.unwrap();
     backend.department(&mut admin, "bauamt", &[]).await.unwrap();
-    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &["bauamt"]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
     let post = Request::Post {
         group: bauamt(),
         client_id: ClientMsgId([9; 16]),
@@ -274,8 +351,16 @@ async fn a_retried_post_is_stored_once() {
     let second = anna.request(&post).await.unwrap();
     match (first, second) {
         (
-            Response::Posted { seq: a, duplicate: false, .. },
-            Response::Posted { seq: b, duplicate: true, .. },
+            Response::Posted {
+                seq: a,
+                duplicate: false,
+                ..
+            },
+            Response::Posted {
+                seq: b,
+                duplicate: true,
+                ..
+            },
         ) => assert_eq!(a, b),
         other => panic!("unexpected answers {other:?}"),
     }
@@ -287,12 +372,21 @@ async fn an_offboarded_user_is_disconnected_and_cannot_log_in_again() {
     let mut backend = TestBackend::start().await.unwrap();
     let mut admin = backend.admin().await.unwrap();
     backend.department(&mut admin, "bauamt", &[]).await.unwrap();
-    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &["bauamt"]).await.unwrap();
-    let mut jonas = backend.user(&mut admin, "P1002", "Jonas Weber", &["bauamt"]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let mut jonas = backend
+        .user(&mut admin, "P1002", "Jonas Weber", &["bauamt"])
+        .await
+        .unwrap();
     jonas.send_text(&bauamt(), "bleibt stehen").await.unwrap();
 
     let mut sub = jonas.subscribe().await.unwrap();
-    admin.admin_remove_user(UserId::parse("P1002").unwrap()).await.unwrap();
+    admin
+        .admin_remove_user(UserId::parse("P1002").unwrap())
+        .await
+        .unwrap();
 
     // The live session ends at once, with a reason the client can show.
     let ended = within("the session to end", async {
@@ -326,13 +420,19 @@ async fn an_offboarded_user_is_disconnected_and_cannot_log_in_again() {
 async fn a_member_cannot_use_admin_requests() {
     let mut backend = TestBackend::start().await.unwrap();
     let mut admin = backend.admin().await.unwrap();
-    let mut anna = backend.user(&mut admin, "P1001", "Anna Berg", &[]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &[])
+        .await
+        .unwrap();
     let err = anna
         .admin_add_user(UserId::parse("P9999").unwrap(), "Mallory", vec![], vec![])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
-    let err = anna.admin_remove_user(UserId::parse("admin").unwrap()).await.unwrap_err();
+    let err = anna
+        .admin_remove_user(UserId::parse("admin").unwrap())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
     // Only editors and admins post announcements.
     let err = anna
