@@ -213,6 +213,22 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             client.disconnect().await;
             Ok(())
         }
+        Command::Announce { command } => {
+            let mut client = open(profile)?;
+            let result = crate::announce::run(&mut client, command, out).await;
+            client.disconnect().await;
+            result
+        }
+        Command::Moderate { group, seq } => {
+            let group = GroupHandle::parse(&group)?;
+            let mut client = open(profile)?;
+            client.remove_post(&group, seq).await?;
+            out.print(json!({"group": group.to_string(), "removed": seq}), || {
+                format!("removed post #{seq} from {group}")
+            });
+            client.disconnect().await;
+            Ok(())
+        }
         Command::Demo => crate::demo::run(out).await,
     }
 }
@@ -308,6 +324,84 @@ async fn admin(profile: Option<PathBuf>, command: AdminCommand, out: &Output) ->
             out.print(json!({"removed": user.as_str()}), || {
                 format!("{user} offboarded: sessions ended, devices revoked")
             });
+        }
+        AdminCommand::User {
+            command: UserCommand::Role { id, add, remove },
+        } => {
+            let user = UserId::parse(&id)?;
+            let add = add
+                .iter()
+                .map(|r| Role::parse(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            let remove = remove
+                .iter()
+                .map(|r| Role::parse(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            let u = client.admin_set_roles(user, add, remove).await?;
+            let roles: Vec<&str> = u.roles.iter().map(|r| r.as_str()).collect();
+            out.print(json!({"user": u.user.as_str(), "roles": roles}), || {
+                format!("{}: {}", u.user, roles.join(", "))
+            });
+        }
+        AdminCommand::Audit { verify } => {
+            let (entries, broken) = if verify {
+                client.admin_audit_verify().await?
+            } else {
+                (client.admin_audit().await?, None)
+            };
+            let docs: Vec<Value> = entries
+                .iter()
+                .map(|e| {
+                    json!({"index": e.index, "at": rfc3339(e.at_ms), "actor": e.actor.as_str(),
+                                "action": e.action, "target": e.target, "detail": e.detail})
+                })
+                .collect();
+            let mut doc = json!({"entries": docs});
+            if verify {
+                doc["verified"] = json!(broken.is_none());
+                doc["broken_at"] = json!(broken.as_ref().map(|b| b.index));
+                doc["problem"] = json!(broken.as_ref().map(|b| b.to_string()));
+            }
+            out.print(doc, || {
+                let mut lines: Vec<String> = entries
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{:>5} {} {:<10} {:<22} {} {}",
+                            e.index,
+                            rfc3339(e.at_ms),
+                            e.actor.as_str(),
+                            e.action,
+                            e.target,
+                            e.detail
+                        )
+                    })
+                    .collect();
+                if verify {
+                    lines.push(match &broken {
+                        None => format!("audit chain intact ({} entries)", entries.len()),
+                        Some(b) => format!("AUDIT CHAIN BROKEN: {b}"),
+                    });
+                }
+                lines.join("\n")
+            });
+            client.disconnect().await;
+            if let Some(b) = broken {
+                return Err(anyhow!("{b}"));
+            }
+            return Ok(());
+        }
+        AdminCommand::Retention { group, days } => {
+            let group = GroupHandle::parse(&group)?;
+            let days = (days > 0).then_some(days);
+            client.admin_set_retention(&group, days).await?;
+            out.print(
+                json!({"group": group.to_string(), "retention_days": days}),
+                || match days {
+                    Some(d) => format!("{group}: entries older than {d} days are deleted"),
+                    None => format!("{group}: entries are kept forever"),
+                },
+            );
         }
         AdminCommand::User {
             command: UserCommand::List,

@@ -2,6 +2,7 @@
 //! parse arguments, call the library, print human text or (with `--json`) one JSON
 //! document, and exit non-zero with a one-line reason on any failure.
 
+mod announce;
 mod commands;
 mod demo;
 mod output;
@@ -103,8 +104,91 @@ pub(crate) enum Command {
         /// The group.
         group: String,
     },
+    /// Announcements: draft, submit, approve, publish, acknowledge.
+    Announce {
+        #[command(subcommand)]
+        command: AnnounceCommand,
+    },
+    /// Remove a post from a public group (department owners and admins).
+    Moderate {
+        /// The group.
+        group: String,
+        /// The post's number.
+        seq: u64,
+    },
     /// A self-contained tour: temporary server and colleagues talking.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AnnounceCommand {
+    /// Write a draft (prints its id).
+    Draft {
+        /// Headline.
+        #[arg(long)]
+        title: String,
+        /// Text.
+        #[arg(long)]
+        body: String,
+        /// Ask colleagues to confirm they have read it.
+        #[arg(long)]
+        requires_ack: bool,
+        /// Hide it after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Hand your draft to the editors.
+    Submit {
+        /// Announcement id.
+        id: u64,
+    },
+    /// Editor: approve and publish a submitted draft.
+    Approve {
+        /// Announcement id.
+        id: u64,
+    },
+    /// Editor: send a draft back with a comment.
+    Reject {
+        /// Announcement id.
+        id: u64,
+        /// Why.
+        #[arg(long)]
+        comment: String,
+    },
+    /// Editor/admin: publish a notice directly.
+    Publish {
+        /// Headline.
+        #[arg(long)]
+        title: String,
+        /// Text.
+        #[arg(long)]
+        body: String,
+        /// Ask colleagues to confirm they have read it.
+        #[arg(long)]
+        requires_ack: bool,
+        /// Hide it after this time (RFC 3339).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// "I have read it."
+    Ack {
+        /// Announcement id.
+        id: u64,
+    },
+    /// Editor: pin (or with --unpin, unpin) a published announcement.
+    Pin {
+        /// Announcement id.
+        id: u64,
+        /// Unpin instead.
+        #[arg(long)]
+        unpin: bool,
+    },
+    /// List published announcements, or with --pending drafts and submissions.
+    List {
+        /// Show drafts and submissions (editors see all submissions).
+        #[arg(long)]
+        pending: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +202,19 @@ pub(crate) enum AdminCommand {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Show the audit log of admin, editor and moderation actions.
+    Audit {
+        /// Check the hash chain and report the first broken link.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Keep a public group's or announcements' entries only this many days (0: forever).
+    Retention {
+        /// The group.
+        group: String,
+        /// Days.
+        days: u32,
     },
 }
 
@@ -161,6 +258,17 @@ pub(crate) enum UserCommand {
     },
     /// List users.
     List,
+    /// Grant or revoke roles.
+    Role {
+        /// Personnel number.
+        id: String,
+        /// Role to grant (repeatable).
+        #[arg(long = "add")]
+        add: Vec<String>,
+        /// Role to revoke (repeatable).
+        #[arg(long = "remove")]
+        remove: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {

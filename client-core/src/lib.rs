@@ -21,6 +21,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod announce;
 mod client;
 pub mod error;
 pub mod net;
@@ -28,6 +29,7 @@ pub mod store;
 mod sync;
 pub mod time_fmt;
 
+pub use announce::AnnouncementDraft;
 pub use client::{Client, EnrollOptions, GroupView, Identity};
 pub use error::{ClientError, Result};
 pub use store::TimelineRow;

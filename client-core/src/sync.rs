@@ -3,8 +3,8 @@
 
 use rand::RngCore;
 use rathaus_protocol::{
-    ClientMsgId, Content, EntryBody, ErrorCode, Event, GroupHandle, LogEntry, PostBody, Request,
-    Response,
+    ClientMsgId, Content, ContentBody, EntryBody, ErrorCode, Event, GroupHandle, LogEntry,
+    PostBody, Request, Response,
 };
 
 use crate::client::Client;
@@ -140,6 +140,8 @@ impl Client {
                         sent_at_ms,
                         kind,
                         text,
+                        expires_at_ms: None,
+                        removes: None,
                     };
                     self.store.mark_acked(item.client_id, &row)?;
                     report.sent += 1;
@@ -227,11 +229,10 @@ impl Client {
             }
         }
         self.fetch_group(group).await?;
-        let rows = self.store.timeline(&group.to_string())?;
-        if let Some(last) = rows.last() {
-            self.store.mark_read(&group.to_string(), last.seq)?;
-        }
-        Ok(rows)
+        let handle = group.to_string();
+        let cursor = self.store.cursor(&handle)?;
+        self.store.mark_read(&handle, cursor)?;
+        self.store.visible_timeline(&handle, now_ms())
     }
 
     /// Applies a pushed event: stores a new entry (fetching any gap before it first).
@@ -290,10 +291,27 @@ fn is_permanent(e: &ClientError) -> bool {
 
 /// Converts a server log entry into a timeline row.
 pub(crate) fn timeline_row(group: &GroupHandle, entry: &LogEntry) -> TimelineRow {
+    let mut expires_at_ms = None;
+    let mut removes = None;
     let (kind, text) = match &entry.body {
-        EntryBody::Content(c) => (c.kind().to_owned(), c.summary()),
+        EntryBody::Content(c) => {
+            if let ContentBody::Announcement {
+                expires_at_ms: e, ..
+            } = &c.body
+            {
+                expires_at_ms = *e;
+            }
+            (c.kind().to_owned(), c.summary())
+        }
         EntryBody::Mls(_) => ("mls".to_owned(), "(encrypted)".to_owned()),
         EntryBody::Removed { by } => ("removed".to_owned(), format!("(removed by moderator {by})")),
+        EntryBody::Moderated { target } => {
+            removes = Some(*target);
+            (
+                "moderation".to_owned(),
+                format!("{} removed post #{target}", entry.sender_name),
+            )
+        }
     };
     TimelineRow {
         group: group.to_string(),
@@ -303,5 +321,7 @@ pub(crate) fn timeline_row(group: &GroupHandle, entry: &LogEntry) -> TimelineRow
         sent_at_ms: entry.sent_at_ms,
         kind,
         text,
+        expires_at_ms,
+        removes,
     }
 }

@@ -424,6 +424,13 @@ pub enum EntryBody {
         /// Who removed it.
         by: UserId,
     },
+    /// A moderator removed the post `target` (appended to the log, so clients that hold
+    /// the post locally replace it with a tombstone too). The entry's sender is the
+    /// moderator.
+    Moderated {
+        /// The removed post.
+        target: u64,
+    },
 }
 
 /// A member of a group.

@@ -45,6 +45,10 @@ pub struct TimelineRow {
     pub kind: String,
     /// Text for display.
     pub text: String,
+    /// When the entry stops being shown (announcements with an expiry), Unix ms.
+    pub expires_at_ms: Option<i64>,
+    /// For a moderation entry: the post it removed.
+    pub removes: Option<u64>,
 }
 
 /// A message waiting in the outbox.
@@ -115,20 +119,8 @@ impl ProfileStore {
     pub fn append_fetched(&mut self, group: &str, rows: &[TimelineRow], cursor: u64) -> Result<()> {
         let tx = self.db.transaction()?;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO timeline(grp, seq, sender, sender_name, sent_at_ms, kind, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
             for row in rows {
-                insert.execute(params![
-                    row.group,
-                    to_i64(row.seq),
-                    row.sender,
-                    row.sender_name,
-                    row.sent_at_ms,
-                    row.kind,
-                    row.text
-                ])?;
+                insert_row(&tx, row)?;
             }
             tx.execute(
                 "INSERT INTO cursors(grp, seq) VALUES (?1, ?2)
@@ -142,12 +134,23 @@ impl ProfileStore {
 
     /// The whole local timeline of `group`, oldest first.
     pub fn timeline(&self, group: &str) -> Result<Vec<TimelineRow>> {
+        self.timeline_at(group, None)
+    }
+
+    /// The timeline of `group` as shown at `now_ms`: entries that expired are left out.
+    pub fn visible_timeline(&self, group: &str, now_ms: i64) -> Result<Vec<TimelineRow>> {
+        self.timeline_at(group, Some(now_ms))
+    }
+
+    fn timeline_at(&self, group: &str, now_ms: Option<i64>) -> Result<Vec<TimelineRow>> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT grp, seq, sender, sender_name, sent_at_ms, kind, text
-             FROM timeline WHERE grp = ?1 ORDER BY seq",
+            "SELECT grp, seq, sender, sender_name, sent_at_ms, kind, text, expires_at_ms, removes
+             FROM timeline WHERE grp = ?1
+             AND (?2 IS NULL OR expires_at_ms IS NULL OR expires_at_ms > ?2)
+             ORDER BY seq",
         )?;
         let rows = stmt
-            .query_map([group], |r| {
+            .query_map(params![group, now_ms], |r| {
                 Ok(TimelineRow {
                     group: r.get(0)?,
                     seq: to_u64(r.get(1)?),
@@ -156,6 +159,8 @@ impl ProfileStore {
                     sent_at_ms: r.get(4)?,
                     kind: r.get(5)?,
                     text: r.get(6)?,
+                    expires_at_ms: r.get(7)?,
+                    removes: r.get::<_, Option<i64>>(8)?.map(to_u64),
                 })
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -243,19 +248,7 @@ impl ProfileStore {
             "UPDATE outbox SET state = 'acked', seq = ?2 WHERE client_id = ?1",
             params![client_id.0.as_slice(), to_i64(row.seq)],
         )?;
-        tx.execute(
-            "INSERT OR IGNORE INTO timeline(grp, seq, sender, sender_name, sent_at_ms, kind, text)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                row.group,
-                to_i64(row.seq),
-                row.sender,
-                row.sender_name,
-                row.sent_at_ms,
-                row.kind,
-                row.text
-            ],
-        )?;
+        insert_row(&tx, row)?;
         tx.commit()?;
         Ok(())
     }
@@ -303,6 +296,7 @@ impl ProfileStore {
                      grp TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
                      sender_name TEXT NOT NULL, sent_at_ms INTEGER NOT NULL,
                      kind TEXT NOT NULL, text TEXT NOT NULL,
+                     expires_at_ms INTEGER, removes INTEGER,
                      PRIMARY KEY (grp, seq));
                  CREATE TABLE outbox (
                      client_id BLOB PRIMARY KEY, grp TEXT NOT NULL, body BLOB NOT NULL,
@@ -314,6 +308,38 @@ impl ProfileStore {
         }
         Ok(())
     }
+}
+
+/// Inserts a timeline row (ignoring one already present) and applies a moderation
+/// entry's tombstone to the post it removes.
+fn insert_row(tx: &rusqlite::Transaction<'_>, row: &TimelineRow) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO timeline
+         (grp, seq, sender, sender_name, sent_at_ms, kind, text, expires_at_ms, removes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        row.group,
+        to_i64(row.seq),
+        row.sender,
+        row.sender_name,
+        row.sent_at_ms,
+        row.kind,
+        row.text,
+        row.expires_at_ms,
+        row.removes.map(to_i64)
+    ])?;
+    if let Some(target) = row.removes {
+        tx.prepare_cached(
+            "UPDATE timeline SET kind = 'removed', text = ?3 WHERE grp = ?1 AND seq = ?2",
+        )?
+        .execute(params![
+            row.group,
+            to_i64(target),
+            format!("(removed by moderator {})", row.sender_name)
+        ])?;
+    }
+    Ok(())
 }
 
 /// SQLite integers are signed; seqs never reach 2^63 in practice, and clamping keeps the
@@ -356,6 +382,8 @@ mod tests {
             sent_at_ms: 0,
             kind: "text".into(),
             text: format!("m{seq}"),
+            expires_at_ms: None,
+            removes: None,
         }
     }
 
