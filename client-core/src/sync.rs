@@ -256,7 +256,7 @@ impl Client {
                 let rows = self.store.timeline(&handle)?;
                 Ok(rows.into_iter().filter(|r| r.seq > cursor).collect())
             }
-            Event::GroupsChanged | Event::ShuttingDown => Ok(Vec::new()),
+            _ => Ok(Vec::new()),
         }
     }
 

@@ -220,6 +220,63 @@ pub enum Request {
         /// Days to keep.
         days: Option<u32>,
     },
+    /// Uploads this device's MLS KeyPackages (each a serialized `MLSMessage` of wire format
+    /// `mls_key_package`): one-time ones are handed out once each, the last-resort one
+    /// (replacing any earlier) when none remain. Answered with `KeyPackageStatus`.
+    PublishKeyPackages {
+        /// One-time packages.
+        one_time: Vec<Vec<u8>>,
+        /// The last-resort package, if it is to be replaced.
+        last_resort: Option<Vec<u8>>,
+    },
+    /// How many one-time KeyPackages of this device the server still holds. Answered with
+    /// `KeyPackageStatus`.
+    KeyPackageStatus,
+    /// Claims one KeyPackage for every active device of `user` (atomic; one-time packages
+    /// first, then the last-resort one). Only owners of a secret group the user is rostered
+    /// in may claim. Answered with `KeyPackages`.
+    ClaimKeyPackages {
+        /// The secret group the packages are for (authorises the claim).
+        group: GroupHandle,
+        /// Whose devices.
+        user: UserId,
+    },
+    /// The secret groups this user is rostered in or owns, with roster and MLS status.
+    /// Answered with `SecretGroups`.
+    SecretGroups,
+    /// An owner gives birth to an unborn secret group: the GroupInfo (`MLSMessage`) of
+    /// epoch 0 and the ratchet tree. Answered with `Done`.
+    CreateSecretGroup {
+        /// The group (`slug/secret`).
+        group: GroupHandle,
+        /// GroupInfo `MLSMessage` bytes.
+        group_info: Vec<u8>,
+        /// TLS-serialized ratchet tree.
+        ratchet_tree: Vec<u8>,
+    },
+    /// A commit (PublicMessage `MLSMessage`) for the group's current epoch, with the
+    /// Welcome for added devices. Answered with `Committed`, or `StaleEpoch` if another
+    /// commit won that epoch.
+    Commit {
+        /// The group.
+        group: GroupHandle,
+        /// The epoch the commit was made in.
+        epoch: u64,
+        /// The commit.
+        commit: Vec<u8>,
+        /// Welcome `MLSMessage` for added members.
+        welcome: Option<Vec<u8>>,
+        /// GroupInfo `MLSMessage` of the new epoch (for joiners).
+        group_info: Option<Vec<u8>>,
+    },
+    /// Welcomes waiting for this device. Answered with `Welcomes`.
+    FetchWelcomes,
+    /// The current ratchet tree of a secret group (for joiners). Answered with
+    /// `RatchetTree`.
+    RatchetTree {
+        /// The group.
+        group: GroupHandle,
+    },
 }
 
 /// What is posted.
@@ -322,6 +379,40 @@ pub enum Response {
         /// Number of entries in the whole log.
         total: u64,
     },
+    /// How many one-time KeyPackages of this device remain on the server.
+    KeyPackageStatus {
+        /// One-time packages not yet claimed.
+        one_time: u32,
+        /// Whether a last-resort package is stored.
+        last_resort: bool,
+    },
+    /// Claimed KeyPackages, one per active device of the user.
+    KeyPackages {
+        /// The user.
+        user: UserId,
+        /// The packages.
+        packages: Vec<ClaimedKeyPackage>,
+    },
+    /// Answer to `SecretGroups`.
+    SecretGroups(Vec<SecretGroupInfo>),
+    /// The commit was accepted and stored.
+    Committed {
+        /// Its seq in the group's log.
+        seq: u64,
+        /// The group's epoch now.
+        epoch: u64,
+    },
+    /// Answer to `FetchWelcomes`.
+    Welcomes(Vec<WelcomeInfo>),
+    /// Answer to `RatchetTree`.
+    RatchetTree {
+        /// The group.
+        group: GroupHandle,
+        /// The epoch the tree belongs to.
+        epoch: u64,
+        /// TLS-serialized ratchet tree.
+        ratchet_tree: Vec<u8>,
+    },
 }
 
 /// Something that happened, pushed to subscribed clients.
@@ -341,6 +432,20 @@ pub enum Event {
     GroupsChanged,
     /// The server is shutting down; reconnect later.
     ShuttingDown,
+    /// Something changed about secret groups this user is in (roster, pending invitation,
+    /// a Welcome waiting): call `SecretGroups` / `FetchWelcomes`.
+    SecretGroupsChanged,
+    /// The server asks this device to commit the pending removal proposals of `group`
+    /// (the proposals are in the group's log).
+    CommitRequested {
+        /// The group.
+        group: GroupHandle,
+    },
+    /// This device's one-time KeyPackages run low; publish more.
+    KeyPackagesLow {
+        /// How many remain.
+        remaining: u32,
+    },
 }
 
 /// The authenticated identity of a connection.
@@ -474,6 +579,58 @@ pub struct DepartmentInfo {
     pub owners: Vec<UserId>,
     /// Number of members.
     pub members: u32,
+}
+
+/// A KeyPackage claimed for one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimedKeyPackage {
+    /// The device.
+    pub device: DeviceId,
+    /// The KeyPackage `MLSMessage` bytes.
+    pub key_package: Vec<u8>,
+    /// Whether this was the last-resort package (no one-time package was left).
+    pub last_resort: bool,
+}
+
+/// A secret group as the server knows it: roster and MLS status, never content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretGroupInfo {
+    /// Handle (`slug/secret`).
+    pub group: GroupHandle,
+    /// The MLS group id.
+    pub group_id: Vec<u8>,
+    /// Whether an owner has created the MLS group yet.
+    pub born: bool,
+    /// The current epoch (0 if unborn).
+    pub epoch: u64,
+    /// Users on the roster (who may be members).
+    pub roster: Vec<UserId>,
+    /// Owners as seeded by the department record (after birth, the group's own owners
+    /// list inside the MLS group context is authoritative).
+    pub owners: Vec<UserId>,
+    /// Rostered users with no device in the MLS group yet (pending invitations).
+    pub pending: Vec<UserId>,
+    /// Devices in the MLS group (as the server's public state shows them).
+    pub members: Vec<(UserId, DeviceId)>,
+    /// The server's removal key, the only entry of `external_senders`.
+    pub removal_key: [u8; 32],
+    /// Number of entries in the group's log.
+    pub head: u64,
+}
+
+/// A Welcome waiting for a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WelcomeInfo {
+    /// The group.
+    pub group: GroupHandle,
+    /// The Welcome `MLSMessage`.
+    pub welcome: Vec<u8>,
+    /// The ratchet tree of the epoch the Welcome is for.
+    pub ratchet_tree: Vec<u8>,
+    /// Seq of the commit that added the device: the joiner reads the log after it.
+    pub seq: u64,
+    /// The epoch the Welcome is for.
+    pub epoch: u64,
 }
 
 /// Where an announcement is in its workflow.
