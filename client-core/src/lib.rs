@@ -1,1 +1,4 @@
-//! placeholder
+//! Rathaus client library: connection, local store, sync, MLS and trust for client apps.
+#![deny(missing_docs)]
+
+pub mod mls;
