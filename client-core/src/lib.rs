@@ -24,6 +24,7 @@
 mod announce;
 mod client;
 pub mod error;
+pub mod mls;
 pub mod net;
 pub mod store;
 mod sync;

@@ -1,0 +1,713 @@
+//! The client's MLS engine (RFC 9420) for secret groups.
+//!
+//! [`MlsEngine`] owns the profile's SQLite connection and keeps every piece
+//! of MLS state (key packages, groups, secret trees, pending proposals and
+//! commits) in openmls' tables inside that file. It holds no group in
+//! memory: every operation loads the group from SQLite, so the connection can
+//! be dropped and reopened between any two operations, and a crash loses at
+//! most the operation in flight. Each operation runs inside a SQLite
+//! savepoint, so a failed operation leaves no half-written state, and an
+//! operation called inside the caller's own transaction commits or rolls
+//! back together with the caller's history rows.
+//!
+//! The engine is sans-IO: it turns bytes into bytes and typed results; the
+//! sync layer moves them to and from the delivery service.
+//!
+//! Wire formats follow DESIGN §5.6: handshake messages (proposals, commits)
+//! go out as PublicMessage so the server can validate them, application
+//! messages always as PrivateMessage. The ratchet tree extension is off:
+//! the server serves the tree to joiners.
+//!
+//! Own commits are *staged*, not applied: the server decides which commit of
+//! an epoch wins. After the server accepted it, call
+//! [`MlsEngine::merge_pending_commit`]; after a `StaleEpoch`, call
+//! [`MlsEngine::discard_pending_commit`], process what came in and retry.
+//!
+//! ```
+//! use rathaus_client::mls::{DeviceIdentity, MlsEngine};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+//! let me = DeviceIdentity::new("P1001", "laptop")?;
+//! let engine = MlsEngine::open(&dir.path().join("profile.sqlite"), key, me)?;
+//! let server_removal_key = [9u8; 32];
+//! engine.create_group(b"bauamt/secret", &server_removal_key)?;
+//! assert_eq!(engine.epoch(b"bauamt/secret")?, 0);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod identity;
+mod provider;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::{
+    BasicCredential, Capabilities, Ciphersuite, Extension, ExtensionType, Extensions,
+    ExternalSender, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup,
+    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+    ProcessedMessageContent, Proposal, ProtocolVersion, QueuedProposal, RatchetTreeIn, Sender,
+    SignaturePublicKey, StagedCommit, StagedWelcome, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
+};
+use openmls_rust_crypto::RustCrypto;
+use openmls_traits::OpenMlsProvider as _;
+use rusqlite::Connection;
+
+pub use error::MlsError;
+pub use identity::{DeviceIdentity, DeviceSigner};
+pub use provider::{JsonCodec, MlsStorage, SqliteMlsProvider};
+
+/// The one ciphersuite Rathaus uses (DESIGN §2).
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// Identity bytes of the server in the `external_senders` extension. Only the
+/// key matters for verification; the name makes the extension readable.
+const SERVER_IDENTITY: &[u8] = b"rathaus-server";
+
+/// How many past resumption secrets a group keeps; Rathaus uses no
+/// resumption PSKs itself, but a small store costs nothing.
+const RESUMPTION_PSKS: usize = 8;
+
+/// A device's MLS state: its key packages and every group it is in.
+pub struct MlsEngine {
+    /// The profile's SQLite file; openmls' tables live next to the client's own.
+    connection: Connection,
+    /// Crypto and randomness for openmls.
+    crypto: RustCrypto,
+    /// The device key, which signs leaves, key packages and handshake messages.
+    signer: DeviceSigner,
+    /// This device's identity, as put into its credentials.
+    identity: DeviceIdentity,
+}
+
+/// Key packages to upload to the delivery service (DESIGN §5.3).
+///
+/// Each entry is a TLS-serialized `MLSMessage` with wire format
+/// `mls_key_package` (an `MlsMessageOut`), which is what
+/// [`MlsEngine::add_members`] takes.
+#[derive(Debug, Clone)]
+pub struct KeyPackageBatch {
+    /// One-time packages; each is consumed by the Welcome that uses it.
+    pub one_time: Vec<Vec<u8>>,
+    /// The last-resort package, handed out when the one-time ones ran out;
+    /// its private keys stay until replaced.
+    pub last_resort: Vec<u8>,
+}
+
+/// A staged commit of this device, to be sent to the delivery service.
+#[derive(Debug, Clone)]
+pub struct CommitOutput {
+    /// The commit, a PublicMessage `MLSMessage`.
+    pub commit: Vec<u8>,
+    /// The Welcome for added members, if the commit adds any.
+    pub welcome: Option<Vec<u8>>,
+    /// The GroupInfo `MLSMessage` of the epoch the commit creates (without
+    /// ratchet tree), for the server to keep.
+    pub group_info: Option<Vec<u8>>,
+    /// The epoch the commit creates once merged.
+    pub new_epoch: u64,
+}
+
+/// A group member as listed by [`MlsEngine::members`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// Who the member is.
+    pub identity: DeviceIdentity,
+    /// The member's Ed25519 signature key (its device key).
+    pub signature_key: Vec<u8>,
+    /// The member's position in the ratchet tree.
+    pub leaf_index: u32,
+}
+
+/// Who sent a proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposalSender {
+    /// A group member.
+    Member(DeviceIdentity),
+    /// An entry of the `external_senders` extension: the server.
+    External,
+}
+
+/// What a proposal asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposalKind {
+    /// Add the device of this key package.
+    Add(DeviceIdentity),
+    /// Remove this member.
+    Remove(DeviceIdentity),
+    /// The sender replaces its own leaf.
+    Update,
+    /// Anything else (PSK, group context extensions, ...).
+    Other,
+}
+
+/// The outcome of a commit that was merged into the local state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitSummary {
+    /// The member who committed; the caller checks it against the owners
+    /// list for every add (DESIGN §5.4).
+    pub committer: DeviceIdentity,
+    /// Members added by the commit.
+    pub added: Vec<DeviceIdentity>,
+    /// Members removed by the commit.
+    pub removed: Vec<DeviceIdentity>,
+    /// Members who replaced their leaf through an Update proposal.
+    pub updated: Vec<DeviceIdentity>,
+    /// Whether the committer also refreshed its own leaf (path update).
+    pub committer_updated: bool,
+    /// Whether this device was removed; the group is then inactive.
+    pub self_removed: bool,
+    /// The epoch after the commit.
+    pub epoch: u64,
+}
+
+/// What an incoming message turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Incoming {
+    /// An application message, decrypted.
+    Application {
+        /// The member who sent it.
+        sender: DeviceIdentity,
+        /// The decrypted payload (Rathaus message content).
+        plaintext: Vec<u8>,
+    },
+    /// A commit, validated and merged: the group is in the next epoch.
+    Commit(CommitSummary),
+    /// A proposal, validated and stored until a commit covers it.
+    Proposal {
+        /// Who proposed.
+        sender: ProposalSender,
+        /// What was proposed.
+        kind: ProposalKind,
+    },
+}
+
+impl MlsEngine {
+    /// Opens (or creates) the MLS state in the SQLite file at `path`.
+    pub fn open(
+        path: &Path,
+        device_key: SigningKey,
+        identity: DeviceIdentity,
+    ) -> Result<Self, MlsError> {
+        Self::with_connection(Connection::open(path)?, device_key, identity)
+    }
+
+    /// Uses an already open connection to the profile's SQLite file, creating
+    /// the openmls tables in it if needed.
+    pub fn with_connection(
+        mut connection: Connection,
+        device_key: SigningKey,
+        identity: DeviceIdentity,
+    ) -> Result<Self, MlsError> {
+        SqliteMlsProvider::migrate(&mut connection)?;
+        Ok(Self {
+            connection,
+            crypto: RustCrypto::default(),
+            signer: DeviceSigner::new(device_key),
+            identity,
+        })
+    }
+
+    /// The connection, for the client's own tables in the same file.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Gives the connection back, ending the engine.
+    pub fn into_connection(self) -> Connection {
+        self.connection
+    }
+
+    /// This device's identity.
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.identity
+    }
+
+    /// This device's Ed25519 public key, its MLS signature key.
+    pub fn signature_key(&self) -> [u8; 32] {
+        self.signer.public_key()
+    }
+
+    /// Generates `count` one-time key packages and one last-resort package;
+    /// their private keys are stored in the profile.
+    pub fn generate_key_packages(&self, count: usize) -> Result<KeyPackageBatch, MlsError> {
+        self.atomically(|provider| {
+            let credential = self.signer.credential_with_key(&self.identity);
+            let build = |last_resort: bool| -> Result<Vec<u8>, MlsError> {
+                // RFC 9420 §10.1: an extension in a key package must be listed
+                // in its leaf's capabilities, or peers reject the package.
+                let capabilities = Capabilities::builder()
+                    .extensions(vec![ExtensionType::LastResort])
+                    .build();
+                let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
+                if last_resort {
+                    builder = builder.mark_as_last_resort();
+                }
+                let bundle = builder
+                    .build(CIPHERSUITE, provider, &self.signer, credential.clone())
+                    .map_err(|e| MlsError::protocol("generate key package", e))?;
+                encode(MlsMessageOut::from(bundle.key_package().clone()))
+            };
+            let one_time = (0..count)
+                .map(|_| build(false))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(KeyPackageBatch {
+                one_time,
+                last_resort: build(true)?,
+            })
+        })
+    }
+
+    /// Creates a group at epoch 0 with this device as its only member.
+    ///
+    /// `server_removal_key` (Ed25519 public key) becomes the only entry of the
+    /// `external_senders` extension, so the server can propose removals
+    /// (DESIGN §5.2, §5.5).
+    pub fn create_group(
+        &self,
+        group_id: &[u8],
+        server_removal_key: &[u8; 32],
+    ) -> Result<(), MlsError> {
+        let external_senders = vec![ExternalSender::new(
+            SignaturePublicKey::from(server_removal_key.to_vec()),
+            BasicCredential::new(SERVER_IDENTITY.to_vec()).into(),
+        )];
+        let extensions = Extensions::single(Extension::ExternalSenders(external_senders))
+            .map_err(|e| MlsError::protocol("create group", e))?;
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(CIPHERSUITE)
+            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(false)
+            .number_of_resumption_psks(RESUMPTION_PSKS)
+            .with_group_context_extensions(extensions)
+            .build();
+        self.atomically(|provider| {
+            MlsGroup::new_with_group_id(
+                provider,
+                &self.signer,
+                &config,
+                GroupId::from_slice(group_id),
+                self.signer.credential_with_key(&self.identity),
+            )
+            .map_err(|e| MlsError::protocol("create group", e))?;
+            Ok(())
+        })
+    }
+
+    /// Stages one commit adding the devices of `key_packages` (each an
+    /// `MLSMessage` key package as produced by
+    /// [`MlsEngine::generate_key_packages`]).
+    pub fn add_members(
+        &self,
+        group_id: &[u8],
+        key_packages: &[Vec<u8>],
+    ) -> Result<CommitOutput, MlsError> {
+        let key_packages = key_packages
+            .iter()
+            .map(|bytes| self.validate_key_package(bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.stage_commit(group_id, "add members", Change::Add(key_packages))
+    }
+
+    /// Stages one commit removing the given devices.
+    pub fn remove_members(
+        &self,
+        group_id: &[u8],
+        members: &[DeviceIdentity],
+    ) -> Result<CommitOutput, MlsError> {
+        let current = self.members(group_id)?;
+        let indexes = members
+            .iter()
+            .map(|who| {
+                current
+                    .iter()
+                    .find(|m| &m.identity == who)
+                    .map(|m| LeafNodeIndex::new(m.leaf_index))
+                    .ok_or_else(|| MlsError::NotAMember(who.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.stage_commit(group_id, "remove members", Change::Remove(indexes))
+    }
+
+    /// Stages a commit that refreshes this device's leaf (post-compromise
+    /// security) and covers any pending proposals.
+    pub fn self_update(&self, group_id: &[u8]) -> Result<CommitOutput, MlsError> {
+        self.stage_commit(group_id, "self update", Change::SelfUpdate)
+    }
+
+    /// Stages a commit covering the stored proposals, e.g. the server's
+    /// Remove after the roster changed (DESIGN §5.5).
+    pub fn commit_pending_proposals(&self, group_id: &[u8]) -> Result<CommitOutput, MlsError> {
+        self.stage_commit(group_id, "commit proposals", Change::PendingOnly)
+    }
+
+    /// Applies this device's staged commit after the server accepted it.
+    pub fn merge_pending_commit(&self, group_id: &[u8]) -> Result<u64, MlsError> {
+        self.atomically(|provider| {
+            let mut group = self.load(provider, group_id)?;
+            group
+                .merge_pending_commit(provider)
+                .map_err(|e| MlsError::protocol("merge commit", e))?;
+            Ok(group.epoch().as_u64())
+        })
+    }
+
+    /// Drops this device's staged commit, e.g. after the server answered
+    /// `StaleEpoch`.
+    pub fn discard_pending_commit(&self, group_id: &[u8]) -> Result<(), MlsError> {
+        self.atomically(|provider| {
+            let mut group = self.load(provider, group_id)?;
+            group
+                .clear_pending_commit(provider.storage())
+                .map_err(|e| MlsError::protocol("discard commit", e))
+        })
+    }
+
+    /// Joins a group from a Welcome and the ratchet tree served by the
+    /// server (TLS-serialized `RatchetTree`). Returns the group id.
+    pub fn join_from_welcome(
+        &self,
+        welcome: &[u8],
+        ratchet_tree: &[u8],
+    ) -> Result<Vec<u8>, MlsError> {
+        let welcome = match decode_message(welcome)?.extract() {
+            MlsMessageBodyIn::Welcome(welcome) => welcome,
+            _ => return Err(MlsError::malformed("welcome", "not a Welcome message")),
+        };
+        let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree)
+            .map_err(|e| MlsError::malformed("ratchet tree", e))?;
+        let config = MlsGroupJoinConfig::builder()
+            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(false)
+            .number_of_resumption_psks(RESUMPTION_PSKS)
+            .build();
+        self.atomically(|provider| {
+            let group = StagedWelcome::new_from_welcome(provider, &config, welcome, Some(tree))
+                .and_then(|staged| staged.into_group(provider))
+                .map_err(|e| MlsError::protocol("join from welcome", e))?;
+            Ok(group.group_id().as_slice().to_vec())
+        })
+    }
+
+    /// Encrypts an application message as a PrivateMessage `MLSMessage`.
+    pub fn encrypt(&self, group_id: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, MlsError> {
+        self.atomically(|provider| {
+            let mut group = self.load(provider, group_id)?;
+            let message = group
+                .create_message(provider, &self.signer, plaintext)
+                .map_err(|e| MlsError::protocol("encrypt", e))?;
+            encode(message)
+        })
+    }
+
+    /// Processes a PublicMessage or PrivateMessage `MLSMessage` for one of
+    /// this device's groups (the group id is read from the message).
+    ///
+    /// Commits are merged, proposals stored. A commit or proposal that adds
+    /// a member on behalf of an external sender is refused with
+    /// [`MlsError::ExternalAdd`] and changes nothing (DESIGN §5.4).
+    pub fn process_message(&self, message: &[u8]) -> Result<Incoming, MlsError> {
+        let message = decode_message(message)?
+            .try_into_protocol_message()
+            .map_err(|e| MlsError::malformed("protocol message", e))?;
+        let group_id = message.group_id().as_slice().to_vec();
+        self.atomically(|provider| {
+            let mut group = self.load(provider, &group_id)?;
+            let processed = group
+                .process_message(provider, message)
+                .map_err(|e| MlsError::protocol("process message", e))?;
+            let sender = processed.sender().clone();
+            let credential = processed.credential().clone();
+            match processed.into_content() {
+                ProcessedMessageContent::ApplicationMessage(message) => Ok(Incoming::Application {
+                    sender: DeviceIdentity::from_credential(&credential)?,
+                    plaintext: message.into_bytes(),
+                }),
+                ProcessedMessageContent::ProposalMessage(proposal)
+                | ProcessedMessageContent::ExternalJoinProposalMessage(proposal) => {
+                    if is_external_add(&proposal) {
+                        return Err(MlsError::ExternalAdd { committer: None });
+                    }
+                    let kind = proposal_kind(&group, proposal.proposal())?;
+                    let sender = match sender {
+                        Sender::External(_) => ProposalSender::External,
+                        _ => ProposalSender::Member(DeviceIdentity::from_credential(&credential)?),
+                    };
+                    group
+                        .store_pending_proposal(provider.storage(), *proposal)
+                        .map_err(|e| MlsError::protocol("store proposal", e))?;
+                    Ok(Incoming::Proposal { sender, kind })
+                }
+                ProcessedMessageContent::StagedCommitMessage(staged) => {
+                    let committer = DeviceIdentity::from_credential(&credential)?;
+                    if staged.queued_proposals().any(is_external_add) {
+                        return Err(MlsError::ExternalAdd {
+                            committer: Some(committer),
+                        });
+                    }
+                    let summary = commit_summary(&group, committer, &staged)?;
+                    group
+                        .merge_staged_commit(provider, *staged)
+                        .map_err(|e| MlsError::protocol("merge commit", e))?;
+                    Ok(Incoming::Commit(CommitSummary {
+                        epoch: group.epoch().as_u64(),
+                        ..summary
+                    }))
+                }
+                #[allow(unreachable_patterns)]
+                _ => Err(MlsError::protocol(
+                    "process message",
+                    "unsupported message content",
+                )),
+            }
+        })
+    }
+
+    /// The group's current epoch.
+    pub fn epoch(&self, group_id: &[u8]) -> Result<u64, MlsError> {
+        self.read(group_id, |group| Ok(group.epoch().as_u64()))
+    }
+
+    /// The epoch authenticator of the current epoch: equal for all members
+    /// who see the same group (DESIGN §5.8, group code).
+    pub fn epoch_authenticator(&self, group_id: &[u8]) -> Result<Vec<u8>, MlsError> {
+        self.read(group_id, |group| {
+            Ok(group.epoch_authenticator().as_slice().to_vec())
+        })
+    }
+
+    /// The TLS-serialized ratchet tree, for the server to serve to joiners.
+    pub fn ratchet_tree(&self, group_id: &[u8]) -> Result<Vec<u8>, MlsError> {
+        self.read(group_id, |group| {
+            group
+                .export_ratchet_tree()
+                .tls_serialize_detached()
+                .map_err(|e| MlsError::protocol("export ratchet tree", e))
+        })
+    }
+
+    /// A signed GroupInfo `MLSMessage` of the current epoch (without tree).
+    pub fn group_info(&self, group_id: &[u8]) -> Result<Vec<u8>, MlsError> {
+        self.read(group_id, |group| {
+            let info = group
+                .export_group_info(&self.crypto, &self.signer, false)
+                .map_err(|e| MlsError::protocol("export group info", e))?;
+            encode(info)
+        })
+    }
+
+    /// The group's members with their signature keys.
+    pub fn members(&self, group_id: &[u8]) -> Result<Vec<GroupMember>, MlsError> {
+        self.read(group_id, |group| {
+            group
+                .members()
+                .map(|member| {
+                    Ok(GroupMember {
+                        identity: DeviceIdentity::from_credential(&member.credential)?,
+                        signature_key: member.signature_key,
+                        leaf_index: member.index.u32(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Whether the profile holds state for this group.
+    pub fn has_group(&self, group_id: &[u8]) -> Result<bool, MlsError> {
+        let provider = self.provider();
+        Ok(MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))?.is_some())
+    }
+
+    fn provider(&self) -> SqliteMlsProvider<'_> {
+        SqliteMlsProvider::new(&self.crypto, &self.connection)
+    }
+
+    fn load(
+        &self,
+        provider: &SqliteMlsProvider<'_>,
+        group_id: &[u8],
+    ) -> Result<MlsGroup, MlsError> {
+        MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))?
+            .ok_or_else(|| MlsError::UnknownGroup(group_id.to_vec()))
+    }
+
+    fn read<T>(
+        &self,
+        group_id: &[u8],
+        f: impl FnOnce(&MlsGroup) -> Result<T, MlsError>,
+    ) -> Result<T, MlsError> {
+        let provider = self.provider();
+        f(&self.load(&provider, group_id)?)
+    }
+
+    /// Runs `f` inside a savepoint: everything openmls wrote is kept if `f`
+    /// succeeds and rolled back if it fails. Savepoints nest, so this also
+    /// works inside a transaction of the caller.
+    fn atomically<T>(
+        &self,
+        f: impl FnOnce(&SqliteMlsProvider<'_>) -> Result<T, MlsError>,
+    ) -> Result<T, MlsError> {
+        self.connection.execute_batch("SAVEPOINT rathaus_mls")?;
+        match f(&self.provider()) {
+            Ok(value) => {
+                self.connection.execute_batch("RELEASE rathaus_mls")?;
+                Ok(value)
+            }
+            Err(error) => {
+                // Report the operation's error; a failing rollback would
+                // surface on the next statement anyway.
+                let _ = self
+                    .connection
+                    .execute_batch("ROLLBACK TO rathaus_mls; RELEASE rathaus_mls");
+                Err(error)
+            }
+        }
+    }
+
+    fn stage_commit(
+        &self,
+        group_id: &[u8],
+        operation: &'static str,
+        change: Change,
+    ) -> Result<CommitOutput, MlsError> {
+        self.atomically(|provider| {
+            let mut group = self.load(provider, group_id)?;
+            let builder = group.commit_builder().consume_proposal_store(true);
+            let builder = match change {
+                Change::Add(key_packages) => builder.propose_adds(key_packages),
+                Change::Remove(indexes) => builder.propose_removals(indexes),
+                Change::SelfUpdate => builder.force_self_update(true),
+                Change::PendingOnly => builder,
+            };
+            let builder = builder
+                .load_psks(provider.storage())
+                .map_err(|e| MlsError::protocol(operation, e))?
+                .create_group_info(true);
+            // Never commit an Add an external sender proposed (DESIGN §5.4).
+            let bundle = builder
+                .build(
+                    provider.rand(),
+                    provider.crypto(),
+                    &self.signer,
+                    |proposal| !is_external_add(proposal),
+                )
+                .map_err(|e| MlsError::protocol(operation, e))?
+                .stage_commit(provider)
+                .map_err(|e| MlsError::protocol(operation, e))?;
+            let (commit, welcome, group_info) = bundle.into_messages();
+            Ok(CommitOutput {
+                commit: encode(commit)?,
+                welcome: welcome.map(encode).transpose()?,
+                group_info: group_info.map(encode).transpose()?,
+                new_epoch: group.epoch().as_u64() + 1,
+            })
+        })
+    }
+
+    fn validate_key_package(&self, bytes: &[u8]) -> Result<KeyPackage, MlsError> {
+        let key_package: KeyPackageIn = match decode_message(bytes)?.extract() {
+            MlsMessageBodyIn::KeyPackage(key_package) => key_package,
+            _ => {
+                return Err(MlsError::malformed(
+                    "key package",
+                    "not a KeyPackage message",
+                ))
+            }
+        };
+        let key_package = key_package
+            .validate(&self.crypto, ProtocolVersion::Mls10)
+            .map_err(|e| MlsError::malformed("key package", e))?;
+        // The credential must name a Rathaus device.
+        DeviceIdentity::from_credential(key_package.leaf_node().credential())?;
+        Ok(key_package)
+    }
+}
+
+/// What a commit of this device changes besides the pending proposals.
+enum Change {
+    Add(Vec<KeyPackage>),
+    Remove(Vec<LeafNodeIndex>),
+    SelfUpdate,
+    PendingOnly,
+}
+
+fn decode_message(bytes: &[u8]) -> Result<MlsMessageIn, MlsError> {
+    MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| MlsError::malformed("message", e))
+}
+
+fn encode(message: MlsMessageOut) -> Result<Vec<u8>, MlsError> {
+    message
+        .tls_serialize_detached()
+        .map_err(|e| MlsError::protocol("encode message", e))
+}
+
+fn is_external_add(proposal: &QueuedProposal) -> bool {
+    matches!(proposal.proposal(), Proposal::Add(_))
+        && matches!(
+            proposal.sender(),
+            Sender::External(_) | Sender::NewMemberProposal
+        )
+}
+
+fn member_identity(group: &MlsGroup, index: LeafNodeIndex) -> Result<DeviceIdentity, MlsError> {
+    let credential = group
+        .member(index)
+        .ok_or_else(|| MlsError::protocol("read member", "no member at leaf index"))?;
+    DeviceIdentity::from_credential(credential)
+}
+
+fn proposal_kind(group: &MlsGroup, proposal: &Proposal) -> Result<ProposalKind, MlsError> {
+    Ok(match proposal {
+        Proposal::Add(add) => ProposalKind::Add(DeviceIdentity::from_credential(
+            add.key_package().leaf_node().credential(),
+        )?),
+        Proposal::Remove(remove) => ProposalKind::Remove(member_identity(group, remove.removed())?),
+        Proposal::Update(_) => ProposalKind::Update,
+        _ => ProposalKind::Other,
+    })
+}
+
+/// Summarises a staged commit against the state *before* it is merged (the
+/// removed members are still in the tree then).
+fn commit_summary(
+    group: &MlsGroup,
+    committer: DeviceIdentity,
+    staged: &StagedCommit,
+) -> Result<CommitSummary, MlsError> {
+    let added = staged
+        .add_proposals()
+        .map(|add| {
+            DeviceIdentity::from_credential(
+                add.add_proposal().key_package().leaf_node().credential(),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let removed = staged
+        .remove_proposals()
+        .map(|remove| member_identity(group, remove.remove_proposal().removed()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let updated = staged
+        .update_proposals()
+        .map(|update| match update.sender() {
+            Sender::Member(index) => member_identity(group, *index),
+            _ => Err(MlsError::protocol(
+                "read update",
+                "update from a non-member",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CommitSummary {
+        committer,
+        added,
+        removed,
+        updated,
+        committer_updated: staged.update_path_leaf_node().is_some(),
+        self_removed: staged.self_removed(),
+        epoch: staged.epoch().as_u64(),
+    })
+}

@@ -1,0 +1,296 @@
+//! The engine end to end: an owner creates a secret group, admits two
+//! members, everybody talks, and the DESIGN §5.4/§5.5 rules hold — with every
+//! engine reopened from its SQLite file between steps.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::{
+    ExternalProposal, GroupEpoch, GroupId, KeyPackageIn, LeafNodeIndex, MlsMessageBodyIn,
+    MlsMessageIn, ProcessedMessageContent, ProtocolVersion, SenderExtensionIndex,
+};
+use openmls_traits::OpenMlsProvider as _;
+
+use super::*;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+const GROUP: &[u8] = b"bauamt/secret";
+
+struct Device {
+    path: PathBuf,
+    seed: [u8; 32],
+    identity: DeviceIdentity,
+}
+
+impl Device {
+    fn new(dir: &Path, user: &str, seed: u8) -> Result<Self, MlsError> {
+        Ok(Self {
+            path: dir.join(format!("{user}.sqlite")),
+            seed: [seed; 32],
+            identity: DeviceIdentity::new(user, "d1")?,
+        })
+    }
+
+    /// A fresh engine on the device's file: nothing survives in memory.
+    fn engine(&self) -> Result<MlsEngine, MlsError> {
+        MlsEngine::open(
+            &self.path,
+            SigningKey::from_bytes(&self.seed),
+            self.identity.clone(),
+        )
+    }
+}
+
+fn server_key() -> SigningKey {
+    SigningKey::from_bytes(&[0xee; 32])
+}
+
+fn key_package_in(bytes: &[u8]) -> Result<KeyPackageIn, Box<dyn Error>> {
+    match MlsMessageIn::tls_deserialize_exact(bytes)?.extract() {
+        MlsMessageBodyIn::KeyPackage(kp) => Ok(kp),
+        _ => Err("not a key package".into()),
+    }
+}
+
+fn authenticators(devices: &[&Device]) -> Result<Vec<Vec<u8>>, MlsError> {
+    devices
+        .iter()
+        .map(|d| d.engine()?.epoch_authenticator(GROUP))
+        .collect()
+}
+
+fn assert_in_sync(devices: &[&Device]) -> TestResult {
+    let all = authenticators(devices)?;
+    assert!(all.windows(2).all(|w| w[0] == w[1]), "members diverged");
+    Ok(())
+}
+
+#[test]
+fn identity_round_trips_and_rejects_garbage() -> TestResult {
+    let id = DeviceIdentity::new("P1001", "phone-2")?;
+    assert_eq!(id.to_bytes(), b"P1001/phone-2");
+    assert_eq!(DeviceIdentity::parse(b"P1001/phone-2")?, id);
+    for bad in [&b"P1001"[..], b"/d", b"u/", b"a b/c", b"u/d/e", b"\xff/d"] {
+        assert!(DeviceIdentity::parse(bad).is_err(), "{bad:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn secret_group_lifecycle() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let owner = Device::new(dir.path(), "P1001", 1)?;
+    let anna = Device::new(dir.path(), "P2002", 2)?;
+    let jonas = Device::new(dir.path(), "P3003", 3)?;
+    let server = DeviceSigner::new(server_key());
+
+    // Key packages, then birth of the group with the server's removal key.
+    let anna_kps = anna.engine()?.generate_key_packages(2)?;
+    let jonas_kps = jonas.engine()?.generate_key_packages(2)?;
+    assert_eq!(anna_kps.one_time.len(), 2);
+    assert!(key_package_in(&anna_kps.last_resort).is_ok());
+
+    owner.engine()?.create_group(GROUP, &server.public_key())?;
+    let out = owner.engine()?.add_members(
+        GROUP,
+        &[anna_kps.one_time[0].clone(), jonas_kps.one_time[0].clone()],
+    )?;
+    assert_eq!(out.new_epoch, 1);
+    assert!(out.group_info.is_some());
+    // Staged, not applied, until the server accepts it.
+    assert_eq!(owner.engine()?.epoch(GROUP)?, 0);
+    assert_eq!(owner.engine()?.merge_pending_commit(GROUP)?, 1);
+
+    // Handshake messages are PublicMessage, so the server can validate them.
+    let commit = MlsMessageIn::tls_deserialize_exact(out.commit.as_slice())?;
+    assert!(matches!(
+        commit.extract(),
+        MlsMessageBodyIn::PublicMessage(_)
+    ));
+
+    let tree = owner.engine()?.ratchet_tree(GROUP)?;
+    let welcome = out.welcome.ok_or("no welcome")?;
+    assert_eq!(anna.engine()?.join_from_welcome(&welcome, &tree)?, GROUP);
+    assert_eq!(jonas.engine()?.join_from_welcome(&welcome, &tree)?, GROUP);
+    assert_in_sync(&[&owner, &anna, &jonas])?;
+    let members = anna.engine()?.members(GROUP)?;
+    assert_eq!(members.len(), 3);
+    let owner_key = owner.engine()?.signature_key();
+    assert!(members
+        .iter()
+        .any(|m| m.identity == owner.identity && m.signature_key == owner_key));
+
+    // Application messages round trip, as PrivateMessage.
+    let ct = owner.engine()?.encrypt(GROUP, b"Sitzung um 10")?;
+    let parsed = MlsMessageIn::tls_deserialize_exact(ct.as_slice())?;
+    assert!(matches!(
+        parsed.extract(),
+        MlsMessageBodyIn::PrivateMessage(_)
+    ));
+    for member in [&anna, &jonas] {
+        assert_eq!(
+            member.engine()?.process_message(&ct)?,
+            Incoming::Application {
+                sender: owner.identity.clone(),
+                plaintext: b"Sitzung um 10".to_vec(),
+            }
+        );
+    }
+    let reply = anna.engine()?.encrypt(GROUP, b"ok")?;
+    match owner.engine()?.process_message(&reply)? {
+        Incoming::Application { sender, plaintext } => {
+            assert_eq!(sender, anna.identity);
+            assert_eq!(plaintext, b"ok");
+        }
+        other => return Err(format!("unexpected {other:?}").into()),
+    }
+
+    // The server proposes adding someone: the engine refuses to store it ...
+    let mallory = Device::new(dir.path(), "P6666", 6)?;
+    let mallory_kp = key_package_in(&mallory.engine()?.generate_key_packages(0)?.last_resort)?;
+    let provider_crypto = openmls_rust_crypto::RustCrypto::default();
+    let mallory_kp = mallory_kp.validate(&provider_crypto, ProtocolVersion::Mls10)?;
+    let external_add = ExternalProposal::new_add::<SqliteMlsProvider<'_>>(
+        mallory_kp,
+        GroupId::from_slice(GROUP),
+        GroupEpoch::from(1),
+        &server,
+        SenderExtensionIndex::new(0),
+    )?
+    .to_bytes()?;
+    assert!(matches!(
+        anna.engine()?.process_message(&external_add),
+        Err(MlsError::ExternalAdd { committer: None })
+    ));
+
+    // ... and a rogue member who stores and commits it anyway is refused.
+    // The owner simulates a client that had stored the proposal: the commit
+    // then parses and the engine's own rule rejects it; Anna never stored it,
+    // so openmls already fails to resolve the reference.
+    for member in [&jonas, &owner] {
+        store_proposal_bypassing_engine(member, &external_add)?;
+    }
+    let rogue_commit = {
+        let engine = jonas.engine()?;
+        let provider = engine.provider();
+        let mut group = engine.load(&provider, GROUP)?;
+        let (commit, _, _) = group.commit_to_pending_proposals(&provider, &engine.signer)?;
+        commit.tls_serialize_detached()?
+    };
+    match owner.engine()?.process_message(&rogue_commit) {
+        Err(MlsError::ExternalAdd {
+            committer: Some(who),
+        }) => assert_eq!(who, jonas.identity),
+        other => return Err(format!("rogue commit not refused: {other:?}").into()),
+    }
+    assert!(anna.engine()?.process_message(&rogue_commit).is_err());
+    for member in [&owner, &anna] {
+        assert_eq!(member.engine()?.epoch(GROUP)?, 1);
+    }
+    jonas.engine()?.discard_pending_commit(GROUP)?;
+
+    // A self-update by the owner moves everyone on, the rogue proposal is gone.
+    let update = owner.engine()?.self_update(GROUP)?;
+    owner.engine()?.merge_pending_commit(GROUP)?;
+    for member in [&anna, &jonas] {
+        match member.engine()?.process_message(&update.commit)? {
+            Incoming::Commit(summary) => {
+                assert_eq!(summary.committer, owner.identity);
+                assert!(summary.committer_updated);
+                assert!(summary.added.is_empty() && summary.removed.is_empty());
+                assert_eq!(summary.epoch, 2);
+            }
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+    assert_in_sync(&[&owner, &anna, &jonas])?;
+
+    // The server proposes removing Jonas; Anna commits it (DESIGN §5.5).
+    let jonas_leaf = anna
+        .engine()?
+        .members(GROUP)?
+        .into_iter()
+        .find(|m| m.identity == jonas.identity)
+        .ok_or("jonas missing")?
+        .leaf_index;
+    let external_remove = ExternalProposal::new_remove::<SqliteMlsProvider<'_>>(
+        LeafNodeIndex::new(jonas_leaf),
+        GroupId::from_slice(GROUP),
+        GroupEpoch::from(2),
+        &server,
+        SenderExtensionIndex::new(0),
+    )?
+    .to_bytes()?;
+    for member in [&owner, &anna, &jonas] {
+        assert_eq!(
+            member.engine()?.process_message(&external_remove)?,
+            Incoming::Proposal {
+                sender: ProposalSender::External,
+                kind: ProposalKind::Remove(jonas.identity.clone()),
+            }
+        );
+    }
+    let removal = anna.engine()?.commit_pending_proposals(GROUP)?;
+    anna.engine()?.merge_pending_commit(GROUP)?;
+    match owner.engine()?.process_message(&removal.commit)? {
+        Incoming::Commit(summary) => {
+            assert_eq!(summary.committer, anna.identity);
+            assert_eq!(summary.removed, vec![jonas.identity.clone()]);
+            assert!(!summary.self_removed);
+        }
+        other => return Err(format!("unexpected {other:?}").into()),
+    }
+    match jonas.engine()?.process_message(&removal.commit)? {
+        Incoming::Commit(summary) => assert!(summary.self_removed),
+        other => return Err(format!("unexpected {other:?}").into()),
+    }
+    assert_in_sync(&[&owner, &anna])?;
+    assert_eq!(owner.engine()?.members(GROUP)?.len(), 2);
+    assert!(owner.engine()?.group_info(GROUP).is_ok());
+    Ok(())
+}
+
+/// Stores a proposal through raw openmls, the way a client ignoring
+/// DESIGN §5.4 would.
+fn store_proposal_bypassing_engine(device: &Device, proposal: &[u8]) -> TestResult {
+    let engine = device.engine()?;
+    let provider = engine.provider();
+    let mut group = engine.load(&provider, GROUP)?;
+    let message = MlsMessageIn::tls_deserialize_exact(proposal)?.try_into_protocol_message()?;
+    match group.process_message(&provider, message)?.into_content() {
+        ProcessedMessageContent::ProposalMessage(p) => {
+            group.store_pending_proposal(provider.storage(), *p)?;
+            Ok(())
+        }
+        _ => Err("expected a proposal".into()),
+    }
+}
+
+#[test]
+fn failed_operation_leaves_no_trace_and_shares_the_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let owner = Device::new(dir.path(), "P1001", 1)?;
+    let engine = owner.engine()?;
+    // The client's own tables live in the same file.
+    engine
+        .connection()
+        .execute_batch("CREATE TABLE history (seq INTEGER PRIMARY KEY, body BLOB);")?;
+    engine.create_group(GROUP, &[9; 32])?;
+    assert!(matches!(
+        engine.process_message(b"\x00\x01garbage"),
+        Err(MlsError::Malformed { .. })
+    ));
+    assert!(matches!(
+        engine.epoch(b"no such group"),
+        Err(MlsError::UnknownGroup(_))
+    ));
+    assert!(matches!(
+        engine.add_members(GROUP, &[vec![0, 1, 0, 5]]),
+        Err(MlsError::Malformed { .. })
+    ));
+    assert_eq!(engine.epoch(GROUP)?, 0);
+    Ok(())
+}
