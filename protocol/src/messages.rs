@@ -220,6 +220,9 @@ pub enum Response {
 }
 
 /// Something that happened, pushed to subscribed clients.
+// Events are short-lived values on their way to or from the wire; boxing the large
+// variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// A new entry in a group the client can read.
