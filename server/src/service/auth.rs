@@ -1,0 +1,110 @@
+//! Connection authentication (DESIGN §3): `Hello` → `Challenge(nonce)` → `Prove(signature
+//! over "rathaus-auth-v1" ‖ TLS exporter ‖ nonce)` → `Authenticated`.
+//!
+//! A challenge is issued even for unknown users and devices, so `Hello` does not reveal
+//! who exists; every way of failing the proof gets the same generic answer and counts as
+//! a failed attempt for throttling.
+
+use std::net::IpAddr;
+
+use ed25519_dalek::{Signature as Ed25519Signature, VerifyingKey};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use rathaus_protocol::{
+    auth_transcript, DeviceId, ErrorCode, SessionInfo, Signature, UserId, PROTOCOL_VERSION,
+};
+
+use super::{Refusal, Service, Session};
+
+/// An issued challenge, waiting for its proof on the same stream.
+#[derive(Debug, Clone)]
+pub struct PendingAuth {
+    /// Who claims to connect.
+    pub user: UserId,
+    /// As which device.
+    pub device: DeviceId,
+    /// The random nonce the device must sign.
+    pub nonce: [u8; 32],
+}
+
+const AUTH_FAILED: &str =
+    "authentication failed: unknown user or device, revoked device, or bad signature";
+
+impl Service {
+    /// Answers `Hello`: a fresh nonce, unless the protocol differs or the user or address
+    /// is backed off.
+    pub fn challenge(
+        &self,
+        peer: IpAddr,
+        protocol: u16,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<PendingAuth, Refusal> {
+        check_version(protocol)?;
+        self.throttle()
+            .check(Some(&user), peer, self.now_ms())
+            .map_err(|b| Refusal::new(ErrorCode::RateLimited, b.message()))?;
+        let mut nonce = [0u8; 32];
+        OsRng.fill_bytes(&mut nonce);
+        Ok(PendingAuth {
+            user,
+            device,
+            nonce,
+        })
+    }
+
+    /// Answers `Prove`: checks the signature over the transcript bound to this TLS session.
+    pub fn prove(
+        &self,
+        peer: IpAddr,
+        pending: &PendingAuth,
+        exporter: &[u8; 32],
+        signature: &Signature,
+    ) -> Result<(Session, SessionInfo), Refusal> {
+        let now = self.now_ms();
+        self.throttle()
+            .check(Some(&pending.user), peer, now)
+            .map_err(|b| Refusal::new(ErrorCode::RateLimited, b.message()))?;
+        let user = self.db.user(&pending.user)?;
+        let key = user.as_ref().filter(|u| !u.removed).and_then(|u| {
+            u.active_devices()
+                .find(|d| d.id == pending.device)
+                .map(|d| d.key)
+        });
+        let verified = key.is_some_and(|key| {
+            let transcript = auth_transcript(exporter, &pending.nonce);
+            VerifyingKey::from_bytes(&key.0).is_ok_and(|vk| {
+                vk.verify_strict(
+                    &transcript,
+                    &Ed25519Signature::from_bytes(&signature.to_bytes()),
+                )
+                .is_ok()
+            })
+        });
+        match (verified, user) {
+            (true, Some(user)) => {
+                self.throttle().success(&pending.user);
+                let session = Session {
+                    user: pending.user.clone(),
+                    device: pending.device,
+                };
+                let info = self.session_info(&user, pending.device);
+                Ok((session, info))
+            }
+            _ => {
+                self.throttle().failure(Some(&pending.user), peer, now);
+                Err(Refusal::new(ErrorCode::Unauthenticated, AUTH_FAILED))
+            }
+        }
+    }
+}
+
+pub(super) fn check_version(protocol: u16) -> Result<(), Refusal> {
+    if protocol == PROTOCOL_VERSION {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        ErrorCode::VersionMismatch,
+        format!("this server speaks protocol version {PROTOCOL_VERSION}, the client {protocol}"),
+    ))
+}

@@ -1,0 +1,217 @@
+//! Enrollment of devices: the first one with a one-time code, further ones with the
+//! password. Password hashing (Argon2id) runs on the blocking pool.
+
+use std::net::IpAddr;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use ed25519_dalek::VerifyingKey;
+use rand::rngs::OsRng;
+use rathaus_protocol::limits::{MAX_NAME, MAX_PASSWORD, MIN_PASSWORD};
+use rathaus_protocol::{DeviceId, DeviceKey, ErrorCode, Response, UserId};
+
+use super::auth::check_version;
+use super::{codes, Refusal, Service};
+use crate::store::{DeviceRecord, Writes};
+
+/// A device to create, as sent in `Enroll` or `AddDevice`.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// Personnel number.
+    pub user: UserId,
+    /// The password (chosen at `Enroll`, proven at `AddDevice`).
+    pub password: String,
+    /// The device's Ed25519 public key.
+    pub device_key: DeviceKey,
+    /// The device's name.
+    pub device_name: String,
+}
+
+const CODE_INVALID: &str =
+    "this enrollment code is unknown, already used or expired; ask your administrator for a new one";
+const WRONG_PASSWORD: &str = "wrong user or password";
+
+impl Service {
+    /// Answers `Enroll`: checks the one-time code, sets the password, creates the first
+    /// device and burns the code.
+    pub async fn enroll(
+        &self,
+        peer: IpAddr,
+        protocol: u16,
+        code: &str,
+        device: NewDevice,
+    ) -> Result<Response, Refusal> {
+        check_version(protocol)?;
+        let now = self.now_ms();
+        self.check_throttle(&device.user, peer, now)?;
+        if !self.code_matches(&device.user, code, now)? {
+            self.throttle().failure(Some(&device.user), peer, now);
+            return Err(Refusal::new(ErrorCode::CodeInvalid, CODE_INVALID));
+        }
+        let chars = device.password.chars().count();
+        if chars < MIN_PASSWORD || device.password.len() > MAX_PASSWORD {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                format!(
+                    "the password must have at least {MIN_PASSWORD} characters and at most {MAX_PASSWORD} bytes"
+                ),
+            ));
+        }
+        let (device_key, device_name) = validate_device(&device)?;
+        let password = device.password.clone();
+        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| Refusal::internal(format!("password hashing task: {e}")))??;
+
+        let (id, ticket) = {
+            let _dir = self.directory();
+            // Checked again under the lock: two concurrent uses of one code, one wins.
+            if !self.code_matches(&device.user, code, now)? {
+                self.throttle().failure(Some(&device.user), peer, now);
+                return Err(Refusal::new(ErrorCode::CodeInvalid, CODE_INVALID));
+            }
+            let mut user = self
+                .db
+                .user(&device.user)?
+                .ok_or_else(|| Refusal::new(ErrorCode::CodeInvalid, CODE_INVALID))?;
+            let id = DeviceId(self.db.store().next_id()?);
+            user.password_hash = Some(hash);
+            user.devices.push(DeviceRecord {
+                id,
+                key: device_key,
+                name: device_name,
+                created_ms: now,
+                revoked: false,
+            });
+            let mut w = Writes::new();
+            w.put_user(&user)?.remove_code(&user.id);
+            self.db.apply(w)?;
+            (id, self.commit.written())
+        };
+        self.durable(ticket).await?;
+        self.throttle().success(&device.user);
+        tracing::info!(user = %device.user, device = %id, "device enrolled with code");
+        Ok(Response::Enrolled {
+            device: id,
+            org: self.org.clone(),
+        })
+    }
+
+    /// Answers `AddDevice`: checks the password and creates another device.
+    pub async fn add_device(
+        &self,
+        peer: IpAddr,
+        protocol: u16,
+        device: NewDevice,
+    ) -> Result<Response, Refusal> {
+        check_version(protocol)?;
+        let now = self.now_ms();
+        self.check_throttle(&device.user, peer, now)?;
+        if device.password.len() > MAX_PASSWORD {
+            self.throttle().failure(Some(&device.user), peer, now);
+            return Err(Refusal::new(ErrorCode::Unauthenticated, WRONG_PASSWORD));
+        }
+        let stored_hash = self
+            .db
+            .user(&device.user)?
+            .filter(|u| !u.removed)
+            .and_then(|u| u.password_hash);
+        let ok = match stored_hash {
+            Some(hash) => {
+                let password = device.password.clone();
+                tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+                    .await
+                    .map_err(|e| Refusal::internal(format!("password check task: {e}")))?
+            }
+            None => false,
+        };
+        if !ok {
+            self.throttle().failure(Some(&device.user), peer, now);
+            return Err(Refusal::new(ErrorCode::Unauthenticated, WRONG_PASSWORD));
+        }
+        let (device_key, device_name) = validate_device(&device)?;
+        let (id, ticket) = {
+            let _dir = self.directory();
+            let mut user = self
+                .db
+                .user(&device.user)?
+                .filter(|u| !u.removed)
+                .ok_or_else(|| Refusal::new(ErrorCode::Unauthenticated, WRONG_PASSWORD))?;
+            let id = DeviceId(self.db.store().next_id()?);
+            user.devices.push(DeviceRecord {
+                id,
+                key: device_key,
+                name: device_name,
+                created_ms: now,
+                revoked: false,
+            });
+            let mut w = Writes::new();
+            w.put_user(&user)?;
+            self.db.apply(w)?;
+            (id, self.commit.written())
+        };
+        self.durable(ticket).await?;
+        self.throttle().success(&device.user);
+        tracing::info!(user = %device.user, device = %id, "device added with password");
+        Ok(Response::Enrolled {
+            device: id,
+            org: self.org.clone(),
+        })
+    }
+
+    fn check_throttle(&self, user: &UserId, peer: IpAddr, now: i64) -> Result<(), Refusal> {
+        self.throttle()
+            .check(Some(user), peer, now)
+            .map_err(|b| Refusal::new(ErrorCode::RateLimited, b.message()))
+    }
+
+    /// Whether `typed` is the user's open, unexpired code.
+    fn code_matches(&self, user: &UserId, typed: &str, now: i64) -> Result<bool, Refusal> {
+        let Some(digest) = codes::digest(typed) else {
+            return Ok(false);
+        };
+        let Some(stored) = self.db.code(user)? else {
+            return Ok(false);
+        };
+        let live = self.db.user(user)?.is_some_and(|u| !u.removed);
+        Ok(live && now < stored.expires_ms && codes::same_digest(&digest, &stored.sha256))
+    }
+}
+
+fn validate_device(device: &NewDevice) -> Result<(DeviceKey, String), Refusal> {
+    if VerifyingKey::from_bytes(&device.device_key.0).is_err() {
+        return Err(Refusal::new(
+            ErrorCode::Invalid,
+            "the device key is not a valid Ed25519 public key",
+        ));
+    }
+    let name = device.device_name.trim();
+    if name.len() > MAX_NAME {
+        return Err(Refusal::new(
+            ErrorCode::Invalid,
+            format!("device names are at most {MAX_NAME} bytes"),
+        ));
+    }
+    let name = if name.is_empty() { "device" } else { name };
+    Ok((device.device_key, name.to_owned()))
+}
+
+fn hash_password(password: &str) -> Result<String, Refusal> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Refusal::internal(format!("argon2 hashing: {e}")))
+}
+
+fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(hash) => Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok(),
+        Err(e) => {
+            tracing::error!(error = %e, "stored password hash is unreadable");
+            false
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! What the service tells connected clients, and which clients are connected.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rathaus_protocol::{GroupHandle, UserId};
+
+/// Something to push to subscribers.
+#[derive(Debug, Clone)]
+pub enum Broadcast {
+    /// A durable entry; `frame` is the encoded `Response::Event(Event::Posted{..})`, built
+    /// once and shared by every subscriber.
+    Posted {
+        /// Its group, to decide who may see it.
+        group: GroupHandle,
+        /// The ready-to-send frame.
+        frame: Arc<Vec<u8>>,
+    },
+    /// The visible groups or rosters changed: clients re-fetch.
+    GroupsChanged,
+    /// The server is going down.
+    ShuttingDown,
+}
+
+/// A live, authenticated connection, as far as the rules need to know it.
+pub trait LiveConnection: Send + Sync + 'static {
+    /// Ends the connection because its user was offboarded.
+    fn end_account_removed(&self);
+}
+
+/// connection id → connection, for one user.
+type UserConnections = HashMap<u64, Arc<dyn LiveConnection>>;
+
+/// The live authenticated connections per user: offboarding ends them, and "who is online"
+/// is read from here.
+#[derive(Default)]
+pub struct LiveConnections {
+    /// user → connection id → connection.
+    by_user: Mutex<HashMap<UserId, UserConnections>>,
+}
+
+impl std::fmt::Debug for LiveConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveConnections").finish_non_exhaustive()
+    }
+}
+
+impl LiveConnections {
+    /// Adds a connection that authenticated as `user`.
+    pub fn register(&self, user: &UserId, id: u64, conn: Arc<dyn LiveConnection>) {
+        self.with(|m| {
+            m.entry(user.clone()).or_default().insert(id, conn);
+        });
+    }
+
+    /// Drops a connection that ended.
+    pub fn unregister(&self, user: &UserId, id: u64) {
+        self.with(|m| {
+            if let Some(conns) = m.get_mut(user) {
+                conns.remove(&id);
+                if conns.is_empty() {
+                    m.remove(user);
+                }
+            }
+        });
+    }
+
+    /// Ends every connection of `user`; returns how many there were.
+    pub fn end_all(&self, user: &UserId) -> usize {
+        let conns = self.with(|m| m.remove(user)).unwrap_or_default();
+        for conn in conns.values() {
+            conn.end_account_removed();
+        }
+        conns.len()
+    }
+
+    /// Whether `user` has a live connection.
+    pub fn is_online(&self, user: &UserId) -> bool {
+        self.with(|m| m.contains_key(user))
+    }
+
+    /// Number of users online.
+    pub fn users_online(&self) -> usize {
+        self.with(|m| m.len())
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<UserId, UserConnections>) -> R) -> R {
+        // Each closure is a single map operation, so a poisoned lock still holds a
+        // consistent map.
+        let mut m = self.by_user.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut m)
+    }
+}

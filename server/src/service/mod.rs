@@ -1,0 +1,305 @@
+//! The rules of the delivery service, without sockets.
+//!
+//! [`Service`] holds the [`Db`], an injected [`Clock`], the throttle, the group-commit
+//! state, the event channel and the registry of live connections. The transport layer
+//! turns frames into calls on it and its answers back into frames; everything here can be
+//! driven from a unit test with a [`MemoryStore`](crate::store::MemoryStore) and a
+//! [`ManualClock`](crate::clock::ManualClock).
+
+mod auth;
+pub mod codes;
+mod commit;
+mod enrollment;
+mod events;
+mod groups;
+mod provisioning;
+pub mod throttle;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rathaus_protocol::{
+    DeviceId, ErrorCode, GroupHandle, Request, Response, Role, SessionInfo, UserId,
+};
+use tokio::sync::broadcast;
+
+use crate::clock::Clock;
+use crate::store::{Db, StoreError, UserRecord};
+
+pub use auth::PendingAuth;
+pub use enrollment::NewDevice;
+pub use events::{Broadcast, LiveConnection, LiveConnections};
+pub use provisioning::bootstrap;
+pub use throttle::{Throttle, ThrottlePolicy};
+
+use commit::GroupCommit;
+
+/// Organisation name used when the store has none (only in tests).
+const DEFAULT_ORG: &str = "Rathaus";
+
+/// How many events a slow subscriber may fall behind before it is told to re-fetch.
+const EVENT_BUFFER: usize = 4096;
+
+/// The delivery service.
+pub struct Service {
+    /// Typed storage.
+    db: Db,
+    /// Time, injected.
+    clock: Arc<dyn Clock>,
+    /// Organisation name, shown to clients.
+    org: String,
+    /// Failed-attempt counters.
+    throttle: Mutex<Throttle>,
+    /// Held while seqs are allocated, duplicates checked and entries inserted, so those
+    /// three are atomic; the value caches each group's head. Never held across a flush.
+    log: Mutex<HashMap<GroupHandle, u64>>,
+    /// Held across read-modify-write of users and departments.
+    directory: Mutex<()>,
+    /// Which writes are durable.
+    commit: GroupCommit,
+    /// Pushed events.
+    events: broadcast::Sender<Broadcast>,
+    /// Live authenticated connections per user.
+    live: LiveConnections,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("org", &self.org)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The identity of an authenticated connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The user.
+    pub user: UserId,
+    /// The device that proved possession of its key.
+    pub device: DeviceId,
+}
+
+/// A refused request: what the peer is told, plus (for internal failures) what only the
+/// log may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Stable reason sent to the peer.
+    pub code: ErrorCode,
+    /// Human message sent to the peer.
+    pub message: String,
+    /// Internal detail for the server log; never sent.
+    pub detail: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal the peer may read in full.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+
+    /// An internal failure: the peer sees a generic message, the log sees `detail`.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::Internal,
+            message: "internal server error; the operator can find details in the server log"
+                .into(),
+            detail: Some(detail.into()),
+        }
+    }
+
+    /// The wire response for this refusal.
+    pub fn to_response(&self) -> Response {
+        Response::error(self.code, self.message.clone())
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Self::internal(e.to_string())
+    }
+}
+
+impl Service {
+    /// A service over `db`, reading the organisation name from it.
+    pub fn new(db: Db, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        Self::with_policy(db, clock, ThrottlePolicy::default())
+    }
+
+    /// A service with a non-default throttle policy.
+    pub fn with_policy(
+        db: Db,
+        clock: Arc<dyn Clock>,
+        policy: ThrottlePolicy,
+    ) -> Result<Self, StoreError> {
+        let org = db
+            .meta()?
+            .map(|m| m.org)
+            .unwrap_or_else(|| DEFAULT_ORG.to_owned());
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Ok(Self {
+            db,
+            clock,
+            org,
+            throttle: Mutex::new(Throttle::new(policy)),
+            log: Mutex::new(HashMap::new()),
+            directory: Mutex::new(()),
+            commit: GroupCommit::default(),
+            events,
+            live: LiveConnections::default(),
+        })
+    }
+
+    /// The organisation name.
+    pub fn org(&self) -> &str {
+        &self.org
+    }
+
+    /// The storage.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Live connections per user.
+    pub fn live(&self) -> &LiveConnections {
+        &self.live
+    }
+
+    /// A receiver of everything pushed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Broadcast> {
+        self.events.subscribe()
+    }
+
+    /// Tells every subscriber that the server is going down.
+    pub fn announce_shutdown(&self) {
+        let _ = self.events.send(Broadcast::ShuttingDown);
+    }
+
+    /// Waits until every write so far is durable (used at shutdown).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let ticket = self.commit.latest();
+        self.commit.durable(self.db.store().as_ref(), ticket).await
+    }
+
+    /// Answers a request on an authenticated connection. Authentication, enrollment and
+    /// subscriptions have their own entry points; sending them here is `Invalid`.
+    pub async fn handle(&self, session: &Session, request: Request) -> Result<Response, Refusal> {
+        let me = self.session_user(session)?;
+        match request {
+            Request::Ping => Ok(Response::Pong),
+            Request::Whoami => Ok(Response::Me(self.session_info(&me, session.device))),
+            Request::ListGroups => self.list_groups(&me),
+            Request::Post {
+                group,
+                client_id,
+                body,
+            } => self.post(&me, group, client_id, body).await,
+            Request::Fetch {
+                group,
+                since,
+                limit,
+            } => self.fetch(&me, group, since, limit),
+            Request::Members { group } => self.members(&me, group),
+            Request::AddDepartment { slug, name, owners } => {
+                self.add_department(&me, slug, name, owners).await
+            }
+            Request::AddUser {
+                user,
+                name,
+                departments,
+                roles,
+            } => self.add_user(&me, user, name, departments, roles).await,
+            Request::RemoveUser { user } => self.remove_user(&me, &user).await,
+            Request::ListUsers => self.list_users(&me),
+            Request::ListDepartments => self.list_departments(&me),
+            Request::Hello { .. } => Err(Refusal::new(
+                ErrorCode::Invalid,
+                "this connection is already authenticated",
+            )),
+            Request::Enroll { .. }
+            | Request::AddDevice { .. }
+            | Request::Prove { .. }
+            | Request::Subscribe => Err(Refusal::new(
+                ErrorCode::Invalid,
+                "this request cannot be handled here",
+            )),
+        }
+    }
+
+    /// The current record of a session's user, if the session is still valid (the user
+    /// was not offboarded and the device not revoked since it authenticated).
+    pub fn session_user(&self, session: &Session) -> Result<UserRecord, Refusal> {
+        match self.db.user(&session.user)? {
+            Some(u) if !u.removed && u.active_devices().any(|d| d.id == session.device) => Ok(u),
+            _ => Err(Refusal::new(
+                ErrorCode::Unauthenticated,
+                "this session is no longer valid; authenticate again",
+            )),
+        }
+    }
+
+    /// Whether `user` may read `group` (and so receive its events).
+    pub fn can_read(&self, _user: &UserId, group: &GroupHandle) -> bool {
+        // Every colleague reads public groups and announcements (DESIGN §4); secret groups
+        // do not exist on this server yet.
+        !group.is_secret()
+    }
+
+    fn session_info(&self, me: &UserRecord, device: DeviceId) -> SessionInfo {
+        SessionInfo {
+            user: me.id.clone(),
+            name: me.name.clone(),
+            device,
+            roles: me.roles.clone(),
+            departments: me.departments.clone(),
+            org: self.org.clone(),
+        }
+    }
+
+    fn require_admin(&self, me: &UserRecord, what: &str) -> Result<(), Refusal> {
+        if me.has_role(Role::Admin) {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            ErrorCode::Forbidden,
+            format!("only administrators may {what}"),
+        ))
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn throttle(&self) -> MutexGuard<'_, Throttle> {
+        // Throttle updates are single map operations; a poisoned lock holds valid counters.
+        self.throttle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn directory(&self) -> MutexGuard<'_, ()> {
+        self.directory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn durable(&self, ticket: u64) -> Result<(), Refusal> {
+        self.commit
+            .durable(self.db.store().as_ref(), ticket)
+            .await
+            .map_err(Refusal::from)
+    }
+
+    fn publish(&self, event: Broadcast) {
+        // No subscribers is fine.
+        let _ = self.events.send(event);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests;

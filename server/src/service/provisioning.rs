@@ -1,0 +1,274 @@
+//! What administrators do: departments, users, offboarding, listings.
+
+use std::collections::BTreeSet;
+
+use rathaus_protocol::limits::{MAX_LIST, MAX_NAME};
+use rathaus_protocol::{
+    DepartmentInfo, DepartmentSlug, ErrorCode, Response, Role, UserId, UserSummary,
+};
+
+use super::{codes, Broadcast, Refusal, Service};
+use crate::store::{CodeRecord, Db, DepartmentRecord, ServerMeta, StoreError, UserRecord, Writes};
+
+/// Writes the settings and the first administrator of a new server; returns the
+/// administrator's enrollment code.
+pub fn bootstrap(db: &Db, now_ms: i64, org: &str, admin: &UserId) -> Result<String, StoreError> {
+    let code = codes::generate();
+    let user = UserRecord {
+        id: admin.clone(),
+        name: "Administrator".into(),
+        roles: vec![Role::Member, Role::Admin],
+        departments: Vec::new(),
+        password_hash: None,
+        devices: Vec::new(),
+        removed: false,
+        created_ms: now_ms,
+    };
+    let mut w = Writes::new();
+    w.put_meta(&ServerMeta {
+        org: org.to_owned(),
+        created_ms: now_ms,
+    })?
+    .put_user(&user)?
+    .put_code(admin, &code_record(&code, now_ms))?;
+    db.apply(w)?;
+    Ok(code)
+}
+
+impl Service {
+    pub(super) async fn add_department(
+        &self,
+        me: &UserRecord,
+        slug: DepartmentSlug,
+        name: String,
+        owners: Vec<UserId>,
+    ) -> Result<Response, Refusal> {
+        self.require_admin(me, "add departments")?;
+        let name = valid_name(&name)?;
+        if owners.len() > MAX_LIST {
+            return Err(too_many("owners"));
+        }
+        let owners: Vec<UserId> = owners
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let (dept, ticket) = {
+            let _dir = self.directory();
+            if self.db.department(&slug)?.is_some() {
+                return Err(Refusal::new(
+                    ErrorCode::AlreadyExists,
+                    format!("department {slug} exists already"),
+                ));
+            }
+            let mut w = Writes::new();
+            for owner in &owners {
+                let mut user = self.live_user(owner)?;
+                if !user.departments.contains(&slug) {
+                    user.departments.push(slug.clone());
+                }
+                w.put_user(&user)?;
+            }
+            let dept = DepartmentRecord {
+                slug: slug.clone(),
+                name,
+                owners: owners.clone(),
+                members: owners,
+                created_ms: self.now_ms(),
+            };
+            w.put_department(&dept)?;
+            self.db.apply(w)?;
+            (dept, self.commit.written())
+        };
+        self.durable(ticket).await?;
+        tracing::info!(department = %dept.slug, by = %me.id, "department added");
+        self.publish(Broadcast::GroupsChanged);
+        Ok(Response::Department(department_info(&dept)))
+    }
+
+    pub(super) async fn add_user(
+        &self,
+        me: &UserRecord,
+        id: UserId,
+        name: String,
+        departments: Vec<DepartmentSlug>,
+        roles: Vec<Role>,
+    ) -> Result<Response, Refusal> {
+        self.require_admin(me, "add users")?;
+        let name = valid_name(&name)?;
+        if departments.len() > MAX_LIST || roles.len() > MAX_LIST {
+            return Err(too_many("departments or roles"));
+        }
+        let departments: Vec<DepartmentSlug> = departments
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let roles: Vec<Role> = roles
+            .into_iter()
+            .chain([Role::Member])
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let now = self.now_ms();
+        let code = codes::generate();
+        let record = code_record(&code, now);
+        let ticket = {
+            let _dir = self.directory();
+            if self.db.user(&id)?.is_some() {
+                return Err(Refusal::new(
+                    ErrorCode::AlreadyExists,
+                    format!("user {id} exists already"),
+                ));
+            }
+            let mut w = Writes::new();
+            for slug in &departments {
+                let mut dept = self.db.department(slug)?.ok_or_else(|| {
+                    Refusal::new(
+                        ErrorCode::NotFound,
+                        format!("department {slug} does not exist"),
+                    )
+                })?;
+                dept.members.push(id.clone());
+                w.put_department(&dept)?;
+            }
+            let user = UserRecord {
+                id: id.clone(),
+                name,
+                roles,
+                departments: departments.clone(),
+                password_hash: None,
+                devices: Vec::new(),
+                removed: false,
+                created_ms: now,
+            };
+            w.put_user(&user)?.put_code(&id, &record)?;
+            self.db.apply(w)?;
+            self.commit.written()
+        };
+        self.durable(ticket).await?;
+        tracing::info!(user = %id, by = %me.id, "user added");
+        if !departments.is_empty() {
+            self.publish(Broadcast::GroupsChanged);
+        }
+        Ok(Response::UserAdded {
+            user: id,
+            enrollment_code: code,
+            expires_at_ms: record.expires_ms,
+        })
+    }
+
+    pub(super) async fn remove_user(
+        &self,
+        me: &UserRecord,
+        id: &UserId,
+    ) -> Result<Response, Refusal> {
+        self.require_admin(me, "remove users")?;
+        if *id == me.id {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                "you cannot remove yourself; ask another administrator",
+            ));
+        }
+        let ticket = {
+            let _dir = self.directory();
+            let mut user = self.db.user(id)?.ok_or_else(|| no_such_user(id))?;
+            let mut w = Writes::new();
+            for dept in self.db.departments()? {
+                if dept.members.contains(id) || dept.owners.contains(id) {
+                    let mut dept = dept;
+                    dept.members.retain(|m| m != id);
+                    dept.owners.retain(|o| o != id);
+                    w.put_department(&dept)?;
+                }
+            }
+            user.removed = true;
+            user.departments.clear();
+            for d in &mut user.devices {
+                d.revoked = true;
+            }
+            w.put_user(&user)?.remove_code(id);
+            self.db.apply(w)?;
+            self.commit.written()
+        };
+        self.durable(ticket).await?;
+        let ended = self.live.end_all(id);
+        tracing::info!(user = %id, by = %me.id, connections_ended = ended, "user offboarded");
+        self.publish(Broadcast::GroupsChanged);
+        Ok(Response::Done)
+    }
+
+    pub(super) fn list_users(&self, me: &UserRecord) -> Result<Response, Refusal> {
+        self.require_admin(me, "list users")?;
+        let users = self
+            .db
+            .users()?
+            .into_iter()
+            .filter(|u| !u.removed)
+            .map(|u| UserSummary {
+                enrolled: u.password_hash.is_some(),
+                devices: u32::try_from(u.active_devices().count()).unwrap_or(u32::MAX),
+                user: u.id,
+                name: u.name,
+                roles: u.roles,
+                departments: u.departments,
+            })
+            .collect();
+        Ok(Response::Users(users))
+    }
+
+    pub(super) fn list_departments(&self, me: &UserRecord) -> Result<Response, Refusal> {
+        self.require_admin(me, "list departments")?;
+        let depts = self.db.departments()?.iter().map(department_info).collect();
+        Ok(Response::Departments(depts))
+    }
+
+    /// A user that exists and was not offboarded.
+    fn live_user(&self, id: &UserId) -> Result<UserRecord, Refusal> {
+        self.db
+            .user(id)?
+            .filter(|u| !u.removed)
+            .ok_or_else(|| no_such_user(id))
+    }
+}
+
+pub(super) fn department_info(d: &DepartmentRecord) -> DepartmentInfo {
+    DepartmentInfo {
+        slug: d.slug.clone(),
+        name: d.name.clone(),
+        owners: d.owners.clone(),
+        members: u32::try_from(d.members.len()).unwrap_or(u32::MAX),
+    }
+}
+
+fn code_record(code: &str, now_ms: i64) -> CodeRecord {
+    CodeRecord {
+        // A freshly generated code always normalises; the fallback is unreachable and
+        // would only make the code unusable, never usable by someone else.
+        sha256: codes::digest(code).unwrap_or([0xff; 32]),
+        created_ms: now_ms,
+        expires_ms: now_ms.saturating_add(codes::CODE_LIFETIME_MS),
+    }
+}
+
+fn valid_name(name: &str) -> Result<String, Refusal> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(Refusal::new(
+            ErrorCode::Invalid,
+            format!("names must be 1 to {MAX_NAME} bytes"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn too_many(what: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::Invalid,
+        format!("too many {what} (at most {MAX_LIST})"),
+    )
+}
+
+fn no_such_user(id: &UserId) -> Refusal {
+    Refusal::new(ErrorCode::NotFound, format!("user {id} does not exist"))
+}

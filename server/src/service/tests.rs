@@ -1,0 +1,442 @@
+//! The rules, over memory and a manual clock.
+
+use std::time::Duration;
+
+use rathaus_protocol::{
+    ClientMsgId, Content, DepartmentSlug, ErrorCode, GroupHandle, PostBody, Request, Response,
+    Role, PROTOCOL_VERSION,
+};
+
+use super::testing::{addr, enroll, new_device, uid, Fixture, PASSWORD};
+use super::Session;
+
+fn bauamt() -> GroupHandle {
+    GroupHandle::parse("bauamt").unwrap()
+}
+
+fn post(group: GroupHandle, id: u8, text: &str) -> Request {
+    Request::Post {
+        group,
+        client_id: ClientMsgId([id; 16]),
+        body: PostBody::Public(Content::text(text)),
+    }
+}
+
+async fn add_bauamt(f: &Fixture, owners: &[&str]) -> Result<Response, super::Refusal> {
+    f.service
+        .handle(
+            &f.admin,
+            Request::AddDepartment {
+                slug: DepartmentSlug::parse("bauamt").unwrap(),
+                name: "Bauamt".into(),
+                owners: owners.iter().map(|o| uid(o)).collect(),
+            },
+        )
+        .await
+}
+
+#[tokio::test]
+async fn an_enrollment_code_works_once() {
+    let f = Fixture::new().await;
+    let code = f.add_user("P1001", &[]).await;
+    let first = enroll(&f.service, "P1001", &code.to_lowercase().replace('-', " ")).await;
+    assert!(first.is_ok());
+    let again = enroll(&f.service, "P1001", &code).await.unwrap_err();
+    assert_eq!(again.code, ErrorCode::CodeInvalid);
+}
+
+#[tokio::test]
+async fn an_enrollment_code_expires_after_72_hours() {
+    let f = Fixture::new().await;
+    let code = f.add_user("P1001", &[]).await;
+    f.clock.advance(Duration::from_secs(72 * 3600));
+    let late = enroll(&f.service, "P1001", &code).await.unwrap_err();
+    assert_eq!(late.code, ErrorCode::CodeInvalid);
+
+    let code = f.add_user("P1002", &[]).await;
+    f.clock.advance(Duration::from_secs(72 * 3600 - 1));
+    assert!(enroll(&f.service, "P1002", &code).await.is_ok());
+}
+
+#[tokio::test]
+async fn enrollment_checks_version_and_password_length() {
+    let f = Fixture::new().await;
+    let code = f.add_user("P1001", &[]).await;
+    let r = f
+        .service
+        .enroll(
+            addr(),
+            PROTOCOL_VERSION + 1,
+            &code,
+            new_device("P1001", PASSWORD),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::VersionMismatch);
+    let r = f
+        .service
+        .enroll(addr(), PROTOCOL_VERSION, &code, new_device("P1001", "kurz"))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::Invalid);
+    // A too-short password does not burn the code.
+    assert!(enroll(&f.service, "P1001", &code).await.is_ok());
+}
+
+#[tokio::test]
+async fn wrong_codes_back_off_and_the_real_user_gets_back_in() {
+    let f = Fixture::new().await;
+    let code = f.add_user("P1001", &[]).await;
+    for _ in 0..5 {
+        let r = enroll(&f.service, "P1001", "AAAA-AAAA-AAAA-AAAA")
+            .await
+            .unwrap_err();
+        assert_eq!(r.code, ErrorCode::CodeInvalid);
+    }
+    // Backed off: even the right code is not checked now.
+    let r = enroll(&f.service, "P1001", &code).await.unwrap_err();
+    assert_eq!(r.code, ErrorCode::RateLimited);
+    assert!(r.message.contains("try again in 1 s"), "{}", r.message);
+    f.clock.advance(Duration::from_secs(1));
+    assert!(enroll(&f.service, "P1001", &code).await.is_ok());
+}
+
+#[tokio::test]
+async fn add_device_needs_the_password_and_is_throttled() {
+    let f = Fixture::new().await;
+    f.user("P1001", &[]).await;
+    let wrong = new_device("P1001", "not the password");
+    for _ in 0..5 {
+        let r = f
+            .service
+            .add_device(addr(), PROTOCOL_VERSION, wrong.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(r.code, ErrorCode::Unauthenticated);
+    }
+    let right = new_device("P1001", PASSWORD);
+    let r = f
+        .service
+        .add_device(addr(), PROTOCOL_VERSION, right.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::RateLimited);
+    f.clock.advance(Duration::from_secs(1));
+    let r = f
+        .service
+        .add_device(addr(), PROTOCOL_VERSION, right)
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Enrolled { .. }));
+}
+
+#[tokio::test]
+async fn a_retried_post_is_stored_once() {
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    add_bauamt(&f, &["P1001"]).await.unwrap();
+    let first = f
+        .service
+        .handle(&anna, post(bauamt(), 1, "Hallo"))
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(5));
+    let retry = f
+        .service
+        .handle(&anna, post(bauamt(), 1, "Hallo"))
+        .await
+        .unwrap();
+    let other = f
+        .service
+        .handle(&anna, post(bauamt(), 2, "Hallo"))
+        .await
+        .unwrap();
+    let (
+        Response::Posted {
+            seq: s1,
+            sent_at_ms: t1,
+            duplicate: d1,
+        },
+        Response::Posted {
+            seq: s2,
+            sent_at_ms: t2,
+            duplicate: d2,
+        },
+    ) = (first, retry)
+    else {
+        panic!("expected Posted");
+    };
+    assert_eq!((s1, d1), (1, false));
+    assert_eq!((s2, t2, d2), (1, t1, true));
+    assert!(matches!(
+        other,
+        Response::Posted {
+            seq: 2,
+            duplicate: false,
+            ..
+        }
+    ));
+    let fetched = f
+        .service
+        .handle(
+            &anna,
+            Request::Fetch {
+                group: bauamt(),
+                since: 0,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    let Response::Entries { entries, head, .. } = fetched else {
+        panic!("expected Entries");
+    };
+    assert_eq!(head, 2);
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
+
+#[tokio::test]
+async fn fetch_is_incremental_and_capped() {
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    add_bauamt(&f, &[]).await.unwrap();
+    for i in 0..5u8 {
+        f.service
+            .handle(&anna, post(bauamt(), i, "x"))
+            .await
+            .unwrap();
+    }
+    let r = f
+        .service
+        .handle(
+            &anna,
+            Request::Fetch {
+                group: bauamt(),
+                since: 2,
+                limit: 2,
+            },
+        )
+        .await
+        .unwrap();
+    let Response::Entries { entries, head, .. } = r else {
+        panic!("expected Entries");
+    };
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert_eq!(head, 5);
+}
+
+#[tokio::test]
+async fn admin_requests_are_forbidden_to_members() {
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    for request in [
+        Request::ListUsers,
+        Request::ListDepartments,
+        Request::RemoveUser { user: uid("admin") },
+        Request::AddUser {
+            user: uid("P2000"),
+            name: "X".into(),
+            departments: vec![],
+            roles: vec![],
+        },
+        Request::AddDepartment {
+            slug: DepartmentSlug::parse("bauamt").unwrap(),
+            name: "Bauamt".into(),
+            owners: vec![],
+        },
+    ] {
+        let r = f.service.handle(&anna, request).await.unwrap_err();
+        assert_eq!(r.code, ErrorCode::Forbidden);
+        assert!(r.message.contains("only administrators"));
+    }
+}
+
+#[tokio::test]
+async fn only_editors_and_admins_post_announcements() {
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    let eva = f.user("P1002", &[Role::Editor]).await;
+    let r = f
+        .service
+        .handle(&anna, post(GroupHandle::Announcements, 1, "Wartung"))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::Forbidden);
+    let r = f
+        .service
+        .handle(&eva, post(GroupHandle::Announcements, 1, "Wartung"))
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Posted { seq: 1, .. }));
+}
+
+#[tokio::test]
+async fn provisioning_rules() {
+    let f = Fixture::new().await;
+    f.user("P1001", &[]).await;
+    let r = add_bauamt(&f, &["P9999"]).await.unwrap_err();
+    assert_eq!(r.code, ErrorCode::NotFound);
+    let Response::Department(info) = add_bauamt(&f, &["P1001"]).await.unwrap() else {
+        panic!("expected Department");
+    };
+    assert_eq!(info.members, 1);
+    assert_eq!(
+        add_bauamt(&f, &[]).await.unwrap_err().code,
+        ErrorCode::AlreadyExists
+    );
+    let dup = f
+        .service
+        .handle(
+            &f.admin,
+            Request::AddUser {
+                user: uid("P1001"),
+                name: "Again".into(),
+                departments: vec![],
+                roles: vec![],
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code, ErrorCode::AlreadyExists);
+    let unknown = f
+        .service
+        .handle(
+            &f.admin,
+            Request::AddUser {
+                user: uid("P1003"),
+                name: "Jonas".into(),
+                departments: vec![DepartmentSlug::parse("kaemmerei").unwrap()],
+                roles: vec![],
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code, ErrorCode::NotFound);
+    let secret = f
+        .service
+        .handle(
+            &f.admin,
+            Request::Fetch {
+                group: GroupHandle::parse("bauamt/secret").unwrap(),
+                since: 0,
+                limit: 1,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(secret.code, ErrorCode::NotFound);
+    assert!(secret.message.contains("bauamt/secret does not exist yet"));
+}
+
+#[tokio::test]
+async fn an_offboarded_user_is_refused_and_their_posts_remain() {
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    add_bauamt(&f, &["P1001"]).await.unwrap();
+    f.service
+        .handle(&anna, post(bauamt(), 1, "Tschüss"))
+        .await
+        .unwrap();
+    let r = f
+        .service
+        .handle(&f.admin, Request::RemoveUser { user: uid("P1001") })
+        .await
+        .unwrap();
+    assert_eq!(r, Response::Done);
+
+    let r = f.service.handle(&anna, Request::Whoami).await.unwrap_err();
+    assert_eq!(r.code, ErrorCode::Unauthenticated);
+    let pending = f
+        .service
+        .challenge(addr(), PROTOCOL_VERSION, anna.user.clone(), anna.device)
+        .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let exporter = [1u8; 32];
+    let sig = ed25519_dalek::Signer::sign(
+        &key,
+        &rathaus_protocol::auth_transcript(&exporter, &pending.nonce),
+    );
+    let r = f
+        .service
+        .prove(
+            addr(),
+            &pending,
+            &exporter,
+            &rathaus_protocol::Signature::new(sig.to_bytes()),
+        )
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::Unauthenticated);
+
+    let r = f
+        .service
+        .handle(
+            &f.admin,
+            Request::Fetch {
+                group: bauamt(),
+                since: 0,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    let Response::Entries { entries, .. } = r else {
+        panic!("expected Entries");
+    };
+    assert_eq!(entries.len(), 1);
+    let r = f
+        .service
+        .handle(&f.admin, Request::Members { group: bauamt() })
+        .await
+        .unwrap();
+    let Response::Members { members, .. } = r else {
+        panic!("expected Members");
+    };
+    assert!(members.is_empty());
+    let me = f
+        .service
+        .handle(&f.admin, Request::RemoveUser { user: uid("admin") })
+        .await
+        .unwrap_err();
+    assert_eq!(me.code, ErrorCode::Invalid);
+}
+
+#[tokio::test]
+async fn a_device_proves_possession_of_its_key() {
+    let f = Fixture::new().await;
+    let anna: Session = f.user("P1001", &[]).await;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let exporter = [3u8; 32];
+    let pending = f
+        .service
+        .challenge(addr(), PROTOCOL_VERSION, anna.user.clone(), anna.device)
+        .unwrap();
+    let sign = |transcript: &[u8]| {
+        rathaus_protocol::Signature::new(ed25519_dalek::Signer::sign(&key, transcript).to_bytes())
+    };
+    // A proof for another TLS session does not count.
+    let other = sign(&rathaus_protocol::auth_transcript(
+        &[4u8; 32],
+        &pending.nonce,
+    ));
+    assert_eq!(
+        f.service
+            .prove(addr(), &pending, &exporter, &other)
+            .unwrap_err()
+            .code,
+        ErrorCode::Unauthenticated
+    );
+    let good = sign(&rathaus_protocol::auth_transcript(
+        &exporter,
+        &pending.nonce,
+    ));
+    let (session, info) = f.service.prove(addr(), &pending, &exporter, &good).unwrap();
+    assert_eq!(session, anna);
+    assert_eq!(info.org, "Stadt Musterhausen");
+    assert_eq!(info.roles, vec![Role::Member]);
+}

@@ -1,0 +1,102 @@
+//! Persistence behind a trait.
+//!
+//! [`Store`] is a small ordered key-value interface with atomic batches: enough for the
+//! server's needs, and easy to implement twice — [`SledStore`] on disk for production and
+//! [`MemoryStore`] for unit tests. The typed layer on top ([`Db`], in `records`) is shared by
+//! both, so the encoding rules are tested once: every stored value starts with a
+//! format-version byte, then the postcard encoding of the record.
+
+mod codec;
+mod memory;
+mod records;
+mod sled_store;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use memory::MemoryStore;
+pub use records::{
+    CodeRecord, Db, DepartmentRecord, DeviceRecord, ServerMeta, StoredEntry, UserRecord, Writes,
+};
+pub use sled_store::SledStore;
+
+/// A future that resolves once everything written before it was created is on disk.
+pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// An ordered key-value store with atomic batches.
+pub trait Store: Send + Sync + 'static {
+    /// The value under `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Applies all puts and removes of `batch` atomically.
+    fn apply(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Up to `limit` pairs with `start <= key < end`, in key order.
+    fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+    /// The pair with the greatest key in `start <= key < end`.
+    fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StoreError>;
+    /// A fresh id, unique and increasing over the life of the store (also across restarts).
+    fn next_id(&self) -> Result<u64, StoreError>;
+    /// Makes every write applied so far durable.
+    fn flush(&self) -> FlushFuture<'_>;
+}
+
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Writes applied together by [`Store::apply`].
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// `(key, Some(value))` puts, `(key, None)` removes, in order.
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+
+    /// Removes `key`.
+    pub fn remove(&mut self, key: Vec<u8>) {
+        self.ops.push((key, None));
+    }
+
+    /// Whether nothing is to be written.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    fn into_ops(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.ops
+    }
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The storage engine failed (disk full, IO error, …).
+    #[error("storage engine: {0}")]
+    Backend(String),
+    /// The database is locked by another process.
+    #[error("database is locked by another process: {0}")]
+    Locked(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt record under {key}: {reason}")]
+    Corrupt {
+        /// The key, printable.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A stored value was written by a newer build.
+    #[error("record under {key} has format version {version}, which this build cannot read")]
+    UnknownFormat {
+        /// The key, printable.
+        key: String,
+        /// The stored format version.
+        version: u8,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode record: {0}")]
+    Encode(String),
+}

@@ -1,0 +1,433 @@
+//! The server's records and their keys, typed on top of any [`Store`].
+//!
+//! Key layout (one keyspace; `\0` separates parts, which no id or handle contains):
+//!
+//! | key | value |
+//! |---|---|
+//! | `meta` | [`ServerMeta`] |
+//! | `user/<id>` | [`UserRecord`] |
+//! | `dept/<slug>` | [`DepartmentRecord`] |
+//! | `code/<user>` | [`CodeRecord`] (the user's open enrollment code) |
+//! | `log/<group>\0<seq u64 BE>` | [`StoredEntry`] |
+//! | `dedup/<group>\0<sender>\0<client id>` | seq (u64) of the entry stored for it |
+
+use std::sync::Arc;
+
+use rathaus_protocol::{
+    ClientMsgId, DepartmentSlug, DeviceId, DeviceKey, EntryBody, GroupHandle, LogEntry, Role,
+    UserId,
+};
+use serde::{Deserialize, Serialize};
+
+use super::codec::{decode, encode};
+use super::{Batch, Store, StoreError};
+
+/// Server-wide settings fixed at `init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerMeta {
+    /// Organisation name shown to clients.
+    pub org: String,
+    /// When the server was initialised, Unix ms.
+    pub created_ms: i64,
+}
+
+/// A user (a colleague, identified by personnel number).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Personnel number.
+    pub id: UserId,
+    /// Display name.
+    pub name: String,
+    /// Roles; always contains [`Role::Member`].
+    pub roles: Vec<Role>,
+    /// Departments the user belongs to.
+    pub departments: Vec<DepartmentSlug>,
+    /// Argon2id PHC string, set at enrollment.
+    pub password_hash: Option<String>,
+    /// Every device ever enrolled, revoked ones included (ids are never reused).
+    pub devices: Vec<DeviceRecord>,
+    /// Offboarded: can never authenticate again; posts remain.
+    pub removed: bool,
+    /// When the user was provisioned, Unix ms.
+    pub created_ms: i64,
+}
+
+impl UserRecord {
+    /// Whether the user has `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// Devices that may still authenticate.
+    pub fn active_devices(&self) -> impl Iterator<Item = &DeviceRecord> {
+        self.devices.iter().filter(|d| !d.revoked)
+    }
+}
+
+/// A device of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Server-allocated id.
+    pub id: DeviceId,
+    /// Ed25519 public key; proves possession at login.
+    pub key: DeviceKey,
+    /// Name given at enrollment.
+    pub name: String,
+    /// Enrollment time, Unix ms.
+    pub created_ms: i64,
+    /// Revoked devices can no longer authenticate.
+    pub revoked: bool,
+}
+
+/// A department with its public group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepartmentRecord {
+    /// Short name and public group handle.
+    pub slug: DepartmentSlug,
+    /// Display name.
+    pub name: String,
+    /// Owners (also members).
+    pub owners: Vec<UserId>,
+    /// Members (the roster).
+    pub members: Vec<UserId>,
+    /// Creation time, Unix ms.
+    pub created_ms: i64,
+}
+
+/// An open enrollment code. Only its hash is stored, so a database copy cannot enroll.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeRecord {
+    /// SHA-256 of the normalised code.
+    pub sha256: [u8; 32],
+    /// When it was issued, Unix ms.
+    pub created_ms: i64,
+    /// When it stops working, Unix ms.
+    pub expires_ms: i64,
+}
+
+/// A log entry as stored (its seq is in the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEntry {
+    /// Who posted it.
+    pub sender: UserId,
+    /// The sender's display name at posting time.
+    pub sender_name: String,
+    /// Server receive time, Unix ms.
+    pub sent_at_ms: i64,
+    /// The sender's idempotency id.
+    pub client_id: ClientMsgId,
+    /// The payload.
+    pub body: EntryBody,
+}
+
+impl StoredEntry {
+    /// The wire form of this entry.
+    pub fn to_log_entry(&self, seq: u64) -> LogEntry {
+        LogEntry {
+            seq,
+            sender: self.sender.clone(),
+            sender_name: self.sender_name.clone(),
+            sent_at_ms: self.sent_at_ms,
+            client_id: self.client_id,
+            body: self.body.clone(),
+        }
+    }
+}
+
+/// Typed access to the server's records.
+#[derive(Clone)]
+pub struct Db {
+    /// The underlying key-value store.
+    kv: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Db")
+    }
+}
+
+impl Db {
+    /// Typed access over `kv`.
+    pub fn new(kv: Arc<dyn Store>) -> Self {
+        Self { kv }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.kv
+    }
+
+    /// Server settings; `None` before `init`.
+    pub fn meta(&self) -> Result<Option<ServerMeta>, StoreError> {
+        self.get(META)
+    }
+
+    /// A user.
+    pub fn user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.get(&user_key(id))
+    }
+
+    /// All users, ordered by id.
+    pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        self.all_under(USER)
+    }
+
+    /// A department.
+    pub fn department(
+        &self,
+        slug: &DepartmentSlug,
+    ) -> Result<Option<DepartmentRecord>, StoreError> {
+        self.get(&department_key(slug))
+    }
+
+    /// All departments, ordered by slug.
+    pub fn departments(&self) -> Result<Vec<DepartmentRecord>, StoreError> {
+        self.all_under(DEPT)
+    }
+
+    /// The user's open enrollment code.
+    pub fn code(&self, user: &UserId) -> Result<Option<CodeRecord>, StoreError> {
+        self.get(&code_key(user))
+    }
+
+    /// The latest seq of `group` (0 if empty).
+    pub fn head(&self, group: &GroupHandle) -> Result<u64, StoreError> {
+        let (start, end) = log_bounds(group, 0);
+        match self.kv.last_in(&start, &end)? {
+            Some((key, _)) => seq_of(&key),
+            None => Ok(0),
+        }
+    }
+
+    /// Up to `limit` entries of `group` with `seq > since`, oldest first, with the size
+    /// of each stored value.
+    pub fn entries(
+        &self,
+        group: &GroupHandle,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, StoredEntry, usize)>, StoreError> {
+        let Some(from) = since.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let (start, end) = log_bounds(group, from);
+        self.kv
+            .range(&start, &end, limit)?
+            .into_iter()
+            .map(|(k, v)| Ok((seq_of(&k)?, decode(&k, &v)?, v.len())))
+            .collect()
+    }
+
+    /// The seq stored earlier for `(group, sender, client_id)`, if any.
+    pub fn deduplicated(
+        &self,
+        group: &GroupHandle,
+        sender: &UserId,
+        client_id: &ClientMsgId,
+    ) -> Result<Option<u64>, StoreError> {
+        self.get(&dedup_key(group, sender, client_id))
+    }
+
+    /// Applies `writes` atomically.
+    pub fn apply(&self, writes: Writes) -> Result<(), StoreError> {
+        self.kv.apply(writes.batch)
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.kv.get(key)?.map(|v| decode(key, &v)).transpose()
+    }
+
+    fn all_under<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<T>, StoreError> {
+        let end = prefix_end(prefix);
+        self.kv
+            .range(prefix, &end, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+}
+
+/// Writes collected for one atomic [`Db::apply`].
+#[derive(Debug, Default)]
+pub struct Writes {
+    /// The encoded operations.
+    batch: Batch,
+}
+
+impl Writes {
+    /// No writes yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores the server settings.
+    pub fn put_meta(&mut self, meta: &ServerMeta) -> Result<&mut Self, StoreError> {
+        self.batch.put(META.to_vec(), encode(meta)?);
+        Ok(self)
+    }
+
+    /// Stores a user.
+    pub fn put_user(&mut self, user: &UserRecord) -> Result<&mut Self, StoreError> {
+        self.batch.put(user_key(&user.id), encode(user)?);
+        Ok(self)
+    }
+
+    /// Stores a department.
+    pub fn put_department(&mut self, dept: &DepartmentRecord) -> Result<&mut Self, StoreError> {
+        self.batch.put(department_key(&dept.slug), encode(dept)?);
+        Ok(self)
+    }
+
+    /// Stores the user's open enrollment code (replacing an earlier one).
+    pub fn put_code(&mut self, user: &UserId, code: &CodeRecord) -> Result<&mut Self, StoreError> {
+        self.batch.put(code_key(user), encode(code)?);
+        Ok(self)
+    }
+
+    /// Burns the user's enrollment code.
+    pub fn remove_code(&mut self, user: &UserId) -> &mut Self {
+        self.batch.remove(code_key(user));
+        self
+    }
+
+    /// Appends an entry and its deduplication record.
+    pub fn put_entry(
+        &mut self,
+        group: &GroupHandle,
+        seq: u64,
+        entry: &StoredEntry,
+    ) -> Result<&mut Self, StoreError> {
+        self.batch.put(log_key(group, seq), encode(entry)?);
+        self.batch.put(
+            dedup_key(group, &entry.sender, &entry.client_id),
+            encode(&seq)?,
+        );
+        Ok(self)
+    }
+}
+
+const META: &[u8] = b"meta";
+const USER: &[u8] = b"user/";
+const DEPT: &[u8] = b"dept/";
+const CODE: &[u8] = b"code/";
+const LOG: &[u8] = b"log/";
+const DEDUP: &[u8] = b"dedup/";
+
+fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn user_key(id: &UserId) -> Vec<u8> {
+    key(USER, &[id.as_str().as_bytes()])
+}
+
+fn department_key(slug: &DepartmentSlug) -> Vec<u8> {
+    key(DEPT, &[slug.as_str().as_bytes()])
+}
+
+fn code_key(user: &UserId) -> Vec<u8> {
+    key(CODE, &[user.as_str().as_bytes()])
+}
+
+fn log_key(group: &GroupHandle, seq: u64) -> Vec<u8> {
+    key(LOG, &[group.to_string().as_bytes(), &seq.to_be_bytes()])
+}
+
+/// `[log/<group>\0<from>, log/<group>\x01)`: the group's entries from seq `from` on.
+fn log_bounds(group: &GroupHandle, from: u64) -> (Vec<u8>, Vec<u8>) {
+    let start = log_key(group, from);
+    let mut end = key(LOG, &[group.to_string().as_bytes()]);
+    end.push(1);
+    (start, end)
+}
+
+fn dedup_key(group: &GroupHandle, sender: &UserId, client_id: &ClientMsgId) -> Vec<u8> {
+    key(
+        DEDUP,
+        &[
+            group.to_string().as_bytes(),
+            sender.as_str().as_bytes(),
+            &client_id.0,
+        ],
+    )
+}
+
+/// The smallest key greater than every key starting with `prefix` (prefixes end in `/`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| <[u8; 8]>::try_from(&key[at..]).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            key: super::codec::printable(key),
+            reason: "log key without seq".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use rathaus_protocol::Content;
+
+    fn entry(sender: &str, id: u8) -> StoredEntry {
+        StoredEntry {
+            sender: UserId::parse(sender).unwrap(),
+            sender_name: sender.into(),
+            sent_at_ms: 1,
+            client_id: ClientMsgId([id; 16]),
+            body: EntryBody::Content(Content::text("hallo")),
+        }
+    }
+
+    #[test]
+    fn log_ranges_do_not_leak_between_groups() {
+        let db = Db::new(Arc::new(MemoryStore::new()));
+        let bau = GroupHandle::parse("bau").unwrap();
+        let bauamt = GroupHandle::parse("bauamt").unwrap();
+        let secret = GroupHandle::parse("bau/secret").unwrap();
+        let mut w = Writes::new();
+        for seq in 1..=3 {
+            w.put_entry(&bau, seq, &entry("a", seq as u8)).unwrap();
+        }
+        w.put_entry(&bauamt, 1, &entry("a", 9)).unwrap();
+        w.put_entry(&secret, 1, &entry("a", 9)).unwrap();
+        db.apply(w).unwrap();
+        assert_eq!(db.head(&bau).unwrap(), 3);
+        assert_eq!(db.head(&bauamt).unwrap(), 1);
+        assert_eq!(db.head(&GroupHandle::Announcements).unwrap(), 0);
+        let got: Vec<u64> = db
+            .entries(&bau, 1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(got, vec![2, 3]);
+        assert!(db.entries(&bau, u64::MAX, 10).unwrap().is_empty());
+        let sender = UserId::parse("a").unwrap();
+        assert_eq!(
+            db.deduplicated(&bau, &sender, &ClientMsgId([2; 16]))
+                .unwrap(),
+            Some(2)
+        );
+    }
+}

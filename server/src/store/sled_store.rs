@@ -1,0 +1,112 @@
+//! The on-disk [`Store`]: one sled tree, keys namespaced by prefix so that a batch touching
+//! users, departments and log entries is atomic (`apply_batch`).
+
+use std::path::Path;
+
+use super::{Batch, FlushFuture, KeyValue, Store, StoreError};
+
+/// A [`Store`] in a sled database.
+#[derive(Debug, Clone)]
+pub struct SledStore {
+    /// The database; its default tree holds everything.
+    db: sled::Db,
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `path`. Fails with [`StoreError::Locked`] if
+    /// another process has it open.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| match &e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked(io.to_string())
+                }
+                _ => backend(e),
+            })?;
+        Ok(Self { db })
+    }
+
+    /// Flushes synchronously (for `init`, outside of any request path).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(backend)
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut sled_batch = sled::Batch::default();
+        for (key, value) in batch.into_ops() {
+            match value {
+                Some(v) => sled_batch.insert(key, v),
+                None => sled_batch.remove(key),
+            }
+        }
+        self.db.apply_batch(sled_batch).map_err(backend)
+    }
+
+    fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.db
+            .range(start..end)
+            .take(limit)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+            .collect()
+    }
+
+    fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        if start >= end {
+            return Ok(None);
+        }
+        self.db
+            .range(start..end)
+            .next_back()
+            .transpose()
+            .map(|o| o.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .map_err(backend)
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        // sled's id generator is monotonic across restarts; +1 keeps 0 unused.
+        Ok(self.db.generate_id().map_err(backend)? + 1)
+    }
+
+    fn flush(&self) -> FlushFuture<'_> {
+        Box::pin(async move {
+            self.db.flush_async().await.map_err(backend)?;
+            Ok(())
+        })
+    }
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_open_is_refused_as_locked_and_a_reopen_after_drop_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut batch = Batch::default();
+        batch.put(b"k".to_vec(), b"v".to_vec());
+        store.apply(batch).unwrap();
+        assert!(matches!(
+            SledStore::open(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.get(b"k").unwrap(), Some(b"v".to_vec()));
+    }
+}

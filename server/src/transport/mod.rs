@@ -1,0 +1,249 @@
+//! QUIC transport: the endpoint, the accept loop with its connection limit, graceful
+//! shutdown, and the per-connection and per-stream tasks. This layer moves frames; the
+//! rules live in [`crate::service`].
+
+mod connection;
+mod frame_io;
+mod stream;
+mod subscribe;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::clock::{Clock, SystemClock};
+use crate::data_dir::DataDir;
+use crate::error::ServerError;
+use crate::service::Service;
+use crate::store::Db;
+use tls::TlsIdentity;
+
+/// How `start` runs the server.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// The data directory made by `init`.
+    pub data_dir: PathBuf,
+    /// Listen address; default: the one in `config.json`.
+    pub listen: Option<SocketAddr>,
+    /// Certificate (PEM or DER) to use instead of `DIR/cert.der`; needs `key`.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM or DER) for `cert`.
+    pub key: Option<PathBuf>,
+    /// Connections beyond this many are refused.
+    pub max_connections: usize,
+    /// Time source for the rules.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunOptions {
+    /// Defaults: listen address from `config.json`, the certificate from `init`, 20,000
+    /// connections, the system clock.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: None,
+            cert: None,
+            key: None,
+            max_connections: 20_000,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A server that is listening.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The bound address.
+    local_addr: SocketAddr,
+    /// The certificate fingerprint clients pin.
+    fingerprint: String,
+    /// The QUIC endpoint.
+    endpoint: quinn::Endpoint,
+    /// Shared state of all connections.
+    ctx: Arc<ServerCtx>,
+    /// Tells the accept loop to stop.
+    stop: watch::Sender<bool>,
+    /// The accept loop (owns the connection tasks).
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// State shared by the accept loop and every connection.
+#[derive(Debug)]
+pub(crate) struct ServerCtx {
+    /// The rules.
+    pub(crate) service: Arc<Service>,
+    /// The connection limit.
+    max_connections: usize,
+    /// Connections being handshaken or served.
+    connections: AtomicUsize,
+    /// Open `Subscribe` streams (shutdown waits for them to hear `ShuttingDown`).
+    pub(crate) subscribers: AtomicUsize,
+}
+
+/// Opens the data directory, binds the endpoint and starts serving. Returns once listening.
+pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
+    let dir = DataDir::new(&opts.data_dir);
+    let config = dir.read_config()?;
+    let listen = match opts.listen {
+        Some(a) => a,
+        None => config.listen.parse().map_err(|e| ServerError::Config {
+            path: dir.config(),
+            reason: format!("listen address {:?}: {e}", config.listen),
+        })?,
+    };
+    let identity = match (&opts.cert, &opts.key) {
+        (Some(cert), Some(key)) => TlsIdentity::load(cert, key)?,
+        (None, None) => TlsIdentity::load(&dir.cert(), &dir.key())?,
+        _ => {
+            return Err(ServerError::Invalid(
+                "--cert and --key must be given together".into(),
+            ))
+        }
+    };
+    let server_config = identity.server_config()?;
+    let store = dir.open_store()?;
+    let service = Service::new(Db::new(Arc::new(store)), opts.clock.clone())?;
+    let endpoint = quinn::Endpoint::server(server_config, listen)
+        .map_err(|e| ServerError::io(format!("cannot listen on {listen}"), e))?;
+    let local_addr = endpoint
+        .local_addr()
+        .map_err(|e| ServerError::io("cannot read the bound address", e))?;
+    let ctx = Arc::new(ServerCtx {
+        service: Arc::new(service),
+        max_connections: opts.max_connections,
+        connections: AtomicUsize::new(0),
+        subscribers: AtomicUsize::new(0),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx.clone(), stop_rx));
+    tracing::info!(addr = %local_addr, data = %dir.root().display(), "server started");
+    Ok(RunningServer {
+        local_addr,
+        fingerprint: identity.fingerprint(),
+        endpoint,
+        ctx,
+        stop,
+        accept,
+    })
+}
+
+/// Time granted to subscribers to receive `ShuttingDown`, and to connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+impl RunningServer {
+    /// The address the endpoint is bound to (with the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The certificate fingerprint, `SHA256:<hex>`.
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    /// Stops gracefully: stop accepting, tell subscribers `ShuttingDown`, close every
+    /// connection, flush the database. When this returns the database is closed.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.ctx.service.announce_shutdown();
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.ctx.subscribers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"server shutting down");
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
+        let _ = self.accept.await;
+        if let Err(e) = self.ctx.service.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        // Tasks on the blocking pool (password hashing) may still hold the service for a
+        // moment; wait for them so the database lock is released when we return.
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while Arc::strong_count(&self.ctx) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!("server stopped");
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn wait(self) {
+        wait_for_signal().await;
+        tracing::info!("signal received, shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<ServerCtx>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if ctx.connections.load(Ordering::SeqCst) >= ctx.max_connections {
+                    tracing::warn!(peer = %incoming.remote_address(), "connection limit reached, refusing");
+                    incoming.refuse();
+                    continue;
+                }
+                ctx.connections.fetch_add(1, Ordering::SeqCst);
+                connections.spawn(connection::serve(incoming, ctx.clone()));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    // The endpoint is being closed; give connections a moment to wind down, then cut.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.shutdown().await;
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+//! One task per bidirectional stream: read one request, answer it, finish.
+//!
+//! A stream that sends garbage gets a typed error and is closed; the connection and its
+//! other streams carry on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{RecvStream, SendStream};
+use rathaus_protocol::limits::MAX_CONTROL_FRAME;
+use rathaus_protocol::{ErrorCode, Request, Response, AUTH_EXPORTER_LABEL};
+
+use super::connection::ConnectionCtx;
+use super::frame_io::{read_frame, write_frame, ReadFailure};
+use super::subscribe;
+use crate::service::{NewDevice, Refusal};
+
+/// How long a peer may take to send its request (and its proof, after a challenge).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Application error code for streams the server stops reading.
+const STOP_DONE: u32 = 0;
+
+pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut recv: RecvStream) {
+    let Some(request) = read_request(&ctx, &mut send, &mut recv).await else {
+        return;
+    };
+    let kind = request_kind(&request);
+    tracing::debug!(peer = %ctx.peer, request = kind, "request");
+    let service = &ctx.server.service;
+    let answer = match request {
+        Request::Ping => Ok(Response::Pong),
+        Request::Enroll {
+            protocol,
+            user,
+            code,
+            password,
+            device_key,
+            device_name,
+        } => {
+            let device = NewDevice {
+                user,
+                password,
+                device_key,
+                device_name,
+            };
+            service.enroll(ctx.peer_ip(), protocol, &code, device).await
+        }
+        Request::AddDevice {
+            protocol,
+            user,
+            password,
+            device_key,
+            device_name,
+        } => {
+            let device = NewDevice {
+                user,
+                password,
+                device_key,
+                device_name,
+            };
+            service.add_device(ctx.peer_ip(), protocol, device).await
+        }
+        Request::Hello {
+            protocol,
+            user,
+            device,
+        } => {
+            if ctx.session().is_some() {
+                Err(Refusal::new(
+                    ErrorCode::Invalid,
+                    "this connection is already authenticated",
+                ))
+            } else {
+                authenticate(&ctx, &mut send, &mut recv, protocol, user, device).await
+            }
+        }
+        Request::Prove { .. } => Err(Refusal::new(
+            ErrorCode::Unauthenticated,
+            "send Hello first and the proof on the same stream",
+        )),
+        Request::Subscribe => match ctx.session() {
+            Some(session) => {
+                subscribe::run(&ctx, session, send).await;
+                return;
+            }
+            None => Err(unauthenticated()),
+        },
+        other => match ctx.session() {
+            Some(session) => service.handle(&session, other).await,
+            None => Err(unauthenticated()),
+        },
+    };
+    let response = match answer {
+        Ok(r) => r,
+        Err(refusal) => {
+            log_refusal(&ctx, kind, &refusal);
+            refusal.to_response()
+        }
+    };
+    if write_frame(&mut send, &response).await {
+        let _ = send.finish();
+    }
+}
+
+/// Reads the stream's request; answers and closes the stream itself if it is bad.
+async fn read_request(
+    ctx: &ConnectionCtx,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+) -> Option<Request> {
+    match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_frame::<Request>(recv, MAX_CONTROL_FRAME),
+    )
+    .await
+    {
+        Ok(Ok(Some(request))) => Some(request),
+        Ok(Ok(None)) => {
+            let _ = send.finish();
+            None
+        }
+        Ok(Err(ReadFailure::Protocol(e))) => {
+            tracing::debug!(peer = %ctx.peer, error = %e, "bad frame");
+            reject(send, recv, Response::error(e.code(), e.to_string())).await;
+            None
+        }
+        Ok(Err(ReadFailure::Stream(e))) => {
+            tracing::debug!(peer = %ctx.peer, error = %e, "stream broke before its request");
+            None
+        }
+        Err(_) => {
+            let timeout = Response::error(ErrorCode::Invalid, "timed out waiting for the request");
+            reject(send, recv, timeout).await;
+            None
+        }
+    }
+}
+
+/// Answers with an error, stops reading and finishes the stream.
+async fn reject(send: &mut SendStream, recv: &mut RecvStream, response: Response) {
+    let _ = recv.stop(quinn::VarInt::from_u32(STOP_DONE));
+    if write_frame(send, &response).await {
+        let _ = send.finish();
+    }
+}
+
+/// `Hello` → `Challenge` → `Prove` → `Authenticated`, all on this stream.
+async fn authenticate(
+    ctx: &ConnectionCtx,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    protocol: u16,
+    user: rathaus_protocol::UserId,
+    device: rathaus_protocol::DeviceId,
+) -> Result<Response, Refusal> {
+    let service = &ctx.server.service;
+    let pending = service.challenge(ctx.peer_ip(), protocol, user, device)?;
+    let challenge = Response::Challenge {
+        protocol: rathaus_protocol::PROTOCOL_VERSION,
+        nonce: pending.nonce,
+    };
+    if !write_frame(send, &challenge).await {
+        return Err(Refusal::new(ErrorCode::Invalid, "stream closed"));
+    }
+    let signature = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_frame::<Request>(recv, MAX_CONTROL_FRAME),
+    )
+    .await
+    {
+        Ok(Ok(Some(Request::Prove { signature }))) => signature,
+        Ok(Ok(Some(_))) => {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                "expected Prove after the challenge",
+            ))
+        }
+        Ok(Ok(None)) => {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                "stream ended before Prove",
+            ))
+        }
+        Ok(Err(ReadFailure::Protocol(e))) => return Err(Refusal::new(e.code(), e.to_string())),
+        Ok(Err(ReadFailure::Stream(e))) => {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                format!("stream broke: {e}"),
+            ))
+        }
+        Err(_) => {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                "timed out waiting for Prove",
+            ))
+        }
+    };
+    let mut exporter = [0u8; 32];
+    ctx.conn
+        .export_keying_material(&mut exporter, AUTH_EXPORTER_LABEL, b"")
+        .map_err(|e| Refusal::internal(format!("TLS exporter: {e:?}")))?;
+    let (session, info) = service.prove(ctx.peer_ip(), &pending, &exporter, &signature)?;
+    tracing::info!(peer = %ctx.peer, user = %session.user, device = %session.device, "authenticated");
+    ctx.authenticate(session);
+    Ok(Response::Authenticated(info))
+}
+
+fn unauthenticated() -> Refusal {
+    Refusal::new(
+        ErrorCode::Unauthenticated,
+        "authenticate first (Hello), or enroll",
+    )
+}
+
+fn log_refusal(ctx: &ConnectionCtx, kind: &str, refusal: &Refusal) {
+    match &refusal.detail {
+        Some(detail) => {
+            tracing::error!(peer = %ctx.peer, request = kind, detail = %detail, "internal error")
+        }
+        None => tracing::debug!(
+            peer = %ctx.peer,
+            request = kind,
+            code = %refusal.code,
+            message = %refusal.message,
+            "refused"
+        ),
+    }
+}
+
+/// The request's name for logs (never its content).
+fn request_kind(r: &Request) -> &'static str {
+    match r {
+        Request::Ping => "Ping",
+        Request::Enroll { .. } => "Enroll",
+        Request::AddDevice { .. } => "AddDevice",
+        Request::Hello { .. } => "Hello",
+        Request::Prove { .. } => "Prove",
+        Request::Whoami => "Whoami",
+        Request::ListGroups => "ListGroups",
+        Request::Post { .. } => "Post",
+        Request::Fetch { .. } => "Fetch",
+        Request::Subscribe => "Subscribe",
+        Request::Members { .. } => "Members",
+        Request::AddDepartment { .. } => "AddDepartment",
+        Request::AddUser { .. } => "AddUser",
+        Request::RemoveUser { .. } => "RemoveUser",
+        Request::ListUsers => "ListUsers",
+        Request::ListDepartments => "ListDepartments",
+    }
+}

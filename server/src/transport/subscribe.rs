@@ -1,0 +1,80 @@
+//! `Subscribe` streams: `Subscribed`, then an `Event` frame for everything durable the
+//! user may read, until the connection or the server ends.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use quinn::SendStream;
+use rathaus_protocol::{Event, Response};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::connection::ConnectionCtx;
+use super::frame_io::{write_bytes, write_frame};
+use super::ServerCtx;
+use crate::service::{Broadcast, Session};
+
+/// How long the last frame (`ShuttingDown`) may take to be acknowledged.
+const LAST_FRAME_GRACE: Duration = Duration::from_secs(1);
+
+pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStream) {
+    let service = &ctx.server.service;
+    // Subscribe before answering so nothing published after `Subscribed` is missed.
+    let mut events = service.subscribe();
+    let _count = Counted::new(&ctx.server);
+    if !write_frame(&mut send, &Response::Subscribed).await {
+        return;
+    }
+    loop {
+        let stopped = send.stopped();
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = stopped => return,
+        };
+        let ok = match event {
+            Ok(Broadcast::Posted { group, frame }) => {
+                if service.can_read(&session.user, &group) {
+                    write_bytes(&mut send, &frame).await
+                } else {
+                    true
+                }
+            }
+            Ok(Broadcast::GroupsChanged) => {
+                write_frame(&mut send, &Response::Event(Event::GroupsChanged)).await
+            }
+            Ok(Broadcast::ShuttingDown) => {
+                if write_frame(&mut send, &Response::Event(Event::ShuttingDown)).await {
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(LAST_FRAME_GRACE, send.stopped()).await;
+                }
+                return;
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(peer = %ctx.peer, missed, "subscriber lagged; asking it to re-fetch");
+                write_frame(&mut send, &Response::Event(Event::GroupsChanged)).await
+            }
+            Err(RecvError::Closed) => {
+                let _ = send.finish();
+                return;
+            }
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+/// Counts open subscriptions for the shutdown grace period.
+struct Counted<'a>(&'a ServerCtx);
+
+impl<'a> Counted<'a> {
+    fn new(server: &'a ServerCtx) -> Self {
+        server.subscribers.fetch_add(1, Ordering::SeqCst);
+        Self(server)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::SeqCst);
+    }
+}

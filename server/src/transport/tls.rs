@@ -1,0 +1,126 @@
+//! The server's TLS identity and the QUIC server configuration (TLS 1.3 only, ALPN
+//! `rathaus/1`, ring provider).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+use crate::error::ServerError;
+
+/// How long a connection may be silent before it is dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Concurrent requests per connection (one bidirectional stream each).
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// A certificate and its private key.
+#[derive(Debug)]
+pub struct TlsIdentity {
+    /// The leaf certificate (DER).
+    cert: CertificateDer<'static>,
+    /// Its private key.
+    key: PrivateKeyDer<'static>,
+}
+
+impl TlsIdentity {
+    /// A fresh self-signed ECDSA P-256 certificate for `localhost`, `127.0.0.1`, `::1`
+    /// and `extra_names`.
+    pub fn generate(extra_names: &[String]) -> Result<Self, ServerError> {
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        for n in extra_names {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        let certified = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| ServerError::Tls(format!("cannot generate certificate: {e}")))?;
+        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .map_err(|e| ServerError::Tls(format!("generated key unusable: {e}")))?;
+        Ok(Self {
+            cert: certified.cert.der().clone(),
+            key,
+        })
+    }
+
+    /// Loads a certificate and key, each PEM or DER.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, ServerError> {
+        let cert_bytes = read(cert)?;
+        let key_bytes = read(key)?;
+        let cert = if is_pem(&cert_bytes) {
+            CertificateDer::from_pem_slice(&cert_bytes).map_err(|e| {
+                ServerError::Tls(format!("no certificate in {}: {e}", cert.display()))
+            })?
+        } else {
+            CertificateDer::from(cert_bytes)
+        };
+        let key = if is_pem(&key_bytes) {
+            PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
+                ServerError::Tls(format!("no private key in {}: {e}", key.display()))
+            })?
+        } else {
+            PrivateKeyDer::try_from(key_bytes)
+                .map_err(|e| ServerError::Tls(format!("unusable key in {}: {e}", key.display())))?
+        };
+        Ok(Self { cert, key })
+    }
+
+    /// The certificate, DER.
+    pub fn cert_der(&self) -> &[u8] {
+        self.cert.as_ref()
+    }
+
+    /// The private key, DER.
+    pub fn key_der(&self) -> &[u8] {
+        self.key.secret_der()
+    }
+
+    /// The fingerprint clients pin: `SHA256:<hex of the certificate DER's digest>`.
+    pub fn fingerprint(&self) -> String {
+        let digest: [u8; 32] = Sha256::digest(self.cert.as_ref()).into();
+        rathaus_protocol::fingerprint::format(&digest)
+    }
+
+    /// The QUIC server configuration for this identity.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, ServerError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ServerError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            .map_err(|e| ServerError::Tls(format!("certificate and key do not fit: {e}")))?;
+        tls.alpn_protocols = vec![rathaus_protocol::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
+                    .map_err(|e| ServerError::Tls(e.to_string()))?,
+            ))
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        config.transport_config(Arc::new(transport));
+        Ok(config)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ServerError> {
+    std::fs::read(path).map_err(|e| ServerError::io(format!("cannot read {}", path.display()), e))
+}
+
+fn is_pem(bytes: &[u8]) -> bool {
+    bytes
+        .windows(b"-----BEGIN".len())
+        .take(4096)
+        .any(|w| w == b"-----BEGIN")
+}
