@@ -449,7 +449,7 @@ async fn listen(profile: Option<PathBuf>, count: Option<u64>, out: &Output) -> R
     let mut backoff = Duration::from_millis(500);
     loop {
         let session = async {
-            let mut sub = client.subscribe().await?;
+            let sub = client.subscribe().await?;
             // Catch up on what arrived while offline; events for entries fetched here are
             // skipped by the cursor check.
             let groups = client.groups().await?;

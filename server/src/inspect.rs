@@ -120,6 +120,7 @@ fn payloads(db: &Db, group: &GroupHandle) -> Result<Vec<Payload>, ServerError> {
                 ),
                 EntryBody::Mls(m) => ("mls", m.clone()),
                 EntryBody::Removed { .. } => ("removed", Vec::new()),
+                EntryBody::Moderated { target } => ("moderation", target.to_be_bytes().to_vec()),
             };
             Ok(Payload {
                 seq,

@@ -102,7 +102,7 @@ impl TestBackend {
             .admin_code
             .take()
             .ok_or_else(|| anyhow!("the admin was enrolled already"))?;
-        self.enroll(&user, &code).await
+        Ok(self.enroll(&user, &code).await?)
     }
 
     /// The bootstrap admin's id and enrollment code, without enrolling (for CLI tests).
@@ -111,20 +111,22 @@ impl TestBackend {
     }
 
     /// Enrolls `user` with `code` into a fresh profile.
-    pub async fn enroll(&self, user: &str, code: &str) -> Result<Client> {
+    pub async fn enroll(&self, user: &str, code: &str) -> rathaus_client::Result<Client> {
         let dir = self.profile_dir(user);
-        Ok(Client::enroll(
+        let user_id =
+            UserId::parse(user).map_err(|e| rathaus_client::ClientError::Invalid(e.to_string()))?;
+        Client::enroll(
             &dir,
             EnrollOptions {
                 server: self.addr.to_string(),
                 fingerprint: self.fingerprint.clone(),
-                user: UserId::parse(user)?,
+                user: user_id,
                 code: code.to_owned(),
                 password: PASSWORD.to_owned(),
                 device_name: format!("{user}'s test device"),
             },
         )
-        .await?)
+        .await
     }
 
     /// A fresh, unused profile directory for `user`.
@@ -178,7 +180,7 @@ impl TestBackend {
         departments: &[&str],
     ) -> Result<Client> {
         let code = self.provision(admin, user, name, departments, &[]).await?;
-        self.enroll(user, &code).await
+        Ok(self.enroll(user, &code).await?)
     }
 }
 

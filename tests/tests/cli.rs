@@ -1,6 +1,9 @@
 //! The CLI contract of DESIGN §9, driven as an outside script would: the real
 //! `rathaus-server` and `rathaus` binaries, `--json` output parsed.
 
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -1,6 +1,9 @@
 //! Durability: a server killed with SIGKILL after acknowledging posts loses none of them
 //! and stores none twice.
 
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use rathaus_client::{Client, EnrollOptions};
 use rathaus_protocol::{GroupHandle, Request, Response, UserId};
 use rathaus_server::clock::SystemClock;

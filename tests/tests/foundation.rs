@@ -2,6 +2,9 @@
 //! groups, push delivery, robustness against bad peers, durability and offboarding.
 //! Every test runs a real server on 127.0.0.1:0 and real clients with temporary profiles.
 
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use rathaus_client::{Client, ClientError};

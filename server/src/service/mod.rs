@@ -227,6 +227,13 @@ impl Service {
                 ErrorCode::Invalid,
                 "this request cannot be handled here",
             )),
+            other => Err(Refusal::new(
+                ErrorCode::Invalid,
+                format!(
+                    "this server does not support {} yet",
+                    crate::transport::request_kind(&other)
+                ),
+            )),
         }
     }
 

@@ -5,6 +5,8 @@
 mod connection;
 mod frame_io;
 mod stream;
+
+pub(crate) use stream::request_kind;
 mod subscribe;
 pub mod tls;
 

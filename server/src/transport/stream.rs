@@ -229,7 +229,7 @@ fn log_refusal(ctx: &ConnectionCtx, kind: &str, refusal: &Refusal) {
 }
 
 /// The request's name for logs (never its content).
-fn request_kind(r: &Request) -> &'static str {
+pub(crate) fn request_kind(r: &Request) -> &'static str {
     match r {
         Request::Ping => "Ping",
         Request::Enroll { .. } => "Enroll",
@@ -247,5 +247,25 @@ fn request_kind(r: &Request) -> &'static str {
         Request::RemoveUser { .. } => "RemoveUser",
         Request::ListUsers => "ListUsers",
         Request::ListDepartments => "ListDepartments",
+        Request::SetRoles { .. } => "SetRoles",
+        Request::AnnouncementDraft { .. } => "AnnouncementDraft",
+        Request::AnnouncementSubmit { .. } => "AnnouncementSubmit",
+        Request::AnnouncementApprove { .. } => "AnnouncementApprove",
+        Request::AnnouncementReject { .. } => "AnnouncementReject",
+        Request::AnnouncementPublish { .. } => "AnnouncementPublish",
+        Request::AnnouncementAck { .. } => "AnnouncementAck",
+        Request::AnnouncementPin { .. } => "AnnouncementPin",
+        Request::Announcements { .. } => "Announcements",
+        Request::RemovePost { .. } => "RemovePost",
+        Request::AuditLog { .. } => "AuditLog",
+        Request::SetRetention { .. } => "SetRetention",
+        Request::PublishKeyPackages { .. } => "PublishKeyPackages",
+        Request::KeyPackageStatus => "KeyPackageStatus",
+        Request::ClaimKeyPackages { .. } => "ClaimKeyPackages",
+        Request::SecretGroups => "SecretGroups",
+        Request::CreateSecretGroup { .. } => "CreateSecretGroup",
+        Request::Commit { .. } => "Commit",
+        Request::FetchWelcomes => "FetchWelcomes",
+        Request::RatchetTree { .. } => "RatchetTree",
     }
 }
