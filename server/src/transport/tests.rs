@@ -402,3 +402,17 @@ async fn enroll_authenticate_post_subscribe_offboard_and_shut_down() {
     let overview = inspect(&h.data, None).unwrap();
     assert_eq!(overview["users"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_stopped_server_restarts_on_the_same_port() {
+    let h = Harness::start().await;
+    let addr = h.server.local_addr();
+    h.server.shutdown().await;
+    let mut opts = RunOptions::new(&h.data);
+    opts.listen = Some(addr);
+    let server = start(opts).await.unwrap();
+    assert_eq!(server.local_addr(), addr);
+    let conn = h.client.connect(addr, "localhost").unwrap().await.unwrap();
+    assert_eq!(exchange(&conn, &Request::Ping).await, Response::Pong);
+    server.shutdown().await;
+}
