@@ -74,6 +74,11 @@ impl LiveConnections {
         conns.len()
     }
 
+    /// Forgets every connection (at shutdown, once they are closed).
+    pub fn clear(&self) {
+        self.with(HashMap::clear);
+    }
+
     /// Whether `user` has a live connection.
     pub fn is_online(&self, user: &UserId) -> bool {
         self.with(|m| m.contains_key(user))

@@ -1,6 +1,6 @@
 //! Groups and their logs: listing, posting, fetching, members.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use rathaus_protocol::limits::{MAX_CONTROL_FRAME, MAX_FETCH};
 use rathaus_protocol::{
@@ -8,7 +8,7 @@ use rathaus_protocol::{
     GroupSummary, MemberInfo, PostBody, Response, Role,
 };
 
-use super::{Broadcast, Refusal, Service};
+use super::{Broadcast, Heads, Refusal, Service};
 use crate::store::{DepartmentRecord, StoredEntry, UserRecord, Writes};
 
 /// Room left in a `Fetch` answer for everything but the entries' stored bytes.
@@ -65,10 +65,7 @@ impl Service {
 
         let now = self.now_ms();
         let (seq, sent_at_ms, duplicate, ticket, entry) = {
-            let mut heads = self
-                .log
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut heads = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(seq) = self.db.deduplicated(&group, &me.id, &client_id)? {
                 let sent_at = self
                     .db
@@ -78,7 +75,7 @@ impl Service {
                 (seq, sent_at, true, self.commit.latest(), None)
             } else {
                 let head = match heads.get(&group) {
-                    Some(h) => *h,
+                    Some(h) => h.written,
                     None => self.db.head(&group)?,
                 };
                 let seq = head + 1;
@@ -92,11 +89,19 @@ impl Service {
                 let mut w = Writes::new();
                 w.put_entry(&group, seq, &entry)?;
                 self.db.apply(w)?;
-                heads.insert(group.clone(), seq);
+                let durable = heads.get(&group).map_or(head, |h| h.durable);
+                heads.insert(
+                    group.clone(),
+                    Heads {
+                        written: seq,
+                        durable,
+                    },
+                );
                 (seq, now, false, self.commit.written(), Some(entry))
             }
         };
         self.durable(ticket).await?;
+        self.mark_durable(&group, seq);
         if let Some(entry) = entry {
             tracing::debug!(%group, seq, "entry stored");
             let event = Response::Event(Event::Posted {
@@ -127,9 +132,13 @@ impl Service {
     ) -> Result<Response, Refusal> {
         self.readable_group(&group)?;
         let limit = limit.min(MAX_FETCH) as usize;
+        let head = self.head(&group)?;
         let mut entries = Vec::new();
         let mut budget = FETCH_BUDGET;
         for (seq, entry, size) in self.db.entries(&group, since, limit)? {
+            if seq > head {
+                break;
+            }
             let cost = size + 128;
             if cost > budget && !entries.is_empty() {
                 break;
@@ -137,7 +146,6 @@ impl Service {
             budget = budget.saturating_sub(cost);
             entries.push(entry.to_log_entry(seq));
         }
-        let head = self.head(&group)?;
         Ok(Response::Entries {
             group,
             entries,
@@ -190,16 +198,28 @@ impl Service {
         })
     }
 
+    /// The group's durable head (what readers may see).
     fn head(&self, group: &GroupHandle) -> Result<u64, Refusal> {
-        let cached = self
-            .log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(group)
-            .copied();
-        match cached {
-            Some(h) => Ok(h),
-            None => Ok(self.db.head(group)?),
+        let mut heads = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = heads.get(group) {
+            return Ok(h.durable);
+        }
+        // Not touched since start: everything on disk is as durable as it gets.
+        let on_disk = self.db.head(group)?;
+        heads.insert(
+            group.clone(),
+            Heads {
+                written: on_disk,
+                durable: on_disk,
+            },
+        );
+        Ok(on_disk)
+    }
+
+    fn mark_durable(&self, group: &GroupHandle, seq: u64) {
+        let mut heads = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = heads.get_mut(group) {
+            h.durable = h.durable.max(seq);
         }
     }
 }

@@ -51,8 +51,8 @@ pub struct Service {
     /// Failed-attempt counters.
     throttle: Mutex<Throttle>,
     /// Held while seqs are allocated, duplicates checked and entries inserted, so those
-    /// three are atomic; the value caches each group's head. Never held across a flush.
-    log: Mutex<HashMap<GroupHandle, u64>>,
+    /// three are atomic; the value caches each group's heads. Never held across a flush.
+    log: Mutex<HashMap<GroupHandle, Heads>>,
     /// Held across read-modify-write of users and departments.
     directory: Mutex<()>,
     /// Which writes are durable.
@@ -69,6 +69,16 @@ impl std::fmt::Debug for Service {
             .field("org", &self.org)
             .finish_non_exhaustive()
     }
+}
+
+/// The two heads of a group's log.
+#[derive(Debug, Clone, Copy)]
+struct Heads {
+    /// The last seq allocated (inserted, maybe not yet on disk).
+    written: u64,
+    /// The last seq known durable: the only one readers see, so nobody ever learns of a
+    /// seq that a crash could take back.
+    durable: u64,
 }
 
 /// The identity of an authenticated connection.

@@ -164,25 +164,32 @@ impl RunningServer {
     /// Stops gracefully: stop accepting, tell subscribers `ShuttingDown`, close every
     /// connection, flush the database. When this returns the database is closed.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        self.ctx.service.announce_shutdown();
+        let Self {
+            local_addr,
+            endpoint,
+            ctx,
+            stop,
+            accept,
+            ..
+        } = self;
+        let _ = stop.send(true);
+        ctx.service.announce_shutdown();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while self.ctx.subscribers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        while ctx.subscribers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"server shutting down");
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
-        let _ = self.accept.await;
-        if let Err(e) = self.ctx.service.flush().await {
+        endpoint.close(quinn::VarInt::from_u32(0), b"server shutting down");
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
+        let _ = accept.await;
+        ctx.service.live().clear();
+        if let Err(e) = ctx.service.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
-        // Tasks on the blocking pool (password hashing) may still hold the service for a
-        // moment; wait for them so the database lock is released when we return.
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while Arc::strong_count(&self.ctx) > 1 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // Dropping the last handles closes the database (releasing its lock) and lets the
+        // endpoint driver release the UDP socket, so a restart can bind the same port.
+        drop(endpoint);
+        drop(ctx);
+        wait_until_port_is_free(local_addr).await;
         tracing::info!("server stopped");
     }
 
@@ -222,6 +229,18 @@ async fn accept_loop(
     })
     .await;
     connections.shutdown().await;
+}
+
+/// Waits (briefly) until the endpoint driver has closed the socket bound to `addr`.
+async fn wait_until_port_is_free(addr: SocketAddr) {
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while Instant::now() < deadline {
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::warn!(%addr, "the UDP socket is still bound after shutdown");
 }
 
 async fn wait_for_signal() {
