@@ -144,6 +144,11 @@ impl Client {
                         removes: None,
                     };
                     self.store.mark_acked(item.client_id, &row)?;
+                    // One's own message is not unread; it only moves the read mark when
+                    // everything before it was read, so nothing from others is skipped.
+                    if self.store.read_mark(&row.group)? + 1 >= seq {
+                        self.store.mark_read(&row.group, seq)?;
+                    }
                     report.sent += 1;
                 }
                 Ok(_) => return Err(ClientError::UnexpectedResponse("Post")),
