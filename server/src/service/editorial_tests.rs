@@ -121,6 +121,7 @@ async fn the_announcement_workflow_follows_roles() {
     );
     let a = announcement(&f, &author, draft("Sommerfest", false, None)).await;
     assert_eq!(a.state, AnnouncementState::Draft);
+    assert_eq!(a.id, 1, "ids are small: people type them");
 
     // A draft is the author's alone, even for editors.
     assert!(list(&f, &editor, true).await.is_empty());

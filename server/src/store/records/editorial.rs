@@ -10,6 +10,7 @@
 //! | `audit/<index u64 BE>` | [`AuditEntry`] |
 //! | `retention/<group>` | [`RetentionRecord`] |
 //! | `floor/<group>` | seq (u64): every entry up to it was deleted by retention |
+//! | `counter/announcement` | the last announcement id handed out (u64) |
 
 use rathaus_protocol::{AnnouncementState, AuditEntry, GroupHandle, UserId};
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,11 @@ impl Db {
         self.all_under(RETENTION)
     }
 
+    /// The last announcement id handed out (0 if none).
+    pub fn last_announcement_id(&self) -> Result<u64, StoreError> {
+        Ok(self.get(ANNOUNCEMENT_COUNTER)?.unwrap_or(0))
+    }
+
     /// The highest seq of `group` deleted by retention (0 if none): the head never falls
     /// below it, so seqs are never reused.
     pub fn log_floor(&self, group: &GroupHandle) -> Result<u64, StoreError> {
@@ -149,6 +155,12 @@ impl Writes {
             self.batch.remove(ack_key(id, &ack.user));
         }
         self
+    }
+
+    /// Records the last announcement id handed out.
+    pub fn put_last_announcement_id(&mut self, id: u64) -> Result<&mut Self, StoreError> {
+        self.batch.put(ANNOUNCEMENT_COUNTER.to_vec(), encode(&id)?);
+        Ok(self)
     }
 
     /// Stores an acknowledgement.
@@ -216,6 +228,7 @@ const ACK: &[u8] = b"ack/";
 const AUDIT: &[u8] = b"audit/";
 const RETENTION: &[u8] = b"retention/";
 const FLOOR: &[u8] = b"floor/";
+const ANNOUNCEMENT_COUNTER: &[u8] = b"counter/announcement";
 
 fn announcement_key(id: u64) -> Vec<u8> {
     key(ANN, &[&id.to_be_bytes()])
