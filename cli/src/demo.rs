@@ -1,9 +1,11 @@
 //! `rathaus demo`: a self-contained tour. Starts a temporary server in this process,
-//! provisions a department and two colleagues, and shows them talking in the public group.
-//! Everything lives in a temporary directory that is removed afterwards.
+//! provisions a department, two colleagues and an editor of the communications office,
+//! shows the colleagues talking in the public group, and the department proposing an
+//! announcement that the editor approves. Everything lives in a temporary directory that
+//! is removed afterwards.
 
 use anyhow::{Context, Result};
-use rathaus_client::{Client, EnrollOptions};
+use rathaus_client::{AnnouncementDraft, Client, EnrollOptions};
 use rathaus_protocol::{DepartmentSlug, GroupHandle, Role, UserId};
 use rathaus_server::clock::SystemClock;
 use rathaus_server::{InitOptions, RunOptions};
@@ -93,13 +95,23 @@ pub(crate) async fn run(out: &Output) -> Result<()> {
             vec![],
         )
         .await?;
+    let (eva_code, _) = admin
+        .admin_add_user(
+            UserId::parse("P2001")?,
+            "Eva Koch",
+            vec![],
+            vec![Role::Editor],
+        )
+        .await?;
     say(&format!(
         "   enrollment codes: P1001 {anna_code}, P1002 {jonas_code} (single use, 72 h)"
     ));
+    say("   and Eva Koch (P2001), editor in the communications office");
 
     say("-- Anna and Jonas enroll their phones with personnel number + code");
     let mut anna = enroll(tmp.path().join("anna"), "P1001", anna_code).await?;
     let mut jonas = enroll(tmp.path().join("jonas"), "P1002", jonas_code).await?;
+    let mut eva = enroll(tmp.path().join("eva"), "P2001", eva_code).await?;
 
     let bauamt = GroupHandle::parse("bauamt")?;
     say("\n-- Anna posts in the public group 'bauamt'; Jonas reads and answers");
@@ -117,8 +129,46 @@ pub(crate) async fn run(out: &Output) -> Result<()> {
         say(&format!("   {}", row_text(row)));
     }
 
+    say("\n-- The Bauamt proposes an announcement; the communications office approves it");
+    let draft = anna
+        .announce_draft(AnnouncementDraft {
+            title: "Rathausplatz gesperrt".into(),
+            text: "Von Montag bis Freitag ist der Rathausplatz wegen Bauarbeiten gesperrt.".into(),
+            requires_ack: true,
+            expires_at_ms: None,
+        })
+        .await?;
+    anna.announce_submit(draft.id).await?;
+    say(&format!(
+        "   Anna drafted and submitted announcement #{}",
+        draft.id
+    ));
+    let pending = eva.announcements(true).await?;
+    say(&format!(
+        "   Eva sees {} announcement(s) waiting for approval",
+        pending.len()
+    ));
+    let approved = eva.announce_approve(draft.id).await?;
+    say(&format!(
+        "   Eva approved it: published as announcements #{}",
+        approved.seq.unwrap_or_default()
+    ));
+    let announcements = jonas.read(&GroupHandle::Announcements).await?;
+    for row in &announcements {
+        say(&format!("   Jonas reads: {}", row_text(row)));
+    }
+    jonas.announce_ack(draft.id).await?;
+    let acks = eva
+        .announcements(false)
+        .await?
+        .into_iter()
+        .find(|a| a.id == draft.id)
+        .map(|a| a.acked_by.iter().map(|u| u.to_string()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    say(&format!("   Eva sees who has read it: {}", acks.join(", ")));
+
     say("\n-- What the operator's server stores for 'bauamt' (public: server-readable)");
-    for c in [&mut admin, &mut anna, &mut jonas] {
+    for c in [&mut admin, &mut anna, &mut jonas, &mut eva] {
         c.disconnect().await;
     }
     server.shutdown().await;
@@ -139,7 +189,9 @@ pub(crate) async fn run(out: &Output) -> Result<()> {
         println!(
             "{}",
             json!({"server": addr, "fingerprint": fingerprint,
-                   "group": "bauamt", "messages": messages, "inspect": inspection})
+                   "group": "bauamt", "messages": messages, "inspect": inspection,
+                   "announcements": announcements.iter().map(row_json).collect::<Vec<_>>(),
+                   "acknowledged_by": acks})
         );
     }
     Ok(())

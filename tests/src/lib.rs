@@ -179,8 +179,31 @@ impl TestBackend {
         name: &str,
         departments: &[&str],
     ) -> Result<Client> {
-        let code = self.provision(admin, user, name, departments, &[]).await?;
+        self.staff(admin, user, name, departments, &[]).await
+    }
+
+    /// Provisions and enrolls a colleague with `roles` (beyond `member`).
+    pub async fn staff(
+        &self,
+        admin: &mut Client,
+        user: &str,
+        name: &str,
+        departments: &[&str],
+        roles: &[Role],
+    ) -> Result<Client> {
+        let code = self
+            .provision(admin, user, name, departments, roles)
+            .await?;
         Ok(self.enroll(user, &code).await?)
+    }
+
+    /// Runs the retention policies now, by the server's (manual) clock.
+    pub async fn enforce_retention(&self) -> Result<Vec<rathaus_server::service::RetentionRun>> {
+        let server = self
+            .server
+            .as_ref()
+            .ok_or_else(|| anyhow!("the server is not running"))?;
+        Ok(server.enforce_retention().await?)
     }
 }
 

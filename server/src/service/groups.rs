@@ -12,7 +12,7 @@ use super::{Broadcast, Heads, Refusal, Service};
 use crate::store::{DepartmentRecord, StoredEntry, UserRecord, Writes};
 
 /// Room left in a `Fetch` answer for everything but the entries' stored bytes.
-const FETCH_BUDGET: usize = MAX_CONTROL_FRAME - 128 * 1024;
+pub(super) const FETCH_BUDGET: usize = MAX_CONTROL_FRAME - 128 * 1024;
 
 impl Service {
     pub(super) fn list_groups(&self, _me: &UserRecord) -> Result<Response, Refusal> {
@@ -199,7 +199,7 @@ impl Service {
     }
 
     /// The group's durable head (what readers may see).
-    fn head(&self, group: &GroupHandle) -> Result<u64, Refusal> {
+    pub(super) fn head(&self, group: &GroupHandle) -> Result<u64, Refusal> {
         let mut heads = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(h) = heads.get(group) {
             return Ok(h.durable);

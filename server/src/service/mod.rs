@@ -6,13 +6,19 @@
 //! driven from a unit test with a [`MemoryStore`](crate::store::MemoryStore) and a
 //! [`ManualClock`](crate::clock::ManualClock).
 
+mod announcements;
+mod audit;
 mod auth;
 pub mod codes;
 mod commit;
 mod enrollment;
 mod events;
 mod groups;
+mod moderation;
 mod provisioning;
+mod retention;
+mod roles;
+mod server_entries;
 pub mod throttle;
 
 use std::collections::HashMap;
@@ -30,8 +36,10 @@ pub use auth::PendingAuth;
 pub use enrollment::NewDevice;
 pub use events::{Broadcast, LiveConnection, LiveConnections};
 pub use provisioning::bootstrap;
+pub use retention::RetentionRun;
 pub use throttle::{Throttle, ThrottlePolicy};
 
+use audit::AuditChain;
 use commit::GroupCommit;
 
 /// Organisation name used when the store has none (only in tests).
@@ -61,6 +69,11 @@ pub struct Service {
     events: broadcast::Sender<Broadcast>,
     /// Live authenticated connections per user.
     live: LiveConnections,
+    /// The end of the audit log's hash chain.
+    audit: AuditChain,
+    /// Held across read-modify-write of announcements and retention runs; taken before
+    /// `log`.
+    editorial: Mutex<()>,
 }
 
 impl std::fmt::Debug for Service {
@@ -161,6 +174,8 @@ impl Service {
             commit: GroupCommit::default(),
             events,
             live: LiveConnections::default(),
+            audit: AuditChain::default(),
+            editorial: Mutex::new(()),
         })
     }
 
@@ -209,6 +224,11 @@ impl Service {
                 body,
             } => self.post(&me, group, client_id, body).await,
             Request::Fetch {
+                group: GroupHandle::Announcements,
+                since,
+                limit,
+            } => self.fetch_announcements(since, limit),
+            Request::Fetch {
                 group,
                 since,
                 limit,
@@ -230,6 +250,18 @@ impl Service {
                 ErrorCode::Invalid,
                 "this connection is already authenticated",
             )),
+            editorial @ (Request::SetRoles { .. }
+            | Request::AnnouncementDraft { .. }
+            | Request::AnnouncementSubmit { .. }
+            | Request::AnnouncementApprove { .. }
+            | Request::AnnouncementReject { .. }
+            | Request::AnnouncementPublish { .. }
+            | Request::AnnouncementAck { .. }
+            | Request::AnnouncementPin { .. }
+            | Request::Announcements { .. }
+            | Request::RemovePost { .. }
+            | Request::AuditLog { .. }
+            | Request::SetRetention { .. }) => self.handle_editorial(&me, editorial).await,
             Request::Enroll { .. }
             | Request::AddDevice { .. }
             | Request::Prove { .. }
@@ -320,3 +352,6 @@ pub(crate) mod testing;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod editorial_tests;

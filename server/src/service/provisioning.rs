@@ -30,7 +30,13 @@ pub fn bootstrap(db: &Db, now_ms: i64, org: &str, admin: &UserId) -> Result<Stri
         created_ms: now_ms,
     })?
     .put_user(&user)?
-    .put_code(admin, &code_record(&code, now_ms))?;
+    .put_code(admin, &code_record(&code, now_ms))?
+    .put_audit(&super::audit::first_entry(
+        now_ms,
+        admin,
+        "server.init",
+        org,
+    ))?;
     db.apply(w)?;
     Ok(code)
 }
@@ -77,7 +83,18 @@ impl Service {
                 created_ms: self.now_ms(),
             };
             w.put_department(&dept)?;
+            let mut audit = self.audit()?;
+            let detail = format!("{:?}, owners: {}", dept.name, ids(&dept.owners));
+            audit.record(
+                &mut w,
+                dept.created_ms,
+                &me.id,
+                "department.add",
+                slug.as_str(),
+                detail,
+            )?;
             self.db.apply(w)?;
+            audit.commit();
             (dept, self.commit.written())
         };
         self.durable(ticket).await?;
@@ -143,7 +160,16 @@ impl Service {
                 created_ms: now,
             };
             w.put_user(&user)?.put_code(&id, &record)?;
+            let mut audit = self.audit()?;
+            let detail = format!(
+                "{:?}, departments: {}, roles: {}",
+                user.name,
+                ids(&departments),
+                super::roles::role_names(user.roles.iter())
+            );
+            audit.record(&mut w, now, &me.id, "user.add", id.as_str(), detail)?;
             self.db.apply(w)?;
+            audit.commit();
             self.commit.written()
         };
         self.durable(ticket).await?;
@@ -182,13 +208,28 @@ impl Service {
                     w.put_department(&dept)?;
                 }
             }
+            let detail = format!(
+                "left departments: {}; devices revoked: {}",
+                ids(&user.departments),
+                user.active_devices().count()
+            );
             user.removed = true;
             user.departments.clear();
             for d in &mut user.devices {
                 d.revoked = true;
             }
             w.put_user(&user)?.remove_code(id);
+            let mut audit = self.audit()?;
+            audit.record(
+                &mut w,
+                self.now_ms(),
+                &me.id,
+                "user.remove",
+                id.as_str(),
+                detail,
+            )?;
             self.db.apply(w)?;
+            audit.commit();
             self.commit.written()
         };
         self.durable(ticket).await?;
@@ -260,6 +301,14 @@ fn valid_name(name: &str) -> Result<String, Refusal> {
         ));
     }
     Ok(name.to_owned())
+}
+
+/// A list of ids for the audit log.
+fn ids<T: std::fmt::Display>(list: &[T]) -> String {
+    if list.is_empty() {
+        return "none".to_owned();
+    }
+    list.iter().map(T::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn too_many(what: &str) -> Refusal {

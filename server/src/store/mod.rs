@@ -16,7 +16,8 @@ use std::pin::Pin;
 
 pub use memory::MemoryStore;
 pub use records::{
-    CodeRecord, Db, DepartmentRecord, DeviceRecord, ServerMeta, StoredEntry, UserRecord, Writes,
+    AckRecord, AnnouncementRecord, CodeRecord, Db, DepartmentRecord, DeviceRecord, RetentionRecord,
+    ServerMeta, StoredEntry, UserRecord, Writes,
 };
 pub use sled_store::SledStore;
 

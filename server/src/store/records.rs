@@ -10,6 +10,10 @@
 //! | `code/<user>` | [`CodeRecord`] (the user's open enrollment code) |
 //! | `log/<group>\0<seq u64 BE>` | [`StoredEntry`] |
 //! | `dedup/<group>\0<sender>\0<client id>` | seq (u64) of the entry stored for it |
+//!
+//! Announcements, acknowledgements, the audit log and retention: see [`editorial`].
+
+mod editorial;
 
 use std::sync::Arc;
 
@@ -21,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
 use super::{Batch, Store, StoreError};
+
+pub use editorial::{AckRecord, AnnouncementRecord, RetentionRecord};
 
 /// Server-wide settings fixed at `init`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,13 +197,15 @@ impl Db {
         self.get(&code_key(user))
     }
 
-    /// The latest seq of `group` (0 if empty).
+    /// The latest seq of `group` (0 if empty). Retention may have deleted the newest
+    /// entries too; the head never falls below what it deleted, so no seq is reused.
     pub fn head(&self, group: &GroupHandle) -> Result<u64, StoreError> {
         let (start, end) = log_bounds(group, 0);
-        match self.kv.last_in(&start, &end)? {
-            Some((key, _)) => seq_of(&key),
-            None => Ok(0),
-        }
+        let last = match self.kv.last_in(&start, &end)? {
+            Some((key, _)) => seq_of(&key)?,
+            None => 0,
+        };
+        Ok(last.max(self.log_floor(group)?))
     }
 
     /// Up to `limit` entries of `group` with `seq > since`, oldest first, with the size

@@ -4,6 +4,7 @@
 
 mod connection;
 mod frame_io;
+mod housekeeping;
 mod stream;
 
 pub(crate) use stream::request_kind;
@@ -22,7 +23,7 @@ use tokio::task::JoinSet;
 use crate::clock::{Clock, SystemClock};
 use crate::data_dir::DataDir;
 use crate::error::ServerError;
-use crate::service::Service;
+use crate::service::{RetentionRun, Service};
 use crate::store::Db;
 use tls::TlsIdentity;
 
@@ -85,6 +86,8 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     /// The accept loop (owns the connection tasks).
     accept: tokio::task::JoinHandle<()>,
+    /// Retention at start and hourly; holds the service, so shutdown waits for it.
+    housekeeping: tokio::task::JoinHandle<()>,
 }
 
 /// State shared by the accept loop and every connection.
@@ -135,6 +138,10 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         subscribers: AtomicUsize::new(0),
     });
     let (stop, stop_rx) = watch::channel(false);
+    let housekeeping = tokio::spawn(housekeeping::retention_loop(
+        ctx.service.clone(),
+        stop_rx.clone(),
+    ));
     let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx.clone(), stop_rx));
     tracing::info!(addr = %local_addr, data = %dir.root().display(), "server started");
     Ok(RunningServer {
@@ -144,6 +151,7 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         ctx,
         stop,
         accept,
+        housekeeping,
     })
 }
 
@@ -161,6 +169,12 @@ impl RunningServer {
         self.fingerprint.clone()
     }
 
+    /// Enforces the retention policies now, by the server's clock (the server also does
+    /// so at start, hourly and when a policy is set). Returns what was deleted.
+    pub async fn enforce_retention(&self) -> Result<Vec<RetentionRun>, ServerError> {
+        Ok(self.ctx.service.enforce_retention().await?)
+    }
+
     /// Stops gracefully: stop accepting, tell subscribers `ShuttingDown`, close every
     /// connection, flush the database. When this returns the database is closed.
     pub async fn shutdown(self) {
@@ -170,6 +184,7 @@ impl RunningServer {
             ctx,
             stop,
             accept,
+            housekeeping,
             ..
         } = self;
         let _ = stop.send(true);
@@ -181,6 +196,7 @@ impl RunningServer {
         endpoint.close(quinn::VarInt::from_u32(0), b"server shutting down");
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
         let _ = accept.await;
+        let _ = housekeeping.await;
         ctx.service.live().clear();
         if let Err(e) = ctx.service.flush().await {
             tracing::error!(error = %e, "final flush failed");

@@ -1,0 +1,117 @@
+//! Moderation of public department groups: a department's owners and administrators
+//! remove a post.
+//!
+//! The post's stored body is replaced by a tombstone ([`EntryBody::Removed`]) — its text,
+//! and the text of every edit its author made to it, are gone from the server's records —
+//! and a [`EntryBody::Moderated`] entry is appended so clients that hold the post locally
+//! replace it too. Both, and the audit record, are one atomic batch.
+
+use rathaus_protocol::{ContentBody, EntryBody, ErrorCode, GroupHandle, Response, Role};
+
+use super::server_entries::server_client_id;
+use super::{Refusal, Service};
+use crate::store::{StoredEntry, UserRecord, Writes};
+
+/// Entries read per step while looking for edits of a removed post.
+const SCAN_PAGE: usize = 1000;
+
+impl Service {
+    pub(super) async fn remove_post(
+        &self,
+        me: &UserRecord,
+        group: GroupHandle,
+        seq: u64,
+    ) -> Result<Response, Refusal> {
+        let dept = match &group {
+            GroupHandle::Public(slug) => self.db.department(slug)?.ok_or_else(|| {
+                Refusal::new(ErrorCode::NotFound, format!("group {group} does not exist"))
+            })?,
+            GroupHandle::Secret(_) => {
+                return Err(Refusal::new(
+                    ErrorCode::Invalid,
+                    "secret groups are end-to-end encrypted; the server can neither read nor \
+                     remove their posts",
+                ))
+            }
+            GroupHandle::Announcements => {
+                return Err(Refusal::new(
+                    ErrorCode::Invalid,
+                    "announcements are not moderated; let them expire or ask an administrator \
+                     to set a retention period",
+                ))
+            }
+        };
+        if !(me.has_role(Role::Admin) || dept.owners.contains(&me.id)) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("only the owners of {group} and administrators may remove its posts"),
+            ));
+        }
+        let now = self.now_ms();
+        let appended = self.append_entry(&group, |_| {
+            let not_found =
+                || Refusal::new(ErrorCode::NotFound, format!("{group} has no post #{seq}"));
+            let mut target = self.db.entry(&group, seq)?.ok_or_else(not_found)?;
+            match &target.body {
+                EntryBody::Content(_) => {}
+                EntryBody::Removed { .. } => {
+                    return Err(Refusal::new(
+                        ErrorCode::Invalid,
+                        format!("post #{seq} of {group} was removed already"),
+                    ))
+                }
+                EntryBody::Moderated { .. } | EntryBody::Mls(_) => return Err(not_found()),
+            }
+            let author = target.sender.clone();
+            let tombstone = EntryBody::Removed { by: me.id.clone() };
+            target.body = tombstone.clone();
+            let mut w = Writes::new();
+            w.replace_entry(&group, seq, &target)?;
+            let mut edits = 0usize;
+            let mut since = seq;
+            loop {
+                let page = self.db.entries(&group, since, SCAN_PAGE)?;
+                let Some((last, _, _)) = page.last() else {
+                    break;
+                };
+                since = *last;
+                for (s, mut entry, _) in page {
+                    if is_edit_of(&entry, seq) {
+                        entry.body = tombstone.clone();
+                        w.replace_entry(&group, s, &entry)?;
+                        edits += 1;
+                    }
+                }
+            }
+            let note = StoredEntry {
+                sender: me.id.clone(),
+                sender_name: me.name.clone(),
+                sent_at_ms: now,
+                client_id: server_client_id(),
+                body: EntryBody::Moderated { target: seq },
+            };
+            let mut audit = self.audit()?;
+            let detail = if edits == 0 {
+                format!("post by {author}")
+            } else {
+                format!("post by {author} and {edits} edits of it")
+            };
+            audit.record(
+                &mut w,
+                now,
+                &me.id,
+                "post.remove",
+                format!("{group}#{seq}"),
+                detail,
+            )?;
+            Ok((note, w, audit))
+        })?;
+        self.deliver(appended).await?;
+        tracing::info!(%group, seq, by = %me.id, "post removed by moderator");
+        Ok(Response::Done)
+    }
+}
+
+fn is_edit_of(entry: &StoredEntry, seq: u64) -> bool {
+    matches!(&entry.body, EntryBody::Content(c) if matches!(c.body, ContentBody::Edit { target, .. } if target == seq))
+}
