@@ -83,6 +83,8 @@ impl Service {
         self.durable(ticket).await?;
         tracing::info!(department = %dept.slug, by = %me.id, "department added");
         self.publish(Broadcast::GroupsChanged);
+        // Its unborn secret group waits for an owner's client (DESIGN §5.2).
+        self.secret_groups_changed(std::slice::from_ref(&dept.slug));
         Ok(Response::Department(department_info(&dept)))
     }
 
@@ -156,6 +158,8 @@ impl Service {
         tracing::info!(user = %id, by = %me.id, "user added");
         if !departments.is_empty() {
             self.publish(Broadcast::GroupsChanged);
+            // A pending invitation for the owners (DESIGN §5.4).
+            self.secret_groups_changed(&departments);
         }
         Ok(Response::UserAdded {
             user: id,
@@ -205,6 +209,7 @@ impl Service {
         // The roster check already keeps the user out of every secret group; now take
         // their devices out of the MLS groups too (DESIGN §5.5). A failure here is
         // retried by the background task, so it does not fail the offboarding.
+        self.secret_groups_changed(&left);
         for slug in left {
             let group = rathaus_protocol::GroupHandle::Secret(slug);
             if let Err(e) = self.drive_removal(&group).await {
@@ -213,6 +218,21 @@ impl Service {
         }
         self.publish(Broadcast::GroupsChanged);
         Ok(Response::Done)
+    }
+
+    /// Tells everybody on the rosters of these departments' secret groups to re-read them.
+    fn secret_groups_changed(&self, departments: &[DepartmentSlug]) {
+        for slug in departments {
+            match self.db.department(slug) {
+                Ok(Some(dept)) => {
+                    for user in super::secret::roster(&dept) {
+                        self.push_to(&user, None, rathaus_protocol::Event::SecretGroupsChanged);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(department = %slug, error = %e, "cannot read roster"),
+            }
+        }
     }
 
     pub(super) fn list_users(&self, me: &UserRecord) -> Result<Response, Refusal> {

@@ -33,8 +33,12 @@ pub(crate) fn uid(s: &str) -> UserId {
 
 impl Fixture {
     pub(crate) async fn new() -> Self {
+        Self::over(Db::new(Arc::new(MemoryStore::new()))).await
+    }
+
+    /// A fixture over a given (empty) store.
+    pub(crate) async fn over(db: Db) -> Self {
         let clock = Arc::new(ManualClock::new(T0));
-        let db = Db::new(Arc::new(MemoryStore::new()));
         let code = bootstrap(&db, T0, "Stadt Musterhausen", &uid("admin")).unwrap();
         let service = Service::new(db, clock.clone(), removal_key()).unwrap();
         let device = enroll(&service, "admin", &code).await.unwrap();
