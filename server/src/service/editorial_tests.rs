@@ -435,7 +435,12 @@ async fn roles_change_at_once_and_every_admin_action_is_chained() {
     assert_eq!(log[3].detail, "member → member, author");
 
     // The chain continues across a restart of the service.
-    let service = Service::new(f.service.db().clone(), f.clock.clone()).unwrap();
+    let service = Service::new(
+        f.service.db().clone(),
+        f.clock.clone(),
+        super::testing::removal_key(),
+    )
+    .unwrap();
     let f = Fixture { service, ..f };
     ask(
         &f,
@@ -490,7 +495,12 @@ async fn retention_deletes_old_entries_only_and_never_reuses_seqs() {
     f.clock.advance(8 * DAY);
     let runs = f.service.enforce_retention().await.unwrap();
     assert_eq!(runs.len(), 2);
-    let service = Service::new(f.service.db().clone(), f.clock.clone()).unwrap();
+    let service = Service::new(
+        f.service.db().clone(),
+        f.clock.clone(),
+        super::testing::removal_key(),
+    )
+    .unwrap();
     let f = Fixture { service, ..f };
     let (log, head) = entries(&f, &anna, bauamt()).await;
     assert!(log.is_empty());

@@ -100,6 +100,8 @@ impl Service {
         self.durable(ticket).await?;
         tracing::info!(department = %dept.slug, by = %me.id, "department added");
         self.publish(Broadcast::GroupsChanged);
+        // Its unborn secret group waits for an owner's client (DESIGN §5.2).
+        self.secret_groups_changed(std::slice::from_ref(&dept.slug));
         Ok(Response::Department(department_info(&dept)))
     }
 
@@ -112,6 +114,12 @@ impl Service {
         roles: Vec<Role>,
     ) -> Result<Response, Refusal> {
         self.require_admin(me, "add users")?;
+        if id.as_str() == super::removal::SERVER_USER {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                format!("{id} is reserved for the server's own log entries"),
+            ));
+        }
         let name = valid_name(&name)?;
         if departments.len() > MAX_LIST || roles.len() > MAX_LIST {
             return Err(too_many("departments or roles"));
@@ -176,6 +184,8 @@ impl Service {
         tracing::info!(user = %id, by = %me.id, "user added");
         if !departments.is_empty() {
             self.publish(Broadcast::GroupsChanged);
+            // A pending invitation for the owners (DESIGN §5.4).
+            self.secret_groups_changed(&departments);
         }
         Ok(Response::UserAdded {
             user: id,
@@ -196,12 +206,14 @@ impl Service {
                 "you cannot remove yourself; ask another administrator",
             ));
         }
-        let ticket = {
+        let (ticket, left) = {
             let _dir = self.directory();
             let mut user = self.db.user(id)?.ok_or_else(|| no_such_user(id))?;
             let mut w = Writes::new();
+            let mut left = Vec::new();
             for dept in self.db.departments()? {
                 if dept.members.contains(id) || dept.owners.contains(id) {
+                    left.push(dept.slug.clone());
                     let mut dept = dept;
                     dept.members.retain(|m| m != id);
                     dept.owners.retain(|o| o != id);
@@ -230,13 +242,38 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            self.commit.written()
+            (self.commit.written(), left)
         };
         self.durable(ticket).await?;
         let ended = self.live.end_all(id);
         tracing::info!(user = %id, by = %me.id, connections_ended = ended, "user offboarded");
+        // The roster check already keeps the user out of every secret group; now take
+        // their devices out of the MLS groups too (DESIGN §5.5). A failure here is
+        // retried by the background task, so it does not fail the offboarding.
+        self.secret_groups_changed(&left);
+        for slug in left {
+            let group = rathaus_protocol::GroupHandle::Secret(slug);
+            if let Err(e) = self.drive_removal(&group).await {
+                tracing::error!(%group, error = ?e.detail, message = %e.message, "cannot propose removals yet");
+            }
+        }
         self.publish(Broadcast::GroupsChanged);
         Ok(Response::Done)
+    }
+
+    /// Tells everybody on the rosters of these departments' secret groups to re-read them.
+    fn secret_groups_changed(&self, departments: &[DepartmentSlug]) {
+        for slug in departments {
+            match self.db.department(slug) {
+                Ok(Some(dept)) => {
+                    for user in super::secret::roster(&dept) {
+                        self.push_to(&user, None, rathaus_protocol::Event::SecretGroupsChanged);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(department = %slug, error = %e, "cannot read roster"),
+            }
+        }
     }
 
     pub(super) fn list_users(&self, me: &UserRecord) -> Result<Response, Refusal> {

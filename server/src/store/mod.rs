@@ -16,7 +16,8 @@ use std::pin::Pin;
 
 pub use memory::MemoryStore;
 pub use records::{
-    AckRecord, AnnouncementRecord, CodeRecord, Db, DepartmentRecord, DeviceRecord, RetentionRecord,
+    AckRecord, AnnouncementRecord, CodeRecord, Db, DepartmentRecord, DeviceRecord,
+    KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord, SecretGroupRecord,
     ServerMeta, StoredEntry, UserRecord, Writes,
 };
 pub use sled_store::SledStore;

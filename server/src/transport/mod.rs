@@ -88,6 +88,8 @@ pub struct RunningServer {
     accept: tokio::task::JoinHandle<()>,
     /// Retention at start and hourly; holds the service, so shutdown waits for it.
     housekeeping: tokio::task::JoinHandle<()>,
+    /// The task that drives pending secret-group removals.
+    removals: tokio::task::JoinHandle<()>,
 }
 
 /// State shared by the accept loop and every connection.
@@ -125,7 +127,8 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     };
     let server_config = identity.server_config()?;
     let store = dir.open_store()?;
-    let service = Service::new(Db::new(Arc::new(store)), opts.clock.clone())?;
+    let removal_key = dir.removal_key()?;
+    let service = Service::new(Db::new(Arc::new(store)), opts.clock.clone(), removal_key)?;
     let endpoint = quinn::Endpoint::server(server_config, listen)
         .map_err(|e| ServerError::io(format!("cannot listen on {listen}"), e))?;
     let local_addr = endpoint
@@ -142,6 +145,7 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         ctx.service.clone(),
         stop_rx.clone(),
     ));
+    let removals = tokio::spawn(ctx.service.clone().run_removals(stop_rx.clone()));
     let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx.clone(), stop_rx));
     tracing::info!(addr = %local_addr, data = %dir.root().display(), "server started");
     Ok(RunningServer {
@@ -152,6 +156,7 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         stop,
         accept,
         housekeeping,
+        removals,
     })
 }
 
@@ -185,9 +190,11 @@ impl RunningServer {
             stop,
             accept,
             housekeeping,
+            removals,
             ..
         } = self;
         let _ = stop.send(true);
+        let _ = removals.await;
         ctx.service.announce_shutdown();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while ctx.subscribers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
