@@ -73,6 +73,12 @@ const SERVER_IDENTITY: &[u8] = b"rathaus-server";
 /// resumption PSKs itself, but a small store costs nothing.
 const RESUMPTION_PSKS: usize = 8;
 
+/// How many past epochs' message secrets a member keeps. A committer may
+/// merge its own commit before it fetched application messages sent just
+/// before it in the log; those stay readable. Forward secrecy is delayed by
+/// at most this many epochs.
+const PAST_EPOCHS: usize = 3;
+
 /// Extension type of the Rathaus group policy (owners, auto-admit) in the
 /// group context; from the private-use range of RFC 9420 §17.3. Only members
 /// can change the group context, so the server cannot (DESIGN §5.4).
@@ -329,6 +335,7 @@ impl MlsEngine {
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(false)
             .number_of_resumption_psks(RESUMPTION_PSKS)
+            .max_past_epochs(PAST_EPOCHS)
             .with_group_context_extensions(extensions)
             .build();
         self.atomically(|provider| {
@@ -430,6 +437,7 @@ impl MlsEngine {
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(false)
             .number_of_resumption_psks(RESUMPTION_PSKS)
+            .max_past_epochs(PAST_EPOCHS)
             .build();
         self.atomically(|provider| {
             let group = StagedWelcome::new_from_welcome(provider, &config, welcome, Some(tree))
