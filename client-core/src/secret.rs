@@ -277,6 +277,20 @@ impl Client {
         })
     }
 
+    /// This device's MLS epoch and epoch authenticator of `group`, if it is a member:
+    /// devices that see the same group have equal authenticators (the basis of the group
+    /// code, DESIGN §5.8).
+    pub fn group_code(&self, group: &GroupHandle) -> Result<Option<(u64, Vec<u8>)>> {
+        let gid = mls_group_id(group);
+        if !self.mls.has_group(&gid)? {
+            return Ok(None);
+        }
+        Ok(Some((
+            self.mls.epoch(&gid)?,
+            self.mls.epoch_authenticator(&gid)?,
+        )))
+    }
+
     /// An owner admits a pending user: claims a KeyPackage for each of the user's devices
     /// and commits the Adds (DESIGN §5.4). Retries after losing an epoch race.
     pub async fn approve(&mut self, group: &GroupHandle, user: &UserId) -> Result<Approval> {
@@ -952,6 +966,16 @@ impl Client {
                 let present = self.mls.members(gid)?;
                 let mut packages = Vec::new();
                 for user in users {
+                    // Someone already in the group was admitted (maybe by another owner
+                    // who won the race): claiming would only use up their KeyPackages.
+                    // This user's own other devices are the exception (birth).
+                    if *user != self.identity.user
+                        && present
+                            .iter()
+                            .any(|m| m.identity.user_id() == user.as_str())
+                    {
+                        continue;
+                    }
                     let claimed = match self
                         .request(&Request::ClaimKeyPackages {
                             group: group.clone(),
