@@ -5,6 +5,7 @@
 //!   config.json   {"org": "...", "listen": "0.0.0.0:4433"}
 //!   cert.der      self-signed server certificate (DER)
 //!   key.der       its PKCS#8 private key (DER, 0600)
+//!   removal.key   Ed25519 seed of the removal key, signs MLS Remove proposals (0600)
 //!   db/           sled database
 //! ```
 
@@ -14,12 +15,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ed25519_dalek::SigningKey;
 use rathaus_protocol::UserId;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::error::ServerError;
-use crate::service::bootstrap;
+use crate::service::{bootstrap, RemovalKey};
 use crate::store::{Db, SledStore, StoreError};
 use crate::transport::tls::TlsIdentity;
 
@@ -80,6 +82,7 @@ pub fn init(opts: &InitOptions, clock: &dyn Clock) -> Result<InitReport, ServerE
     let identity = TlsIdentity::generate(&names)?;
     write_private(&dir.cert(), identity.cert_der())?;
     write_private(&dir.key(), identity.key_der())?;
+    dir.removal_key()?;
 
     let org = opts.org.clone().unwrap_or_else(|| DEFAULT_ORG.to_owned());
     let admin = match &opts.admin_user {
@@ -153,6 +156,31 @@ impl DataDir {
 
     pub(crate) fn db(&self) -> PathBuf {
         self.root.join("db")
+    }
+
+    /// The removal key (DESIGN §5.5), created on first use: directories initialised
+    /// before secret groups existed get one on their next start.
+    pub(crate) fn removal_key(&self) -> Result<RemovalKey, ServerError> {
+        let path = self.root.join("removal.key");
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let seed =
+                    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| ServerError::Config {
+                        path: path.clone(),
+                        reason: "the removal key must be 32 bytes".into(),
+                    })?;
+                Ok(RemovalKey::new(SigningKey::from_bytes(&seed)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = SigningKey::generate(&mut rand::rngs::OsRng);
+                write_private(&path, &key.to_bytes())?;
+                Ok(RemovalKey::new(key))
+            }
+            Err(e) => Err(ServerError::io(
+                format!("cannot read {}", path.display()),
+                e,
+            )),
+        }
     }
 
     /// Reads `config.json`; `NotInitialised` if it is missing.
@@ -242,7 +270,10 @@ mod tests {
             let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode(dir.clone()), 0o700);
             assert_eq!(mode(dir.join("key.der")), 0o600);
+            assert_eq!(mode(dir.join("removal.key")), 0o600);
         }
+        let key = DataDir::new(&dir).removal_key().unwrap().public_key();
+        assert_eq!(DataDir::new(&dir).removal_key().unwrap().public_key(), key);
         assert!(matches!(
             init(&opts, &ManualClock::new(0)),
             Err(ServerError::AlreadyInitialised(_))

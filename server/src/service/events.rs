@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rathaus_protocol::{GroupHandle, UserId};
+use rathaus_protocol::{DeviceId, GroupHandle, UserId};
 
 /// Something to push to subscribers.
 #[derive(Debug, Clone)]
@@ -18,6 +18,16 @@ pub enum Broadcast {
     },
     /// The visible groups or rosters changed: clients re-fetch.
     GroupsChanged,
+    /// An event for one user only, or one device of theirs; `frame` is the encoded
+    /// `Response::Event`.
+    Direct {
+        /// The user.
+        user: UserId,
+        /// Only this device of the user; `None`: all of them.
+        device: Option<DeviceId>,
+        /// The ready-to-send frame.
+        frame: Arc<Vec<u8>>,
+    },
     /// The server is going down.
     ShuttingDown,
 }
@@ -28,8 +38,8 @@ pub trait LiveConnection: Send + Sync + 'static {
     fn end_account_removed(&self);
 }
 
-/// connection id → connection, for one user.
-type UserConnections = HashMap<u64, Arc<dyn LiveConnection>>;
+/// connection id → (device, connection), for one user.
+type UserConnections = HashMap<u64, (DeviceId, Arc<dyn LiveConnection>)>;
 
 /// The live authenticated connections per user: offboarding ends them, and "who is online"
 /// is read from here.
@@ -46,10 +56,18 @@ impl std::fmt::Debug for LiveConnections {
 }
 
 impl LiveConnections {
-    /// Adds a connection that authenticated as `user`.
-    pub fn register(&self, user: &UserId, id: u64, conn: Arc<dyn LiveConnection>) {
+    /// Adds a connection that authenticated as `device` of `user`.
+    pub fn register(
+        &self,
+        user: &UserId,
+        device: DeviceId,
+        id: u64,
+        conn: Arc<dyn LiveConnection>,
+    ) {
         self.with(|m| {
-            m.entry(user.clone()).or_default().insert(id, conn);
+            m.entry(user.clone())
+                .or_default()
+                .insert(id, (device, conn));
         });
     }
 
@@ -68,7 +86,7 @@ impl LiveConnections {
     /// Ends every connection of `user`; returns how many there were.
     pub fn end_all(&self, user: &UserId) -> usize {
         let conns = self.with(|m| m.remove(user)).unwrap_or_default();
-        for conn in conns.values() {
+        for (_, conn) in conns.values() {
             conn.end_account_removed();
         }
         conns.len()
@@ -82,6 +100,14 @@ impl LiveConnections {
     /// Whether `user` has a live connection.
     pub fn is_online(&self, user: &UserId) -> bool {
         self.with(|m| m.contains_key(user))
+    }
+
+    /// Whether `device` of `user` has a live connection.
+    pub fn is_device_online(&self, user: &UserId, device: DeviceId) -> bool {
+        self.with(|m| {
+            m.get(user)
+                .is_some_and(|conns| conns.values().any(|(d, _)| *d == device))
+        })
     }
 
     /// Number of users online.

@@ -1,6 +1,7 @@
 //! Groups and their logs: listing, posting, fetching, members.
 
-use std::sync::{Arc, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, MutexGuard, PoisonError};
 
 use rathaus_protocol::limits::{MAX_CONTROL_FRAME, MAX_FETCH};
 use rathaus_protocol::{
@@ -8,14 +9,14 @@ use rathaus_protocol::{
     GroupSummary, MemberInfo, PostBody, Response, Role,
 };
 
-use super::{Broadcast, Heads, Refusal, Service};
+use super::{Broadcast, Heads, Refusal, Service, Session};
 use crate::store::{DepartmentRecord, StoredEntry, UserRecord, Writes};
 
 /// Room left in a `Fetch` answer for everything but the entries' stored bytes.
 const FETCH_BUDGET: usize = MAX_CONTROL_FRAME - 128 * 1024;
 
 impl Service {
-    pub(super) fn list_groups(&self, _me: &UserRecord) -> Result<Response, Refusal> {
+    pub(super) fn list_groups(&self, me: &UserRecord) -> Result<Response, Refusal> {
         let mut groups = vec![GroupSummary {
             handle: GroupHandle::Announcements,
             kind: GroupKind::Announcements,
@@ -28,19 +29,32 @@ impl Service {
                 head: self.head(&handle)?,
                 handle,
                 kind: GroupKind::Public,
-                name: dept.name,
+                name: dept.name.clone(),
             });
+            if super::secret::on_roster(&dept, &me.id) {
+                let handle = GroupHandle::Secret(dept.slug.clone());
+                groups.push(GroupSummary {
+                    head: self.head(&handle)?,
+                    handle,
+                    kind: GroupKind::Secret,
+                    name: format!("{} (secret)", dept.name),
+                });
+            }
         }
         Ok(Response::Groups(groups))
     }
 
     pub(super) async fn post(
         &self,
+        session: &Session,
         me: &UserRecord,
         group: GroupHandle,
         client_id: ClientMsgId,
         body: PostBody,
     ) -> Result<Response, Refusal> {
+        if group.is_secret() {
+            return self.post_secret(session, me, group, client_id, body).await;
+        }
         self.readable_group(&group)?;
         if group == GroupHandle::Announcements
             && !(me.has_role(Role::Editor) || me.has_role(Role::Admin))
@@ -63,58 +77,50 @@ impl Service {
             .validate()
             .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
 
-        let now = self.now_ms();
-        let (seq, sent_at_ms, duplicate, ticket, entry) = {
-            let mut heads = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(seq) = self.db.deduplicated(&group, &me.id, &client_id)? {
+        let entry = StoredEntry {
+            sender: me.id.clone(),
+            sender_name: me.name.clone(),
+            sent_at_ms: self.now_ms(),
+            client_id,
+            body: EntryBody::Content(content),
+        };
+        self.append_post(&group, entry).await
+    }
+
+    /// Appends a post unless its `(sender, client id)` was stored before, and answers
+    /// once it is durable; then pushes it to whoever may read the group.
+    pub(super) async fn append_post(
+        &self,
+        group: &GroupHandle,
+        entry: StoredEntry,
+    ) -> Result<Response, Refusal> {
+        let now = entry.sent_at_ms;
+        let (seq, sent_at_ms, duplicate, ticket, stored) = {
+            let mut heads = self.log_lock();
+            if let Some(seq) = self
+                .db
+                .deduplicated(group, &entry.sender, &entry.client_id)?
+            {
                 let sent_at = self
                     .db
-                    .entries(&group, seq - 1, 1)?
+                    .entries(group, seq - 1, 1)?
                     .first()
                     .map_or(now, |(_, e, _)| e.sent_at_ms);
                 (seq, sent_at, true, self.commit.latest(), None)
             } else {
-                let head = match heads.get(&group) {
-                    Some(h) => h.written,
-                    None => self.db.head(&group)?,
-                };
-                let seq = head + 1;
-                let entry = StoredEntry {
-                    sender: me.id.clone(),
-                    sender_name: me.name.clone(),
-                    sent_at_ms: now,
-                    client_id,
-                    body: EntryBody::Content(content),
-                };
-                let mut w = Writes::new();
-                w.put_entry(&group, seq, &entry)?;
-                self.db.apply(w)?;
-                let durable = heads.get(&group).map_or(head, |h| h.durable);
-                heads.insert(
-                    group.clone(),
-                    Heads {
-                        written: seq,
-                        durable,
-                    },
-                );
+                let seq = self.append_locked(
+                    &mut heads,
+                    group,
+                    std::slice::from_ref(&entry),
+                    Writes::new(),
+                )?;
                 (seq, now, false, self.commit.written(), Some(entry))
             }
         };
         self.durable(ticket).await?;
-        self.mark_durable(&group, seq);
-        if let Some(entry) = entry {
-            tracing::debug!(%group, seq, "entry stored");
-            let event = Response::Event(Event::Posted {
-                group: group.clone(),
-                entry: entry.to_log_entry(seq),
-            });
-            match frame::encode(&event) {
-                Ok(bytes) => self.publish(Broadcast::Posted {
-                    group,
-                    frame: Arc::new(bytes),
-                }),
-                Err(e) => tracing::error!(%group, seq, error = %e, "cannot encode event"),
-            }
+        self.mark_durable(group, seq);
+        if let Some(entry) = stored {
+            self.publish_entry(group, seq, &entry);
         }
         Ok(Response::Posted {
             seq,
@@ -123,14 +129,93 @@ impl Service {
         })
     }
 
+    /// The seq the next entry of `group` gets. Call with the log lock held.
+    pub(super) fn next_seq(
+        &self,
+        heads: &HashMap<GroupHandle, Heads>,
+        group: &GroupHandle,
+    ) -> Result<u64, Refusal> {
+        let head = match heads.get(group) {
+            Some(h) => h.written,
+            None => self.db.head(group)?,
+        };
+        Ok(head + 1)
+    }
+
+    /// Appends `entries` to `group` with `extra` writes in one atomic batch; returns the
+    /// seq of the first. Call with the log lock held; take a commit ticket afterwards.
+    pub(super) fn append_locked(
+        &self,
+        heads: &mut HashMap<GroupHandle, Heads>,
+        group: &GroupHandle,
+        entries: &[StoredEntry],
+        mut extra: Writes,
+    ) -> Result<u64, Refusal> {
+        let first = self.next_seq(heads, group)?;
+        let mut last = first - 1;
+        for entry in entries {
+            last += 1;
+            extra.put_entry(group, last, entry)?;
+        }
+        self.db.apply(extra)?;
+        let durable = heads.get(group).map_or(first - 1, |h| h.durable);
+        heads.insert(
+            group.clone(),
+            Heads {
+                written: last,
+                durable,
+            },
+        );
+        Ok(first)
+    }
+
+    /// Pushes a durable entry to the subscribers who may read its group.
+    pub(super) fn publish_entry(&self, group: &GroupHandle, seq: u64, entry: &StoredEntry) {
+        tracing::debug!(%group, seq, "entry stored");
+        let event = Response::Event(Event::Posted {
+            group: group.clone(),
+            entry: entry.to_log_entry(seq),
+        });
+        match frame::encode(&event) {
+            Ok(bytes) => self.publish(Broadcast::Posted {
+                group: group.clone(),
+                frame: Arc::new(bytes),
+            }),
+            Err(e) => tracing::error!(%group, seq, error = %e, "cannot encode event"),
+        }
+    }
+
+    pub(super) fn log_lock(&self) -> MutexGuard<'_, HashMap<GroupHandle, Heads>> {
+        // Heads are plain numbers updated in single statements; a poisoned lock holds
+        // valid ones.
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(super) fn fetch(
         &self,
+        session: &Session,
         _me: &UserRecord,
         group: GroupHandle,
         since: u64,
         limit: u32,
     ) -> Result<Response, Refusal> {
-        self.readable_group(&group)?;
+        let since = if group.is_secret() {
+            // Only devices in the group read it, and a joiner nothing from before it
+            // joined (DESIGN §5).
+            self.secret_department(&group)?;
+            match self.secret_reader(session, &group)? {
+                Some(joined_seq) => since.max(joined_seq),
+                None => {
+                    return Err(Refusal::new(
+                        ErrorCode::Forbidden,
+                        format!("only devices in {group} may read it"),
+                    ))
+                }
+            }
+        } else {
+            self.readable_group(&group)?;
+            since
+        };
         let limit = limit.min(MAX_FETCH) as usize;
         let head = self.head(&group)?;
         let mut entries = Vec::new();
@@ -153,11 +238,10 @@ impl Service {
         })
     }
 
-    pub(super) fn members(
-        &self,
-        _me: &UserRecord,
-        group: GroupHandle,
-    ) -> Result<Response, Refusal> {
+    pub(super) fn members(&self, me: &UserRecord, group: GroupHandle) -> Result<Response, Refusal> {
+        if group.is_secret() {
+            return self.secret_members(me, group);
+        }
         let members = match self.readable_group(&group)? {
             Some(dept) => {
                 let mut out = Vec::new();
@@ -192,14 +276,17 @@ impl Service {
         }
     }
 
-    fn department_or_not_found(&self, slug: &DepartmentSlug) -> Result<DepartmentRecord, Refusal> {
+    pub(super) fn department_or_not_found(
+        &self,
+        slug: &DepartmentSlug,
+    ) -> Result<DepartmentRecord, Refusal> {
         self.db.department(slug)?.ok_or_else(|| {
             Refusal::new(ErrorCode::NotFound, format!("group {slug} does not exist"))
         })
     }
 
     /// The group's durable head (what readers may see).
-    fn head(&self, group: &GroupHandle) -> Result<u64, Refusal> {
+    pub(super) fn head(&self, group: &GroupHandle) -> Result<u64, Refusal> {
         let mut heads = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(h) = heads.get(group) {
             return Ok(h.durable);
@@ -216,7 +303,7 @@ impl Service {
         Ok(on_disk)
     }
 
-    fn mark_durable(&self, group: &GroupHandle, seq: u64) {
+    pub(super) fn mark_durable(&self, group: &GroupHandle, seq: u64) {
         let mut heads = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(h) = heads.get_mut(group) {
             h.durable = h.durable.max(seq);
@@ -224,7 +311,7 @@ impl Service {
     }
 }
 
-fn member_info(u: &UserRecord, owner: bool) -> MemberInfo {
+pub(super) fn member_info(u: &UserRecord, owner: bool) -> MemberInfo {
     MemberInfo {
         user: u.id.clone(),
         name: u.name.clone(),

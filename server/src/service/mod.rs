@@ -12,12 +12,17 @@ mod commit;
 mod enrollment;
 mod events;
 mod groups;
+mod key_packages;
+mod mls;
 mod provisioning;
+mod removal;
+mod secret;
 pub mod throttle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use openmls_rust_crypto::RustCrypto;
 use rathaus_protocol::{
     DeviceId, ErrorCode, GroupHandle, Request, Response, Role, SessionInfo, UserId,
 };
@@ -29,6 +34,7 @@ use crate::store::{Db, StoreError, UserRecord};
 pub use auth::PendingAuth;
 pub use enrollment::NewDevice;
 pub use events::{Broadcast, LiveConnection, LiveConnections};
+pub use mls::RemovalKey;
 pub use provisioning::bootstrap;
 pub use throttle::{Throttle, ThrottlePolicy};
 
@@ -61,6 +67,19 @@ pub struct Service {
     events: broadcast::Sender<Broadcast>,
     /// Live authenticated connections per user.
     live: LiveConnections,
+    /// Signs the server's Remove proposals; its public key is every secret group's only
+    /// external sender.
+    removal_key: RemovalKey,
+    /// openmls' cryptography, for verifying KeyPackages, GroupInfos and commits.
+    crypto: RustCrypto,
+    /// Held across every read-modify-write of secret-group state (KeyPackage claims,
+    /// births, commits, removal proposals), so the epoch check and the acceptance of a
+    /// commit are one step and a KeyPackage is handed out once. Never held across a
+    /// flush; taken before `log` when both are needed.
+    mls: Mutex<()>,
+    /// Pending removals: whom the server asked to commit them, per group (memory only;
+    /// after a restart the server simply asks again).
+    removals: Mutex<HashMap<GroupHandle, removal::Asking>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -136,14 +155,15 @@ impl From<StoreError> for Refusal {
 
 impl Service {
     /// A service over `db`, reading the organisation name from it.
-    pub fn new(db: Db, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
-        Self::with_policy(db, clock, ThrottlePolicy::default())
+    pub fn new(db: Db, clock: Arc<dyn Clock>, removal_key: RemovalKey) -> Result<Self, StoreError> {
+        Self::with_policy(db, clock, removal_key, ThrottlePolicy::default())
     }
 
     /// A service with a non-default throttle policy.
     pub fn with_policy(
         db: Db,
         clock: Arc<dyn Clock>,
+        removal_key: RemovalKey,
         policy: ThrottlePolicy,
     ) -> Result<Self, StoreError> {
         let org = db
@@ -161,6 +181,10 @@ impl Service {
             commit: GroupCommit::default(),
             events,
             live: LiveConnections::default(),
+            removal_key,
+            crypto: RustCrypto::default(),
+            mls: Mutex::new(()),
+            removals: Mutex::new(HashMap::new()),
         })
     }
 
@@ -207,12 +231,12 @@ impl Service {
                 group,
                 client_id,
                 body,
-            } => self.post(&me, group, client_id, body).await,
+            } => self.post(session, &me, group, client_id, body).await,
             Request::Fetch {
                 group,
                 since,
                 limit,
-            } => self.fetch(&me, group, since, limit),
+            } => self.fetch(session, &me, group, since, limit),
             Request::Members { group } => self.members(&me, group),
             Request::AddDepartment { slug, name, owners } => {
                 self.add_department(&me, slug, name, owners).await
@@ -226,6 +250,38 @@ impl Service {
             Request::RemoveUser { user } => self.remove_user(&me, &user).await,
             Request::ListUsers => self.list_users(&me),
             Request::ListDepartments => self.list_departments(&me),
+            Request::PublishKeyPackages {
+                one_time,
+                last_resort,
+            } => {
+                self.publish_key_packages(session, one_time, last_resort)
+                    .await
+            }
+            Request::KeyPackageStatus => self.key_package_status(session),
+            Request::ClaimKeyPackages { group, user } => {
+                self.claim_key_packages(session, &me, group, user).await
+            }
+            Request::SecretGroups => self.secret_groups(&me),
+            Request::CreateSecretGroup {
+                group,
+                group_info,
+                ratchet_tree,
+            } => {
+                self.create_secret_group(session, &me, group, group_info, ratchet_tree)
+                    .await
+            }
+            Request::Commit {
+                group,
+                epoch,
+                commit,
+                welcome,
+                group_info,
+            } => {
+                self.commit(session, &me, group, epoch, commit, welcome, group_info)
+                    .await
+            }
+            Request::FetchWelcomes => self.fetch_welcomes(session),
+            Request::RatchetTree { group } => self.ratchet_tree(session, &me, group),
             Request::Hello { .. } => Err(Refusal::new(
                 ErrorCode::Invalid,
                 "this connection is already authenticated",
@@ -259,11 +315,20 @@ impl Service {
         }
     }
 
-    /// Whether `user` may read `group` (and so receive its events).
-    pub fn can_read(&self, _user: &UserId, group: &GroupHandle) -> bool {
-        // Every colleague reads public groups and announcements (DESIGN §4); secret groups
-        // do not exist on this server yet.
-        !group.is_secret()
+    /// Whether the device of `session` may read `group` (and so receive its events).
+    /// Every colleague reads public groups and announcements (DESIGN §4); a secret group
+    /// only the devices in its MLS tree whose users are still on its roster (§5.5).
+    pub fn can_read(&self, session: &Session, group: &GroupHandle) -> bool {
+        if !group.is_secret() {
+            return true;
+        }
+        match self.secret_reader(session, group) {
+            Ok(reader) => reader.is_some(),
+            Err(e) => {
+                tracing::warn!(%group, error = ?e.detail, "cannot check secret-group access");
+                false
+            }
+        }
     }
 
     fn session_info(&self, me: &UserRecord, device: DeviceId) -> SessionInfo {

@@ -95,6 +95,12 @@ impl Service {
         roles: Vec<Role>,
     ) -> Result<Response, Refusal> {
         self.require_admin(me, "add users")?;
+        if id.as_str() == super::removal::SERVER_USER {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                format!("{id} is reserved for the server's own log entries"),
+            ));
+        }
         let name = valid_name(&name)?;
         if departments.len() > MAX_LIST || roles.len() > MAX_LIST {
             return Err(too_many("departments or roles"));
@@ -170,12 +176,14 @@ impl Service {
                 "you cannot remove yourself; ask another administrator",
             ));
         }
-        let ticket = {
+        let (ticket, left) = {
             let _dir = self.directory();
             let mut user = self.db.user(id)?.ok_or_else(|| no_such_user(id))?;
             let mut w = Writes::new();
+            let mut left = Vec::new();
             for dept in self.db.departments()? {
                 if dept.members.contains(id) || dept.owners.contains(id) {
+                    left.push(dept.slug.clone());
                     let mut dept = dept;
                     dept.members.retain(|m| m != id);
                     dept.owners.retain(|o| o != id);
@@ -189,11 +197,20 @@ impl Service {
             }
             w.put_user(&user)?.remove_code(id);
             self.db.apply(w)?;
-            self.commit.written()
+            (self.commit.written(), left)
         };
         self.durable(ticket).await?;
         let ended = self.live.end_all(id);
         tracing::info!(user = %id, by = %me.id, connections_ended = ended, "user offboarded");
+        // The roster check already keeps the user out of every secret group; now take
+        // their devices out of the MLS groups too (DESIGN §5.5). A failure here is
+        // retried by the background task, so it does not fail the offboarding.
+        for slug in left {
+            let group = rathaus_protocol::GroupHandle::Secret(slug);
+            if let Err(e) = self.drive_removal(&group).await {
+                tracing::error!(%group, error = ?e.detail, message = %e.message, "cannot propose removals yet");
+            }
+        }
         self.publish(Broadcast::GroupsChanged);
         Ok(Response::Done)
     }

@@ -19,6 +19,10 @@ pub(crate) struct Fixture {
     pub(crate) admin: Session,
 }
 
+pub(crate) fn removal_key() -> super::RemovalKey {
+    super::RemovalKey::new(SigningKey::from_bytes(&[0xee; 32]))
+}
+
 pub(crate) fn addr() -> IpAddr {
     IpAddr::from([192, 0, 2, 1])
 }
@@ -32,7 +36,7 @@ impl Fixture {
         let clock = Arc::new(ManualClock::new(T0));
         let db = Db::new(Arc::new(MemoryStore::new()));
         let code = bootstrap(&db, T0, "Stadt Musterhausen", &uid("admin")).unwrap();
-        let service = Service::new(db, clock.clone()).unwrap();
+        let service = Service::new(db, clock.clone(), removal_key()).unwrap();
         let device = enroll(&service, "admin", &code).await.unwrap();
         let admin = Session {
             user: uid("admin"),

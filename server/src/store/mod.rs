@@ -16,7 +16,8 @@ use std::pin::Pin;
 
 pub use memory::MemoryStore;
 pub use records::{
-    CodeRecord, Db, DepartmentRecord, DeviceRecord, ServerMeta, StoredEntry, UserRecord, Writes,
+    CodeRecord, Db, DepartmentRecord, DeviceRecord, KeyPackageRecord, LeafRecord,
+    PublicStateRecord, SecretGroupRecord, ServerMeta, StoredEntry, UserRecord, Writes,
 };
 pub use sled_store::SledStore;
 

@@ -10,9 +10,14 @@
 //! | `code/<user>` | [`CodeRecord`] (the user's open enrollment code) |
 //! | `log/<group>\0<seq u64 BE>` | [`StoredEntry`] |
 //! | `dedup/<group>\0<sender>\0<client id>` | seq (u64) of the entry stored for it |
+//! | `kp/<user>\0<device u64 BE>` | [`KeyPackageRecord`] |
+//! | `secret/<group>` | [`SecretGroupRecord`] (present once the group is born) |
+//! | `mls/<group>` | [`PublicStateRecord`] (openmls' public group state) |
+//! | `welcome/<user>\0<device u64 BE>` | `Vec<WelcomeInfo>` waiting for the device |
 
 use std::sync::Arc;
 
+use rathaus_protocol::messages::WelcomeInfo;
 use rathaus_protocol::{
     ClientMsgId, DepartmentSlug, DeviceId, DeviceKey, EntryBody, GroupHandle, LogEntry, Role,
     UserId,
@@ -134,6 +139,51 @@ impl StoredEntry {
     }
 }
 
+/// The MLS KeyPackages a device uploaded (DESIGN §5.3), as `MLSMessage` bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPackageRecord {
+    /// One-time packages, oldest first; each is handed out once.
+    pub one_time: Vec<Vec<u8>>,
+    /// Handed out when no one-time package is left; never deleted, only replaced.
+    pub last_resort: Option<Vec<u8>>,
+}
+
+/// What the delivery service needs to know about a born secret group on every request,
+/// kept apart from the (larger) openmls state so posts and fetches stay cheap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretGroupRecord {
+    /// The current epoch.
+    pub epoch: u64,
+    /// The devices in the ratchet tree.
+    pub members: Vec<LeafRecord>,
+    /// GroupInfo `MLSMessage` of the current epoch, as the last committer sent it.
+    pub group_info: Vec<u8>,
+    /// Leaves the server proposed to remove in `epoch` (proposals in the log).
+    pub proposed_removals: Vec<u32>,
+}
+
+/// One device in a secret group's ratchet tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafRecord {
+    /// Leaf index in the tree.
+    pub leaf: u32,
+    /// The device's user.
+    pub user: UserId,
+    /// The device.
+    pub device: DeviceId,
+    /// Seq of the commit that added the device (0 for the creator): it never receives
+    /// entries up to this one.
+    pub joined_seq: u64,
+}
+
+/// openmls' public group state of a secret group: the key-value pairs its storage
+/// provider wrote, sorted by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicStateRecord {
+    /// openmls storage key → value.
+    pub values: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// Typed access to the server's records.
 #[derive(Clone)]
 pub struct Db {
@@ -229,6 +279,42 @@ impl Db {
         self.get(&dedup_key(group, sender, client_id))
     }
 
+    /// The KeyPackages of a device.
+    pub fn key_packages(
+        &self,
+        user: &UserId,
+        device: DeviceId,
+    ) -> Result<KeyPackageRecord, StoreError> {
+        Ok(self.get(&device_key(KP, user, device))?.unwrap_or_default())
+    }
+
+    /// A born secret group's summary (`None` while unborn).
+    pub fn secret_group(
+        &self,
+        group: &GroupHandle,
+    ) -> Result<Option<SecretGroupRecord>, StoreError> {
+        self.get(&key(SECRET, &[group.to_string().as_bytes()]))
+    }
+
+    /// A born secret group's openmls public state.
+    pub fn public_state(
+        &self,
+        group: &GroupHandle,
+    ) -> Result<Option<PublicStateRecord>, StoreError> {
+        self.get(&key(MLS, &[group.to_string().as_bytes()]))
+    }
+
+    /// The Welcomes waiting for a device.
+    pub fn welcomes(
+        &self,
+        user: &UserId,
+        device: DeviceId,
+    ) -> Result<Vec<WelcomeInfo>, StoreError> {
+        Ok(self
+            .get(&device_key(WELCOME, user, device))?
+            .unwrap_or_default())
+    }
+
     /// Applies `writes` atomically.
     pub fn apply(&self, writes: Writes) -> Result<(), StoreError> {
         self.kv.apply(writes.batch)
@@ -308,6 +394,54 @@ impl Writes {
         );
         Ok(self)
     }
+
+    /// Stores the KeyPackages of a device.
+    pub fn put_key_packages(
+        &mut self,
+        user: &UserId,
+        device: DeviceId,
+        record: &KeyPackageRecord,
+    ) -> Result<&mut Self, StoreError> {
+        self.batch
+            .put(device_key(KP, user, device), encode(record)?);
+        Ok(self)
+    }
+
+    /// Stores a secret group's summary.
+    pub fn put_secret_group(
+        &mut self,
+        group: &GroupHandle,
+        record: &SecretGroupRecord,
+    ) -> Result<&mut Self, StoreError> {
+        self.batch.put(
+            key(SECRET, &[group.to_string().as_bytes()]),
+            encode(record)?,
+        );
+        Ok(self)
+    }
+
+    /// Stores a secret group's openmls public state.
+    pub fn put_public_state(
+        &mut self,
+        group: &GroupHandle,
+        record: &PublicStateRecord,
+    ) -> Result<&mut Self, StoreError> {
+        self.batch
+            .put(key(MLS, &[group.to_string().as_bytes()]), encode(record)?);
+        Ok(self)
+    }
+
+    /// Stores the Welcomes waiting for a device.
+    pub fn put_welcomes(
+        &mut self,
+        user: &UserId,
+        device: DeviceId,
+        welcomes: &[WelcomeInfo],
+    ) -> Result<&mut Self, StoreError> {
+        self.batch
+            .put(device_key(WELCOME, user, device), encode(&welcomes)?);
+        Ok(self)
+    }
 }
 
 const META: &[u8] = b"meta";
@@ -316,6 +450,10 @@ const DEPT: &[u8] = b"dept/";
 const CODE: &[u8] = b"code/";
 const LOG: &[u8] = b"log/";
 const DEDUP: &[u8] = b"dedup/";
+const KP: &[u8] = b"kp/";
+const SECRET: &[u8] = b"secret/";
+const MLS: &[u8] = b"mls/";
+const WELCOME: &[u8] = b"welcome/";
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -338,6 +476,10 @@ fn department_key(slug: &DepartmentSlug) -> Vec<u8> {
 
 fn code_key(user: &UserId) -> Vec<u8> {
     key(CODE, &[user.as_str().as_bytes()])
+}
+
+fn device_key(prefix: &[u8], user: &UserId, device: DeviceId) -> Vec<u8> {
+    key(prefix, &[user.as_str().as_bytes(), &device.0.to_be_bytes()])
 }
 
 fn log_key(group: &GroupHandle, seq: u64) -> Vec<u8> {

@@ -42,7 +42,10 @@ impl ConnectionCtx {
     pub(crate) fn authenticate(&self, session: Session) {
         let id = self.id();
         let live: Arc<dyn LiveConnection> = Arc::new(Live(self.conn.clone()));
-        self.server.service.live().register(&session.user, id, live);
+        self.server
+            .service
+            .live()
+            .register(&session.user, session.device, id, live);
         *self.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(session);
     }
 

@@ -85,6 +85,8 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     /// The accept loop (owns the connection tasks).
     accept: tokio::task::JoinHandle<()>,
+    /// The task that drives pending secret-group removals.
+    removals: tokio::task::JoinHandle<()>,
 }
 
 /// State shared by the accept loop and every connection.
@@ -122,7 +124,8 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     };
     let server_config = identity.server_config()?;
     let store = dir.open_store()?;
-    let service = Service::new(Db::new(Arc::new(store)), opts.clock.clone())?;
+    let removal_key = dir.removal_key()?;
+    let service = Service::new(Db::new(Arc::new(store)), opts.clock.clone(), removal_key)?;
     let endpoint = quinn::Endpoint::server(server_config, listen)
         .map_err(|e| ServerError::io(format!("cannot listen on {listen}"), e))?;
     let local_addr = endpoint
@@ -135,6 +138,7 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         subscribers: AtomicUsize::new(0),
     });
     let (stop, stop_rx) = watch::channel(false);
+    let removals = tokio::spawn(ctx.service.clone().run_removals(stop_rx.clone()));
     let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx.clone(), stop_rx));
     tracing::info!(addr = %local_addr, data = %dir.root().display(), "server started");
     Ok(RunningServer {
@@ -144,6 +148,7 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         ctx,
         stop,
         accept,
+        removals,
     })
 }
 
@@ -170,9 +175,11 @@ impl RunningServer {
             ctx,
             stop,
             accept,
+            removals,
             ..
         } = self;
         let _ = stop.send(true);
+        let _ = removals.await;
         ctx.service.announce_shutdown();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while ctx.subscribers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {

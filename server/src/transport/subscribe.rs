@@ -32,7 +32,18 @@ pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStr
         };
         let ok = match event {
             Ok(Broadcast::Posted { group, frame }) => {
-                if service.can_read(&session.user, &group) {
+                if service.can_read(&session, &group) {
+                    write_bytes(&mut send, &frame).await
+                } else {
+                    true
+                }
+            }
+            Ok(Broadcast::Direct {
+                user,
+                device,
+                frame,
+            }) => {
+                if user == session.user && device.is_none_or(|d| d == session.device) {
                     write_bytes(&mut send, &frame).await
                 } else {
                     true

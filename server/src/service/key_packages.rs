@@ -1,0 +1,220 @@
+//! KeyPackages (DESIGN §5.3): devices upload them, owners claim one per device of a user
+//! they add; each one-time package is handed out once, then the last-resort one.
+
+use std::sync::{Arc, PoisonError};
+
+use openmls::prelude::KeyPackage;
+use rathaus_protocol::{
+    frame, ClaimedKeyPackage, DeviceId, ErrorCode, Event, GroupHandle, Response, UserId,
+};
+
+use super::mls::{device_of, validate_key_package};
+use super::{Broadcast, Refusal, Service, Session};
+use crate::store::{KeyPackageRecord, UserRecord, Writes};
+
+/// One-time packages kept per device; more are refused.
+pub(crate) const MAX_ONE_TIME: usize = 100;
+
+/// Below this many one-time packages a device is told to publish more.
+const LOW_WATER: usize = 5;
+
+impl Service {
+    pub(super) async fn publish_key_packages(
+        &self,
+        session: &Session,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<Response, Refusal> {
+        if one_time.len() > MAX_ONE_TIME {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                format!("at most {MAX_ONE_TIME} KeyPackages at once"),
+            ));
+        }
+        let device_key = self.device_key(&session.user, session.device)?;
+        for bytes in one_time.iter().chain(last_resort.iter()) {
+            let kp = validate_key_package(&self.crypto, bytes)?;
+            check_own_package(&kp, session, &device_key)?;
+        }
+        let (status, ticket) = {
+            let _mls = self.mls_lock();
+            let mut record = self.db.key_packages(&session.user, session.device)?;
+            let room = MAX_ONE_TIME.saturating_sub(record.one_time.len());
+            if one_time.len() > room {
+                return Err(Refusal::new(
+                    ErrorCode::Invalid,
+                    format!(
+                        "the server holds {} KeyPackages of this device; at most {room} more fit",
+                        record.one_time.len()
+                    ),
+                ));
+            }
+            record.one_time.extend(one_time);
+            if let Some(lr) = last_resort {
+                record.last_resort = Some(lr);
+            }
+            let mut w = Writes::new();
+            w.put_key_packages(&session.user, session.device, &record)?;
+            self.db.apply(w)?;
+            (status(&record), self.commit.written())
+        };
+        self.durable(ticket).await?;
+        tracing::debug!(user = %session.user, device = %session.device, "KeyPackages published");
+        Ok(status)
+    }
+
+    pub(super) fn key_package_status(&self, session: &Session) -> Result<Response, Refusal> {
+        Ok(status(
+            &self.db.key_packages(&session.user, session.device)?,
+        ))
+    }
+
+    pub(super) async fn claim_key_packages(
+        &self,
+        session: &Session,
+        me: &UserRecord,
+        group: GroupHandle,
+        user: UserId,
+    ) -> Result<Response, Refusal> {
+        let dept = self.secret_department(&group)?;
+        if !super::secret::on_roster(&dept, &user) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("{user} is not on the roster of {group}"),
+            ));
+        }
+        let target = self.db.user(&user)?.filter(|u| !u.removed).ok_or_else(|| {
+            Refusal::new(ErrorCode::NotFound, format!("user {user} does not exist"))
+        })?;
+        let (packages, low, ticket) = {
+            let _mls = self.mls_lock();
+            // Authorised under the lock, so a claim never races a birth or a removal.
+            match self.db.secret_group(&group)? {
+                Some(record) => {
+                    let in_tree = record
+                        .members
+                        .iter()
+                        .any(|m| m.user == me.id && m.device == session.device);
+                    if !in_tree || !super::secret::on_roster(&dept, &me.id) {
+                        return Err(Refusal::new(
+                            ErrorCode::Forbidden,
+                            format!("only members of {group} may claim KeyPackages for it"),
+                        ));
+                    }
+                }
+                None => {
+                    if !dept.owners.contains(&me.id) {
+                        return Err(Refusal::new(
+                            ErrorCode::Forbidden,
+                            format!(
+                                "only owners of {group} may claim KeyPackages before it exists"
+                            ),
+                        ));
+                    }
+                }
+            }
+            let mut w = Writes::new();
+            let mut packages = Vec::new();
+            let mut low = Vec::new();
+            for device in target.active_devices() {
+                let mut record = self.db.key_packages(&user, device.id)?;
+                if record.one_time.is_empty() {
+                    if let Some(lr) = &record.last_resort {
+                        packages.push(ClaimedKeyPackage {
+                            device: device.id,
+                            key_package: lr.clone(),
+                            last_resort: true,
+                        });
+                        low.push((device.id, 0));
+                    }
+                    continue;
+                }
+                let key_package = record.one_time.remove(0);
+                packages.push(ClaimedKeyPackage {
+                    device: device.id,
+                    key_package,
+                    last_resort: false,
+                });
+                if record.one_time.len() < LOW_WATER {
+                    low.push((device.id, record.one_time.len()));
+                }
+                w.put_key_packages(&user, device.id, &record)?;
+            }
+            self.db.apply(w)?;
+            (packages, low, self.commit.written())
+        };
+        // A package handed out must stay handed out after a crash.
+        self.durable(ticket).await?;
+        tracing::debug!(%group, %user, by = %me.id, packages = packages.len(), "KeyPackages claimed");
+        for (device, remaining) in low {
+            self.push_to(
+                &user,
+                Some(device),
+                Event::KeyPackagesLow {
+                    remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+                },
+            );
+        }
+        Ok(Response::KeyPackages { user, packages })
+    }
+
+    /// The registered key of an active device.
+    pub(super) fn device_key(&self, user: &UserId, device: DeviceId) -> Result<[u8; 32], Refusal> {
+        self.db
+            .user(user)?
+            .filter(|u| !u.removed)
+            .and_then(|u| u.active_devices().find(|d| d.id == device).map(|d| d.key.0))
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("device {user}/{device} is not active"),
+                )
+            })
+    }
+
+    /// Pushes `event` to the live subscriptions of `user` (or one device of theirs).
+    pub(super) fn push_to(&self, user: &UserId, device: Option<DeviceId>, event: Event) {
+        match frame::encode(&Response::Event(event)) {
+            Ok(bytes) => self.publish(Broadcast::Direct {
+                user: user.clone(),
+                device,
+                frame: Arc::new(bytes),
+            }),
+            Err(e) => tracing::error!(%user, error = %e, "cannot encode event"),
+        }
+    }
+
+    pub(super) fn mls_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Guards no data of its own; a poisoned lock is as good as a clean one.
+        self.mls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A KeyPackage a device uploads must name that device and carry its registered key.
+fn check_own_package(kp: &KeyPackage, session: &Session, key: &[u8; 32]) -> Result<(), Refusal> {
+    let leaf = kp.leaf_node();
+    let named = device_of(leaf.credential());
+    if named.as_ref() != Some(&(session.user.clone(), session.device)) {
+        return Err(Refusal::new(
+            ErrorCode::Invalid,
+            format!(
+                "KeyPackage credentials must name this device ({}/{})",
+                session.user, session.device
+            ),
+        ));
+    }
+    if leaf.signature_key().as_slice() != key {
+        return Err(Refusal::new(
+            ErrorCode::Invalid,
+            "KeyPackages must be signed with this device's registered key",
+        ));
+    }
+    Ok(())
+}
+
+fn status(record: &KeyPackageRecord) -> Response {
+    Response::KeyPackageStatus {
+        one_time: u32::try_from(record.one_time.len()).unwrap_or(u32::MAX),
+        last_resort: record.last_resort.is_some(),
+    }
+}

@@ -1,0 +1,581 @@
+//! Secret groups (DESIGN §5): birth, commits, Welcomes, the ratchet tree, and the roster
+//! rules for posting to and reading their logs.
+//!
+//! Who may do what is decided by two things only: the department record (the roster and
+//! the seeded owners) and the server's public MLS state (which devices are in the tree).
+//! A device reads and writes a secret group while its user is on the roster *and* the
+//! device is in the tree; everyone else — administrators included — gets `Forbidden`.
+
+use openmls::prelude::{
+    ContentType, GroupId, MlsMessageBodyIn, ProcessedMessageContent, ProtocolMessage, Sender,
+};
+use rathaus_protocol::messages::{SecretGroupInfo, WelcomeInfo};
+use rathaus_protocol::{
+    ClientMsgId, DepartmentSlug, DeviceId, EntryBody, ErrorCode, Event, GroupHandle, MemberInfo,
+    PostBody, Response, UserId,
+};
+use sha2::{Digest, Sha256};
+
+use super::mls::{
+    device_of, group_id, parse_group_info, parse_message, parse_ratchet_tree, PublicState,
+    CIPHERSUITE,
+};
+use super::{Refusal, Service, Session};
+use crate::store::{
+    DepartmentRecord, LeafRecord, SecretGroupRecord, StoredEntry, UserRecord, Writes,
+};
+
+/// A device, as the tree names it.
+type Device = (UserId, DeviceId);
+
+/// Welcomes kept per device (one per group; older ones are replaced).
+const MAX_WELCOMES: usize = 64;
+
+/// Whether `user` is on the roster of the department's secret group.
+pub(super) fn on_roster(dept: &DepartmentRecord, user: &UserId) -> bool {
+    dept.members.contains(user) || dept.owners.contains(user)
+}
+
+impl Service {
+    pub(super) fn secret_groups(&self, me: &UserRecord) -> Result<Response, Refusal> {
+        let mut out = Vec::new();
+        for dept in self.db.departments()? {
+            if !on_roster(&dept, &me.id) {
+                continue;
+            }
+            let group = GroupHandle::Secret(dept.slug.clone());
+            let record = self.db.secret_group(&group)?;
+            let members: Vec<(UserId, DeviceId)> = record
+                .as_ref()
+                .map(|r| {
+                    r.members
+                        .iter()
+                        .map(|m| (m.user.clone(), m.device))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let roster = roster(&dept);
+            let pending = roster
+                .iter()
+                .filter(|u| !members.iter().any(|(m, _)| m == *u))
+                .cloned()
+                .collect();
+            out.push(SecretGroupInfo {
+                group_id: group_id(&group),
+                born: record.is_some(),
+                epoch: record.as_ref().map_or(0, |r| r.epoch),
+                roster,
+                owners: dept.owners.clone(),
+                pending,
+                members,
+                removal_key: self.removal_key.public_key(),
+                head: self.head(&group)?,
+                group,
+            });
+        }
+        Ok(Response::SecretGroups(out))
+    }
+
+    pub(super) async fn create_secret_group(
+        &self,
+        session: &Session,
+        me: &UserRecord,
+        group: GroupHandle,
+        group_info: Vec<u8>,
+        ratchet_tree: Vec<u8>,
+    ) -> Result<Response, Refusal> {
+        let dept = self.secret_department(&group)?;
+        if !dept.owners.contains(&me.id) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("only owners of {group} may create it"),
+            ));
+        }
+        let info = parse_group_info(&group_info)?;
+        let tree = parse_ratchet_tree(&ratchet_tree)?;
+        let device_key = self.device_key(&me.id, session.device)?;
+        let ticket = {
+            let _mls = self.mls_lock();
+            if self.db.secret_group(&group)?.is_some() {
+                return Err(Refusal::new(
+                    ErrorCode::AlreadyExists,
+                    format!("{group} exists already"),
+                ));
+            }
+            let state = PublicState::from_external(&self.crypto, tree, info)?;
+            let context = state.group.group_context();
+            if context.group_id() != &GroupId::from_slice(&group_id(&group)) {
+                return Err(invalid(format!(
+                    "the MLS group id of {group} must be \"rathaus:{group}\""
+                )));
+            }
+            if context.ciphersuite() != CIPHERSUITE {
+                return Err(invalid(
+                    "secret groups use MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519",
+                ));
+            }
+            if state.epoch() != 0 {
+                return Err(invalid("a new group starts at epoch 0"));
+            }
+            let expected = vec![self.removal_key.external_sender()];
+            if context.extensions().external_senders() != Some(&expected) {
+                return Err(invalid(
+                    "external_senders must hold the server's removal key and nothing else",
+                ));
+            }
+            let members: Vec<_> = state.group.members().collect();
+            let [creator] = members.as_slice() else {
+                return Err(invalid("a new group has exactly one member: its creator"));
+            };
+            if device_of(&creator.credential) != Some((me.id.clone(), session.device))
+                || creator.signature_key != device_key
+            {
+                return Err(invalid(
+                    "the creator's leaf must be this device with its registered key",
+                ));
+            }
+            let record = SecretGroupRecord {
+                epoch: 0,
+                members: vec![LeafRecord {
+                    leaf: creator.index.u32(),
+                    user: me.id.clone(),
+                    device: session.device,
+                    joined_seq: 0,
+                }],
+                group_info,
+                proposed_removals: Vec::new(),
+            };
+            let mut w = Writes::new();
+            w.put_secret_group(&group, &record)?
+                .put_public_state(&group, &state.record()?)?;
+            self.db.apply(w)?;
+            self.commit.written()
+        };
+        self.durable(ticket).await?;
+        tracing::info!(%group, by = %me.id, "secret group born");
+        for user in roster(&dept) {
+            self.push_to(&user, None, Event::SecretGroupsChanged);
+        }
+        Ok(Response::Done)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn commit(
+        &self,
+        session: &Session,
+        me: &UserRecord,
+        group: GroupHandle,
+        epoch: u64,
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+        group_info: Option<Vec<u8>>,
+    ) -> Result<Response, Refusal> {
+        let dept = self.secret_department(&group)?;
+        if !on_roster(&dept, &me.id) {
+            return Err(not_on_roster(&group));
+        }
+        let message = parse_message(&commit, "the commit")?
+            .try_into_protocol_message()
+            .map_err(|_| invalid("a commit must be a PublicMessage"))?;
+        if !matches!(message, ProtocolMessage::PublicMessage(_)) {
+            return Err(invalid("a commit must be a PublicMessage"));
+        }
+        if message.content_type() != ContentType::Commit {
+            return Err(invalid("expected a commit"));
+        }
+        if message.group_id().as_slice() != group_id(&group) {
+            return Err(invalid(format!("the commit is not for {group}")));
+        }
+        if let Some(bytes) = &welcome {
+            if !matches!(
+                parse_message(bytes, "the Welcome")?.extract(),
+                MlsMessageBodyIn::Welcome(_)
+            ) {
+                return Err(invalid("expected a Welcome message"));
+            }
+        }
+        if let Some(bytes) = &group_info {
+            parse_group_info(bytes)?;
+        }
+        let now = self.now_ms();
+        let commit_size = commit.len();
+        let (seq, new_epoch, ticket, entry, touched) = {
+            let _mls = self.mls_lock();
+            let mut record = self.db.secret_group(&group)?.ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("{group} has not been created yet"),
+                )
+            })?;
+            if epoch != record.epoch || message.epoch().as_u64() != record.epoch {
+                return Err(stale(&group, record.epoch));
+            }
+            let committer = record
+                .members
+                .iter()
+                .find(|m| m.user == me.id && m.device == session.device)
+                .ok_or_else(|| {
+                    Refusal::new(
+                        ErrorCode::Forbidden,
+                        format!("only devices in {group} may commit to it"),
+                    )
+                })?
+                .leaf;
+            let state_record = self.db.public_state(&group)?.ok_or_else(|| {
+                Refusal::internal(format!("secret group {group} has no MLS state"))
+            })?;
+            let mut state = PublicState::load(state_record, &group)?;
+            let processed = state
+                .group
+                .process_message(&self.crypto, message)
+                .map_err(|e| invalid(format!("commit rejected: {e}")))?;
+            if !matches!(processed.sender(), Sender::Member(i) if i.u32() == committer) {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    "a commit must come from the leaf of the device sending it",
+                ));
+            }
+            let staged = match processed.into_content() {
+                ProcessedMessageContent::StagedCommitMessage(staged) => *staged,
+                _ => return Err(invalid("expected a commit")),
+            };
+            let adds = staged.add_proposals().count();
+            state
+                .group
+                .merge_commit(&state.storage, staged)
+                .map_err(|e| Refusal::internal(format!("cannot merge commit into {group}: {e}")))?;
+
+            let mut heads = self.log_lock();
+            let seq = self.next_seq(&heads, &group)?;
+            let (members, added) = self.check_tree(&dept, &record, &state, seq)?;
+            if adds > 0 && welcome.is_none() {
+                return Err(invalid("a commit that adds devices needs its Welcome"));
+            }
+            let new_epoch = state.epoch();
+            let mut w = Writes::new();
+            if let Some(welcome) = &welcome {
+                let ratchet_tree = state.ratchet_tree()?;
+                for (user, device) in &added {
+                    let mut waiting = self.db.welcomes(user, *device)?;
+                    waiting.retain(|w| w.group != group);
+                    if waiting.len() >= MAX_WELCOMES {
+                        waiting.remove(0);
+                    }
+                    waiting.push(WelcomeInfo {
+                        group: group.clone(),
+                        welcome: welcome.clone(),
+                        ratchet_tree: ratchet_tree.clone(),
+                        seq,
+                        epoch: new_epoch,
+                    });
+                    w.put_welcomes(user, *device, &waiting)?;
+                }
+            }
+            let removed: Vec<UserId> = record
+                .members
+                .iter()
+                .filter(|old| !members.iter().any(|m| same_device(m, old)))
+                .map(|old| old.user.clone())
+                .collect();
+            record.epoch = new_epoch;
+            record.members = members;
+            record.proposed_removals.clear();
+            if let Some(info) = group_info {
+                record.group_info = info;
+            }
+            w.put_secret_group(&group, &record)?
+                .put_public_state(&group, &state.record()?)?;
+            let entry = StoredEntry {
+                sender: me.id.clone(),
+                sender_name: me.name.clone(),
+                sent_at_ms: now,
+                client_id: digest_id(&commit),
+                body: EntryBody::Mls(commit),
+            };
+            self.append_locked(&mut heads, &group, std::slice::from_ref(&entry), w)?;
+            let mut touched: Vec<UserId> = added.into_iter().map(|(u, _)| u).collect();
+            touched.extend(removed);
+            touched.sort();
+            touched.dedup();
+            (seq, new_epoch, self.commit.written(), entry, touched)
+        };
+        self.durable(ticket).await?;
+        self.mark_durable(&group, seq);
+        tracing::info!(%group, seq, epoch = new_epoch, size = commit_size, by = %me.id, "commit accepted");
+        self.publish_entry(&group, seq, &entry);
+        for user in touched {
+            self.push_to(&user, None, Event::SecretGroupsChanged);
+        }
+        Ok(Response::Committed {
+            seq,
+            epoch: new_epoch,
+        })
+    }
+
+    pub(super) fn fetch_welcomes(&self, session: &Session) -> Result<Response, Refusal> {
+        let mut out = Vec::new();
+        for welcome in self.db.welcomes(&session.user, session.device)? {
+            // Only for groups the user is still rostered in.
+            if self.secret_reader(session, &welcome.group)?.is_some() {
+                out.push(welcome);
+            }
+        }
+        Ok(Response::Welcomes(out))
+    }
+
+    pub(super) fn ratchet_tree(
+        &self,
+        session: &Session,
+        _me: &UserRecord,
+        group: GroupHandle,
+    ) -> Result<Response, Refusal> {
+        if self.secret_reader(session, &group)?.is_none() {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("only devices in {group} may read its tree"),
+            ));
+        }
+        let state = self
+            .db
+            .public_state(&group)?
+            .ok_or_else(|| Refusal::internal(format!("secret group {group} has no MLS state")))?;
+        let state = PublicState::load(state, &group)?;
+        Ok(Response::RatchetTree {
+            epoch: state.epoch(),
+            ratchet_tree: state.ratchet_tree()?,
+            group,
+        })
+    }
+
+    /// An application message (a PrivateMessage) to a secret group.
+    pub(super) async fn post_secret(
+        &self,
+        session: &Session,
+        me: &UserRecord,
+        group: GroupHandle,
+        client_id: ClientMsgId,
+        body: PostBody,
+    ) -> Result<Response, Refusal> {
+        let Some(record) = self.secret_member_record(session, &group)? else {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("only devices in {group} may post to it"),
+            ));
+        };
+        let bytes = match body {
+            PostBody::Mls(bytes) => bytes,
+            PostBody::Public(_) => {
+                return Err(invalid(format!(
+                    "{group} is end-to-end encrypted; post MLS messages only"
+                )))
+            }
+        };
+        // A retry of a stored message is answered as a duplicate, whatever the epoch.
+        if self.db.deduplicated(&group, &me.id, &client_id)?.is_none() {
+            let message = parse_message(&bytes, "the message")?
+                .try_into_protocol_message()
+                .map_err(|_| invalid("application messages must be PrivateMessages"))?;
+            if !matches!(message, ProtocolMessage::PrivateMessage(_)) {
+                return Err(invalid("application messages must be PrivateMessages"));
+            }
+            if message.group_id().as_slice() != group_id(&group) {
+                return Err(invalid(format!("the message is not for {group}")));
+            }
+            if message.epoch().as_u64() != record.epoch {
+                return Err(stale(&group, record.epoch));
+            }
+        }
+        let size = bytes.len();
+        let entry = StoredEntry {
+            sender: me.id.clone(),
+            sender_name: me.name.clone(),
+            sent_at_ms: self.now_ms(),
+            client_id,
+            body: EntryBody::Mls(bytes),
+        };
+        let response = self.append_post(&group, entry).await?;
+        tracing::debug!(%group, size, "secret message stored");
+        Ok(response)
+    }
+
+    pub(super) fn secret_members(
+        &self,
+        me: &UserRecord,
+        group: GroupHandle,
+    ) -> Result<Response, Refusal> {
+        let dept = self.secret_department(&group)?;
+        if !on_roster(&dept, &me.id) {
+            return Err(not_on_roster(&group));
+        }
+        let record = self.db.secret_group(&group)?;
+        let mut members = Vec::new();
+        for id in roster(&dept) {
+            let Some(user) = self.db.user(&id)?.filter(|u| !u.removed) else {
+                continue;
+            };
+            let devices = record
+                .iter()
+                .flat_map(|r| r.members.iter())
+                .filter(|m| m.user == id)
+                .map(|m| m.device)
+                .collect();
+            members.push(MemberInfo {
+                owner: dept.owners.contains(&id),
+                name: user.name,
+                user: id,
+                devices,
+            });
+        }
+        Ok(Response::Members { group, members })
+    }
+
+    /// The department of a secret group handle.
+    pub(super) fn secret_department(
+        &self,
+        group: &GroupHandle,
+    ) -> Result<DepartmentRecord, Refusal> {
+        match group {
+            GroupHandle::Secret(slug) => self.department_or_not_found(slug),
+            _ => Err(invalid(format!("{group} is not a secret group"))),
+        }
+    }
+
+    /// If the session's device may read `group`: the seq after which it reads.
+    pub(super) fn secret_reader(
+        &self,
+        session: &Session,
+        group: &GroupHandle,
+    ) -> Result<Option<u64>, Refusal> {
+        let Some(record) = self.secret_member_record(session, group)? else {
+            return Ok(None);
+        };
+        Ok(record
+            .members
+            .iter()
+            .find(|m| m.user == session.user && m.device == session.device)
+            .map(|m| m.joined_seq))
+    }
+
+    /// The group's record, if the session's user is on its roster and its device in the
+    /// tree.
+    fn secret_member_record(
+        &self,
+        session: &Session,
+        group: &GroupHandle,
+    ) -> Result<Option<SecretGroupRecord>, Refusal> {
+        let GroupHandle::Secret(slug) = group else {
+            return Ok(None);
+        };
+        let Some(dept) = self.db.department(slug)? else {
+            return Ok(None);
+        };
+        if !on_roster(&dept, &session.user) {
+            return Ok(None);
+        }
+        Ok(self.db.secret_group(group)?.filter(|r| {
+            r.members
+                .iter()
+                .any(|m| m.user == session.user && m.device == session.device)
+        }))
+    }
+
+    /// Checks the tree after a commit: every leaf is a Rathaus device carrying its
+    /// registered key, and every new or changed leaf belongs to an active device of a
+    /// user on the roster. Returns the new member list and the devices added.
+    fn check_tree(
+        &self,
+        dept: &DepartmentRecord,
+        before: &SecretGroupRecord,
+        state: &PublicState,
+        seq: u64,
+    ) -> Result<(Vec<LeafRecord>, Vec<Device>), Refusal> {
+        let mut members: Vec<LeafRecord> = Vec::new();
+        let mut added = Vec::new();
+        for member in state.group.members() {
+            let leaf = member.index.u32();
+            let (user, device) = device_of(&member.credential)
+                .ok_or_else(|| invalid(format!("leaf {leaf} does not name a Rathaus device")))?;
+            if members.iter().any(|m| m.user == user && m.device == device) {
+                return Err(invalid(format!("device {user}/{device} appears twice")));
+            }
+            let record = self.db.user(&user)?;
+            let known = record
+                .as_ref()
+                .and_then(|u| u.devices.iter().find(|d| d.id == device));
+            if known.map(|d| d.key.0.as_slice()) != Some(member.signature_key.as_slice()) {
+                return Err(invalid(format!(
+                    "leaf {leaf} must carry the registered key of device {user}/{device}"
+                )));
+            }
+            let previous = before
+                .members
+                .iter()
+                .find(|m| m.leaf == leaf && m.user == user && m.device == device);
+            let joined_seq = match previous {
+                Some(p) => p.joined_seq,
+                None => {
+                    let active = record.as_ref().is_some_and(|u| !u.removed)
+                        && known.is_some_and(|d| !d.revoked);
+                    if !active || !on_roster(dept, &user) {
+                        return Err(Refusal::new(
+                            ErrorCode::Forbidden,
+                            format!("{user} is not on the roster of this group"),
+                        ));
+                    }
+                    added.push((user.clone(), device));
+                    seq
+                }
+            };
+            members.push(LeafRecord {
+                leaf,
+                user,
+                device,
+                joined_seq,
+            });
+        }
+        Ok((members, added))
+    }
+}
+
+/// The roster of a department's secret group: members and owners, each once.
+pub(super) fn roster(dept: &DepartmentRecord) -> Vec<UserId> {
+    let mut all: Vec<UserId> = dept.members.iter().chain(&dept.owners).cloned().collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// A stable client id for server-made entries: the first 16 bytes of SHA-256.
+pub(super) fn digest_id(bytes: &[u8]) -> ClientMsgId {
+    let digest = Sha256::digest(bytes);
+    let mut id = [0; 16];
+    id.copy_from_slice(&digest[..16]);
+    ClientMsgId(id)
+}
+
+/// The secret group of a department.
+pub(super) fn secret_handle(slug: &DepartmentSlug) -> GroupHandle {
+    GroupHandle::Secret(slug.clone())
+}
+
+fn same_device(a: &LeafRecord, b: &LeafRecord) -> bool {
+    a.user == b.user && a.device == b.device
+}
+
+fn stale(group: &GroupHandle, epoch: u64) -> Refusal {
+    Refusal::new(
+        ErrorCode::StaleEpoch,
+        format!("{group} moved to epoch {epoch}; fetch and retry"),
+    )
+}
+
+fn not_on_roster(group: &GroupHandle) -> Refusal {
+    Refusal::new(
+        ErrorCode::Forbidden,
+        format!("you are not on the roster of {group}"),
+    )
+}
+
+fn invalid(message: impl Into<String>) -> Refusal {
+    Refusal::new(ErrorCode::Invalid, message)
+}
