@@ -873,6 +873,8 @@ impl Client {
     async fn commit_intent(&mut self, group: &GroupHandle, intent: Intent) -> Result<Option<u64>> {
         let gid = mls_group_id(group);
         let handle = group.to_string();
+        // Membership rows name people, also those this device has not heard from yet.
+        self.learn_names(group).await?;
         for attempt in 0..MAX_EPOCH_RETRIES {
             if attempt > 0 || self.mls.epoch(&gid)? > 0 {
                 self.fetch_secret_log(group).await?;
