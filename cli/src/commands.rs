@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use rathaus_client::time_fmt::rfc3339;
-use rathaus_client::{Client, ClientError, EnrollOptions, TimelineRow};
+use rathaus_client::{Approval, Client, ClientError, EnrollOptions, SecretGroupView, TimelineRow};
 use rathaus_protocol::{DepartmentSlug, Event, GroupHandle, Role, UserId};
 use serde_json::{json, Value};
 
@@ -184,6 +184,47 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             Ok(())
         }
         Command::Listen { count } => listen(profile, count, out).await,
+        Command::Members { group } if GroupHandle::parse(&group)?.is_secret() => {
+            let group = GroupHandle::parse(&group)?;
+            let mut client = open(profile)?;
+            let view = client.secret_group(&group).await?;
+            print_secret_members(out, &view);
+            client.disconnect().await;
+            Ok(())
+        }
+        Command::Approve { group, user } => {
+            let group = GroupHandle::parse(&group)?;
+            let user = UserId::parse(&user)?;
+            let mut client = open(profile)?;
+            let outcome = client.approve(&group, &user).await?;
+            let (status, seq, devices, text) = match outcome {
+                Approval::Added { seq, devices } => (
+                    "added",
+                    Some(seq),
+                    devices,
+                    format!("added {user} to {group} ({devices} device(s), commit #{seq})"),
+                ),
+                Approval::AlreadyMember => (
+                    "already_member",
+                    None,
+                    0,
+                    format!("{user} is already a member of {group}"),
+                ),
+                Approval::NoDevices => (
+                    "no_devices",
+                    None,
+                    0,
+                    format!("{user} has no enrolled device yet; approve again after they enrolled"),
+                ),
+            };
+            out.print(
+                json!({"group": group.to_string(), "user": user.as_str(), "status": status,
+                       "seq": seq, "devices": devices}),
+                || text,
+            );
+            client.disconnect().await;
+            Ok(())
+        }
         Command::Members { group } => {
             let group = GroupHandle::parse(&group)?;
             let mut client = open(profile)?;
@@ -460,6 +501,18 @@ async fn listen(profile: Option<PathBuf>, count: Option<u64>, out: &Output) -> R
                 let rows = client.store().timeline(&g.handle.to_string())?;
                 caught_up.extend(rows.into_iter().filter(|r| r.seq > before));
             }
+            // Secret groups: KeyPackages, Welcomes, births, and each group's log.
+            let secret = client.secret_group_infos().await?;
+            let mut befores = Vec::new();
+            for info in &secret {
+                let handle = info.group.to_string();
+                befores.push((handle.clone(), client.store().cursor(&handle)?));
+            }
+            client.sync_secret_groups().await?;
+            for (handle, before) in befores {
+                let rows = client.store().timeline(&handle)?;
+                caught_up.extend(rows.into_iter().filter(|r| r.seq > before));
+            }
             Ok::<_, ClientError>((sub, caught_up))
         }
         .await;
@@ -590,4 +643,61 @@ fn row_json_event(row: &TimelineRow) -> Value {
 
 fn row_text_event(row: &TimelineRow) -> String {
     format!("[{}] {}", row.group, row_text(row))
+}
+
+fn print_secret_members(out: &Output, view: &SecretGroupView) {
+    let members: Vec<Value> = view
+        .members
+        .iter()
+        .map(|m| {
+            json!({"user": m.user, "name": m.name, "owner": m.owner,
+                   "devices": m.devices.iter().map(|d| json!({"device": d.device,
+                       "fingerprint": d.fingerprint})).collect::<Vec<_>>()})
+        })
+        .collect();
+    out.print(
+        json!({"group": view.group.to_string(), "born": view.born, "joined": view.joined,
+               "epoch": view.epoch, "members": members, "owners": view.owners,
+               "auto_admit": view.auto_admit, "pending": view.pending}),
+        || {
+            let mut lines = vec![format!(
+                "{} (epoch {}{})",
+                view.group,
+                view.epoch,
+                if view.joined {
+                    ""
+                } else if view.born {
+                    ", this device is not a member yet"
+                } else {
+                    ", not created yet: an owner's client creates it on sync"
+                }
+            )];
+            for m in &view.members {
+                lines.push(format!(
+                    "{:<16} {}{}",
+                    m.user,
+                    m.name,
+                    if m.owner { " [owner]" } else { "" }
+                ));
+                for d in &m.devices {
+                    lines.push(format!("    device {:<6} key {}", d.device, d.fingerprint));
+                }
+            }
+            lines.push(format!("owners: {}", view.owners.join(", ")));
+            lines.push(format!(
+                "auto-admit: {}",
+                if view.auto_admit { "on" } else { "off" }
+            ));
+            if view.pending.is_empty() {
+                lines.push("pending invitations: none".to_owned());
+            } else {
+                lines.push(format!(
+                    "pending invitations: {} (an owner runs `rathaus approve {} USER`)",
+                    view.pending.join(", "),
+                    view.group
+                ));
+            }
+            lines.join("\n")
+        },
+    );
 }

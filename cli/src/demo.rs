@@ -1,8 +1,9 @@
 //! `rathaus demo`: a self-contained tour. Starts a temporary server in this process,
 //! provisions a department, two colleagues and an editor of the communications office,
-//! shows the colleagues talking in the public group, and the department proposing an
-//! announcement that the editor approves. Everything lives in a temporary directory that
-//! is removed afterwards.
+//! and shows the colleagues talking in the public group and in the department's end-to-end
+//! encrypted secret group, the department proposing an announcement that the editor
+//! approves, and finally what the operator's server holds of each.
+//! Everything lives in a temporary directory that is removed afterwards.
 
 use anyhow::{Context, Result};
 use rathaus_client::{AnnouncementDraft, Client, EnrollOptions};
@@ -129,6 +130,25 @@ pub(crate) async fn run(out: &Output) -> Result<()> {
         say(&format!("   {}", row_text(row)));
     }
 
+    let secret = GroupHandle::parse("bauamt/secret")?;
+    say("\n-- Anna owns the Bauamt: her client creates the MLS group 'bauamt/secret' and");
+    say("   admits Jonas's device; his client joins from the Welcome");
+    anna.sync().await?;
+    jonas.sync().await?;
+    anna.send_text(
+        &secret,
+        "Vertraulich: die Ausschreibung Rathausplatz geht an Firma Krause.",
+    )
+    .await?;
+    jonas.read(&secret).await?;
+    jonas
+        .send_text(&secret, "Verstanden, bleibt unter uns bis zur Sitzung.")
+        .await?;
+    let secret_timeline = anna.read(&secret).await?;
+    for row in &secret_timeline {
+        say(&format!("   {}", row_text(row)));
+    }
+
     say("\n-- The Bauamt proposes an announcement; the communications office approves it");
     let draft = anna
         .announce_draft(AnnouncementDraft {
@@ -167,32 +187,51 @@ pub(crate) async fn run(out: &Output) -> Result<()> {
         .unwrap_or_default();
     say(&format!("   Eva sees who has read it: {}", acks.join(", ")));
 
-    say("\n-- What the operator's server stores for 'bauamt' (public: server-readable)");
     for c in [&mut admin, &mut anna, &mut jonas, &mut eva] {
         c.disconnect().await;
     }
     server.shutdown().await;
+    say("\n-- What the operator's server stores for 'bauamt' (public: server-readable)");
     let inspection = rathaus_server::inspect(&data, Some(&bauamt))?;
-    if let Some(entries) = inspection.get("entries").and_then(|e| e.as_array()) {
-        for e in entries {
-            say(&format!(
-                "   seq {} kind {} size {} bytes",
-                e.get("seq").unwrap_or(&json!(null)),
-                e.get("kind").and_then(|k| k.as_str()).unwrap_or("?"),
-                e.get("size").unwrap_or(&json!(null))
-            ));
-        }
-    }
+    show_entries(&say, &inspection, false);
+    say("\n-- ... and for 'bauamt/secret': MLS ciphertext only, no key to read it");
+    let secret_inspection = rathaus_server::inspect(&data, Some(&secret))?;
+    show_entries(&say, &secret_inspection, true);
     say("\nDemo finished; the temporary server and profiles are deleted.");
     if out.json {
         let messages: Vec<_> = timeline.iter().map(row_json).collect();
+        let secret_messages: Vec<_> = secret_timeline.iter().map(row_json).collect();
         println!(
             "{}",
             json!({"server": addr, "fingerprint": fingerprint,
                    "group": "bauamt", "messages": messages, "inspect": inspection,
                    "announcements": announcements.iter().map(row_json).collect::<Vec<_>>(),
-                   "acknowledged_by": acks})
+                   "acknowledged_by": acks,
+                   "secret": {"group": "bauamt/secret", "messages": secret_messages,
+                              "inspect": secret_inspection}})
         );
     }
     Ok(())
+}
+
+/// Prints the operator's view of a group's entries; for a secret group with the first
+/// bytes of the stored ciphertext.
+fn show_entries(say: &impl Fn(&str), inspection: &serde_json::Value, with_bytes: bool) {
+    let Some(entries) = inspection.get("entries").and_then(|e| e.as_array()) else {
+        return;
+    };
+    for e in entries {
+        let bytes = if with_bytes {
+            let b64 = e.get("bytes").and_then(|b| b.as_str()).unwrap_or("");
+            format!("  {}…", b64.chars().take(32).collect::<String>())
+        } else {
+            String::new()
+        };
+        say(&format!(
+            "   seq {} kind {} size {} bytes{bytes}",
+            e.get("seq").unwrap_or(&json!(null)),
+            e.get("kind").and_then(|k| k.as_str()).unwrap_or("?"),
+            e.get("size").unwrap_or(&json!(null))
+        ));
+    }
 }

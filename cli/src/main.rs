@@ -104,6 +104,13 @@ pub(crate) enum Command {
         /// The group.
         group: String,
     },
+    /// Admit a pending invitation to a secret group (owners only).
+    Approve {
+        /// The secret group, e.g. `bauamt/secret`.
+        group: String,
+        /// The personnel number of the pending user.
+        user: String,
+    },
     /// Announcements: draft, submit, approve, publish, acknowledge.
     Announce {
         #[command(subcommand)]

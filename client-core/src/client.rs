@@ -9,6 +9,7 @@ use rathaus_protocol::{
 };
 
 use crate::error::{ClientError, Result};
+use crate::mls::{DeviceIdentity, MlsEngine};
 use crate::net::{Connection, Subscription};
 use crate::store::{self, ProfileStore};
 
@@ -81,6 +82,9 @@ pub struct Client {
     pub(crate) identity: Identity,
     /// The authenticated connection, once connected.
     pub(crate) conn: Option<(Connection, SessionInfo)>,
+    /// MLS state of the secret groups, on its own connection to the profile file (so a
+    /// processed message and its history rows commit in one transaction there).
+    pub(crate) mls: MlsEngine,
 }
 
 impl Client {
@@ -105,7 +109,7 @@ impl Client {
             Response::Enrolled { device, org } => (device, org),
             _ => return Err(ClientError::UnexpectedResponse("Enroll")),
         };
-        Self::create_profile(
+        let mut client = Self::create_profile(
             dir,
             key,
             &options.server,
@@ -113,7 +117,9 @@ impl Client {
             options.user,
             device,
             org,
-        )
+        )?;
+        client.publish_initial_key_packages().await;
+        Ok(client)
     }
 
     /// Enrolls another device of an already enrolled user, proven by the password.
@@ -143,7 +149,9 @@ impl Client {
             Response::Enrolled { device, org } => (device, org),
             _ => return Err(ClientError::UnexpectedResponse("AddDevice")),
         };
-        Self::create_profile(dir, key, server, fingerprint, user, device, org)
+        let mut client = Self::create_profile(dir, key, server, fingerprint, user, device, org)?;
+        client.publish_initial_key_packages().await;
+        Ok(client)
     }
 
     /// Opens an enrolled profile.
@@ -170,12 +178,14 @@ impl Client {
             device: DeviceId(device),
             org: store.setting(keys::ORG)?.unwrap_or_default(),
         };
+        let mls = open_engine(dir, &key, &identity)?;
         Ok(Client {
             dir: dir.to_path_buf(),
             store,
             key,
             identity,
             conn: None,
+            mls,
         })
     }
 
@@ -370,18 +380,32 @@ impl Client {
         store.set_setting(keys::USER, user.as_str())?;
         store.set_setting(keys::DEVICE, &device.0.to_string())?;
         store.set_setting(keys::ORG, &org)?;
+        let identity = Identity {
+            server: server.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            user,
+            device,
+            org,
+        };
+        let mls = open_engine(dir, &key, &identity)?;
         Ok(Client {
             dir: dir.to_path_buf(),
             store,
             key,
-            identity: Identity {
-                server: server.to_owned(),
-                fingerprint: fingerprint.to_owned(),
-                user,
-                device,
-                org,
-            },
+            identity,
             conn: None,
+            mls,
         })
     }
+}
+
+/// Opens the MLS engine on a second connection to the profile file. WAL mode (set by
+/// the store) lets both connections work on the file; the busy timeout covers the moments
+/// one of them writes.
+fn open_engine(dir: &Path, key: &SigningKey, identity: &Identity) -> Result<MlsEngine> {
+    let conn = rusqlite::Connection::open(dir.join(store::DB_FILE))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let me = DeviceIdentity::new(identity.user.as_str(), &identity.device.0.to_string())?;
+    Ok(MlsEngine::with_connection(conn, key.clone(), me)?)
 }

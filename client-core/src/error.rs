@@ -66,6 +66,15 @@ pub enum ClientError {
     /// The local profile database failed.
     #[error("local profile database: {0}")]
     Store(#[from] rusqlite::Error),
+    /// The local MLS state refused an operation.
+    #[error("secret group: {0}")]
+    Mls(#[from] crate::mls::MlsError),
+    /// Only an owner of the secret group may do this.
+    #[error("{0}")]
+    NotOwner(String),
+    /// This device is not (yet) a member of the secret group.
+    #[error("{0}")]
+    NotMember(String),
     /// A local file could not be read or written.
     #[error("{context}: {source}")]
     Io {

@@ -26,6 +26,7 @@ mod client;
 pub mod error;
 pub mod mls;
 pub mod net;
+mod secret;
 pub mod store;
 mod sync;
 pub mod time_fmt;
@@ -33,5 +34,9 @@ pub mod time_fmt;
 pub use announce::AnnouncementDraft;
 pub use client::{Client, EnrollOptions, GroupView, Identity};
 pub use error::{ClientError, Result};
+pub use secret::{
+    key_fingerprint, mls_group_id, Approval, GroupPolicy, SecretDevice, SecretGroupView,
+    SecretMember, KEY_PACKAGE_LOW, KEY_PACKAGE_TARGET,
+};
 pub use store::TimelineRow;
 pub use sync::{SendFailure, SendReceipt, SyncReport};

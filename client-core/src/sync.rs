@@ -59,11 +59,6 @@ impl Client {
         content
             .validate()
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        if group.is_secret() {
-            return Err(ClientError::Invalid(format!(
-                "{group}: secret groups are not supported by this client version"
-            )));
-        }
         let mut id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut id);
         let client_id = ClientMsgId(id);
@@ -117,12 +112,23 @@ impl Client {
                 }
             };
             self.store.mark_sent(item.client_id)?;
-            let request = Request::Post {
-                group: group.clone(),
-                client_id: item.client_id,
-                body: body.clone(),
+            let response = match (&body, group.is_secret()) {
+                // Secret content waits in the outbox as plaintext (it never leaves this
+                // device so) and is encrypted for the epoch current at send time, so a
+                // retry after a lost epoch re-encrypts (DESIGN §8).
+                (PostBody::Public(content), true) => {
+                    self.post_secret(&group, item.client_id, content).await
+                }
+                _ => {
+                    let request = Request::Post {
+                        group: group.clone(),
+                        client_id: item.client_id,
+                        body: body.clone(),
+                    };
+                    self.request(&request).await
+                }
             };
-            match self.request(&request).await {
+            match response {
                 Ok(Response::Posted {
                     seq, sent_at_ms, ..
                 }) => {
@@ -143,7 +149,11 @@ impl Client {
                         expires_at_ms: None,
                         removes: None,
                     };
-                    self.store.mark_acked(item.client_id, &row)?;
+                    if group.is_secret() {
+                        self.store.mark_acked_own_mls(item.client_id, &row)?;
+                    } else {
+                        self.store.mark_acked(item.client_id, &row)?;
+                    }
                     // One's own message is not unread; it only moves the read mark when
                     // everything before it was read, so nothing from others is skipped.
                     if self.store.read_mark(&row.group)? + 1 >= seq {
@@ -152,7 +162,7 @@ impl Client {
                     report.sent += 1;
                 }
                 Ok(_) => return Err(ClientError::UnexpectedResponse("Post")),
-                Err(e) if is_permanent(&e) => {
+                Err(e) if is_permanent(&e) || matches!(e, ClientError::NotMember(_)) => {
                     let (code, reason) = match &e {
                         ClientError::Server { code, message } => (Some(*code), message.clone()),
                         other => (None, other.to_string()),
@@ -184,6 +194,7 @@ impl Client {
                 report.fetched.push((g.handle.to_string(), n));
             }
         }
+        report.fetched.extend(self.sync_secret_groups().await?);
         Ok(report)
     }
 
@@ -222,18 +233,17 @@ impl Client {
 
     /// Syncs one group, marks it read, and returns its whole local timeline.
     pub async fn read(&mut self, group: &GroupHandle) -> Result<Vec<TimelineRow>> {
-        if group.is_secret() {
-            return Err(ClientError::Invalid(format!(
-                "{group}: secret groups are not supported by this client version"
-            )));
-        }
         // Deliver our own queued messages first, so the timeline shows them.
         if let Err(e) = self.flush_outbox().await {
             if !e.is_transient() {
                 return Err(e);
             }
         }
-        self.fetch_group(group).await?;
+        if group.is_secret() {
+            self.sync_secret_group(group).await?;
+        } else {
+            self.fetch_group(group).await?;
+        }
         let handle = group.to_string();
         let cursor = self.store.cursor(&handle)?;
         self.store.mark_read(&handle, cursor)?;
@@ -244,6 +254,12 @@ impl Client {
     /// Returns the timeline rows that became new.
     pub async fn apply_event(&mut self, event: &Event) -> Result<Vec<TimelineRow>> {
         match event {
+            Event::Posted { group, .. } if group.is_secret() => {
+                self.apply_secret_event(event).await
+            }
+            Event::SecretGroupsChanged
+            | Event::CommitRequested { .. }
+            | Event::KeyPackagesLow { .. } => self.apply_secret_event(event).await,
             Event::Posted { group, entry } => {
                 let handle = group.to_string();
                 let cursor = self.store.cursor(&handle)?;

@@ -31,8 +31,13 @@ pub struct TestBackend {
     pub data: tempfile::TempDir,
     /// Client profiles live below this directory.
     pub profiles: tempfile::TempDir,
-    /// The running server, if running.
+    /// The running server, if running in this process.
     pub server: Option<RunningServer>,
+    /// The running server, if running as a `rathaus-server` child process
+    /// (see [`TestBackend::start_process`]).
+    pub process: Option<ServerProcess>,
+    /// Where a child process server writes its log (stderr), if anywhere.
+    pub server_log: Option<PathBuf>,
     /// The server's clock, advanced by tests (enrollment expiry, throttling).
     pub clock: Arc<ManualClock>,
     /// Where the server listens.
@@ -63,6 +68,8 @@ impl TestBackend {
             data,
             profiles,
             server: None,
+            process: None,
+            server_log: None,
             clock,
             addr: "127.0.0.1:0".parse()?,
             fingerprint: report.fingerprint.clone(),
@@ -70,6 +77,67 @@ impl TestBackend {
         };
         backend.run().await?;
         Ok(backend)
+    }
+
+    /// Like [`TestBackend::start`], but the server runs as a `rathaus-server run` child
+    /// process (so it can be SIGKILLed, see [`TestBackend::kill`]). With `log`, the server
+    /// runs with `RUST_LOG=trace` and its stderr goes to that file (appended across
+    /// restarts).
+    pub async fn start_process(log: Option<PathBuf>) -> Result<Self> {
+        init_tracing();
+        let data = tempfile::tempdir()?;
+        let profiles = tempfile::tempdir()?;
+        let clock = Arc::new(ManualClock::new(now_ms()));
+        let report = rathaus_server::init(
+            &InitOptions {
+                data_dir: data.path().join("server"),
+                listen: Some("127.0.0.1:0".parse()?),
+                org: Some("Stadt Teststadt".into()),
+                admin_user: None,
+            },
+            clock.as_ref(),
+        )?;
+        let mut backend = Self {
+            data,
+            profiles,
+            server: None,
+            process: None,
+            server_log: log,
+            clock,
+            addr: "127.0.0.1:0".parse()?,
+            fingerprint: report.fingerprint.clone(),
+            admin_code: Some((report.admin_user, report.enrollment_code)),
+        };
+        backend.spawn_process()?;
+        Ok(backend)
+    }
+
+    /// SIGKILLs the child process server (no shutdown handler runs).
+    pub fn kill(&mut self) -> Result<()> {
+        match self.process.take() {
+            Some(p) => p.kill(),
+            None => bail!("no server process to kill"),
+        }
+    }
+
+    /// Restarts the child process server on the same address.
+    pub fn restart_process(&mut self) -> Result<()> {
+        if let Some(p) = self.process.take() {
+            p.kill()?;
+        }
+        self.spawn_process()
+    }
+
+    fn spawn_process(&mut self) -> Result<()> {
+        let process = ServerProcess::spawn_logged(
+            &self.data_dir(),
+            &self.addr.to_string(),
+            self.server_log.as_deref(),
+        )?;
+        self.addr = process.addr;
+        self.fingerprint = process.fingerprint.clone();
+        self.process = Some(process);
+        Ok(())
     }
 
     /// The server's data directory.
@@ -89,10 +157,13 @@ impl TestBackend {
         Ok(())
     }
 
-    /// Stops the server gracefully.
+    /// Stops the server gracefully (a child process server is killed).
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
+        }
+        if let Some(process) = self.process.take() {
+            let _ = process.kill();
         }
     }
 
@@ -221,15 +292,33 @@ impl ServerProcess {
     /// Starts `rathaus-server run --data DIR --listen LISTEN` and waits for its
     /// "listening on ADDR fingerprint FP" line.
     pub fn spawn(data: &Path, listen: &str) -> Result<Self> {
+        Self::spawn_logged(data, listen, None)
+    }
+
+    /// Like [`ServerProcess::spawn`]; with `log`, the server logs at the most verbose
+    /// level (`RUST_LOG=trace`) and its stderr is appended to that file.
+    pub fn spawn_logged(data: &Path, listen: &str, log: Option<&Path>) -> Result<Self> {
         use std::io::BufRead;
-        let mut child = Command::new(workspace_bin("rathaus-server")?)
+        let mut command = Command::new(workspace_bin("rathaus-server")?);
+        command
             .args(["run", "--data"])
             .arg(data)
             .args(["--listen", listen])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start rathaus-server")?;
+            .stdout(Stdio::piped());
+        match log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                command.env("RUST_LOG", "trace").stderr(Stdio::from(file));
+            }
+            None => {
+                command.stderr(Stdio::null());
+            }
+        }
+        let mut child = command.spawn().context("cannot start rathaus-server")?;
         let stdout = child
             .stdout
             .take()
@@ -298,6 +387,32 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
         }
     }
     Ok(path)
+}
+
+/// Every file below `dir` whose raw bytes contain `needle` (for canary checks: secret
+/// content must appear nowhere in what the server stores).
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        } else if meta.is_file() {
+            let bytes = std::fs::read(&path)?;
+            if contains(&bytes, needle) {
+                found.push(path);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether `haystack` contains `needle` as a contiguous byte string.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Runs `f` with a generous bound, so a hang fails the test instead of blocking CI.

@@ -51,7 +51,8 @@ use openmls::prelude::{
     ExternalSender, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup,
     MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
     ProcessedMessageContent, Proposal, ProtocolVersion, QueuedProposal, RatchetTreeIn, Sender,
-    SignaturePublicKey, StagedCommit, StagedWelcome, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
+    SignaturePublicKey, StagedCommit, StagedWelcome, UnknownExtension,
+    MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider as _;
@@ -72,7 +73,31 @@ const SERVER_IDENTITY: &[u8] = b"rathaus-server";
 /// resumption PSKs itself, but a small store costs nothing.
 const RESUMPTION_PSKS: usize = 8;
 
+/// How many past epochs' message secrets a member keeps. A committer may
+/// merge its own commit before it fetched application messages sent just
+/// before it in the log; those stay readable. Forward secrecy is delayed by
+/// at most this many epochs.
+const PAST_EPOCHS: usize = 3;
+
+/// Extension type of the Rathaus group policy (owners, auto-admit) in the
+/// group context; from the private-use range of RFC 9420 §17.3. Only members
+/// can change the group context, so the server cannot (DESIGN §5.4).
+pub const GROUP_POLICY_EXTENSION: u16 = 0xF2A0;
+
+/// Leaf capabilities of every Rathaus device: a group context extension must
+/// be supported by every member (RFC 9420 §12.1.7), so key packages and the
+/// creator's leaf announce the group policy extension.
+fn rathaus_capabilities() -> Capabilities {
+    Capabilities::builder()
+        .extensions(vec![
+            ExtensionType::LastResort,
+            ExtensionType::Unknown(GROUP_POLICY_EXTENSION),
+        ])
+        .build()
+}
+
 /// A device's MLS state: its key packages and every group it is in.
+// Debug is written by hand below: the signer must never be printed.
 pub struct MlsEngine {
     /// The profile's SQLite file; openmls' tables live next to the client's own.
     connection: Connection,
@@ -82,6 +107,14 @@ pub struct MlsEngine {
     signer: DeviceSigner,
     /// This device's identity, as put into its credentials.
     identity: DeviceIdentity,
+}
+
+impl std::fmt::Debug for MlsEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlsEngine")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Key packages to upload to the delivery service (DESIGN §5.3).
@@ -241,10 +274,8 @@ impl MlsEngine {
             let build = |last_resort: bool| -> Result<Vec<u8>, MlsError> {
                 // RFC 9420 §10.1: an extension in a key package must be listed
                 // in its leaf's capabilities, or peers reject the package.
-                let capabilities = Capabilities::builder()
-                    .extensions(vec![ExtensionType::LastResort])
-                    .build();
-                let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
+                let mut builder =
+                    KeyPackage::builder().leaf_node_capabilities(rathaus_capabilities());
                 if last_resort {
                     builder = builder.mark_as_last_resort();
                 }
@@ -273,17 +304,38 @@ impl MlsEngine {
         group_id: &[u8],
         server_removal_key: &[u8; 32],
     ) -> Result<(), MlsError> {
+        self.create_group_with_policy(group_id, server_removal_key, None)
+    }
+
+    /// Like [`MlsEngine::create_group`], and puts `policy` (opaque bytes
+    /// defined by the caller) into the group context as the
+    /// [`GROUP_POLICY_EXTENSION`], where only members can change it.
+    pub fn create_group_with_policy(
+        &self,
+        group_id: &[u8],
+        server_removal_key: &[u8; 32],
+        policy: Option<&[u8]>,
+    ) -> Result<(), MlsError> {
         let external_senders = vec![ExternalSender::new(
             SignaturePublicKey::from(server_removal_key.to_vec()),
             BasicCredential::new(SERVER_IDENTITY.to_vec()).into(),
         )];
-        let extensions = Extensions::single(Extension::ExternalSenders(external_senders))
-            .map_err(|e| MlsError::protocol("create group", e))?;
+        let mut extensions = vec![Extension::ExternalSenders(external_senders)];
+        if let Some(policy) = policy {
+            extensions.push(Extension::Unknown(
+                GROUP_POLICY_EXTENSION,
+                UnknownExtension(policy.to_vec()),
+            ));
+        }
+        let extensions =
+            Extensions::from_vec(extensions).map_err(|e| MlsError::protocol("create group", e))?;
         let config = MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
+            .capabilities(rathaus_capabilities())
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(false)
             .number_of_resumption_psks(RESUMPTION_PSKS)
+            .max_past_epochs(PAST_EPOCHS)
             .with_group_context_extensions(extensions)
             .build();
         self.atomically(|provider| {
@@ -385,6 +437,7 @@ impl MlsEngine {
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(false)
             .number_of_resumption_psks(RESUMPTION_PSKS)
+            .max_past_epochs(PAST_EPOCHS)
             .build();
         self.atomically(|provider| {
             let group = StagedWelcome::new_from_welcome(provider, &config, welcome, Some(tree))
@@ -514,6 +567,48 @@ impl MlsEngine {
                     })
                 })
                 .collect()
+        })
+    }
+
+    /// The group policy bytes from the group context, if the group has one
+    /// (see [`MlsEngine::create_group_with_policy`]).
+    pub fn group_policy(&self, group_id: &[u8]) -> Result<Option<Vec<u8>>, MlsError> {
+        self.read(group_id, |group| {
+            Ok(group
+                .extensions()
+                .unknown(GROUP_POLICY_EXTENSION)
+                .map(|e| e.0.clone()))
+        })
+    }
+
+    /// How many proposals wait for a commit in this group.
+    pub fn pending_proposals(&self, group_id: &[u8]) -> Result<usize, MlsError> {
+        self.read(group_id, |group| Ok(group.pending_proposals().count()))
+    }
+
+    /// Drops every stored proposal of the group, e.g. a server Remove the
+    /// client refused because its target is still on the roster.
+    pub fn clear_pending_proposals(&self, group_id: &[u8]) -> Result<(), MlsError> {
+        self.atomically(|provider| {
+            let mut group = self.load(provider, group_id)?;
+            group
+                .clear_pending_proposals(provider.storage())
+                .map_err(|e| MlsError::protocol("clear proposals", e))
+        })
+    }
+
+    /// Deletes all state of the group from the profile (e.g. a group created
+    /// locally whose birth the server refused). Unknown groups are ignored.
+    pub fn delete_group(&self, group_id: &[u8]) -> Result<(), MlsError> {
+        self.atomically(|provider| {
+            let Some(mut group) =
+                MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))?
+            else {
+                return Ok(());
+            };
+            group
+                .delete(provider.storage())
+                .map_err(|e| MlsError::protocol("delete group", e))
         })
     }
 

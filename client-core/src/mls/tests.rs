@@ -294,3 +294,33 @@ fn failed_operation_leaves_no_trace_and_shares_the_file() -> TestResult {
     assert_eq!(engine.epoch(GROUP)?, 0);
     Ok(())
 }
+
+#[test]
+fn group_policy_travels_in_the_group_context() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let owner = Device::new(dir.path(), "P1001", 1)?;
+    let anna = Device::new(dir.path(), "P2002", 2)?;
+    let server = DeviceSigner::new(server_key());
+
+    owner
+        .engine()?
+        .create_group_with_policy(GROUP, &server.public_key(), Some(b"\x01owners"))?;
+    let kps = anna.engine()?.generate_key_packages(1)?;
+    let out = owner
+        .engine()?
+        .add_members(GROUP, &[kps.one_time[0].clone()])?;
+    owner.engine()?.merge_pending_commit(GROUP)?;
+    let tree = owner.engine()?.ratchet_tree(GROUP)?;
+    anna.engine()?
+        .join_from_welcome(&out.welcome.ok_or("no welcome")?, &tree)?;
+    for device in [&owner, &anna] {
+        assert_eq!(
+            device.engine()?.group_policy(GROUP)?.as_deref(),
+            Some(&b"\x01owners"[..])
+        );
+    }
+    assert_eq!(anna.engine()?.pending_proposals(GROUP)?, 0);
+    anna.engine()?.delete_group(GROUP)?;
+    assert!(!anna.engine()?.has_group(GROUP)?);
+    Ok(())
+}

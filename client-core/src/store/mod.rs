@@ -19,7 +19,7 @@ use crate::error::{ClientError, Result};
 pub const DB_FILE: &str = "profile.sqlite";
 
 /// Schema version written by this build (in SQLite's `user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// The profile's SQLite database.
 #[derive(Debug)]
@@ -253,6 +253,53 @@ impl ProfileStore {
         Ok(())
     }
 
+    /// Like [`ProfileStore::mark_acked`] for an MLS application message of this device,
+    /// which is also remembered as its own, so that fetching it back skips it.
+    pub fn mark_acked_own_mls(&mut self, client_id: ClientMsgId, row: &TimelineRow) -> Result<()> {
+        let tx = self.db.transaction()?;
+        tx.execute(
+            "UPDATE outbox SET state = 'acked', seq = ?2 WHERE client_id = ?1",
+            params![client_id.0.as_slice(), to_i64(row.seq)],
+        )?;
+        insert_row(&tx, row)?;
+        record_own_entry(&tx, &row.group, row.seq)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether the entry `seq` of `group` was written by this device.
+    pub fn is_own_entry(&self, group: &str, seq: u64) -> Result<bool> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT 1 FROM mls_own_entries WHERE grp = ?1 AND seq = ?2",
+                params![group, to_i64(seq)],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Remembers a user's display name.
+    pub fn set_user_name(&self, user: &str, name: &str) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO user_names(user, name) VALUES (?1, ?2)
+             ON CONFLICT(user) DO UPDATE SET name = excluded.name",
+            params![user, name],
+        )?;
+        Ok(())
+    }
+
+    /// A user's display name, if known.
+    pub fn user_name(&self, user: &str) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .query_row("SELECT name FROM user_names WHERE user = ?1", [user], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
     /// The seq and server time of an acknowledged message, if it was acknowledged.
     pub fn receipt(&self, client_id: ClientMsgId) -> Result<Option<(u64, i64)>> {
         let row: Option<(i64, i64)> = self
@@ -306,13 +353,68 @@ impl ProfileStore {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            // Secret groups: log entries this device wrote itself (MLS cannot process its own
+            // messages, so they are skipped when fetched back) and the display names learned
+            // from the server, for membership rows.
+            self.db.execute_batch(
+                "BEGIN;
+                 CREATE TABLE mls_own_entries (
+                     grp TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (grp, seq));
+                 CREATE TABLE user_names (user TEXT PRIMARY KEY, name TEXT NOT NULL);
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         Ok(())
     }
 }
 
+/// Stores timeline rows and advances the group's cursor to at least `cursor`, on any
+/// connection to the profile file and inside the caller's transaction. The MLS engine
+/// uses this so that a processed message and its history rows commit together.
+pub(crate) fn append_rows(
+    conn: &Connection,
+    group: &str,
+    rows: &[TimelineRow],
+    cursor: Option<u64>,
+) -> Result<()> {
+    for row in rows {
+        insert_row(conn, row)?;
+    }
+    if let Some(cursor) = cursor {
+        conn.execute(
+            "INSERT INTO cursors(grp, seq) VALUES (?1, ?2)
+             ON CONFLICT(grp) DO UPDATE SET seq = max(seq, excluded.seq)",
+            params![group, to_i64(cursor)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Remembers that this device wrote the entry `seq` of `group` (inside the caller's
+/// transaction).
+pub(crate) fn record_own_entry(conn: &Connection, group: &str, seq: u64) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO mls_own_entries(grp, seq) VALUES (?1, ?2)",
+        params![group, to_i64(seq)],
+    )?;
+    Ok(())
+}
+
+/// The cursor of `group` read through any connection to the profile file.
+pub(crate) fn cursor_on(conn: &Connection, group: &str) -> Result<u64> {
+    let seq: Option<i64> = conn
+        .query_row("SELECT seq FROM cursors WHERE grp = ?1", [group], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(seq.map_or(0, to_u64))
+}
+
 /// Inserts a timeline row (ignoring one already present) and applies a moderation
 /// entry's tombstone to the post it removes.
-fn insert_row(tx: &rusqlite::Transaction<'_>, row: &TimelineRow) -> Result<()> {
+fn insert_row(tx: &Connection, row: &TimelineRow) -> Result<()> {
     tx.prepare_cached(
         "INSERT OR IGNORE INTO timeline
          (grp, seq, sender, sender_name, sent_at_ms, kind, text, expires_at_ms, removes)

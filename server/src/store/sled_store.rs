@@ -5,6 +5,11 @@ use std::path::Path;
 
 use super::{Batch, FlushFuture, KeyValue, Store, StoreError};
 
+/// How often to retry opening a database whose lock is still held.
+const LOCK_RETRIES: u32 = 100;
+/// Pause between those retries (100 × 30 ms = 3 s at most).
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(30);
+
 /// A [`Store`] in a sled database.
 #[derive(Debug, Clone)]
 pub struct SledStore {
@@ -16,6 +21,22 @@ impl SledStore {
     /// Opens (or creates) the database in `path`. Fails with [`StoreError::Locked`] if
     /// another process has it open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // A database closed a moment ago in this process (e.g. by `init` right before
+        // `start`) may still be held by sled's background flusher for a short while; wait
+        // for it, but not for a server that really runs.
+        let mut attempts = 0;
+        loop {
+            match Self::open_once(path) {
+                Err(StoreError::Locked(_)) if attempts < LOCK_RETRIES => {
+                    attempts += 1;
+                    std::thread::sleep(LOCK_RETRY_PAUSE);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .open()
