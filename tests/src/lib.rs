@@ -433,6 +433,17 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS for process {pid}"))
 }
 
+/// Bytes of every key and value live in a (stopped) server's store: unlike the size of
+/// the files, this does not depend on when the storage engine allocates or reclaims space.
+pub fn store_bytes(data_dir: &Path) -> Result<u64> {
+    let store = SledStore::open(&data_dir.join("db"))?;
+    Ok(store
+        .range(&[], &[0xff; 16], usize::MAX)?
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum())
+}
+
 /// Total size in bytes of the files below `dir`.
 pub fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0;

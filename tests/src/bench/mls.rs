@@ -36,8 +36,13 @@ pub(crate) fn all(n: usize, reps: usize, messages: usize, suffix: &str) -> Resul
         engines += 1;
         let path = tmp.path().join(format!("profile-{engines}.sqlite"));
         let identity = DeviceIdentity::new(name, "d")?;
-        Ok(MlsEngine::open(
-            &path,
+        // The journal settings of a client profile (client-core's store): WAL, and every
+        // commit durable, as forward secrecy needs deleted keys to stay deleted.
+        let connection = rusqlite::Connection::open(&path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        Ok(MlsEngine::with_connection(
+            connection,
             SigningKey::generate(&mut OsRng),
             identity,
         )?)

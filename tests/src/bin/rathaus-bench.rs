@@ -58,7 +58,7 @@ const FULL: Sizes = Sizes {
     announce_storage_posts: 1000,
     mls_members: 1000,
     mls_reps: 3,
-    mls_messages: 1000,
+    mls_messages: 300,
     cli_runs: 30,
     idle_connections: 10_000,
 };
