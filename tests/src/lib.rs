@@ -17,9 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use ed25519_dalek::SigningKey;
+use rathaus_client::net::Connection;
 use rathaus_client::{Client, EnrollOptions};
-use rathaus_protocol::{DepartmentSlug, Role, UserId};
+use rathaus_protocol::{DepartmentSlug, DeviceId, DeviceKey, Role, UserId};
 use rathaus_server::clock::ManualClock;
+use rathaus_server::store::{
+    DepartmentRecord, DeviceRecord, SledStore, Store as _, UserRecord, Writes,
+};
 use rathaus_server::{InitOptions, RunOptions, RunningServer};
 
 /// Password every fixture user enrolls with.
@@ -295,11 +300,20 @@ impl ServerProcess {
         Self::spawn_logged(data, listen, None)
     }
 
+    /// Like [`ServerProcess::spawn`], with the server binary at `bin`.
+    pub fn spawn_bin(bin: &Path, data: &Path, listen: &str) -> Result<Self> {
+        Self::launch(bin, data, listen, None)
+    }
+
     /// Like [`ServerProcess::spawn`]; with `log`, the server logs at the most verbose
     /// level (`RUST_LOG=trace`) and its stderr is appended to that file.
     pub fn spawn_logged(data: &Path, listen: &str, log: Option<&Path>) -> Result<Self> {
+        Self::launch(&workspace_bin("rathaus-server")?, data, listen, log)
+    }
+
+    fn launch(bin: &Path, data: &Path, listen: &str, log: Option<&Path>) -> Result<Self> {
         use std::io::BufRead;
-        let mut command = Command::new(workspace_bin("rathaus-server")?);
+        let mut command = Command::new(bin);
         command
             .args(["run", "--data"])
             .arg(data)
@@ -413,6 +427,205 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Result<Vec<PathBuf>> {
 /// Whether `haystack` contains `needle` as a contiguous byte string.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A user with one device, written straight into a server's store (no enrollment, no
+/// Argon2): how the load tests and benchmarks get thousands of colleagues quickly.
+#[derive(Clone)]
+pub struct ProvisionedUser {
+    /// Personnel number.
+    pub id: UserId,
+    /// The device's id.
+    pub device: DeviceId,
+    /// The device's key.
+    pub key: SigningKey,
+}
+
+impl std::fmt::Debug for ProvisionedUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProvisionedUser")
+            .field("id", &self.id)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProvisionedUser {
+    /// Connects over `endpoint` (shared by many connections) and authenticates.
+    pub async fn connect(
+        &self,
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        fingerprint: &str,
+    ) -> Result<Connection> {
+        let conn =
+            Connection::connect_with_endpoint(endpoint.clone(), &addr.to_string(), fingerprint)
+                .await?;
+        conn.authenticate(&self.id, self.device, &self.key).await?;
+        Ok(conn)
+    }
+}
+
+/// What to write with [`provision_users`].
+#[derive(Debug, Clone)]
+pub struct Provisioning<'a> {
+    /// Personnel numbers are `{prefix}{index}`.
+    pub prefix: &'a str,
+    /// How many users.
+    pub count: usize,
+    /// Departments (created if missing) every user is a member of.
+    pub departments: &'a [&'a str],
+    /// Extra roles of every user (`member` is always given).
+    pub roles: &'a [Role],
+}
+
+/// Writes users with one device each straight into the (stopped) server's data directory
+/// `data_dir` (as made by `init`), and makes them members of `departments`. Flushes
+/// before returning.
+pub fn provision_users(data_dir: &Path, what: &Provisioning<'_>) -> Result<Vec<ProvisionedUser>> {
+    let store = Arc::new(SledStore::open(&data_dir.join("db"))?);
+    let db = rathaus_server::store::Db::new(store.clone());
+    let now = now_ms();
+    let mut roles = vec![Role::Member];
+    roles.extend(what.roles.iter().copied().filter(|r| *r != Role::Member));
+    let departments = what
+        .departments
+        .iter()
+        .map(|d| DepartmentSlug::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut users = Vec::with_capacity(what.count);
+    for chunk_start in (0..what.count).step_by(1000) {
+        let mut w = Writes::new();
+        for i in chunk_start..(chunk_start + 1000).min(what.count) {
+            let id = UserId::parse(&format!("{}{i}", what.prefix))?;
+            // Deterministic keys: generating 40,000 random keys is no faster and these
+            // accounts only exist for the duration of a test.
+            let mut seed = [0u8; 32];
+            seed[..what.prefix.len().min(16)]
+                .copy_from_slice(&what.prefix.as_bytes()[..what.prefix.len().min(16)]);
+            seed[24..].copy_from_slice(&(i as u64).to_be_bytes());
+            let key = SigningKey::from_bytes(&seed);
+            let device = DeviceId(store.next_id()?);
+            w.put_user(&UserRecord {
+                id: id.clone(),
+                name: format!("Kollegin {i}"),
+                roles: roles.clone(),
+                departments: departments.clone(),
+                password_hash: None,
+                devices: vec![DeviceRecord {
+                    id: device,
+                    key: DeviceKey(key.verifying_key().to_bytes()),
+                    name: "provisioned".into(),
+                    created_ms: now,
+                    revoked: false,
+                }],
+                removed: false,
+                created_ms: now,
+            })?;
+            users.push(ProvisionedUser { id, device, key });
+        }
+        db.apply(w)?;
+    }
+    let mut w = Writes::new();
+    for slug in &departments {
+        let mut dept = db.department(slug)?.unwrap_or_else(|| DepartmentRecord {
+            slug: slug.clone(),
+            name: slug.as_str().to_owned(),
+            owners: Vec::new(),
+            members: Vec::new(),
+            created_ms: now,
+        });
+        dept.members.extend(users.iter().map(|u| u.id.clone()));
+        w.put_department(&dept)?;
+    }
+    db.apply(w)?;
+    store.flush_blocking()?;
+    Ok(users)
+}
+
+/// Initialises a server data directory in `root` (no clients enrolled) and returns it.
+pub fn init_data_dir(root: &Path) -> Result<PathBuf> {
+    let data = root.join("server");
+    rathaus_server::init(
+        &InitOptions {
+            data_dir: data.clone(),
+            listen: Some("127.0.0.1:0".parse()?),
+            org: Some("Stadt Teststadt".into()),
+            admin_user: None,
+        },
+        &rathaus_server::clock::SystemClock,
+    )?;
+    Ok(data)
+}
+
+/// A client endpoint on `127.0.0.1:0` that many connections can share (one UDP socket
+/// instead of one per connection).
+pub fn shared_endpoint() -> Result<quinn::Endpoint> {
+    Ok(quinn::Endpoint::client("127.0.0.1:0".parse()?)?)
+}
+
+/// Resident set size of process `pid` in KiB (Linux `/proc`).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for process {pid}"))
+}
+
+/// Bytes of every key and value live in a (stopped) server's store: unlike the size of
+/// the files, this does not depend on when the storage engine allocates or reclaims space.
+pub fn store_bytes(data_dir: &Path) -> Result<u64> {
+    let store = SledStore::open(&data_dir.join("db"))?;
+    Ok(store
+        .range(&[], &[0xff; 16], usize::MAX)?
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum())
+}
+
+/// Total size in bytes of the files below `dir`.
+pub fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// Path of a binary built next to the running executable (for tools such as the
+/// benchmark, which run from `target/<profile>/` rather than `target/<profile>/deps/`).
+/// Builds it with the same profile if missing.
+pub fn sibling_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("unexpected executable location {}", exe.display()))?;
+    let path = dir.join(name);
+    if !path.exists() {
+        let package = if name == "rathaus" {
+            "rathaus-cli"
+        } else {
+            "rathaus-server"
+        };
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "-p", package, "--bin", name]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        if !cmd.status()?.success() || !path.exists() {
+            bail!("cannot build {name}");
+        }
+    }
+    Ok(path)
 }
 
 /// Runs `f` with a generous bound, so a hang fails the test instead of blocking CI.

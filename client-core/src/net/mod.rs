@@ -38,6 +38,27 @@ impl Connection {
     /// `pinned_fingerprint` (`SHA256:…`). A mismatch is refused with
     /// [`ClientError::FingerprintMismatch`].
     pub async fn connect(addr: &str, pinned_fingerprint: &str) -> Result<Self> {
+        Self::connect_inner(None, addr, pinned_fingerprint).await
+    }
+
+    /// Like [`Connection::connect`], but over a caller-built client endpoint: many
+    /// connections can share one UDP socket (load tools), or the socket can be a custom
+    /// [`quinn::AsyncUdpSocket`] (network simulation in tests). The pinned-certificate
+    /// configuration is applied to this connection only; the endpoint's default client
+    /// configuration is left alone.
+    pub async fn connect_with_endpoint(
+        endpoint: quinn::Endpoint,
+        addr: &str,
+        pinned_fingerprint: &str,
+    ) -> Result<Self> {
+        Self::connect_inner(Some(endpoint), addr, pinned_fingerprint).await
+    }
+
+    async fn connect_inner(
+        endpoint: Option<quinn::Endpoint>,
+        addr: &str,
+        pinned_fingerprint: &str,
+    ) -> Result<Self> {
         let pinned = fingerprint::parse(pinned_fingerprint)
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let unreachable = |reason: String| ClientError::Unreachable {
@@ -66,21 +87,25 @@ impl Connection {
         ));
         config.transport_config(Arc::new(transport));
 
-        let bind: SocketAddr = if remote.is_ipv6() {
-            "[::]:0"
-                .parse()
-                .map_err(|_| unreachable("bad bind address".into()))?
-        } else {
-            "0.0.0.0:0"
-                .parse()
-                .map_err(|_| unreachable("bad bind address".into()))?
+        let endpoint = match endpoint {
+            Some(endpoint) => endpoint,
+            None => {
+                let bind: SocketAddr = if remote.is_ipv6() {
+                    "[::]:0"
+                        .parse()
+                        .map_err(|_| unreachable("bad bind address".into()))?
+                } else {
+                    "0.0.0.0:0"
+                        .parse()
+                        .map_err(|_| unreachable("bad bind address".into()))?
+                };
+                quinn::Endpoint::client(bind)
+                    .map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?
+            }
         };
-        let mut endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
-        endpoint.set_default_client_config(config);
         let server_name = server_name(addr);
         let connecting = endpoint
-            .connect(remote, &server_name)
+            .connect_with(config, remote, &server_name)
             .map_err(|e| unreachable(e.to_string()))?;
         let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => return Err(unreachable("no answer (timed out)".into())),

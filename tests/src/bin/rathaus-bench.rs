@@ -1,1 +1,211 @@
-fn main() {}
+//! `rathaus-bench`: the DESIGN §10 quality bars, each workload measured next to its
+//! baseline in the same run, so the ratio holds on a noisy machine.
+//!
+//! ```text
+//! cargo run --release -p rathaus-tests --bin rathaus-bench -- [--quick] [--json]
+//! ```
+//!
+//! `--quick` runs reduced sizes (and says so in every workload name); `--json` prints
+//! `{"results": [{"workload", "value", "unit", "baseline", "ratio", "bar",
+//! "lower_is_better"}]}` instead of a table. `bar` is in the unit of `value`; for bars
+//! relative to bare openmls it is 1.25 × this run's baseline. A workload that cannot run
+//! in this build is reported with `value: null`, never with a made-up figure.
+//! `--only NAME[,NAME]` runs a subset (ingest, fanout, announce, mls, catchup, cli-send,
+//! idle-connections).
+
+#[path = "../bench/mls.rs"]
+mod mls;
+#[path = "../bench/process.rs"]
+mod process;
+#[path = "../bench/relay.rs"]
+mod relay;
+#[path = "../bench/report.rs"]
+mod report;
+
+use std::future::Future;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use report::Row;
+
+/// Workload sizes of one run.
+struct Sizes {
+    suffix: &'static str,
+    ingest_senders: usize,
+    ingest_posts: usize,
+    fanout_members: usize,
+    fanout_posts: usize,
+    announce_users: usize,
+    announce_connected: usize,
+    announce_posts: usize,
+    announce_storage_posts: usize,
+    mls_members: usize,
+    mls_reps: usize,
+    mls_messages: usize,
+    cli_runs: usize,
+    idle_connections: usize,
+}
+
+const FULL: Sizes = Sizes {
+    suffix: "",
+    ingest_senders: 100,
+    ingest_posts: 300,
+    fanout_members: 1000,
+    fanout_posts: 20,
+    announce_users: 40_000,
+    announce_connected: 5_000,
+    announce_posts: 5,
+    announce_storage_posts: 1000,
+    mls_members: 1000,
+    mls_reps: 3,
+    mls_messages: 300,
+    cli_runs: 30,
+    idle_connections: 10_000,
+};
+
+const QUICK: Sizes = Sizes {
+    suffix: " (quick)",
+    ingest_senders: 100,
+    ingest_posts: 50,
+    fanout_members: 200,
+    fanout_posts: 10,
+    announce_users: 4_000,
+    announce_connected: 500,
+    announce_posts: 3,
+    announce_storage_posts: 200,
+    mls_members: 200,
+    mls_reps: 1,
+    mls_messages: 200,
+    cli_runs: 10,
+    idle_connections: 1_000,
+};
+
+fn main() -> Result<()> {
+    let mut quick = false;
+    let mut json = false;
+    let mut only: Option<Vec<String>> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--json" => json = true,
+            "--only" => {
+                let list = args.next().unwrap_or_default();
+                only = Some(list.split(',').map(str::to_owned).collect());
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,cli-send,idle-connections]"
+                );
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    let sizes = if quick { &QUICK } else { &FULL };
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|w| w == name));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+    let s = sizes.suffix;
+
+    if wanted("ingest") {
+        rows.extend(run_async(&runtime, "ingest", "msg/s", s, async {
+            relay::ingest(sizes.ingest_senders, sizes.ingest_posts, s).await
+        }));
+    }
+    if wanted("fanout") {
+        rows.extend(run_async(&runtime, "fanout", "ms", s, async {
+            relay::fanout(sizes.fanout_members, sizes.fanout_posts, s).await
+        }));
+    }
+    if wanted("announce") {
+        rows.extend(run_async(&runtime, "announce", "ms", s, async {
+            relay::announce(
+                sizes.announce_users,
+                sizes.announce_connected,
+                sizes.announce_posts,
+                sizes.announce_storage_posts,
+                s,
+            )
+            .await
+        }));
+    }
+    if wanted("mls") {
+        let n = sizes.mls_members;
+        eprintln!("== mls ({n} members)");
+        let t = Instant::now();
+        match mls::all(n, sizes.mls_reps, sizes.mls_messages, s) {
+            Ok(r) => rows.extend(r),
+            Err(e) => {
+                eprintln!("   mls failed: {e:#}");
+                rows.push(Row::unavailable(
+                    format!("mls-{n}{s}"),
+                    "ms",
+                    &format!("{e:#}"),
+                ));
+            }
+        }
+        eprintln!("   {:.1} s", t.elapsed().as_secs_f64());
+    }
+    if wanted("catchup") {
+        // Needs the secret-group delivery service (server) and sync (client): an offline
+        // member of a 1,000-member secret group fetching 1,000 messages and 10 commits.
+        rows.push(Row::unavailable(
+            format!("catchup{s}"),
+            "ms",
+            "secret groups are not served by this build yet",
+        ));
+    }
+    if wanted("cli-send") {
+        rows.extend(run_async(&runtime, "cli-send", "ms", s, async {
+            process::cli_send(sizes.cli_runs, s).await
+        }));
+    }
+    if wanted("idle-connections") {
+        rows.extend(run_async(
+            &runtime,
+            "idle-connections",
+            "KiB/conn",
+            s,
+            async { process::idle_connections(sizes.idle_connections, s).await },
+        ));
+    }
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    eprintln!("total {:.1} s", started.elapsed().as_secs_f64());
+
+    if json {
+        report::print_json(&rows)?;
+    } else {
+        report::print_table(&rows);
+    }
+    Ok(())
+}
+
+/// Runs one async workload; a failure becomes an "unavailable" row with the reason, so one
+/// broken workload does not hide the others.
+fn run_async(
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    unit: &str,
+    suffix: &str,
+    workload: impl Future<Output = Result<Vec<Row>>>,
+) -> Vec<Row> {
+    eprintln!("== {name}");
+    let t = Instant::now();
+    let rows = match runtime.block_on(workload) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("   {name} failed: {e:#}");
+            vec![Row::unavailable(
+                format!("{name}{suffix}"),
+                unit,
+                &format!("failed: {e:#}"),
+            )]
+        }
+    };
+    eprintln!("   {:.1} s", t.elapsed().as_secs_f64());
+    rows
+}

@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    rathaus_protocol_fuzz::decode::<rathaus_protocol::messages::AuditEntry>(data)
+});

@@ -1,0 +1,328 @@
+//! client-core's MLS engine (state in the profile's SQLite file) against bare openmls
+//! with the in-memory provider, doing the same operation on the same inputs: key packages
+//! arrive as `MLSMessage` bytes and are validated, commits are staged, then merged, and
+//! Welcomes and ratchet trees are parsed from bytes on both sides.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use ed25519_dalek::SigningKey;
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::{
+    BasicCredential, Capabilities, CredentialWithKey, Extension, ExtensionType, Extensions,
+    ExternalSender, GroupId, KeyPackage, KeyPackageIn, MlsGroup, MlsGroupCreateConfig,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent,
+    ProtocolVersion, RatchetTreeIn, SignaturePublicKey, StagedWelcome,
+    MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
+};
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::OpenMlsProvider as _;
+use rand::rngs::OsRng;
+use rathaus_client::mls::{DeviceIdentity, DeviceSigner, Incoming, MlsEngine, CIPHERSUITE};
+
+use super::report::Row;
+
+/// The server's removal key in every group's `external_senders` (any Ed25519 key will do).
+const REMOVAL_KEY: [u8; 32] = [0x5a; 32];
+/// Size of an application message in `mls-message`.
+const MESSAGE: &[u8] = b"Die Sitzung beginnt um 10 Uhr im Raum 2.14 - bitte Unterlagen mitbringen.";
+
+/// All four MLS workloads for groups of `n` members; `reps` repetitions of each
+/// (medians reported), `messages` application messages.
+pub(crate) fn all(n: usize, reps: usize, messages: usize, suffix: &str) -> Result<Vec<Row>> {
+    let tmp = tempfile::tempdir()?;
+    let mut engines = 0usize;
+    let mut fresh_engine = |name: &str| -> Result<MlsEngine> {
+        engines += 1;
+        let path = tmp.path().join(format!("profile-{engines}.sqlite"));
+        let identity = DeviceIdentity::new(name, "d")?;
+        // The journal settings of a client profile (client-core's store): WAL, and every
+        // commit durable, as forward secrecy needs deleted keys to stay deleted.
+        let connection = rusqlite::Connection::open(&path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        Ok(MlsEngine::with_connection(
+            connection,
+            SigningKey::generate(&mut OsRng),
+            identity,
+        )?)
+    };
+    eprintln!("  mls: {} key packages of the other members", n - 1);
+    let others: Vec<Vec<u8>> = (1..n)
+        .map(|i| Bare::new(&format!("M{i}")).key_package())
+        .collect::<Result<_>>()?;
+    let mut rows = Vec::new();
+
+    // Create a group of n in one commit.
+    let (mut engine_times, mut bare_times) = (Vec::new(), Vec::new());
+    let mut kept = None;
+    for r in 0..reps {
+        let gid = format!("bauamt/secret-{r}").into_bytes();
+        let engine = fresh_engine(&format!("C{r}"))?;
+        let t = Instant::now();
+        engine.create_group(&gid, &REMOVAL_KEY)?;
+        engine.add_members(&gid, &others)?;
+        engine.merge_pending_commit(&gid)?;
+        engine_times.push(t.elapsed());
+
+        let bare = Bare::new(&format!("B{r}"));
+        let t = Instant::now();
+        let mut group = bare.create_group(&gid)?;
+        bare.add(&mut group, &others)?;
+        bare_times.push(t.elapsed());
+        kept = Some((engine, gid, bare, group));
+    }
+    rows.push(ratio_row(
+        &format!("mls-create-{n}{suffix}"),
+        &engine_times,
+        &bare_times,
+        format!("create + one commit adding {} members + merge", n - 1),
+    ));
+    let (engine, gid, bare, mut group) = kept.ok_or_else(|| anyhow!("no repetition ran"))?;
+
+    // Add one member to the group of n.
+    let (mut engine_times, mut bare_times) = (Vec::new(), Vec::new());
+    for r in 0..reps.max(3) {
+        let newcomer = Bare::new(&format!("N{r}")).key_package()?;
+        let t = Instant::now();
+        engine.add_members(&gid, std::slice::from_ref(&newcomer))?;
+        engine.merge_pending_commit(&gid)?;
+        engine_times.push(t.elapsed());
+        let t = Instant::now();
+        bare.add(&mut group, std::slice::from_ref(&newcomer))?;
+        bare_times.push(t.elapsed());
+    }
+    rows.push(ratio_row(
+        &format!("mls-add-one-{n}{suffix}"),
+        &engine_times,
+        &bare_times,
+        format!("one commit adding 1 member to a group of {n} + merge"),
+    ));
+    drop((engine, group));
+
+    // Join a group of n from a Welcome (and the ratchet tree the server would serve).
+    let joiners_engine = (0..reps)
+        .map(|r| fresh_engine(&format!("JE{r}")))
+        .collect::<Result<Vec<_>>>()?;
+    let joiners_bare: Vec<Bare> = (0..reps).map(|r| Bare::new(&format!("JB{r}"))).collect();
+    let mut invited: Vec<Vec<u8>> = others[..n - 1 - 2 * reps].to_vec();
+    for j in &joiners_engine {
+        invited.push(j.generate_key_packages(1)?.one_time.remove(0));
+    }
+    for j in &joiners_bare {
+        invited.push(j.key_package()?);
+    }
+    let creator = Bare::new("JC");
+    let mut group = creator.create_group(b"join")?;
+    let welcome = creator.add(&mut group, &invited)?;
+    let tree = group.export_ratchet_tree().tls_serialize_detached()?;
+    let (mut engine_times, mut bare_times) = (Vec::new(), Vec::new());
+    for (je, jb) in joiners_engine.iter().zip(&joiners_bare) {
+        let t = Instant::now();
+        je.join_from_welcome(&welcome, &tree)?;
+        engine_times.push(t.elapsed());
+        let t = Instant::now();
+        jb.join(&welcome, &tree)?;
+        bare_times.push(t.elapsed());
+    }
+    rows.push(ratio_row(
+        &format!("mls-join-{n}{suffix}"),
+        &engine_times,
+        &bare_times,
+        format!("join a group of {n} from a Welcome + ratchet tree"),
+    ));
+    drop(joiners_engine);
+
+    // Application message: encrypt at one member, decrypt at the other.
+    let a = fresh_engine("MA")?;
+    let b = fresh_engine("MB")?;
+    a.create_group(b"chat", &REMOVAL_KEY)?;
+    let out = a.add_members(b"chat", &b.generate_key_packages(1)?.one_time)?;
+    a.merge_pending_commit(b"chat")?;
+    let welcome = out.welcome.ok_or_else(|| anyhow!("no welcome"))?;
+    b.join_from_welcome(&welcome, &a.ratchet_tree(b"chat")?)?;
+    let (ba, bb) = (Bare::new("BA"), Bare::new("BB"));
+    let mut ga = ba.create_group(b"chat")?;
+    let welcome = ba.add(&mut ga, &[bb.key_package()?])?;
+    let mut gb = bb.join(
+        &welcome,
+        &ga.export_ratchet_tree().tls_serialize_detached()?,
+    )?;
+    let (mut engine_total, mut bare_total) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..messages {
+        let t = Instant::now();
+        let ct = a.encrypt(b"chat", MESSAGE)?;
+        match b.process_message(&ct)? {
+            Incoming::Application { plaintext, .. } if plaintext == MESSAGE => {}
+            other => return Err(anyhow!("unexpected: {other:?}")),
+        }
+        engine_total += t.elapsed();
+        let t = Instant::now();
+        let ct = ga.create_message(&ba.provider, &ba.signer, MESSAGE)?;
+        let ct = ct.tls_serialize_detached()?;
+        bb.decrypt(&mut gb, &ct)?;
+        bare_total += t.elapsed();
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / messages as f64;
+    let (e, b) = (per(engine_total), per(bare_total));
+    rows.push(
+        Row::new(format!("mls-message{suffix}"), e, "µs")
+            .baseline(b)
+            .bar(1.25 * b)
+            .note(format!(
+                "encrypt + decrypt of a {} B message in a 2-member group, mean of {messages}",
+                MESSAGE.len()
+            )),
+    );
+    Ok(rows)
+}
+
+fn ratio_row(name: &str, engine: &[Duration], bare: &[Duration], what: String) -> Row {
+    let median = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    let (e, b) = (median(engine), median(bare));
+    Row::new(name, e, "ms")
+        .baseline(b)
+        .bar(1.25 * b)
+        .note(format!("{what}; median of {}", engine.len()))
+}
+
+/// A device running bare openmls with the in-memory provider.
+struct Bare {
+    provider: OpenMlsRustCrypto,
+    signer: DeviceSigner,
+    credential: CredentialWithKey,
+}
+
+impl Bare {
+    fn new(user: &str) -> Self {
+        let signer = DeviceSigner::new(SigningKey::generate(&mut OsRng));
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(format!("{user}/d").into_bytes()).into(),
+            signature_key: SignaturePublicKey::from(signer.public_key().to_vec()),
+        };
+        Self {
+            provider: OpenMlsRustCrypto::default(),
+            signer,
+            credential,
+        }
+    }
+
+    /// A key package as `MLSMessage` bytes, with the capabilities Rathaus clients use.
+    fn key_package(&self) -> Result<Vec<u8>> {
+        let capabilities = Capabilities::builder()
+            .extensions(vec![ExtensionType::LastResort])
+            .build();
+        let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(capabilities)
+            .build(
+                CIPHERSUITE,
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )?;
+        Ok(MlsMessageOut::from(bundle.key_package().clone()).tls_serialize_detached()?)
+    }
+
+    fn create_group(&self, gid: &[u8]) -> Result<MlsGroup> {
+        let external_senders = vec![ExternalSender::new(
+            SignaturePublicKey::from(REMOVAL_KEY.to_vec()),
+            BasicCredential::new(b"rathaus-server".to_vec()).into(),
+        )];
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(CIPHERSUITE)
+            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(false)
+            .number_of_resumption_psks(8)
+            .with_group_context_extensions(Extensions::single(Extension::ExternalSenders(
+                external_senders,
+            ))?)
+            .build();
+        Ok(MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &config,
+            GroupId::from_slice(gid),
+            self.credential.clone(),
+        )?)
+    }
+
+    /// Validates the key packages, stages one commit adding them, merges it; returns the
+    /// Welcome bytes.
+    fn add(&self, group: &mut MlsGroup, key_packages: &[Vec<u8>]) -> Result<Vec<u8>> {
+        let key_packages = key_packages
+            .iter()
+            .map(|bytes| {
+                let MlsMessageBodyIn::KeyPackage(kp) =
+                    MlsMessageIn::tls_deserialize_exact(bytes)?.extract()
+                else {
+                    return Err(anyhow!("not a key package"));
+                };
+                let kp: KeyPackageIn = kp;
+                Ok(kp.validate(self.provider.crypto(), ProtocolVersion::Mls10)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bundle = group
+            .commit_builder()
+            .consume_proposal_store(true)
+            .propose_adds(key_packages)
+            .load_psks(self.provider.storage())?
+            .create_group_info(true)
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &self.signer,
+                |_| true,
+            )?
+            .stage_commit(&self.provider)?;
+        let (commit, welcome, group_info) = bundle.into_messages();
+        // Serialised as the engine does, for the delivery service.
+        commit.tls_serialize_detached()?;
+        if let Some(info) = group_info {
+            info.tls_serialize_detached()?;
+        }
+        let welcome = welcome
+            .ok_or_else(|| anyhow!("no welcome"))?
+            .tls_serialize_detached()?;
+        group.merge_pending_commit(&self.provider)?;
+        Ok(welcome)
+    }
+
+    fn join(&self, welcome: &[u8], tree: &[u8]) -> Result<MlsGroup> {
+        let MlsMessageBodyIn::Welcome(welcome) =
+            MlsMessageIn::tls_deserialize_exact(welcome)?.extract()
+        else {
+            return Err(anyhow!("not a welcome"));
+        };
+        let tree = RatchetTreeIn::tls_deserialize_exact(tree)?;
+        let config = MlsGroupJoinConfig::builder()
+            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(false)
+            .number_of_resumption_psks(8)
+            .build();
+        Ok(
+            StagedWelcome::new_from_welcome(&self.provider, &config, welcome, Some(tree))?
+                .into_group(&self.provider)?,
+        )
+    }
+
+    fn decrypt(&self, group: &mut MlsGroup, message: &[u8]) -> Result<()> {
+        let message = MlsMessageIn::tls_deserialize_exact(message)?.try_into_protocol_message()?;
+        match group
+            .process_message(&self.provider, message)?
+            .into_content()
+        {
+            ProcessedMessageContent::ApplicationMessage(m) => {
+                if m.into_bytes() == MESSAGE {
+                    Ok(())
+                } else {
+                    Err(anyhow!("wrong plaintext"))
+                }
+            }
+            _ => Err(anyhow!("not the application message")),
+        }
+    }
+}
