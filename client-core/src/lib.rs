@@ -30,6 +30,7 @@ mod secret;
 pub mod store;
 mod sync;
 pub mod time_fmt;
+pub mod trust;
 
 pub use announce::AnnouncementDraft;
 pub use client::{Client, EnrollOptions, GroupView, Identity};
