@@ -654,22 +654,19 @@ fn row_text_event(row: &TimelineRow) -> String {
 
 fn print_secret_members(out: &Output, view: &SecretGroupView, client: &Client) -> Result<()> {
     let group_code = crate::verify::group_code(client, &view.group)?;
-    let members: Vec<Value> = view
-        .members
-        .iter()
-        .map(|m| {
-            json!({"user": m.user, "name": m.name, "owner": m.owner,
-                   "devices": m.devices.iter().map(|d| {
-                       let mut doc = json!({"device": d.device, "fingerprint": d.fingerprint});
-                       if let (Value::Object(doc), (Value::Object(marks), _)) =
-                           (&mut doc, crate::verify::device_marks(client, &m.user, d))
-                       {
-                           doc.extend(marks);
-                       }
-                       doc
-                   }).collect::<Vec<_>>()})
-        })
-        .collect();
+    let mut marks = Vec::new();
+    let mut members: Vec<Value> = Vec::new();
+    for m in &view.members {
+        let mut devices = Vec::new();
+        for d in &m.devices {
+            let mark = crate::verify::device_marks(client, &m.user, d)?;
+            devices.push(json!({"device": d.device, "fingerprint": d.fingerprint,
+                                "verified": mark.verified, "key_changed": mark.key_changed}));
+            marks.push(mark.human(&m.user));
+        }
+        members.push(json!({"user": m.user, "name": m.name, "owner": m.owner,
+                            "devices": devices}));
+    }
     out.print(
         json!({"group": view.group.to_string(), "born": view.born, "joined": view.joined,
                "epoch": view.epoch, "members": members, "owners": view.owners,
@@ -688,6 +685,7 @@ fn print_secret_members(out: &Output, view: &SecretGroupView, client: &Client) -
                     ", not created yet: an owner's client creates it on sync"
                 }
             )];
+            let mut marks = marks.iter();
             for m in &view.members {
                 lines.push(format!(
                     "{:<16} {}{}",
@@ -696,9 +694,9 @@ fn print_secret_members(out: &Output, view: &SecretGroupView, client: &Client) -
                     if m.owner { " [owner]" } else { "" }
                 ));
                 for d in &m.devices {
-                    let (_, marks) = crate::verify::device_marks(client, &m.user, d);
+                    let mark = marks.next().map_or("", String::as_str);
                     lines.push(format!(
-                        "    device {:<6} key {}{marks}",
+                        "    device {:<6} key {}{mark}",
                         d.device, d.fingerprint
                     ));
                 }

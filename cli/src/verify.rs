@@ -14,7 +14,7 @@ pub(crate) async fn run(
     confirm: bool,
     out: &Output,
 ) -> Result<()> {
-    let Some(report) = client.safety_number(user).await? else {
+    let Some(mut report) = client.safety_number(user).await? else {
         return Err(anyhow!(
             "no key of {user} is known on this device yet: you share no secret group with \
              them that this device is a member of, so there is nothing to verify"
@@ -22,13 +22,19 @@ pub(crate) async fn run(
     };
     if confirm {
         client.confirm_verified(&report)?;
+        // Show what is stored now (a key that changed meanwhile stays unverified).
+        for d in &mut report.devices {
+            if let Some(pin) = client.device_pin(&d.user, &d.device)? {
+                *d = pin;
+            }
+        }
     }
     let devices: Vec<Value> = report
         .devices
         .iter()
         .map(|d| {
             json!({"device": d.device, "fingerprint": key_fingerprint(&d.key),
-                   "verified": d.verified || confirm, "key_changed": d.changed_ms.is_some() && !confirm})
+                   "verified": d.verified, "key_changed": d.changed_ms.is_some()})
         })
         .collect();
     out.print(
@@ -42,7 +48,7 @@ pub(crate) async fn run(
             }
             lines.push(String::new());
             for d in &report.devices {
-                let mark = if confirm || d.verified {
+                let mark = if d.verified {
                     "verified"
                 } else if d.changed_ms.is_some() {
                     "KEY CHANGED, not verified"
@@ -76,17 +82,36 @@ pub(crate) fn group_code(client: &Client, group: &GroupHandle) -> Result<Option<
     Ok(client.group_check_code(group)?.map(|c| c.to_string()))
 }
 
-/// Trust marks of one device for `rathaus members`: JSON fields and a human suffix.
-pub(crate) fn device_marks(client: &Client, user: &str, device: &SecretDevice) -> (Value, String) {
-    let pin = client.device_pin(user, &device.device).ok().flatten();
-    let verified = pin.as_ref().is_some_and(|p| p.verified);
-    let changed = pin.as_ref().is_some_and(|p| p.changed_ms.is_some());
-    let human = if changed {
-        format!("  KEY CHANGED — verify with `rathaus verify {user}`")
-    } else if verified {
-        "  (verified)".to_owned()
-    } else {
-        String::new()
-    };
-    (json!({"verified": verified, "key_changed": changed}), human)
+/// What `rathaus members` shows about one device's key.
+pub(crate) struct DeviceMarks {
+    /// The key was compared in person and confirmed.
+    pub(crate) verified: bool,
+    /// The key replaced an earlier one and was not verified since.
+    pub(crate) key_changed: bool,
+}
+
+impl DeviceMarks {
+    /// The suffix of the device's line in human output.
+    pub(crate) fn human(&self, user: &str) -> String {
+        if self.key_changed {
+            format!("  KEY CHANGED — verify with `rathaus verify {user}`")
+        } else if self.verified {
+            "  (verified)".to_owned()
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// The trust marks of one device of `user`, from this device's pins.
+pub(crate) fn device_marks(
+    client: &Client,
+    user: &str,
+    device: &SecretDevice,
+) -> Result<DeviceMarks> {
+    let pin = client.device_pin(user, &device.device)?;
+    Ok(DeviceMarks {
+        verified: pin.as_ref().is_some_and(|p| p.verified),
+        key_changed: pin.as_ref().is_some_and(|p| p.changed_ms.is_some()),
+    })
 }

@@ -145,3 +145,60 @@ fn read_pin(r: &rusqlite::Row<'_>) -> rusqlite::Result<DevicePin> {
         changed_ms: r.get(5)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ProfileStore, TimelineRow};
+
+    fn row(seq: u64) -> TimelineRow {
+        TimelineRow {
+            group: "bauamt/secret".into(),
+            seq,
+            sender: "P1001".into(),
+            sender_name: "Anna Berg".into(),
+            sent_at_ms: 0,
+            kind: "text".into(),
+            text: format!("m{seq}"),
+            expires_at_ms: None,
+            removes: None,
+        }
+    }
+
+    #[test]
+    fn notices_follow_the_entry_they_were_found_after_and_pins_track_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = ProfileStore::open(dir.path()).unwrap();
+        store
+            .append_fetched("bauamt/secret", &[row(1), row(2)], 2)
+            .unwrap();
+        let conn = store.connection();
+        add_notice(conn, "bauamt/secret", 1, 5, "warning", "key changed").unwrap();
+        let kinds: Vec<(u64, String)> = store
+            .timeline("bauamt/secret")
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.seq, r.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (1, "text".to_owned()),
+                (1, "warning".to_owned()),
+                (2, "text".to_owned())
+            ]
+        );
+
+        let conn = store.connection();
+        insert(conn, "P1002", "7", &[1; 32], 10).unwrap();
+        mark_verified(conn, "P1002", &[("7".to_owned(), vec![1; 32])]).unwrap();
+        assert!(pin(conn, "P1002", "7").unwrap().unwrap().verified);
+        replace_key(conn, "P1002", "7", &[2; 32], 20).unwrap();
+        let changed = pin(conn, "P1002", "7").unwrap().unwrap();
+        assert!(!changed.verified);
+        assert_eq!(changed.changed_ms, Some(20));
+        // Confirming the old key does not verify the new one.
+        mark_verified(conn, "P1002", &[("7".to_owned(), vec![1; 32])]).unwrap();
+        assert!(!pin(conn, "P1002", "7").unwrap().unwrap().verified);
+    }
+}
