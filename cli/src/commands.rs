@@ -188,7 +188,7 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             let group = GroupHandle::parse(&group)?;
             let mut client = open(profile)?;
             let view = client.secret_group(&group).await?;
-            print_secret_members(out, &view);
+            print_secret_members(out, &view, &client)?;
             client.disconnect().await;
             Ok(())
         }
@@ -269,6 +269,13 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             });
             client.disconnect().await;
             Ok(())
+        }
+        Command::Verify { user, confirm } => {
+            let user = UserId::parse(&user)?;
+            let mut client = open(profile)?;
+            let result = crate::verify::run(&mut client, &user, confirm, out).await;
+            client.disconnect().await;
+            result
         }
         Command::Demo => crate::demo::run(out).await,
     }
@@ -645,20 +652,26 @@ fn row_text_event(row: &TimelineRow) -> String {
     format!("[{}] {}", row.group, row_text(row))
 }
 
-fn print_secret_members(out: &Output, view: &SecretGroupView) {
-    let members: Vec<Value> = view
-        .members
-        .iter()
-        .map(|m| {
-            json!({"user": m.user, "name": m.name, "owner": m.owner,
-                   "devices": m.devices.iter().map(|d| json!({"device": d.device,
-                       "fingerprint": d.fingerprint})).collect::<Vec<_>>()})
-        })
-        .collect();
+fn print_secret_members(out: &Output, view: &SecretGroupView, client: &Client) -> Result<()> {
+    let group_code = crate::verify::group_code(client, &view.group)?;
+    let mut marks = Vec::new();
+    let mut members: Vec<Value> = Vec::new();
+    for m in &view.members {
+        let mut devices = Vec::new();
+        for d in &m.devices {
+            let mark = crate::verify::device_marks(client, &m.user, d)?;
+            devices.push(json!({"device": d.device, "fingerprint": d.fingerprint,
+                                "verified": mark.verified, "key_changed": mark.key_changed}));
+            marks.push(mark.human(&m.user));
+        }
+        members.push(json!({"user": m.user, "name": m.name, "owner": m.owner,
+                            "devices": devices}));
+    }
     out.print(
         json!({"group": view.group.to_string(), "born": view.born, "joined": view.joined,
                "epoch": view.epoch, "members": members, "owners": view.owners,
-               "auto_admit": view.auto_admit, "pending": view.pending}),
+               "auto_admit": view.auto_admit, "pending": view.pending,
+               "group_code": group_code}),
         || {
             let mut lines = vec![format!(
                 "{} (epoch {}{})",
@@ -672,6 +685,7 @@ fn print_secret_members(out: &Output, view: &SecretGroupView) {
                     ", not created yet: an owner's client creates it on sync"
                 }
             )];
+            let mut marks = marks.iter();
             for m in &view.members {
                 lines.push(format!(
                     "{:<16} {}{}",
@@ -680,8 +694,17 @@ fn print_secret_members(out: &Output, view: &SecretGroupView) {
                     if m.owner { " [owner]" } else { "" }
                 ));
                 for d in &m.devices {
-                    lines.push(format!("    device {:<6} key {}", d.device, d.fingerprint));
+                    let mark = marks.next().map_or("", String::as_str);
+                    lines.push(format!(
+                        "    device {:<6} key {}{mark}",
+                        d.device, d.fingerprint
+                    ));
                 }
+            }
+            if let Some(code) = &group_code {
+                lines.push(format!(
+                    "group code: {code}  (everybody in the meeting should see the same)"
+                ));
             }
             lines.push(format!("owners: {}", view.owners.join(", ")));
             lines.push(format!(
@@ -700,4 +723,5 @@ fn print_secret_members(out: &Output, view: &SecretGroupView) {
             lines.join("\n")
         },
     );
+    Ok(())
 }

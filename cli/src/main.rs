@@ -7,6 +7,7 @@ mod commands;
 mod demo;
 mod output;
 mod password;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,6 +111,14 @@ pub(crate) enum Command {
         group: String,
         /// The personnel number of the pending user.
         user: String,
+    },
+    /// Show the safety number with a colleague, to compare in person.
+    Verify {
+        /// The colleague's personnel number.
+        user: String,
+        /// The numbers matched: mark the colleague's current keys as verified.
+        #[arg(long)]
+        confirm: bool,
     },
     /// Announcements: draft, submit, approve, publish, acknowledge.
     Announce {

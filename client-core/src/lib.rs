@@ -4,7 +4,8 @@
 //! embed it the same way.
 //!
 //! A profile is a directory holding the device key (`device.key`, mode 0600) and one
-//! SQLite file with settings, cursors, the timeline and the outbox.
+//! SQLite file with settings, cursors, the timeline, the outbox, the MLS state and the
+//! pinned device keys of colleagues ([`trust`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), rathaus_client::ClientError> {
@@ -30,6 +31,7 @@ mod secret;
 pub mod store;
 mod sync;
 pub mod time_fmt;
+pub mod trust;
 
 pub use announce::AnnouncementDraft;
 pub use client::{Client, EnrollOptions, GroupView, Identity};

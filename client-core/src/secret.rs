@@ -626,7 +626,7 @@ impl Client {
                 break;
             }
         }
-        Ok(())
+        self.pin_group_keys(group)
     }
 
     /// Processes one log entry and stores its rows and the cursor in one transaction.
@@ -927,6 +927,7 @@ impl Client {
                         store::append_rows(conn, &handle, &rows, contiguous.then_some(seq))
                     })();
                     finish(conn, result)?;
+                    self.pin_group_keys(group)?;
                     return Ok(Some(seq));
                 }
                 Ok(_) => {

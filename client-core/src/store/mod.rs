@@ -75,6 +75,7 @@ impl ProfileStore {
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         let store = Self { db };
         store.migrate()?;
+        crate::trust::create_tables(&store.db)?;
         Ok(store)
     }
 
@@ -144,25 +145,39 @@ impl ProfileStore {
 
     fn timeline_at(&self, group: &str, now_ms: Option<i64>) -> Result<Vec<TimelineRow>> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT grp, seq, sender, sender_name, sent_at_ms, kind, text, expires_at_ms, removes
+            // Trust notices (crate::trust) follow the entry that was newest when they were
+            // found.
+            "SELECT grp, seq, sender, sender_name, sent_at_ms, kind, text, expires_at_ms, removes,
+                    0 AS src, 0 AS at
              FROM timeline WHERE grp = ?1
              AND (?2 IS NULL OR expires_at_ms IS NULL OR expires_at_ms > ?2)
-             ORDER BY seq",
+             UNION ALL
+             SELECT grp, seq, ?3, ?4, at_ms, kind, text, NULL, NULL, 1 AS src, rowid AS at
+             FROM trust_notices WHERE grp = ?1
+             ORDER BY seq, src, at",
         )?;
         let rows = stmt
-            .query_map(params![group, now_ms], |r| {
-                Ok(TimelineRow {
-                    group: r.get(0)?,
-                    seq: to_u64(r.get(1)?),
-                    sender: r.get(2)?,
-                    sender_name: r.get(3)?,
-                    sent_at_ms: r.get(4)?,
-                    kind: r.get(5)?,
-                    text: r.get(6)?,
-                    expires_at_ms: r.get(7)?,
-                    removes: r.get::<_, Option<i64>>(8)?.map(to_u64),
-                })
-            })?
+            .query_map(
+                params![
+                    group,
+                    now_ms,
+                    crate::trust::TRUST_SENDER,
+                    "Rathaus (this device)"
+                ],
+                |r| {
+                    Ok(TimelineRow {
+                        group: r.get(0)?,
+                        seq: to_u64(r.get(1)?),
+                        sender: r.get(2)?,
+                        sender_name: r.get(3)?,
+                        sent_at_ms: r.get(4)?,
+                        kind: r.get(5)?,
+                        text: r.get(6)?,
+                        expires_at_ms: r.get(7)?,
+                        removes: r.get::<_, Option<i64>>(8)?.map(to_u64),
+                    })
+                },
+            )?
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(rows)
     }

@@ -1,0 +1,200 @@
+//! Trust (DESIGN §5.8): which device keys this client has seen, and the numbers people
+//! compare in person.
+//!
+//! Every (user, device, key) the client learns from the MLS state of a secret group is
+//! *pinned* on first sight (trust on first use). When a later sync shows another key for
+//! a pinned device, the pin is replaced, its verification is dropped and a `warning` row
+//! appears in the affected group's timeline; a new device of a user already known gets a
+//! `notice` row. `rathaus verify USER` prints the [`SafetyNumber`] over both users'
+//! pinned keys, and `--confirm` marks those keys verified. A [`GroupCode`] over the
+//! roster and the epoch authenticator lets a team check in a meeting that everybody
+//! sees the same group.
+//!
+//! Keys come only from MLS leaves: the server's member lists carry no keys, and a key the
+//! server merely claims would prove nothing.
+//!
+//! Trust rows live in their own table (`trust_notices`) and are merged into the timeline
+//! when it is read, after the log entry that was the newest when the change was seen:
+//! the timeline's rows are keyed by the server's seq, and a local finding has none.
+
+mod codes;
+mod pins;
+
+use std::collections::BTreeSet;
+
+use rathaus_protocol::{GroupHandle, UserId};
+
+use crate::client::Client;
+use crate::error::Result;
+use crate::secret::{key_fingerprint, mls_group_id};
+
+pub use codes::{group_code, safety_number, DeviceKeyEntry, GroupCode, SafetyNumber};
+pub use pins::DevicePin;
+
+pub(crate) use pins::create_tables;
+
+/// Timeline kind of a changed key.
+pub const WARNING_KIND: &str = "warning";
+/// Timeline kind of a new device of a user already known.
+pub const NOTICE_KIND: &str = "notice";
+/// The sender of trust rows: this client's own finding, not a message.
+pub const TRUST_SENDER: &str = "rathaus";
+
+/// What `rathaus verify USER` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetyReport {
+    /// The other user.
+    pub user: String,
+    /// The number to compare in person.
+    pub number: SafetyNumber,
+    /// That user's pinned devices.
+    pub devices: Vec<DevicePin>,
+}
+
+impl Client {
+    /// Pins the device keys of `group`'s MLS members and records a timeline row for every
+    /// key change (a warning) and every new device of a known user (a notice). Called
+    /// whenever this device's view of the group may have changed.
+    pub(crate) fn pin_group_keys(&self, group: &GroupHandle) -> Result<()> {
+        let gid = mls_group_id(group);
+        if !self.mls.has_group(&gid)? {
+            return Ok(());
+        }
+        let members = self.mls.members(&gid)?;
+        let handle = group.to_string();
+        let seq = self.store.cursor(&handle)?;
+        let now = crate::time_fmt::now_ms();
+        let conn = self.store.connection();
+        let tx = conn.unchecked_transaction()?;
+        let mut known_users = BTreeSet::new();
+        for m in &members {
+            let user = m.identity.user_id();
+            if !pins::pins_of(&tx, user)?.is_empty() {
+                known_users.insert(user.to_owned());
+            }
+        }
+        for m in &members {
+            let (user, device) = (m.identity.user_id(), m.identity.device_id());
+            match pins::pin(&tx, user, device)? {
+                None => {
+                    pins::insert(&tx, user, device, &m.signature_key, now)?;
+                    if known_users.contains(user) {
+                        let text = format!(
+                            "{} has a new device {device} (key {}); compare with `rathaus \
+                             verify {user}`",
+                            self.user_label(user),
+                            key_fingerprint(&m.signature_key)
+                        );
+                        pins::add_notice(&tx, &handle, seq, now, NOTICE_KIND, &text)?;
+                    }
+                }
+                Some(pin) if pin.key != m.signature_key => {
+                    pins::replace_key(&tx, user, device, &m.signature_key, now)?;
+                    let text = format!(
+                        "WARNING: the key of {}'s device {device} changed (was {}, now {}) — \
+                         verify with `rathaus verify {user}`",
+                        self.user_label(user),
+                        key_fingerprint(&pin.key),
+                        key_fingerprint(&m.signature_key)
+                    );
+                    pins::add_notice(&tx, &handle, seq, now, WARNING_KIND, &text)?;
+                }
+                Some(_) => {}
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The safety number of this user and `user` over the keys this device has pinned.
+    /// When no key of `user` is known yet, syncs the secret groups first; `None` if still
+    /// none is known (the users share no secret group this device is in).
+    pub async fn safety_number(&mut self, user: &UserId) -> Result<Option<SafetyReport>> {
+        self.pin_own_key()?;
+        let conn = self.store.connection();
+        if pins::pins_of(conn, user.as_str())?.is_empty() {
+            self.sync_secret_groups().await?;
+        }
+        self.pin_own_key()?;
+        let conn = self.store.connection();
+        let theirs = pins::pins_of(conn, user.as_str())?;
+        if theirs.is_empty() {
+            return Ok(None);
+        }
+        let me = self.identity.user.as_str();
+        let mine = pins::pins_of(conn, me)?;
+        let number = safety_number((me, &entries(&mine)), (user.as_str(), &entries(&theirs)));
+        Ok(Some(SafetyReport {
+            user: user.to_string(),
+            number,
+            devices: theirs,
+        }))
+    }
+
+    /// Marks the devices of a [`SafetyReport`] verified, after the user compared the
+    /// number in person. A key that changed since the report was made stays unverified.
+    pub fn confirm_verified(&self, report: &SafetyReport) -> Result<()> {
+        let keys: Vec<(String, Vec<u8>)> = report
+            .devices
+            .iter()
+            .map(|d| (d.device.clone(), d.key.clone()))
+            .collect();
+        pins::mark_verified(self.store.connection(), &report.user, &keys)
+    }
+
+    /// The pin of one device, if this client has seen it.
+    pub fn device_pin(&self, user: &str, device: &str) -> Result<Option<DevicePin>> {
+        pins::pin(self.store.connection(), user, device)
+    }
+
+    /// The group code of a secret group this device is a member of: over the users in
+    /// its MLS group and the current epoch authenticator.
+    pub fn group_check_code(&self, group: &GroupHandle) -> Result<Option<GroupCode>> {
+        let gid = mls_group_id(group);
+        if !self.mls.has_group(&gid)? {
+            return Ok(None);
+        }
+        let users: Vec<String> = self
+            .mls
+            .members(&gid)?
+            .iter()
+            .map(|m| m.identity.user_id().to_owned())
+            .collect();
+        let epoch = self.mls.epoch(&gid)?;
+        let authenticator = self.mls.epoch_authenticator(&gid)?;
+        Ok(Some(group_code(
+            &group.to_string(),
+            epoch,
+            &users,
+            &authenticator,
+        )))
+    }
+
+    /// This device's own key is known without asking anyone.
+    fn pin_own_key(&self) -> Result<()> {
+        pins::insert(
+            self.store.connection(),
+            self.identity.user.as_str(),
+            &self.identity.device.0.to_string(),
+            &self.key.verifying_key().to_bytes(),
+            crate::time_fmt::now_ms(),
+        )
+    }
+
+    fn user_label(&self, user: &str) -> String {
+        self.store
+            .user_name(user)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| user.to_owned())
+    }
+}
+
+fn entries(pins: &[DevicePin]) -> Vec<DeviceKeyEntry> {
+    pins.iter()
+        .map(|p| DeviceKeyEntry {
+            device: p.device.clone(),
+            key: p.key.clone(),
+        })
+        .collect()
+}

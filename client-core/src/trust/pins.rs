@@ -1,0 +1,204 @@
+//! The `trust_pins` and `trust_notices` tables in the profile SQLite file.
+//!
+//! The tables are created with `IF NOT EXISTS` when the profile opens rather than by a
+//! schema version step: they are self-contained, and older builds simply ignore them.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::Result;
+
+/// A pinned device key (trust on first use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePin {
+    /// Personnel number.
+    pub user: String,
+    /// Device id.
+    pub device: String,
+    /// The device's Ed25519 public key as last seen.
+    pub key: Vec<u8>,
+    /// When this key was first seen, Unix ms.
+    pub first_seen_ms: i64,
+    /// Whether the user compared the safety number in person and confirmed it.
+    pub verified: bool,
+    /// Set when the key replaced an earlier one for the same device and nobody has
+    /// verified it since: the change a user must look at.
+    pub changed_ms: Option<i64>,
+}
+
+/// Creates the trust tables if they do not exist yet.
+pub(crate) fn create_tables(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS trust_pins (
+             user TEXT NOT NULL, device TEXT NOT NULL, key BLOB NOT NULL,
+             first_seen_ms INTEGER NOT NULL, verified INTEGER NOT NULL DEFAULT 0,
+             changed_ms INTEGER,
+             PRIMARY KEY (user, device));
+         CREATE TABLE IF NOT EXISTS trust_notices (
+             grp TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+             kind TEXT NOT NULL, text TEXT NOT NULL);
+         CREATE INDEX IF NOT EXISTS trust_notices_by_group ON trust_notices(grp, seq);",
+    )?;
+    Ok(())
+}
+
+/// Every pinned device of `user`, sorted by device id.
+pub(crate) fn pins_of(conn: &Connection, user: &str) -> Result<Vec<DevicePin>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT user, device, key, first_seen_ms, verified, changed_ms FROM trust_pins
+         WHERE user = ?1 ORDER BY device",
+    )?;
+    let pins = stmt
+        .query_map([user], read_pin)?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(pins)
+}
+
+/// The pin of one device, if any.
+pub(crate) fn pin(conn: &Connection, user: &str, device: &str) -> Result<Option<DevicePin>> {
+    Ok(conn
+        .query_row(
+            "SELECT user, device, key, first_seen_ms, verified, changed_ms FROM trust_pins
+             WHERE user = ?1 AND device = ?2",
+            params![user, device],
+            read_pin,
+        )
+        .optional()?)
+}
+
+/// Pins a device seen for the first time.
+pub(crate) fn insert(
+    conn: &Connection,
+    user: &str,
+    device: &str,
+    key: &[u8],
+    now_ms: i64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO trust_pins(user, device, key, first_seen_ms, verified)
+         VALUES (?1, ?2, ?3, ?4, 0)",
+        params![user, device, key, now_ms],
+    )?;
+    Ok(())
+}
+
+/// Replaces a device's key: the old verification no longer holds.
+pub(crate) fn replace_key(
+    conn: &Connection,
+    user: &str,
+    device: &str,
+    key: &[u8],
+    now_ms: i64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE trust_pins SET key = ?3, first_seen_ms = ?4, verified = 0, changed_ms = ?4
+         WHERE user = ?1 AND device = ?2",
+        params![user, device, key, now_ms],
+    )?;
+    Ok(())
+}
+
+/// Marks the given keys of `user` verified (only if they are still the pinned ones).
+pub(crate) fn mark_verified(
+    conn: &Connection,
+    user: &str,
+    keys: &[(String, Vec<u8>)],
+) -> Result<()> {
+    for (device, key) in keys {
+        conn.execute(
+            "UPDATE trust_pins SET verified = 1, changed_ms = NULL
+             WHERE user = ?1 AND device = ?2 AND key = ?3",
+            params![user, device, key],
+        )?;
+    }
+    Ok(())
+}
+
+/// Records a notice shown in `group`'s timeline after the entry `seq`.
+pub(crate) fn add_notice(
+    conn: &Connection,
+    group: &str,
+    seq: u64,
+    at_ms: i64,
+    kind: &str,
+    text: &str,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO trust_notices(grp, seq, at_ms, kind, text) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            group,
+            i64::try_from(seq).unwrap_or(i64::MAX),
+            at_ms,
+            kind,
+            text
+        ],
+    )?;
+    Ok(())
+}
+
+fn read_pin(r: &rusqlite::Row<'_>) -> rusqlite::Result<DevicePin> {
+    Ok(DevicePin {
+        user: r.get(0)?,
+        device: r.get(1)?,
+        key: r.get(2)?,
+        first_seen_ms: r.get(3)?,
+        verified: r.get::<_, i64>(4)? != 0,
+        changed_ms: r.get(5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ProfileStore, TimelineRow};
+
+    fn row(seq: u64) -> TimelineRow {
+        TimelineRow {
+            group: "bauamt/secret".into(),
+            seq,
+            sender: "P1001".into(),
+            sender_name: "Anna Berg".into(),
+            sent_at_ms: 0,
+            kind: "text".into(),
+            text: format!("m{seq}"),
+            expires_at_ms: None,
+            removes: None,
+        }
+    }
+
+    #[test]
+    fn notices_follow_the_entry_they_were_found_after_and_pins_track_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = ProfileStore::open(dir.path()).unwrap();
+        store
+            .append_fetched("bauamt/secret", &[row(1), row(2)], 2)
+            .unwrap();
+        let conn = store.connection();
+        add_notice(conn, "bauamt/secret", 1, 5, "warning", "key changed").unwrap();
+        let kinds: Vec<(u64, String)> = store
+            .timeline("bauamt/secret")
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.seq, r.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (1, "text".to_owned()),
+                (1, "warning".to_owned()),
+                (2, "text".to_owned())
+            ]
+        );
+
+        let conn = store.connection();
+        insert(conn, "P1002", "7", &[1; 32], 10).unwrap();
+        mark_verified(conn, "P1002", &[("7".to_owned(), vec![1; 32])]).unwrap();
+        assert!(pin(conn, "P1002", "7").unwrap().unwrap().verified);
+        replace_key(conn, "P1002", "7", &[2; 32], 20).unwrap();
+        let changed = pin(conn, "P1002", "7").unwrap().unwrap();
+        assert!(!changed.verified);
+        assert_eq!(changed.changed_ms, Some(20));
+        // Confirming the old key does not verify the new one.
+        mark_verified(conn, "P1002", &[("7".to_owned(), vec![1; 32])]).unwrap();
+        assert!(!pin(conn, "P1002", "7").unwrap().unwrap().verified);
+    }
+}
