@@ -125,10 +125,10 @@ pub(crate) enum Command {
         /// The secret group, e.g. `bauamt/secret`.
         group: String,
         /// Make this member an owner.
-        #[arg(long, conflicts_with = "remove")]
+        #[arg(long, value_name = "USER", conflicts_with = "remove")]
         add: Option<String>,
         /// Take this user's ownership away (the last owner stays).
-        #[arg(long)]
+        #[arg(long, value_name = "USER")]
         remove: Option<String>,
     },
     /// Announcements: draft, submit, approve, publish, acknowledge.
