@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use rathaus_client::time_fmt::rfc3339;
-use rathaus_client::{Approval, Client, ClientError, EnrollOptions, SecretGroupView, TimelineRow};
+use rathaus_client::{
+    Approval, Client, ClientError, EnrollOptions, PolicyOutcome, SecretGroupView, TimelineRow,
+};
 use rathaus_protocol::{DepartmentSlug, Event, GroupHandle, Role, UserId};
 use serde_json::{json, Value};
 
 use crate::output::Output;
-use crate::{password, AdminCommand, Cli, Command, DepartmentCommand, UserCommand};
+use crate::{password, AdminCommand, Cli, Command, DepartmentCommand, Switch, UserCommand};
 
 pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
     let profile = cli.profile.clone();
@@ -221,6 +223,105 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
                 json!({"group": group.to_string(), "user": user.as_str(), "status": status,
                        "seq": seq, "devices": devices}),
                 || text,
+            );
+            client.disconnect().await;
+            Ok(())
+        }
+        Command::AutoAdmit { group, state } => {
+            let group = GroupHandle::parse(&group)?;
+            let on = state == Switch::On;
+            let mut client = open(profile)?;
+            let outcome = client.set_auto_admit(&group, on).await?;
+            let word = if on { "on" } else { "off" };
+            let (status, seq, text) = match outcome {
+                PolicyOutcome::Changed { seq } => (
+                    "changed",
+                    Some(seq),
+                    format!("turned auto-admit {word} for {group} (commit #{seq})"),
+                ),
+                PolicyOutcome::Unchanged => (
+                    "unchanged",
+                    None,
+                    format!("auto-admit is already {word} for {group}"),
+                ),
+            };
+            out.print(
+                json!({"group": group.to_string(), "auto_admit": on, "status": status,
+                       "seq": seq}),
+                || text,
+            );
+            client.disconnect().await;
+            Ok(())
+        }
+        Command::Owners { group, add, remove } => {
+            let group = GroupHandle::parse(&group)?;
+            if !group.is_secret() {
+                return Err(anyhow!(
+                    "{group} is not a secret group; only secret groups have owners who admit \
+                     members (e.g. {}/secret)",
+                    group.department().map_or("bauamt", |d| d.as_str())
+                ));
+            }
+            let mut client = open(profile)?;
+            let change = match (add, remove) {
+                (Some(user), _) => {
+                    let user = UserId::parse(&user)?;
+                    Some((client.add_owner(&group, &user).await?, user, true))
+                }
+                (None, Some(user)) => {
+                    let user = UserId::parse(&user)?;
+                    Some((client.remove_owner(&group, &user).await?, user, false))
+                }
+                (None, None) => None,
+            };
+            let view = client.secret_group(&group).await?;
+            let owners: Vec<Value> = view
+                .owners
+                .iter()
+                .map(|o| {
+                    let name = view
+                        .members
+                        .iter()
+                        .find(|m| &m.user == o)
+                        .map_or(o.as_str(), |m| m.name.as_str());
+                    json!({"user": o, "name": name})
+                })
+                .collect();
+            let (status, seq) = match &change {
+                Some((PolicyOutcome::Changed { seq }, ..)) => (Some("changed"), Some(*seq)),
+                Some((PolicyOutcome::Unchanged, ..)) => (Some("unchanged"), None),
+                None => (None, None),
+            };
+            out.print(
+                json!({"group": group.to_string(), "owners": owners, "status": status,
+                       "seq": seq}),
+                || {
+                    let mut lines = Vec::new();
+                    if let Some((outcome, user, added)) = &change {
+                        lines.push(match (outcome, added) {
+                            (PolicyOutcome::Changed { seq }, true) => {
+                                format!("made {user} an owner of {group} (commit #{seq})")
+                            }
+                            (PolicyOutcome::Changed { seq }, false) => {
+                                format!("{user} is no longer an owner of {group} (commit #{seq})")
+                            }
+                            (PolicyOutcome::Unchanged, true) => {
+                                format!("{user} is already an owner of {group}")
+                            }
+                            (PolicyOutcome::Unchanged, false) => {
+                                format!("{user} is not an owner of {group}")
+                            }
+                        });
+                    }
+                    lines.extend(owners.iter().map(|o| {
+                        format!(
+                            "{:<16} {}",
+                            o["user"].as_str().unwrap_or_default(),
+                            o["name"].as_str().unwrap_or_default()
+                        )
+                    }));
+                    lines.join("\n")
+                },
             );
             client.disconnect().await;
             Ok(())

@@ -120,6 +120,26 @@ pub(crate) enum Command {
         #[arg(long)]
         confirm: bool,
     },
+    /// Turn auto-admit of a secret group on or off (owners only): with it on, owners'
+    /// clients admit rostered users on sync without `approve`.
+    AutoAdmit {
+        /// The secret group, e.g. `bauamt/secret`.
+        group: String,
+        /// `on` or `off`.
+        state: Switch,
+    },
+    /// List a secret group's owners, or (owners only) make a member an owner or take
+    /// ownership away.
+    Owners {
+        /// The secret group, e.g. `bauamt/secret`.
+        group: String,
+        /// Make this member an owner.
+        #[arg(long, value_name = "USER", conflicts_with = "remove")]
+        add: Option<String>,
+        /// Take this user's ownership away (the last owner stays).
+        #[arg(long, value_name = "USER")]
+        remove: Option<String>,
+    },
     /// Announcements: draft, submit, approve, publish, acknowledge.
     Announce {
         #[command(subcommand)]
@@ -205,6 +225,15 @@ pub(crate) enum AnnounceCommand {
         #[arg(long)]
         pending: bool,
     },
+}
+
+/// A setting's state on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Switch {
+    /// Turned on.
+    On,
+    /// Turned off.
+    Off,
 }
 
 #[derive(Debug, Subcommand)]

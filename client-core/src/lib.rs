@@ -37,8 +37,8 @@ pub use announce::AnnouncementDraft;
 pub use client::{Client, EnrollOptions, GroupView, Identity};
 pub use error::{ClientError, Result};
 pub use secret::{
-    key_fingerprint, mls_group_id, Approval, GroupPolicy, SecretDevice, SecretGroupView,
-    SecretMember, KEY_PACKAGE_LOW, KEY_PACKAGE_TARGET,
+    key_fingerprint, mls_group_id, Approval, GroupPolicy, PolicyOutcome, SecretDevice,
+    SecretGroupView, SecretMember, KEY_PACKAGE_LOW, KEY_PACKAGE_TARGET,
 };
 pub use store::TimelineRow;
 pub use sync::{SendFailure, SendReceipt, SyncReport};

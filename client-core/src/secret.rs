@@ -9,6 +9,10 @@
 //! The group's *policy* (owners, auto-admit) lives in the MLS group context, seeded from
 //! the server's department record at birth; afterwards only members can change it. Every
 //! Add is checked against it: an Add committed by a non-owner becomes a `warning` row.
+//! Owners change the policy with a GroupContextExtensions commit; a policy change by a
+//! non-owner is merged (so this device keeps following the group) but not adopted: the
+//! device keeps the previous policy as its *kept policy* and shows a `warning` row until
+//! an owner commits the policy again.
 //! Removals proposed by the server (its removal key is the group's only external sender)
 //! are committed only when the target is no longer on the roster.
 
@@ -48,7 +52,8 @@ pub struct GroupPolicy {
 }
 
 impl GroupPolicy {
-    fn encode(&self) -> Result<Vec<u8>> {
+    /// The bytes of the group context extension: a format version, then the policy.
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut bytes = vec![POLICY_VERSION];
         bytes.extend(
             postcard::to_allocvec(self)
@@ -57,16 +62,88 @@ impl GroupPolicy {
         Ok(bytes)
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    /// Reads the extension bytes; `None` for a format this version does not know.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
         match bytes.split_first() {
             Some((&POLICY_VERSION, rest)) => postcard::from_bytes(rest).ok(),
             _ => None,
         }
     }
 
-    fn is_owner(&self, user: &str) -> bool {
+    /// Whether `user` is an owner.
+    pub fn is_owner(&self, user: &str) -> bool {
         self.owners.iter().any(|o| o == user)
     }
+
+    /// The policy after `change`, or `None` if it is in effect already. Refuses to
+    /// remove the last owner.
+    fn after(&self, group: &GroupHandle, change: &PolicyChange) -> Result<Option<Self>> {
+        let mut next = self.clone();
+        match change {
+            PolicyChange::AutoAdmit(on) => next.auto_admit = *on,
+            PolicyChange::AddOwner(user) if !self.is_owner(user.as_str()) => {
+                next.owners.push(user.to_string());
+            }
+            PolicyChange::RemoveOwner(user) if self.is_owner(user.as_str()) => {
+                if self.owners.len() == 1 {
+                    return Err(ClientError::Invalid(format!(
+                        "{user} is the last owner of {group}; a group keeps at least one \
+                         owner (make someone else an owner first)"
+                    )));
+                }
+                next.owners.retain(|o| o != user.as_str());
+            }
+            PolicyChange::AddOwner(_) | PolicyChange::RemoveOwner(_) => {}
+        }
+        Ok((next != *self).then_some(next))
+    }
+
+    /// What changed from `self` to `after`, for a timeline row ("turned on auto-admit
+    /// and made Jonas Weber an owner").
+    fn describe_change(&self, after: &GroupPolicy, name_of: impl Fn(&str) -> String) -> String {
+        let mut parts = Vec::new();
+        if self.auto_admit != after.auto_admit {
+            parts.push(if after.auto_admit {
+                "turned on auto-admit".to_owned()
+            } else {
+                "turned off auto-admit".to_owned()
+            });
+        }
+        for owner in after.owners.iter().filter(|o| !self.is_owner(o)) {
+            parts.push(format!("made {} an owner", name_of(owner)));
+        }
+        for owner in self.owners.iter().filter(|o| !after.is_owner(o)) {
+            parts.push(format!("removed {} as an owner", name_of(owner)));
+        }
+        if parts.is_empty() {
+            "rewrote the group settings without changing them".to_owned()
+        } else {
+            parts.join(" and ")
+        }
+    }
+}
+
+/// A change of a secret group's policy that an owner commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PolicyChange {
+    /// Turn auto-admit on or off.
+    AutoAdmit(bool),
+    /// Make a member an owner.
+    AddOwner(UserId),
+    /// Take a user's ownership away.
+    RemoveOwner(UserId),
+}
+
+/// What a policy change (`set_auto_admit`, `add_owner`, `remove_owner`) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyOutcome {
+    /// This device's commit at this seq changed the policy.
+    Changed {
+        /// Seq of the commit.
+        seq: u64,
+    },
+    /// The policy already said so (perhaps another owner changed it first).
+    Unchanged,
 }
 
 /// A device in a secret group, as shown by `rathaus members`.
@@ -136,6 +213,8 @@ enum Intent {
     Add(Vec<UserId>),
     /// Commit the stored (already checked) server proposals.
     PendingProposals,
+    /// Rewrite the group policy.
+    Policy(PolicyChange),
 }
 
 /// Context while processing a batch of log entries.
@@ -337,6 +416,81 @@ impl Client {
             }
             None => Ok(Approval::NoDevices),
         }
+    }
+
+    /// An owner turns auto-admit on or off (DESIGN §5.4): with it on, owners' clients
+    /// admit rostered users on their next sync without `approve`.
+    pub async fn set_auto_admit(&mut self, group: &GroupHandle, on: bool) -> Result<PolicyOutcome> {
+        self.change_policy(group, PolicyChange::AutoAdmit(on)).await
+    }
+
+    /// An owner makes `user`, a member of the group, an owner too.
+    pub async fn add_owner(&mut self, group: &GroupHandle, user: &UserId) -> Result<PolicyOutcome> {
+        self.change_policy(group, PolicyChange::AddOwner(user.clone()))
+            .await
+    }
+
+    /// An owner takes `user`'s ownership away; the last owner cannot be removed.
+    pub async fn remove_owner(
+        &mut self,
+        group: &GroupHandle,
+        user: &UserId,
+    ) -> Result<PolicyOutcome> {
+        self.change_policy(group, PolicyChange::RemoveOwner(user.clone()))
+            .await
+    }
+
+    /// Checks the change locally, then commits it through the same retry path as every
+    /// other commit; the checks run again on the state after every lost epoch.
+    async fn change_policy(
+        &mut self,
+        group: &GroupHandle,
+        change: PolicyChange,
+    ) -> Result<PolicyOutcome> {
+        if !group.is_secret() {
+            return Err(ClientError::Invalid(format!(
+                "{group} is not a secret group; only secret groups have owners and auto-admit"
+            )));
+        }
+        self.sync_secret_group(group).await?;
+        let gid = mls_group_id(group);
+        if !self.mls.has_group(&gid)? {
+            return Err(ClientError::NotMember(format!(
+                "this device is not a member of {group}"
+            )));
+        }
+        // Fails early with the rule in the message; `stage_intent` checks again.
+        self.next_policy(group, &gid, &change)?;
+        match self.commit_intent(group, Intent::Policy(change)).await? {
+            Some(seq) => Ok(PolicyOutcome::Changed { seq }),
+            None => Ok(PolicyOutcome::Unchanged),
+        }
+    }
+
+    /// The policy `change` leads to from this device's current view, or `None` if it is
+    /// in effect already. Only owners change the policy; a new owner must be a member.
+    fn next_policy(
+        &self,
+        group: &GroupHandle,
+        gid: &[u8],
+        change: &PolicyChange,
+    ) -> Result<Option<GroupPolicy>> {
+        let policy = self.policy(gid)?;
+        if !policy.is_owner(self.identity.user.as_str()) {
+            return Err(ClientError::NotOwner(format!(
+                "only an owner of {group} can change its owners or auto-admit (owners: {})",
+                policy.owners.join(", ")
+            )));
+        }
+        if let PolicyChange::AddOwner(user) = change {
+            if self.user_devices_in_group(gid, user.as_str())? == 0 {
+                return Err(ClientError::Invalid(format!(
+                    "{user} is not a member of {group}; only members can become owners \
+                     (approve them first)"
+                )));
+            }
+        }
+        policy.after(group, change)
     }
 
     /// Encrypts `content` for `group` and posts it, re-encrypting after a lost epoch.
@@ -680,6 +834,17 @@ impl Client {
                         .cloned()
                         .collect();
                     let mut row = self.membership_row(group, entry, &committer, &added, &removed);
+                    if let Some(update) = &summary.policy_update {
+                        row = Some(self.policy_update_row(
+                            group,
+                            entry,
+                            &gid,
+                            &committer,
+                            &policy_before,
+                            update.as_deref(),
+                            row,
+                        )?);
+                    }
                     if summary.self_removed {
                         row.get_or_insert_with(|| blank_row(group, entry)).text = format!(
                             "{} removed this device from {group}",
@@ -818,6 +983,58 @@ impl Client {
         row
     }
 
+    /// Adopts a policy change committed by an owner, or keeps the previous policy when
+    /// the committer was not an owner before the commit (DESIGN §5.4); either way the
+    /// change is added to the commit's row. Runs inside `process_entry`'s transaction.
+    #[allow(clippy::too_many_arguments)]
+    fn policy_update_row(
+        &self,
+        group: &GroupHandle,
+        entry: &LogEntry,
+        gid: &[u8],
+        committer: &str,
+        before: &GroupPolicy,
+        update: Option<&[u8]>,
+        row: Option<TimelineRow>,
+    ) -> Result<TimelineRow> {
+        let conn = self.mls.connection();
+        let after = update.and_then(GroupPolicy::decode);
+        let change = match &after {
+            Some(after) => before.describe_change(after, |u| self.name_of(u)),
+            None => "replaced the group settings with ones this version cannot read".to_owned(),
+        };
+        let mut row = match row {
+            Some(mut row) => {
+                row.text = format!("{} and {change}", row.text);
+                row
+            }
+            None => {
+                let mut row = blank_row(group, entry);
+                row.sender = committer.to_owned();
+                row.sender_name = self.name_of(committer);
+                row.kind = "membership".to_owned();
+                row.text = format!("{} {change}", row.sender_name);
+                row
+            }
+        };
+        let key = kept_policy_key(gid);
+        if before.is_owner(committer) && after.is_some() {
+            store::set_setting_on(conn, &key, None)?;
+        } else {
+            store::set_setting_on(conn, &key, Some(&to_hex(&before.encode()?)))?;
+            row.kind = "warning".to_owned();
+            row.text = format!(
+                "WARNING: {} is not an owner of {group} but changed its settings ({}); this \
+                 device keeps the previous owners ({}) and auto-admit {}",
+                self.name_of(committer),
+                row.text,
+                before.owners.join(", "),
+                if before.auto_admit { "on" } else { "off" },
+            );
+        }
+        Ok(row)
+    }
+
     fn membership_row(
         &self,
         group: &GroupHandle,
@@ -898,10 +1115,20 @@ impl Client {
             match self.request(&request).await {
                 Ok(Response::Committed { seq, .. }) => {
                     let before = self.mls.members(&gid)?;
+                    let policy_before = self.policy(&gid)?;
                     let conn = self.mls.connection();
                     conn.execute_batch("BEGIN IMMEDIATE")?;
                     let result = (|| -> Result<()> {
                         self.mls.merge_pending_commit(&gid)?;
+                        let policy_row = if matches!(intent, Intent::Policy(_)) {
+                            // This device wrote its own view into the group context: what
+                            // it kept aside is now the group's policy.
+                            store::set_setting_on(conn, &kept_policy_key(&gid), None)?;
+                            let after = self.policy(&gid)?;
+                            Some(policy_before.describe_change(&after, |u| self.name_of(u)))
+                        } else {
+                            None
+                        };
                         let after = self.mls.members(&gid)?;
                         let (added, removed) = diff(&before, &after);
                         let entry = LogEntry {
@@ -912,16 +1139,20 @@ impl Client {
                             client_id: rathaus_protocol::ClientMsgId([0; 16]),
                             body: EntryBody::Mls(Vec::new()),
                         };
-                        let rows: Vec<TimelineRow> = self
-                            .membership_row(
-                                group,
-                                &entry,
-                                self.identity.user.as_str(),
-                                &added,
-                                &removed,
-                            )
-                            .into_iter()
-                            .collect();
+                        let mut row = self.membership_row(
+                            group,
+                            &entry,
+                            self.identity.user.as_str(),
+                            &added,
+                            &removed,
+                        );
+                        if let Some(change) = policy_row {
+                            let mut policy = blank_row(group, &entry);
+                            policy.kind = "membership".to_owned();
+                            policy.text = format!("{} {change}", entry.sender_name);
+                            row = Some(policy);
+                        }
+                        let rows: Vec<TimelineRow> = row.into_iter().collect();
                         store::record_own_entry(conn, &handle, seq)?;
                         let contiguous = store::cursor_on(conn, &handle)? + 1 == seq;
                         store::append_rows(conn, &handle, &rows, contiguous.then_some(seq))
@@ -959,6 +1190,10 @@ impl Client {
         intent: &Intent,
     ) -> Result<Option<CommitOutput>> {
         match intent {
+            Intent::Policy(change) => match self.next_policy(group, gid, change)? {
+                Some(next) => Ok(Some(self.mls.update_group_policy(gid, &next.encode()?)?)),
+                None => Ok(None),
+            },
             Intent::PendingProposals => {
                 if self.mls.pending_proposals(gid)? == 0 {
                     return Ok(None);
@@ -1035,7 +1270,15 @@ impl Client {
         }
     }
 
+    /// The policy this device follows: the one it kept aside after a non-owner changed
+    /// the group context, else the group context's.
     fn policy(&self, gid: &[u8]) -> Result<GroupPolicy> {
+        let kept = store::setting_on(self.mls.connection(), &kept_policy_key(gid))?
+            .and_then(|hex| from_hex(&hex))
+            .and_then(|bytes| GroupPolicy::decode(&bytes));
+        if let Some(kept) = kept {
+            return Ok(kept);
+        }
         Ok(self
             .mls
             .group_policy(gid)?
@@ -1095,6 +1338,25 @@ pub fn key_fingerprint(key: &[u8]) -> String {
         .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The settings key of the policy a device keeps after a non-owner changed the group's.
+fn kept_policy_key(gid: &[u8]) -> String {
+    format!("kept_policy:{}", String::from_utf8_lossy(gid))
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn short_fingerprint(key: &[u8]) -> String {
@@ -1159,6 +1421,56 @@ mod tests {
         assert_eq!(GroupPolicy::decode(&bytes), Some(policy));
         assert_eq!(GroupPolicy::decode(&[9, 0]), None);
         assert_eq!(GroupPolicy::decode(&[]), None);
+        assert_eq!(from_hex(&to_hex(&bytes)), Some(bytes));
+        assert_eq!(from_hex("0"), None);
+    }
+
+    #[test]
+    fn policy_changes_keep_an_owner_and_are_described() {
+        let g = GroupHandle::parse("bauamt/secret").unwrap();
+        let anna = GroupPolicy {
+            owners: vec!["P1001".into()],
+            auto_admit: false,
+        };
+        let jonas = UserId::parse("P1002").unwrap();
+        assert!(matches!(
+            anna.after(&g, &PolicyChange::RemoveOwner(UserId::parse("P1001").unwrap())),
+            Err(ClientError::Invalid(msg)) if msg.contains("last owner")
+        ));
+        assert_eq!(
+            anna.after(&g, &PolicyChange::AutoAdmit(false)).unwrap(),
+            None
+        );
+        assert_eq!(
+            anna.after(&g, &PolicyChange::RemoveOwner(jonas.clone()))
+                .unwrap(),
+            None
+        );
+        let both = anna
+            .after(&g, &PolicyChange::AddOwner(jonas.clone()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(both.owners, vec!["P1001".to_owned(), "P1002".to_owned()]);
+        let name = |u: &str| {
+            if u == "P1002" {
+                "Jonas Weber".to_owned()
+            } else {
+                u.to_owned()
+            }
+        };
+        assert_eq!(
+            anna.describe_change(&both, name),
+            "made Jonas Weber an owner"
+        );
+        let on = anna
+            .after(&g, &PolicyChange::AutoAdmit(true))
+            .unwrap()
+            .unwrap();
+        assert_eq!(anna.describe_change(&on, name), "turned on auto-admit");
+        assert_eq!(
+            both.after(&g, &PolicyChange::RemoveOwner(jonas)).unwrap(),
+            Some(anna)
+        );
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! End-to-end tests of secret groups (DESIGN §5): real server, real clients, real MLS.
 //! Birth by the owner, approvals, races for an epoch, offboarding, a forged Add, a
-//! crashed server, and a canary that must never reach the server's disk or log.
+//! crashed server, and a canary that must never reach the server's disk or log; owners
+//! and auto-admit changed through MLS, and a forged policy change.
 
 // Test code: a failed unwrap is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rand::RngCore;
 use rathaus_client::mls::{DeviceIdentity, MlsEngine};
-use rathaus_client::{Approval, Client, ClientError, TimelineRow};
+use rathaus_client::{Approval, Client, ClientError, GroupPolicy, PolicyOutcome, TimelineRow};
 use rathaus_protocol::{EntryBody, ErrorCode, GroupHandle, Request, Response, UserId};
 use rathaus_tests::{contains, files_containing, within, TestBackend};
 
@@ -495,4 +496,231 @@ async fn an_add_forged_with_the_servers_removal_key_is_refused() {
     let view = anna.secret_group(&secret()).await.unwrap();
     assert!(view.members.iter().all(|m| m.user != "P6666"), "{view:?}");
     assert_eq!(anna.group_code(&secret()).unwrap().unwrap().0, epoch);
+}
+
+fn membership_texts(rows: &[TimelineRow]) -> Vec<String> {
+    rows.iter()
+        .filter(|r| r.kind == "membership")
+        .map(|r| r.text.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn with_auto_admit_on_an_owners_next_sync_admits_a_new_colleague() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas) = team(&mut backend, false).await;
+
+    let outcome = anna.set_auto_admit(&secret(), true).await.unwrap();
+    assert!(
+        matches!(outcome, PolicyOutcome::Changed { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        anna.set_auto_admit(&secret(), true).await.unwrap(),
+        PolicyOutcome::Unchanged
+    );
+
+    // The admin adds Lena to the department; Anna's next sync admits her, no `approve`.
+    let mut lena = backend
+        .user(&mut admin, "P1003", "Lena Koch", &["bauamt"])
+        .await
+        .unwrap();
+    within("owner syncs", anna.sync()).await.unwrap().unwrap();
+    assert!(anna
+        .secret_group(&secret())
+        .await
+        .unwrap()
+        .pending
+        .is_empty());
+    anna.send_text(&secret(), "willkommen Lena").await.unwrap();
+    let rows = within("lena reads", lena.read(&secret()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        texts(&rows).contains(&"willkommen Lena".to_owned()),
+        "{rows:?}"
+    );
+
+    // Every member's timeline says who turned it on and who was admitted.
+    for c in [&mut anna, &mut jonas] {
+        let rows = within("read", c.read(&secret())).await.unwrap().unwrap();
+        let membership = membership_texts(&rows);
+        assert!(
+            membership.contains(&"Anna Berg turned on auto-admit".to_owned()),
+            "{membership:?}"
+        );
+        assert!(
+            membership
+                .iter()
+                .any(|t| t.starts_with("Anna Berg added Lena Koch (device ")),
+            "{membership:?}"
+        );
+        assert!(!rows.iter().any(|r| r.kind == "warning"), "{rows:?}");
+    }
+    let view = jonas.secret_group(&secret()).await.unwrap();
+    assert!(view.auto_admit, "{view:?}");
+    assert_eq!(view.owners, vec!["P1001".to_owned()]);
+    assert_same_group(&[&anna, &jonas, &lena]).await;
+}
+
+#[tokio::test]
+async fn a_member_an_owner_promotes_can_approve() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas) = team(&mut backend, false).await;
+    let mut lena = backend
+        .user(&mut admin, "P1003", "Lena Koch", &["bauamt"])
+        .await
+        .unwrap();
+    assert!(matches!(
+        jonas.approve(&secret(), &uid("P1003")).await,
+        Err(ClientError::NotOwner(_))
+    ));
+    // Only members become owners: Lena is still pending.
+    match anna.add_owner(&secret(), &uid("P1003")).await {
+        Err(ClientError::Invalid(msg)) => assert!(msg.contains("only members"), "{msg}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+
+    let outcome = anna.add_owner(&secret(), &uid("P1002")).await.unwrap();
+    assert!(
+        matches!(outcome, PolicyOutcome::Changed { .. }),
+        "{outcome:?}"
+    );
+    match jonas.approve(&secret(), &uid("P1003")).await.unwrap() {
+        Approval::Added { devices, .. } => assert_eq!(devices, 1),
+        other => panic!("{other:?}"),
+    }
+    let rows = within("lena reads", lena.read(&secret()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lena.group_code(&secret()).unwrap().is_some(), "{rows:?}");
+
+    let rows = anna.read(&secret()).await.unwrap();
+    let membership = membership_texts(&rows);
+    assert!(
+        membership.contains(&"Anna Berg made Jonas Weber an owner".to_owned()),
+        "{membership:?}"
+    );
+    assert!(
+        membership
+            .iter()
+            .any(|t| t.starts_with("Jonas Weber added Lena Koch (device ")),
+        "{membership:?}"
+    );
+    assert!(!rows.iter().any(|r| r.kind == "warning"), "{rows:?}");
+    let membership = membership_texts(&jonas.read(&secret()).await.unwrap());
+    assert!(
+        membership.contains(&"Anna Berg made Jonas Weber an owner".to_owned()),
+        "{membership:?}"
+    );
+
+    // Jonas takes Anna's ownership away, but cannot then remove the last owner.
+    jonas.remove_owner(&secret(), &uid("P1001")).await.unwrap();
+    match jonas.remove_owner(&secret(), &uid("P1002")).await {
+        Err(ClientError::Invalid(msg)) => assert!(msg.contains("last owner"), "{msg}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    let view = lena.secret_group(&secret()).await.unwrap();
+    assert_eq!(view.owners, vec!["P1002".to_owned()]);
+    let membership = membership_texts(&anna.read(&secret()).await.unwrap());
+    assert!(
+        membership.contains(&"Jonas Weber removed Anna Berg as an owner".to_owned()),
+        "{membership:?}"
+    );
+    assert_same_group(&[&anna, &jonas, &lena]).await;
+}
+
+#[tokio::test]
+async fn policy_changes_by_a_non_owner_are_refused_and_a_forged_one_is_flagged() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas) = team(&mut backend, false).await;
+
+    // Refused locally, naming the rule.
+    for attempt in [
+        jonas.set_auto_admit(&secret(), true).await,
+        jonas.add_owner(&secret(), &uid("P1002")).await,
+    ] {
+        match attempt {
+            Err(ClientError::NotOwner(msg)) => {
+                assert!(msg.contains("only an owner"), "{msg}");
+                assert!(msg.contains("P1001"), "{msg}");
+            }
+            other => panic!("expected NotOwner, got {other:?}"),
+        }
+    }
+
+    // A modified client of Jonas commits a policy making him an owner, with auto-admit.
+    let (epoch, _) = jonas.group_code(&secret()).unwrap().unwrap();
+    let engine = MlsEngine::open(
+        &jonas.dir().join(rathaus_client::store::DB_FILE),
+        rathaus_client::store::load_device_key(jonas.dir()).unwrap(),
+        DeviceIdentity::new("P1002", &jonas.identity().device.0.to_string()).unwrap(),
+    )
+    .unwrap();
+    let forged = GroupPolicy {
+        owners: vec!["P1001".into(), "P1002".into()],
+        auto_admit: true,
+    };
+    let out = engine
+        .update_group_policy(
+            &rathaus_client::mls_group_id(&secret()),
+            &forged.encode().unwrap(),
+        )
+        .unwrap();
+    drop(engine);
+    let request = Request::Commit {
+        group: secret(),
+        epoch,
+        commit: out.commit,
+        welcome: None,
+        group_info: out.group_info,
+    };
+    let response = jonas.request(&request).await.unwrap();
+    assert!(
+        matches!(response, Response::Committed { .. }),
+        "{response:?}"
+    );
+
+    // Anna flags it prominently and keeps the previous owners and auto-admit.
+    let rows = within("read", anna.read(&secret())).await.unwrap().unwrap();
+    let warning = rows
+        .iter()
+        .find(|r| r.kind == "warning")
+        .unwrap_or_else(|| panic!("no warning: {rows:?}"));
+    assert!(
+        warning
+            .text
+            .starts_with("WARNING: Jonas Weber is not an owner of bauamt/secret"),
+        "{}",
+        warning.text
+    );
+    assert!(
+        warning.text.contains("made Jonas Weber an owner"),
+        "{}",
+        warning.text
+    );
+    let view = anna.secret_group(&secret()).await.unwrap();
+    assert_eq!(view.owners, vec!["P1001".to_owned()]);
+    assert!(!view.auto_admit);
+    let jonas_row = view.members.iter().find(|m| m.user == "P1002").unwrap();
+    assert!(!jonas_row.owner, "{view:?}");
+
+    // The forged auto-admit does not take effect on Anna's device: Lena stays pending.
+    let _lena = backend
+        .user(&mut admin, "P1003", "Lena Koch", &["bauamt"])
+        .await
+        .unwrap();
+    within("owner syncs", anna.sync()).await.unwrap().unwrap();
+    let view = anna.secret_group(&secret()).await.unwrap();
+    assert_eq!(view.pending, vec!["P1003".to_owned()]);
+
+    // The group carries on, and an owner's next policy commit restores the real one.
+    anna.send_text(&secret(), "nachher").await.unwrap();
+    assert!(texts(&jonas.read(&secret()).await.unwrap()).contains(&"nachher".to_owned()));
+    anna.set_auto_admit(&secret(), true).await.unwrap();
+    let view = jonas.secret_group(&secret()).await.unwrap();
+    assert_eq!(view.owners, vec!["P1001".to_owned()]);
+    assert_same_group(&[&anna, &jonas]).await;
 }

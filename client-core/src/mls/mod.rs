@@ -48,11 +48,11 @@ use ed25519_dalek::SigningKey;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     BasicCredential, Capabilities, Ciphersuite, Extension, ExtensionType, Extensions,
-    ExternalSender, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup,
+    ExternalSender, GroupContext, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup,
     MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    ProcessedMessageContent, Proposal, ProtocolVersion, QueuedProposal, RatchetTreeIn, Sender,
-    SignaturePublicKey, StagedCommit, StagedWelcome, UnknownExtension,
-    MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
+    ProcessedMessageContent, Proposal, ProtocolVersion, QueuedProposal, RatchetTreeIn,
+    RequiredCapabilitiesExtension, Sender, SignaturePublicKey, StagedCommit, StagedWelcome,
+    UnknownExtension, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider as _;
@@ -194,6 +194,11 @@ pub struct CommitSummary {
     pub committer_updated: bool,
     /// Whether this device was removed; the group is then inactive.
     pub self_removed: bool,
+    /// Set when the commit rewrites the group context extensions: the
+    /// [`GROUP_POLICY_EXTENSION`] bytes it sets (`None` inside: it drops the
+    /// policy). The caller checks the committer against the policy *before*
+    /// the commit (DESIGN §5.4).
+    pub policy_update: Option<Option<Vec<u8>>>,
     /// The epoch after the commit.
     pub epoch: u64,
 }
@@ -384,6 +389,41 @@ impl MlsEngine {
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.stage_commit(group_id, "remove members", Change::Remove(indexes))
+    }
+
+    /// Stages one commit that replaces the group policy (the
+    /// [`GROUP_POLICY_EXTENSION`]) with `policy` through a
+    /// GroupContextExtensions proposal; every other group context extension
+    /// (the server's `external_senders`) is kept as it is.
+    pub fn update_group_policy(
+        &self,
+        group_id: &[u8],
+        policy: &[u8],
+    ) -> Result<CommitOutput, MlsError> {
+        let mut extensions = self.read(group_id, |group| Ok(group.extensions().clone()))?;
+        extensions
+            .add_or_replace(Extension::Unknown(
+                GROUP_POLICY_EXTENSION,
+                UnknownExtension(policy.to_vec()),
+            ))
+            .map_err(|e| MlsError::protocol("update group policy", e))?;
+        // RFC 9420 §12.1.7: a GroupContextExtensions proposal may only carry extensions
+        // every member must support, so the policy extension becomes required (every
+        // Rathaus leaf and key package supports it, see `rathaus_capabilities`).
+        extensions
+            .add_or_replace(Extension::RequiredCapabilities(
+                RequiredCapabilitiesExtension::new(
+                    &[ExtensionType::Unknown(GROUP_POLICY_EXTENSION)],
+                    &[],
+                    &[],
+                ),
+            ))
+            .map_err(|e| MlsError::protocol("update group policy", e))?;
+        self.stage_commit(
+            group_id,
+            "update group policy",
+            Change::ContextExtensions(extensions),
+        )
     }
 
     /// Stages a commit that refreshes this device's leaf (post-compromise
@@ -678,6 +718,9 @@ impl MlsEngine {
                 Change::Remove(indexes) => builder.propose_removals(indexes),
                 Change::SelfUpdate => builder.force_self_update(true),
                 Change::PendingOnly => builder,
+                Change::ContextExtensions(extensions) => builder
+                    .propose_group_context_extensions(extensions)
+                    .map_err(|e| MlsError::protocol(operation, e))?,
             };
             let builder = builder
                 .load_psks(provider.storage())
@@ -729,6 +772,7 @@ enum Change {
     Remove(Vec<LeafNodeIndex>),
     SelfUpdate,
     PendingOnly,
+    ContextExtensions(Extensions<GroupContext>),
 }
 
 fn decode_message(bytes: &[u8]) -> Result<MlsMessageIn, MlsError> {
@@ -796,6 +840,16 @@ fn commit_summary(
             )),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let policy_update = staged
+        .queued_proposals()
+        .any(|p| matches!(p.proposal(), Proposal::GroupContextExtensions(_)))
+        .then(|| {
+            staged
+                .group_context()
+                .extensions()
+                .unknown(GROUP_POLICY_EXTENSION)
+                .map(|e| e.0.clone())
+        });
     Ok(CommitSummary {
         committer,
         added,
@@ -803,6 +857,7 @@ fn commit_summary(
         updated,
         committer_updated: staged.update_path_leaf_node().is_some(),
         self_removed: staged.self_removed(),
+        policy_update,
         epoch: staged.epoch().as_u64(),
     })
 }

@@ -427,6 +427,29 @@ pub(crate) fn cursor_on(conn: &Connection, group: &str) -> Result<u64> {
     Ok(seq.map_or(0, to_u64))
 }
 
+/// A setting read through any connection to the profile file (e.g. inside the MLS
+/// engine's transaction).
+pub(crate) fn setting_on(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+/// Sets (`Some`) or clears (`None`) a setting through any connection to the profile file.
+pub(crate) fn set_setting_on(conn: &Connection, key: &str, value: Option<&str>) -> Result<()> {
+    match value {
+        Some(value) => conn.execute(
+            "INSERT INTO settings(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?,
+        None => conn.execute("DELETE FROM settings WHERE key = ?1", [key])?,
+    };
+    Ok(())
+}
+
 /// Inserts a timeline row (ignoring one already present) and applies a moderation
 /// entry's tombstone to the post it removes.
 fn insert_row(tx: &Connection, row: &TimelineRow) -> Result<()> {

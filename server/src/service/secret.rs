@@ -244,6 +244,14 @@ impl Service {
                 .group
                 .merge_commit(&state.storage, staged)
                 .map_err(|e| Refusal::internal(format!("cannot merge commit into {group}: {e}")))?;
+            // A member may rewrite the group context (the owners' policy, DESIGN §5.4), but
+            // not take away the removal key that offboarding depends on (§5.5).
+            let expected = vec![self.removal_key.external_sender()];
+            if state.group.group_context().extensions().external_senders() != Some(&expected) {
+                return Err(invalid(
+                    "external_senders must keep the server's removal key and nothing else",
+                ));
+            }
 
             let mut heads = self.log_lock();
             let seq = self.next_seq(&heads, &group)?;

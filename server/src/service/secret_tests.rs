@@ -7,9 +7,9 @@ use ed25519_dalek::SigningKey;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     BasicCredential, Capabilities, CredentialWithKey, Extension, ExtensionType, Extensions,
-    ExternalSender, GroupId, KeyPackage, LeafNodeParameters, MlsGroup, MlsGroupCreateConfig,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent,
-    ProtocolVersion, RatchetTreeIn, SignaturePublicKey, StagedWelcome,
+    ExternalSender, GroupContext, GroupId, KeyPackage, LeafNodeParameters, MlsGroup,
+    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+    ProcessedMessageContent, ProtocolVersion, RatchetTreeIn, SignaturePublicKey, StagedWelcome,
     MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -155,6 +155,17 @@ impl Client {
             .self_update(provider, signer, LeafNodeParameters::default())
             .unwrap();
         encode(bundle.into_messages().0)
+    }
+
+    fn set_context_extensions(&mut self, extensions: Extensions<GroupContext>) -> Vec<u8> {
+        let (provider, signer) = (&self.provider, &self.signer);
+        let (commit, _, _) = self
+            .group
+            .as_mut()
+            .unwrap()
+            .update_group_context_extensions(provider, extensions, signer)
+            .unwrap();
+        encode(commit)
     }
 
     fn commit_pending(&mut self) -> Vec<u8> {
@@ -633,6 +644,34 @@ async fn a_stale_commit_is_refused_and_one_of_two_concurrent_commits_wins() {
     .await
     .unwrap_err();
     assert_eq!(r.code, ErrorCode::StaleEpoch);
+}
+
+#[tokio::test]
+async fn members_may_rewrite_the_group_context_but_not_drop_the_removal_key() {
+    let f = Fixture::new().await;
+    let (mut anna, mut ben) = group_of_two(&f).await;
+
+    // The owners' policy lives in the group context: a GroupContextExtensions commit
+    // that keeps the removal key is an ordinary commit.
+    let same = anna.group().extensions().clone();
+    let c = anna.set_context_extensions(same);
+    let r = commit(&f.service, &mut anna, c.clone(), None)
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Committed { epoch: 2, .. }), "{r:?}");
+    anna.merge();
+    ben.process(&c);
+
+    // Without the removal key the server could no longer offboard anyone.
+    let c = ben.set_context_extensions(Extensions::empty());
+    let refused = commit(&f.service, &mut ben, c, None).await.unwrap_err();
+    assert!(
+        refused.message.contains("removal key"),
+        "{}",
+        refused.message
+    );
+    ben.discard();
+    assert_eq!(info(&f.service, &anna).await.epoch, 2);
 }
 
 #[tokio::test]
