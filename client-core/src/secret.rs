@@ -770,12 +770,28 @@ impl Client {
                 self.learn_names(group).await?;
                 learned_names = true;
             }
-            for entry in &entries {
-                if entry.seq <= since {
-                    continue;
+            // One SQLite transaction (one fsync) for the whole page instead of one per
+            // entry: each entry still runs in its own savepoint, and its MLS state, rows
+            // and the cursor become durable together with the rest of the page. A crash
+            // before the commit loses the page's processing, not the entries, which are
+            // fetched again.
+            let mut names: Vec<(&str, &str)> = Vec::new();
+            for entry in entries.iter().rev() {
+                let sender = entry.sender.as_str();
+                if sender != SERVER_SENDER && !names.iter().any(|(s, _)| *s == sender) {
+                    names.push((sender, &entry.sender_name));
                 }
-                self.process_entry(group, entry, &batch)?;
             }
+            for (sender, name) in names {
+                self.store.set_user_name(sender, name)?;
+            }
+            let conn = self.mls.connection();
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let result = entries
+                .iter()
+                .filter(|entry| entry.seq > since)
+                .try_for_each(|entry| self.process_entry(group, entry, &batch));
+            finish(conn, result)?;
             if last >= head {
                 break;
             }
@@ -787,10 +803,6 @@ impl Client {
     fn process_entry(&self, group: &GroupHandle, entry: &LogEntry, batch: &Batch) -> Result<()> {
         let handle = group.to_string();
         let gid = mls_group_id(group);
-        if entry.sender.as_str() != SERVER_SENDER {
-            self.store
-                .set_user_name(entry.sender.as_str(), &entry.sender_name)?;
-        }
         if self.store.is_own_entry(&handle, entry.seq)? {
             let conn = self.mls.connection();
             return store::append_rows(conn, &handle, &[], Some(entry.seq));
@@ -802,7 +814,9 @@ impl Client {
         let policy_before = self.policy(&gid)?;
         let members_before = self.mls.members(&gid)?;
         let conn = self.mls.connection();
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        // A savepoint: inside the caller's transaction for a page of entries, or a
+        // transaction of its own.
+        conn.execute_batch("SAVEPOINT rathaus_entry")?;
         let result = (|| -> Result<Option<TimelineRow>> {
             let incoming = match self.mls.process_message(bytes) {
                 Ok(incoming) => incoming,
@@ -910,7 +924,7 @@ impl Client {
             let rows: Vec<TimelineRow> = row.into_iter().collect();
             store::append_rows(conn, &handle, &rows, Some(entry.seq))
         });
-        finish(conn, result)
+        finish_savepoint(conn, "rathaus_entry", result)
     }
 
     /// The row for an entry the engine refused. Our own commit (acknowledged by the server
@@ -1402,6 +1416,21 @@ fn finish<T>(conn: &rusqlite::Connection, result: Result<T>) -> Result<T> {
         Err(e) => {
             // Report the operation's error; a failed rollback surfaces on the next statement.
             let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Like [`finish`], for a savepoint opened with `SAVEPOINT name`.
+fn finish_savepoint<T>(conn: &rusqlite::Connection, name: &str, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(value) => {
+            conn.execute_batch(&format!("RELEASE {name}"))?;
+            Ok(value)
+        }
+        Err(e) => {
+            // Report the operation's error; a failed rollback surfaces on the next statement.
+            let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
             Err(e)
         }
     }

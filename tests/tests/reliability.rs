@@ -3,9 +3,9 @@
 //!
 //! Set `RATHAUS_LONG=1` for the long variants (more kills, more clients, more posts).
 //!
-//! Secret groups are not served by this build yet, so these tests exercise public groups
-//! and announcements only; the secret-group halves of the crash and load tests join them
-//! once the delivery service for secret groups is in.
+//! The crash and load tests come in two halves: raw connections posting to public groups
+//! (many posters, cheap), and real clients (outbox, MLS state in SQLite) posting to a
+//! secret group and its department's public group.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -20,14 +20,16 @@ use anyhow::{anyhow, bail, ensure, Result};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime as _, UdpPoller};
 use rand::{Rng, RngCore};
+use rathaus_client::mls::{DeviceIdentity, MlsEngine};
 use rathaus_client::net::Connection;
+use rathaus_client::{Client, TimelineRow};
 use rathaus_protocol::{
     ClientMsgId, Content, EntryBody, Event, GroupHandle, LogEntry, PostBody, Request, Response,
 };
 use rathaus_server::RunOptions;
 use rathaus_tests::{
-    init_data_dir, provision_users, rss_kib, shared_endpoint, ProvisionedUser, Provisioning,
-    ServerProcess,
+    init_data_dir, provision_users, rss_kib, shared_endpoint, within, ProvisionedUser,
+    Provisioning, ServerProcess, TestBackend,
 };
 use tokio::task::JoinSet;
 
@@ -134,6 +136,216 @@ async fn acknowledged_posts_survive_repeated_sigkill_exactly_once_and_in_order()
     reader.close().await;
     server.kill()?;
     Ok(())
+}
+
+/// Real clients keep posting to a secret group and to its department's public group
+/// while the server process is SIGKILLed at random moments and restarted. Afterwards every
+/// post (acknowledged or still in an outbox when the server died) is present exactly once,
+/// acknowledged ones at the acknowledged seq, each sender's in order, and the secret group
+/// still works: a new message is read by everyone and all members see the same group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_and_public_posts_of_clients_survive_repeated_sigkill() -> Result<()> {
+    let kills = if long() { 12 } else { 3 };
+    let mut backend = TestBackend::start_process(None).await?;
+    let (_admin, posters, mut reader) = secret_team(&mut backend, 2).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = JoinSet::new();
+    for client in posters {
+        let stop = stop.clone();
+        tasks.spawn(async move { keep_sending(client, stop).await });
+    }
+    let mut rng = rand::thread_rng();
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
+        backend.kill()?;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..200))).await;
+        backend.restart_process()?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let mut outcomes = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (mut client, outcome) = joined??;
+        // What a crash left in the outbox goes out now. A connection to the killed server
+        // only fails at the QUIC idle timeout, so a stuck attempt is cut off and retried
+        // over a new connection.
+        within("flushing the outbox", async {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), client.sync()).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Err(_) => client.disconnect().await,
+                }
+            }
+        })
+        .await?;
+        outcomes.push((client, outcome));
+    }
+    let secret = secret_handle();
+    let public = GroupHandle::parse("bauamt")?;
+    // The reader's connection died with the first server; QUIC would only notice at the
+    // idle timeout.
+    reader.disconnect().await;
+    let secret_rows = within("reading", reader.read(&secret)).await??;
+    let public_rows = within("reading", reader.read(&public)).await??;
+    let mut total_acked = 0;
+    for (_, outcome) in &outcomes {
+        for (group, rows) in [(&secret, &secret_rows), (&public, &public_rows)] {
+            let mut last = 0;
+            for text in outcome.attempted.iter().filter(|(g, _)| g == group) {
+                let found: Vec<&TimelineRow> = rows.iter().filter(|r| r.text == text.1).collect();
+                ensure!(
+                    found.len() == 1,
+                    "{group}: {:?} is there {} times",
+                    text.1,
+                    found.len()
+                );
+                let row = found[0];
+                ensure!(
+                    row.sender == outcome.user,
+                    "{:?} has another sender",
+                    text.1
+                );
+                ensure!(
+                    row.seq > last,
+                    "{group}: posts of {} out of order",
+                    outcome.user
+                );
+                last = row.seq;
+            }
+        }
+        for (group, text, seq) in &outcome.acked {
+            let rows = if *group == secret {
+                &secret_rows
+            } else {
+                &public_rows
+            };
+            ensure!(
+                rows.iter().any(|r| &r.text == text && r.seq == *seq),
+                "{group}: acknowledged {text:?} is not at seq {seq}"
+            );
+        }
+        total_acked += outcome.acked.len();
+    }
+    ensure!(total_acked > 0, "no post was acknowledged at all");
+    ensure!(
+        !secret_rows.iter().any(|r| r.kind == "undecryptable"),
+        "undecryptable rows after the crashes"
+    );
+
+    // The secret group still works.
+    let (mut anna, _) = outcomes.remove(0);
+    anna.send_text(&secret, "Nach den Abstuerzen: alles da?")
+        .await?;
+    let rows = within("reading", reader.read(&secret)).await??;
+    ensure!(
+        rows.iter()
+            .any(|r| r.text == "Nach den Abstuerzen: alles da?"),
+        "a message after the crashes does not arrive"
+    );
+    let mut codes = vec![anna.group_code(&secret)?, reader.group_code(&secret)?];
+    for (client, _) in &outcomes {
+        codes.push(client.group_code(&secret)?);
+    }
+    ensure!(
+        codes.iter().all(|c| c.is_some() && *c == codes[0]),
+        "members disagree about the secret group after the crashes"
+    );
+    eprintln!(
+        "{kills} kills, {total_acked} acknowledged posts by clients, {} secret and {} public \
+         rows",
+        secret_rows.len(),
+        public_rows.len()
+    );
+    backend.stop().await;
+    Ok(())
+}
+
+/// What one client sent and what was acknowledged: (group, text, seq).
+struct ClientOutcome {
+    user: String,
+    acked: Vec<(GroupHandle, String, u64)>,
+    attempted: Vec<(GroupHandle, String)>,
+}
+
+/// Sends alternately to the secret group and the public one until told to stop. A send
+/// that fails stays in the outbox and goes out (first) with the next one.
+async fn keep_sending(
+    mut client: Client,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(Client, ClientOutcome)> {
+    let user = client.identity().user.to_string();
+    let groups = [secret_handle(), GroupHandle::parse("bauamt")?];
+    let mut outcome = ClientOutcome {
+        user: user.clone(),
+        acked: Vec::new(),
+        attempted: Vec::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(if long() { 600 } else { 180 });
+    for i in 0.. {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{user} kept failing to send");
+        let group = groups[i % 2].clone();
+        let text = format!("{user} #{i}");
+        outcome.attempted.push((group.clone(), text.clone()));
+        match tokio::time::timeout(Duration::from_secs(3), client.send_text(&group, &text)).await {
+            Ok(Ok(receipt)) => outcome.acked.push((group, text, receipt.seq)),
+            Ok(Err(e)) if e.is_transient() => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(e)) => bail!("{user}: {text:?} refused: {e}"),
+            // Cut off mid-send (a connection to the killed server only fails at the QUIC
+            // idle timeout): the message stays queued; reconnect.
+            Err(_) => client.disconnect().await,
+        }
+    }
+    Ok((client, outcome))
+}
+
+fn secret_handle() -> GroupHandle {
+    GroupHandle::parse("bauamt/secret").unwrap_or_else(|_| unreachable!("a valid handle"))
+}
+
+/// Enrolls an owner (P1001) and `posters - 1` further posters and one reader, all in
+/// `bauamt`; the owner's client gives birth to `bauamt/secret` with everyone in it.
+/// Returns the admin, the posters (owner first) and the reader.
+async fn secret_team(
+    backend: &mut TestBackend,
+    posters: usize,
+) -> Result<(Client, Vec<Client>, Client)> {
+    let mut admin = backend.admin().await?;
+    let owner_code = backend
+        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
+        .await?;
+    backend.department(&mut admin, "bauamt", &["P1001"]).await?;
+    let mut codes = vec![("P1001".to_owned(), owner_code)];
+    for i in 1..=posters {
+        let user = format!("P{}", 1001 + i);
+        let code = backend
+            .provision(&mut admin, &user, &format!("Kollege {i}"), &["bauamt"], &[])
+            .await?;
+        codes.push((user, code));
+    }
+    // Enrolling publishes KeyPackages; the birth comes after, so it admits everyone.
+    let mut clients = Vec::new();
+    for (user, code) in codes {
+        clients.push(backend.enroll(&user, &code).await?);
+    }
+    for client in &mut clients {
+        within("joining", client.sync()).await??;
+    }
+    let reader = clients.pop().ok_or_else(|| anyhow!("no reader"))?;
+    for client in &clients {
+        ensure!(
+            client.group_code(&secret_handle())?.is_some(),
+            "{} is not in the secret group",
+            client.identity().user
+        );
+    }
+    Ok((admin, clients, reader))
 }
 
 /// What one poster sent and what was acknowledged.
@@ -384,6 +596,120 @@ async fn fifty_clients_posting_two_hundred_each_all_delivered_memory_flat() -> R
     );
     reader.close().await;
     let _ = &mut server;
+    Ok(())
+}
+
+/// Members of a secret group post encrypted messages concurrently (`RATHAUS_LONG=1`: 50 ×
+/// 1,000, by default 10 × 200 next to the 50 public posters above); the owner's client
+/// reads every one exactly once, at the acknowledged seq, each sender's in order, and
+/// nothing is undecryptable. The members are users written into the store, each with its
+/// own MLS engine in a SQLite file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_posting_to_a_secret_group_all_read_once_and_in_order() -> Result<()> {
+    let members = if long() { 50 } else { 10 };
+    let posts = if long() { 1000 } else { 200 };
+    let mut backend = TestBackend::start().await?;
+    let mut admin = backend.admin().await?;
+    let owner_code = backend
+        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
+        .await?;
+    backend.department(&mut admin, "bauamt", &["P1001"]).await?;
+    let mut owner = backend.enroll("P1001", &owner_code).await?;
+    owner.disconnect().await;
+    admin.disconnect().await;
+    backend.stop().await;
+    let users = provision_users(
+        &backend.data_dir(),
+        &Provisioning {
+            prefix: "S",
+            count: members,
+            departments: &["bauamt"],
+            roles: &[],
+        },
+    )?;
+    backend.run().await?;
+    let (addr, fp) = (backend.addr, backend.fingerprint.clone());
+    let endpoint = shared_endpoint()?;
+    let profiles = tempfile::tempdir()?;
+    let mut posters = Vec::new();
+    for user in &users {
+        let identity = DeviceIdentity::new(user.id.as_str(), &user.device.0.to_string())?;
+        let engine = MlsEngine::open(
+            &profiles.path().join(format!("{}.sqlite", user.id)),
+            user.key.clone(),
+            identity,
+        )?;
+        let batch = engine.generate_key_packages(1)?;
+        let conn = user.connect(&endpoint, addr, &fp).await?;
+        conn.request(&Request::PublishKeyPackages {
+            one_time: batch.one_time,
+            last_resort: Some(batch.last_resort),
+        })
+        .await?;
+        posters.push((user.id.to_string(), engine, conn));
+    }
+    within("birth", owner.sync()).await??;
+    let secret = secret_handle();
+    let mut tasks = JoinSet::new();
+    for (user, engine, conn) in posters {
+        let welcome = match conn.request(&Request::FetchWelcomes).await? {
+            Response::Welcomes(mut w) if w.len() == 1 => w.remove(0),
+            other => bail!("{user}: expected one Welcome, got {other:?}"),
+        };
+        let gid = engine.join_from_welcome(&welcome.welcome, &welcome.ratchet_tree)?;
+        let secret = secret.clone();
+        tasks.spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..posts {
+                let text = format!("{user} geheim #{i}");
+                let plaintext = postcard::to_allocvec(&Content::text(&text))?;
+                let request = Request::Post {
+                    group: secret.clone(),
+                    client_id: random_id(),
+                    body: PostBody::Mls(engine.encrypt(&gid, &plaintext)?),
+                };
+                match conn.request(&request).await? {
+                    Response::Posted { seq, .. } => acked.push((text, seq)),
+                    other => bail!("unexpected answer {other:?}"),
+                }
+            }
+            conn.close().await;
+            anyhow::Ok((user, acked))
+        });
+    }
+    let mut acked = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        acked.push(joined??);
+    }
+    let rows = tokio::time::timeout(Duration::from_secs(600), owner.read(&secret)).await??;
+    ensure!(
+        !rows.iter().any(|r| r.kind == "undecryptable"),
+        "undecryptable rows"
+    );
+    let by_text: HashMap<&str, Vec<&TimelineRow>> =
+        rows.iter().fold(HashMap::new(), |mut map, row| {
+            map.entry(row.text.as_str()).or_default().push(row);
+            map
+        });
+    for (user, posted) in &acked {
+        ensure!(
+            posted.len() == posts,
+            "{user} posted {} times",
+            posted.len()
+        );
+        let mut last = 0;
+        for (text, seq) in posted {
+            let found = by_text.get(text.as_str()).map_or(0, Vec::len);
+            ensure!(found == 1, "{text:?} read {found} times");
+            let row = by_text[text.as_str()][0];
+            ensure!(row.seq == *seq, "{text:?} at seq {} not {seq}", row.seq);
+            ensure!(row.sender == *user, "{text:?} has another sender");
+            ensure!(*seq > last, "posts of {user} out of order");
+            last = *seq;
+        }
+    }
+    owner.disconnect().await;
+    backend.stop().await;
     Ok(())
 }
 

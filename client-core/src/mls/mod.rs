@@ -2,13 +2,21 @@
 //!
 //! [`MlsEngine`] owns the profile's SQLite connection and keeps every piece
 //! of MLS state (key packages, groups, secret trees, pending proposals and
-//! commits) in openmls' tables inside that file. It holds no group in
-//! memory: every operation loads the group from SQLite, so the connection can
-//! be dropped and reopened between any two operations, and a crash loses at
-//! most the operation in flight. Each operation runs inside a SQLite
-//! savepoint, so a failed operation leaves no half-written state, and an
-//! operation called inside the caller's own transaction commits or rolls
-//! back together with the caller's history rows.
+//! commits) in openmls' tables inside that file, written through on every
+//! change, so the connection can be dropped and reopened between any two
+//! operations, and a crash loses at most the operation in flight. Each
+//! operation runs inside a SQLite savepoint, so a failed operation leaves no
+//! half-written state, and an operation called inside the caller's own
+//! transaction commits or rolls back together with the caller's history rows.
+//!
+//! The last group used is kept in memory as well, so a run of operations on
+//! one group (a page of incoming messages) does not re-read and re-decode its
+//! ratchet tree every time. The copy is used only while it provably matches
+//! the file: every write of the engine also writes a fresh random *state
+//! token* in the same savepoint, and the copy remembers the token it belongs
+//! to. A rollback (of the engine's savepoint or of the caller's transaction)
+//! or a write by another connection changes the token, and the group is read
+//! from SQLite again.
 //!
 //! The engine is sans-IO: it turns bytes into bytes and typed results; the
 //! sync layer moves them to and from the delivery service.
@@ -42,6 +50,7 @@ mod provider;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
@@ -56,7 +65,7 @@ use openmls::prelude::{
 };
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider as _;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension as _};
 
 pub use error::MlsError;
 pub use identity::{DeviceIdentity, DeviceSigner};
@@ -107,7 +116,22 @@ pub struct MlsEngine {
     signer: DeviceSigner,
     /// This device's identity, as put into its credentials.
     identity: DeviceIdentity,
+    /// The last group used, with the state token it matches (see the module docs).
+    cache: RefCell<Option<CachedGroup>>,
+    /// The group an operation in flight changed, to become `cache` once its savepoint
+    /// is released.
+    changed: RefCell<Option<MlsGroup>>,
 }
+
+/// A group as loaded from (or written to) SQLite at the state `token`.
+struct CachedGroup {
+    token: StateToken,
+    group: MlsGroup,
+}
+
+/// Random value written with every change of the engine's state; equal tokens mean
+/// equal state.
+type StateToken = [u8; 16];
 
 impl std::fmt::Debug for MlsEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -243,11 +267,19 @@ impl MlsEngine {
         identity: DeviceIdentity,
     ) -> Result<Self, MlsError> {
         SqliteMlsProvider::migrate(&mut connection)?;
+        connection.execute_batch(
+            "CREATE TABLE IF NOT EXISTS rathaus_mls_state (
+                 id INTEGER PRIMARY KEY CHECK (id = 0),
+                 token BLOB NOT NULL
+             )",
+        )?;
         Ok(Self {
             connection,
             crypto: RustCrypto::default(),
             signer: DeviceSigner::new(device_key),
             identity,
+            cache: RefCell::new(None),
+            changed: RefCell::new(None),
         })
     }
 
@@ -445,7 +477,9 @@ impl MlsEngine {
             group
                 .merge_pending_commit(provider)
                 .map_err(|e| MlsError::protocol("merge commit", e))?;
-            Ok(group.epoch().as_u64())
+            let epoch = group.epoch().as_u64();
+            self.keep(group);
+            Ok(epoch)
         })
     }
 
@@ -456,7 +490,9 @@ impl MlsEngine {
             let mut group = self.load(provider, group_id)?;
             group
                 .clear_pending_commit(provider.storage())
-                .map_err(|e| MlsError::protocol("discard commit", e))
+                .map_err(|e| MlsError::protocol("discard commit", e))?;
+            self.keep(group);
+            Ok(())
         })
     }
 
@@ -483,7 +519,9 @@ impl MlsEngine {
             let group = StagedWelcome::new_from_welcome(provider, &config, welcome, Some(tree))
                 .and_then(|staged| staged.into_group(provider))
                 .map_err(|e| MlsError::protocol("join from welcome", e))?;
-            Ok(group.group_id().as_slice().to_vec())
+            let group_id = group.group_id().as_slice().to_vec();
+            self.keep(group);
+            Ok(group_id)
         })
     }
 
@@ -494,6 +532,7 @@ impl MlsEngine {
             let message = group
                 .create_message(provider, &self.signer, plaintext)
                 .map_err(|e| MlsError::protocol("encrypt", e))?;
+            self.keep(group);
             encode(message)
         })
     }
@@ -516,7 +555,7 @@ impl MlsEngine {
                 .map_err(|e| MlsError::protocol("process message", e))?;
             let sender = processed.sender().clone();
             let credential = processed.credential().clone();
-            match processed.into_content() {
+            let incoming = match processed.into_content() {
                 ProcessedMessageContent::ApplicationMessage(message) => Ok(Incoming::Application {
                     sender: DeviceIdentity::from_credential(&credential)?,
                     plaintext: message.into_bytes(),
@@ -557,7 +596,9 @@ impl MlsEngine {
                     "process message",
                     "unsupported message content",
                 )),
-            }
+            }?;
+            self.keep(group);
+            Ok(incoming)
         })
     }
 
@@ -633,7 +674,9 @@ impl MlsEngine {
             let mut group = self.load(provider, group_id)?;
             group
                 .clear_pending_proposals(provider.storage())
-                .map_err(|e| MlsError::protocol("clear proposals", e))
+                .map_err(|e| MlsError::protocol("clear proposals", e))?;
+            self.keep(group);
+            Ok(())
         })
     }
 
@@ -654,21 +697,43 @@ impl MlsEngine {
 
     /// Whether the profile holds state for this group.
     pub fn has_group(&self, group_id: &[u8]) -> Result<bool, MlsError> {
-        let provider = self.provider();
-        Ok(MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))?.is_some())
+        match self.read(group_id, |_| Ok(())) {
+            Ok(()) => Ok(true),
+            Err(MlsError::UnknownGroup(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn provider(&self) -> SqliteMlsProvider<'_> {
         SqliteMlsProvider::new(&self.crypto, &self.connection)
     }
 
+    /// The group, from memory if the copy there matches the file, else from SQLite.
+    /// The in-memory copy is handed out (moved): an operation that changes the group
+    /// gives it back with [`MlsEngine::keep`], a failed one drops it.
     fn load(
         &self,
         provider: &SqliteMlsProvider<'_>,
         group_id: &[u8],
     ) -> Result<MlsGroup, MlsError> {
-        MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))?
-            .ok_or_else(|| MlsError::UnknownGroup(group_id.to_vec()))
+        Ok(self.load_at(provider, group_id)?.1)
+    }
+
+    fn load_at(
+        &self,
+        provider: &SqliteMlsProvider<'_>,
+        group_id: &[u8],
+    ) -> Result<(Option<StateToken>, MlsGroup), MlsError> {
+        let token = self.state_token()?;
+        let cached = self.cache.borrow_mut().take();
+        if let (Some(cached), Some(token)) = (cached, token) {
+            if cached.token == token && cached.group.group_id().as_slice() == group_id {
+                return Ok((Some(token), cached.group));
+            }
+        }
+        let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))?
+            .ok_or_else(|| MlsError::UnknownGroup(group_id.to_vec()))?;
+        Ok((token, group))
     }
 
     fn read<T>(
@@ -677,7 +742,35 @@ impl MlsEngine {
         f: impl FnOnce(&MlsGroup) -> Result<T, MlsError>,
     ) -> Result<T, MlsError> {
         let provider = self.provider();
-        f(&self.load(&provider, group_id)?)
+        let (token, group) = self.load_at(&provider, group_id)?;
+        let result = f(&group);
+        if let Some(token) = token {
+            *self.cache.borrow_mut() = Some(CachedGroup { token, group });
+        }
+        result
+    }
+
+    /// Marks `group` as the state the operation in flight leaves behind; it becomes the
+    /// in-memory copy once the operation's savepoint is released.
+    fn keep(&self, group: MlsGroup) {
+        *self.changed.borrow_mut() = Some(group);
+    }
+
+    fn state_token(&self) -> Result<Option<StateToken>, MlsError> {
+        Ok(self
+            .connection
+            .prepare_cached("SELECT token FROM rathaus_mls_state WHERE id = 0")?
+            .query_row([], |row| row.get::<_, StateToken>(0))
+            .optional()?)
+    }
+
+    /// Writes a fresh state token (inside the operation's savepoint).
+    fn new_state_token(&self) -> Result<StateToken, MlsError> {
+        let token: StateToken = rand::random();
+        self.connection
+            .prepare_cached("INSERT OR REPLACE INTO rathaus_mls_state (id, token) VALUES (0, ?1)")?
+            .execute([&token[..]])?;
+        Ok(token)
     }
 
     /// Runs `f` inside a savepoint: everything openmls wrote is kept if `f`
@@ -687,13 +780,21 @@ impl MlsEngine {
         &self,
         f: impl FnOnce(&SqliteMlsProvider<'_>) -> Result<T, MlsError>,
     ) -> Result<T, MlsError> {
+        self.changed.borrow_mut().take();
         self.connection.execute_batch("SAVEPOINT rathaus_mls")?;
-        match f(&self.provider()) {
-            Ok(value) => {
+        match f(&self.provider()).and_then(|value| Ok((value, self.new_state_token()?))) {
+            Ok((value, token)) => {
+                let changed = self.changed.borrow_mut().take();
                 self.connection.execute_batch("RELEASE rathaus_mls")?;
+                if let Some(group) = changed {
+                    *self.cache.borrow_mut() = Some(CachedGroup { token, group });
+                }
                 Ok(value)
             }
             Err(error) => {
+                // Whatever the operation changed in memory is rolled back in the file.
+                self.changed.borrow_mut().take();
+                self.cache.borrow_mut().take();
                 // Report the operation's error; a failing rollback would
                 // surface on the next statement anyway.
                 let _ = self
@@ -738,12 +839,14 @@ impl MlsEngine {
                 .stage_commit(provider)
                 .map_err(|e| MlsError::protocol(operation, e))?;
             let (commit, welcome, group_info) = bundle.into_messages();
-            Ok(CommitOutput {
+            let output = CommitOutput {
                 commit: encode(commit)?,
                 welcome: welcome.map(encode).transpose()?,
                 group_info: group_info.map(encode).transpose()?,
                 new_epoch: group.epoch().as_u64() + 1,
-            })
+            };
+            self.keep(group);
+            Ok(output)
         })
     }
 

@@ -324,3 +324,48 @@ fn group_policy_travels_in_the_group_context() -> TestResult {
     assert!(!anna.engine()?.has_group(GROUP)?);
     Ok(())
 }
+
+/// The group kept in memory never outlives the file's state: a message processed inside a
+/// transaction the caller rolls back can be processed again, and a change made through a
+/// second connection is seen.
+#[test]
+fn in_memory_group_follows_rollbacks_and_other_connections() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (anna, jonas) = (
+        Device::new(dir.path(), "P1001", 1)?,
+        Device::new(dir.path(), "P1002", 2)?,
+    );
+    let (a, j) = (anna.engine()?, jonas.engine()?);
+    a.create_group(GROUP, &server_key().verifying_key().to_bytes())?;
+    let out = a.add_members(GROUP, &j.generate_key_packages(1)?.one_time)?;
+    a.merge_pending_commit(GROUP)?;
+    j.join_from_welcome(&out.welcome.ok_or("no welcome")?, &a.ratchet_tree(GROUP)?)?;
+
+    let first = a.encrypt(GROUP, b"erste")?;
+    j.connection().execute_batch("BEGIN IMMEDIATE")?;
+    assert!(matches!(
+        j.process_message(&first)?,
+        Incoming::Application { .. }
+    ));
+    j.connection().execute_batch("ROLLBACK")?;
+    // The rolled-back decryption consumed nothing.
+    match j.process_message(&first)? {
+        Incoming::Application { plaintext, .. } => assert_eq!(plaintext, b"erste"),
+        other => panic!("{other:?}"),
+    }
+    // Processed for good now: a replay is refused.
+    assert!(j.process_message(&first).is_err());
+
+    // Another connection to Anna's file moves the group on; this engine notices.
+    assert_eq!(a.epoch(GROUP)?, 1);
+    let other = anna.engine()?;
+    other.self_update(GROUP)?;
+    other.merge_pending_commit(GROUP)?;
+    assert_eq!(a.epoch(GROUP)?, 2);
+    let second = a.encrypt(GROUP, b"zweite")?;
+    assert!(
+        j.process_message(&second).is_err(),
+        "Jonas is still in epoch 1"
+    );
+    Ok(())
+}

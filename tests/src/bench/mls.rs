@@ -18,7 +18,9 @@ use openmls::prelude::{
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use rand::rngs::OsRng;
-use rathaus_client::mls::{DeviceIdentity, DeviceSigner, Incoming, MlsEngine, CIPHERSUITE};
+use rathaus_client::mls::{
+    DeviceIdentity, DeviceSigner, Incoming, MlsEngine, CIPHERSUITE, GROUP_POLICY_EXTENSION,
+};
 
 use super::report::Row;
 
@@ -191,7 +193,7 @@ fn ratio_row(name: &str, engine: &[Duration], bare: &[Duration], what: String) -
 }
 
 /// A device running bare openmls with the in-memory provider.
-struct Bare {
+pub(crate) struct Bare {
     provider: OpenMlsRustCrypto,
     signer: DeviceSigner,
     credential: CredentialWithKey,
@@ -199,9 +201,22 @@ struct Bare {
 
 impl Bare {
     fn new(user: &str) -> Self {
-        let signer = DeviceSigner::new(SigningKey::generate(&mut OsRng));
+        Self::with_credential(
+            SigningKey::generate(&mut OsRng),
+            format!("{user}/d").into_bytes(),
+        )
+    }
+
+    /// A bare device with a Rathaus device key and identity, so the delivery service
+    /// accepts its key packages.
+    pub(crate) fn with_key(key: SigningKey, identity: &DeviceIdentity) -> Self {
+        Self::with_credential(key, identity.to_bytes())
+    }
+
+    fn with_credential(key: SigningKey, identity: Vec<u8>) -> Self {
+        let signer = DeviceSigner::new(key);
         let credential = CredentialWithKey {
-            credential: BasicCredential::new(format!("{user}/d").into_bytes()).into(),
+            credential: BasicCredential::new(identity).into(),
             signature_key: SignaturePublicKey::from(signer.public_key().to_vec()),
         };
         Self {
@@ -211,10 +226,14 @@ impl Bare {
         }
     }
 
-    /// A key package as `MLSMessage` bytes, with the capabilities Rathaus clients use.
-    fn key_package(&self) -> Result<Vec<u8>> {
+    /// A key package as `MLSMessage` bytes, with the capabilities Rathaus clients use
+    /// (last resort, and the group policy extension in every secret group's context).
+    pub(crate) fn key_package(&self) -> Result<Vec<u8>> {
         let capabilities = Capabilities::builder()
-            .extensions(vec![ExtensionType::LastResort])
+            .extensions(vec![
+                ExtensionType::LastResort,
+                ExtensionType::Unknown(GROUP_POLICY_EXTENSION),
+            ])
             .build();
         let bundle = KeyPackage::builder()
             .leaf_node_capabilities(capabilities)
@@ -291,7 +310,7 @@ impl Bare {
         Ok(welcome)
     }
 
-    fn join(&self, welcome: &[u8], tree: &[u8]) -> Result<MlsGroup> {
+    pub(crate) fn join(&self, welcome: &[u8], tree: &[u8]) -> Result<MlsGroup> {
         let MlsMessageBodyIn::Welcome(welcome) =
             MlsMessageIn::tls_deserialize_exact(welcome)?.extract()
         else {
@@ -307,6 +326,33 @@ impl Bare {
             StagedWelcome::new_from_welcome(&self.provider, &config, welcome, Some(tree))?
                 .into_group(&self.provider)?,
         )
+    }
+
+    /// Processes one handshake or application message as a member does: decrypts
+    /// application messages, stores proposals, merges commits. Returns whether it was an
+    /// application message.
+    pub(crate) fn process(&self, group: &mut MlsGroup, message: &[u8]) -> Result<bool> {
+        let message = MlsMessageIn::tls_deserialize_exact(message)?.try_into_protocol_message()?;
+        match group
+            .process_message(&self.provider, message)?
+            .into_content()
+        {
+            ProcessedMessageContent::ApplicationMessage(m) => {
+                drop(m.into_bytes());
+                Ok(true)
+            }
+            ProcessedMessageContent::ProposalMessage(p)
+            | ProcessedMessageContent::ExternalJoinProposalMessage(p) => {
+                group.store_pending_proposal(self.provider.storage(), *p)?;
+                Ok(false)
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                group.merge_staged_commit(&self.provider, *staged)?;
+                Ok(false)
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(anyhow!("unsupported message content")),
+        }
     }
 
     fn decrypt(&self, group: &mut MlsGroup, message: &[u8]) -> Result<()> {

@@ -13,6 +13,8 @@
 //! `--only NAME[,NAME]` runs a subset (ingest, fanout, announce, mls, catchup, cli-send,
 //! idle-connections).
 
+#[path = "../bench/catchup.rs"]
+mod catchup;
 #[path = "../bench/mls.rs"]
 mod mls;
 #[path = "../bench/process.rs"]
@@ -42,6 +44,7 @@ struct Sizes {
     mls_members: usize,
     mls_reps: usize,
     mls_messages: usize,
+    catchup_members: usize,
     cli_runs: usize,
     idle_connections: usize,
 }
@@ -59,6 +62,7 @@ const FULL: Sizes = Sizes {
     mls_members: 1000,
     mls_reps: 3,
     mls_messages: 300,
+    catchup_members: 1000,
     cli_runs: 30,
     idle_connections: 10_000,
 };
@@ -76,6 +80,7 @@ const QUICK: Sizes = Sizes {
     mls_members: 200,
     mls_reps: 1,
     mls_messages: 200,
+    catchup_members: 100,
     cli_runs: 10,
     idle_connections: 1_000,
 };
@@ -151,13 +156,16 @@ fn main() -> Result<()> {
         eprintln!("   {:.1} s", t.elapsed().as_secs_f64());
     }
     if wanted("catchup") {
-        // Needs the secret-group delivery service (server) and sync (client): an offline
-        // member of a 1,000-member secret group fetching 1,000 messages and 10 commits.
-        rows.push(Row::unavailable(
-            format!("catchup{s}"),
-            "ms",
-            "secret groups are not served by this build yet",
-        ));
+        // DESIGN §10: 1,000 messages + 10 commits at every size; only the group shrinks.
+        let n = sizes.catchup_members;
+        let name = if quick {
+            format!(" ({n} members, quick)")
+        } else {
+            String::new()
+        };
+        rows.extend(run_async(&runtime, "catchup", "ms", &name, async {
+            catchup::catchup(n, 1000, 10, &name).await
+        }));
     }
     if wanted("cli-send") {
         rows.extend(run_async(&runtime, "cli-send", "ms", s, async {
