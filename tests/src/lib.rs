@@ -385,21 +385,13 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
         .and_then(Path::parent)
         .ok_or_else(|| anyhow!("unexpected test binary location {}", exe.display()))?;
     let path = profile_dir.join(name);
-    // Built at most once per test process: `cargo test -p rathaus-tests` alone does not
-    // rebuild the other packages' binaries, so a binary older than this test executable
-    // may be stale; `cargo build` is a no-op when it is not.
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut built = BUILT.lock().map_err(|_| anyhow!("poisoned"))?;
-    if built.iter().any(|b| b == name) {
-        return Ok(path);
-    }
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let stale = match (modified(&path), modified(&exe)) {
-        (Some(bin), Some(test)) => bin < test,
-        (None, _) => true,
-        (Some(_), None) => false,
-    };
-    if stale {
+    // `cargo test --workspace` (the README's command) builds every binary before the tests
+    // run. Only a missing binary is built here: building one package alone unifies
+    // dependency features differently and would recompile them. After changing the CLI or
+    // the server, run `cargo build --workspace` before `cargo test -p rathaus-tests`.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = BUILD.lock().map_err(|_| anyhow!("poisoned"))?;
+    if !path.exists() {
         let package = if name == "rathaus" {
             "rathaus-cli"
         } else {
@@ -412,7 +404,6 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
             bail!("cannot build {name}");
         }
     }
-    built.push(name.to_owned());
     Ok(path)
 }
 
