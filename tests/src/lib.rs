@@ -563,9 +563,20 @@ pub fn init_data_dir(root: &Path) -> Result<PathBuf> {
 }
 
 /// A client endpoint on `127.0.0.1:0` that many connections can share (one UDP socket
-/// instead of one per connection).
+/// instead of one per connection). It stands in for many devices, each of which would
+/// have a socket of its own, so it gets the server's large socket buffers: a burst to a
+/// thousand connections must not overflow one default-sized receive buffer.
 pub fn shared_endpoint() -> Result<quinn::Endpoint> {
-    Ok(quinn::Endpoint::client("127.0.0.1:0".parse()?)?)
+    let (socket, _) = rathaus_server::transport::udp::bind(
+        "127.0.0.1:0".parse()?,
+        rathaus_server::transport::udp::SERVER_SOCKET_BUFFER,
+    )?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
 }
 
 /// Resident set size of process `pid` in KiB (Linux `/proc`).

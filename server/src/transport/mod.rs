@@ -10,6 +10,7 @@ mod stream;
 pub(crate) use stream::request_kind;
 mod subscribe;
 pub mod tls;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -129,8 +130,15 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     let store = dir.open_store()?;
     let removal_key = dir.removal_key()?;
     let service = Service::new(Db::new(Arc::new(store)), opts.clock.clone(), removal_key)?;
-    let endpoint = quinn::Endpoint::server(server_config, listen)
+    let socket = udp::bind_server(listen)
         .map_err(|e| ServerError::io(format!("cannot listen on {listen}"), e))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| ServerError::io(format!("cannot listen on {listen}"), e))?;
     let local_addr = endpoint
         .local_addr()
         .map_err(|e| ServerError::io("cannot read the bound address", e))?;
