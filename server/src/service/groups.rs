@@ -9,8 +9,8 @@ use rathaus_protocol::{
     GroupSummary, MemberInfo, PostBody, Response, Role,
 };
 
-use super::{Broadcast, Heads, Refusal, Service, Session};
-use crate::store::{DepartmentRecord, StoredEntry, UserRecord, Writes};
+use super::{Broadcast, Heads, InFlight, InFlightKey, Refusal, Service, Session};
+use crate::store::{ApplyTicket, DepartmentRecord, StoredEntry, UserRecord, Writes};
 
 /// Room left in a `Fetch` answer for everything but the entries' stored bytes.
 pub(super) const FETCH_BUDGET: usize = MAX_CONTROL_FRAME - 128 * 1024;
@@ -89,33 +89,70 @@ impl Service {
 
     /// Appends a post unless its `(sender, client id)` was stored before, and answers
     /// once it is durable; then pushes it to whoever may read the group.
+    ///
+    /// The seq is allocated and the write queued under the log lock; the write is applied
+    /// outside it, so the posts of concurrent senders share storage-engine batches (see
+    /// `store::combine`). Queue order is seq order, so the log on disk never has a gap
+    /// that a later entry skips over.
     pub(super) async fn append_post(
         &self,
         group: &GroupHandle,
         entry: StoredEntry,
     ) -> Result<Response, Refusal> {
         let now = entry.sent_at_ms;
-        let (seq, sent_at_ms, duplicate, ticket, stored) = {
+        let key = InFlightKey {
+            group: group.clone(),
+            sender: entry.sender.clone(),
+            client_id: entry.client_id,
+        };
+        let (seq, sent_at_ms, duplicate, applying, stored) = {
             let mut heads = self.log_lock();
-            if let Some(seq) = self
-                .db
-                .deduplicated(group, &entry.sender, &entry.client_id)?
+            let in_flight = self.in_flight().get(&key).copied();
+            if let Some(f) = in_flight {
+                // The same post is being stored right now (a retry that overtook its
+                // original): answer as a duplicate once the original is applied.
+                (f.seq, f.sent_at_ms, true, Some(f.applied), None)
+            } else if let Some(seq) =
+                self.db
+                    .deduplicated(group, &entry.sender, &entry.client_id)?
             {
                 let sent_at = self
                     .db
                     .entries(group, seq - 1, 1)?
                     .first()
                     .map_or(now, |(_, e, _)| e.sent_at_ms);
-                (seq, sent_at, true, self.commit.latest(), None)
+                (seq, sent_at, true, None, None)
             } else {
-                let seq = self.append_locked(
+                let (seq, applied) = self.enqueue_locked(
                     &mut heads,
                     group,
                     std::slice::from_ref(&entry),
                     Writes::new(),
                 )?;
-                (seq, now, false, self.commit.written(), Some(entry))
+                self.in_flight().insert(
+                    key.clone(),
+                    InFlight {
+                        seq,
+                        sent_at_ms: now,
+                        applied,
+                    },
+                );
+                (seq, now, false, Some(applied), Some(entry))
             }
+        };
+        let ticket = match applying {
+            Some(applied) => {
+                let result = self.db.wait_applied(applied).await;
+                if stored.is_some() {
+                    // From here on the dedup index on disk answers retries.
+                    self.in_flight().remove(&key);
+                }
+                // A failed apply means the storage engine failed; it refuses every later
+                // write too, so no later seq is stored behind the missing one.
+                result?;
+                self.commit.written()
+            }
+            None => self.commit.latest(),
         };
         self.durable(ticket).await?;
         self.mark_durable(group, seq);
@@ -149,15 +186,38 @@ impl Service {
         heads: &mut HashMap<GroupHandle, Heads>,
         group: &GroupHandle,
         entries: &[StoredEntry],
-        mut extra: Writes,
+        extra: Writes,
     ) -> Result<u64, Refusal> {
+        let before = heads.get(group).copied();
+        let (first, applied) = self.enqueue_locked(heads, group, entries, extra)?;
+        if let Err(e) = self.db.wait_applied_blocking(applied) {
+            // Nobody could queue behind it while the lock is held: take the seqs back.
+            match before {
+                Some(h) => heads.insert(group.clone(), h),
+                None => heads.remove(group),
+            };
+            return Err(e.into());
+        }
+        Ok(first)
+    }
+
+    /// Allocates seqs for `entries` and queues them with `extra` writes as one atomic
+    /// batch; returns the seq of the first and the batch's ticket. Call with the log lock
+    /// held; wait for the ticket, then take a commit ticket.
+    fn enqueue_locked(
+        &self,
+        heads: &mut HashMap<GroupHandle, Heads>,
+        group: &GroupHandle,
+        entries: &[StoredEntry],
+        mut extra: Writes,
+    ) -> Result<(u64, ApplyTicket), Refusal> {
         let first = self.next_seq(heads, group)?;
         let mut last = first - 1;
         for entry in entries {
             last += 1;
             extra.put_entry(group, last, entry)?;
         }
-        self.db.apply(extra)?;
+        let applied = self.db.enqueue(extra)?;
         let durable = heads.get(group).map_or(first - 1, |h| h.durable);
         heads.insert(
             group.clone(),
@@ -166,7 +226,14 @@ impl Service {
                 durable,
             },
         );
-        Ok(first)
+        Ok((first, applied))
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<InFlightKey, InFlight>> {
+        // Single map operations only: a poisoned lock holds a consistent map.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Pushes a durable entry to the subscribers who may read its group.

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openmls_rust_crypto::RustCrypto;
 use rathaus_protocol::{
-    DeviceId, ErrorCode, GroupHandle, Request, Response, Role, SessionInfo, UserId,
+    ClientMsgId, DeviceId, ErrorCode, GroupHandle, Request, Response, Role, SessionInfo, UserId,
 };
 use tokio::sync::broadcast;
 
@@ -67,6 +67,9 @@ pub struct Service {
     /// Held while seqs are allocated, duplicates checked and entries inserted, so those
     /// three are atomic; the value caches each group's heads. Never held across a flush.
     log: Mutex<HashMap<GroupHandle, Heads>>,
+    /// Posts queued for storage but not yet applied, so that a retry arriving meanwhile
+    /// is recognised as a duplicate; taken only while `log` is held, or alone.
+    in_flight: Mutex<HashMap<InFlightKey, InFlight>>,
     /// Held across read-modify-write of users and departments.
     directory: Mutex<()>,
     /// Which writes are durable.
@@ -111,6 +114,22 @@ struct Heads {
     /// The last seq known durable: the only one readers see, so nobody ever learns of a
     /// seq that a crash could take back.
     durable: u64,
+}
+
+/// Identifies a post for deduplication.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct InFlightKey {
+    group: GroupHandle,
+    sender: UserId,
+    client_id: ClientMsgId,
+}
+
+/// A post whose write is queued but not yet applied.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    seq: u64,
+    sent_at_ms: i64,
+    applied: crate::store::ApplyTicket,
 }
 
 /// The identity of an authenticated connection.
@@ -190,6 +209,7 @@ impl Service {
             org,
             throttle: Mutex::new(Throttle::new(policy)),
             log: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             directory: Mutex::new(()),
             commit: GroupCommit::default(),
             events,

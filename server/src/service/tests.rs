@@ -440,3 +440,152 @@ async fn a_device_proves_possession_of_its_key() {
     assert_eq!(info.org, "Stadt Musterhausen");
     assert_eq!(info.roles, vec![Role::Member]);
 }
+
+/// A store whose queued batches stay unapplied while `hold` is set, until `release`.
+struct HeldStore {
+    inner: crate::store::MemoryStore,
+    hold: std::sync::atomic::AtomicBool,
+    held: std::sync::Mutex<Vec<(u64, crate::store::Batch)>>,
+    next: std::sync::atomic::AtomicU64,
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
+impl HeldStore {
+    fn new() -> Self {
+        Self {
+            inner: crate::store::MemoryStore::new(),
+            hold: false.into(),
+            held: std::sync::Mutex::default(),
+            next: 0.into(),
+            applied: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    fn release(&self) {
+        use crate::store::Store;
+        let held = std::mem::take(&mut *self.held.lock().unwrap());
+        for (ticket, batch) in held {
+            self.inner.apply(batch).unwrap();
+            self.applied.send_modify(|a| *a = (*a).max(ticket));
+        }
+    }
+}
+
+impl crate::store::Store for HeldStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        self.inner.get(key)
+    }
+    fn apply(&self, batch: crate::store::Batch) -> Result<(), crate::store::StoreError> {
+        self.inner.apply(batch)
+    }
+    fn enqueue(
+        &self,
+        batch: crate::store::Batch,
+    ) -> Result<crate::store::ApplyTicket, crate::store::StoreError> {
+        use std::sync::atomic::Ordering;
+        if !self.hold.load(Ordering::SeqCst) {
+            self.inner.apply(batch)?;
+            return Ok(crate::store::ApplyTicket(0));
+        }
+        let ticket = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        self.held.lock().unwrap().push((ticket, batch));
+        Ok(crate::store::ApplyTicket(ticket))
+    }
+    fn wait_applied(&self, ticket: crate::store::ApplyTicket) -> crate::store::FlushFuture<'_> {
+        let mut applied = self.applied.subscribe();
+        Box::pin(async move {
+            applied
+                .wait_for(|a| *a >= ticket.0)
+                .await
+                .map(|_| ())
+                .map_err(|e| crate::store::StoreError::Backend(e.to_string()))
+        })
+    }
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<crate::store::KeyValue>, crate::store::StoreError> {
+        self.inner.range(start, end, limit)
+    }
+    fn last_in(
+        &self,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Option<crate::store::KeyValue>, crate::store::StoreError> {
+        self.inner.last_in(start, end)
+    }
+    fn next_id(&self) -> Result<u64, crate::store::StoreError> {
+        self.inner.next_id()
+    }
+    fn flush(&self) -> crate::store::FlushFuture<'_> {
+        self.inner.flush()
+    }
+}
+
+/// A retry that arrives while its original is queued but not yet applied (the write is
+/// applied outside the log lock) is answered as a duplicate of it, not stored again.
+#[tokio::test]
+async fn a_retry_overtaking_its_queued_original_is_stored_once() {
+    use std::sync::atomic::Ordering;
+    let store = std::sync::Arc::new(HeldStore::new());
+    let f = std::sync::Arc::new(Fixture::over(crate::store::Db::new(store.clone())).await);
+    let anna = f.user("P1001", &[]).await;
+    add_bauamt(&f, &["P1001"]).await.unwrap();
+
+    store.hold.store(true, Ordering::SeqCst);
+    let original = {
+        let (f, anna) = (f.clone(), anna.clone());
+        tokio::spawn(async move { f.service.handle(&anna, post(bauamt(), 7, "Hallo")).await })
+    };
+    for _ in 0..1000 {
+        if store.held() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(store.held(), 1, "the original post never reached the store");
+    assert!(
+        !original.is_finished(),
+        "acknowledged before it was applied"
+    );
+    let retry = {
+        let (f, anna) = (f.clone(), anna.clone());
+        tokio::spawn(async move { f.service.handle(&anna, post(bauamt(), 7, "Hallo")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.held(), 1, "the retry was queued as a second post");
+    store.release();
+    store.hold.store(false, Ordering::SeqCst);
+
+    let answers = [
+        original.await.unwrap().unwrap(),
+        retry.await.unwrap().unwrap(),
+    ];
+    let posted: Vec<(u64, bool)> = answers
+        .iter()
+        .map(|r| match r {
+            Response::Posted { seq, duplicate, .. } => (*seq, *duplicate),
+            other => panic!("expected Posted, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(posted, vec![(1, false), (1, true)]);
+    let later = f
+        .service
+        .handle(&anna, post(bauamt(), 8, "danach"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        later,
+        Response::Posted {
+            seq: 2,
+            duplicate: false,
+            ..
+        }
+    ));
+}

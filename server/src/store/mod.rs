@@ -7,6 +7,7 @@
 //! format-version byte, then the postcard encoding of the record.
 
 mod codec;
+mod combine;
 mod memory;
 mod records;
 mod sled_store;
@@ -14,6 +15,7 @@ mod sled_store;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use combine::ApplyTicket;
 pub use memory::MemoryStore;
 pub use records::{
     AckRecord, AnnouncementRecord, CodeRecord, Db, DepartmentRecord, DeviceRecord,
@@ -31,6 +33,27 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies all puts and removes of `batch` atomically.
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Queues `batch` to be applied atomically after every batch queued or applied before
+    /// it, possibly together with others; returns at once. Readers may not see it until
+    /// [`Store::wait_applied`] for its ticket returned. Lets a caller fix the order of its
+    /// writes under a lock and wait for them outside it, so that concurrent writers share
+    /// one storage-engine batch.
+    fn enqueue(&self, batch: Batch) -> Result<ApplyTicket, StoreError> {
+        self.apply(batch)?;
+        Ok(ApplyTicket(0))
+    }
+    /// Blocks until the batch of `ticket` is applied (or with its error); for callers
+    /// that hold a lock the batch's order depends on.
+    fn wait_applied_blocking(&self, ticket: ApplyTicket) -> Result<(), StoreError> {
+        let _ = ticket;
+        Ok(())
+    }
+    /// Resolves once the batch of `ticket` is applied (or with its error), without
+    /// blocking the async runtime while another writer applies it.
+    fn wait_applied(&self, ticket: ApplyTicket) -> FlushFuture<'_> {
+        let _ = ticket;
+        Box::pin(async { Ok(()) })
+    }
     /// Up to `limit` pairs with `start <= key < end`, in key order.
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
     /// The pair with the greatest key in `start <= key < end`.

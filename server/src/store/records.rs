@@ -29,7 +29,7 @@ use rathaus_protocol::{
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
-use super::{Batch, Store, StoreError};
+use super::{ApplyTicket, Batch, Store, StoreError};
 
 pub use editorial::{AckRecord, AnnouncementRecord, RetentionRecord};
 
@@ -326,6 +326,21 @@ impl Db {
     /// Applies `writes` atomically.
     pub fn apply(&self, writes: Writes) -> Result<(), StoreError> {
         self.kv.apply(writes.batch)
+    }
+
+    /// Queues `writes` behind every batch queued before (see [`Store::enqueue`]).
+    pub fn enqueue(&self, writes: Writes) -> Result<ApplyTicket, StoreError> {
+        self.kv.enqueue(writes.batch)
+    }
+
+    /// Resolves once the queued batch of `ticket` is applied.
+    pub async fn wait_applied(&self, ticket: ApplyTicket) -> Result<(), StoreError> {
+        self.kv.wait_applied(ticket).await
+    }
+
+    /// Blocks until the queued batch of `ticket` is applied (for callers holding a lock).
+    pub fn wait_applied_blocking(&self, ticket: ApplyTicket) -> Result<(), StoreError> {
+        self.kv.wait_applied_blocking(ticket)
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {

@@ -2,8 +2,10 @@
 //! users, departments and log entries is atomic (`apply_batch`).
 
 use std::path::Path;
+use std::sync::Arc;
 
-use super::{Batch, FlushFuture, KeyValue, Store, StoreError};
+use super::combine::Combiner;
+use super::{ApplyTicket, Batch, FlushFuture, KeyValue, Store, StoreError};
 
 /// How often to retry opening a database whose lock is still held.
 const LOCK_RETRIES: u32 = 100;
@@ -15,6 +17,8 @@ const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(3
 pub struct SledStore {
     /// The database; its default tree holds everything.
     db: sled::Db,
+    /// Every batch goes through here, so concurrent writers share sled batches.
+    writes: Arc<Combiner>,
 }
 
 impl SledStore {
@@ -46,7 +50,22 @@ impl SledStore {
                 }
                 _ => backend(e),
             })?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            writes: Arc::default(),
+        })
+    }
+
+    /// Applies one (possibly combined) batch with sled, atomically.
+    fn apply_now(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut sled_batch = sled::Batch::default();
+        for (key, value) in batch.into_ops() {
+            match value {
+                Some(v) => sled_batch.insert(key, v),
+                None => sled_batch.remove(key),
+            }
+        }
+        self.db.apply_batch(sled_batch).map_err(backend)
     }
 
     /// Flushes synchronously (for `init`, outside of any request path).
@@ -61,14 +80,23 @@ impl Store for SledStore {
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut sled_batch = sled::Batch::default();
-        for (key, value) in batch.into_ops() {
-            match value {
-                Some(v) => sled_batch.insert(key, v),
-                None => sled_batch.remove(key),
-            }
-        }
-        self.db.apply_batch(sled_batch).map_err(backend)
+        let ticket = self.writes.enqueue(batch);
+        self.writes.wait(ticket, |batch| self.apply_now(batch))
+    }
+
+    fn enqueue(&self, batch: Batch) -> Result<ApplyTicket, StoreError> {
+        Ok(self.writes.enqueue(batch))
+    }
+
+    fn wait_applied_blocking(&self, ticket: ApplyTicket) -> Result<(), StoreError> {
+        self.writes.wait(ticket, |batch| self.apply_now(batch))
+    }
+
+    fn wait_applied(&self, ticket: ApplyTicket) -> FlushFuture<'_> {
+        Box::pin(
+            self.writes
+                .wait_async(ticket, move |batch| self.apply_now(batch)),
+        )
     }
 
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {

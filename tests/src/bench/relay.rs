@@ -16,8 +16,8 @@ use rathaus_protocol::{
 use rathaus_server::transport::tls::TlsIdentity;
 use rathaus_server::{RunOptions, RunningServer};
 use rathaus_tests::{
-    dir_size, init_data_dir, provision_users, shared_endpoint, store_bytes, ProvisionedUser,
-    Provisioning,
+    dir_size, init_data_dir, process_cpu_time, provision_users, shared_endpoint, store_bytes,
+    ProvisionedUser, Provisioning,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -55,7 +55,9 @@ pub(crate) async fn ingest(senders: usize, posts: usize, suffix: &str) -> Result
         &server.fingerprint(),
     )
     .await?;
+    let cpu0 = process_cpu_time()?;
     let (rathaus_rate, rathaus_lat) = drive_posts(conns, posts).await?;
+    let rathaus_cpu = process_cpu_time()?.saturating_sub(cpu0);
     server.shutdown().await;
 
     let bare = BareServer::start()?;
@@ -70,7 +72,10 @@ pub(crate) async fn ingest(senders: usize, posts: usize, suffix: &str) -> Result
             .await?,
         );
     }
+    let cpu0 = process_cpu_time()?;
     let (bare_rate, bare_lat) = drive_posts(conns, posts).await?;
+    let bare_cpu = process_cpu_time()?.saturating_sub(cpu0);
+    let per_post = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (senders * posts) as f64;
     bare.endpoint.close(0u32.into(), b"done");
 
     let what = format!("{senders} senders x {posts} posts of {POST_TEXT} B");
@@ -97,6 +102,16 @@ pub(crate) async fn ingest(senders: usize, posts: usize, suffix: &str) -> Result
         .baseline(bare_lat.quantile_ms(0.99))
         .bar(20.0)
         .note("ack latency"),
+        Row::new(
+            format!("ingest-cpu{suffix}"),
+            per_post(rathaus_cpu),
+            "us/msg",
+        )
+        .baseline(per_post(bare_cpu))
+        .note(
+            "CPU time (user + system, all threads: server and the 100 clients) per \
+                 acknowledged post; 10 ms resolution",
+        ),
     ])
 }
 
