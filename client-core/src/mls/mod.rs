@@ -56,7 +56,7 @@ use std::path::Path;
 use ed25519_dalek::SigningKey;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, Capabilities, Ciphersuite, Extension, ExtensionType, Extensions,
+    BasicCredential, Capabilities, Ciphersuite, ContentType, Extension, ExtensionType, Extensions,
     ExternalSender, GroupContext, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup,
     MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
     ProcessedMessageContent, Proposal, ProtocolVersion, QueuedProposal, RatchetTreeIn,
@@ -876,6 +876,17 @@ enum Change {
     SelfUpdate,
     PendingOnly,
     ContextExtensions(Extensions<GroupContext>),
+}
+
+/// Whether `message` is an application message, as its unencrypted header says; `false`
+/// for handshake messages and for anything that does not parse. A PrivateMessage's
+/// content is parsed as the type its header names, so a message that says
+/// "application" can only turn out to be one.
+pub fn is_application_message(message: &[u8]) -> bool {
+    decode_message(message)
+        .ok()
+        .and_then(|m| m.try_into_protocol_message().ok())
+        .is_some_and(|m| m.content_type() == ContentType::Application)
 }
 
 fn decode_message(bytes: &[u8]) -> Result<MlsMessageIn, MlsError> {
