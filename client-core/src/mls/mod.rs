@@ -69,7 +69,7 @@ use rusqlite::{Connection, OptionalExtension as _};
 
 pub use error::MlsError;
 pub use identity::{DeviceIdentity, DeviceSigner};
-pub use provider::{JsonCodec, MlsStorage, SqliteMlsProvider};
+pub use provider::{JsonCodec, MlsStorage, SqliteMlsProvider, StateCodec, StateCodecError};
 
 /// The one ciphersuite Rathaus uses (DESIGN §2).
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
