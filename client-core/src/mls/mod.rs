@@ -267,6 +267,13 @@ impl MlsEngine {
         identity: DeviceIdentity,
     ) -> Result<Self, MlsError> {
         SqliteMlsProvider::migrate(&mut connection)?;
+        // Every operation runs in a savepoint, and SQLite copies each page an operation
+        // changes to a sub-journal first, so the savepoint can be rolled back. Kept in
+        // memory, not in a temporary file: it only serves rollbacks within the open
+        // transaction and is never needed after a crash (the WAL is), and for a large
+        // group a decrypted message changes hundreds of KiB of state, all written to
+        // that file once more otherwise.
+        connection.pragma_update(None, "temp_store", "MEMORY")?;
         connection.execute_batch(
             "CREATE TABLE IF NOT EXISTS rathaus_mls_state (
                  id INTEGER PRIMARY KEY CHECK (id = 0),
