@@ -86,7 +86,7 @@ const RESUMPTION_PSKS: usize = 8;
 /// merge its own commit before it fetched application messages sent just
 /// before it in the log; those stay readable. Forward secrecy is delayed by
 /// at most this many epochs.
-const PAST_EPOCHS: usize = 3;
+pub const PAST_EPOCHS: usize = 3;
 
 /// Extension type of the Rathaus group policy (owners, auto-admit) in the
 /// group context; from the private-use range of RFC 9420 §17.3. Only members
