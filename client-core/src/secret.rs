@@ -27,7 +27,8 @@ use sha2::{Digest, Sha256};
 use crate::client::Client;
 use crate::error::{ClientError, Result};
 use crate::mls::{
-    CommitOutput, DeviceIdentity, GroupMember, Incoming, MlsError, ProposalKind, ProposalSender,
+    is_application_message, CommitOutput, DeviceIdentity, GroupMember, Incoming, MlsError,
+    ProposalKind, ProposalSender,
 };
 use crate::store::{self, TimelineRow};
 
@@ -782,9 +783,7 @@ impl Client {
                     names.push((sender, &entry.sender_name));
                 }
             }
-            for (sender, name) in names {
-                self.store.set_user_name(sender, name)?;
-            }
+            self.store.set_user_names(names)?;
             let conn = self.mls.connection();
             conn.execute_batch("BEGIN IMMEDIATE")?;
             let result = entries
@@ -811,8 +810,14 @@ impl Client {
             let conn = self.mls.connection();
             return store::append_rows(conn, &handle, &[], Some(entry.seq));
         };
-        let policy_before = self.policy(&gid)?;
-        let members_before = self.mls.members(&gid)?;
+        // What a commit is checked and described against: the policy and members before
+        // it. Not needed for application messages, most of a log, and listing the members
+        // of a large group for every message costs more than decrypting it.
+        let before = if is_application_message(bytes) {
+            None
+        } else {
+            Some((self.policy(&gid)?, self.mls.members(&gid)?))
+        };
         let conn = self.mls.connection();
         // A savepoint: inside the caller's transaction for a page of entries, or a
         // transaction of its own.
@@ -828,6 +833,16 @@ impl Client {
                     Some(self.application_row(group, entry, &sender, &plaintext))
                 }
                 Incoming::Commit(summary) => {
+                    // A message whose header says "application" decrypts to application
+                    // content only (openmls parses the content by that header), so a
+                    // commit always comes with its snapshot.
+                    let Some((policy_before, members_before)) = &before else {
+                        return Err(MlsError::protocol(
+                            "process commit",
+                            "a commit labelled as an application message",
+                        )
+                        .into());
+                    };
                     let committer = summary.committer.user_id().to_owned();
                     let added_without_right = !summary.added.is_empty()
                         && !policy_before.is_owner(&committer)
@@ -854,7 +869,7 @@ impl Client {
                             entry,
                             &gid,
                             &committer,
-                            &policy_before,
+                            policy_before,
                             update.as_deref(),
                             row,
                         )?);
@@ -1272,12 +1287,9 @@ impl Client {
         };
         let public = GroupHandle::Public(slug.clone());
         match self.members(&public).await {
-            Ok(members) => {
-                for m in members {
-                    self.store.set_user_name(m.user.as_str(), &m.name)?;
-                }
-                Ok(())
-            }
+            Ok(members) => self
+                .store
+                .set_user_names(members.iter().map(|m| (m.user.as_str(), m.name.as_str()))),
             Err(e) if e.is_transient() => Err(e),
             // Names are a nicety; ids are shown instead.
             Err(_) => Ok(()),

@@ -1,6 +1,6 @@
 //! The IETF MLS passive-client test vectors (`mlswg/mls-implementations`,
 //! copied to `../shared/mls-vectors/`) run against openmls on Rathaus'
-//! SQLite-backed provider ([`SqliteMlsProvider`] with [`JsonCodec`]).
+//! SQLite-backed provider ([`SqliteMlsProvider`] with [`StateCodec`]).
 //!
 //! For every cipher-suite-1 case, the joiner's KeyPackage and private keys are
 //! injected into a fresh SQLite file through openmls' public storage API: the

@@ -56,7 +56,7 @@ use std::path::Path;
 use ed25519_dalek::SigningKey;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, Capabilities, Ciphersuite, Extension, ExtensionType, Extensions,
+    BasicCredential, Capabilities, Ciphersuite, ContentType, Extension, ExtensionType, Extensions,
     ExternalSender, GroupContext, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup,
     MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
     ProcessedMessageContent, Proposal, ProtocolVersion, QueuedProposal, RatchetTreeIn,
@@ -69,7 +69,7 @@ use rusqlite::{Connection, OptionalExtension as _};
 
 pub use error::MlsError;
 pub use identity::{DeviceIdentity, DeviceSigner};
-pub use provider::{JsonCodec, MlsStorage, SqliteMlsProvider};
+pub use provider::{JsonCodec, MlsStorage, SqliteMlsProvider, StateCodec, StateCodecError};
 
 /// The one ciphersuite Rathaus uses (DESIGN §2).
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -86,7 +86,7 @@ const RESUMPTION_PSKS: usize = 8;
 /// merge its own commit before it fetched application messages sent just
 /// before it in the log; those stay readable. Forward secrecy is delayed by
 /// at most this many epochs.
-const PAST_EPOCHS: usize = 3;
+pub const PAST_EPOCHS: usize = 3;
 
 /// Extension type of the Rathaus group policy (owners, auto-admit) in the
 /// group context; from the private-use range of RFC 9420 §17.3. Only members
@@ -267,6 +267,13 @@ impl MlsEngine {
         identity: DeviceIdentity,
     ) -> Result<Self, MlsError> {
         SqliteMlsProvider::migrate(&mut connection)?;
+        // Every operation runs in a savepoint, and SQLite copies each page an operation
+        // changes to a sub-journal first, so the savepoint can be rolled back. Kept in
+        // memory, not in a temporary file: it only serves rollbacks within the open
+        // transaction and is never needed after a crash (the WAL is), and for a large
+        // group a decrypted message changes hundreds of KiB of state, all written to
+        // that file once more otherwise.
+        connection.pragma_update(None, "temp_store", "MEMORY")?;
         connection.execute_batch(
             "CREATE TABLE IF NOT EXISTS rathaus_mls_state (
                  id INTEGER PRIMARY KEY CHECK (id = 0),
@@ -876,6 +883,17 @@ enum Change {
     SelfUpdate,
     PendingOnly,
     ContextExtensions(Extensions<GroupContext>),
+}
+
+/// Whether `message` is an application message, as its unencrypted header says; `false`
+/// for handshake messages and for anything that does not parse. A PrivateMessage's
+/// content is parsed as the type its header names, so a message that says
+/// "application" can only turn out to be one.
+pub fn is_application_message(message: &[u8]) -> bool {
+    decode_message(message)
+        .ok()
+        .and_then(|m| m.try_into_protocol_message().ok())
+        .is_some_and(|m| m.content_type() == ContentType::Application)
 }
 
 fn decode_message(bytes: &[u8]) -> Result<MlsMessageIn, MlsError> {

@@ -11,8 +11,10 @@ use openmls::prelude::{
     ExternalProposal, GroupEpoch, GroupId, KeyPackageIn, LeafNodeIndex, MlsMessageBodyIn,
     MlsMessageIn, ProcessedMessageContent, ProtocolVersion, SenderExtensionIndex,
 };
+use openmls_sqlite_storage::SqliteStorageProvider;
 use openmls_traits::OpenMlsProvider as _;
 
+use super::provider::BINARY_V1;
 use super::*;
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -367,5 +369,196 @@ fn in_memory_group_follows_rollbacks_and_other_connections() -> TestResult {
         j.process_message(&second).is_err(),
         "Jonas is still in epoch 1"
     );
+    Ok(())
+}
+
+/// Key packages of `n` throwaway devices (in-memory files), as `MLSMessage` bytes.
+fn throwaway_key_packages(n: usize) -> Result<Vec<Vec<u8>>, MlsError> {
+    (0..n)
+        .map(|i| {
+            let engine = MlsEngine::with_connection(
+                Connection::open_in_memory()?,
+                SigningKey::from_bytes(&[0x40 + i as u8; 32]),
+                DeviceIdentity::new(&format!("M{i}"), "d1")?,
+            )?;
+            Ok(engine.generate_key_packages(1)?.one_time.remove(0))
+        })
+        .collect()
+}
+
+/// The group data types (`tree`, `message_secrets`, ...) stored in binary in `path`.
+fn binary_types(path: &Path) -> Result<Vec<String>, Box<dyn Error>> {
+    let connection = Connection::open(path)?;
+    let mut statement = connection
+        .prepare("SELECT data_type FROM openmls_group_data WHERE substr(group_data, 1, 1) = ?1")?;
+    let types = statement
+        .query_map([[BINARY_V1]], |row| row.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(types)
+}
+
+#[test]
+fn large_state_is_stored_in_binary_and_reloads() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (anna, jonas) = (
+        Device::new(dir.path(), "P1001", 1)?,
+        Device::new(dir.path(), "P1002", 2)?,
+    );
+    anna.engine()?
+        .create_group(GROUP, &server_key().verifying_key().to_bytes())?;
+    let mut invited = throwaway_key_packages(30)?;
+    invited.push(jonas.engine()?.generate_key_packages(1)?.one_time.remove(0));
+    let out = anna.engine()?.add_members(GROUP, &invited)?;
+    // The staged commit (a large pending state) survives a reopen.
+    assert!(binary_types(&anna.path)?.contains(&"group_state".to_owned()));
+    anna.engine()?.merge_pending_commit(GROUP)?;
+    jonas.engine()?.join_from_welcome(
+        &out.welcome.ok_or("no welcome")?,
+        &anna.engine()?.ratchet_tree(GROUP)?,
+    )?;
+    // A few epochs, so past epochs' message secrets (every member's leaf) are kept.
+    for round in 0..4 {
+        let commit = anna.engine()?.self_update(GROUP)?;
+        anna.engine()?.merge_pending_commit(GROUP)?;
+        assert!(matches!(
+            jonas.engine()?.process_message(&commit.commit)?,
+            Incoming::Commit(_)
+        ));
+        let text = format!("Runde {round}");
+        let message = anna.engine()?.encrypt(GROUP, text.as_bytes())?;
+        match jonas.engine()?.process_message(&message)? {
+            Incoming::Application { plaintext, .. } => assert_eq!(plaintext, text.as_bytes()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_in_sync(&[&anna, &jonas])?;
+    for device in [&anna, &jonas] {
+        let binary = binary_types(&device.path)?;
+        for data_type in ["tree", "message_secrets"] {
+            assert!(
+                binary.contains(&data_type.to_owned()),
+                "{data_type}: {binary:?}"
+            );
+        }
+        // Keys stay JSON: the group id is looked up by its JSON form.
+        let connection = Connection::open(&device.path)?;
+        let key: Vec<u8> =
+            connection.query_row("SELECT group_id FROM openmls_group_data LIMIT 1", [], |r| {
+                r.get(0)
+            })?;
+        assert_eq!(key, serde_json::to_vec(&GroupId::from_slice(GROUP))?);
+    }
+    Ok(())
+}
+
+/// An openmls provider storing everything as JSON, as earlier Rathaus versions did.
+struct JsonProvider<'a> {
+    crypto: &'a RustCrypto,
+    storage: SqliteStorageProvider<JsonCodec, &'a Connection>,
+}
+
+impl<'a> openmls_traits::OpenMlsProvider for JsonProvider<'a> {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = SqliteStorageProvider<JsonCodec, &'a Connection>;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        self.crypto
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        self.crypto
+    }
+}
+
+/// Opens `device`'s file with JSON storage, as earlier versions did.
+fn json_connection(device: &Device) -> Result<Connection, Box<dyn Error>> {
+    let mut connection = Connection::open(&device.path)?;
+    SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut connection).run_migrations()?;
+    Ok(connection)
+}
+
+#[test]
+fn profiles_written_as_json_stay_readable() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (anna, jonas) = (
+        Device::new(dir.path(), "P1001", 1)?,
+        Device::new(dir.path(), "P1002", 2)?,
+    );
+    let crypto = RustCrypto::default();
+    // Jonas' key package and Anna's group of 32, both written with JSON only.
+    let jonas_key_package = {
+        let connection = json_connection(&jonas)?;
+        let provider = JsonProvider {
+            crypto: &crypto,
+            storage: SqliteStorageProvider::new(&connection),
+        };
+        let signer = DeviceSigner::new(SigningKey::from_bytes(&jonas.seed));
+        let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(rathaus_capabilities())
+            .build(
+                CIPHERSUITE,
+                &provider,
+                &signer,
+                signer.credential_with_key(&jonas.identity),
+            )?;
+        encode(MlsMessageOut::from(bundle.key_package().clone()))?
+    };
+    let welcome = {
+        let connection = json_connection(&anna)?;
+        let provider = JsonProvider {
+            crypto: &crypto,
+            storage: SqliteStorageProvider::new(&connection),
+        };
+        let signer = DeviceSigner::new(SigningKey::from_bytes(&anna.seed));
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(CIPHERSUITE)
+            .capabilities(rathaus_capabilities())
+            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(false)
+            .max_past_epochs(PAST_EPOCHS)
+            .build();
+        let mut group = MlsGroup::new_with_group_id(
+            &provider,
+            &signer,
+            &config,
+            GroupId::from_slice(GROUP),
+            signer.credential_with_key(&anna.identity),
+        )?;
+        let mut invited = throwaway_key_packages(30)?;
+        invited.push(jonas_key_package);
+        let key_packages = invited
+            .iter()
+            .map(|bytes| {
+                key_package_in(bytes)?
+                    .validate(&crypto, ProtocolVersion::Mls10)
+                    .map_err(Into::into)
+            })
+            .collect::<Result<Vec<_>, Box<dyn Error>>>()?;
+        let (_, welcome, _) = group.add_members(&provider, &signer, &key_packages)?;
+        group.merge_pending_commit(&provider)?;
+        welcome.tls_serialize_detached()?
+    };
+    assert!(binary_types(&anna.path)?.is_empty());
+    assert!(binary_types(&jonas.path)?.is_empty());
+
+    // The engine reads both files: Anna's group, Jonas' key package (found by its JSON
+    // key), and carries on, writing what it rewrites in binary.
+    let tree = anna.engine()?.ratchet_tree(GROUP)?;
+    jonas.engine()?.join_from_welcome(&welcome, &tree)?;
+    let commit = anna.engine()?.self_update(GROUP)?;
+    anna.engine()?.merge_pending_commit(GROUP)?;
+    jonas.engine()?.process_message(&commit.commit)?;
+    let message = anna.engine()?.encrypt(GROUP, b"nach dem Update")?;
+    match jonas.engine()?.process_message(&message)? {
+        Incoming::Application { plaintext, .. } => assert_eq!(plaintext, b"nach dem Update"),
+        other => panic!("{other:?}"),
+    }
+    assert_in_sync(&[&anna, &jonas])?;
+    assert!(binary_types(&anna.path)?.contains(&"tree".to_owned()));
     Ok(())
 }

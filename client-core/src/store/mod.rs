@@ -297,11 +297,28 @@ impl ProfileStore {
 
     /// Remembers a user's display name.
     pub fn set_user_name(&self, user: &str, name: &str) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO user_names(user, name) VALUES (?1, ?2)
-             ON CONFLICT(user) DO UPDATE SET name = excluded.name",
-            params![user, name],
-        )?;
+        self.set_user_names([(user, name)])
+    }
+
+    /// Remembers many users' display names in one transaction (one fsync for a whole
+    /// roster, not one per user). A name that did not change is not rewritten, so a
+    /// refresh that learns nothing new writes nothing.
+    pub fn set_user_names<'a>(
+        &self,
+        names: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<()> {
+        let tx = self.db.unchecked_transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO user_names(user, name) VALUES (?1, ?2)
+                 ON CONFLICT(user) DO UPDATE SET name = excluded.name
+                 WHERE name IS NOT excluded.name",
+            )?;
+            for (user, name) in names {
+                upsert.execute(params![user, name])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
