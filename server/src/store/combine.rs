@@ -63,7 +63,7 @@ impl Combiner {
     pub(crate) fn wait(
         &self,
         ticket: ApplyTicket,
-        apply: impl Fn(Batch) -> Result<(), StoreError>,
+        apply: impl Fn(&[&Batch]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let mut q = self.lock();
         loop {
@@ -87,7 +87,7 @@ impl Combiner {
     pub(crate) async fn wait_async(
         &self,
         ticket: ApplyTicket,
-        apply: impl Fn(Batch) -> Result<(), StoreError>,
+        apply: impl Fn(&[&Batch]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         // Let the other ready tasks queue their writes first, so this round takes them too.
         tokio::task::yield_now().await;
@@ -127,7 +127,7 @@ impl Combiner {
     fn run_round<'a>(
         &'a self,
         mut q: MutexGuard<'a, Queue>,
-        apply: &impl Fn(Batch) -> Result<(), StoreError>,
+        apply: &impl Fn(&[&Batch]) -> Result<(), StoreError>,
     ) -> MutexGuard<'a, Queue> {
         q.applying = true;
         let round = std::mem::take(&mut q.waiting);
@@ -150,34 +150,22 @@ impl Combiner {
     }
 }
 
-/// Applies a round as one batch; if that fails, batch by batch. Returns the failures.
+/// Applies a round as one atomic write; if that fails, batch by batch. Returns the
+/// failures.
 fn apply_round(
     round: Vec<(u64, Batch)>,
-    apply: &impl Fn(Batch) -> Result<(), StoreError>,
+    apply: &impl Fn(&[&Batch]) -> Result<(), StoreError>,
 ) -> Vec<(u64, String)> {
-    if round.len() == 1 {
-        let (ticket, batch) = round
-            .into_iter()
-            .next()
-            .map_or((0, Batch::default()), |r| r);
-        return apply(batch)
-            .err()
-            .map(|e| (ticket, e.to_string()))
-            .into_iter()
-            .collect();
+    let all: Vec<&Batch> = round.iter().map(|(_, b)| b).collect();
+    match apply(&all) {
+        Ok(()) => Vec::new(),
+        Err(e) if round.len() == 1 => round.iter().map(|(t, _)| (*t, e.to_string())).collect(),
+        // The round was atomic, so nothing of it is applied: retry each batch on its own.
+        Err(_) => round
+            .iter()
+            .filter_map(|(ticket, batch)| apply(&[batch]).err().map(|e| (*ticket, e.to_string())))
+            .collect(),
     }
-    let mut merged = Batch::default();
-    for (_, batch) in &round {
-        merged.ops.extend(batch.ops.iter().cloned());
-    }
-    if apply(merged).is_ok() {
-        return Vec::new();
-    }
-    // The round was atomic, so nothing of it is applied: retry each batch on its own.
-    round
-        .into_iter()
-        .filter_map(|(ticket, batch)| apply(batch).err().map(|e| (ticket, e.to_string())))
-        .collect()
 }
 
 #[cfg(test)]
@@ -198,16 +186,17 @@ mod tests {
     }
 
     impl Target {
-        fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-            if batch.ops.iter().any(|(k, _)| k.starts_with(b"bad")) {
+        fn apply(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+            let ops: Vec<_> = batches.iter().flat_map(|b| b.ops.iter()).collect();
+            if ops.iter().any(|(k, _)| k.starts_with(b"bad")) {
                 return Err(StoreError::Backend("refused".into()));
             }
-            self.rounds.lock().unwrap().push(batch.ops.len());
+            self.rounds.lock().unwrap().push(ops.len());
             let mut map = self.map.lock().unwrap();
-            for (k, v) in batch.ops {
+            for (k, v) in ops {
                 match v {
-                    Some(v) => map.insert(k, v),
-                    None => map.remove(&k),
+                    Some(v) => map.insert(k.clone(), v.clone()),
+                    None => map.remove(k),
                 };
             }
             Ok(())

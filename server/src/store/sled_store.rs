@@ -56,13 +56,13 @@ impl SledStore {
         })
     }
 
-    /// Applies one (possibly combined) batch with sled, atomically.
-    fn apply_now(&self, batch: Batch) -> Result<(), StoreError> {
+    /// Applies `batches`, in order, as one atomic sled batch.
+    fn apply_now(&self, batches: &[&Batch]) -> Result<(), StoreError> {
         let mut sled_batch = sled::Batch::default();
-        for (key, value) in batch.into_ops() {
+        for (key, value) in batches.iter().flat_map(|b| b.ops.iter()) {
             match value {
-                Some(v) => sled_batch.insert(key, v),
-                None => sled_batch.remove(key),
+                Some(v) => sled_batch.insert(key.as_slice(), v.as_slice()),
+                None => sled_batch.remove(key.as_slice()),
             }
         }
         self.db.apply_batch(sled_batch).map_err(backend)
