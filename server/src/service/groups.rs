@@ -84,7 +84,7 @@ impl Service {
             client_id,
             body: EntryBody::Content(content),
         };
-        self.append_post(&group, entry).await
+        self.append_post(&group, entry, None).await
     }
 
     /// Appends a post unless its `(sender, client id)` was stored before, and answers
@@ -94,10 +94,15 @@ impl Service {
     /// outside it, so the posts of concurrent senders share storage-engine batches (see
     /// `store::combine`). Queue order is seq order, so the log on disk never has a gap
     /// that a later entry skips over.
+    ///
+    /// `epoch`: for an MLS message, the secret-group epoch it was made in. It is checked
+    /// again under the log lock, which every commit holds while it stores the new epoch,
+    /// so a message of the old epoch is never stored behind the commit that ended it.
     pub(super) async fn append_post(
         &self,
         group: &GroupHandle,
         entry: StoredEntry,
+        epoch: Option<u64>,
     ) -> Result<Response, Refusal> {
         let now = entry.sent_at_ms;
         let key = InFlightKey {
@@ -123,6 +128,12 @@ impl Service {
                     .map_or(now, |(_, e, _)| e.sent_at_ms);
                 (seq, sent_at, true, None, None)
             } else {
+                if let Some(epoch) = epoch {
+                    let current = self.db.secret_group(group)?.map_or(0, |r| r.epoch);
+                    if current != epoch {
+                        return Err(super::secret::stale(group, current));
+                    }
+                }
                 let (seq, applied) = self.enqueue_locked(
                     &mut heads,
                     group,

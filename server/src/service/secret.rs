@@ -379,6 +379,7 @@ impl Service {
             }
         };
         // A retry of a stored message is answered as a duplicate, whatever the epoch.
+        let mut epoch = None;
         if self.db.deduplicated(&group, &me.id, &client_id)?.is_none() {
             let message = parse_message(&bytes, "the message")?
                 .try_into_protocol_message()
@@ -392,6 +393,7 @@ impl Service {
             if message.epoch().as_u64() != record.epoch {
                 return Err(stale(&group, record.epoch));
             }
+            epoch = Some(record.epoch);
         }
         let size = bytes.len();
         let entry = StoredEntry {
@@ -401,7 +403,7 @@ impl Service {
             client_id,
             body: EntryBody::Mls(bytes),
         };
-        let response = self.append_post(&group, entry).await?;
+        let response = self.append_post(&group, entry, epoch).await?;
         tracing::debug!(%group, size, "secret message stored");
         Ok(response)
     }
@@ -570,7 +572,7 @@ fn same_device(a: &LeafRecord, b: &LeafRecord) -> bool {
     a.user == b.user && a.device == b.device
 }
 
-fn stale(group: &GroupHandle, epoch: u64) -> Refusal {
+pub(super) fn stale(group: &GroupHandle, epoch: u64) -> Refusal {
     Refusal::new(
         ErrorCode::StaleEpoch,
         format!("{group} moved to epoch {epoch}; fetch and retry"),
