@@ -116,15 +116,20 @@ impl Service {
             .user(&device.user)?
             .filter(|u| !u.removed)
             .and_then(|u| u.password_hash);
-        let ok = match stored_hash {
-            Some(hash) => {
-                let password = device.password.clone();
-                tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-                    .await
-                    .map_err(|e| Refusal::internal(format!("password check task: {e}")))?
+        // An unknown or offboarded user costs the same Argon2 check as a known one, so the
+        // answer's timing does not tell whether a personnel number exists.
+        let password = device.password.clone();
+        let ok = tokio::task::spawn_blocking(move || match stored_hash {
+            Some(hash) => verify_password(&password, &hash),
+            None => {
+                if let Some(hash) = unknown_user_hash() {
+                    verify_password(&password, hash);
+                }
+                false
             }
-            None => false,
-        };
+        })
+        .await
+        .map_err(|e| Refusal::internal(format!("password check task: {e}")))?;
         if !ok {
             self.throttle().failure(Some(&device.user), peer, now);
             return Err(Refusal::new(ErrorCode::Unauthenticated, WRONG_PASSWORD));
@@ -204,6 +209,18 @@ fn hash_password(password: &str) -> Result<String, Refusal> {
         .map_err(|e| Refusal::internal(format!("argon2 hashing: {e}")))
 }
 
+/// A hash to check passwords against for users that do not exist (or have no password):
+/// made once, with the same Argon2 parameters as every real hash.
+fn unknown_user_hash() -> Option<&'static str> {
+    static HASH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        // The password is random and thrown away: nothing can match this hash.
+        let secret = SaltString::generate(&mut OsRng);
+        hash_password(secret.as_str()).ok()
+    })
+    .as_deref()
+}
+
 fn verify_password(password: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
         Ok(hash) => Argon2::default()
@@ -213,5 +230,29 @@ fn verify_password(password: &str, phc: &str) -> bool {
             tracing::error!(error = %e, "stored password hash is unreadable");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The stand-in hash for unknown users costs what a real one costs: same algorithm,
+    /// version and parameters, and no password matches it.
+    #[test]
+    fn unknown_users_are_checked_against_an_equally_costly_hash() {
+        let stand_in = PasswordHash::new(unknown_user_hash().unwrap()).unwrap();
+        let real_phc = hash_password("correct horse battery").unwrap();
+        let real = PasswordHash::new(&real_phc).unwrap();
+        assert_eq!(stand_in.algorithm, real.algorithm);
+        assert_eq!(stand_in.version, real.version);
+        assert_eq!(stand_in.params, real.params);
+        assert!(!verify_password("", unknown_user_hash().unwrap()));
+        assert!(!verify_password(
+            "correct horse battery",
+            unknown_user_hash().unwrap()
+        ));
     }
 }
