@@ -6,6 +6,8 @@
 //!   cert.der      self-signed server certificate (DER)
 //!   key.der       its PKCS#8 private key (DER, 0600)
 //!   removal.key   Ed25519 seed of the removal key, signs MLS Remove proposals (0600)
+//!   reset.key     QUIC stateless-reset and connection-id key (0600), so that after a
+//!                 restart clients of the previous run learn at once that it is gone
 //!   db/           sled database
 //! ```
 
@@ -83,6 +85,7 @@ pub fn init(opts: &InitOptions, clock: &dyn Clock) -> Result<InitReport, ServerE
     write_private(&dir.cert(), identity.cert_der())?;
     write_private(&dir.key(), identity.key_der())?;
     dir.removal_key()?;
+    dir.reset_key()?;
 
     let org = opts.org.clone().unwrap_or_else(|| DEFAULT_ORG.to_owned());
     let admin = match &opts.admin_user {
@@ -183,6 +186,31 @@ impl DataDir {
         }
     }
 
+    /// The QUIC stateless-reset secret (32 bytes), created on first use. It keys the
+    /// connection ids the server hands out and the reset tokens that go with them; kept
+    /// across restarts, the new process recognises a previous run's connection ids and
+    /// answers their packets with a stateless reset, so clients notice the restart at once
+    /// instead of after their idle timeout.
+    pub(crate) fn reset_key(&self) -> Result<[u8; 32], ServerError> {
+        let path = self.root.join("reset.key");
+        match fs::read(&path) {
+            Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| ServerError::Config {
+                path: path.clone(),
+                reason: "the reset key must be 32 bytes".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+                write_private(&path, &key)?;
+                Ok(key)
+            }
+            Err(e) => Err(ServerError::io(
+                format!("cannot read {}", path.display()),
+                e,
+            )),
+        }
+    }
+
     /// Reads `config.json`; `NotInitialised` if it is missing.
     pub(crate) fn read_config(&self) -> Result<Config, ServerError> {
         let path = self.config();
@@ -271,7 +299,14 @@ mod tests {
             assert_eq!(mode(dir.clone()), 0o700);
             assert_eq!(mode(dir.join("key.der")), 0o600);
             assert_eq!(mode(dir.join("removal.key")), 0o600);
+            assert_eq!(mode(dir.join("reset.key")), 0o600);
         }
+        let reset = DataDir::new(&dir).reset_key().unwrap();
+        assert_eq!(
+            DataDir::new(&dir).reset_key().unwrap(),
+            reset,
+            "kept across starts"
+        );
         let key = DataDir::new(&dir).removal_key().unwrap().public_key();
         assert_eq!(DataDir::new(&dir).removal_key().unwrap().public_key(), key);
         assert!(matches!(

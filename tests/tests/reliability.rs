@@ -167,8 +167,8 @@ async fn secret_and_public_posts_of_clients_survive_repeated_sigkill() -> Result
     let mut outcomes = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let (mut client, outcome) = joined??;
-        // What a crash left in the outbox goes out now. A connection to the killed server
-        // only fails at the QUIC idle timeout, so a stuck attempt is cut off and retried
+        // What a crash left in the outbox goes out now. A request sent while no server
+        // runs gets no reset, only its timeout, so a stuck attempt is cut off and retried
         // over a new connection.
         within("flushing the outbox", async {
             loop {
@@ -184,8 +184,8 @@ async fn secret_and_public_posts_of_clients_survive_repeated_sigkill() -> Result
     }
     let secret = secret_handle();
     let public = GroupHandle::parse("bauamt")?;
-    // The reader's connection died with the first server; QUIC would only notice at the
-    // idle timeout.
+    // The reader's connection died with the first server (the next request would be reset
+    // and retried; start from a fresh one).
     reader.disconnect().await;
     let secret_rows = within("reading", reader.read(&secret)).await??;
     let public_rows = within("reading", reader.read(&public)).await??;
@@ -269,6 +269,30 @@ struct ClientOutcome {
     attempted: Vec<(GroupHandle, String)>,
 }
 
+/// After a crash and a restart on the same address, the new server process answers the
+/// old connection's next packet with a stateless reset (its reset key lives in the data
+/// directory): the client learns at once that the connection is gone and reconnects,
+/// instead of waiting out its 30 s request timeout or the QUIC idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_resets_the_old_connections_at_once() -> Result<()> {
+    let mut backend = TestBackend::start_process(None).await?;
+    let mut admin = backend.admin().await?;
+    within("whoami", admin.whoami()).await??;
+    backend.kill()?;
+    backend.restart_process()?;
+    // Well under the request timeout: only a reset ends the request this early.
+    let first = tokio::time::timeout(Duration::from_secs(15), admin.whoami())
+        .await
+        .map_err(|_| anyhow!("the old connection was not reset: no answer after 15 s"))?;
+    match first {
+        Err(e) if e.is_transient() => {}
+        other => bail!("expected the old connection to fail as lost, got {other:?}"),
+    }
+    let me = within("whoami over a new connection", admin.whoami()).await??;
+    ensure!(me.user.as_str() == "admin", "whoami answered {me:?}");
+    Ok(())
+}
+
 /// Sends alternately to the secret group and the public one until told to stop. A send
 /// that fails stays in the outbox and goes out (first) with the next one.
 async fn keep_sending(
@@ -297,8 +321,8 @@ async fn keep_sending(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Ok(Err(e)) => bail!("{user}: {text:?} refused: {e}"),
-            // Cut off mid-send (a connection to the killed server only fails at the QUIC
-            // idle timeout): the message stays queued; reconnect.
+            // Cut off mid-send while no server ran (no reset, only the timeout): the
+            // message stays queued; reconnect.
             Err(_) => client.disconnect().await,
         }
     }

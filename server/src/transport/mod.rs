@@ -133,7 +133,7 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     let socket = udp::bind_server(listen)
         .map_err(|e| ServerError::io(format!("cannot listen on {listen}"), e))?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        udp::endpoint_config(&dir.reset_key()?),
         Some(server_config),
         socket,
         Arc::new(quinn::TokioRuntime),

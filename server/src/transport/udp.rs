@@ -41,6 +41,27 @@ pub fn bind(addr: SocketAddr, buffer: usize) -> io::Result<(UdpSocket, SocketBuf
     Ok((socket.into(), buffers))
 }
 
+/// The endpoint configuration for a server whose stateless-reset secret is `secret`
+/// (see `DataDir::reset_key`): reset tokens and connection ids both derive from it, so a
+/// restarted server recognises the ids it handed out before and resets their connections.
+pub(crate) fn endpoint_config(secret: &[u8; 32]) -> quinn::EndpointConfig {
+    use sha2::{Digest, Sha256};
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut config = quinn::EndpointConfig::new(std::sync::Arc::new(reset));
+    // A separate key for the connection ids, derived so the two never coincide.
+    let digest = Sha256::new()
+        .chain_update(b"rathaus quic connection ids")
+        .chain_update(secret)
+        .finalize();
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&digest[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
 /// Binds the server's socket and warns when the kernel granted much less than asked.
 pub(crate) fn bind_server(addr: SocketAddr) -> io::Result<UdpSocket> {
     let (socket, buffers) = bind(addr, SERVER_SOCKET_BUFFER)?;
