@@ -1,0 +1,264 @@
+//! What this device sends to a secret group's log: application messages and commits, each
+//! an intent that is built again after losing its epoch to another member (DESIGN §5.6).
+
+use rathaus_protocol::{
+    ClaimedKeyPackage, Content, EntryBody, ErrorCode, GroupHandle, LogEntry, Request, Response,
+    UserId,
+};
+
+use super::policy::{kept_policy_key, PolicyChange};
+use super::rows::{blank_row, diff};
+use super::{finish, mls_group_id};
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+use crate::mls::{CommitOutput, MlsError};
+use crate::store::{self, TimelineRow};
+
+/// How often an intent (commit or send) is retried after losing its epoch.
+const MAX_EPOCH_RETRIES: usize = 5;
+
+/// What a commit intent is about; re-evaluated after every lost epoch.
+#[derive(Debug, Clone)]
+pub(super) enum Intent {
+    /// Add every device of these users (and this user's other devices) that is not yet
+    /// in the group.
+    Add(Vec<UserId>),
+    /// Commit the stored (already checked) server proposals.
+    PendingProposals,
+    /// Rewrite the group policy.
+    Policy(PolicyChange),
+}
+
+impl Client {
+    /// Encrypts `content` for `group` and posts it, re-encrypting after a lost epoch.
+    /// Returns the server's answer to the post.
+    pub(crate) async fn post_secret(
+        &mut self,
+        group: &GroupHandle,
+        client_id: rathaus_protocol::ClientMsgId,
+        content: &Content,
+    ) -> Result<Response> {
+        let gid = mls_group_id(group);
+        if !self.mls.has_group(&gid)? {
+            // A Welcome may be waiting.
+            self.sync_secret_group(group).await?;
+            if !self.mls.has_group(&gid)? {
+                return Err(ClientError::NotMember(format!(
+                    "this device is not a member of {group} yet (an owner has to approve it)"
+                )));
+            }
+        }
+        let plaintext = postcard::to_allocvec(content)
+            .map_err(|e| ClientError::Invalid(format!("cannot encode message: {e}")))?;
+        let mut last = None;
+        for _ in 0..MAX_EPOCH_RETRIES {
+            let message = match self.mls.encrypt(&gid, &plaintext) {
+                Ok(m) => m,
+                Err(MlsError::Storage(e)) => return Err(e.into()),
+                Err(_) => {
+                    // Proposals or a staged commit block sending: catch up, commit what
+                    // is pending, and try again.
+                    self.fetch_secret_log(group).await?;
+                    self.mls.discard_pending_commit(&gid)?;
+                    if self.mls.pending_proposals(&gid)? > 0 {
+                        self.commit_intent(group, Intent::PendingProposals).await?;
+                    }
+                    self.mls.encrypt(&gid, &plaintext)?
+                }
+            };
+            let request = Request::Post {
+                group: group.clone(),
+                client_id,
+                body: rathaus_protocol::PostBody::Mls(message),
+            };
+            match self.request(&request).await {
+                Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => {
+                    self.fetch_secret_log(group).await?;
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(ClientError::UnexpectedResponse("Post")))
+    }
+
+    /// Commits stored server proposals, if any survived the roster check.
+    pub(super) async fn commit_pending_if_any(&mut self, group: &GroupHandle) -> Result<()> {
+        let gid = mls_group_id(group);
+        if self.mls.has_group(&gid)? && self.mls.pending_proposals(&gid)? > 0 {
+            self.commit_intent(group, Intent::PendingProposals).await?;
+        }
+        Ok(())
+    }
+
+    /// Builds, sends and merges one commit for `intent`, re-evaluating it after every lost
+    /// epoch race (DESIGN §5.6). Returns the commit's seq, or `None` when nothing was left
+    /// to do.
+    pub(super) async fn commit_intent(
+        &mut self,
+        group: &GroupHandle,
+        intent: Intent,
+    ) -> Result<Option<u64>> {
+        let gid = mls_group_id(group);
+        let handle = group.to_string();
+        // Membership rows name people, also those this device has not heard from yet.
+        self.learn_names(group).await?;
+        for attempt in 0..MAX_EPOCH_RETRIES {
+            if attempt > 0 || self.mls.epoch(&gid)? > 0 {
+                self.fetch_secret_log(group).await?;
+            }
+            if !self.mls.has_group(&gid)? {
+                return Ok(None);
+            }
+            // A commit staged before a crash or a lost connection is not ours to reuse.
+            self.mls.discard_pending_commit(&gid)?;
+            let Some(out) = self.stage_intent(group, &gid, &intent).await? else {
+                return Ok(None);
+            };
+            let epoch = out.new_epoch.saturating_sub(1);
+            let request = Request::Commit {
+                group: group.clone(),
+                epoch,
+                commit: out.commit,
+                welcome: out.welcome,
+                group_info: out.group_info,
+            };
+            match self.request(&request).await {
+                Ok(Response::Committed { seq, .. }) => {
+                    let before = self.mls.members(&gid)?;
+                    let policy_before = self.policy(&gid)?;
+                    let conn = self.mls.connection();
+                    conn.execute_batch("BEGIN IMMEDIATE")?;
+                    let result = (|| -> Result<()> {
+                        self.mls.merge_pending_commit(&gid)?;
+                        let policy_row = if matches!(intent, Intent::Policy(_)) {
+                            // This device wrote its own view into the group context: what
+                            // it kept aside is now the group's policy.
+                            store::set_setting_on(conn, &kept_policy_key(&gid), None)?;
+                            let after = self.policy(&gid)?;
+                            Some(policy_before.describe_change(&after, |u| self.name_of(u)))
+                        } else {
+                            None
+                        };
+                        let after = self.mls.members(&gid)?;
+                        let (added, removed) = diff(&before, &after);
+                        let entry = LogEntry {
+                            seq,
+                            sender: self.identity.user.clone(),
+                            sender_name: self.display_name_for_rows(),
+                            sent_at_ms: crate::time_fmt::now_ms(),
+                            client_id: rathaus_protocol::ClientMsgId([0; 16]),
+                            body: EntryBody::Mls(Vec::new()),
+                        };
+                        let mut row = self.membership_row(
+                            group,
+                            &entry,
+                            self.identity.user.as_str(),
+                            &added,
+                            &removed,
+                        );
+                        if let Some(change) = policy_row {
+                            let mut policy = blank_row(group, &entry);
+                            policy.kind = "membership".to_owned();
+                            policy.text = format!("{} {change}", entry.sender_name);
+                            row = Some(policy);
+                        }
+                        let rows: Vec<TimelineRow> = row.into_iter().collect();
+                        store::record_own_entry(conn, &handle, seq)?;
+                        let contiguous = store::cursor_on(conn, &handle)? + 1 == seq;
+                        store::append_rows(conn, &handle, &rows, contiguous.then_some(seq))
+                    })();
+                    finish(conn, result)?;
+                    self.pin_group_keys(group)?;
+                    return Ok(Some(seq));
+                }
+                Ok(_) => {
+                    self.mls.discard_pending_commit(&gid)?;
+                    return Err(ClientError::UnexpectedResponse("Commit"));
+                }
+                Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => {
+                    self.mls.discard_pending_commit(&gid)?;
+                }
+                // The commit may or may not have arrived: keep it staged; the next fetch
+                // finds it in the log (and merges it) or the next attempt replaces it.
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    self.mls.discard_pending_commit(&gid)?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(ClientError::Server {
+            code: ErrorCode::StaleEpoch,
+            message: format!("{group}: other members kept changing the group; try again"),
+        })
+    }
+
+    async fn stage_intent(
+        &mut self,
+        group: &GroupHandle,
+        gid: &[u8],
+        intent: &Intent,
+    ) -> Result<Option<CommitOutput>> {
+        match intent {
+            Intent::Policy(change) => match self.next_policy(group, gid, change)? {
+                Some(next) => Ok(Some(self.mls.update_group_policy(gid, &next.encode()?)?)),
+                None => Ok(None),
+            },
+            Intent::PendingProposals => {
+                if self.mls.pending_proposals(gid)? == 0 {
+                    return Ok(None);
+                }
+                Ok(Some(self.mls.commit_pending_proposals(gid)?))
+            }
+            Intent::Add(users) => {
+                let present = self.mls.members(gid)?;
+                let mut packages = Vec::new();
+                for user in users {
+                    // Someone already in the group was admitted (maybe by another owner
+                    // who won the race): claiming would only use up their KeyPackages.
+                    // This user's own other devices are the exception (birth).
+                    if *user != self.identity.user
+                        && present
+                            .iter()
+                            .any(|m| m.identity.user_id() == user.as_str())
+                    {
+                        continue;
+                    }
+                    let claimed = match self
+                        .request(&Request::ClaimKeyPackages {
+                            group: group.clone(),
+                            user: user.clone(),
+                        })
+                        .await
+                    {
+                        Ok(Response::KeyPackages { packages, .. }) => packages,
+                        Ok(_) => return Err(ClientError::UnexpectedResponse("ClaimKeyPackages")),
+                        // Not (or no longer) rostered, or not enrolled: nothing to add.
+                        Err(e)
+                            if matches!(
+                                e.code(),
+                                Some(ErrorCode::NotFound | ErrorCode::Forbidden)
+                            ) =>
+                        {
+                            tracing::info!("{group}: no KeyPackages for {user}: {e}");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    packages.extend(claimed.into_iter().filter(|p: &ClaimedKeyPackage| {
+                        !present.iter().any(|m| {
+                            m.identity.user_id() == user.as_str()
+                                && m.identity.device_id() == p.device.0.to_string()
+                        })
+                    }));
+                }
+                if packages.is_empty() {
+                    return Ok(None);
+                }
+                let bytes: Vec<Vec<u8>> = packages.into_iter().map(|p| p.key_package).collect();
+                Ok(Some(self.mls.add_members(gid, &bytes)?))
+            }
+        }
+    }
+}

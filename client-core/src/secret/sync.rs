@@ -1,0 +1,125 @@
+//! The secret side of a sync: what the server reports about secret groups, one group's
+//! sync (birth, log, pending removals, auto-admit), and pushed events.
+
+use rathaus_protocol::messages::SecretGroupInfo;
+use rathaus_protocol::{GroupHandle, Request, Response};
+
+use super::mls_group_id;
+use super::send::Intent;
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+use crate::store::TimelineRow;
+
+impl Client {
+    /// The secret groups this user is rostered in or owns, as the server reports them.
+    pub async fn secret_group_infos(&mut self) -> Result<Vec<SecretGroupInfo>> {
+        match self.request(&Request::SecretGroups).await? {
+            Response::SecretGroups(groups) => Ok(groups),
+            _ => Err(ClientError::UnexpectedResponse("SecretGroups")),
+        }
+    }
+
+    /// Everything for secret groups: KeyPackage upkeep, Welcomes, births of groups this
+    /// user owns, every joined group's log, pending removals and auto-admissions.
+    /// Returns the new timeline entries per group.
+    pub async fn sync_secret_groups(&mut self) -> Result<Vec<(String, usize)>> {
+        self.replenish_key_packages().await?;
+        self.accept_welcomes().await?;
+        let infos = self.secret_group_infos().await?;
+        let mut fetched = Vec::new();
+        for info in infos {
+            let n = self.sync_secret_info(&info).await?;
+            if n > 0 {
+                fetched.push((info.group.to_string(), n));
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Syncs one secret group; returns how many timeline rows became new.
+    pub async fn sync_secret_group(&mut self, group: &GroupHandle) -> Result<usize> {
+        self.accept_welcomes().await?;
+        let info = self.secret_info(group).await?;
+        self.sync_secret_info(&info).await
+    }
+
+    /// Applies a pushed event about a secret group; returns the new timeline rows.
+    pub(crate) async fn apply_secret_event(
+        &mut self,
+        event: &rathaus_protocol::Event,
+    ) -> Result<Vec<TimelineRow>> {
+        use rathaus_protocol::Event;
+        match event {
+            Event::Posted { group, .. } if group.is_secret() => {
+                let before = self.store.cursor(&group.to_string())?;
+                self.fetch_secret_log(group).await?;
+                self.commit_pending_if_any(group).await?;
+                self.rows_after(group, before)
+            }
+            Event::CommitRequested { group } => {
+                let before = self.store.cursor(&group.to_string())?;
+                self.fetch_secret_log(group).await?;
+                self.commit_pending_if_any(group).await?;
+                self.rows_after(group, before)
+            }
+            Event::SecretGroupsChanged => {
+                let infos = self.secret_group_infos().await?;
+                let befores = infos
+                    .iter()
+                    .map(|i| Ok((i.group.clone(), self.store.cursor(&i.group.to_string())?)))
+                    .collect::<Result<Vec<_>>>()?;
+                self.accept_welcomes().await?;
+                for info in &infos {
+                    self.sync_secret_info(info).await?;
+                }
+                let mut rows = Vec::new();
+                for (group, before) in befores {
+                    rows.extend(self.rows_after(&group, before)?);
+                }
+                Ok(rows)
+            }
+            Event::KeyPackagesLow { .. } => {
+                self.replenish_key_packages().await?;
+                Ok(Vec::new())
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    pub(super) async fn secret_info(&mut self, group: &GroupHandle) -> Result<SecretGroupInfo> {
+        self.secret_group_infos()
+            .await?
+            .into_iter()
+            .find(|i| &i.group == group)
+            .ok_or_else(|| {
+                ClientError::NotMember(format!(
+                    "{group}: you are not on the roster of this secret group"
+                ))
+            })
+    }
+
+    async fn sync_secret_info(&mut self, info: &SecretGroupInfo) -> Result<usize> {
+        let group = &info.group;
+        let gid = mls_group_id(group);
+        let me = self.identity.user.clone();
+        let before = self.store.cursor(&group.to_string())?;
+        if !info.born {
+            if info.owners.contains(&me) {
+                self.give_birth(info).await?;
+            }
+            return Ok(self.rows_after(group, before)?.len());
+        }
+        if !self.mls.has_group(&gid)? {
+            // Waiting for an owner's approval (or for a Welcome).
+            return Ok(0);
+        }
+        self.fetch_secret_log(group).await?;
+        self.commit_pending_if_any(group).await?;
+        let policy = self.policy(&gid)?;
+        if policy.auto_admit && policy.is_owner(me.as_str()) && !info.pending.is_empty() {
+            self.commit_intent(group, Intent::Add(info.pending.clone()))
+                .await?;
+        }
+        Ok(self.rows_after(group, before)?.len())
+    }
+}
