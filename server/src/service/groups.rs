@@ -55,7 +55,7 @@ impl Service {
         if group.is_secret() {
             return self.post_secret(session, me, group, client_id, body).await;
         }
-        self.readable_group(&group)?;
+        self.ensure_readable(&group)?;
         if group == GroupHandle::Announcements
             && !(me.has_role(Role::Editor) || me.has_role(Role::Admin))
         {
@@ -291,7 +291,7 @@ impl Service {
                 }
             }
         } else {
-            self.readable_group(&group)?;
+            self.ensure_readable(&group)?;
             since
         };
         let limit = limit.min(MAX_FETCH) as usize;
@@ -339,6 +339,25 @@ impl Service {
                 .collect(),
         };
         Ok(Response::Members { group, members })
+    }
+
+    /// Checks that `group` exists and is served here (a public group or announcements),
+    /// without reading its member list: the check on every post and fetch.
+    fn ensure_readable(&self, group: &GroupHandle) -> Result<(), Refusal> {
+        match group {
+            GroupHandle::Announcements => Ok(()),
+            GroupHandle::Public(slug) => {
+                if self.db.department_exists(slug)? {
+                    Ok(())
+                } else {
+                    Err(Refusal::new(
+                        ErrorCode::NotFound,
+                        format!("group {slug} does not exist"),
+                    ))
+                }
+            }
+            GroupHandle::Secret(_) => self.readable_group(group).map(|_| ()),
+        }
     }
 
     /// Checks that `group` exists and is served here; returns its department (`None` for

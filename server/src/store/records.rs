@@ -237,6 +237,12 @@ impl Db {
         self.get(&department_key(slug))
     }
 
+    /// Whether department `slug` exists, without decoding its record (which lists every
+    /// member: reading it per post would make a post cost grow with the department).
+    pub fn department_exists(&self, slug: &DepartmentSlug) -> Result<bool, StoreError> {
+        Ok(self.kv.get(&department_key(slug))?.is_some())
+    }
+
     /// All departments, ordered by slug.
     pub fn departments(&self) -> Result<Vec<DepartmentRecord>, StoreError> {
         self.all_under(DEPT)
