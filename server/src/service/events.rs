@@ -11,10 +11,12 @@ pub enum Broadcast {
     /// A durable entry; `frame` is the encoded `Response::Event(Event::Posted{..})`, built
     /// once and shared by every subscriber.
     Posted {
-        /// Its group, to decide who may see it.
+        /// Its group.
         group: GroupHandle,
         /// The ready-to-send frame.
         frame: Arc<Vec<u8>>,
+        /// Who may receive it, decided once for every subscriber.
+        readers: Readers,
     },
     /// The visible groups or rosters changed: clients re-fetch.
     GroupsChanged,
@@ -30,6 +32,27 @@ pub enum Broadcast {
     },
     /// The server is going down.
     ShuttingDown,
+}
+
+/// Who may receive an entry's event.
+#[derive(Debug, Clone)]
+pub enum Readers {
+    /// Every colleague (public groups and announcements).
+    Everyone,
+    /// Only these devices: for a secret group, those in its MLS tree whose users are still
+    /// on the roster. Computed once per entry, so a message to a group of N costs one
+    /// roster read, not one per subscriber.
+    Devices(Arc<HashMap<UserId, Vec<DeviceId>>>),
+}
+
+impl Readers {
+    /// Whether `device` of `user` may receive it.
+    pub fn admits(&self, user: &UserId, device: DeviceId) -> bool {
+        match self {
+            Readers::Everyone => true,
+            Readers::Devices(devices) => devices.get(user).is_some_and(|d| d.contains(&device)),
+        }
+    }
 }
 
 /// A live, authenticated connection, as far as the rules need to know it.

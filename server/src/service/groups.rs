@@ -258,6 +258,7 @@ impl Service {
             Ok(bytes) => self.publish(Broadcast::Posted {
                 group: group.clone(),
                 frame: Arc::new(bytes),
+                readers: self.readers_of(group),
             }),
             Err(e) => tracing::error!(%group, seq, error = %e, "cannot encode event"),
         }

@@ -39,7 +39,7 @@ use crate::store::{Db, StoreError, UserRecord};
 
 pub use auth::PendingAuth;
 pub use enrollment::NewDevice;
-pub use events::{Broadcast, LiveConnection, LiveConnections};
+pub use events::{Broadcast, LiveConnection, LiveConnections, Readers};
 pub use mls::RemovalKey;
 pub use provisioning::bootstrap;
 pub use retention::RetentionRun;
@@ -364,14 +364,20 @@ impl Service {
     /// Every colleague reads public groups and announcements (DESIGN §4); a secret group
     /// only the devices in its MLS tree whose users are still on its roster (§5.5).
     pub fn can_read(&self, session: &Session, group: &GroupHandle) -> bool {
+        self.readers_of(group).admits(&session.user, session.device)
+    }
+
+    /// Who may read `group` now (see [`Service::can_read`]); for a secret group the devices,
+    /// read once. A failed read admits nobody.
+    pub(crate) fn readers_of(&self, group: &GroupHandle) -> Readers {
         if !group.is_secret() {
-            return true;
+            return Readers::Everyone;
         }
-        match self.secret_reader(session, group) {
-            Ok(reader) => reader.is_some(),
+        match self.secret_devices(group) {
+            Ok(devices) => Readers::Devices(Arc::new(devices)),
             Err(e) => {
                 tracing::warn!(%group, error = ?e.detail, "cannot check secret-group access");
-                false
+                Readers::Devices(Arc::default())
             }
         }
     }

@@ -6,6 +6,8 @@
 //! A device reads and writes a secret group while its user is on the roster *and* the
 //! device is in the tree; everyone else — administrators included — gets `Forbidden`.
 
+use std::collections::HashMap;
+
 use openmls::prelude::{
     ContentType, GroupId, MlsMessageBodyIn, ProcessedMessageContent, ProtocolMessage, Sender,
 };
@@ -464,6 +466,28 @@ impl Service {
             .iter()
             .find(|m| m.user == session.user && m.device == session.device)
             .map(|m| m.joined_seq))
+    }
+
+    /// The devices that may read secret `group`: those in its tree whose users are on the
+    /// department's roster.
+    pub(super) fn secret_devices(
+        &self,
+        group: &GroupHandle,
+    ) -> Result<HashMap<UserId, Vec<DeviceId>>, Refusal> {
+        let mut out: HashMap<UserId, Vec<DeviceId>> = HashMap::new();
+        let GroupHandle::Secret(slug) = group else {
+            return Ok(out);
+        };
+        let (Some(dept), Some(record)) = (self.db.department(slug)?, self.db.secret_group(group)?)
+        else {
+            return Ok(out);
+        };
+        for m in record.members {
+            if on_roster(&dept, &m.user) {
+                out.entry(m.user).or_default().push(m.device);
+            }
+        }
+        Ok(out)
     }
 
     /// The group's record, if the session's user is on its roster and its device in the

@@ -735,10 +735,19 @@ async fn only_devices_in_the_group_post_and_read_and_joiners_see_nothing_older()
     assert_eq!(welcomes[0].seq, add_seq);
     ben.join(&welcomes[0]);
 
+    let mut events = f.service.subscribe();
     let hello = ben.encrypt(b"Hallo");
     let r = call(&f.service, &ben, mls_post(3, hello.clone()))
         .await
         .unwrap();
+    // The pushed event goes to the devices in the group only, decided once for all.
+    let Ok(Broadcast::Posted { readers, .. }) = events.try_recv() else {
+        panic!("no event for the stored message")
+    };
+    assert!(readers.admits(&anna.session.user, anna.session.device));
+    assert!(readers.admits(&ben.session.user, ben.session.device));
+    assert!(!readers.admits(&f.admin.user, f.admin.device));
+    assert!(!readers.admits(&ben.session.user, rathaus_protocol::DeviceId(u64::MAX)));
     assert!(matches!(
         r,
         Response::Posted {

@@ -87,6 +87,7 @@ impl Service {
         });
         match frame::encode(&event) {
             Ok(bytes) => self.publish(Broadcast::Posted {
+                readers: self.readers_of(&group),
                 group,
                 frame: Arc::new(bytes),
             }),

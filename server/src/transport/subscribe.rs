@@ -31,8 +31,8 @@ pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStr
             _ = stopped => return,
         };
         let ok = match event {
-            Ok(Broadcast::Posted { group, frame }) => {
-                if service.can_read(&session, &group) {
+            Ok(Broadcast::Posted { frame, readers, .. }) => {
+                if readers.admits(&session.user, session.device) {
                     write_bytes(&mut send, &frame).await
                 } else {
                     true
