@@ -30,6 +30,14 @@ pub enum Broadcast {
         /// The ready-to-send frame.
         frame: Arc<Vec<u8>>,
     },
+    /// The same event for several users (all their devices): one broadcast instead of one
+    /// per user, e.g. `SecretGroupsChanged` for everyone a commit touched.
+    Users {
+        /// The users.
+        users: Arc<std::collections::HashSet<UserId>>,
+        /// The ready-to-send frame.
+        frame: Arc<Vec<u8>>,
+    },
     /// The server is going down.
     ShuttingDown,
 }

@@ -184,6 +184,21 @@ impl Service {
         }
     }
 
+    /// Pushes `event` to every device of every user in `users`, as one broadcast.
+    pub(super) fn push_to_all(&self, users: impl IntoIterator<Item = UserId>, event: Event) {
+        let users: std::collections::HashSet<UserId> = users.into_iter().collect();
+        if users.is_empty() {
+            return;
+        }
+        match frame::encode(&Response::Event(event)) {
+            Ok(bytes) => self.publish(Broadcast::Users {
+                users: Arc::new(users),
+                frame: Arc::new(bytes),
+            }),
+            Err(e) => tracing::error!(error = %e, "cannot encode event"),
+        }
+    }
+
     pub(super) fn mls_lock(&self) -> std::sync::MutexGuard<'_, ()> {
         // Guards no data of its own; a poisoned lock is as good as a clean one.
         self.mls.lock().unwrap_or_else(PoisonError::into_inner)

@@ -265,11 +265,10 @@ impl Service {
     fn secret_groups_changed(&self, departments: &[DepartmentSlug]) {
         for slug in departments {
             match self.db.department(slug) {
-                Ok(Some(dept)) => {
-                    for user in super::secret::roster(&dept) {
-                        self.push_to(&user, None, rathaus_protocol::Event::SecretGroupsChanged);
-                    }
-                }
+                Ok(Some(dept)) => self.push_to_all(
+                    super::secret::roster(&dept),
+                    rathaus_protocol::Event::SecretGroupsChanged,
+                ),
                 Ok(None) => {}
                 Err(e) => tracing::error!(department = %slug, error = %e, "cannot read roster"),
             }

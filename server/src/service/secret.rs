@@ -155,9 +155,7 @@ impl Service {
         };
         self.durable(ticket).await?;
         tracing::info!(%group, by = %me.id, "secret group born");
-        for user in roster(&dept) {
-            self.push_to(&user, None, Event::SecretGroupsChanged);
-        }
+        self.push_to_all(roster(&dept), Event::SecretGroupsChanged);
         Ok(Response::Done)
     }
 
@@ -313,9 +311,7 @@ impl Service {
         self.mark_durable(&group, seq);
         tracing::info!(%group, seq, epoch = new_epoch, size = commit_size, by = %me.id, "commit accepted");
         self.publish_entry(&group, seq, &entry);
-        for user in touched {
-            self.push_to(&user, None, Event::SecretGroupsChanged);
-        }
+        self.push_to_all(touched, Event::SecretGroupsChanged);
         Ok(Response::Committed {
             seq,
             epoch: new_epoch,

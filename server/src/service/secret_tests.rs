@@ -719,6 +719,7 @@ async fn only_devices_in_the_group_post_and_read_and_joiners_see_nothing_older()
     else {
         panic!()
     };
+    let mut pushes = f.service.subscribe();
     let (c, w) = anna.add(&[packages[0].key_package.clone()]);
     let Response::Committed { seq: add_seq, .. } =
         commit(&f.service, &mut anna, c, Some(w)).await.unwrap()
@@ -726,6 +727,16 @@ async fn only_devices_in_the_group_post_and_read_and_joiners_see_nothing_older()
         panic!()
     };
     anna.merge();
+    // Everyone the commit touched is told to re-read their secret groups, in one push.
+    let mut told = Vec::new();
+    while let Ok(event) = pushes.try_recv() {
+        if let Broadcast::Users { users, .. } = event {
+            told.push(users);
+        }
+    }
+    assert_eq!(told.len(), 1, "one push for the whole commit");
+    assert!(told[0].contains(&ben.session.user));
+    assert!(!told[0].contains(&f.admin.user));
     let Response::Welcomes(welcomes) = call(&f.service, &ben, Request::FetchWelcomes)
         .await
         .unwrap()

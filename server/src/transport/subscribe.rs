@@ -49,6 +49,13 @@ pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStr
                     true
                 }
             }
+            Ok(Broadcast::Users { users, frame }) => {
+                if users.contains(&session.user) {
+                    write_bytes(&mut send, &frame).await
+                } else {
+                    true
+                }
+            }
             Ok(Broadcast::GroupsChanged) => {
                 write_frame(&mut send, &Response::Event(Event::GroupsChanged)).await
             }
