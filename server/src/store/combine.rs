@@ -133,7 +133,17 @@ impl Combiner {
         let round = std::mem::take(&mut q.waiting);
         drop(q);
         let last = round.last().map_or(0, |(t, _)| *t);
-        let failures = apply_round(round, apply);
+        let tickets: Vec<u64> = round.iter().map(|(t, _)| *t).collect();
+        // A panic in the storage engine must not leave `applying` set, or every later
+        // writer would wait forever: its round fails instead.
+        let failures =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_round(round, apply)))
+                .unwrap_or_else(|_| {
+                    tickets
+                        .into_iter()
+                        .map(|t| (t, "the storage engine panicked while writing".to_owned()))
+                        .collect()
+                });
         let mut q = self.lock();
         q.applied = q.applied.max(last);
         q.failed.extend(failures);
@@ -279,6 +289,18 @@ mod tests {
             joined.unwrap();
         }
         assert_eq!(target.map.lock().unwrap().len(), TASKS * EACH);
+    }
+
+    #[test]
+    fn a_panicking_engine_fails_its_round_and_later_writes_still_go_through() {
+        let combiner = Combiner::default();
+        let target = Target::default();
+        let doomed = combiner.enqueue(batch(&[("a", Some("1"))]));
+        let err = combiner.wait(doomed, |_| panic!("engine bug")).unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        let next = combiner.enqueue(batch(&[("b", Some("1"))]));
+        combiner.wait(next, |b| target.apply(b)).unwrap();
+        assert!(target.map.lock().unwrap().contains_key(&b"b"[..]));
     }
 
     #[test]
