@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
+use rathaus_client::net::host_of;
 use rathaus_client::time_fmt::rfc3339;
 use rathaus_client::{
-    Approval, Client, ClientError, EnrollOptions, PolicyOutcome, SecretGroupView, TimelineRow,
+    Approval, CaTrust, Client, ClientError, EnrollOptions, PolicyOutcome, SecretGroupView,
+    ServerTrust, TimelineRow,
 };
 use rathaus_protocol::{DepartmentSlug, Event, GroupHandle, Role, UserId};
 use serde_json::{json, Value};
@@ -20,6 +22,8 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
         Command::Enroll {
             server,
             fingerprint,
+            ca,
+            server_name,
             user,
             code,
             device_name,
@@ -27,12 +31,13 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
         } => {
             let dir = profile_dir(profile)?;
             let user = UserId::parse(&user)?;
+            let trust = server_trust(&server, fingerprint, ca, server_name)?;
             let password = password::read(password_stdin, true)?;
             let client = Client::enroll(
                 &dir,
                 EnrollOptions {
                     server,
-                    fingerprint,
+                    trust,
                     user,
                     code,
                     password,
@@ -46,16 +51,18 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
         Command::AddDevice {
             server,
             fingerprint,
+            ca,
+            server_name,
             user,
             device_name,
             password_stdin,
         } => {
             let dir = profile_dir(profile)?;
             let user = UserId::parse(&user)?;
+            let trust = server_trust(&server, fingerprint, ca, server_name)?;
             let password = password::read(password_stdin, false)?;
             let name = device_name.unwrap_or_else(default_device_name);
-            let client =
-                Client::add_device(&dir, &server, &fingerprint, user, &password, &name).await?;
+            let client = Client::add_device(&dir, &server, &trust, user, &password, &name).await?;
             print_enrolled(out, &client);
             Ok(())
         }
@@ -68,7 +75,8 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             out.print(
                 json!({"user": me.user.as_str(), "name": me.name, "device": me.device.0,
                        "roles": roles, "departments": departments, "org": me.org,
-                       "server": id.server, "fingerprint": id.fingerprint}),
+                       "server": id.server, "fingerprint": id.trust.fingerprint(),
+                       "trust": trust_json(&id.trust)}),
                 || {
                     format!(
                         "{} ({}), device {} at {}\nroles: {}\ndepartments: {}\nserver: {} ({})",
@@ -83,7 +91,7 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
                             departments.join(", ")
                         },
                         id.server,
-                        id.fingerprint
+                        trust_text(&id.trust)
                     )
                 },
             );
@@ -707,11 +715,65 @@ fn default_device_name() -> String {
     format!("rathaus CLI on {host}")
 }
 
+/// How the server is to be trusted, from `--fingerprint` or `--ca [--server-name]`:
+/// exactly one of the two.
+fn server_trust(
+    server: &str,
+    fingerprint: Option<String>,
+    ca: Option<PathBuf>,
+    server_name: Option<String>,
+) -> Result<ServerTrust> {
+    match (fingerprint, ca) {
+        (Some(_), Some(_)) => Err(anyhow!(
+            "give either --fingerprint or --ca, not both: the server is trusted one way"
+        )),
+        (None, None) => Err(anyhow!(
+            "give --fingerprint SHA256:… (from `rathaus-server init`) or --ca FILE (the CA \
+             that issued the server's certificate)"
+        )),
+        (Some(_), None) if server_name.is_some() => Err(anyhow!(
+            "--server-name only applies with --ca (a pinned certificate is trusted by its \
+             fingerprint, whatever its name)"
+        )),
+        (Some(fingerprint), None) => Ok(ServerTrust::Pinned(fingerprint)),
+        (None, Some(path)) => {
+            let pem = std::fs::read(&path)
+                .map_err(|e| anyhow!("cannot read the CA file {}: {e}", path.display()))?;
+            let name = server_name.unwrap_or_else(|| host_of(server).to_owned());
+            let ca =
+                CaTrust::from_pem(&pem, &name).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            Ok(ServerTrust::Ca(ca))
+        }
+    }
+}
+
+/// How the server is trusted, for `--json`.
+fn trust_json(trust: &ServerTrust) -> Value {
+    match trust {
+        ServerTrust::Ca(ca) => json!({"method": "ca", "server_name": ca.server_name(),
+                                      "ca_fingerprints": ca.fingerprints()}),
+        other => json!({"method": "fingerprint", "fingerprint": other.fingerprint()}),
+    }
+}
+
+/// How the server is trusted, for people.
+fn trust_text(trust: &ServerTrust) -> String {
+    match trust {
+        ServerTrust::Ca(ca) => format!(
+            "certificate validated as {} by CA {}",
+            ca.server_name(),
+            ca.fingerprints().join(", ")
+        ),
+        other => other.fingerprint().unwrap_or_default().to_owned(),
+    }
+}
+
 fn print_enrolled(out: &Output, client: &Client) {
     let id = client.identity();
     out.print(
         json!({"user": id.user.as_str(), "device": id.device.0, "server": id.server,
-               "fingerprint": id.fingerprint, "org": id.org,
+               "fingerprint": id.trust.fingerprint(), "trust": trust_json(&id.trust),
+               "org": id.org,
                "profile": client.dir().display().to_string()}),
         || {
             format!(

@@ -6,7 +6,7 @@
 //! Everything lives in a temporary directory that is removed afterwards.
 
 use anyhow::{Context, Result};
-use rathaus_client::{AnnouncementDraft, Client, EnrollOptions};
+use rathaus_client::{AnnouncementDraft, Client, EnrollOptions, ServerTrust};
 use rathaus_protocol::{DepartmentSlug, GroupHandle, Role, UserId};
 use rathaus_server::clock::SystemClock;
 use rathaus_server::{InitOptions, RunOptions};
@@ -52,7 +52,7 @@ pub(crate) async fn run(out: &Output) -> Result<()> {
                 &dir,
                 EnrollOptions {
                     server: addr,
-                    fingerprint,
+                    trust: ServerTrust::Pinned(fingerprint),
                     user: UserId::parse(&user)?,
                     code,
                     password: format!("{user}-demo-password"),

@@ -37,9 +37,17 @@ pub(crate) enum Command {
         /// Server address, host:port.
         #[arg(long)]
         server: String,
-        /// The server's certificate fingerprint (SHA256:…), as given by IT.
+        /// The server's certificate fingerprint (SHA256:…), as given by IT. Or use --ca.
         #[arg(long)]
-        fingerprint: String,
+        fingerprint: Option<String>,
+        /// Trust the server through these CA certificates (PEM file) instead of a
+        /// fingerprint; the profile keeps a copy.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// With --ca: the name the server's certificate must carry. Default: the host
+        /// part of --server.
+        #[arg(long, value_name = "NAME")]
+        server_name: Option<String>,
         /// Your personnel number.
         #[arg(long)]
         user: String,
@@ -58,9 +66,17 @@ pub(crate) enum Command {
         /// Server address, host:port.
         #[arg(long)]
         server: String,
-        /// The server's certificate fingerprint (SHA256:…).
+        /// The server's certificate fingerprint (SHA256:…). Or use --ca.
         #[arg(long)]
-        fingerprint: String,
+        fingerprint: Option<String>,
+        /// Trust the server through these CA certificates (PEM file) instead of a
+        /// fingerprint; the profile keeps a copy.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// With --ca: the name the server's certificate must carry. Default: the host
+        /// part of --server.
+        #[arg(long, value_name = "NAME")]
+        server_name: Option<String>,
         /// Your personnel number.
         #[arg(long)]
         user: String,

@@ -7,16 +7,22 @@ use rathaus_protocol::{
     DepartmentInfo, DepartmentSlug, DeviceId, DeviceKey, GroupHandle, GroupKind, MemberInfo,
     Request, Response, Role, SessionInfo, UserId, UserSummary, PROTOCOL_VERSION,
 };
+use rustls_pki_types::CertificateDer;
 
 use crate::error::{ClientError, Result};
 use crate::mls::{DeviceIdentity, MlsEngine};
-use crate::net::{Connection, Subscription};
+use crate::net::{CaTrust, Connection, ServerTrust, Subscription};
 use crate::store::{self, ProfileStore};
 
 /// Settings keys in the profile store.
 mod keys {
     pub(super) const SERVER: &str = "server";
     pub(super) const FINGERPRINT: &str = "fingerprint";
+    /// How the server is trusted: `fingerprint` (also when unset: profiles from before CA
+    /// validation) or `ca` (the certificates are in the `server_ca` table).
+    pub(super) const SERVER_TRUST: &str = "server_trust";
+    /// The TLS server name checked by CA validation.
+    pub(super) const SERVER_NAME: &str = "server_name";
     pub(super) const USER: &str = "user";
     pub(super) const DEVICE: &str = "device";
     pub(super) const ORG: &str = "org";
@@ -27,8 +33,8 @@ mod keys {
 pub struct Identity {
     /// Server address, `host:port`.
     pub server: String,
-    /// Pinned certificate fingerprint, `SHA256:…`.
-    pub fingerprint: String,
+    /// How the server's certificate is trusted: a pinned fingerprint or a CA.
+    pub trust: ServerTrust,
     /// Personnel number.
     pub user: UserId,
     /// This device.
@@ -42,8 +48,9 @@ pub struct Identity {
 pub struct EnrollOptions {
     /// Server address, `host:port`.
     pub server: String,
-    /// The server's certificate fingerprint, as printed by `rathaus-server init`.
-    pub fingerprint: String,
+    /// How to trust the server's certificate: the fingerprint printed by
+    /// `rathaus-server init`, or the CA that issued it.
+    pub trust: ServerTrust,
     /// Personnel number.
     pub user: UserId,
     /// One-time enrollment code from the admin.
@@ -94,7 +101,7 @@ impl Client {
             return Err(ClientError::AlreadyEnrolled(dir.to_path_buf()));
         }
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let conn = Connection::connect(&options.server, &options.fingerprint).await?;
+        let conn = Connection::connect_with_trust(&options.server, &options.trust).await?;
         let request = Request::Enroll {
             protocol: PROTOCOL_VERSION,
             user: options.user.clone(),
@@ -113,7 +120,7 @@ impl Client {
             dir,
             key,
             &options.server,
-            &options.fingerprint,
+            &options.trust,
             options.user,
             device,
             org,
@@ -126,7 +133,7 @@ impl Client {
     pub async fn add_device(
         dir: &Path,
         server: &str,
-        fingerprint: &str,
+        trust: &ServerTrust,
         user: UserId,
         password: &str,
         device_name: &str,
@@ -135,7 +142,7 @@ impl Client {
             return Err(ClientError::AlreadyEnrolled(dir.to_path_buf()));
         }
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let conn = Connection::connect(server, fingerprint).await?;
+        let conn = Connection::connect_with_trust(server, trust).await?;
         let request = Request::AddDevice {
             protocol: PROTOCOL_VERSION,
             user: user.clone(),
@@ -149,7 +156,7 @@ impl Client {
             Response::Enrolled { device, org } => (device, org),
             _ => return Err(ClientError::UnexpectedResponse("AddDevice")),
         };
-        let mut client = Self::create_profile(dir, key, server, fingerprint, user, device, org)?;
+        let mut client = Self::create_profile(dir, key, server, trust, user, device, org)?;
         client.publish_initial_key_packages().await;
         Ok(client)
     }
@@ -171,9 +178,27 @@ impl Client {
         let device = get(keys::DEVICE)?
             .parse::<u64>()
             .map_err(|_| ClientError::Invalid("corrupt profile: device id".into()))?;
+        let trust = match store.setting(keys::SERVER_TRUST)?.as_deref() {
+            None | Some("fingerprint") => ServerTrust::Pinned(get(keys::FINGERPRINT)?),
+            Some("ca") => {
+                let certificates = store
+                    .server_ca()?
+                    .into_iter()
+                    .map(CertificateDer::from)
+                    .collect();
+                let ca = CaTrust::from_der(certificates, &get(keys::SERVER_NAME)?)
+                    .map_err(|e| ClientError::Invalid(format!("corrupt profile: {e}")))?;
+                ServerTrust::Ca(ca)
+            }
+            Some(other) => {
+                return Err(ClientError::Invalid(format!(
+                    "corrupt profile: unknown server trust {other:?}"
+                )))
+            }
+        };
         let identity = Identity {
             server: get(keys::SERVER)?,
-            fingerprint: get(keys::FINGERPRINT)?,
+            trust,
             user,
             device: DeviceId(device),
             org: store.setting(keys::ORG)?.unwrap_or_default(),
@@ -212,7 +237,8 @@ impl Client {
             }
         }
         self.conn = None;
-        let conn = Connection::connect(&self.identity.server, &self.identity.fingerprint).await?;
+        let conn =
+            Connection::connect_with_trust(&self.identity.server, &self.identity.trust).await?;
         let info = conn
             .authenticate(&self.identity.user, self.identity.device, &self.key)
             .await?;
@@ -365,7 +391,7 @@ impl Client {
         dir: &Path,
         key: SigningKey,
         server: &str,
-        fingerprint: &str,
+        trust: &ServerTrust,
         user: UserId,
         device: DeviceId,
         org: String,
@@ -376,13 +402,23 @@ impl Client {
         store::write_device_key(dir, &key)?;
         let store = ProfileStore::open(dir)?;
         store.set_setting(keys::SERVER, server)?;
-        store.set_setting(keys::FINGERPRINT, fingerprint)?;
+        match trust {
+            ServerTrust::Pinned(fingerprint) => {
+                store.set_setting(keys::SERVER_TRUST, "fingerprint")?;
+                store.set_setting(keys::FINGERPRINT, fingerprint)?;
+            }
+            ServerTrust::Ca(ca) => {
+                store.set_server_ca(ca.certificates().iter().map(|c| c.as_ref()))?;
+                store.set_setting(keys::SERVER_NAME, ca.server_name())?;
+                store.set_setting(keys::SERVER_TRUST, "ca")?;
+            }
+        }
         store.set_setting(keys::USER, user.as_str())?;
         store.set_setting(keys::DEVICE, &device.0.to_string())?;
         store.set_setting(keys::ORG, &org)?;
         let identity = Identity {
             server: server.to_owned(),
-            fingerprint: fingerprint.to_owned(),
+            trust: trust.clone(),
             user,
             device,
             org,

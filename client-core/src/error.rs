@@ -26,6 +26,18 @@ pub enum ClientError {
         /// The fingerprint the server presented.
         actual: String,
     },
+    /// The server's certificate failed validation against the profile's CA certificates.
+    #[error(
+        "the server's certificate is not trusted for {server_name}: {reason}; refusing to \
+         connect (check the server's name and address, or ask IT for the current CA \
+         certificate)"
+    )]
+    UntrustedCertificate {
+        /// The TLS server name the certificate was checked for.
+        server_name: String,
+        /// Why rustls refused it (unknown issuer, expired, issued for another name, …).
+        reason: String,
+    },
     /// The server could not be reached.
     #[error("cannot reach the server at {addr}: {reason}")]
     Unreachable {

@@ -36,6 +36,7 @@ pub mod trust;
 pub use announce::AnnouncementDraft;
 pub use client::{Client, EnrollOptions, GroupView, Identity};
 pub use error::{ClientError, Result};
+pub use net::{CaTrust, ServerTrust};
 pub use secret::{
     key_fingerprint, mls_group_id, Approval, GroupPolicy, PolicyOutcome, SecretDevice,
     SecretGroupView, SecretMember, KEY_PACKAGE_LOW, KEY_PACKAGE_TARGET,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use ed25519_dalek::SigningKey;
 use rathaus_client::net::Connection;
-use rathaus_client::{Client, EnrollOptions};
+use rathaus_client::{Client, EnrollOptions, ServerTrust};
 use rathaus_protocol::{DepartmentSlug, DeviceId, DeviceKey, Role, UserId};
 use rathaus_server::clock::ManualClock;
 use rathaus_server::store::{
@@ -49,6 +49,9 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     /// Its certificate fingerprint.
     pub fingerprint: String,
+    /// A CA-issued certificate and its key (PEM files) the server serves instead of its
+    /// self-signed one, if any (see [`TestBackend::start_with_certificate`]).
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// The bootstrap admin's id and one-time code (consumed by [`TestBackend::admin`]).
     admin_code: Option<(String, String)>,
 }
@@ -56,6 +59,16 @@ pub struct TestBackend {
 impl TestBackend {
     /// Initialises a data directory and starts a server on `127.0.0.1:0`.
     pub async fn start() -> Result<Self> {
+        Self::start_serving(None).await
+    }
+
+    /// Like [`TestBackend::start`], but the server presents `cert` (issued by a CA, e.g.
+    /// [`TestCa::issue`]) with its private key `key`.
+    pub async fn start_with_certificate(cert: &Path, key: &Path) -> Result<Self> {
+        Self::start_serving(Some((cert.to_path_buf(), key.to_path_buf()))).await
+    }
+
+    async fn start_serving(tls: Option<(PathBuf, PathBuf)>) -> Result<Self> {
         init_tracing();
         let data = tempfile::tempdir()?;
         let profiles = tempfile::tempdir()?;
@@ -78,6 +91,7 @@ impl TestBackend {
             clock,
             addr: "127.0.0.1:0".parse()?,
             fingerprint: report.fingerprint.clone(),
+            tls,
             admin_code: Some((report.admin_user, report.enrollment_code)),
         };
         backend.run().await?;
@@ -111,6 +125,7 @@ impl TestBackend {
             clock,
             addr: "127.0.0.1:0".parse()?,
             fingerprint: report.fingerprint.clone(),
+            tls: None,
             admin_code: Some((report.admin_user, report.enrollment_code)),
         };
         backend.spawn_process()?;
@@ -134,10 +149,12 @@ impl TestBackend {
     }
 
     fn spawn_process(&mut self) -> Result<()> {
-        let process = ServerProcess::spawn_logged(
+        let process = ServerProcess::launch(
+            &workspace_bin("rathaus-server")?,
             &self.data_dir(),
             &self.addr.to_string(),
             self.server_log.as_deref(),
+            self.tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
         )?;
         self.addr = process.addr;
         self.fingerprint = process.fingerprint.clone();
@@ -155,6 +172,10 @@ impl TestBackend {
         let mut options = RunOptions::new(self.data_dir());
         options.listen = Some(self.addr);
         options.clock = self.clock.clone();
+        if let Some((cert, key)) = &self.tls {
+            options.cert = Some(cert.clone());
+            options.key = Some(key.clone());
+        }
         let server = rathaus_server::start(options).await?;
         self.addr = server.local_addr();
         self.fingerprint = server.fingerprint();
@@ -195,7 +216,7 @@ impl TestBackend {
             &dir,
             EnrollOptions {
                 server: self.addr.to_string(),
-                fingerprint: self.fingerprint.clone(),
+                trust: ServerTrust::Pinned(self.fingerprint.clone()),
                 user: user_id,
                 code: code.to_owned(),
                 password: PASSWORD.to_owned(),
@@ -302,16 +323,39 @@ impl ServerProcess {
 
     /// Like [`ServerProcess::spawn`], with the server binary at `bin`.
     pub fn spawn_bin(bin: &Path, data: &Path, listen: &str) -> Result<Self> {
-        Self::launch(bin, data, listen, None)
+        Self::launch(bin, data, listen, None, None)
+    }
+
+    /// Like [`ServerProcess::spawn`], serving the CA-issued certificate `cert` with its
+    /// private key `key` (`run --cert FILE --key FILE`).
+    pub fn spawn_with_certificate(
+        data: &Path,
+        listen: &str,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Self> {
+        Self::launch(
+            &workspace_bin("rathaus-server")?,
+            data,
+            listen,
+            None,
+            Some((cert, key)),
+        )
     }
 
     /// Like [`ServerProcess::spawn`]; with `log`, the server logs at the most verbose
     /// level (`RUST_LOG=trace`) and its stderr is appended to that file.
     pub fn spawn_logged(data: &Path, listen: &str, log: Option<&Path>) -> Result<Self> {
-        Self::launch(&workspace_bin("rathaus-server")?, data, listen, log)
+        Self::launch(&workspace_bin("rathaus-server")?, data, listen, log, None)
     }
 
-    fn launch(bin: &Path, data: &Path, listen: &str, log: Option<&Path>) -> Result<Self> {
+    fn launch(
+        bin: &Path,
+        data: &Path,
+        listen: &str,
+        log: Option<&Path>,
+        tls: Option<(&Path, &Path)>,
+    ) -> Result<Self> {
         use std::io::BufRead;
         let mut command = Command::new(bin);
         command
@@ -319,6 +363,9 @@ impl ServerProcess {
             .arg(data)
             .args(["--listen", listen])
             .stdout(Stdio::piped());
+        if let Some((cert, key)) = tls {
+            command.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
         match log {
             Some(path) => {
                 let file = std::fs::OpenOptions::new()
@@ -545,6 +592,96 @@ pub fn provision_users(data_dir: &Path, what: &Provisioning<'_>) -> Result<Vec<P
     db.apply(w)?;
     store.flush_blocking()?;
     Ok(users)
+}
+
+/// A certificate authority for tests of CA validation: it issues server certificates the
+/// way an organisation's CA would.
+pub struct TestCa {
+    /// The CA certificate, PEM: the file IT hands out for `rathaus enroll --ca`.
+    pub pem: String,
+    /// Signs the certificates this CA issues.
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A new CA named `name`, with a fresh key.
+    pub fn new(name: &str) -> Result<Self> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let pem = params.self_signed(&key)?.pem();
+        Ok(Self {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        })
+    }
+
+    /// Writes the CA certificate to `dir/ca.pem` and returns the path.
+    pub fn write_pem(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &self.pem)?;
+        Ok(path)
+    }
+
+    /// Issues a server certificate for `names` (DNS names and IP addresses), valid from
+    /// yesterday for a year, and writes it and its private key as PEM into `dir`
+    /// (`<stem>.crt`, `<stem>.key`). Returns the two paths.
+    pub fn issue(&self, names: &[&str], dir: &Path, stem: &str) -> Result<(PathBuf, PathBuf)> {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue_valid(
+            names,
+            dir,
+            stem,
+            now - time::Duration::days(1),
+            now + time::Duration::days(365),
+        )
+    }
+
+    /// Like [`TestCa::issue`], but the certificate expired yesterday.
+    pub fn issue_expired(
+        &self,
+        names: &[&str],
+        dir: &Path,
+        stem: &str,
+    ) -> Result<(PathBuf, PathBuf)> {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue_valid(
+            names,
+            dir,
+            stem,
+            now - time::Duration::days(30),
+            now - time::Duration::days(1),
+        )
+    }
+
+    fn issue_valid(
+        &self,
+        names: &[&str],
+        dir: &Path,
+        stem: &str,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> Result<(PathBuf, PathBuf)> {
+        let key = rcgen::KeyPair::generate()?;
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names)?;
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert_path = dir.join(format!("{stem}.crt"));
+        let key_path = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+        Ok((cert_path, key_path))
+    }
 }
 
 /// Initialises a server data directory in `root` (no clients enrolled) and returns it.

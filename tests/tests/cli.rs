@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use rathaus_tests::{workspace_bin, ServerProcess, PASSWORD};
+use rathaus_tests::{workspace_bin, ServerProcess, TestCa, PASSWORD};
 use serde_json::Value;
 
 fn rathaus(profile: &Path, args: &[&str], stdin: Option<&str>) -> Output {
@@ -221,5 +221,199 @@ fn init_run_enroll_provision_post_read_with_json() {
     assert!(!forbidden.status.success());
     let doc: Value = serde_json::from_slice(&forbidden.stdout).unwrap();
     assert_eq!(doc["error"]["code"], "Forbidden");
+    drop(server);
+}
+
+/// `enroll --ca` (DESIGN §3, §9): a server with a certificate from the organisation's CA,
+/// enrolled through that CA; later commands connect the same way. Another CA and a wrong
+/// `--server-name` are refused with one line naming the server name and the reason.
+#[test]
+fn enroll_with_ca_then_send_and_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let init = json_ok(
+        &Command::new(workspace_bin("rathaus-server").unwrap())
+            .args(["init", "--data"])
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--json"])
+            .output()
+            .unwrap(),
+    );
+    let admin_user = init["admin_user"].as_str().unwrap().to_owned();
+    let admin_code = init["enrollment_code"].as_str().unwrap().to_owned();
+
+    let ca = TestCa::new("Stadt Teststadt IT").unwrap();
+    let (cert, key) = ca
+        .issue(&["localhost", "127.0.0.1"], tmp.path(), "server")
+        .unwrap();
+    let ca_file = ca.write_pem(tmp.path()).unwrap();
+    let ca_file = ca_file.to_str().unwrap();
+    let other_dir = tmp.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other_ca_file = TestCa::new("Somebody else")
+        .unwrap()
+        .write_pem(&other_dir)
+        .unwrap();
+    let server = ServerProcess::spawn_with_certificate(&data, "127.0.0.1:0", &cert, &key).unwrap();
+    let addr = server.addr.to_string();
+    let stdin = format!("{PASSWORD}\n");
+
+    let enroll_admin = |profile: &Path, trust: &[&str], json: bool| {
+        let mut args = vec!["enroll", "--server", &addr];
+        args.extend_from_slice(trust);
+        args.extend_from_slice(&[
+            "--user",
+            &admin_user,
+            "--code",
+            &admin_code,
+            "--password-stdin",
+        ]);
+        if json {
+            args.push("--json");
+        }
+        rathaus(profile, &args, Some(&stdin))
+    };
+    let refused = |out: &Output, needles: &[&str]| {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        for needle in needles {
+            assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+        }
+    };
+
+    // Exactly one of --fingerprint and --ca.
+    let nobody = tmp.path().join("nobody");
+    refused(
+        &enroll_admin(&nobody, &[], false),
+        &["--fingerprint", "--ca"],
+    );
+    refused(
+        &enroll_admin(
+            &nobody,
+            &["--fingerprint", &server.fingerprint, "--ca", ca_file],
+            false,
+        ),
+        &["not both"],
+    );
+    // A CA that did not issue the server's certificate.
+    let out = enroll_admin(&nobody, &["--ca", other_ca_file.to_str().unwrap()], true);
+    refused(&out, &["not trusted for 127.0.0.1", "unknown issuer"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown issuer"));
+    // The right CA, but the certificate does not carry the given name.
+    refused(
+        &enroll_admin(
+            &nobody,
+            &["--ca", ca_file, "--server-name", "rathaus.example"],
+            false,
+        ),
+        &["not trusted for rathaus.example", "another name"],
+    );
+    assert!(!nobody.join("profile.sqlite").exists());
+
+    // The admin enrolls through the CA by the certificate's DNS name.
+    let admin = tmp.path().join("admin");
+    let enrolled = json_ok(&enroll_admin(
+        &admin,
+        &["--ca", ca_file, "--server-name", "localhost"],
+        true,
+    ));
+    assert_eq!(enrolled["trust"]["method"], "ca");
+    let whoami = json_ok(&rathaus(&admin, &["whoami", "--json"], None));
+    assert_eq!(whoami["user"], admin_user.as_str());
+    assert_eq!(whoami["trust"]["method"], "ca");
+    assert_eq!(whoami["trust"]["server_name"], "localhost");
+    assert_eq!(
+        whoami["trust"]["ca_fingerprints"].as_array().unwrap().len(),
+        1
+    );
+    assert!(whoami["fingerprint"].is_null());
+    // The profile keeps the CA certificate itself, not the path.
+    std::fs::remove_file(ca_file).unwrap();
+    json_ok(&rathaus(
+        &admin,
+        &[
+            "admin",
+            "department",
+            "add",
+            "bauamt",
+            "--name",
+            "Bauamt",
+            "--json",
+        ],
+        None,
+    ));
+    let anna_add = json_ok(&rathaus(
+        &admin,
+        &[
+            "admin",
+            "user",
+            "add",
+            "P1001",
+            "--name",
+            "Anna Berg",
+            "--department",
+            "bauamt",
+            "--json",
+        ],
+        None,
+    ));
+    let anna_code = anna_add["enrollment_code"].as_str().unwrap().to_owned();
+
+    // Anna enrolls by IP address (the default server name), then posts and reads.
+    let ca_file = ca.write_pem(tmp.path()).unwrap();
+    let ca_file = ca_file.to_str().unwrap();
+    let anna = tmp.path().join("anna");
+    json_ok(&rathaus(
+        &anna,
+        &[
+            "enroll",
+            "--server",
+            &addr,
+            "--ca",
+            ca_file,
+            "--user",
+            "P1001",
+            "--code",
+            &anna_code,
+            "--password-stdin",
+            "--json",
+        ],
+        Some(&stdin),
+    ));
+    let sent = json_ok(&rathaus(
+        &anna,
+        &["send", "bauamt", "Hallo über die CA", "--json"],
+        None,
+    ));
+    assert_eq!(sent["seq"], 1);
+    // Her phone, added with the password, trusts the server the same way.
+    let phone = tmp.path().join("anna-phone");
+    json_ok(&rathaus(
+        &phone,
+        &[
+            "add-device",
+            "--server",
+            &addr,
+            "--ca",
+            ca_file,
+            "--user",
+            "P1001",
+            "--password-stdin",
+            "--json",
+        ],
+        Some(&stdin),
+    ));
+    let read = json_ok(&rathaus(&phone, &["read", "bauamt", "--json"], None));
+    let messages = read["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["text"], "Hallo über die CA");
+    assert_eq!(messages[0]["sender"], "P1001");
+    let whoami = json_ok(&rathaus(&phone, &["whoami", "--json"], None));
+    assert_eq!(whoami["trust"]["server_name"], "127.0.0.1");
     drop(server);
 }

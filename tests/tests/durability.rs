@@ -4,7 +4,7 @@
 // Test code: a failed unwrap is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use rathaus_client::{Client, EnrollOptions};
+use rathaus_client::{Client, EnrollOptions, ServerTrust};
 use rathaus_protocol::{GroupHandle, Request, Response, UserId};
 use rathaus_server::clock::SystemClock;
 use rathaus_server::InitOptions;
@@ -31,7 +31,7 @@ async fn sigkill_after_acknowledged_posts_loses_and_duplicates_nothing() {
     let enroll = |dir: std::path::PathBuf, user: &str, code: &str| {
         let options = EnrollOptions {
             server: addr.clone(),
-            fingerprint: server.fingerprint.clone(),
+            trust: ServerTrust::Pinned(server.fingerprint.clone()),
             user: UserId::parse(user).unwrap(),
             code: code.to_owned(),
             password: PASSWORD.to_owned(),

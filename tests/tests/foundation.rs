@@ -7,11 +7,12 @@
 
 use std::time::Duration;
 
-use rathaus_client::{Client, ClientError};
+use rathaus_client::net::Connection;
+use rathaus_client::{CaTrust, Client, ClientError, EnrollOptions, ServerTrust};
 use rathaus_protocol::{
     frame, ClientMsgId, Content, ErrorCode, Event, GroupHandle, PostBody, Request, Response, UserId,
 };
-use rathaus_tests::{within, TestBackend, PASSWORD};
+use rathaus_tests::{within, TestBackend, TestCa, PASSWORD};
 
 fn bauamt() -> GroupHandle {
     GroupHandle::parse("bauamt").unwrap()
@@ -152,6 +153,7 @@ async fn wrong_password_and_wrong_device_key_are_refused_and_throttled() {
         .await
         .unwrap();
     let server = backend.addr.to_string();
+    let trust = ServerTrust::Pinned(backend.fingerprint.clone());
 
     // Wrong password for a second device: refused, then throttled.
     let mut codes = Vec::new();
@@ -160,7 +162,7 @@ async fn wrong_password_and_wrong_device_key_are_refused_and_throttled() {
         let err = Client::add_device(
             &dir,
             &server,
-            &backend.fingerprint,
+            &trust,
             UserId::parse("P1001").unwrap(),
             "not the password",
             "phone",
@@ -181,7 +183,7 @@ async fn wrong_password_and_wrong_device_key_are_refused_and_throttled() {
     let err = Client::add_device(
         &dir,
         &server,
-        &backend.fingerprint,
+        &trust,
         UserId::parse("P1001").unwrap(),
         PASSWORD,
         "phone",
@@ -195,7 +197,7 @@ async fn wrong_password_and_wrong_device_key_are_refused_and_throttled() {
     let mut phone = Client::add_device(
         &dir,
         &server,
-        &backend.fingerprint,
+        &trust,
         UserId::parse("P1001").unwrap(),
         PASSWORD,
         "phone",
@@ -452,4 +454,109 @@ async fn read_response(recv: &mut quinn::RecvStream) -> Option<Response> {
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.ok()?;
     frame::decode_body(&body).ok()
+}
+
+/// CA validation (DESIGN §3): a server presenting a certificate from the organisation's
+/// CA is trusted through that CA, also after the profile is reopened; another CA, a wrong
+/// server name and an expired certificate are refused with the name and the reason.
+#[tokio::test]
+async fn server_certificate_is_validated_by_the_configured_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Stadt Teststadt IT").unwrap();
+    let (cert, key) = ca
+        .issue(&["localhost", "127.0.0.1"], certs.path(), "server")
+        .unwrap();
+    let mut backend = TestBackend::start_with_certificate(&cert, &key)
+        .await
+        .unwrap();
+    let addr = backend.addr.to_string();
+    let trust = |ca: &TestCa, name: &str| {
+        ServerTrust::Ca(CaTrust::from_pem(ca.pem.as_bytes(), name).unwrap())
+    };
+
+    // Enrolled through the CA, checked against the IP address in the certificate.
+    let (user, code) = backend.take_admin_code().unwrap();
+    let dir = backend.profile_dir(&user);
+    let admin = Client::enroll(
+        &dir,
+        EnrollOptions {
+            server: addr.clone(),
+            trust: trust(&ca, "127.0.0.1"),
+            user: UserId::parse(&user).unwrap(),
+            code,
+            password: PASSWORD.to_owned(),
+            device_name: "admin's test device".into(),
+        },
+    )
+    .await
+    .unwrap();
+    drop(admin);
+    let mut admin = Client::open(&dir).unwrap();
+    assert_eq!(admin.identity().trust, trust(&ca, "127.0.0.1"));
+    assert_eq!(admin.identity().trust.fingerprint(), None);
+    assert_eq!(admin.whoami().await.unwrap().user.as_str(), user);
+    admin.disconnect().await;
+
+    // The DNS name in the certificate works too, and pinning the same certificate still does.
+    Connection::connect_with_trust(&addr, &trust(&ca, "localhost"))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    Connection::connect(&addr, &backend.fingerprint)
+        .await
+        .unwrap()
+        .close()
+        .await;
+
+    let refusal = |err: ClientError| match err {
+        ClientError::UntrustedCertificate {
+            server_name,
+            reason,
+        } => (server_name, reason),
+        other => panic!("expected UntrustedCertificate, got {other:?}"),
+    };
+    let other_ca = TestCa::new("Somebody else").unwrap();
+    let err = Connection::connect_with_trust(&addr, &trust(&other_ca, "localhost"))
+        .await
+        .unwrap_err();
+    let (name, reason) = refusal(err);
+    assert_eq!(name, "localhost");
+    assert!(reason.contains("unknown issuer"), "{reason}");
+
+    let err = Connection::connect_with_trust(&addr, &trust(&ca, "rathaus.example"))
+        .await
+        .unwrap_err();
+    let (name, reason) = refusal(err);
+    assert_eq!(name, "rathaus.example");
+    assert!(reason.contains("another name"), "{reason}");
+    assert!(err_text_names_the_server(&name, &reason));
+
+    // The server now presents an expired certificate from the same CA: the profile
+    // refuses it and says why.
+    backend.stop().await;
+    let (cert, key) = ca
+        .issue_expired(&["localhost", "127.0.0.1"], certs.path(), "expired")
+        .unwrap();
+    backend.tls = Some((cert, key));
+    backend.run().await.unwrap();
+    let mut admin = Client::open(&dir).unwrap();
+    let err = admin.connect().await.unwrap_err();
+    let message = err.to_string();
+    let (name, reason) = refusal(err);
+    assert_eq!(name, "127.0.0.1");
+    assert!(reason.contains("expired"), "{reason}");
+    assert!(
+        message.contains("127.0.0.1") && message.contains("expired"),
+        "{message}"
+    );
+}
+
+fn err_text_names_the_server(name: &str, reason: &str) -> bool {
+    let message = ClientError::UntrustedCertificate {
+        server_name: name.to_owned(),
+        reason: reason.to_owned(),
+    }
+    .to_string();
+    message.contains(name) && message.contains(reason) && !message.contains('\n')
 }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rathaus_client::{Approval, Client, TimelineRow};
+use rathaus_client::{Approval, Client, ServerTrust, TimelineRow};
 use rathaus_protocol::{GroupHandle, UserId};
 use rathaus_tests::{within, workspace_bin, TestBackend, PASSWORD};
 use serde_json::Value;
@@ -116,7 +116,7 @@ async fn both_sides_see_the_same_safety_number_and_a_new_device_changes_it() {
     let _phone = Client::add_device(
         &backend.profile_dir("P1002"),
         &backend.addr.to_string(),
-        &backend.fingerprint,
+        &ServerTrust::Pinned(backend.fingerprint.clone()),
         uid("P1002"),
         PASSWORD,
         "Jonas' phone",

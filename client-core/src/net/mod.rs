@@ -1,6 +1,8 @@
-//! The network layer: a QUIC connection to the server with a pinned certificate, one
-//! bidirectional stream per request, and a long-lived subscription stream for events.
+//! The network layer: a QUIC connection to the server whose certificate is pinned or
+//! validated by a configured CA ([`ServerTrust`]), one bidirectional stream per request,
+//! and a long-lived subscription stream for events.
 
+mod ca;
 mod pin;
 
 use std::net::SocketAddr;
@@ -13,8 +15,41 @@ use rathaus_protocol::{
     fingerprint, frame, limits, DeviceId, Event, Request, Response, SessionInfo, Signature, UserId,
     PROTOCOL_VERSION,
 };
+use rustls::client::danger::ServerCertVerifier;
+
+pub use ca::CaTrust;
 
 use crate::error::{ClientError, Result};
+
+/// How the client decides that it talks to the real server (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerTrust {
+    /// Exactly the certificate with this SHA-256 fingerprint (`SHA256:…`), as printed by
+    /// `rathaus-server init`.
+    Pinned(String),
+    /// Any certificate that one of these CAs issued for the server name.
+    Ca(CaTrust),
+}
+
+impl ServerTrust {
+    /// The pinned fingerprint, if the server is trusted by pinning.
+    pub fn fingerprint(&self) -> Option<&str> {
+        match self {
+            ServerTrust::Pinned(fp) => Some(fp),
+            ServerTrust::Ca(_) => None,
+        }
+    }
+}
+
+/// The host part of `addr` (`host:port`, `[v6]:port`), the default TLS server name for CA
+/// validation.
+pub fn host_of(addr: &str) -> &str {
+    match addr.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => addr,
+    }
+}
 
 /// Application close code the server uses when it ends an offboarded user's session.
 pub const CLOSE_ACCOUNT_REMOVED: u32 = 0x10;
@@ -40,7 +75,20 @@ impl Connection {
     /// `pinned_fingerprint` (`SHA256:…`). A mismatch is refused with
     /// [`ClientError::FingerprintMismatch`].
     pub async fn connect(addr: &str, pinned_fingerprint: &str) -> Result<Self> {
-        Self::connect_inner(None, addr, pinned_fingerprint).await
+        Self::connect_inner(
+            None,
+            addr,
+            &ServerTrust::Pinned(pinned_fingerprint.to_owned()),
+        )
+        .await
+    }
+
+    /// Connects to `addr` (`host:port`) and trusts the server as `trust` says: a pinned
+    /// fingerprint (as [`Connection::connect`]) or a certificate issued by one of the
+    /// profile's CAs for its server name; a certificate that fails the CA checks is
+    /// refused with [`ClientError::UntrustedCertificate`].
+    pub async fn connect_with_trust(addr: &str, trust: &ServerTrust) -> Result<Self> {
+        Self::connect_inner(None, addr, trust).await
     }
 
     /// Like [`Connection::connect`], but over a caller-built client endpoint: many
@@ -53,16 +101,15 @@ impl Connection {
         addr: &str,
         pinned_fingerprint: &str,
     ) -> Result<Self> {
-        Self::connect_inner(Some(endpoint), addr, pinned_fingerprint).await
+        let trust = ServerTrust::Pinned(pinned_fingerprint.to_owned());
+        Self::connect_inner(Some(endpoint), addr, &trust).await
     }
 
     async fn connect_inner(
         endpoint: Option<quinn::Endpoint>,
         addr: &str,
-        pinned_fingerprint: &str,
+        trust: &ServerTrust,
     ) -> Result<Self> {
-        let pinned = fingerprint::parse(pinned_fingerprint)
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let unreachable = |reason: String| ClientError::Unreachable {
             addr: addr.to_owned(),
             reason,
@@ -70,12 +117,35 @@ impl Connection {
         let remote = resolve(addr).await.map_err(unreachable)?;
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let (verifier, seen_mismatch) = pin::PinnedCertVerifier::new(pinned, provider.clone());
+        let (verifier, refusal, server_name): (Arc<dyn ServerCertVerifier>, _, _) = match trust {
+            ServerTrust::Pinned(pinned_fingerprint) => {
+                let pinned = fingerprint::parse(pinned_fingerprint)
+                    .map_err(|e| ClientError::Invalid(e.to_string()))?;
+                let (verifier, seen) = pin::PinnedCertVerifier::new(pinned, provider.clone());
+                (
+                    Arc::new(verifier),
+                    Refusal::Pinned { pinned, seen },
+                    pinned_server_name(addr),
+                )
+            }
+            ServerTrust::Ca(ca) => {
+                let (verifier, refused) = ca.verifier(provider.clone())?;
+                let name = ca.server_name().to_owned();
+                (
+                    Arc::new(verifier),
+                    Refusal::Ca {
+                        server_name: name.clone(),
+                        refused,
+                    },
+                    name,
+                )
+            }
+        };
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| ClientError::Invalid(format!("TLS configuration: {e}")))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
         tls.alpn_protocols = vec![rathaus_protocol::ALPN.to_vec()];
         let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -105,21 +175,15 @@ impl Connection {
                     .map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?
             }
         };
-        let server_name = server_name(addr);
         let connecting = endpoint
             .connect_with(config, remote, &server_name)
             .map_err(|e| unreachable(e.to_string()))?;
         let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => return Err(unreachable("no answer (timed out)".into())),
             Ok(Err(e)) => {
-                let seen = seen_mismatch.lock().ok().and_then(|s| *s);
-                if let Some(actual) = seen {
-                    return Err(ClientError::FingerprintMismatch {
-                        expected: fingerprint::format(&pinned),
-                        actual: fingerprint::format(&actual),
-                    });
-                }
-                return Err(unreachable(e.to_string()));
+                return Err(refusal
+                    .error()
+                    .unwrap_or_else(|| unreachable(e.to_string())))
             }
             Ok(Ok(conn)) => conn,
         };
@@ -351,13 +415,54 @@ async fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{addr:?} resolves to no address"))
 }
 
-/// The TLS server name: the host part of `addr`, or `localhost` for IP literals (the
-/// certificate is pinned, so the name only matters for SNI).
-fn server_name(addr: &str) -> String {
-    let host = match addr.rsplit_once(':') {
-        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
-        None => addr,
-    };
+/// Why the certificate verifier refused the server, read after a failed handshake (quinn
+/// only reports a TLS alert).
+enum Refusal {
+    /// Pinning: the digest the server presented instead of the pinned one.
+    Pinned {
+        /// The pinned digest.
+        pinned: [u8; 32],
+        /// The digest seen on a mismatch.
+        seen: Arc<std::sync::Mutex<Option<[u8; 32]>>>,
+    },
+    /// CA validation: rustls' reason for refusing the certificate.
+    Ca {
+        /// The name the certificate had to carry.
+        server_name: String,
+        /// rustls' error.
+        refused: Arc<std::sync::Mutex<Option<rustls::Error>>>,
+    },
+}
+
+impl Refusal {
+    /// The error to report, if the verifier refused the certificate.
+    fn error(&self) -> Option<ClientError> {
+        match self {
+            Refusal::Pinned { pinned, seen } => {
+                let actual = seen.lock().ok().and_then(|s| *s)?;
+                Some(ClientError::FingerprintMismatch {
+                    expected: fingerprint::format(pinned),
+                    actual: fingerprint::format(&actual),
+                })
+            }
+            Refusal::Ca {
+                server_name,
+                refused,
+            } => {
+                let reason = refused.lock().ok().and_then(|r| r.clone())?;
+                Some(ClientError::UntrustedCertificate {
+                    server_name: server_name.clone(),
+                    reason: ca::describe_refusal(&reason),
+                })
+            }
+        }
+    }
+}
+
+/// The TLS server name for a pinned certificate: the host part of `addr`, or `localhost`
+/// for IP literals (the certificate is pinned, so the name only matters for SNI).
+fn pinned_server_name(addr: &str) -> String {
+    let host = host_of(addr);
     if host.parse::<std::net::IpAddr>().is_ok() || host.is_empty() {
         "localhost".to_owned()
     } else {

@@ -19,7 +19,7 @@ use crate::error::{ClientError, Result};
 pub const DB_FILE: &str = "profile.sqlite";
 
 /// Schema version written by this build (in SQLite's `user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// The profile's SQLite database.
 #[derive(Debug)]
@@ -101,6 +101,35 @@ impl ProfileStore {
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             params![key, value],
         )?;
+        Ok(())
+    }
+
+    /// The CA certificates (DER, in the order given at enrollment) the server is validated
+    /// against; empty if the profile pins a fingerprint instead.
+    pub fn server_ca(&self) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT der FROM server_ca ORDER BY pos")?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<std::result::Result<Vec<Vec<u8>>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Replaces the CA certificates (DER) the server is validated against.
+    pub fn set_server_ca<'a>(
+        &self,
+        certificates: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<()> {
+        let tx = self.db.unchecked_transaction()?;
+        tx.execute("DELETE FROM server_ca", [])?;
+        for (pos, der) in certificates.into_iter().enumerate() {
+            tx.execute(
+                "INSERT INTO server_ca(pos, der) VALUES (?1, ?2)",
+                params![i64::try_from(pos).unwrap_or(i64::MAX), der],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -398,6 +427,17 @@ impl ProfileStore {
                  COMMIT;",
             )?;
         }
+        if version < 3 {
+            // CA validation of the server (DESIGN §3): the CA certificates given at
+            // enrollment, kept as DER in the profile rather than as a path to a file that
+            // could change. Empty for profiles that pin a fingerprint.
+            self.db.execute_batch(
+                "BEGIN;
+                 CREATE TABLE server_ca (pos INTEGER PRIMARY KEY, der BLOB NOT NULL);
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
         Ok(())
     }
 }
@@ -579,6 +619,58 @@ mod tests {
         s.mark_acked(id, &row(7)).unwrap();
         assert!(s.pending().unwrap().is_empty());
         assert_eq!(s.timeline("bauamt").unwrap()[0].seq, 7);
+    }
+
+    #[test]
+    fn server_ca_certificates_persist_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = ProfileStore::open(dir.path()).unwrap();
+            assert!(s.server_ca().unwrap().is_empty());
+            s.set_server_ca([b"first".as_slice(), b"second".as_slice()])
+                .unwrap();
+        }
+        let s = ProfileStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.server_ca().unwrap(),
+            vec![b"first".to_vec(), b"second".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_schema_2_profile_is_migrated_and_keeps_its_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What a build before CA validation left behind.
+            let db = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            db.execute_batch(
+                "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE cursors (grp TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+                 CREATE TABLE read_marks (grp TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+                 CREATE TABLE timeline (
+                     grp TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
+                     sender_name TEXT NOT NULL, sent_at_ms INTEGER NOT NULL,
+                     kind TEXT NOT NULL, text TEXT NOT NULL,
+                     expires_at_ms INTEGER, removes INTEGER,
+                     PRIMARY KEY (grp, seq));
+                 CREATE TABLE outbox (
+                     client_id BLOB PRIMARY KEY, grp TEXT NOT NULL, body BLOB NOT NULL,
+                     state TEXT NOT NULL, created_ms INTEGER NOT NULL,
+                     attempts INTEGER NOT NULL, seq INTEGER, failure TEXT);
+                 CREATE TABLE mls_own_entries (
+                     grp TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (grp, seq));
+                 CREATE TABLE user_names (user TEXT PRIMARY KEY, name TEXT NOT NULL);
+                 INSERT INTO settings VALUES ('fingerprint', 'SHA256:00');
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let s = ProfileStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.setting("fingerprint").unwrap().as_deref(),
+            Some("SHA256:00")
+        );
+        assert!(s.server_ca().unwrap().is_empty());
     }
 
     #[cfg(unix)]
