@@ -601,6 +601,9 @@ pub struct TestCa {
     pub pem: String,
     /// Signs the certificates this CA issues.
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// PEM of the intermediate certificates between this CA and its root (empty for a
+    /// root): appended to every certificate it issues, as a server's bundle would be.
+    chain: String,
 }
 
 impl TestCa {
@@ -618,6 +621,29 @@ impl TestCa {
         ];
         let pem = params.self_signed(&key)?.pem();
         Ok(Self {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+            chain: String::new(),
+        })
+    }
+
+    /// An intermediate CA named `name`, issued by this one. The certificates it issues
+    /// come with the intermediate appended, so a client trusting only the root validates
+    /// them.
+    pub fn intermediate(&self, name: &str) -> Result<Self> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let pem = params.signed_by(&key, &self.issuer)?.pem();
+        Ok(Self {
+            chain: format!("{pem}{}", self.chain),
             pem,
             issuer: rcgen::Issuer::new(params, key),
         })
@@ -678,7 +704,7 @@ impl TestCa {
         let cert = params.signed_by(&key, &self.issuer)?;
         let cert_path = dir.join(format!("{stem}.crt"));
         let key_path = dir.join(format!("{stem}.key"));
-        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&cert_path, format!("{}{}", cert.pem(), self.chain))?;
         std::fs::write(&key_path, key.serialize_pem())?;
         Ok((cert_path, key_path))
     }

@@ -560,3 +560,35 @@ fn err_text_names_the_server(name: &str, reason: &str) -> bool {
     .to_string();
     message.contains(name) && message.contains(reason) && !message.contains('\n')
 }
+
+/// A server certificate issued by an intermediate CA, served with the intermediate in its
+/// PEM bundle, is validated by a client that trusts only the root.
+#[tokio::test]
+async fn a_certificate_from_an_intermediate_ca_is_validated_up_to_the_root() {
+    let certs = tempfile::tempdir().unwrap();
+    let root = TestCa::new("Stadt Teststadt Root").unwrap();
+    let issuing = root.intermediate("Stadt Teststadt Server CA").unwrap();
+    let (cert, key) = issuing
+        .issue(&["localhost", "127.0.0.1"], certs.path(), "server")
+        .unwrap();
+    let backend = TestBackend::start_with_certificate(&cert, &key)
+        .await
+        .unwrap();
+    let addr = backend.addr.to_string();
+    let trust_root = ServerTrust::Ca(CaTrust::from_pem(root.pem.as_bytes(), "localhost").unwrap());
+    within(
+        "connecting through the root",
+        Connection::connect_with_trust(&addr, &trust_root),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .close()
+    .await;
+    // The fingerprint clients pin is still the leaf's.
+    Connection::connect(&addr, &backend.fingerprint)
+        .await
+        .unwrap()
+        .close()
+        .await;
+}

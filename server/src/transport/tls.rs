@@ -22,6 +22,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 pub struct TlsIdentity {
     /// The leaf certificate (DER).
     cert: CertificateDer<'static>,
+    /// Intermediate CA certificates sent after the leaf (from a PEM bundle given with
+    /// `--cert`), so clients that trust only the root can build the path.
+    chain: Vec<CertificateDer<'static>>,
     /// Its private key.
     key: PrivateKeyDer<'static>,
 }
@@ -46,6 +49,7 @@ impl TlsIdentity {
             .map_err(|e| ServerError::Tls(format!("generated key unusable: {e}")))?;
         Ok(Self {
             cert: certified.cert.der().clone(),
+            chain: Vec::new(),
             key,
         })
     }
@@ -54,12 +58,20 @@ impl TlsIdentity {
     pub fn load(cert: &Path, key: &Path) -> Result<Self, ServerError> {
         let cert_bytes = read(cert)?;
         let key_bytes = read(key)?;
-        let cert = if is_pem(&cert_bytes) {
-            CertificateDer::from_pem_slice(&cert_bytes).map_err(|e| {
-                ServerError::Tls(format!("no certificate in {}: {e}", cert.display()))
-            })?
+        let (cert, chain) = if is_pem(&cert_bytes) {
+            // The leaf first, then any intermediates, as web servers take them.
+            let mut certs = CertificateDer::pem_slice_iter(&cert_bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    ServerError::Tls(format!("unreadable certificate in {}: {e}", cert.display()))
+                })?
+                .into_iter();
+            let leaf = certs
+                .next()
+                .ok_or_else(|| ServerError::Tls(format!("no certificate in {}", cert.display())))?;
+            (leaf, certs.collect())
         } else {
-            CertificateDer::from(cert_bytes)
+            (CertificateDer::from(cert_bytes), Vec::new())
         };
         let key = if is_pem(&key_bytes) {
             PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
@@ -69,7 +81,7 @@ impl TlsIdentity {
             PrivateKeyDer::try_from(key_bytes)
                 .map_err(|e| ServerError::Tls(format!("unusable key in {}: {e}", key.display())))?
         };
-        Ok(Self { cert, key })
+        Ok(Self { cert, chain, key })
     }
 
     /// The certificate, DER.
@@ -95,7 +107,13 @@ impl TlsIdentity {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| ServerError::Tls(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            .with_single_cert(
+                std::iter::once(&self.cert)
+                    .chain(&self.chain)
+                    .cloned()
+                    .collect(),
+                self.key.clone_key(),
+            )
             .map_err(|e| ServerError::Tls(format!("certificate and key do not fit: {e}")))?;
         tls.alpn_protocols = vec![rathaus_protocol::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
