@@ -217,3 +217,8 @@ fn run_async(
     eprintln!("   {:.1} s", t.elapsed().as_secs_f64());
     rows
 }
+
+/// The allocator `rathaus-server` runs with, so the in-process server is measured as it
+/// runs in production (the baselines in this process use it too).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
