@@ -610,15 +610,7 @@ impl TestCa {
     /// A new CA named `name`, with a fresh key.
     pub fn new(name: &str) -> Result<Self> {
         let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
+        let params = ca_params(name)?;
         let pem = params.self_signed(&key)?.pem();
         Ok(Self {
             pem,
@@ -632,15 +624,7 @@ impl TestCa {
     /// them.
     pub fn intermediate(&self, name: &str) -> Result<Self> {
         let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
+        let params = ca_params(name)?;
         let pem = params.signed_by(&key, &self.issuer)?.pem();
         Ok(Self {
             chain: format!("{pem}{}", self.chain),
@@ -708,6 +692,20 @@ impl TestCa {
         std::fs::write(&key_path, key.serialize_pem())?;
         Ok((cert_path, key_path))
     }
+}
+
+/// Certificate parameters of a CA named `name` (root or intermediate).
+fn ca_params(name: &str) -> Result<rcgen::CertificateParams> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    Ok(params)
 }
 
 /// Initialises a server data directory in `root` (no clients enrolled) and returns it.
