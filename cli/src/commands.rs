@@ -202,36 +202,37 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             client.disconnect().await;
             Ok(())
         }
-        Command::Approve { group, user } => {
+        Command::Approve { group, user, all } => {
             let group = GroupHandle::parse(&group)?;
-            let user = UserId::parse(&user)?;
             let mut client = open(profile)?;
-            let outcome = client.approve(&group, &user).await?;
-            let (status, seq, devices, text) = match outcome {
-                Approval::Added { seq, devices } => (
-                    "added",
-                    Some(seq),
-                    devices,
-                    format!("added {user} to {group} ({devices} device(s), commit #{seq})"),
-                ),
-                Approval::AlreadyMember => (
-                    "already_member",
-                    None,
-                    0,
-                    format!("{user} is already a member of {group}"),
-                ),
-                Approval::NoDevices => (
-                    "no_devices",
-                    None,
-                    0,
-                    format!("{user} has no enrolled device yet; approve again after they enrolled"),
-                ),
+            let outcomes = match user {
+                Some(user) if !all => {
+                    let user = UserId::parse(&user)?;
+                    let outcome = client.approve(&group, &user).await?;
+                    vec![(user, outcome)]
+                }
+                _ => client.approve_all(&group).await?,
             };
-            out.print(
-                json!({"group": group.to_string(), "user": user.as_str(), "status": status,
-                       "seq": seq, "devices": devices}),
-                || text,
-            );
+            let rows: Vec<_> = outcomes
+                .iter()
+                .map(|(user, outcome)| approval_row(&group, user, outcome))
+                .collect();
+            if all {
+                let texts: Vec<String> = rows.iter().map(|(_, t)| t.clone()).collect();
+                out.print(
+                    json!({"group": group.to_string(),
+                           "approved": rows.iter().map(|(j, _)| j.clone()).collect::<Vec<_>>()}),
+                    || {
+                        if texts.is_empty() {
+                            format!("nobody is waiting for approval in {group}")
+                        } else {
+                            texts.join("\n")
+                        }
+                    },
+                );
+            } else if let Some((json, text)) = rows.into_iter().next() {
+                out.print(json, || text);
+            }
             client.disconnect().await;
             Ok(())
         }
@@ -887,4 +888,37 @@ fn print_secret_members(out: &Output, view: &SecretGroupView, client: &Client) -
         },
     );
     Ok(())
+}
+
+/// The JSON object and the line of text for one approval.
+fn approval_row(
+    group: &GroupHandle,
+    user: &UserId,
+    outcome: &Approval,
+) -> (serde_json::Value, String) {
+    let (status, seq, devices, text) = match *outcome {
+        Approval::Added { seq, devices } => (
+            "added",
+            Some(seq),
+            devices,
+            format!("added {user} to {group} ({devices} device(s), commit #{seq})"),
+        ),
+        Approval::AlreadyMember => (
+            "already_member",
+            None,
+            0,
+            format!("{user} is already a member of {group}"),
+        ),
+        Approval::NoDevices => (
+            "no_devices",
+            None,
+            0,
+            format!("{user} has no enrolled device yet; approve again after they enrolled"),
+        ),
+    };
+    (
+        json!({"group": group.to_string(), "user": user.as_str(), "status": status,
+               "seq": seq, "devices": devices}),
+        text,
+    )
 }

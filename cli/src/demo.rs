@@ -131,9 +131,13 @@ pub(crate) async fn run(out: &Output) -> Result<()> {
     }
 
     let secret = GroupHandle::parse("bauamt/secret")?;
-    say("\n-- Anna owns the Bauamt: her client creates the MLS group 'bauamt/secret' and");
-    say("   admits Jonas's device; his client joins from the Welcome");
+    say("\n-- Anna owns the Bauamt: her client creates the MLS group 'bauamt/secret' with");
+    say("   only her device in it; Jonas is a pending invitation until she approves him,");
+    say("   then his client joins from the Welcome");
     anna.sync().await?;
+    for (user, _) in anna.approve_all(&secret).await? {
+        say(&format!("   Anna approved {user}"));
+    }
     jonas.sync().await?;
     anna.send_text(
         &secret,

@@ -126,7 +126,11 @@ pub(crate) enum Command {
         /// The secret group, e.g. `bauamt/secret`.
         group: String,
         /// The personnel number of the pending user.
-        user: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        user: Option<String>,
+        /// Admit every pending user (each is listed).
+        #[arg(long)]
+        all: bool,
     },
     /// Show the safety number with a colleague, to compare in person.
     Verify {

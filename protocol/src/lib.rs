@@ -31,6 +31,7 @@ pub mod frame;
 pub mod ids;
 pub mod limits;
 pub mod messages;
+pub mod mls;
 
 pub use content::{Content, ContentBody};
 pub use error::{ErrorCode, ProtocolError};

@@ -10,6 +10,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod operator;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -339,7 +339,7 @@ fn secret_handle() -> GroupHandle {
 }
 
 /// Enrolls an owner (P1001) and `posters - 1` further posters and one reader, all in
-/// `bauamt`; the owner's client gives birth to `bauamt/secret` with everyone in it.
+/// `bauamt`; the owner's client gives birth to `bauamt/secret` and admits everyone.
 /// Returns the admin, the posters (owner first) and the reader.
 async fn secret_team(
     backend: &mut TestBackend,
@@ -358,11 +358,13 @@ async fn secret_team(
             .await?;
         codes.push((user, code));
     }
-    // Enrolling publishes KeyPackages; the birth comes after, so it admits everyone.
+    // Enrolling publishes KeyPackages; the owner admits everyone after the birth.
     let mut clients = Vec::new();
     for (user, code) in codes {
         clients.push(backend.enroll(&user, &code).await?);
     }
+    within("birth", clients[0].sync()).await??;
+    within("approve", clients[0].approve_all(&secret_handle())).await??;
     for client in &mut clients {
         within("joining", client.sync()).await??;
     }
@@ -679,13 +681,22 @@ async fn members_posting_to_a_secret_group_all_read_once_and_in_order() -> Resul
     }
     within("birth", owner.sync()).await??;
     let secret = secret_handle();
+    within("approve", owner.approve_all(&secret)).await??;
     let mut tasks = JoinSet::new();
     for (user, engine, conn) in posters {
         let welcome = match conn.request(&Request::FetchWelcomes).await? {
             Response::Welcomes(mut w) if w.len() == 1 => w.remove(0),
             other => bail!("{user}: expected one Welcome, got {other:?}"),
         };
-        let gid = engine.join_from_welcome(&welcome.welcome, &welcome.ratchet_tree)?;
+        // This test's own engine, not the client: the Welcome's checks are the client's.
+        let gid = engine
+            .join_from_welcome(
+                &welcome.welcome,
+                &welcome.ratchet_tree,
+                &[0; 32],
+                |_| Ok(()),
+            )?
+            .group_id;
         let secret = secret.clone();
         tasks.spawn(async move {
             let mut acked = Vec::new();

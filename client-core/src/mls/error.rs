@@ -41,6 +41,13 @@ pub enum MlsError {
         /// The member who committed the Add, if it came in a commit.
         committer: Option<DeviceIdentity>,
     },
+    /// A commit broke the membership rule (DESIGN §5.9); it was not merged and the
+    /// group stays at its epoch.
+    #[error("refused commit: {0}")]
+    Refused(rathaus_protocol::mls::CommitRefusal),
+    /// A Welcome failed the checks made before joining; nothing was written.
+    #[error("refused Welcome: {0}")]
+    WelcomeRefused(rathaus_protocol::mls::WelcomeRefusal),
     /// openmls refused the operation.
     #[error("MLS {operation} failed: {detail}")]
     Protocol {

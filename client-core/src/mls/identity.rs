@@ -8,11 +8,9 @@ use openmls::prelude::{BasicCredential, Credential, CredentialWithKey, Signature
 use openmls_traits::signatures::{Signer, SignerError};
 use openmls_traits::types::SignatureScheme;
 
-use super::MlsError;
+use rathaus_protocol::mls::DeviceCredential;
 
-/// The longest user or device id accepted in a credential; personnel numbers
-/// are at most 64 characters (DESIGN §3), device ids are shorter.
-const MAX_ID_LEN: usize = 64;
+use super::MlsError;
 
 /// The identity carried in a member's MLS `BasicCredential`:
 /// the UTF-8 bytes `"<user_id>/<device_id>"`.
@@ -20,19 +18,28 @@ const MAX_ID_LEN: usize = 64;
 pub struct DeviceIdentity {
     user_id: String,
     device_id: String,
+    /// The same identity, parsed.
+    credential: DeviceCredential,
 }
 
 impl DeviceIdentity {
-    /// Builds an identity, checking both parts against the id alphabet
-    /// `[A-Za-z0-9._-]{1,64}`.
+    /// Builds an identity: a personnel number and a device number in canonical
+    /// decimal, the one credential form both sides accept
+    /// ([`DeviceCredential`](rathaus_protocol::mls::DeviceCredential)).
     pub fn new(user_id: &str, device_id: &str) -> Result<Self, MlsError> {
-        if !is_valid_id(user_id) || !is_valid_id(device_id) {
-            return Err(MlsError::InvalidIdentity(format!("{user_id}/{device_id}")));
-        }
+        let text = format!("{user_id}/{device_id}");
+        let credential = DeviceCredential::parse(text.as_bytes())
+            .ok_or_else(|| MlsError::InvalidIdentity(text))?;
         Ok(Self {
             user_id: user_id.to_owned(),
             device_id: device_id.to_owned(),
+            credential,
         })
+    }
+
+    /// The identity as the protocol's credential type.
+    pub fn credential_id(&self) -> &DeviceCredential {
+        &self.credential
     }
 
     /// Parses credential identity bytes of the form `"<user_id>/<device_id>"`.
@@ -122,12 +129,4 @@ impl Signer for DeviceSigner {
     fn signature_scheme(&self) -> SignatureScheme {
         SignatureScheme::ED25519
     }
-}
-
-fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }

@@ -56,15 +56,19 @@ use std::path::Path;
 use ed25519_dalek::SigningKey;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, Capabilities, Ciphersuite, ContentType, Extension, ExtensionType, Extensions,
-    ExternalSender, GroupContext, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup,
-    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    ProcessedMessageContent, Proposal, ProtocolVersion, QueuedProposal, RatchetTreeIn,
-    RequiredCapabilitiesExtension, Sender, SignaturePublicKey, StagedCommit, StagedWelcome,
+    BasicCredential, Capabilities, Ciphersuite, ContentType, Credential, Extension, ExtensionType,
+    Extensions, ExternalSender, GroupContext, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex,
+    MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
+    MlsMessageOut, ProcessedMessageContent, Proposal, ProtocolVersion, QueuedProposal,
+    RatchetTreeIn, RequiredCapabilitiesExtension, Sender, SignaturePublicKey, StagedWelcome,
     UnknownExtension, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider as _;
+use rathaus_protocol::mls::{
+    judge_commit, CommitFacts, Committer, Leaf, Verdict, WelcomeFacts, SERVER_IDENTITY,
+};
+use rathaus_protocol::UserId;
 use rusqlite::{Connection, OptionalExtension as _};
 
 pub use error::MlsError;
@@ -73,10 +77,6 @@ pub use provider::{JsonCodec, MlsStorage, SqliteMlsProvider, StateCodec, StateCo
 
 /// The one ciphersuite Rathaus uses (DESIGN §2).
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-
-/// Identity bytes of the server in the `external_senders` extension. Only the
-/// key matters for verification; the name makes the extension readable.
-const SERVER_IDENTITY: &[u8] = b"rathaus-server";
 
 /// How many past resumption secrets a group keeps; Rathaus uses no
 /// resumption PSKs itself, but a small store costs nothing.
@@ -88,10 +88,9 @@ const RESUMPTION_PSKS: usize = 8;
 /// at most this many epochs.
 pub const PAST_EPOCHS: usize = 3;
 
-/// Extension type of the Rathaus group policy (owners, auto-admit) in the
-/// group context; from the private-use range of RFC 9420 §17.3. Only members
-/// can change the group context, so the server cannot (DESIGN §5.4).
-pub const GROUP_POLICY_EXTENSION: u16 = 0xF2A0;
+/// Extension type of the Rathaus group policy in the group context (defined with the
+/// rest of the client–server contract in `rathaus_protocol::mls`).
+pub use rathaus_protocol::mls::GROUP_POLICY_EXTENSION;
 
 /// Leaf capabilities of every Rathaus device: a group context extension must
 /// be supported by every member (RFC 9420 §12.1.7), so key packages and the
@@ -202,28 +201,24 @@ pub enum ProposalKind {
     Other,
 }
 
-/// The outcome of a commit that was merged into the local state.
+/// The outcome of a commit that the membership rule accepted and that was merged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitSummary {
-    /// The member who committed; the caller checks it against the owners
-    /// list for every add (DESIGN §5.4).
-    pub committer: DeviceIdentity,
-    /// Members added by the commit.
-    pub added: Vec<DeviceIdentity>,
-    /// Members removed by the commit.
-    pub removed: Vec<DeviceIdentity>,
-    /// Members who replaced their leaf through an Update proposal.
-    pub updated: Vec<DeviceIdentity>,
-    /// Whether the committer also refreshed its own leaf (path update).
-    pub committer_updated: bool,
+    /// What the commit changed, as judged from the tree (committer, devices added and
+    /// removed, the policy change).
+    pub verdict: Verdict,
     /// Whether this device was removed; the group is then inactive.
     pub self_removed: bool,
-    /// Set when the commit rewrites the group context extensions: the
-    /// [`GROUP_POLICY_EXTENSION`] bytes it sets (`None` inside: it drops the
-    /// policy). The caller checks the committer against the policy *before*
-    /// the commit (DESIGN §5.4).
-    pub policy_update: Option<Option<Vec<u8>>>,
     /// The epoch after the commit.
+    pub epoch: u64,
+}
+
+/// A group joined from a Welcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The MLS group id.
+    pub group_id: Vec<u8>,
+    /// The epoch joined, read from the Welcome itself.
     pub epoch: u64,
 }
 
@@ -360,10 +355,7 @@ impl MlsEngine {
         server_removal_key: &[u8; 32],
         policy: Option<&[u8]>,
     ) -> Result<(), MlsError> {
-        let external_senders = vec![ExternalSender::new(
-            SignaturePublicKey::from(server_removal_key.to_vec()),
-            BasicCredential::new(SERVER_IDENTITY.to_vec()).into(),
-        )];
+        let external_senders = vec![server_sender(server_removal_key)];
         let mut extensions = vec![Extension::ExternalSenders(external_senders)];
         if let Some(policy) = policy {
             extensions.push(Extension::Unknown(
@@ -408,6 +400,18 @@ impl MlsEngine {
             .map(|bytes| self.validate_key_package(bytes))
             .collect::<Result<Vec<_>, _>>()?;
         self.stage_commit(group_id, "add members", Change::Add(key_packages))
+    }
+
+    /// Who a KeyPackage says it is, after checking its signature: the credential
+    /// identity bytes and the signature key of its leaf. The caller compares both with
+    /// the device it asked for before using the package (DESIGN §5.9).
+    pub fn key_package_identity(&self, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), MlsError> {
+        let key_package = self.validate_key_package(bytes)?;
+        let leaf = key_package.leaf_node();
+        Ok((
+            basic_identity(leaf.credential()),
+            leaf.signature_key().as_slice().to_vec(),
+        ))
     }
 
     /// Stages one commit removing the given devices.
@@ -490,6 +494,11 @@ impl MlsEngine {
         })
     }
 
+    /// Whether this device has a staged commit for the group that is not merged yet.
+    pub fn has_pending_commit(&self, group_id: &[u8]) -> Result<bool, MlsError> {
+        self.read(group_id, |group| Ok(group.pending_commit().is_some()))
+    }
+
     /// Drops this device's staged commit, e.g. after the server answered
     /// `StaleEpoch`.
     pub fn discard_pending_commit(&self, group_id: &[u8]) -> Result<(), MlsError> {
@@ -503,13 +512,23 @@ impl MlsEngine {
         })
     }
 
-    /// Joins a group from a Welcome and the ratchet tree served by the
-    /// server (TLS-serialized `RatchetTree`). Returns the group id.
+    /// Joins a group from a Welcome and the ratchet tree served by the server
+    /// (TLS-serialized `RatchetTree`).
+    ///
+    /// The Welcome is staged first and `check` sees the staged group as plain data
+    /// ([`WelcomeFacts`]: group id, epoch, whether the only external sender is
+    /// `server_removal_key`, policy and adder, all read
+    /// from the Welcome, not from the server's labels); only if it passes is anything
+    /// written. State this device holds for the same group is replaced, inside the same
+    /// savepoint; whether that may happen is the caller's decision (DESIGN §5.9: only
+    /// after this device processed its own removal).
     pub fn join_from_welcome(
         &self,
         welcome: &[u8],
         ratchet_tree: &[u8],
-    ) -> Result<Vec<u8>, MlsError> {
+        server_removal_key: &[u8; 32],
+        check: impl FnOnce(&WelcomeFacts) -> Result<(), MlsError>,
+    ) -> Result<Joined, MlsError> {
         let welcome = match decode_message(welcome)?.extract() {
             MlsMessageBodyIn::Welcome(welcome) => welcome,
             _ => return Err(MlsError::malformed("welcome", "not a Welcome message")),
@@ -523,12 +542,35 @@ impl MlsEngine {
             .max_past_epochs(PAST_EPOCHS)
             .build();
         self.atomically(|provider| {
-            let group = StagedWelcome::new_from_welcome(provider, &config, welcome, Some(tree))
-                .and_then(|staged| staged.into_group(provider))
+            let staged = StagedWelcome::build_from_welcome(provider, &config, welcome)
+                .and_then(|builder| builder.with_ratchet_tree(tree).replace_old_group().build())
                 .map_err(|e| MlsError::protocol("join from welcome", e))?;
-            let group_id = group.group_id().as_slice().to_vec();
+            let context = staged.group_context();
+            let facts = WelcomeFacts {
+                group_id: context.group_id().as_slice().to_vec(),
+                epoch: context.epoch().as_u64(),
+                only_removal_key: context.extensions().external_senders()
+                    == Some(&vec![server_sender(server_removal_key)]),
+                policy: policy_extension(context.extensions()),
+                adder: staged
+                    .welcome_sender()
+                    .map(|leaf| basic_identity(leaf.credential()))
+                    .unwrap_or_default(),
+            };
+            check(&facts)?;
+            if let Some(mut old) = MlsGroup::load(provider.storage(), context.group_id())? {
+                old.delete(provider.storage())
+                    .map_err(|e| MlsError::protocol("replace group", e))?;
+            }
+            let group = staged
+                .into_group(provider)
+                .map_err(|e| MlsError::protocol("join from welcome", e))?;
+            let joined = Joined {
+                group_id: group.group_id().as_slice().to_vec(),
+                epoch: group.epoch().as_u64(),
+            };
             self.keep(group);
-            Ok(group_id)
+            Ok(joined)
         })
     }
 
@@ -547,10 +589,13 @@ impl MlsEngine {
     /// Processes a PublicMessage or PrivateMessage `MLSMessage` for one of
     /// this device's groups (the group id is read from the message).
     ///
-    /// Commits are merged, proposals stored. A commit or proposal that adds
-    /// a member on behalf of an external sender is refused with
-    /// [`MlsError::ExternalAdd`] and changes nothing (DESIGN §5.4).
-    pub fn process_message(&self, message: &[u8]) -> Result<Incoming, MlsError> {
+    /// Proposals are stored. A commit is merged only if the membership rule accepts
+    /// it ([`judge_commit`]: the tree before and after, the policy before, and the
+    /// group's `roster` as the caller knows it); a refused commit is
+    /// [`MlsError::Refused`] and changes nothing, so the group stays at its epoch. A
+    /// proposal to add a member on behalf of an external sender is refused with
+    /// [`MlsError::ExternalAdd`] (DESIGN §5.4, §5.9).
+    pub fn process_message(&self, message: &[u8], roster: &[UserId]) -> Result<Incoming, MlsError> {
         let message = decode_message(message)?
             .try_into_protocol_message()
             .map_err(|e| MlsError::malformed("protocol message", e))?;
@@ -583,19 +628,41 @@ impl MlsEngine {
                     Ok(Incoming::Proposal { sender, kind })
                 }
                 ProcessedMessageContent::StagedCommitMessage(staged) => {
-                    let committer = DeviceIdentity::from_credential(&credential)?;
-                    if staged.queued_proposals().any(is_external_add) {
-                        return Err(MlsError::ExternalAdd {
-                            committer: Some(committer),
-                        });
-                    }
-                    let summary = commit_summary(&group, committer, &staged)?;
+                    // The facts before the merge; the merge happens inside this
+                    // operation's savepoint, so a refusal below rolls it back.
+                    let committer = match sender {
+                        Sender::Member(index) => Committer::Member(index.u32()),
+                        Sender::NewMemberCommit => Committer::NewMember,
+                        Sender::External(_) | Sender::NewMemberProposal => Committer::External,
+                    };
+                    let before = leaves(&group);
+                    let policy_before = policy_extension(group.extensions());
+                    let senders_before = group.extensions().external_senders().cloned();
+                    let vacated = staged
+                        .remove_proposals()
+                        .map(|r| r.remove_proposal().removed().u32())
+                        .collect();
+                    let external_add = staged.queued_proposals().any(is_external_add);
+                    let self_removed = staged.self_removed();
                     group
                         .merge_staged_commit(provider, *staged)
                         .map_err(|e| MlsError::protocol("merge commit", e))?;
+                    let facts = CommitFacts {
+                        committer,
+                        before,
+                        after: leaves(&group),
+                        vacated,
+                        external_add,
+                        policy_before,
+                        policy_after: policy_extension(group.extensions()),
+                        external_senders_changed: group.extensions().external_senders().cloned()
+                            != senders_before,
+                    };
+                    let verdict = judge_commit(&facts, roster).map_err(MlsError::Refused)?;
                     Ok(Incoming::Commit(CommitSummary {
+                        verdict,
+                        self_removed,
                         epoch: group.epoch().as_u64(),
-                        ..summary
                     }))
                 }
                 #[allow(unreachable_patterns)]
@@ -932,53 +999,39 @@ fn proposal_kind(group: &MlsGroup, proposal: &Proposal) -> Result<ProposalKind, 
     })
 }
 
-/// Summarises a staged commit against the state *before* it is merged (the
-/// removed members are still in the tree then).
-fn commit_summary(
-    group: &MlsGroup,
-    committer: DeviceIdentity,
-    staged: &StagedCommit,
-) -> Result<CommitSummary, MlsError> {
-    let added = staged
-        .add_proposals()
-        .map(|add| {
-            DeviceIdentity::from_credential(
-                add.add_proposal().key_package().leaf_node().credential(),
-            )
+/// The leaves of the group's tree as plain data for the membership rule. A leaf whose
+/// credential is not a `BasicCredential` gets empty identity bytes, which the rule
+/// refuses as not naming a device.
+fn leaves(group: &MlsGroup) -> Vec<Leaf> {
+    group
+        .members()
+        .map(|m| Leaf {
+            index: m.index.u32(),
+            identity: BasicCredential::try_from(m.credential)
+                .map(|c| c.identity().to_vec())
+                .unwrap_or_default(),
+            signature_key: m.signature_key,
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let removed = staged
-        .remove_proposals()
-        .map(|remove| member_identity(group, remove.remove_proposal().removed()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let updated = staged
-        .update_proposals()
-        .map(|update| match update.sender() {
-            Sender::Member(index) => member_identity(group, *index),
-            _ => Err(MlsError::protocol(
-                "read update",
-                "update from a non-member",
-            )),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let policy_update = staged
-        .queued_proposals()
-        .any(|p| matches!(p.proposal(), Proposal::GroupContextExtensions(_)))
-        .then(|| {
-            staged
-                .group_context()
-                .extensions()
-                .unknown(GROUP_POLICY_EXTENSION)
-                .map(|e| e.0.clone())
-        });
-    Ok(CommitSummary {
-        committer,
-        added,
-        removed,
-        updated,
-        committer_updated: staged.update_path_leaf_node().is_some(),
-        self_removed: staged.self_removed(),
-        policy_update,
-        epoch: staged.epoch().as_u64(),
-    })
+        .collect()
+}
+
+/// The one `external_senders` entry of every Rathaus group: the server's removal key.
+fn server_sender(removal_key: &[u8; 32]) -> ExternalSender {
+    ExternalSender::new(
+        SignaturePublicKey::from(removal_key.to_vec()),
+        BasicCredential::new(SERVER_IDENTITY.as_bytes().to_vec()).into(),
+    )
+}
+
+/// The identity bytes of a `BasicCredential`; empty for any other credential type.
+fn basic_identity(credential: &Credential) -> Vec<u8> {
+    BasicCredential::try_from(credential.clone())
+        .map(|c| c.identity().to_vec())
+        .unwrap_or_default()
+}
+
+fn policy_extension<T>(extensions: &Extensions<T>) -> Option<Vec<u8>> {
+    extensions
+        .unknown(GROUP_POLICY_EXTENSION)
+        .map(|e| e.0.clone())
 }

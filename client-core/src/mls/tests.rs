@@ -14,6 +14,8 @@ use openmls::prelude::{
 use openmls_sqlite_storage::SqliteStorageProvider;
 use openmls_traits::OpenMlsProvider as _;
 
+use rathaus_protocol::mls::CommitRefusal;
+
 use super::provider::BINARY_V1;
 use super::*;
 
@@ -32,7 +34,7 @@ impl Device {
         Ok(Self {
             path: dir.join(format!("{user}.sqlite")),
             seed: [seed; 32],
-            identity: DeviceIdentity::new(user, "d1")?,
+            identity: DeviceIdentity::new(user, "1")?,
         })
     }
 
@@ -43,6 +45,21 @@ impl Device {
             SigningKey::from_bytes(&self.seed),
             self.identity.clone(),
         )
+    }
+}
+
+/// Joining without the client's Welcome checks (those are the secret module's, tested
+/// end to end); returns the group id.
+trait JoinUnchecked {
+    fn join(&self, welcome: &[u8], tree: &[u8]) -> Result<Vec<u8>, MlsError>;
+}
+
+impl JoinUnchecked for MlsEngine {
+    fn join(&self, welcome: &[u8], tree: &[u8]) -> Result<Vec<u8>, MlsError> {
+        let key = server_key().verifying_key().to_bytes();
+        Ok(self
+            .join_from_welcome(welcome, tree, &key, |_| Ok(()))?
+            .group_id)
     }
 }
 
@@ -72,10 +89,19 @@ fn assert_in_sync(devices: &[&Device]) -> TestResult {
 
 #[test]
 fn identity_round_trips_and_rejects_garbage() -> TestResult {
-    let id = DeviceIdentity::new("P1001", "phone-2")?;
-    assert_eq!(id.to_bytes(), b"P1001/phone-2");
-    assert_eq!(DeviceIdentity::parse(b"P1001/phone-2")?, id);
-    for bad in [&b"P1001"[..], b"/d", b"u/", b"a b/c", b"u/d/e", b"\xff/d"] {
+    let id = DeviceIdentity::new("P1001", "2")?;
+    assert_eq!(id.to_bytes(), b"P1001/2");
+    assert_eq!(DeviceIdentity::parse(b"P1001/2")?, id);
+    for bad in [
+        &b"P1001"[..],
+        b"/1",
+        b"u/",
+        b"a b/1",
+        b"u/1/2",
+        b"\xff/1",
+        b"u/phone",
+        b"u/02",
+    ] {
         assert!(DeviceIdentity::parse(bad).is_err(), "{bad:?}");
     }
     Ok(())
@@ -115,8 +141,8 @@ fn secret_group_lifecycle() -> TestResult {
 
     let tree = owner.engine()?.ratchet_tree(GROUP)?;
     let welcome = out.welcome.ok_or("no welcome")?;
-    assert_eq!(anna.engine()?.join_from_welcome(&welcome, &tree)?, GROUP);
-    assert_eq!(jonas.engine()?.join_from_welcome(&welcome, &tree)?, GROUP);
+    assert_eq!(anna.engine()?.join(&welcome, &tree)?, GROUP);
+    assert_eq!(jonas.engine()?.join(&welcome, &tree)?, GROUP);
     assert_in_sync(&[&owner, &anna, &jonas])?;
     let members = anna.engine()?.members(GROUP)?;
     assert_eq!(members.len(), 3);
@@ -134,7 +160,7 @@ fn secret_group_lifecycle() -> TestResult {
     ));
     for member in [&anna, &jonas] {
         assert_eq!(
-            member.engine()?.process_message(&ct)?,
+            member.engine()?.process_message(&ct, &[])?,
             Incoming::Application {
                 sender: owner.identity.clone(),
                 plaintext: b"Sitzung um 10".to_vec(),
@@ -142,7 +168,7 @@ fn secret_group_lifecycle() -> TestResult {
         );
     }
     let reply = anna.engine()?.encrypt(GROUP, b"ok")?;
-    match owner.engine()?.process_message(&reply)? {
+    match owner.engine()?.process_message(&reply, &[])? {
         Incoming::Application { sender, plaintext } => {
             assert_eq!(sender, anna.identity);
             assert_eq!(plaintext, b"ok");
@@ -164,7 +190,7 @@ fn secret_group_lifecycle() -> TestResult {
     )?
     .to_bytes()?;
     assert!(matches!(
-        anna.engine()?.process_message(&external_add),
+        anna.engine()?.process_message(&external_add, &[]),
         Err(MlsError::ExternalAdd { committer: None })
     ));
 
@@ -182,13 +208,11 @@ fn secret_group_lifecycle() -> TestResult {
         let (commit, _, _) = group.commit_to_pending_proposals(&provider, &engine.signer)?;
         commit.tls_serialize_detached()?
     };
-    match owner.engine()?.process_message(&rogue_commit) {
-        Err(MlsError::ExternalAdd {
-            committer: Some(who),
-        }) => assert_eq!(who, jonas.identity),
+    match owner.engine()?.process_message(&rogue_commit, &[]) {
+        Err(MlsError::Refused(CommitRefusal::ExternalAdd)) => {}
         other => return Err(format!("rogue commit not refused: {other:?}").into()),
     }
-    assert!(anna.engine()?.process_message(&rogue_commit).is_err());
+    assert!(anna.engine()?.process_message(&rogue_commit, &[]).is_err());
     for member in [&owner, &anna] {
         assert_eq!(member.engine()?.epoch(GROUP)?, 1);
     }
@@ -198,11 +222,11 @@ fn secret_group_lifecycle() -> TestResult {
     let update = owner.engine()?.self_update(GROUP)?;
     owner.engine()?.merge_pending_commit(GROUP)?;
     for member in [&anna, &jonas] {
-        match member.engine()?.process_message(&update.commit)? {
+        match member.engine()?.process_message(&update.commit, &[])? {
             Incoming::Commit(summary) => {
-                assert_eq!(summary.committer, owner.identity);
-                assert!(summary.committer_updated);
-                assert!(summary.added.is_empty() && summary.removed.is_empty());
+                assert_eq!(&summary.verdict.committer, owner.identity.credential_id());
+                let v = &summary.verdict;
+                assert!(v.added.is_empty() && v.removed.is_empty());
                 assert_eq!(summary.epoch, 2);
             }
             other => return Err(format!("unexpected {other:?}").into()),
@@ -228,7 +252,7 @@ fn secret_group_lifecycle() -> TestResult {
     .to_bytes()?;
     for member in [&owner, &anna, &jonas] {
         assert_eq!(
-            member.engine()?.process_message(&external_remove)?,
+            member.engine()?.process_message(&external_remove, &[])?,
             Incoming::Proposal {
                 sender: ProposalSender::External,
                 kind: ProposalKind::Remove(jonas.identity.clone()),
@@ -237,15 +261,21 @@ fn secret_group_lifecycle() -> TestResult {
     }
     let removal = anna.engine()?.commit_pending_proposals(GROUP)?;
     anna.engine()?.merge_pending_commit(GROUP)?;
-    match owner.engine()?.process_message(&removal.commit)? {
+    match owner.engine()?.process_message(&removal.commit, &[])? {
         Incoming::Commit(summary) => {
-            assert_eq!(summary.committer, anna.identity);
-            assert_eq!(summary.removed, vec![jonas.identity.clone()]);
+            assert_eq!(&summary.verdict.committer, anna.identity.credential_id());
+            let removed: Vec<_> = summary
+                .verdict
+                .removed
+                .iter()
+                .map(|d| &d.credential)
+                .collect();
+            assert_eq!(removed, vec![jonas.identity.credential_id()]);
             assert!(!summary.self_removed);
         }
         other => return Err(format!("unexpected {other:?}").into()),
     }
-    match jonas.engine()?.process_message(&removal.commit)? {
+    match jonas.engine()?.process_message(&removal.commit, &[])? {
         Incoming::Commit(summary) => assert!(summary.self_removed),
         other => return Err(format!("unexpected {other:?}").into()),
     }
@@ -282,7 +312,7 @@ fn failed_operation_leaves_no_trace_and_shares_the_file() -> TestResult {
         .execute_batch("CREATE TABLE history (seq INTEGER PRIMARY KEY, body BLOB);")?;
     engine.create_group(GROUP, &[9; 32])?;
     assert!(matches!(
-        engine.process_message(b"\x00\x01garbage"),
+        engine.process_message(b"\x00\x01garbage", &[]),
         Err(MlsError::Malformed { .. })
     ));
     assert!(matches!(
@@ -313,8 +343,12 @@ fn group_policy_travels_in_the_group_context() -> TestResult {
         .add_members(GROUP, &[kps.one_time[0].clone()])?;
     owner.engine()?.merge_pending_commit(GROUP)?;
     let tree = owner.engine()?.ratchet_tree(GROUP)?;
-    anna.engine()?
-        .join_from_welcome(&out.welcome.ok_or("no welcome")?, &tree)?;
+    anna.engine()?.join_from_welcome(
+        &out.welcome.ok_or("no welcome")?,
+        &tree,
+        &server_key().verifying_key().to_bytes(),
+        |_| Ok(()),
+    )?;
     for device in [&owner, &anna] {
         assert_eq!(
             device.engine()?.group_policy(GROUP)?.as_deref(),
@@ -341,22 +375,27 @@ fn in_memory_group_follows_rollbacks_and_other_connections() -> TestResult {
     a.create_group(GROUP, &server_key().verifying_key().to_bytes())?;
     let out = a.add_members(GROUP, &j.generate_key_packages(1)?.one_time)?;
     a.merge_pending_commit(GROUP)?;
-    j.join_from_welcome(&out.welcome.ok_or("no welcome")?, &a.ratchet_tree(GROUP)?)?;
+    j.join_from_welcome(
+        &out.welcome.ok_or("no welcome")?,
+        &a.ratchet_tree(GROUP)?,
+        &server_key().verifying_key().to_bytes(),
+        |_| Ok(()),
+    )?;
 
     let first = a.encrypt(GROUP, b"erste")?;
     j.connection().execute_batch("BEGIN IMMEDIATE")?;
     assert!(matches!(
-        j.process_message(&first)?,
+        j.process_message(&first, &[])?,
         Incoming::Application { .. }
     ));
     j.connection().execute_batch("ROLLBACK")?;
     // The rolled-back decryption consumed nothing.
-    match j.process_message(&first)? {
+    match j.process_message(&first, &[])? {
         Incoming::Application { plaintext, .. } => assert_eq!(plaintext, b"erste"),
         other => panic!("{other:?}"),
     }
     // Processed for good now: a replay is refused.
-    assert!(j.process_message(&first).is_err());
+    assert!(j.process_message(&first, &[]).is_err());
 
     // Another connection to Anna's file moves the group on; this engine notices.
     assert_eq!(a.epoch(GROUP)?, 1);
@@ -366,7 +405,7 @@ fn in_memory_group_follows_rollbacks_and_other_connections() -> TestResult {
     assert_eq!(a.epoch(GROUP)?, 2);
     let second = a.encrypt(GROUP, b"zweite")?;
     assert!(
-        j.process_message(&second).is_err(),
+        j.process_message(&second, &[]).is_err(),
         "Jonas is still in epoch 1"
     );
     Ok(())
@@ -379,7 +418,7 @@ fn throwaway_key_packages(n: usize) -> Result<Vec<Vec<u8>>, MlsError> {
             let engine = MlsEngine::with_connection(
                 Connection::open_in_memory()?,
                 SigningKey::from_bytes(&[0x40 + i as u8; 32]),
-                DeviceIdentity::new(&format!("M{i}"), "d1")?,
+                DeviceIdentity::new(&format!("M{i}"), "1")?,
             )?;
             Ok(engine.generate_key_packages(1)?.one_time.remove(0))
         })
@@ -415,18 +454,20 @@ fn large_state_is_stored_in_binary_and_reloads() -> TestResult {
     jonas.engine()?.join_from_welcome(
         &out.welcome.ok_or("no welcome")?,
         &anna.engine()?.ratchet_tree(GROUP)?,
+        &server_key().verifying_key().to_bytes(),
+        |_| Ok(()),
     )?;
     // A few epochs, so past epochs' message secrets (every member's leaf) are kept.
     for round in 0..4 {
         let commit = anna.engine()?.self_update(GROUP)?;
         anna.engine()?.merge_pending_commit(GROUP)?;
         assert!(matches!(
-            jonas.engine()?.process_message(&commit.commit)?,
+            jonas.engine()?.process_message(&commit.commit, &[])?,
             Incoming::Commit(_)
         ));
         let text = format!("Runde {round}");
         let message = anna.engine()?.encrypt(GROUP, text.as_bytes())?;
-        match jonas.engine()?.process_message(&message)? {
+        match jonas.engine()?.process_message(&message, &[])? {
             Incoming::Application { plaintext, .. } => assert_eq!(plaintext, text.as_bytes()),
             other => panic!("{other:?}"),
         }
@@ -549,12 +590,12 @@ fn profiles_written_as_json_stay_readable() -> TestResult {
     // The engine reads both files: Anna's group, Jonas' key package (found by its JSON
     // key), and carries on, writing what it rewrites in binary.
     let tree = anna.engine()?.ratchet_tree(GROUP)?;
-    jonas.engine()?.join_from_welcome(&welcome, &tree)?;
+    jonas.engine()?.join(&welcome, &tree)?;
     let commit = anna.engine()?.self_update(GROUP)?;
     anna.engine()?.merge_pending_commit(GROUP)?;
-    jonas.engine()?.process_message(&commit.commit)?;
+    jonas.engine()?.process_message(&commit.commit, &[])?;
     let message = anna.engine()?.encrypt(GROUP, b"nach dem Update")?;
-    match jonas.engine()?.process_message(&message)? {
+    match jonas.engine()?.process_message(&message, &[])? {
         Incoming::Application { plaintext, .. } => assert_eq!(plaintext, b"nach dem Update"),
         other => panic!("{other:?}"),
     }

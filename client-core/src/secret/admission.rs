@@ -4,10 +4,13 @@
 use rathaus_protocol::messages::SecretGroupInfo;
 use rathaus_protocol::{GroupHandle, Request, Response, UserId};
 
+use rathaus_protocol::mls::{judge_welcome, GroupPolicy};
+
 use super::send::Intent;
-use super::{mls_group_id, GroupPolicy, SERVER_SENDER};
+use super::{memory, mls_group_id, SERVER_SENDER};
 use crate::client::Client;
 use crate::error::{ClientError, Result};
+use crate::mls::MlsError;
 use crate::store::{self, TimelineRow};
 
 /// What `approve` did.
@@ -43,10 +46,10 @@ impl Client {
             )));
         }
         let policy = self.policy(&gid)?;
-        if !policy.is_owner(self.identity.user.as_str()) {
+        if !policy.is_owner(&self.identity.user) {
             return Err(ClientError::NotOwner(format!(
                 "only an owner of {group} can approve new members (owners: {})",
-                policy.owners.join(", ")
+                super::policy::owner_list(&policy)
             )));
         }
         let info = self.secret_info(group).await?;
@@ -75,8 +78,28 @@ impl Client {
         }
     }
 
-    /// Creates the MLS group for an unborn secret group this user owns, registers it with
-    /// the server, and admits every rostered device in one commit (DESIGN §5.2).
+    /// An owner admits every pending user of the group (DESIGN §5.4), each as
+    /// [`Client::approve`] does; returns each user with what happened.
+    pub async fn approve_all(&mut self, group: &GroupHandle) -> Result<Vec<(UserId, Approval)>> {
+        if !group.is_secret() {
+            return Err(ClientError::Invalid(format!(
+                "{group} is not a secret group; only secret groups need approvals"
+            )));
+        }
+        self.sync_secret_group(group).await?;
+        let pending = self.secret_info(group).await?.pending;
+        let mut out = Vec::new();
+        for user in pending {
+            let approval = self.approve(group, &user).await?;
+            out.push((user, approval));
+        }
+        Ok(out)
+    }
+
+    /// Creates the MLS group for an unborn secret group this user owns and registers it
+    /// with the server (DESIGN §5.2). Birth admits nobody but this device: the rostered
+    /// colleagues are pending invitations that an owner admits. A device that has ever
+    /// held the group never creates it again (the caller checks).
     pub(super) async fn give_birth(&mut self, info: &SecretGroupInfo) -> Result<()> {
         let group = &info.group;
         let gid = mls_group_id(group);
@@ -88,75 +111,97 @@ impl Client {
         // A group created earlier whose birth the server never confirmed is replaced.
         self.mls.delete_group(&gid)?;
         let policy = GroupPolicy {
-            owners: info.owners.iter().map(|o| o.to_string()).collect(),
+            owners: info.owners.clone(),
             auto_admit: false,
         };
         self.mls
-            .create_group_with_policy(&gid, &info.removal_key, Some(&policy.encode()?))?;
+            .create_group_with_policy(&gid, &info.removal_key, Some(&policy.encode()))?;
         let request = Request::CreateSecretGroup {
             group: group.clone(),
             group_info: self.mls.group_info(&gid)?,
             ratchet_tree: self.mls.ratchet_tree(&gid)?,
         };
         match self.request(&request).await {
-            Ok(Response::Done) => {}
+            Ok(Response::Done) => memory::mark_held(self.mls.connection(), &gid),
             Ok(_) => {
                 self.mls.delete_group(&gid)?;
-                return Err(ClientError::UnexpectedResponse("CreateSecretGroup"));
+                Err(ClientError::UnexpectedResponse("CreateSecretGroup"))
             }
             Err(e) if e.is_transient() => {
                 self.mls.delete_group(&gid)?;
-                return Err(e);
+                Err(e)
             }
             Err(e) => {
                 // Another owner was faster: wait for their Welcome.
                 tracing::info!("{group}: birth refused ({e}); waiting for a Welcome");
                 self.mls.delete_group(&gid)?;
-                return Ok(());
+                Ok(())
             }
         }
-        let me = self.identity.user.clone();
-        let mut everyone: Vec<UserId> = info.roster.iter().filter(|u| **u != me).cloned().collect();
-        // This user's other devices join too.
-        everyone.push(me);
-        self.commit_intent(group, Intent::Add(everyone)).await?;
-        Ok(())
     }
 
-    /// Joins every group a Welcome is waiting for.
+    /// Joins every group a Welcome is waiting for, after checking it (DESIGN §5.9). A
+    /// Welcome for a group this device holds is taken only after it processed its own
+    /// removal; every Welcome is staged and judged before anything is written. A refused
+    /// Welcome becomes a `warning` row (once per group and epoch).
     pub(super) async fn accept_welcomes(&mut self) -> Result<()> {
         let welcomes = match self.request(&Request::FetchWelcomes).await? {
             Response::Welcomes(w) => w,
             _ => return Err(ClientError::UnexpectedResponse("FetchWelcomes")),
         };
+        let mut removal_key = None;
         for welcome in welcomes {
             let group = welcome.group.clone();
+            if !group.is_secret() {
+                continue;
+            }
             let gid = mls_group_id(&group);
+            let conn = self.mls.connection();
             if self.mls.has_group(&gid)? {
-                if self.mls.epoch(&gid)? >= welcome.epoch
-                    && self
-                        .mls
-                        .members(&gid)?
-                        .iter()
-                        .any(|m| &m.identity == self.mls.identity())
-                {
+                let live = self
+                    .mls
+                    .members(&gid)?
+                    .iter()
+                    .any(|m| &m.identity == self.mls.identity());
+                if live && !memory::was_removed(conn, &gid)? {
+                    if self.mls.epoch(&gid)? < welcome.epoch
+                        && memory::first_warning(conn, &gid, &format!("welcome-{}", welcome.epoch))?
+                    {
+                        self.local_warning(
+                            &group,
+                            &format!(
+                                "WARNING: the server delivered a Welcome that would replace this \
+                                 device's membership of {group}; refused (this device was never \
+                                 removed)"
+                            ),
+                        )?;
+                    }
                     continue;
                 }
-                // State of an earlier membership: replaced by the new one.
-                self.mls.delete_group(&gid)?;
             }
+            let key = match removal_key {
+                Some(key) => key,
+                None => {
+                    let key = self.secret_info(&group).await?.removal_key;
+                    removal_key = Some(key);
+                    key
+                }
+            };
             let handle = group.to_string();
             let conn = self.mls.connection();
             conn.execute_batch("BEGIN IMMEDIATE")?;
-            let result = (|| -> Result<()> {
-                let joined = self
-                    .mls
-                    .join_from_welcome(&welcome.welcome, &welcome.ratchet_tree)?;
-                if joined != gid {
-                    return Err(ClientError::Invalid(format!(
-                        "a Welcome for {group} carries another group's id"
-                    )));
-                }
+            let result = (|| -> Result<u64> {
+                let joined = self.mls.join_from_welcome(
+                    &welcome.welcome,
+                    &welcome.ratchet_tree,
+                    &key,
+                    |facts| {
+                        judge_welcome(facts, &gid)
+                            .map(drop)
+                            .map_err(MlsError::WelcomeRefused)
+                    },
+                )?;
+                memory::mark_held(conn, &gid)?;
                 let row = TimelineRow {
                     group: handle.clone(),
                     seq: welcome.seq,
@@ -165,18 +210,33 @@ impl Client {
                     sent_at_ms: crate::time_fmt::now_ms(),
                     kind: "membership".to_owned(),
                     text: format!(
-                        "This device joined {group}; messages from before are not readable here"
+                        "This device joined {group} at epoch {}; messages from before are not \
+                         readable here",
+                        joined.epoch
                     ),
                     expires_at_ms: None,
                     removes: None,
                 };
-                store::append_rows(conn, &handle, &[row], Some(welcome.seq))
+                store::append_rows(conn, &handle, &[row], Some(welcome.seq))?;
+                Ok(joined.epoch)
             })();
             match result {
-                Ok(()) => conn.execute_batch("COMMIT")?,
+                Ok(_) => conn.execute_batch("COMMIT")?,
                 Err(e) => {
                     let _ = conn.execute_batch("ROLLBACK");
                     tracing::warn!("{group}: cannot join from Welcome: {e}");
+                    if let ClientError::Mls(MlsError::WelcomeRefused(refusal)) = &e {
+                        if memory::first_warning(
+                            self.mls.connection(),
+                            &gid,
+                            &format!("welcome-{}", welcome.epoch),
+                        )? {
+                            self.local_warning(
+                                &group,
+                                &format!("WARNING: refused a Welcome to {group}: {refusal}"),
+                            )?;
+                        }
+                    }
                 }
             }
         }

@@ -5,8 +5,9 @@ use rathaus_protocol::{
     Content, EntryBody, ErrorCode, GroupHandle, LogEntry, Request, Response, UserId,
 };
 
+use super::policy::describe_change;
 use super::rows::{blank_row, diff};
-use super::{finish, finish_savepoint, mls_group_id, SERVER_SENDER};
+use super::{finish, finish_savepoint, memory, mls_group_id, SERVER_SENDER};
 use crate::client::Client;
 use crate::error::{ClientError, Result};
 use crate::mls::{
@@ -53,7 +54,13 @@ impl Client {
                 break;
             }
             let mut batch = Batch::default();
-            if entries.iter().any(|e| e.sender.as_str() == SERVER_SENDER) {
+            // Commits are judged against the roster (removals of rostered users need an
+            // owner), server proposals checked against it.
+            let needs_roster = entries.iter().any(|e| {
+                e.seq > since
+                    && matches!(&e.body, EntryBody::Mls(bytes) if !is_application_message(bytes))
+            });
+            if needs_roster {
                 batch.roster = Some(self.secret_info(group).await?.roster);
             }
             if !learned_names && entries.iter().any(|e| e.sender.as_str() != SERVER_SENDER) {
@@ -99,20 +106,13 @@ impl Client {
             let conn = self.mls.connection();
             return store::append_rows(conn, &handle, &[], Some(entry.seq));
         };
-        // What a commit is checked and described against: the policy and members before
-        // it. Not needed for application messages, most of a log, and listing the members
-        // of a large group for every message costs more than decrypting it.
-        let before = if is_application_message(bytes) {
-            None
-        } else {
-            Some((self.policy(&gid)?, self.mls.members(&gid)?))
-        };
         let conn = self.mls.connection();
         // A savepoint: inside the caller's transaction for a page of entries, or a
         // transaction of its own.
         conn.execute_batch("SAVEPOINT rathaus_entry")?;
         let result = (|| -> Result<Option<TimelineRow>> {
-            let incoming = match self.mls.process_message(bytes) {
+            let roster = batch.roster.as_deref().unwrap_or_default();
+            let incoming = match self.mls.process_message(bytes, roster) {
                 Ok(incoming) => incoming,
                 Err(MlsError::Storage(e)) => return Err(e.into()),
                 Err(e) => return Ok(Some(self.refused_row(group, entry, &gid, e)?)),
@@ -122,62 +122,40 @@ impl Client {
                     Some(self.application_row(group, entry, &sender, &plaintext))
                 }
                 Incoming::Commit(summary) => {
-                    // A message whose header says "application" decrypts to application
-                    // content only (openmls parses the content by that header), so a
-                    // commit always comes with its snapshot.
-                    let Some((policy_before, members_before)) = &before else {
-                        return Err(MlsError::protocol(
-                            "process commit",
-                            "a commit labelled as an application message",
-                        )
-                        .into());
-                    };
-                    let committer = summary.committer.user_id().to_owned();
-                    let added_without_right = !summary.added.is_empty()
-                        && !policy_before.is_owner(&committer)
-                        && !policy_before.auto_admit;
-                    let removed: Vec<_> = members_before
-                        .iter()
-                        .filter(|m| summary.removed.contains(&m.identity))
-                        .cloned()
-                        .collect();
-                    let after = if summary.self_removed {
-                        Vec::new()
-                    } else {
-                        self.mls.members(&gid)?
-                    };
-                    let added: Vec<_> = after
-                        .iter()
-                        .filter(|m| summary.added.contains(&m.identity))
-                        .cloned()
-                        .collect();
-                    let mut row = self.membership_row(group, entry, &committer, &added, &removed);
-                    if let Some(update) = &summary.policy_update {
-                        row = Some(self.policy_update_row(
-                            group,
-                            entry,
-                            &gid,
-                            &committer,
-                            policy_before,
-                            update.as_deref(),
-                            row,
-                        )?);
+                    let verdict = &summary.verdict;
+                    let mut row = self.membership_row(
+                        group,
+                        entry,
+                        &verdict.committer,
+                        &verdict.added,
+                        &verdict.removed,
+                    );
+                    if let Some((before, after)) = &verdict.policy_change {
+                        let change = describe_change(before, after, |u| self.person(u));
+                        row = Some(match row {
+                            Some(mut row) => {
+                                row.text = format!("{} and {change}", row.text);
+                                row
+                            }
+                            None => {
+                                let mut row = blank_row(group, entry);
+                                row.sender = verdict.committer.user.to_string();
+                                row.sender_name = self.name_of(verdict.committer.user.as_str());
+                                row.kind = "membership".to_owned();
+                                row.text = format!(
+                                    "{} {change}",
+                                    self.person(verdict.committer.user.as_str())
+                                );
+                                row
+                            }
+                        });
                     }
                     if summary.self_removed {
+                        memory::mark_removed(conn, &gid)?;
                         row.get_or_insert_with(|| blank_row(group, entry)).text = format!(
                             "{} removed this device from {group}",
-                            self.name_of(&committer)
+                            self.person(verdict.committer.user.as_str())
                         );
-                    }
-                    if added_without_right {
-                        let mut warning = row.unwrap_or_else(|| blank_row(group, entry));
-                        warning.kind = "warning".to_owned();
-                        warning.text = format!(
-                            "WARNING: {} is not an owner of {group} but added members: {}",
-                            self.name_of(&committer),
-                            warning.text
-                        );
-                        row = Some(warning);
                     }
                     row
                 }
@@ -198,7 +176,7 @@ impl Client {
                         row.text = format!(
                             "WARNING: the Rathaus server proposed removing {} (device {}), \
                              who is still on the roster; refused",
-                            self.name_of(target.user_id()),
+                            self.person(target.user_id()),
                             target.device_id()
                         );
                     } else {
@@ -206,7 +184,7 @@ impl Client {
                         row.text = format!(
                             "Rathaus server proposed removing {} (device {}): no longer on the \
                              roster",
-                            self.name_of(target.user_id()),
+                            self.person(target.user_id()),
                             target.device_id()
                         );
                     }
@@ -240,30 +218,44 @@ impl Client {
         gid: &[u8],
         error: MlsError,
     ) -> Result<TimelineRow> {
-        if entry.sender == self.identity.user {
+        // Only a commit openmls could not process because it is this device's own (the
+        // server's label says so, and a staged commit waits); never a refused one.
+        let own_commit = entry.sender == self.identity.user
+            && !matches!(error, MlsError::Refused(_) | MlsError::ExternalAdd { .. })
+            && self.mls.has_pending_commit(gid)?;
+        if own_commit {
             let before = self.mls.members(gid)?;
             if self.mls.merge_pending_commit(gid).is_ok() {
                 let after = self.mls.members(gid)?;
                 let (added, removed) = diff(&before, &after);
                 return Ok(self
-                    .membership_row(group, entry, self.identity.user.as_str(), &added, &removed)
+                    .membership_row(
+                        group,
+                        entry,
+                        self.mls.identity().credential_id(),
+                        &added,
+                        &removed,
+                    )
                     .unwrap_or_else(|| blank_row(group, entry)));
             }
         }
         let mut row = blank_row(group, entry);
         match error {
-            MlsError::ExternalAdd { committer } => {
+            MlsError::ExternalAdd { .. } => {
                 row.kind = "warning".to_owned();
-                row.text = match committer {
-                    None => "WARNING: refused an attempt by the server to add a member to this \
-                             group"
-                        .to_owned(),
-                    Some(c) => format!(
-                        "WARNING: refused a commit by {} that adds a member on the server's \
-                         behalf",
-                        self.name_of(c.user_id())
-                    ),
-                };
+                row.text =
+                    "WARNING: refused an attempt by the server to add a member to this group"
+                        .to_owned();
+            }
+            MlsError::Refused(refusal) => {
+                // Every honest member refuses the same commit: the group stays at its
+                // epoch for all of them.
+                row.kind = "warning".to_owned();
+                row.text = format!(
+                    "WARNING: refused a change of {group} ({refusal}); the group stays at \
+                     epoch {}",
+                    self.mls.epoch(gid)?
+                );
             }
             other => {
                 row.kind = "undecryptable".to_owned();

@@ -1,23 +1,29 @@
 //! Secret groups (DESIGN §5): the MLS-backed side of synchronisation.
 //!
-//! A department's `slug/secret` group is born on an owner's device, which then admits
-//! every rostered device in one commit. Every device keeps KeyPackages on the server,
-//! joins from Welcomes, and processes the group's log in seq order with the
-//! [`MlsEngine`]: each processed entry and the timeline rows it produces are written in
-//! one SQLite transaction, so MLS state and history never get out of step.
+//! A department's `slug/secret` group is born on an owner's device with that device as
+//! its only member; the rostered colleagues are pending invitations that an owner admits
+//! (`approve`), or that owners' clients admit while the owners keep auto-admit on. Every
+//! device keeps KeyPackages on the server, joins from Welcomes, and processes the group's
+//! log in seq order with the [`MlsEngine`]: each processed entry and the timeline rows it
+//! produces are written in one SQLite transaction, so MLS state and history never get out
+//! of step.
 //!
-//! The group's *policy* (owners, auto-admit) lives in the MLS group context, seeded from
-//! the server's department record at birth; afterwards only members can change it. Every
-//! Add is checked against it: an Add committed by a non-owner becomes a `warning` row.
-//! Owners change the policy with a GroupContextExtensions commit; a policy change by a
-//! non-owner is merged (so this device keeps following the group) but not adopted: the
-//! device keeps the previous policy as its *kept policy* and shows a `warning` row until
-//! an owner commits the policy again.
+//! The server may lie (DESIGN §5.9), so the client decides membership:
+//! - every commit is judged by `rathaus_protocol::mls::judge_commit` over the tree before
+//!   and after it and the group's policy before it (owners, auto-admit, in the MLS group
+//!   context where only members can change it); a refused commit is not merged, the group
+//!   stays at its epoch and a `warning` row says why; every accepted change is a
+//!   `membership` row naming the committer and each device by id and key fingerprint;
+//! - a device that has held a group never creates it again (`memory`), and a Welcome is
+//!   judged before anything is written and never replaces live state unless this device
+//!   processed its own removal;
+//! - a claimed KeyPackage must carry exactly the requested device and its pinned key.
+//!
 //! Removals proposed by the server (its removal key is the group's only external sender)
 //! are committed only when the target is no longer on the roster.
 //!
-//! The files follow those concepts: `policy` (the policy, its encoding and the kept
-//! policy), `admission` (birth, Welcomes, approvals), `sync` (what a sync does for secret
+//! The files follow those concepts: `policy` (reading and changing the policy),
+//! `memory` (what the device remembers of each group), `admission` (birth, Welcomes, approvals), `sync` (what a sync does for secret
 //! groups, pushed events), `log` (fetching and processing the log), `send` (messages and
 //! commits, retried as intents), `rows` (timeline rows and names), `key_packages` (upkeep
 //! on the server) and `view` (the group as this device sees it).
@@ -25,6 +31,7 @@
 mod admission;
 mod key_packages;
 mod log;
+mod memory;
 mod policy;
 mod rows;
 mod send;
@@ -38,16 +45,17 @@ use crate::error::Result;
 
 pub use admission::Approval;
 pub use key_packages::{KEY_PACKAGE_LOW, KEY_PACKAGE_TARGET};
-pub use policy::{GroupPolicy, PolicyOutcome};
+pub use policy::PolicyOutcome;
+pub use rathaus_protocol::mls::GroupPolicy;
 pub use view::{SecretDevice, SecretGroupView, SecretMember};
 
 /// The log sender of proposals the server makes with its removal key.
-const SERVER_SENDER: &str = "rathaus-server";
+const SERVER_SENDER: &str = rathaus_protocol::mls::SERVER_IDENTITY;
 
 /// The MLS group id of a secret group: `"rathaus:slug/secret"`. Computed locally, so the
 /// server cannot point one group's handle at another group's state.
 pub fn mls_group_id(group: &GroupHandle) -> Vec<u8> {
-    format!("rathaus:{group}").into_bytes()
+    rathaus_protocol::mls::group_id(group)
 }
 
 /// Fingerprint of a device key, grouped for reading aloud: the first 16 bytes of its

@@ -1,102 +1,65 @@
-//! The group's policy (owners, auto-admit): its encoding in the MLS group context, the
-//! changes owners commit, and the *kept policy* a device follows after a non-owner
-//! changed it.
+//! The group's policy (owners, auto-admit): read from the MLS group context, where only
+//! members can change it, and the changes owners commit. The encoding and the rule that
+//! judges every change live in `rathaus_protocol::mls`.
 
-use rathaus_protocol::{GroupHandle, LogEntry, UserId};
-use serde::{Deserialize, Serialize};
+use rathaus_protocol::mls::GroupPolicy;
+use rathaus_protocol::{GroupHandle, UserId};
 
 use super::mls_group_id;
-use super::rows::blank_row;
 use super::send::Intent;
 use crate::client::Client;
 use crate::error::{ClientError, Result};
-use crate::store::{self, TimelineRow};
 
-/// Current version of the encoded [`GroupPolicy`].
-const POLICY_VERSION: u8 = 1;
-
-/// The group's own rules, kept in the MLS group context (only members can change it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupPolicy {
-    /// Users whose devices may commit Adds.
-    pub owners: Vec<String>,
-    /// Whether owners' clients admit pending users without an explicit approval.
-    pub auto_admit: bool,
+/// The policy after `change`, or `None` if it is in effect already. Refuses to remove the
+/// last owner.
+pub(super) fn policy_after(
+    policy: &GroupPolicy,
+    group: &GroupHandle,
+    change: &PolicyChange,
+) -> Result<Option<GroupPolicy>> {
+    let mut next = policy.clone();
+    match change {
+        PolicyChange::AutoAdmit(on) => next.auto_admit = *on,
+        PolicyChange::AddOwner(user) if !policy.is_owner(user) => next.owners.push(user.clone()),
+        PolicyChange::RemoveOwner(user) if policy.is_owner(user) => {
+            if policy.owners.len() == 1 {
+                return Err(ClientError::Invalid(format!(
+                    "{user} is the last owner of {group}; a group keeps at least one owner \
+                     (make someone else an owner first)"
+                )));
+            }
+            next.owners.retain(|o| o != user);
+        }
+        PolicyChange::AddOwner(_) | PolicyChange::RemoveOwner(_) => {}
+    }
+    Ok((next != *policy).then_some(next))
 }
 
-impl GroupPolicy {
-    /// The bytes of the group context extension: a format version, then the policy.
-    pub fn encode(&self) -> Result<Vec<u8>> {
-        let mut bytes = vec![POLICY_VERSION];
-        bytes.extend(
-            postcard::to_allocvec(self)
-                .map_err(|e| ClientError::Invalid(format!("cannot encode group policy: {e}")))?,
-        );
-        Ok(bytes)
-    }
-
-    /// Reads the extension bytes; `None` for a format this version does not know.
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        match bytes.split_first() {
-            Some((&POLICY_VERSION, rest)) => postcard::from_bytes(rest).ok(),
-            _ => None,
-        }
-    }
-
-    /// Whether `user` is an owner.
-    pub fn is_owner(&self, user: &str) -> bool {
-        self.owners.iter().any(|o| o == user)
-    }
-
-    /// The policy after `change`, or `None` if it is in effect already. Refuses to
-    /// remove the last owner.
-    pub(super) fn after(&self, group: &GroupHandle, change: &PolicyChange) -> Result<Option<Self>> {
-        let mut next = self.clone();
-        match change {
-            PolicyChange::AutoAdmit(on) => next.auto_admit = *on,
-            PolicyChange::AddOwner(user) if !self.is_owner(user.as_str()) => {
-                next.owners.push(user.to_string());
-            }
-            PolicyChange::RemoveOwner(user) if self.is_owner(user.as_str()) => {
-                if self.owners.len() == 1 {
-                    return Err(ClientError::Invalid(format!(
-                        "{user} is the last owner of {group}; a group keeps at least one \
-                         owner (make someone else an owner first)"
-                    )));
-                }
-                next.owners.retain(|o| o != user.as_str());
-            }
-            PolicyChange::AddOwner(_) | PolicyChange::RemoveOwner(_) => {}
-        }
-        Ok((next != *self).then_some(next))
-    }
-
-    /// What changed from `self` to `after`, for a timeline row ("turned on auto-admit
-    /// and made Jonas Weber an owner").
-    pub(super) fn describe_change(
-        &self,
-        after: &GroupPolicy,
-        name_of: impl Fn(&str) -> String,
-    ) -> String {
-        let mut parts = Vec::new();
-        if self.auto_admit != after.auto_admit {
-            parts.push(if after.auto_admit {
-                "turned on auto-admit".to_owned()
-            } else {
-                "turned off auto-admit".to_owned()
-            });
-        }
-        for owner in after.owners.iter().filter(|o| !self.is_owner(o)) {
-            parts.push(format!("made {} an owner", name_of(owner)));
-        }
-        for owner in self.owners.iter().filter(|o| !after.is_owner(o)) {
-            parts.push(format!("removed {} as an owner", name_of(owner)));
-        }
-        if parts.is_empty() {
-            "rewrote the group settings without changing them".to_owned()
+/// What changed from `before` to `after`, for a timeline row ("turned on auto-admit and
+/// made Jonas Weber (P1002) an owner").
+pub(super) fn describe_change(
+    before: &GroupPolicy,
+    after: &GroupPolicy,
+    person: impl Fn(&str) -> String,
+) -> String {
+    let mut parts = Vec::new();
+    if before.auto_admit != after.auto_admit {
+        parts.push(if after.auto_admit {
+            "turned on auto-admit".to_owned()
         } else {
-            parts.join(" and ")
-        }
+            "turned off auto-admit".to_owned()
+        });
+    }
+    for owner in after.owners.iter().filter(|o| !before.is_owner(o)) {
+        parts.push(format!("made {} an owner", person(owner.as_str())));
+    }
+    for owner in before.owners.iter().filter(|o| !after.is_owner(o)) {
+        parts.push(format!("removed {} as an owner", person(owner.as_str())));
+    }
+    if parts.is_empty() {
+        "rewrote the group settings without changing them".to_owned()
+    } else {
+        parts.join(" and ")
     }
 }
 
@@ -182,10 +145,10 @@ impl Client {
         change: &PolicyChange,
     ) -> Result<Option<GroupPolicy>> {
         let policy = self.policy(gid)?;
-        if !policy.is_owner(self.identity.user.as_str()) {
+        if !policy.is_owner(&self.identity.user) {
             return Err(ClientError::NotOwner(format!(
                 "only an owner of {group} can change its owners or auto-admit (owners: {})",
-                policy.owners.join(", ")
+                owner_list(&policy)
             )));
         }
         if let PolicyChange::AddOwner(user) = change {
@@ -196,18 +159,12 @@ impl Client {
                 )));
             }
         }
-        policy.after(group, change)
+        policy_after(&policy, group, change)
     }
 
-    /// The policy this device follows: the one it kept aside after a non-owner changed
-    /// the group context, else the group context's.
+    /// The group's policy as this device's MLS state holds it. A group without a
+    /// readable policy has no owners: nobody can admit anyone.
     pub(super) fn policy(&self, gid: &[u8]) -> Result<GroupPolicy> {
-        let kept = store::setting_on(self.mls.connection(), &kept_policy_key(gid))?
-            .and_then(|hex| from_hex(&hex))
-            .and_then(|bytes| GroupPolicy::decode(&bytes));
-        if let Some(kept) = kept {
-            return Ok(kept);
-        }
         Ok(self
             .mls
             .group_policy(gid)?
@@ -217,75 +174,14 @@ impl Client {
                 auto_admit: false,
             }))
     }
-
-    /// Adopts a policy change committed by an owner, or keeps the previous policy when
-    /// the committer was not an owner before the commit (DESIGN §5.4); either way the
-    /// change is added to the commit's row. Runs inside `process_entry`'s transaction.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn policy_update_row(
-        &self,
-        group: &GroupHandle,
-        entry: &LogEntry,
-        gid: &[u8],
-        committer: &str,
-        before: &GroupPolicy,
-        update: Option<&[u8]>,
-        row: Option<TimelineRow>,
-    ) -> Result<TimelineRow> {
-        let conn = self.mls.connection();
-        let after = update.and_then(GroupPolicy::decode);
-        let change = match &after {
-            Some(after) => before.describe_change(after, |u| self.name_of(u)),
-            None => "replaced the group settings with ones this version cannot read".to_owned(),
-        };
-        let mut row = match row {
-            Some(mut row) => {
-                row.text = format!("{} and {change}", row.text);
-                row
-            }
-            None => {
-                let mut row = blank_row(group, entry);
-                row.sender = committer.to_owned();
-                row.sender_name = self.name_of(committer);
-                row.kind = "membership".to_owned();
-                row.text = format!("{} {change}", row.sender_name);
-                row
-            }
-        };
-        let key = kept_policy_key(gid);
-        if before.is_owner(committer) && after.is_some() {
-            store::set_setting_on(conn, &key, None)?;
-        } else {
-            store::set_setting_on(conn, &key, Some(&to_hex(&before.encode()?)))?;
-            row.kind = "warning".to_owned();
-            row.text = format!(
-                "WARNING: {} is not an owner of {group} but changed its settings ({}); this \
-                 device keeps the previous owners ({}) and auto-admit {}",
-                self.name_of(committer),
-                row.text,
-                before.owners.join(", "),
-                if before.auto_admit { "on" } else { "off" },
-            );
-        }
-        Ok(row)
-    }
 }
 
-/// The settings key of the policy a device keeps after a non-owner changed the group's.
-pub(super) fn kept_policy_key(gid: &[u8]) -> String {
-    format!("kept_policy:{}", String::from_utf8_lossy(gid))
-}
-
-pub(super) fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(super) fn from_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
+/// The owners, comma-separated, for messages.
+pub(super) fn owner_list(policy: &GroupPolicy) -> String {
+    policy
+        .owners
+        .iter()
+        .map(UserId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -1,7 +1,7 @@
 //! Timeline rows for what happened in a secret group, and the people's names in them.
 
+use rathaus_protocol::mls::{DeviceCredential, MemberDevice};
 use rathaus_protocol::{GroupHandle, LogEntry};
-use sha2::{Digest, Sha256};
 
 use crate::client::Client;
 use crate::error::Result;
@@ -9,28 +9,24 @@ use crate::mls::GroupMember;
 use crate::store::TimelineRow;
 
 impl Client {
+    /// The membership row of an accepted commit, from the tree's difference: the
+    /// committer and every device by personnel number, device and key fingerprint (the
+    /// display names come from the server and may lie; the ids and keys come from MLS).
     pub(super) fn membership_row(
         &self,
         group: &GroupHandle,
         entry: &LogEntry,
-        committer: &str,
-        added: &[GroupMember],
-        removed: &[GroupMember],
+        committer: &DeviceCredential,
+        added: &[MemberDevice],
+        removed: &[MemberDevice],
     ) -> Option<TimelineRow> {
         if added.is_empty() && removed.is_empty() {
             return None;
         }
-        let describe = |members: &[GroupMember], with_key: bool| {
+        let describe = |members: &[MemberDevice], with_key: bool| {
             members
                 .iter()
-                .map(|m| {
-                    let device = if with_key {
-                        format!("device {}…", short_fingerprint(&m.signature_key))
-                    } else {
-                        format!("device {}", m.identity.device_id())
-                    };
-                    format!("{} ({device})", self.name_of(m.identity.user_id()))
-                })
+                .map(|m| self.device_label(m, with_key))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -42,11 +38,43 @@ impl Client {
             parts.push(format!("removed {}", describe(removed, false)));
         }
         let mut row = blank_row(group, entry);
-        row.sender = committer.to_owned();
-        row.sender_name = self.name_of(committer);
+        row.sender = committer.user.to_string();
+        row.sender_name = self.name_of(committer.user.as_str());
         row.kind = "membership".to_owned();
-        row.text = format!("{} {}", row.sender_name, parts.join(" and "));
+        row.text = format!(
+            "{} {}",
+            self.person(committer.user.as_str()),
+            parts.join(" and ")
+        );
         Some(row)
+    }
+
+    /// "Lena Koch (P1003)", or just "P1003" when no other name is known.
+    pub(super) fn person(&self, user: &str) -> String {
+        let name = self.name_of(user);
+        if name == user {
+            user.to_owned()
+        } else {
+            format!("{name} ({user})")
+        }
+    }
+
+    /// "Lena Koch (P1003, device 3, key 3f9a 12cd)".
+    pub(super) fn device_label(&self, device: &MemberDevice, with_key: bool) -> String {
+        let user = device.credential.user.as_str();
+        let name = self.name_of(user);
+        let mut ids = format!("{user}, device {}", device.credential.device);
+        if with_key {
+            ids.push_str(&format!(
+                ", key {}",
+                short_fingerprint(&device.signature_key)
+            ));
+        }
+        if name == user {
+            ids
+        } else {
+            format!("{name} ({ids})")
+        }
     }
 
     /// Refreshes the display names of the department's members (for membership rows).
@@ -90,24 +118,36 @@ impl Client {
     }
 }
 
-fn short_fingerprint(key: &[u8]) -> String {
-    let digest = Sha256::digest(key);
-    format!("{:02x}{:02x}", digest[0], digest[1])
+/// The first two groups of a key's fingerprint ([`super::key_fingerprint`]).
+pub(super) fn short_fingerprint(key: &[u8]) -> String {
+    super::key_fingerprint(key)
+        .split(' ')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A member of this device's MLS group as the verdict's type.
+pub(super) fn member_device(member: &GroupMember) -> MemberDevice {
+    MemberDevice {
+        credential: member.identity.credential_id().clone(),
+        signature_key: member.signature_key.clone(),
+    }
 }
 
 pub(super) fn diff(
     before: &[GroupMember],
     after: &[GroupMember],
-) -> (Vec<GroupMember>, Vec<GroupMember>) {
+) -> (Vec<MemberDevice>, Vec<MemberDevice>) {
     let added = after
         .iter()
         .filter(|m| !before.iter().any(|b| b.identity == m.identity))
-        .cloned()
+        .map(member_device)
         .collect();
     let removed = before
         .iter()
         .filter(|m| !after.iter().any(|a| a.identity == m.identity))
-        .cloned()
+        .map(member_device)
         .collect();
     (added, removed)
 }

@@ -6,9 +6,11 @@ use rathaus_protocol::{
     UserId,
 };
 
-use super::policy::{kept_policy_key, PolicyChange};
+use rathaus_protocol::mls::DeviceCredential;
+
+use super::policy::{describe_change, PolicyChange};
 use super::rows::{blank_row, diff};
-use super::{finish, mls_group_id};
+use super::{finish, key_fingerprint, mls_group_id};
 use crate::client::Client;
 use crate::error::{ClientError, Result};
 use crate::mls::{CommitOutput, MlsError};
@@ -132,11 +134,8 @@ impl Client {
                     let result = (|| -> Result<()> {
                         self.mls.merge_pending_commit(&gid)?;
                         let policy_row = if matches!(intent, Intent::Policy(_)) {
-                            // This device wrote its own view into the group context: what
-                            // it kept aside is now the group's policy.
-                            store::set_setting_on(conn, &kept_policy_key(&gid), None)?;
                             let after = self.policy(&gid)?;
-                            Some(policy_before.describe_change(&after, |u| self.name_of(u)))
+                            Some(describe_change(&policy_before, &after, |u| self.person(u)))
                         } else {
                             None
                         };
@@ -153,14 +152,15 @@ impl Client {
                         let mut row = self.membership_row(
                             group,
                             &entry,
-                            self.identity.user.as_str(),
+                            self.mls.identity().credential_id(),
                             &added,
                             &removed,
                         );
                         if let Some(change) = policy_row {
                             let mut policy = blank_row(group, &entry);
                             policy.kind = "membership".to_owned();
-                            policy.text = format!("{} {change}", entry.sender_name);
+                            policy.text =
+                                format!("{} {change}", self.person(self.identity.user.as_str()));
                             row = Some(policy);
                         }
                         let rows: Vec<TimelineRow> = row.into_iter().collect();
@@ -202,7 +202,7 @@ impl Client {
     ) -> Result<Option<CommitOutput>> {
         match intent {
             Intent::Policy(change) => match self.next_policy(group, gid, change)? {
-                Some(next) => Ok(Some(self.mls.update_group_policy(gid, &next.encode()?)?)),
+                Some(next) => Ok(Some(self.mls.update_group_policy(gid, &next.encode())?)),
                 None => Ok(None),
             },
             Intent::PendingProposals => {
@@ -246,12 +246,19 @@ impl Client {
                         }
                         Err(e) => return Err(e),
                     };
-                    packages.extend(claimed.into_iter().filter(|p: &ClaimedKeyPackage| {
-                        !present.iter().any(|m| {
+                    for package in claimed {
+                        if present.iter().any(|m| {
                             m.identity.user_id() == user.as_str()
-                                && m.identity.device_id() == p.device.0.to_string()
-                        })
-                    }));
+                                && m.identity.device_id() == package.device.0.to_string()
+                        }) {
+                            continue;
+                        }
+                        if let Some(refusal) = self.check_key_package(user, &package)? {
+                            self.local_warning(group, &refusal)?;
+                            continue;
+                        }
+                        packages.push(package);
+                    }
                 }
                 if packages.is_empty() {
                     return Ok(None);
@@ -260,5 +267,47 @@ impl Client {
                 Ok(Some(self.mls.add_members(gid, &bytes)?))
             }
         }
+    }
+
+    /// Why a claimed KeyPackage must not be used, if it must not (DESIGN §5.9): its
+    /// credential must be exactly the requested user and the device the server labelled
+    /// it with, in canonical form, and its key the pinned key where one is pinned.
+    fn check_key_package(
+        &self,
+        user: &UserId,
+        package: &ClaimedKeyPackage,
+    ) -> Result<Option<String>> {
+        let expected = DeviceCredential {
+            user: user.clone(),
+            device: package.device,
+        };
+        let (identity, key) = match self.mls.key_package_identity(&package.key_package) {
+            Ok(found) => found,
+            Err(MlsError::Storage(e)) => return Err(e.into()),
+            Err(e) => {
+                return Ok(Some(format!(
+                    "WARNING: the server handed out an invalid KeyPackage for {expected} ({e}); \
+                     not added"
+                )))
+            }
+        };
+        if DeviceCredential::parse(&identity).as_ref() != Some(&expected) {
+            return Ok(Some(format!(
+                "WARNING: the server handed out a KeyPackage of {} when asked for {expected}; \
+                 not added",
+                String::from_utf8_lossy(&identity)
+            )));
+        }
+        if let Some(pin) = self.device_pin(user.as_str(), &package.device.to_string())? {
+            if pin.key != key {
+                return Ok(Some(format!(
+                    "WARNING: the KeyPackage for {expected} carries key {}, not the key this \
+                     device knows ({}); not added",
+                    key_fingerprint(&key),
+                    key_fingerprint(&pin.key)
+                )));
+            }
+        }
+        Ok(None)
     }
 }

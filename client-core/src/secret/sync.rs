@@ -4,8 +4,8 @@
 use rathaus_protocol::messages::SecretGroupInfo;
 use rathaus_protocol::{GroupHandle, Request, Response};
 
-use super::mls_group_id;
 use super::send::Intent;
+use super::{memory, mls_group_id};
 use crate::client::Client;
 use crate::error::{ClientError, Result};
 use crate::store::TimelineRow;
@@ -103,7 +103,24 @@ impl Client {
         let gid = mls_group_id(group);
         let me = self.identity.user.clone();
         let before = self.store.cursor(&group.to_string())?;
+        let conn = self.mls.connection();
         if !info.born {
+            if memory::was_held(conn, &gid)? || self.mls.has_group(&gid)? {
+                // The server forgot a group this device holds: a server fault (or an
+                // operator who wants the group created anew, with a roster of their
+                // choosing). Never re-created; the state stays.
+                if memory::first_warning(conn, &gid, "unborn")? {
+                    self.local_warning(
+                        group,
+                        &format!(
+                            "WARNING: the server says {group} does not exist, but this device \
+                             holds it; it is not created again. Ask IT what happened to the \
+                             server's data."
+                        ),
+                    )?;
+                }
+                return Ok(self.rows_after(group, before)?.len());
+            }
             if info.owners.contains(&me) {
                 self.give_birth(info).await?;
             }
@@ -116,7 +133,7 @@ impl Client {
         self.fetch_secret_log(group).await?;
         self.commit_pending_if_any(group).await?;
         let policy = self.policy(&gid)?;
-        if policy.auto_admit && policy.is_owner(me.as_str()) && !info.pending.is_empty() {
+        if policy.auto_admit && policy.is_owner(&me) && !info.pending.is_empty() {
             self.commit_intent(group, Intent::Add(info.pending.clone()))
                 .await?;
         }

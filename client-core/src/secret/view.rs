@@ -72,7 +72,7 @@ impl Client {
                     Some(s) => s.devices.push(device),
                     None => by_user.push(SecretMember {
                         name: self.name_of(&user),
-                        owner: policy.is_owner(&user),
+                        owner: policy.owners.iter().any(|o| o.as_str() == user),
                         user,
                         devices: vec![device],
                     }),
@@ -81,7 +81,7 @@ impl Client {
             (policy, self.mls.epoch(&gid)?, by_user)
         } else {
             let policy = GroupPolicy {
-                owners: info.owners.iter().map(|o| o.to_string()).collect(),
+                owners: info.owners.clone(),
                 auto_admit: false,
             };
             let mut by_user: Vec<SecretMember> = Vec::new();
@@ -94,7 +94,7 @@ impl Client {
                     Some(s) => s.devices.push(device),
                     None => by_user.push(SecretMember {
                         name: self.name_of(user.as_str()),
-                        owner: policy.is_owner(user.as_str()),
+                        owner: policy.is_owner(user),
                         user: user.to_string(),
                         devices: vec![device],
                     }),
@@ -109,7 +109,7 @@ impl Client {
             joined,
             epoch,
             members,
-            owners: policy.owners,
+            owners: policy.owners.iter().map(|o| o.to_string()).collect(),
             auto_admit: policy.auto_admit,
             pending: info.pending.iter().map(|u| u.to_string()).collect(),
         })

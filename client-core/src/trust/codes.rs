@@ -8,8 +8,8 @@ use sha2::{Digest, Sha256, Sha512};
 
 /// Domain separation of the per-user half of a safety number (format version 1).
 const SAFETY_DOMAIN: &[u8] = b"rathaus-safety-number-v1";
-/// Domain separation of the group code (format version 1).
-const GROUP_CODE_DOMAIN: &[u8] = b"rathaus-group-code-v1";
+/// Domain separation of the group code (format version 2: over every leaf).
+const GROUP_CODE_DOMAIN: &[u8] = b"rathaus-group-code-v2";
 /// SHA-512 iterations per half, as in Signal's numeric fingerprints: cheap once, costly for
 /// someone searching for a second key set with the same digits.
 const SAFETY_ITERATIONS: usize = 5200;
@@ -71,24 +71,42 @@ pub fn safety_number(a: (&str, &[DeviceKeyEntry]), b: (&str, &[DeviceKeyEntry]))
     }
 }
 
+/// One leaf of a secret group as fed into a group code.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GroupLeafEntry {
+    /// Personnel number.
+    pub user: String,
+    /// Device id.
+    pub device: String,
+    /// The leaf's signature key.
+    pub key: Vec<u8>,
+}
+
 /// The group code of a secret group in one epoch.
 ///
-/// Construction (version 1): `SHA-256(GROUP_CODE_DOMAIN ‖ len(group) ‖ group ‖ epoch (u64
-/// BE) ‖ count ‖ (len(user) ‖ user)* over the sorted, distinct user ids ‖ len(auth) ‖
-/// epoch_authenticator)`; its first 24 bytes become six 4-byte chunks, each a big-endian
-/// u32 modulo 10 000. The epoch authenticator is secret to the members of the epoch, so
-/// the server can neither compute nor steer the code.
-pub fn group_code(group: &str, epoch: u64, users: &[String], authenticator: &[u8]) -> GroupCode {
-    let mut users: Vec<&str> = users.iter().map(String::as_str).collect();
-    users.sort_unstable();
-    users.dedup();
+/// Construction (version 2): `SHA-256(GROUP_CODE_DOMAIN ‖ len(group) ‖ group ‖ epoch (u64
+/// BE) ‖ count ‖ (len(user) ‖ user ‖ len(device) ‖ device ‖ len(key) ‖ key)* over the
+/// sorted leaves ‖ len(auth) ‖ epoch_authenticator)`; its first 24 bytes become six 4-byte
+/// chunks, each a big-endian u32 modulo 10 000. Every leaf counts, so a second device under
+/// a known user id changes the code. The epoch authenticator is secret to the members of
+/// the epoch, so the server can neither compute nor steer the code.
+pub fn group_code(
+    group: &str,
+    epoch: u64,
+    leaves: &[GroupLeafEntry],
+    authenticator: &[u8],
+) -> GroupCode {
+    let mut leaves: Vec<&GroupLeafEntry> = leaves.iter().collect();
+    leaves.sort_unstable();
     let mut hash = Sha256::new();
     hash.update(GROUP_CODE_DOMAIN);
     put_bytes(&mut hash, group.as_bytes());
     hash.update(epoch.to_be_bytes());
-    put_len(&mut hash, users.len());
-    for user in &users {
-        put_bytes(&mut hash, user.as_bytes());
+    put_len(&mut hash, leaves.len());
+    for leaf in &leaves {
+        put_bytes(&mut hash, leaf.user.as_bytes());
+        put_bytes(&mut hash, leaf.device.as_bytes());
+        put_bytes(&mut hash, &leaf.key);
     }
     put_bytes(&mut hash, authenticator);
     let digest = hash.finalize();
@@ -185,16 +203,30 @@ mod tests {
         assert_ne!(ab, safety_number(("P1001", &anna), ("P1002", &jonas[..1])));
     }
 
+    fn leaf(user: &str, device: &str, key: u8) -> GroupLeafEntry {
+        GroupLeafEntry {
+            user: user.into(),
+            device: device.into(),
+            key: vec![key; 32],
+        }
+    }
+
     #[test]
-    fn group_codes_cover_roster_epoch_and_authenticator() {
-        let users = vec!["P1002".to_owned(), "P1001".to_owned()];
-        let code = group_code("bauamt/secret", 3, &users, &[7; 32]);
+    fn group_codes_cover_every_leaf_epoch_and_authenticator() {
+        let leaves = vec![leaf("P1002", "2", 2), leaf("P1001", "1", 1)];
+        let code = group_code("bauamt/secret", 3, &leaves, &[7; 32]);
         assert_eq!(code.groups.len(), 6);
         assert!(code.groups.iter().all(|g| g.len() == 4));
-        let sorted = vec!["P1001".to_owned(), "P1002".to_owned(), "P1001".to_owned()];
-        assert_eq!(code, group_code("bauamt/secret", 3, &sorted, &[7; 32]));
-        assert_ne!(code, group_code("bauamt/secret", 3, &users, &[8; 32]));
-        assert_ne!(code, group_code("bauamt/secret", 3, &users[..1], &[7; 32]));
-        assert_ne!(code, group_code("bauamt/secret", 4, &users, &[7; 32]));
+        let reordered = vec![leaf("P1001", "1", 1), leaf("P1002", "2", 2)];
+        assert_eq!(code, group_code("bauamt/secret", 3, &reordered, &[7; 32]));
+        assert_ne!(code, group_code("bauamt/secret", 3, &leaves, &[8; 32]));
+        assert_ne!(code, group_code("bauamt/secret", 3, &leaves[..1], &[7; 32]));
+        assert_ne!(code, group_code("bauamt/secret", 4, &leaves, &[7; 32]));
+        // A ghost device under a known user id, or a swapped key, changes the code.
+        let mut ghost = leaves.clone();
+        ghost.push(leaf("P1001", "4242", 9));
+        assert_ne!(code, group_code("bauamt/secret", 3, &ghost, &[7; 32]));
+        let swapped = vec![leaf("P1002", "2", 3), leaf("P1001", "1", 1)];
+        assert_ne!(code, group_code("bauamt/secret", 3, &swapped, &[7; 32]));
     }
 }

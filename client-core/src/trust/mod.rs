@@ -28,7 +28,9 @@ use crate::client::Client;
 use crate::error::Result;
 use crate::secret::{key_fingerprint, mls_group_id};
 
-pub use codes::{group_code, safety_number, DeviceKeyEntry, GroupCode, SafetyNumber};
+pub use codes::{
+    group_code, safety_number, DeviceKeyEntry, GroupCode, GroupLeafEntry, SafetyNumber,
+};
 pub use pins::DevicePin;
 
 pub(crate) use pins::create_tables;
@@ -75,7 +77,21 @@ impl Client {
         }
         for m in &members {
             let (user, device) = (m.identity.user_id(), m.identity.device_id());
+            let own_user = user == self.identity.user.as_str();
+            let own_device = own_user && device == self.identity.device.0.to_string();
             match pins::pin(&tx, user, device)? {
+                None if own_user && !own_device => {
+                    // A device under this user's own id that none of this user's devices
+                    // linked: maybe a ghost the server slipped in.
+                    pins::insert(&tx, user, device, &m.signature_key, now)?;
+                    let text = format!(
+                        "WARNING: {group} holds a device {device} under your own id {user} \
+                         (key {}) that none of your devices approved; if it is not yours, \
+                         tell the group's owners",
+                        key_fingerprint(&m.signature_key)
+                    );
+                    pins::add_notice(&tx, &handle, seq, now, WARNING_KIND, &text)?;
+                }
                 None => {
                     pins::insert(&tx, user, device, &m.signature_key, now)?;
                     if known_users.contains(user) {
@@ -106,6 +122,21 @@ impl Client {
         Ok(())
     }
 
+    /// Records a `warning` row of this client's own finding in `group`'s timeline (after
+    /// the newest entry seen), e.g. a KeyPackage the server substituted.
+    pub(crate) fn local_warning(&self, group: &GroupHandle, text: &str) -> Result<()> {
+        let handle = group.to_string();
+        let seq = self.store.cursor(&handle)?;
+        pins::add_notice(
+            self.store.connection(),
+            &handle,
+            seq,
+            crate::time_fmt::now_ms(),
+            WARNING_KIND,
+            text,
+        )
+    }
+
     /// The safety number of this user and `user` over the keys this device has pinned.
     /// When no key of `user` is known yet, syncs the secret groups first; `None` if still
     /// none is known (the users share no secret group this device is in).
@@ -122,7 +153,11 @@ impl Client {
             return Ok(None);
         }
         let me = self.identity.user.as_str();
-        let mine = pins::pins_of(conn, me)?;
+        // This user's own half comes from the devices this user's devices know, not
+        // from what a group or the server lists (DESIGN §5.8). Until devices are linked
+        // to each other, that is this device alone: a device the server slipped in under
+        // this user's id changes the other side's number and so shows when compared.
+        let mine = self.own_devices()?;
         let number = safety_number((me, &entries(&mine)), (user.as_str(), &entries(&theirs)));
         Ok(Some(SafetyReport {
             user: user.to_string(),
@@ -147,27 +182,41 @@ impl Client {
         pins::pin(self.store.connection(), user, device)
     }
 
-    /// The group code of a secret group this device is a member of: over the users in
-    /// its MLS group and the current epoch authenticator.
+    /// The group code of a secret group this device is a member of: over every leaf of
+    /// its MLS group (user, device, key) and the current epoch authenticator.
     pub fn group_check_code(&self, group: &GroupHandle) -> Result<Option<GroupCode>> {
         let gid = mls_group_id(group);
         if !self.mls.has_group(&gid)? {
             return Ok(None);
         }
-        let users: Vec<String> = self
+        let leaves: Vec<GroupLeafEntry> = self
             .mls
             .members(&gid)?
-            .iter()
-            .map(|m| m.identity.user_id().to_owned())
+            .into_iter()
+            .map(|m| GroupLeafEntry {
+                user: m.identity.user_id().to_owned(),
+                device: m.identity.device_id().to_owned(),
+                key: m.signature_key,
+            })
             .collect();
         let epoch = self.mls.epoch(&gid)?;
         let authenticator = self.mls.epoch_authenticator(&gid)?;
         Ok(Some(group_code(
             &group.to_string(),
             epoch,
-            &users,
+            &leaves,
             &authenticator,
         )))
+    }
+
+    /// The devices of this user that this device knows for itself: its own key.
+    fn own_devices(&self) -> Result<Vec<DevicePin>> {
+        let me = self.identity.user.as_str();
+        let own_device = self.identity.device.0.to_string();
+        Ok(pins::pins_of(self.store.connection(), me)?
+            .into_iter()
+            .filter(|p| p.device == own_device)
+            .collect())
     }
 
     /// This device's own key is known without asking anyone.

@@ -20,6 +20,7 @@ use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::signatures::{Signer, SignerError};
 use openmls_traits::types::SignatureScheme;
+use rathaus_protocol::mls::DeviceCredential;
 use rathaus_protocol::{DeviceId, ErrorCode, GroupHandle, UserId};
 
 use super::Refusal;
@@ -30,11 +31,11 @@ pub(crate) const CIPHERSUITE: Ciphersuite =
     Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
 /// Credential identity of the server in the `external_senders` extension.
-pub(crate) const SERVER_IDENTITY: &[u8] = b"rathaus-server";
+pub(crate) const SERVER_IDENTITY: &[u8] = rathaus_protocol::mls::SERVER_IDENTITY.as_bytes();
 
 /// The MLS group id of a secret group: `"rathaus:<slug>/secret"`.
 pub(crate) fn group_id(group: &GroupHandle) -> Vec<u8> {
-    format!("rathaus:{group}").into_bytes()
+    rathaus_protocol::mls::group_id(group)
 }
 
 /// The server's removal key: the only external sender of every secret group, used to
@@ -83,17 +84,12 @@ impl Signer for RemovalKey {
     }
 }
 
-/// The device a leaf credential names: `"<user_id>/<device_id>"`, device id in decimal.
+/// The device a leaf credential names, in the one canonical form both sides accept
+/// ([`DeviceCredential`]).
 pub(crate) fn device_of(credential: &Credential) -> Option<(UserId, DeviceId)> {
     let basic = BasicCredential::try_from(credential.clone()).ok()?;
-    let text = std::str::from_utf8(basic.identity()).ok()?;
-    let (user, device) = text.split_once('/')?;
-    let device: u64 = device.parse().ok()?;
-    // Only the canonical decimal form, so one device has exactly one identity.
-    if device.to_string() != text.split_once('/')?.1 {
-        return None;
-    }
-    Some((UserId::parse(user).ok()?, DeviceId(device)))
+    let device = DeviceCredential::parse(basic.identity())?;
+    Some((device.user, device.device))
 }
 
 /// Parses MLS bytes; `Invalid` with `what` on garbage.

@@ -29,7 +29,7 @@ use super::{Refusal, Service};
 use crate::store::{DepartmentRecord, LeafRecord, StoredEntry};
 
 /// Personnel number under which the server's own log entries appear; reserved.
-pub(crate) const SERVER_USER: &str = "rathaus-server";
+pub(crate) const SERVER_USER: &str = rathaus_protocol::mls::SERVER_IDENTITY;
 
 /// Display name of the server's log entries.
 const SERVER_NAME: &str = "Rathaus server";

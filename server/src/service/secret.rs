@@ -9,9 +9,11 @@
 use std::collections::HashMap;
 
 use openmls::prelude::{
-    ContentType, GroupId, MlsMessageBodyIn, ProcessedMessageContent, ProtocolMessage, Sender,
+    BasicCredential, ContentType, GroupId, MlsMessageBodyIn, ProcessedMessageContent, Proposal,
+    ProtocolMessage, Sender,
 };
 use rathaus_protocol::messages::{SecretGroupInfo, WelcomeInfo};
+use rathaus_protocol::mls::{judge_commit, CommitFacts, Committer, Leaf, GROUP_POLICY_EXTENSION};
 use rathaus_protocol::{
     ClientMsgId, DepartmentSlug, DeviceId, EntryBody, ErrorCode, Event, GroupHandle, MemberInfo,
     PostBody, Response, UserId,
@@ -225,6 +227,8 @@ impl Service {
                 Refusal::internal(format!("secret group {group} has no MLS state"))
             })?;
             let mut state = PublicState::load(state_record, &group)?;
+            let leaves_before = leaves(&state);
+            let policy_before = policy_extension(&state);
             let processed = state
                 .group
                 .process_message(&self.crypto, message)
@@ -240,6 +244,13 @@ impl Service {
                 _ => return Err(invalid("expected a commit")),
             };
             let adds = staged.add_proposals().count();
+            let vacated = staged
+                .remove_proposals()
+                .map(|r| r.remove_proposal().removed().u32())
+                .collect();
+            let external_add = staged.queued_proposals().any(|p| {
+                matches!(p.proposal(), Proposal::Add(_)) && !matches!(p.sender(), Sender::Member(_))
+            });
             state
                 .group
                 .merge_commit(&state.storage, staged)
@@ -253,6 +264,22 @@ impl Service {
                 ));
             }
 
+            // The members' rule, applied here as a courtesy (DESIGN §5.9): a commit every
+            // honest member would refuse is never stored, so the group does not stall.
+            let facts = CommitFacts {
+                committer: Committer::Member(committer),
+                before: leaves_before,
+                after: leaves(&state),
+                vacated,
+                external_add,
+                policy_before,
+                policy_after: policy_extension(&state),
+                // Checked below with its own message.
+                external_senders_changed: false,
+            };
+            judge_commit(&facts, &roster(&dept)).map_err(|refusal| {
+                Refusal::new(ErrorCode::Forbidden, format!("commit refused: {refusal}"))
+            })?;
             let mut heads = self.log_lock();
             let seq = self.next_seq(&heads, &group)?;
             let (members, added) = self.check_tree(&dept, &record, &state, seq)?;
@@ -586,6 +613,31 @@ pub(super) fn digest_id(bytes: &[u8]) -> ClientMsgId {
 /// The secret group of a department.
 pub(super) fn secret_handle(slug: &DepartmentSlug) -> GroupHandle {
     GroupHandle::Secret(slug.clone())
+}
+
+/// The tree's leaves as plain data for the membership rule.
+fn leaves(state: &PublicState) -> Vec<Leaf> {
+    state
+        .group
+        .members()
+        .map(|m| Leaf {
+            index: m.index.u32(),
+            identity: BasicCredential::try_from(m.credential)
+                .map(|c| c.identity().to_vec())
+                .unwrap_or_default(),
+            signature_key: m.signature_key,
+        })
+        .collect()
+}
+
+/// The group policy extension bytes in the group context.
+fn policy_extension(state: &PublicState) -> Option<Vec<u8>> {
+    state
+        .group
+        .group_context()
+        .extensions()
+        .unknown(GROUP_POLICY_EXTENSION)
+        .map(|e| e.0.clone())
 }
 
 fn same_device(a: &LeafRecord, b: &LeafRecord) -> bool {

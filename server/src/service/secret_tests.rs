@@ -9,8 +9,8 @@ use openmls::prelude::{
     BasicCredential, Capabilities, CredentialWithKey, Extension, ExtensionType, Extensions,
     ExternalSender, GroupContext, GroupId, KeyPackage, LeafNodeParameters, MlsGroup,
     MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    ProcessedMessageContent, ProtocolVersion, RatchetTreeIn, SignaturePublicKey, StagedWelcome,
-    MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
+    ProcessedMessageContent, ProtocolVersion, RatchetTreeIn, RequiredCapabilitiesExtension,
+    SignaturePublicKey, StagedWelcome, UnknownExtension, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
@@ -56,7 +56,10 @@ impl Client {
 
     fn key_package(&self, last_resort: bool) -> Vec<u8> {
         let capabilities = Capabilities::builder()
-            .extensions(vec![ExtensionType::LastResort])
+            .extensions(vec![
+                ExtensionType::LastResort,
+                ExtensionType::Unknown(rathaus_protocol::mls::GROUP_POLICY_EXTENSION),
+            ])
             .build();
         let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
         if last_resort {
@@ -75,12 +78,38 @@ impl Client {
             SignaturePublicKey::from(removal.to_vec()),
             BasicCredential::new(SERVER_IDENTITY.to_vec()).into(),
         )];
+        // The creator is the group's owner, as a Rathaus client's birth makes it.
+        let policy = rathaus_protocol::mls::GroupPolicy {
+            owners: vec![self.session.user.clone()],
+            auto_admit: false,
+        };
         let config = MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(false)
+            .capabilities(
+                Capabilities::builder()
+                    .extensions(vec![ExtensionType::Unknown(
+                        rathaus_protocol::mls::GROUP_POLICY_EXTENSION,
+                    )])
+                    .build(),
+            )
             .with_group_context_extensions(
-                Extensions::single(Extension::ExternalSenders(senders)).unwrap(),
+                Extensions::from_vec(vec![
+                    Extension::ExternalSenders(senders),
+                    Extension::Unknown(
+                        rathaus_protocol::mls::GROUP_POLICY_EXTENSION,
+                        UnknownExtension(policy.encode()),
+                    ),
+                    Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+                        &[ExtensionType::Unknown(
+                            rathaus_protocol::mls::GROUP_POLICY_EXTENSION,
+                        )],
+                        &[],
+                        &[],
+                    )),
+                ])
+                .unwrap(),
             )
             .build();
         self.group = Some(

@@ -41,7 +41,7 @@ pub(crate) fn all(n: usize, reps: usize, messages: usize, suffix: &str) -> Resul
     let mut fresh_engine = |name: &str| -> Result<MlsEngine> {
         engines += 1;
         let path = tmp.path().join(format!("profile-{engines}.sqlite"));
-        let identity = DeviceIdentity::new(name, "d")?;
+        let identity = DeviceIdentity::new(name, "1")?;
         // The journal settings of a client profile (client-core's store): WAL, and every
         // commit durable, as forward secrecy needs deleted keys to stay deleted.
         let connection = rusqlite::Connection::open(&path)?;
@@ -125,7 +125,7 @@ pub(crate) fn all(n: usize, reps: usize, messages: usize, suffix: &str) -> Resul
     let (mut engine_times, mut bare_times) = (Vec::new(), Vec::new());
     for (je, jb) in joiners_engine.iter().zip(&joiners_bare) {
         let t = Instant::now();
-        je.join_from_welcome(&welcome, &tree)?;
+        je.join_from_welcome(&welcome, &tree, &REMOVAL_KEY, |_| Ok(()))?;
         engine_times.push(t.elapsed());
         let t = Instant::now();
         jb.join(&welcome, &tree)?;
@@ -146,7 +146,12 @@ pub(crate) fn all(n: usize, reps: usize, messages: usize, suffix: &str) -> Resul
     let out = a.add_members(b"chat", &b.generate_key_packages(1)?.one_time)?;
     a.merge_pending_commit(b"chat")?;
     let welcome = out.welcome.ok_or_else(|| anyhow!("no welcome"))?;
-    b.join_from_welcome(&welcome, &a.ratchet_tree(b"chat")?)?;
+    b.join_from_welcome(
+        &welcome,
+        &a.ratchet_tree(b"chat")?,
+        &REMOVAL_KEY,
+        |_| Ok(()),
+    )?;
     let (ba, bb) = (Bare::new("BA"), Bare::new("BB"));
     let mut ga = ba.create_group(b"chat")?;
     let welcome = ba.add(&mut ga, &[bb.key_package()?])?;
@@ -158,7 +163,7 @@ pub(crate) fn all(n: usize, reps: usize, messages: usize, suffix: &str) -> Resul
     for _ in 0..messages {
         let t = Instant::now();
         let ct = a.encrypt(b"chat", MESSAGE)?;
-        match b.process_message(&ct)? {
+        match b.process_message(&ct, &[])? {
             Incoming::Application { plaintext, .. } if plaintext == MESSAGE => {}
             other => return Err(anyhow!("unexpected: {other:?}")),
         }

@@ -1,0 +1,49 @@
+//! What this device remembers about each secret group beyond its MLS state, so the server
+//! cannot make it forget (DESIGN §5.9): that it has held the group (then it never creates
+//! it again, whatever the server says), and that it processed its own removal (only then
+//! may a Welcome replace the state it holds).
+
+use rusqlite::Connection;
+
+use crate::error::Result;
+use crate::store;
+
+/// Records that this device holds the group (created or joined it).
+pub(super) fn mark_held(conn: &Connection, gid: &[u8]) -> Result<()> {
+    store::set_setting_on(conn, &held_key(gid), Some("1"))?;
+    store::set_setting_on(conn, &removed_key(gid), None)
+}
+
+/// Whether this device has ever held the group.
+pub(super) fn was_held(conn: &Connection, gid: &[u8]) -> Result<bool> {
+    Ok(store::setting_on(conn, &held_key(gid))?.is_some())
+}
+
+/// Records that this device processed a commit removing it from the group.
+pub(super) fn mark_removed(conn: &Connection, gid: &[u8]) -> Result<()> {
+    store::set_setting_on(conn, &removed_key(gid), Some("1"))
+}
+
+/// Whether the last thing this device saw of the group was its own removal.
+pub(super) fn was_removed(conn: &Connection, gid: &[u8]) -> Result<bool> {
+    Ok(store::setting_on(conn, &removed_key(gid))?.is_some())
+}
+
+/// Records that a warning about `what` was shown for the group, so a condition that
+/// persists is reported once; returns whether it was new.
+pub(super) fn first_warning(conn: &Connection, gid: &[u8], what: &str) -> Result<bool> {
+    let key = format!("warned:{what}:{}", String::from_utf8_lossy(gid));
+    if store::setting_on(conn, &key)?.is_some() {
+        return Ok(false);
+    }
+    store::set_setting_on(conn, &key, Some("1"))?;
+    Ok(true)
+}
+
+fn held_key(gid: &[u8]) -> String {
+    format!("held:{}", String::from_utf8_lossy(gid))
+}
+
+fn removed_key(gid: &[u8]) -> String {
+    format!("removed:{}", String::from_utf8_lossy(gid))
+}

@@ -1,0 +1,345 @@
+//! The server's operator as the adversary of secret groups (DESIGN §5.9). Each test lets
+//! a hostile operator (`rathaus_tests::operator`) do one thing to the stopped server's
+//! database — an external commit of a ghost device, forgetting a group so its owner
+//! would create it again, a Welcome of their own making, a substituted KeyPackage, a
+//! forged policy change — and asserts what the members notice: the intruder reads
+//! nothing, every honest member shows the same warning and the same group code, and the
+//! group keeps working for them.
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use rathaus_client::mls::{DeviceIdentity, MlsEngine};
+use rathaus_client::{Approval, Client, GroupPolicy, TimelineRow};
+use rathaus_protocol::{ErrorCode, GroupHandle, Request, Response, UserId};
+use rathaus_tests::operator::Operator;
+use rathaus_tests::{within, TestBackend};
+
+fn secret() -> GroupHandle {
+    GroupHandle::parse("bauamt/secret").unwrap()
+}
+
+fn uid(id: &str) -> UserId {
+    UserId::parse(id).unwrap()
+}
+
+/// Anna Berg (P1001, owner of `bauamt`) and Jonas Weber (P1002), whom Anna approved, in
+/// `bauamt/secret`; Lena Koch (P1003) is on the roster, enrolled, and not approved.
+async fn team(backend: &mut TestBackend) -> (Client, Client, Client, Client) {
+    let mut admin = backend.admin().await.unwrap();
+    let anna_code = backend
+        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
+        .await
+        .unwrap();
+    backend
+        .department(&mut admin, "bauamt", &["P1001"])
+        .await
+        .unwrap();
+    let jonas_code = backend
+        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
+        .await
+        .unwrap();
+    let lena_code = backend
+        .provision(&mut admin, "P1003", "Lena Koch", &["bauamt"], &[])
+        .await
+        .unwrap();
+    let mut anna = backend.enroll("P1001", &anna_code).await.unwrap();
+    let mut jonas = backend.enroll("P1002", &jonas_code).await.unwrap();
+    let mut lena = backend.enroll("P1003", &lena_code).await.unwrap();
+    within("birth", anna.sync()).await.unwrap().unwrap();
+    let approval = within("approve", anna.approve(&secret(), &uid("P1002")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(approval, Approval::Added { .. }), "{approval:?}");
+    within("join", jonas.sync()).await.unwrap().unwrap();
+    within("lena", lena.sync()).await.unwrap().unwrap();
+    assert!(lena.group_code(&secret()).unwrap().is_none());
+    anna.send_text(&secret(), "vorher").await.unwrap();
+    assert!(texts(&jonas.read(&secret()).await.unwrap()).contains(&"vorher".to_owned()));
+    (admin, anna, jonas, lena)
+}
+
+fn texts(rows: &[TimelineRow]) -> Vec<String> {
+    rows.iter().map(|r| r.text.clone()).collect()
+}
+
+fn warnings(rows: &[TimelineRow]) -> Vec<String> {
+    rows.iter()
+        .filter(|r| r.kind == "warning")
+        .map(|r| r.text.clone())
+        .collect()
+}
+
+/// The group code every member shows (`rathaus members`), which must be the same.
+fn group_code(client: &Client) -> String {
+    client
+        .group_check_code(&secret())
+        .unwrap()
+        .expect("a member")
+        .to_string()
+}
+
+/// The honest members agree on the group, and it still carries messages both ways.
+async fn group_keeps_working(anna: &mut Client, jonas: &mut Client, epoch: u64) {
+    assert_eq!(group_code(anna), group_code(jonas));
+    assert_eq!(anna.group_code(&secret()).unwrap().unwrap().0, epoch);
+    anna.send_text(&secret(), "nachher").await.unwrap();
+    assert!(texts(&jonas.read(&secret()).await.unwrap()).contains(&"nachher".to_owned()));
+    jonas.send_text(&secret(), "angekommen").await.unwrap();
+    assert!(texts(&anna.read(&secret()).await.unwrap()).contains(&"angekommen".to_owned()));
+}
+
+#[tokio::test]
+async fn an_external_commit_of_a_ghost_device_is_refused_and_the_ghost_reads_nothing() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (_admin, mut anna, mut jonas, _lena) = team(&mut backend).await;
+    let epoch = anna.group_code(&secret()).unwrap().unwrap().0;
+
+    // The operator joins a ghost device under Anna's id by an MLS external commit, built
+    // from the GroupInfo and tree the server stores, and appends it to the log.
+    backend.stop().await;
+    let operator = Operator::new(&backend.data_dir());
+    let (commit, mut ghost) = operator.external_commit(&secret(), "P1001/4242").unwrap();
+    operator.append_entry(&secret(), "P1001", commit).unwrap();
+    backend.run().await.unwrap();
+
+    let mut shown = Vec::new();
+    for c in [&mut anna, &mut jonas] {
+        let rows = within("read", c.read(&secret())).await.unwrap().unwrap();
+        let warning = warnings(&rows);
+        assert!(
+            warning
+                .iter()
+                .any(|w| w.contains("refused") && w.contains("external commit")),
+            "{rows:?}"
+        );
+        shown.push(warning);
+        let view = c.secret_group(&secret()).await.unwrap();
+        let anna_row = view.members.iter().find(|m| m.user == "P1001").unwrap();
+        assert_eq!(anna_row.devices.len(), 1, "{view:?}");
+    }
+    assert_eq!(shown[0], shown[1], "members show different warnings");
+    group_keeps_working(&mut anna, &mut jonas, epoch).await;
+
+    // What the members wrote after the attack is not readable with the ghost's keys.
+    backend.stop().await;
+    let entries = operator.entries(&secret()).unwrap();
+    let later: Vec<_> = entries.iter().rev().take(2).collect();
+    assert_eq!(later.len(), 2);
+    for message in later {
+        assert!(!ghost.can_read(message), "the ghost read a secret message");
+    }
+}
+
+#[tokio::test]
+async fn a_group_the_server_forgot_is_not_created_again_and_nobody_unapproved_gets_in() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (_admin, mut anna, jonas, mut lena) = team(&mut backend).await;
+
+    // The two-key edit: the server now says the group was never created.
+    backend.stop().await;
+    Operator::new(&backend.data_dir())
+        .forget_group(&secret())
+        .unwrap();
+    backend.run().await.unwrap();
+
+    within("owner syncs", anna.sync()).await.unwrap().unwrap();
+    within("owner syncs again", anna.sync())
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = within("read", anna.read(&secret())).await.unwrap().unwrap();
+    let shown = warnings(&rows);
+    assert_eq!(
+        shown
+            .iter()
+            .filter(|w| w.contains("does not exist") && w.contains("not created again"))
+            .count(),
+        1,
+        "{rows:?}"
+    );
+    // Nothing was created: the server still knows no group, Anna's state is the old one.
+    let view = anna.secret_group(&secret()).await.unwrap();
+    assert!(!view.born && view.joined, "{view:?}");
+    assert_eq!(group_code(&anna), group_code(&jonas));
+    // Lena, whom no owner approved, gets nothing.
+    within("lena syncs", lena.sync()).await.unwrap().unwrap();
+    assert!(lena.group_code(&secret()).unwrap().is_none());
+    let welcomes = lena.request(&Request::FetchWelcomes).await.unwrap();
+    assert_eq!(welcomes, Response::Welcomes(Vec::new()));
+}
+
+#[tokio::test]
+async fn welcomes_of_the_operators_making_are_refused_before_anything_is_written() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (_admin, mut anna, mut jonas, mut lena) = team(&mut backend).await;
+    let epoch = anna.group_code(&secret()).unwrap().unwrap().0;
+    let jonas_device = jonas.identity().device;
+    let lena_device = lena.identity().device;
+
+    backend.stop().await;
+    let operator = Operator::new(&backend.data_dir());
+    let removal_key = operator.removal_key().unwrap().verifying_key().to_bytes();
+    // For Jonas, a member: a group under the same id, "owned" by Anna's name through a
+    // ghost device, labelled with a high epoch so it looks newer than his.
+    let kp = operator
+        .key_packages(&uid("P1002"), jonas_device)
+        .unwrap()
+        .last_resort
+        .unwrap();
+    let for_jonas = operator
+        .fake_welcome(&secret(), "P1001/4242", &["P1001"], removal_key, &kp, 99)
+        .unwrap();
+    operator
+        .deliver_welcome(&uid("P1002"), jonas_device, for_jonas)
+        .unwrap();
+    // For Lena, whom nobody approved: a group in which the operator can propose changes.
+    let kp = operator
+        .key_packages(&uid("P1003"), lena_device)
+        .unwrap()
+        .last_resort
+        .unwrap();
+    let for_lena = operator
+        .fake_welcome(&secret(), "P1001/4242", &["P1001"], [7; 32], &kp, 99)
+        .unwrap();
+    operator
+        .deliver_welcome(&uid("P1003"), lena_device, for_lena)
+        .unwrap();
+    // ... and lists her device as a member, so the server hands the Welcome out.
+    operator
+        .list_as_member(&secret(), &uid("P1003"), lena_device)
+        .unwrap();
+    backend.run().await.unwrap();
+
+    let rows = within("jonas reads", jonas.read(&secret()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        warnings(&rows)
+            .iter()
+            .any(|w| w.contains("Welcome") && w.contains("refused")),
+        "{rows:?}"
+    );
+    group_keeps_working(&mut anna, &mut jonas, epoch).await;
+
+    let rows = within("lena reads", lena.read(&secret()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lena.group_code(&secret()).unwrap().is_none());
+    assert!(
+        warnings(&rows)
+            .iter()
+            .any(|w| w.contains("refused a Welcome") && w.contains("removal key")),
+        "{rows:?}"
+    );
+    assert!(!texts(&rows).iter().any(|t| t == "nachher"), "{rows:?}");
+}
+
+#[tokio::test]
+async fn a_substituted_key_package_is_never_added() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (_admin, mut anna, mut jonas, lena) = team(&mut backend).await;
+    let epoch = anna.group_code(&secret()).unwrap().unwrap().0;
+
+    // The operator answers claims for Lena's device with a package of a ghost device.
+    backend.stop().await;
+    let ghost_dir = tempfile::tempdir().unwrap();
+    let ghost = MlsEngine::open(
+        &ghost_dir.path().join("ghost.sqlite"),
+        ed25519_dalek::SigningKey::from_bytes(&[0x66; 32]),
+        DeviceIdentity::new("P1003", "4242").unwrap(),
+    )
+    .unwrap();
+    let package = ghost.generate_key_packages(0).unwrap().last_resort;
+    Operator::new(&backend.data_dir())
+        .substitute_key_packages(&uid("P1003"), lena.identity().device, package)
+        .unwrap();
+    backend.run().await.unwrap();
+
+    let approval = within("approve", anna.approve(&secret(), &uid("P1003")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(approval, Approval::NoDevices);
+    let rows = anna.read(&secret()).await.unwrap();
+    assert!(
+        warnings(&rows)
+            .iter()
+            .any(|w| w.contains("KeyPackage of P1003/4242") && w.contains("not added")),
+        "{rows:?}"
+    );
+    for c in [&mut anna, &mut jonas] {
+        let view = c.secret_group(&secret()).await.unwrap();
+        assert!(view.members.iter().all(|m| m.user != "P1003"), "{view:?}");
+    }
+    group_keeps_working(&mut anna, &mut jonas, epoch).await;
+}
+
+#[tokio::test]
+async fn a_policy_change_by_a_non_owner_is_refused_by_the_server_and_by_every_member() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas, _lena) = team(&mut backend).await;
+    let epoch = jonas.group_code(&secret()).unwrap().unwrap().0;
+
+    // A modified client of Jonas's commits a policy making him an owner, with auto-admit.
+    let engine = MlsEngine::open(
+        &jonas.dir().join(rathaus_client::store::DB_FILE),
+        rathaus_client::store::load_device_key(jonas.dir()).unwrap(),
+        DeviceIdentity::new("P1002", &jonas.identity().device.0.to_string()).unwrap(),
+    )
+    .unwrap();
+    let forged = GroupPolicy {
+        owners: vec![uid("P1001"), uid("P1002")],
+        auto_admit: true,
+    };
+    let gid = rathaus_client::mls_group_id(&secret());
+    let out = engine.update_group_policy(&gid, &forged.encode()).unwrap();
+    engine.discard_pending_commit(&gid).unwrap();
+    drop(engine);
+    // The honest server applies the members' rule too.
+    let refused = jonas
+        .request(&Request::Commit {
+            group: secret(),
+            epoch,
+            commit: out.commit.clone(),
+            welcome: None,
+            group_info: out.group_info,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::Forbidden), "{refused}");
+
+    // The operator stores it anyway.
+    backend.stop().await;
+    Operator::new(&backend.data_dir())
+        .append_entry(&secret(), "P1002", out.commit)
+        .unwrap();
+    backend.run().await.unwrap();
+
+    let rows = within("read", anna.read(&secret())).await.unwrap().unwrap();
+    assert!(
+        warnings(&rows).iter().any(|w| w.contains("refused")
+            && w.contains("P1002 is not an owner but changed the owners or auto-admit")),
+        "{rows:?}"
+    );
+    let view = anna.secret_group(&secret()).await.unwrap();
+    assert_eq!(view.owners, vec!["P1001".to_owned()]);
+    assert!(!view.auto_admit);
+    within("jonas reads", jonas.read(&secret()))
+        .await
+        .unwrap()
+        .unwrap();
+    group_keeps_working(&mut anna, &mut jonas, epoch).await;
+
+    // The forged auto-admit takes effect nowhere: a new colleague stays pending.
+    let _mia = backend
+        .user(&mut admin, "P1004", "Mia Roth", &["bauamt"])
+        .await
+        .unwrap();
+    within("owner syncs", anna.sync()).await.unwrap().unwrap();
+    let view = anna.secret_group(&secret()).await.unwrap();
+    assert!(view.pending.contains(&"P1004".to_owned()), "{view:?}");
+}
