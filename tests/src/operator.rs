@@ -182,6 +182,34 @@ impl Operator {
         })
     }
 
+    /// Takes `user` off a department's roster (as a transfer or offboarding would) and
+    /// marks the removal of their leaves as already proposed in this epoch, so the
+    /// server never proposes it: a dropped removal.
+    pub fn drop_removal(&self, slug: &str, user: &UserId) -> Result<()> {
+        let slug = rathaus_protocol::DepartmentSlug::parse(slug)?;
+        let group = GroupHandle::Secret(slug.clone());
+        self.write(|db, writes| {
+            let mut dept = db
+                .department(&slug)?
+                .ok_or_else(|| anyhow!("no department {slug}"))?;
+            dept.members.retain(|m| m != user);
+            dept.owners.retain(|m| m != user);
+            writes.put_department(&dept)?;
+            let mut record = db
+                .secret_group(&group)?
+                .ok_or_else(|| anyhow!("{group} is not born"))?;
+            let leaves: Vec<u32> = record
+                .members
+                .iter()
+                .filter(|m| &m.user == user)
+                .map(|m| m.leaf)
+                .collect();
+            record.proposed_removals.extend(leaves);
+            writes.put_secret_group(&group, &record)?;
+            Ok(())
+        })
+    }
+
     /// The current head of a group's log.
     pub fn head(&self, group: &GroupHandle) -> Result<u64> {
         Ok(self.open()?.1.head(group)?)

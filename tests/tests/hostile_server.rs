@@ -45,7 +45,6 @@ async fn team(backend: &mut TestBackend) -> (Client, Client, Client, Client) {
         .unwrap();
     let mut anna = backend.enroll("P1001", &anna_code).await.unwrap();
     let mut jonas = backend.enroll("P1002", &jonas_code).await.unwrap();
-    let mut lena = backend.enroll("P1003", &lena_code).await.unwrap();
     within("birth", anna.sync()).await.unwrap().unwrap();
     let approval = within("approve", anna.approve(&secret(), &uid("P1002")))
         .await
@@ -53,6 +52,7 @@ async fn team(backend: &mut TestBackend) -> (Client, Client, Client, Client) {
         .unwrap();
     assert!(matches!(approval, Approval::Added { .. }), "{approval:?}");
     within("join", jonas.sync()).await.unwrap().unwrap();
+    let mut lena = backend.enroll("P1003", &lena_code).await.unwrap();
     within("lena", lena.sync()).await.unwrap().unwrap();
     assert!(lena.group_code(&secret()).unwrap().is_none());
     anna.send_text(&secret(), "vorher").await.unwrap();
@@ -342,4 +342,40 @@ async fn a_policy_change_by_a_non_owner_is_refused_by_the_server_and_by_every_me
     within("owner syncs", anna.sync()).await.unwrap().unwrap();
     let view = anna.secret_group(&secret()).await.unwrap();
     assert!(view.pending.contains(&"P1004".to_owned()), "{view:?}");
+}
+
+#[tokio::test]
+async fn a_removal_the_server_drops_is_shown_to_every_member() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (_admin, mut anna, mut jonas, mut lena) = team(&mut backend).await;
+    within("approve", anna.approve(&secret(), &uid("P1003")))
+        .await
+        .unwrap()
+        .unwrap();
+    within("lena joins", lena.sync()).await.unwrap().unwrap();
+    assert!(lena.group_code(&secret()).unwrap().is_some());
+    let lena_device = lena.identity().device;
+
+    // Lena leaves the Bauamt, but the operator keeps her device in the group.
+    backend.stop().await;
+    Operator::new(&backend.data_dir())
+        .drop_removal("bauamt", &uid("P1003"))
+        .unwrap();
+    backend.run().await.unwrap();
+
+    let expected = format!("Lena Koch (P1003, device {lena_device}");
+    for c in [&mut anna, &mut jonas] {
+        // No grace period here: the removal is due at once.
+        c.set_removal_grace(std::time::Duration::ZERO).unwrap();
+        within("sync", c.sync()).await.unwrap().unwrap();
+        within("sync again", c.sync()).await.unwrap().unwrap();
+        let rows = within("read", c.read(&secret())).await.unwrap().unwrap();
+        let due: Vec<_> = warnings(&rows)
+            .into_iter()
+            .filter(|w| w.contains(&expected) && w.contains("no longer on the roster"))
+            .collect();
+        assert_eq!(due.len(), 1, "{rows:?}");
+        let view = c.secret_group(&secret()).await.unwrap();
+        assert!(view.members.iter().any(|m| m.user == "P1003"), "{view:?}");
+    }
 }

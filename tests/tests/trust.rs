@@ -22,7 +22,7 @@ fn uid(id: &str) -> UserId {
 }
 
 /// Anna Berg (owner, P1001) and Jonas Weber (P1002) in `bauamt`; Anna's client gives
-/// birth to `bauamt/secret`, Jonas joins from the Welcome.
+/// birth to `bauamt/secret` and Anna approves Jonas, who joins from the Welcome.
 async fn team(backend: &mut TestBackend) -> (Client, Client, Client) {
     let mut admin = backend.admin().await.unwrap();
     let anna_code = backend
@@ -40,6 +40,10 @@ async fn team(backend: &mut TestBackend) -> (Client, Client, Client) {
     let mut anna = backend.enroll("P1001", &anna_code).await.unwrap();
     let mut jonas = backend.enroll("P1002", &jonas_code).await.unwrap();
     within("birth", anna.sync()).await.unwrap().unwrap();
+    within("approve", anna.approve(&secret(), &uid("P1002")))
+        .await
+        .unwrap()
+        .unwrap();
     within("join", jonas.sync()).await.unwrap().unwrap();
     (admin, anna, jonas)
 }
@@ -127,10 +131,14 @@ async fn both_sides_see_the_same_safety_number_and_a_new_device_changes_it() {
         .department(&mut admin, "ordnungsamt", &["P1001", "P1002"])
         .await
         .unwrap();
+    let ordnungsamt = GroupHandle::parse("ordnungsamt/secret").unwrap();
     within("birth", anna.sync()).await.unwrap().unwrap();
+    within("approve", anna.approve(&ordnungsamt, &uid("P1002")))
+        .await
+        .unwrap()
+        .unwrap();
     within("join", jonas.sync()).await.unwrap().unwrap();
 
-    let ordnungsamt = GroupHandle::parse("ordnungsamt/secret").unwrap();
     let rows = anna.read(&ordnungsamt).await.unwrap();
     let notices = rows_of_kind(&rows, "notice");
     assert_eq!(notices.len(), 1, "{rows:?}");
@@ -143,7 +151,17 @@ async fn both_sides_see_the_same_safety_number_and_a_new_device_changes_it() {
 
     let anna_now = number(&mut anna, "P1002").await;
     assert_ne!(anna_now, anna_sees, "a new device must change the number");
-    assert_eq!(anna_now, number(&mut jonas, "P1001").await);
+    // Jonas's own half comes from what his laptop knows, not from the group: the phone
+    // his laptop never approved makes the numbers differ, and his laptop warns.
+    assert_ne!(anna_now, number(&mut jonas, "P1001").await);
+    let rows = jonas.read(&ordnungsamt).await.unwrap();
+    let warnings = rows_of_kind(&rows, "warning");
+    assert_eq!(warnings.len(), 1, "{rows:?}");
+    assert!(
+        warnings[0].text.contains("under your own id P1002"),
+        "{}",
+        warnings[0].text
+    );
 }
 
 #[tokio::test]

@@ -36,7 +36,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-//! let me = DeviceIdentity::new("P1001", "laptop")?;
+//! let me = DeviceIdentity::new("P1001", "1")?;
 //! let engine = MlsEngine::open(&dir.path().join("profile.sqlite"), key, me)?;
 //! let server_removal_key = [9u8; 32];
 //! engine.create_group(b"bauamt/secret", &server_removal_key)?;

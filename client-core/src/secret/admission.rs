@@ -78,8 +78,8 @@ impl Client {
         }
     }
 
-    /// An owner admits every pending user of the group (DESIGN §5.4), each as
-    /// [`Client::approve`] does; returns each user with what happened.
+    /// An owner admits every pending user of the group in one commit (DESIGN §5.4);
+    /// returns each pending user with what happened to them.
     pub async fn approve_all(&mut self, group: &GroupHandle) -> Result<Vec<(UserId, Approval)>> {
         if !group.is_secret() {
             return Err(ClientError::Invalid(format!(
@@ -87,13 +87,46 @@ impl Client {
             )));
         }
         self.sync_secret_group(group).await?;
-        let pending = self.secret_info(group).await?.pending;
-        let mut out = Vec::new();
-        for user in pending {
-            let approval = self.approve(group, &user).await?;
-            out.push((user, approval));
+        let gid = mls_group_id(group);
+        if !self.mls.has_group(&gid)? {
+            return Err(ClientError::NotMember(format!(
+                "this device is not a member of {group}"
+            )));
         }
-        Ok(out)
+        let policy = self.policy(&gid)?;
+        if !policy.is_owner(&self.identity.user) {
+            return Err(ClientError::NotOwner(format!(
+                "only an owner of {group} can approve new members (owners: {})",
+                super::policy::owner_list(&policy)
+            )));
+        }
+        let pending = self.secret_info(group).await?.pending;
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let before: Vec<usize> = pending
+            .iter()
+            .map(|u| self.user_devices_in_group(&gid, u.as_str()))
+            .collect::<Result<_>>()?;
+        let seq = self
+            .commit_intent(group, Intent::Add(pending.clone()))
+            .await?;
+        pending
+            .into_iter()
+            .zip(before)
+            .map(|(user, before)| {
+                let now = self.user_devices_in_group(&gid, user.as_str())?;
+                let approval = match seq {
+                    Some(seq) if now > before => Approval::Added {
+                        seq,
+                        devices: now - before,
+                    },
+                    _ if now > 0 => Approval::AlreadyMember,
+                    _ => Approval::NoDevices,
+                };
+                Ok((user, approval))
+            })
+            .collect()
     }
 
     /// Creates the MLS group for an unborn secret group this user owns and registers it

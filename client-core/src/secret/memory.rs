@@ -40,6 +40,22 @@ pub(super) fn first_warning(conn: &Connection, gid: &[u8], what: &str) -> Result
     Ok(true)
 }
 
+/// When this device first saw `device` (e.g. `P1003/4`) in the group's tree after its
+/// user had left the roster; recorded now if this is the first time.
+pub(super) fn off_roster_since(
+    conn: &Connection,
+    gid: &[u8],
+    device: &str,
+    now_ms: i64,
+) -> Result<i64> {
+    let key = format!("off_roster:{device}:{}", String::from_utf8_lossy(gid));
+    if let Some(since) = store::setting_on(conn, &key)?.and_then(|v| v.parse().ok()) {
+        return Ok(since);
+    }
+    store::set_setting_on(conn, &key, Some(&now_ms.to_string()))?;
+    Ok(now_ms)
+}
+
 fn held_key(gid: &[u8]) -> String {
     format!("held:{}", String::from_utf8_lossy(gid))
 }

@@ -1,14 +1,23 @@
 //! The secret side of a sync: what the server reports about secret groups, one group's
 //! sync (birth, log, pending removals, auto-admit), and pushed events.
 
+use std::time::Duration;
+
 use rathaus_protocol::messages::SecretGroupInfo;
-use rathaus_protocol::{GroupHandle, Request, Response};
+use rathaus_protocol::{GroupHandle, Request, Response, UserId};
 
 use super::send::Intent;
 use super::{memory, mls_group_id};
 use crate::client::Client;
 use crate::error::{ClientError, Result};
-use crate::store::TimelineRow;
+use crate::store::{self, TimelineRow};
+
+/// Settings key of the grace period before a removal counts as dropped.
+const REMOVAL_GRACE_KEY: &str = "removal_grace_ms";
+
+/// The default grace period: the server asks a member every 5 s, so a minute covers
+/// a dozen members in turn being offline.
+const REMOVAL_GRACE_MS: i64 = 60_000;
 
 impl Client {
     /// The secret groups this user is rostered in or owns, as the server reports them.
@@ -137,6 +146,52 @@ impl Client {
             self.commit_intent(group, Intent::Add(info.pending.clone()))
                 .await?;
         }
+        self.check_removals_due(group, &info.roster)?;
         Ok(self.rows_after(group, before)?.len())
+    }
+
+    /// How long a device whose user left the roster may stay in the tree before this
+    /// device warns that its removal was dropped (DESIGN §5.5: the server proposes it at
+    /// once and asks one member after another to commit it, a few seconds each).
+    pub fn set_removal_grace(&self, grace: Duration) -> Result<()> {
+        store::set_setting_on(
+            self.mls.connection(),
+            REMOVAL_GRACE_KEY,
+            Some(&grace.as_millis().to_string()),
+        )
+    }
+
+    /// Compares the tree with the roster: a device whose user left the roster and is
+    /// still in the tree after the grace period is a dropped removal, shown as a
+    /// `warning` (once per device). Until it is removed it can read what is sent.
+    fn check_removals_due(&self, group: &GroupHandle, roster: &[UserId]) -> Result<()> {
+        let gid = mls_group_id(group);
+        let conn = self.mls.connection();
+        let grace_ms: i64 = store::setting_on(conn, REMOVAL_GRACE_KEY)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(REMOVAL_GRACE_MS);
+        let now = crate::time_fmt::now_ms();
+        for member in self.mls.members(&gid)? {
+            let user = member.identity.user_id();
+            if roster.iter().any(|r| r.as_str() == user) {
+                continue;
+            }
+            let device = member.identity.to_string();
+            let since = memory::off_roster_since(conn, &gid, &device, now)?;
+            if now - since >= grace_ms
+                && memory::first_warning(conn, &gid, &format!("removal-due-{device}"))?
+            {
+                let label = self.device_label(&super::rows::member_device(&member), true);
+                self.local_warning(
+                    group,
+                    &format!(
+                        "WARNING: {label} is no longer on the roster of {group} but still in \
+                         the group: the server has not had the device removed, so it can read \
+                         what is sent until it is"
+                    ),
+                )?;
+            }
+        }
+        Ok(())
     }
 }
