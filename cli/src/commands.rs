@@ -63,7 +63,26 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             let password = password::read(password_stdin, false)?;
             let name = device_name.unwrap_or_else(default_device_name);
             let client = Client::add_device(&dir, &server, &trust, user, &password, &name).await?;
-            print_enrolled(out, &client);
+            let id = client.identity();
+            let code = client.link_code();
+            out.print(
+                json!({"user": id.user.as_str(), "device": id.device.0, "link_code": code,
+                       "server": id.server, "fingerprint": id.trust.fingerprint(),
+                       "trust": trust_json(&id.trust), "org": id.org,
+                       "profile": client.dir().display().to_string()}),
+                || {
+                    format!(
+                        "enrolled {} as device {} at {} ({})\nprofile: {}\n\nThis device joins \
+                         your secret groups once you approve it on one of your other devices:\n  \
+                         rathaus devices approve {code}",
+                        id.user,
+                        id.device,
+                        id.org,
+                        id.server,
+                        client.dir().display()
+                    )
+                },
+            );
             Ok(())
         }
         Command::Whoami => {
@@ -262,7 +281,16 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             client.disconnect().await;
             Ok(())
         }
-        Command::Owners { group, add, remove } => {
+        Command::Devices { command } => crate::devices::devices(profile, command, out).await,
+        Command::Password { password_stdin } => {
+            crate::devices::change_password(profile, password_stdin, out).await
+        }
+        Command::Owners {
+            group,
+            add,
+            remove,
+            claim,
+        } => {
             let group = GroupHandle::parse(&group)?;
             if !group.is_secret() {
                 return Err(anyhow!(
@@ -273,6 +301,10 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             }
             let mut client = open(profile)?;
             let change = match (add, remove) {
+                _ if claim => {
+                    let me = client.identity().user.clone();
+                    Some((client.claim_ownership(&group).await?, me, true))
+                }
                 (Some(user), _) => {
                     let user = UserId::parse(&user)?;
                     Some((client.add_owner(&group, &user).await?, user, true))
@@ -484,6 +516,43 @@ async fn admin(profile: Option<PathBuf>, command: AdminCommand, out: &Output) ->
             });
         }
         AdminCommand::User {
+            command: UserCommand::Departments { id, add, remove },
+        } => {
+            let user = UserId::parse(&id)?;
+            let add = add
+                .iter()
+                .map(|d| DepartmentSlug::parse(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            let remove = remove
+                .iter()
+                .map(|d| DepartmentSlug::parse(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            let departments = client
+                .admin_set_departments(user.clone(), add, remove)
+                .await?;
+            let names: Vec<&str> = departments.iter().map(|d| d.as_str()).collect();
+            out.print(json!({"user": user.as_str(), "departments": names}), || {
+                format!("{user}: {}", names.join(", "))
+            });
+        }
+        AdminCommand::User {
+            command: UserCommand::Reset { id },
+        } => {
+            let user = UserId::parse(&id)?;
+            let (code, expires) = client.admin_reset_user(user.clone()).await?;
+            out.print(
+                json!({"user": user.as_str(), "enrollment_code": code,
+                       "expires_at": rfc3339(expires)}),
+                || {
+                    format!(
+                        "{user}: all devices revoked; new one-time enrollment code {code} \
+                         (valid until {})",
+                        rfc3339(expires)
+                    )
+                },
+            );
+        }
+        AdminCommand::User {
             command: UserCommand::Role { id, add, remove },
         } => {
             let user = UserId::parse(&id)?;
@@ -693,7 +762,7 @@ async fn listen(profile: Option<PathBuf>, count: Option<u64>, out: &Output) -> R
     }
 }
 
-fn open(profile: Option<PathBuf>) -> Result<Client> {
+pub(crate) fn open(profile: Option<PathBuf>) -> Result<Client> {
     let dir = profile_dir(profile)?;
     Ok(Client::open(&dir)?)
 }

@@ -5,6 +5,7 @@
 mod announce;
 mod commands;
 mod demo;
+mod devices;
 mod output;
 mod password;
 mod verify;
@@ -87,6 +88,19 @@ pub(crate) enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Your devices with key fingerprints; approve a new one by its link code, or revoke
+    /// one.
+    Devices {
+        #[command(subcommand)]
+        command: Option<DevicesCommand>,
+    },
+    /// Change your password (the one that adds devices).
+    Password {
+        /// Read the current and the new password from standard input, one per line
+        /// (else RATHAUS_PASSWORD and RATHAUS_NEW_PASSWORD, else prompts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Show who this profile is.
     Whoami,
     /// Administration (admins only).
@@ -159,6 +173,9 @@ pub(crate) enum Command {
         /// Take this user's ownership away (the last owner stays).
         #[arg(long, value_name = "USER")]
         remove: Option<String>,
+        /// Become an owner yourself: only when no owner is left on the roster.
+        #[arg(long, conflicts_with_all = ["add", "remove"])]
+        claim: bool,
     },
     /// Announcements: draft, submit, approve, publish, acknowledge.
     Announce {
@@ -301,6 +318,22 @@ pub(crate) enum DepartmentCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum DevicesCommand {
+    /// Admit your new device by the link code it shows (`rathaus add-device` printed it):
+    /// it joins your secret groups.
+    Approve {
+        /// The link code, e.g. K7QF-2M9X-HR4T.
+        code: String,
+    },
+    /// Revoke one of your other devices: it can no longer log in and leaves every secret
+    /// group.
+    Remove {
+        /// The device number (see `rathaus devices`).
+        device: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum UserCommand {
     /// Provision a colleague; prints the one-time enrollment code.
     Add {
@@ -323,6 +356,24 @@ pub(crate) enum UserCommand {
     },
     /// List users.
     List,
+    /// Move a colleague between departments: leaving one cuts its secret group off at
+    /// once; joining one is a pending invitation for its owners.
+    Departments {
+        /// Personnel number.
+        id: String,
+        /// Department to join (repeatable).
+        #[arg(long = "add")]
+        add: Vec<String>,
+        /// Department to leave (repeatable).
+        #[arg(long = "remove")]
+        remove: Vec<String>,
+    },
+    /// Lost phone or forgotten password: revokes all the colleague's devices and prints a
+    /// new one-time enrollment code.
+    Reset {
+        /// Personnel number.
+        id: String,
+    },
     /// Grant or revoke roles.
     Role {
         /// Personnel number.

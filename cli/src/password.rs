@@ -37,3 +37,50 @@ pub(crate) fn read(from_stdin: bool, confirm: bool) -> Result<String> {
     }
     Ok(pw)
 }
+
+/// Reads the current and the new password for `rathaus password`: two lines on standard
+/// input with `--password-stdin`, else `RATHAUS_PASSWORD` and `RATHAUS_NEW_PASSWORD`, else
+/// prompts (the new one twice).
+pub(crate) fn read_change(from_stdin: bool) -> Result<(String, String)> {
+    if from_stdin {
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        let mut next = |what: &str| -> Result<String> {
+            let line = lines
+                .next()
+                .with_context(|| format!("no {what} on standard input"))?
+                .context("cannot read standard input")?;
+            let pw = line.trim_end_matches('\r').to_owned();
+            if pw.is_empty() {
+                bail!("no {what} on standard input");
+            }
+            Ok(pw)
+        };
+        let old = next("current password (first line)")?;
+        let new = next("new password (second line)")?;
+        return Ok((old, new));
+    }
+    if let (Ok(old), Ok(new)) = (
+        std::env::var("RATHAUS_PASSWORD"),
+        std::env::var("RATHAUS_NEW_PASSWORD"),
+    ) {
+        if !old.is_empty() && !new.is_empty() {
+            return Ok((old, new));
+        }
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "no passwords given: use --password-stdin (current and new password on two lines) \
+             or set RATHAUS_PASSWORD and RATHAUS_NEW_PASSWORD"
+        );
+    }
+    let old =
+        rpassword::prompt_password("Current password: ").context("cannot read the password")?;
+    let new = rpassword::prompt_password("New password: ").context("cannot read the password")?;
+    let again =
+        rpassword::prompt_password("Repeat new password: ").context("cannot read the password")?;
+    if again != new {
+        bail!("the new passwords do not match");
+    }
+    Ok((old, new))
+}

@@ -24,6 +24,7 @@
 
 mod announce;
 mod client;
+mod devices;
 pub mod error;
 pub mod mls;
 pub mod net;
@@ -35,6 +36,7 @@ pub mod trust;
 
 pub use announce::AnnouncementDraft;
 pub use client::{Client, EnrollOptions, GroupView, Identity};
+pub use devices::{LinkedDevice, OwnDevice};
 pub use error::{ClientError, Result};
 pub use net::{CaTrust, ServerTrust};
 pub use secret::{

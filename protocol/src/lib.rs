@@ -39,9 +39,9 @@ pub use ids::{
     ClientMsgId, DepartmentSlug, DeviceId, DeviceKey, GroupHandle, Role, Signature, UserId,
 };
 pub use messages::{
-    AnnouncementInfo, AnnouncementState, AuditEntry, ClaimedKeyPackage, DepartmentInfo, EntryBody,
-    Event, GroupKind, GroupSummary, LogEntry, MemberInfo, PostBody, Request, Response, SessionInfo,
-    UserSummary,
+    AnnouncementInfo, AnnouncementState, AuditEntry, ClaimedKeyPackage, DepartmentInfo, DeviceInfo,
+    EntryBody, Event, GroupKind, GroupSummary, LogEntry, MemberInfo, PostBody, Request, Response,
+    SessionInfo, UserSummary,
 };
 
 /// The protocol version this build speaks. A peer announcing another version is refused

@@ -277,6 +277,38 @@ pub enum Request {
         /// The group.
         group: GroupHandle,
     },
+    /// Admin: moves a user between departments (a transfer). Leaving a department cuts
+    /// its secret group off at once and its removal is proposed; joining one is a pending
+    /// invitation for its owners. Answered with `User`.
+    SetDepartments {
+        /// Personnel number.
+        user: UserId,
+        /// Departments to join.
+        add: Vec<DepartmentSlug>,
+        /// Departments to leave.
+        remove: Vec<DepartmentSlug>,
+    },
+    /// Admin: a lost phone or a forgotten password: revokes every device of the user
+    /// (removed from every secret group as for offboarding), clears the password, and
+    /// issues a new enrollment code. Answered with `UserAdded`.
+    ResetUser {
+        /// Personnel number.
+        user: UserId,
+    },
+    /// Changes one's own password (used to add devices). Answered with `Done`.
+    ChangePassword {
+        /// The current password.
+        old: String,
+        /// The new one.
+        new: String,
+    },
+    /// One's own devices with their keys. Answered with `Devices`.
+    OwnDevices,
+    /// Revokes one of one's own devices (not the one asking). Answered with `Done`.
+    RemoveDevice {
+        /// The device.
+        device: DeviceId,
+    },
 }
 
 /// What is posted.
@@ -413,6 +445,22 @@ pub enum Response {
         /// TLS-serialized ratchet tree.
         ratchet_tree: Vec<u8>,
     },
+    /// Answer to `OwnDevices`.
+    Devices(Vec<DeviceInfo>),
+}
+
+/// One of a user's devices, as `OwnDevices` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The device number.
+    pub device: DeviceId,
+    /// Its name ("Anna's phone").
+    pub name: String,
+    /// Its Ed25519 key, as the server registered it (a device links another only after
+    /// comparing this key with the link code the new device shows).
+    pub key: DeviceKey,
+    /// When it was enrolled, Unix ms.
+    pub created_ms: i64,
 }
 
 /// Something that happened, pushed to subscribed clients.
@@ -614,6 +662,8 @@ pub struct SecretGroupInfo {
     pub members: Vec<(UserId, DeviceId)>,
     /// The server's removal key, the only entry of `external_senders`.
     pub removal_key: [u8; 32],
+    /// Revoked devices of rostered users still in the MLS group: their removal is due.
+    pub revoked: Vec<(UserId, DeviceId)>,
     /// Number of entries in the group's log.
     pub head: u64,
 }

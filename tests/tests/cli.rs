@@ -205,6 +205,70 @@ fn init_run_enroll_provision_post_read_with_json() {
         .iter()
         .any(|g| g["handle"] == "bauamt"));
 
+    // People and devices (DESIGN §9): a second device with its link code, approved on
+    // the first; a password change; a transfer; a reset.
+    let phone = tmp.path().join("anna-phone");
+    let added = json_ok(&rathaus(
+        &phone,
+        &[
+            "add-device",
+            "--server",
+            &addr,
+            "--fingerprint",
+            &fp,
+            "--user",
+            "P1001",
+            "--password-stdin",
+            "--json",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    ));
+    let code = added["link_code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 14, "{added}");
+    let devices = json_ok(&rathaus(&anna, &["devices", "--json"], None));
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 2, "{devices}");
+    let approved = json_ok(&rathaus(
+        &anna,
+        &["devices", "approve", &code, "--json"],
+        None,
+    ));
+    assert_eq!(approved["device"], added["device"]);
+    let devices = json_ok(&rathaus(&anna, &["devices", "--json"], None));
+    assert!(devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["device"] == added["device"] && d["linked"] == true));
+    json_ok(&rathaus(
+        &anna,
+        &["password", "--password-stdin", "--json"],
+        Some(&format!("{PASSWORD}\nein anderes langes Passwort\n")),
+    ));
+    let moved = json_ok(&rathaus(
+        &admin,
+        &[
+            "admin",
+            "user",
+            "departments",
+            "P1002",
+            "--remove",
+            "bauamt",
+            "--json",
+        ],
+        None,
+    ));
+    assert_eq!(moved["user"], "P1002");
+    assert_eq!(moved["departments"], serde_json::json!([]));
+    let reset = json_ok(&rathaus(
+        &admin,
+        &["admin", "user", "reset", "P1002", "--json"],
+        None,
+    ));
+    assert_eq!(reset["user"], "P1002");
+    assert!(reset["enrollment_code"].as_str().unwrap().contains('-'));
+    let locked_out = rathaus(&jonas, &["whoami", "--json"], None);
+    assert!(!locked_out.status.success());
+
     // Failures: non-zero exit and one line on stderr.
     let bad = rathaus(&anna, &["send", "no such group!", "x"], None);
     assert!(!bad.status.success());

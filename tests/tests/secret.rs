@@ -353,7 +353,9 @@ async fn an_offboarded_user_is_cut_off_and_cannot_decrypt_what_follows() {
         DeviceIdentity::new("P1002", &jonas_device.0.to_string()).unwrap(),
     )
     .unwrap();
-    assert!(engine.process_message(&ciphertext, &[]).is_err());
+    assert!(engine
+        .process_message(&ciphertext, &Default::default())
+        .is_err());
 }
 
 #[tokio::test]

@@ -66,9 +66,8 @@ use openmls::prelude::{
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use rathaus_protocol::mls::{
-    judge_commit, CommitFacts, Committer, Leaf, Verdict, WelcomeFacts, SERVER_IDENTITY,
+    judge_commit, CommitFacts, Committer, Leaf, Roster, Verdict, WelcomeFacts, SERVER_IDENTITY,
 };
-use rathaus_protocol::UserId;
 use rusqlite::{Connection, OptionalExtension as _};
 
 pub use error::MlsError;
@@ -556,6 +555,10 @@ impl MlsEngine {
                     .welcome_sender()
                     .map(|leaf| basic_identity(leaf.credential()))
                     .unwrap_or_default(),
+                adder_key: staged
+                    .welcome_sender()
+                    .map(|leaf| leaf.signature_key().as_slice().to_vec())
+                    .unwrap_or_default(),
             };
             check(&facts)?;
             if let Some(mut old) = MlsGroup::load(provider.storage(), context.group_id())? {
@@ -595,7 +598,7 @@ impl MlsEngine {
     /// [`MlsError::Refused`] and changes nothing, so the group stays at its epoch. A
     /// proposal to add a member on behalf of an external sender is refused with
     /// [`MlsError::ExternalAdd`] (DESIGN §5.4, §5.9).
-    pub fn process_message(&self, message: &[u8], roster: &[UserId]) -> Result<Incoming, MlsError> {
+    pub fn process_message(&self, message: &[u8], roster: &Roster) -> Result<Incoming, MlsError> {
         let message = decode_message(message)?
             .try_into_protocol_message()
             .map_err(|e| MlsError::malformed("protocol message", e))?;

@@ -160,7 +160,7 @@ fn secret_group_lifecycle() -> TestResult {
     ));
     for member in [&anna, &jonas] {
         assert_eq!(
-            member.engine()?.process_message(&ct, &[])?,
+            member.engine()?.process_message(&ct, &Default::default())?,
             Incoming::Application {
                 sender: owner.identity.clone(),
                 plaintext: b"Sitzung um 10".to_vec(),
@@ -168,7 +168,10 @@ fn secret_group_lifecycle() -> TestResult {
         );
     }
     let reply = anna.engine()?.encrypt(GROUP, b"ok")?;
-    match owner.engine()?.process_message(&reply, &[])? {
+    match owner
+        .engine()?
+        .process_message(&reply, &Default::default())?
+    {
         Incoming::Application { sender, plaintext } => {
             assert_eq!(sender, anna.identity);
             assert_eq!(plaintext, b"ok");
@@ -190,7 +193,8 @@ fn secret_group_lifecycle() -> TestResult {
     )?
     .to_bytes()?;
     assert!(matches!(
-        anna.engine()?.process_message(&external_add, &[]),
+        anna.engine()?
+            .process_message(&external_add, &Default::default()),
         Err(MlsError::ExternalAdd { committer: None })
     ));
 
@@ -208,11 +212,17 @@ fn secret_group_lifecycle() -> TestResult {
         let (commit, _, _) = group.commit_to_pending_proposals(&provider, &engine.signer)?;
         commit.tls_serialize_detached()?
     };
-    match owner.engine()?.process_message(&rogue_commit, &[]) {
+    match owner
+        .engine()?
+        .process_message(&rogue_commit, &Default::default())
+    {
         Err(MlsError::Refused(CommitRefusal::ExternalAdd)) => {}
         other => return Err(format!("rogue commit not refused: {other:?}").into()),
     }
-    assert!(anna.engine()?.process_message(&rogue_commit, &[]).is_err());
+    assert!(anna
+        .engine()?
+        .process_message(&rogue_commit, &Default::default())
+        .is_err());
     for member in [&owner, &anna] {
         assert_eq!(member.engine()?.epoch(GROUP)?, 1);
     }
@@ -222,7 +232,10 @@ fn secret_group_lifecycle() -> TestResult {
     let update = owner.engine()?.self_update(GROUP)?;
     owner.engine()?.merge_pending_commit(GROUP)?;
     for member in [&anna, &jonas] {
-        match member.engine()?.process_message(&update.commit, &[])? {
+        match member
+            .engine()?
+            .process_message(&update.commit, &Default::default())?
+        {
             Incoming::Commit(summary) => {
                 assert_eq!(&summary.verdict.committer, owner.identity.credential_id());
                 let v = &summary.verdict;
@@ -252,7 +265,9 @@ fn secret_group_lifecycle() -> TestResult {
     .to_bytes()?;
     for member in [&owner, &anna, &jonas] {
         assert_eq!(
-            member.engine()?.process_message(&external_remove, &[])?,
+            member
+                .engine()?
+                .process_message(&external_remove, &Default::default())?,
             Incoming::Proposal {
                 sender: ProposalSender::External,
                 kind: ProposalKind::Remove(jonas.identity.clone()),
@@ -261,7 +276,10 @@ fn secret_group_lifecycle() -> TestResult {
     }
     let removal = anna.engine()?.commit_pending_proposals(GROUP)?;
     anna.engine()?.merge_pending_commit(GROUP)?;
-    match owner.engine()?.process_message(&removal.commit, &[])? {
+    match owner
+        .engine()?
+        .process_message(&removal.commit, &Default::default())?
+    {
         Incoming::Commit(summary) => {
             assert_eq!(&summary.verdict.committer, anna.identity.credential_id());
             let removed: Vec<_> = summary
@@ -275,7 +293,10 @@ fn secret_group_lifecycle() -> TestResult {
         }
         other => return Err(format!("unexpected {other:?}").into()),
     }
-    match jonas.engine()?.process_message(&removal.commit, &[])? {
+    match jonas
+        .engine()?
+        .process_message(&removal.commit, &Default::default())?
+    {
         Incoming::Commit(summary) => assert!(summary.self_removed),
         other => return Err(format!("unexpected {other:?}").into()),
     }
@@ -312,7 +333,7 @@ fn failed_operation_leaves_no_trace_and_shares_the_file() -> TestResult {
         .execute_batch("CREATE TABLE history (seq INTEGER PRIMARY KEY, body BLOB);")?;
     engine.create_group(GROUP, &[9; 32])?;
     assert!(matches!(
-        engine.process_message(b"\x00\x01garbage", &[]),
+        engine.process_message(b"\x00\x01garbage", &Default::default()),
         Err(MlsError::Malformed { .. })
     ));
     assert!(matches!(
@@ -385,17 +406,17 @@ fn in_memory_group_follows_rollbacks_and_other_connections() -> TestResult {
     let first = a.encrypt(GROUP, b"erste")?;
     j.connection().execute_batch("BEGIN IMMEDIATE")?;
     assert!(matches!(
-        j.process_message(&first, &[])?,
+        j.process_message(&first, &Default::default())?,
         Incoming::Application { .. }
     ));
     j.connection().execute_batch("ROLLBACK")?;
     // The rolled-back decryption consumed nothing.
-    match j.process_message(&first, &[])? {
+    match j.process_message(&first, &Default::default())? {
         Incoming::Application { plaintext, .. } => assert_eq!(plaintext, b"erste"),
         other => panic!("{other:?}"),
     }
     // Processed for good now: a replay is refused.
-    assert!(j.process_message(&first, &[]).is_err());
+    assert!(j.process_message(&first, &Default::default()).is_err());
 
     // Another connection to Anna's file moves the group on; this engine notices.
     assert_eq!(a.epoch(GROUP)?, 1);
@@ -405,7 +426,7 @@ fn in_memory_group_follows_rollbacks_and_other_connections() -> TestResult {
     assert_eq!(a.epoch(GROUP)?, 2);
     let second = a.encrypt(GROUP, b"zweite")?;
     assert!(
-        j.process_message(&second, &[]).is_err(),
+        j.process_message(&second, &Default::default()).is_err(),
         "Jonas is still in epoch 1"
     );
     Ok(())
@@ -462,12 +483,17 @@ fn large_state_is_stored_in_binary_and_reloads() -> TestResult {
         let commit = anna.engine()?.self_update(GROUP)?;
         anna.engine()?.merge_pending_commit(GROUP)?;
         assert!(matches!(
-            jonas.engine()?.process_message(&commit.commit, &[])?,
+            jonas
+                .engine()?
+                .process_message(&commit.commit, &Default::default())?,
             Incoming::Commit(_)
         ));
         let text = format!("Runde {round}");
         let message = anna.engine()?.encrypt(GROUP, text.as_bytes())?;
-        match jonas.engine()?.process_message(&message, &[])? {
+        match jonas
+            .engine()?
+            .process_message(&message, &Default::default())?
+        {
             Incoming::Application { plaintext, .. } => assert_eq!(plaintext, text.as_bytes()),
             other => panic!("{other:?}"),
         }
@@ -593,9 +619,14 @@ fn profiles_written_as_json_stay_readable() -> TestResult {
     jonas.engine()?.join(&welcome, &tree)?;
     let commit = anna.engine()?.self_update(GROUP)?;
     anna.engine()?.merge_pending_commit(GROUP)?;
-    jonas.engine()?.process_message(&commit.commit, &[])?;
+    jonas
+        .engine()?
+        .process_message(&commit.commit, &Default::default())?;
     let message = anna.engine()?.encrypt(GROUP, b"nach dem Update")?;
-    match jonas.engine()?.process_message(&message, &[])? {
+    match jonas
+        .engine()?
+        .process_message(&message, &Default::default())?
+    {
         Incoming::Application { plaintext, .. } => assert_eq!(plaintext, b"nach dem Update"),
         other => panic!("{other:?}"),
     }

@@ -4,7 +4,7 @@
 use rathaus_protocol::messages::SecretGroupInfo;
 use rathaus_protocol::{GroupHandle, Request, Response, UserId};
 
-use rathaus_protocol::mls::{judge_welcome, GroupPolicy};
+use rathaus_protocol::mls::{judge_welcome, DeviceCredential, GroupPolicy};
 
 use super::send::Intent;
 use super::{memory, mls_group_id, SERVER_SENDER};
@@ -223,15 +223,18 @@ impl Client {
             let handle = group.to_string();
             let conn = self.mls.connection();
             conn.execute_batch("BEGIN IMMEDIATE")?;
+            let mut adder = None;
             let result = (|| -> Result<u64> {
                 let joined = self.mls.join_from_welcome(
                     &welcome.welcome,
                     &welcome.ratchet_tree,
                     &key,
                     |facts| {
-                        judge_welcome(facts, &gid)
-                            .map(drop)
-                            .map_err(MlsError::WelcomeRefused)
+                        judge_welcome(facts, &gid, &self.identity.user)
+                            .map_err(MlsError::WelcomeRefused)?;
+                        adder = DeviceCredential::parse(&facts.adder)
+                            .map(|d| (d, facts.adder_key.clone()));
+                        Ok(())
                     },
                 )?;
                 memory::mark_held(conn, &gid)?;
@@ -254,7 +257,17 @@ impl Client {
                 Ok(joined.epoch)
             })();
             match result {
-                Ok(_) => conn.execute_batch("COMMIT")?,
+                Ok(_) => {
+                    conn.execute_batch("COMMIT")?;
+                    // Admitted by another device of this user: that device linked this one.
+                    if let Some((device, key)) = adder {
+                        if device.user == self.identity.user
+                            && device.device != self.identity.device
+                        {
+                            self.link_own_device(&device.device.to_string(), &key)?;
+                        }
+                    }
+                }
                 Err(e) => {
                     let _ = conn.execute_batch("ROLLBACK");
                     tracing::warn!("{group}: cannot join from Welcome: {e}");

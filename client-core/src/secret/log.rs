@@ -1,9 +1,9 @@
 //! Fetching a secret group's log and processing its entries in seq order with the MLS
 //! engine, each entry's MLS state, rows and cursor stored together.
 
-use rathaus_protocol::{
-    Content, EntryBody, ErrorCode, GroupHandle, LogEntry, Request, Response, UserId,
-};
+use rathaus_protocol::messages::SecretGroupInfo;
+use rathaus_protocol::mls::{DeviceCredential, Roster};
+use rathaus_protocol::{Content, EntryBody, ErrorCode, GroupHandle, LogEntry, Request, Response};
 
 use super::policy::describe_change;
 use super::rows::{blank_row, diff};
@@ -18,9 +18,9 @@ use crate::store::{self, TimelineRow};
 /// Context while processing a batch of log entries.
 #[derive(Default)]
 struct Batch {
-    /// The roster as the server reports it now; fetched when a server proposal is in the
-    /// batch.
-    roster: Option<Vec<UserId>>,
+    /// The roster as the server reports it now; fetched when a commit or a server
+    /// proposal is in the batch.
+    roster: Option<Roster>,
 }
 
 impl Client {
@@ -61,7 +61,7 @@ impl Client {
                     && matches!(&e.body, EntryBody::Mls(bytes) if !is_application_message(bytes))
             });
             if needs_roster {
-                batch.roster = Some(self.secret_info(group).await?.roster);
+                batch.roster = Some(roster_of(&self.secret_info(group).await?));
             }
             if !learned_names && entries.iter().any(|e| e.sender.as_str() != SERVER_SENDER) {
                 self.learn_names(group).await?;
@@ -111,7 +111,8 @@ impl Client {
         // transaction of its own.
         conn.execute_batch("SAVEPOINT rathaus_entry")?;
         let result = (|| -> Result<Option<TimelineRow>> {
-            let roster = batch.roster.as_deref().unwrap_or_default();
+            let empty = Roster::default();
+            let roster = batch.roster.as_ref().unwrap_or(&empty);
             let incoming = match self.mls.process_message(bytes, roster) {
                 Ok(incoming) => incoming,
                 Err(MlsError::Storage(e)) => return Err(e.into()),
@@ -166,7 +167,7 @@ impl Client {
                     let still_rostered = batch
                         .roster
                         .as_ref()
-                        .is_none_or(|r| r.iter().any(|u| u.as_str() == target.user_id()));
+                        .is_none_or(|r| r.may_stay(target.credential_id()));
                     let mut row = blank_row(group, entry);
                     row.sender = SERVER_SENDER.to_owned();
                     row.sender_name = "Rathaus server".to_owned();
@@ -175,7 +176,7 @@ impl Client {
                         row.kind = "warning".to_owned();
                         row.text = format!(
                             "WARNING: the Rathaus server proposed removing {} (device {}), \
-                             who is still on the roster; refused",
+                             who is still on the roster with that device; refused",
                             self.person(target.user_id()),
                             target.device_id()
                         );
@@ -183,7 +184,7 @@ impl Client {
                         row.kind = "membership".to_owned();
                         row.text = format!(
                             "Rathaus server proposed removing {} (device {}): no longer on the \
-                             roster",
+                             roster, or the device was revoked",
                             self.person(target.user_id()),
                             target.device_id()
                         );
@@ -291,5 +292,20 @@ impl Client {
             }
         }
         row
+    }
+}
+
+/// The roster as the server reports it: the users, and their revoked devices.
+pub(super) fn roster_of(info: &SecretGroupInfo) -> Roster {
+    Roster {
+        users: info.roster.clone(),
+        revoked: info
+            .revoked
+            .iter()
+            .map(|(user, device)| DeviceCredential {
+                user: user.clone(),
+                device: *device,
+            })
+            .collect(),
     }
 }

@@ -40,6 +40,13 @@ pub(super) fn first_warning(conn: &Connection, gid: &[u8], what: &str) -> Result
     Ok(true)
 }
 
+/// Forgets that a warning about `what` was shown, so it is shown again if the condition
+/// comes back.
+pub(super) fn clear_warning(conn: &Connection, gid: &[u8], what: &str) -> Result<()> {
+    let key = format!("warned:{what}:{}", String::from_utf8_lossy(gid));
+    store::set_setting_on(conn, &key, None)
+}
+
 /// When this device first saw `device` (e.g. `P1003/4`) in the group's tree after its
 /// user had left the roster; recorded now if this is the first time.
 pub(super) fn off_roster_since(

@@ -30,7 +30,8 @@ pub(super) fn policy_after(
             }
             next.owners.retain(|o| o != user);
         }
-        PolicyChange::AddOwner(_) | PolicyChange::RemoveOwner(_) => {}
+        PolicyChange::Claim(user) if !policy.is_owner(user) => next.owners.push(user.clone()),
+        PolicyChange::AddOwner(_) | PolicyChange::RemoveOwner(_) | PolicyChange::Claim(_) => {}
     }
     Ok((next != *policy).then_some(next))
 }
@@ -72,6 +73,8 @@ pub(super) enum PolicyChange {
     AddOwner(UserId),
     /// Take a user's ownership away.
     RemoveOwner(UserId),
+    /// Become an owner when no owner is left on the roster.
+    Claim(UserId),
 }
 
 /// What a policy change (`set_auto_admit`, `add_owner`, `remove_owner`) did.
@@ -107,6 +110,39 @@ impl Client {
     ) -> Result<PolicyOutcome> {
         self.change_policy(group, PolicyChange::RemoveOwner(user.clone()))
             .await
+    }
+
+    /// A member takes ownership of a group none of whose owners is left on its roster
+    /// (DESIGN §5.4: owners never run out); every member's client accepts it only then.
+    pub async fn claim_ownership(&mut self, group: &GroupHandle) -> Result<PolicyOutcome> {
+        if !group.is_secret() {
+            return Err(ClientError::Invalid(format!(
+                "{group} is not a secret group; only secret groups have owners"
+            )));
+        }
+        self.sync_secret_group(group).await?;
+        let gid = mls_group_id(group);
+        if !self.mls.has_group(&gid)? {
+            return Err(ClientError::NotMember(format!(
+                "this device is not a member of {group}"
+            )));
+        }
+        let roster = self.secret_info(group).await?.roster;
+        let policy = self.policy(&gid)?;
+        if let Some(owner) = policy.owners.iter().find(|o| roster.contains(o)) {
+            return Err(ClientError::Invalid(format!(
+                "{owner} is still an owner of {group}; ask them (ownership can be claimed only \
+                 when no owner is left on the roster)"
+            )));
+        }
+        let me = self.identity.user.clone();
+        match self
+            .commit_intent(group, Intent::Policy(PolicyChange::Claim(me)))
+            .await?
+        {
+            Some(seq) => Ok(PolicyOutcome::Changed { seq }),
+            None => Ok(PolicyOutcome::Unchanged),
+        }
     }
 
     /// Checks the change locally, then commits it through the same retry path as every
@@ -145,6 +181,9 @@ impl Client {
         change: &PolicyChange,
     ) -> Result<Option<GroupPolicy>> {
         let policy = self.policy(gid)?;
+        if matches!(change, PolicyChange::Claim(_)) {
+            return policy_after(&policy, group, change);
+        }
         if !policy.is_owner(&self.identity.user) {
             return Err(ClientError::NotOwner(format!(
                 "only an owner of {group} can change its owners or auto-admit (owners: {})",

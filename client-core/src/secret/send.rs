@@ -2,8 +2,8 @@
 //! an intent that is built again after losing its epoch to another member (DESIGN §5.6).
 
 use rathaus_protocol::{
-    ClaimedKeyPackage, Content, EntryBody, ErrorCode, GroupHandle, LogEntry, Request, Response,
-    UserId,
+    ClaimedKeyPackage, Content, DeviceId, EntryBody, ErrorCode, GroupHandle, LogEntry, Request,
+    Response, UserId,
 };
 
 use rathaus_protocol::mls::DeviceCredential;
@@ -29,6 +29,8 @@ pub(super) enum Intent {
     PendingProposals,
     /// Rewrite the group policy.
     Policy(PolicyChange),
+    /// Add this user's further device, linked by this device (its key pinned as linked).
+    LinkDevice(DeviceId),
 }
 
 impl Client {
@@ -82,6 +84,21 @@ impl Client {
             }
         }
         Err(last.unwrap_or(ClientError::UnexpectedResponse("Post")))
+    }
+
+    /// Adds this user's linked `device` to `group` if this device is a member there;
+    /// returns the commit's seq.
+    pub(crate) async fn link_into_group(
+        &mut self,
+        group: &GroupHandle,
+        device: DeviceId,
+    ) -> Result<Option<u64>> {
+        let gid = mls_group_id(group);
+        self.sync_secret_group(group).await?;
+        if !self.mls.has_group(&gid)? {
+            return Ok(None);
+        }
+        self.commit_intent(group, Intent::LinkDevice(device)).await
     }
 
     /// Commits stored server proposals, if any survived the roster check.
@@ -210,6 +227,37 @@ impl Client {
                     return Ok(None);
                 }
                 Ok(Some(self.mls.commit_pending_proposals(gid)?))
+            }
+            Intent::LinkDevice(device) => {
+                let me = self.identity.user.clone();
+                let present = self.mls.members(gid)?;
+                if present.iter().any(|m| {
+                    m.identity.user_id() == me.as_str()
+                        && m.identity.device_id() == device.to_string()
+                }) {
+                    return Ok(None);
+                }
+                let claimed = match self
+                    .request(&Request::ClaimKeyPackages {
+                        group: group.clone(),
+                        user: me.clone(),
+                    })
+                    .await?
+                {
+                    Response::KeyPackages { packages, .. } => packages,
+                    _ => return Err(ClientError::UnexpectedResponse("ClaimKeyPackages")),
+                };
+                let Some(package) = claimed.into_iter().find(|p| p.device == *device) else {
+                    return Err(ClientError::Invalid(format!(
+                        "device {device} has no KeyPackage on the server yet; let it sync once, \
+                         then approve it again"
+                    )));
+                };
+                if let Some(refusal) = self.check_key_package(&me, &package)? {
+                    self.local_warning(group, &refusal)?;
+                    return Err(ClientError::Invalid(refusal));
+                }
+                Ok(Some(self.mls.add_members(gid, &[package.key_package])?))
             }
             Intent::Add(users) => {
                 let present = self.mls.members(gid)?;

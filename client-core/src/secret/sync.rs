@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use rathaus_protocol::messages::SecretGroupInfo;
-use rathaus_protocol::{GroupHandle, Request, Response, UserId};
+use rathaus_protocol::mls::Roster;
+use rathaus_protocol::{GroupHandle, Request, Response};
 
 use super::send::Intent;
 use super::{memory, mls_group_id};
@@ -146,7 +147,20 @@ impl Client {
             self.commit_intent(group, Intent::Add(info.pending.clone()))
                 .await?;
         }
-        self.check_removals_due(group, &info.roster)?;
+        self.check_removals_due(group, &super::log::roster_of(info))?;
+        let conn = self.mls.connection();
+        if policy.owners.iter().any(|o| info.roster.contains(o)) {
+            memory::clear_warning(conn, &gid, "no-owner")?;
+        } else if memory::first_warning(conn, &gid, "no-owner")? {
+            self.local_warning(
+                group,
+                &format!(
+                    "WARNING: no owner of {group} is left on its roster, so nobody can admit \
+                     colleagues; any member can take ownership with `rathaus owners {group} \
+                     --claim`"
+                ),
+            )?;
+        }
         Ok(self.rows_after(group, before)?.len())
     }
 
@@ -164,7 +178,7 @@ impl Client {
     /// Compares the tree with the roster: a device whose user left the roster and is
     /// still in the tree after the grace period is a dropped removal, shown as a
     /// `warning` (once per device). Until it is removed it can read what is sent.
-    fn check_removals_due(&self, group: &GroupHandle, roster: &[UserId]) -> Result<()> {
+    fn check_removals_due(&self, group: &GroupHandle, roster: &Roster) -> Result<()> {
         let gid = mls_group_id(group);
         let conn = self.mls.connection();
         let grace_ms: i64 = store::setting_on(conn, REMOVAL_GRACE_KEY)?
@@ -172,8 +186,7 @@ impl Client {
             .unwrap_or(REMOVAL_GRACE_MS);
         let now = crate::time_fmt::now_ms();
         for member in self.mls.members(&gid)? {
-            let user = member.identity.user_id();
-            if roster.iter().any(|r| r.as_str() == user) {
+            if roster.may_stay(member.identity.credential_id()) {
                 continue;
             }
             let device = member.identity.to_string();
@@ -185,9 +198,9 @@ impl Client {
                 self.local_warning(
                     group,
                     &format!(
-                        "WARNING: {label} is no longer on the roster of {group} but still in \
-                         the group: the server has not had the device removed, so it can read \
-                         what is sent until it is"
+                        "WARNING: {label} is no longer on the roster of {group} (or the device \
+                         was revoked) but still in the group: the server has not had the device \
+                         removed, so it can read what is sent until it is"
                     ),
                 )?;
             }

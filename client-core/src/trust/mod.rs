@@ -154,9 +154,9 @@ impl Client {
         }
         let me = self.identity.user.as_str();
         // This user's own half comes from the devices this user's devices know, not
-        // from what a group or the server lists (DESIGN §5.8). Until devices are linked
-        // to each other, that is this device alone: a device the server slipped in under
-        // this user's id changes the other side's number and so shows when compared.
+        // from what a group or the server lists (DESIGN §5.8): this device and the devices
+        // linked with it. A device the server slipped in under this user's id changes the
+        // other side's number and so shows when compared.
         let mine = self.own_devices()?;
         let number = safety_number((me, &entries(&mine)), (user.as_str(), &entries(&theirs)));
         Ok(Some(SafetyReport {
@@ -209,14 +209,38 @@ impl Client {
         )))
     }
 
-    /// The devices of this user that this device knows for itself: its own key.
-    fn own_devices(&self) -> Result<Vec<DevicePin>> {
+    /// The devices of this user that this device knows for itself: its own key, and the
+    /// devices linked with it (approved by this device, or the device that approved it).
+    pub(crate) fn own_devices(&self) -> Result<Vec<DevicePin>> {
         let me = self.identity.user.as_str();
         let own_device = self.identity.device.0.to_string();
-        Ok(pins::pins_of(self.store.connection(), me)?
-            .into_iter()
-            .filter(|p| p.device == own_device)
-            .collect())
+        let mut out = Vec::new();
+        for pin in pins::pins_of(self.store.connection(), me)? {
+            if pin.device == own_device || self.is_linked(&pin.device)? {
+                out.push(pin);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records `device` of this user, with `key`, as linked with this device: pinned,
+    /// part of this user's half of every safety number, and no warning when it appears
+    /// in a group.
+    pub(crate) fn link_own_device(&self, device: &str, key: &[u8]) -> Result<()> {
+        let conn = self.store.connection();
+        let me = self.identity.user.as_str();
+        let now = crate::time_fmt::now_ms();
+        match pins::pin(conn, me, device)? {
+            None => pins::insert(conn, me, device, key, now)?,
+            Some(pin) if pin.key != key => pins::replace_key(conn, me, device, key, now)?,
+            Some(_) => {}
+        }
+        self.store.set_setting(&linked_key(device), "1")
+    }
+
+    /// Whether this user's `device` is linked with this device.
+    pub(crate) fn is_linked(&self, device: &str) -> Result<bool> {
+        Ok(self.store.setting(&linked_key(device))?.is_some())
     }
 
     /// This device's own key is known without asking anyone.
@@ -237,6 +261,10 @@ impl Client {
             .flatten()
             .unwrap_or_else(|| user.to_owned())
     }
+}
+
+fn linked_key(device: &str) -> String {
+    format!("linked_device:{device}")
 }
 
 fn entries(pins: &[DevicePin]) -> Vec<DeviceKeyEntry> {

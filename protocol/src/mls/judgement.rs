@@ -13,9 +13,13 @@
 //!   commit that carries an Add an external sender proposed;
 //! - refused: any leaf that stays in the tree but changes its credential or signature key,
 //!   and any leaf that is not a canonical Rathaus device credential;
-//! - adds only by an owner, or by any member for rostered users while auto-admit is on;
-//! - removals of another user's devices only by an owner, or for users off the roster;
-//! - policy changes only by owners, to a valid policy; nobody changes `external_senders`.
+//! - adds only by an owner, by any member for rostered users while auto-admit is on, or
+//!   by a member for further devices of their own user (device linking);
+//! - removals of another user's devices only by an owner, or for users off the roster and
+//!   devices the roster lists as revoked;
+//! - policy changes only by owners, to a valid policy — except that when no owner is left
+//!   on the roster, a rostered member may claim ownership (a policy that makes them an
+//!   owner and changes nothing else); nobody changes `external_senders`.
 
 use std::fmt;
 
@@ -194,9 +198,39 @@ impl fmt::Display for CommitRefusal {
 
 impl std::error::Error for CommitRefusal {}
 
-/// Judges one commit (see the module docs). `roster` is the group's roster as the judge
-/// knows it (the department's members and owners).
-pub fn judge_commit(facts: &CommitFacts, roster: &[UserId]) -> Result<Verdict, CommitRefusal> {
+/// The group's roster as the judge knows it: the users who may be members (the
+/// department's members and owners) and the devices of theirs that were revoked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Roster {
+    /// Users on the roster.
+    pub users: Vec<UserId>,
+    /// Revoked devices of users on the roster: they must leave the group.
+    pub revoked: Vec<DeviceCredential>,
+}
+
+impl Roster {
+    /// A roster of these users with no revoked devices.
+    pub fn of(users: &[UserId]) -> Self {
+        Self {
+            users: users.to_vec(),
+            revoked: Vec::new(),
+        }
+    }
+
+    /// Whether `user` is on the roster.
+    pub fn contains(&self, user: &UserId) -> bool {
+        self.users.contains(user)
+    }
+
+    /// Whether `device` may stay in the group: its user is on the roster and the device
+    /// is not revoked.
+    pub fn may_stay(&self, device: &DeviceCredential) -> bool {
+        self.contains(&device.user) && !self.revoked.contains(device)
+    }
+}
+
+/// Judges one commit (see the module docs) against the group's `roster`.
+pub fn judge_commit(facts: &CommitFacts, roster: &Roster) -> Result<Verdict, CommitRefusal> {
     let committer_index = match facts.committer {
         Committer::Member(index) => index,
         Committer::NewMember | Committer::External => return Err(CommitRefusal::ExternalCommit),
@@ -250,8 +284,10 @@ pub fn judge_commit(facts: &CommitFacts, roster: &[UserId]) -> Result<Verdict, C
     let on_roster = |user: &UserId| roster.contains(user);
 
     if !added.is_empty() && !owner {
-        let may = policy.auto_admit && added.iter().all(|d| on_roster(&d.credential.user));
-        if !may {
+        let admitted = policy.auto_admit && added.iter().all(|d| on_roster(&d.credential.user));
+        let own_devices =
+            on_roster(&committer.user) && added.iter().all(|d| d.credential.user == committer.user);
+        if !admitted && !own_devices {
             return Err(CommitRefusal::AddWithoutRight {
                 committer,
                 added: added.iter().map(|d| d.credential.clone()).collect(),
@@ -261,7 +297,7 @@ pub fn judge_commit(facts: &CommitFacts, roster: &[UserId]) -> Result<Verdict, C
     if !owner {
         let forbidden: Vec<DeviceCredential> = removed
             .iter()
-            .filter(|d| d.credential.user != committer.user && on_roster(&d.credential.user))
+            .filter(|d| d.credential.user != committer.user && roster.may_stay(&d.credential))
             .map(|d| d.credential.clone())
             .collect();
         if !forbidden.is_empty() {
@@ -275,16 +311,24 @@ pub fn judge_commit(facts: &CommitFacts, roster: &[UserId]) -> Result<Verdict, C
         return Err(CommitRefusal::ExternalSendersChanged);
     }
     let policy_change = if facts.policy_after != facts.policy_before {
-        if !owner {
+        let next = facts.policy_after.as_deref().and_then(GroupPolicy::decode);
+        // With no owner left on the roster, a rostered member may make themselves an
+        // owner, and change nothing else (DESIGN §5.4: owners never run out).
+        let claim = !policy.owners.iter().any(&on_roster)
+            && on_roster(&committer.user)
+            && next.as_ref().is_some_and(|n| {
+                n.auto_admit == policy.auto_admit
+                    && n.is_owner(&committer.user)
+                    && n.owners
+                        .iter()
+                        .all(|o| *o == committer.user || policy.is_owner(o))
+            });
+        if !owner && !claim {
             return Err(CommitRefusal::PolicyWithoutRight { committer });
         }
-        let next = facts
-            .policy_after
-            .as_deref()
-            .and_then(GroupPolicy::decode)
-            .ok_or_else(|| CommitRefusal::PolicyInvalid {
-                committer: committer.clone(),
-            })?;
+        let next = next.ok_or_else(|| CommitRefusal::PolicyInvalid {
+            committer: committer.clone(),
+        })?;
         Some((policy, next))
     } else {
         None
@@ -356,8 +400,11 @@ mod tests {
         }
     }
 
-    fn roster() -> Vec<UserId> {
-        ["P1", "P2", "P3"].iter().map(|u| uid(u)).collect()
+    fn roster() -> Roster {
+        Roster {
+            users: ["P1", "P2", "P3"].iter().map(|u| uid(u)).collect(),
+            revoked: vec![DeviceCredential::parse(b"P2/6").unwrap()],
+        }
     }
 
     fn ids(devices: &[MemberDevice]) -> Vec<String> {
@@ -507,6 +554,69 @@ mod tests {
                     f.before.push(leaf(2, "P2/5", 5));
                 },
                 Ok((vec![], vec!["P2/5"])),
+            ),
+            (
+                "a plain member links a further device of their own",
+                |f| {
+                    f.committer = Committer::Member(1);
+                    f.after.push(leaf(2, "P2/5", 5));
+                },
+                Ok((vec!["P2/5"], vec![])),
+            ),
+            (
+                "a plain member adds their own device and someone else's",
+                |f| {
+                    f.committer = Committer::Member(1);
+                    f.after.push(leaf(2, "P2/5", 5));
+                    f.after.push(leaf(3, "P3/3", 3));
+                },
+                Err("AddWithoutRight"),
+            ),
+            (
+                "a plain member commits the removal of a revoked device",
+                |f| {
+                    // Lena (P3, plain member) removes Jonas's revoked device 6.
+                    f.before.push(leaf(2, "P3/3", 3));
+                    f.after.push(leaf(2, "P3/3", 3));
+                    f.before.push(leaf(3, "P2/6", 6));
+                    f.committer = Committer::Member(2);
+                },
+                Ok((vec![], vec!["P2/6"])),
+            ),
+            (
+                "a plain member claims ownership when no owner is left on the roster",
+                |f| {
+                    f.committer = Committer::Member(1);
+                    f.policy_before = policy(&["P8"], false);
+                    f.policy_after = policy(&["P8", "P2"], false);
+                },
+                Ok((vec![], vec![])),
+            ),
+            (
+                "a claim while an owner is on the roster",
+                |f| {
+                    f.committer = Committer::Member(1);
+                    f.policy_after = policy(&["P1", "P2"], false);
+                },
+                Err("PolicyWithoutRight"),
+            ),
+            (
+                "a claim that also turns on auto-admit",
+                |f| {
+                    f.committer = Committer::Member(1);
+                    f.policy_before = policy(&["P8"], false);
+                    f.policy_after = policy(&["P8", "P2"], true);
+                },
+                Err("PolicyWithoutRight"),
+            ),
+            (
+                "a claim that makes someone else an owner",
+                |f| {
+                    f.committer = Committer::Member(1);
+                    f.policy_before = policy(&["P8"], false);
+                    f.policy_after = policy(&["P2", "P3"], false);
+                },
+                Err("PolicyWithoutRight"),
             ),
             (
                 "a non-member commits",

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{DeviceId, GroupHandle, UserId};
 
 pub use judgement::{
-    judge_commit, CommitFacts, CommitRefusal, Committer, Leaf, MemberDevice, Verdict,
+    judge_commit, CommitFacts, CommitRefusal, Committer, Leaf, MemberDevice, Roster, Verdict,
 };
 pub use welcome::{judge_welcome, WelcomeFacts, WelcomeRefusal};
 
@@ -55,6 +55,52 @@ const POLICY_VERSION: u8 = 1;
 /// from the handle, so the server cannot point one group's handle at another group.
 pub fn group_id(group: &GroupHandle) -> Vec<u8> {
     format!("rathaus:{group}").into_bytes()
+}
+
+/// Domain separation of a device link code.
+const LINK_DOMAIN: &[u8] = b"rathaus-link-v1";
+
+/// Letters of a link code: no 0/O, 1/I/L, so it can be read aloud and typed.
+const LINK_ALPHABET: &[u8; 31] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+
+/// The short code a new device shows so that one of its user's existing devices can
+/// admit it (DESIGN §5.9, device linking): about 59 bits of SHA-256 over its key, as
+/// three groups of four letters (`K7QF-2M9X-HR4T`). The existing device compares it with
+/// the key the server lists, so a server that substitutes a key must find a key with the
+/// same code.
+pub fn link_code(device_key: &[u8; 32]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(LINK_DOMAIN)
+        .chain_update(device_key)
+        .finalize();
+    let bits = digest
+        .iter()
+        .take(8)
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let letters: Vec<u8> = (0..12)
+        .map(|i| LINK_ALPHABET[((bits >> (59 - 5 * i)) & 0x1f) as usize % LINK_ALPHABET.len()])
+        .collect();
+    letters
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// A link code as typed (any case, with or without dashes and spaces), normalised for
+/// comparison with [`link_code`].
+pub fn normalize_link_code(typed: &str) -> String {
+    let letters: Vec<char> = typed
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' '))
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    letters
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// The device a leaf's `BasicCredential` names: the UTF-8 bytes `"<user>/<device>"`,
@@ -157,6 +203,19 @@ mod tests {
         ] {
             assert_eq!(DeviceCredential::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn link_codes_are_short_stable_and_forgiving_to_type() {
+        let code = link_code(&[7; 32]);
+        assert_eq!(code.len(), 14);
+        assert_eq!(code, link_code(&[7; 32]));
+        assert_ne!(code, link_code(&[8; 32]));
+        assert_eq!(
+            normalize_link_code(&code.to_lowercase().replace('-', " ")),
+            code
+        );
+        assert!(!code.contains('0') && !code.contains('O') && !code.contains('I'));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::fmt;
 
 use super::{DeviceCredential, GroupPolicy};
+use crate::ids::UserId;
 
 /// A staged Welcome as plain data: the input of [`judge_welcome`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub struct WelcomeFacts {
     pub policy: Option<Vec<u8>>,
     /// The credential identity of the member who signed the GroupInfo (the adder).
     pub adder: Vec<u8>,
+    /// The adder's signature key.
+    pub adder_key: Vec<u8>,
 }
 
 /// Why a Welcome is refused.
@@ -58,12 +61,14 @@ impl fmt::Display for WelcomeRefusal {
 
 impl std::error::Error for WelcomeRefusal {}
 
-/// Judges a staged Welcome: it must be for `expected_group_id`, list exactly the server's
-/// removal key as external sender, carry a valid policy, and come from an owner (or any
-/// member while auto-admit is on). Returns the policy.
+/// Judges a staged Welcome for a device of `joiner`: it must be for `expected_group_id`,
+/// list exactly the server's removal key as external sender, carry a valid policy, and
+/// come from an owner, from any member while auto-admit is on, or from another device of
+/// the joiner's own user (device linking). Returns the policy.
 pub fn judge_welcome(
     facts: &WelcomeFacts,
     expected_group_id: &[u8],
+    joiner: &UserId,
 ) -> Result<GroupPolicy, WelcomeRefusal> {
     if facts.group_id != expected_group_id {
         return Err(WelcomeRefusal::WrongGroup);
@@ -77,7 +82,7 @@ pub fn judge_welcome(
         .and_then(GroupPolicy::decode)
         .ok_or(WelcomeRefusal::Policy)?;
     let adder = DeviceCredential::parse(&facts.adder).ok_or(WelcomeRefusal::UnknownAdder)?;
-    if !policy.auto_admit && !policy.is_owner(&adder.user) {
+    if !policy.auto_admit && !policy.is_owner(&adder.user) && adder.user != *joiner {
         return Err(WelcomeRefusal::AdderNotOwner(adder));
     }
     Ok(policy)
@@ -86,7 +91,6 @@ pub fn judge_welcome(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::UserId;
 
     fn facts() -> WelcomeFacts {
         WelcomeFacts {
@@ -101,6 +105,7 @@ mod tests {
                 .encode(),
             ),
             adder: b"P1/1".to_vec(),
+            adder_key: vec![1; 32],
         }
     }
 
@@ -153,7 +158,7 @@ mod tests {
         for (name, change, expected) in cases {
             let mut f = facts();
             change(&mut f);
-            let got = judge_welcome(&f, b"rathaus:bauamt/secret");
+            let got = judge_welcome(&f, b"rathaus:bauamt/secret", &UserId::parse("P3").unwrap());
             match (got, expected) {
                 (Ok(_), None) => {}
                 (Err(e), Some(variant)) => {

@@ -201,7 +201,7 @@ fn validate_device(device: &NewDevice) -> Result<(DeviceKey, String), Refusal> {
     Ok((device.device_key, name.to_owned()))
 }
 
-fn hash_password(password: &str) -> Result<String, Refusal> {
+pub(super) fn hash_password(password: &str) -> Result<String, Refusal> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -221,7 +221,7 @@ fn unknown_user_hash() -> Option<&'static str> {
     .as_deref()
 }
 
-fn verify_password(password: &str, phc: &str) -> bool {
+pub(super) fn verify_password(password: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
         Ok(hash) => Argon2::default()
             .verify_password(password.as_bytes(), &hash)

@@ -123,6 +123,32 @@ impl LiveConnections {
         conns.len()
     }
 
+    /// Ends every connection of one device of `user` (revoked); returns how many.
+    pub fn end_device(&self, user: &UserId, device: DeviceId) -> usize {
+        let ended: Vec<Arc<dyn LiveConnection>> = self.with(|m| {
+            let Some(conns) = m.get_mut(user) else {
+                return Vec::new();
+            };
+            let ids: Vec<u64> = conns
+                .iter()
+                .filter(|(_, (d, _))| *d == device)
+                .map(|(id, _)| *id)
+                .collect();
+            let ended = ids
+                .iter()
+                .filter_map(|id| conns.remove(id).map(|(_, c)| c))
+                .collect();
+            if conns.is_empty() {
+                m.remove(user);
+            }
+            ended
+        });
+        for conn in &ended {
+            conn.end_account_removed();
+        }
+        ended.len()
+    }
+
     /// Forgets every connection (at shutdown, once they are closed).
     pub fn clear(&self) {
         self.with(HashMap::clear);

@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 pub mod codes;
 mod commit;
+mod devices;
 mod enrollment;
 mod events;
 mod groups;
@@ -321,6 +322,15 @@ impl Service {
                     .await
             }
             Request::FetchWelcomes => self.fetch_welcomes(session),
+            Request::SetDepartments { user, add, remove } => {
+                self.set_departments(&me, &user, add, remove).await
+            }
+            Request::ResetUser { user } => self.reset_user(&me, &user).await,
+            Request::ChangePassword { old, new } => {
+                self.change_password(session, &me, old, new).await
+            }
+            Request::OwnDevices => self.own_devices(&me),
+            Request::RemoveDevice { device } => self.remove_device(session, &me, device).await,
             Request::RatchetTree { group } => self.ratchet_tree(session, &me, group),
             Request::Hello { .. } => Err(Refusal::new(
                 ErrorCode::Invalid,

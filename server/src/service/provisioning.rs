@@ -261,6 +261,142 @@ impl Service {
         Ok(Response::Done)
     }
 
+    /// Moves a user between departments (DESIGN §5.5, §5.4): leaving one cuts its secret
+    /// group off at once and proposes the removal of the user's devices; joining one is a
+    /// pending invitation for its owners. Audited.
+    pub(super) async fn set_departments(
+        &self,
+        me: &UserRecord,
+        id: &UserId,
+        add: Vec<DepartmentSlug>,
+        remove: Vec<DepartmentSlug>,
+    ) -> Result<Response, Refusal> {
+        self.require_admin(me, "move users between departments")?;
+        if add.len() > MAX_LIST || remove.len() > MAX_LIST {
+            return Err(too_many("departments"));
+        }
+        if let Some(both) = add.iter().find(|a| remove.contains(a)) {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                format!("{both} is both to join and to leave"),
+            ));
+        }
+        let (ticket, user, joined, left) = {
+            let _dir = self.directory();
+            let mut user = self.live_user(id)?;
+            let mut w = Writes::new();
+            let (mut joined, mut left) = (Vec::new(), Vec::new());
+            for slug in add.iter().chain(&remove) {
+                let mut dept = self.db.department(slug)?.ok_or_else(|| {
+                    Refusal::new(
+                        ErrorCode::NotFound,
+                        format!("department {slug} does not exist"),
+                    )
+                })?;
+                let member = dept.members.contains(id) || dept.owners.contains(id);
+                if add.contains(slug) && !member {
+                    dept.members.push(id.clone());
+                    user.departments.push(slug.clone());
+                    joined.push(slug.clone());
+                } else if remove.contains(slug) && member {
+                    dept.members.retain(|m| m != id);
+                    dept.owners.retain(|o| o != id);
+                    user.departments.retain(|d| d != slug);
+                    left.push(slug.clone());
+                } else {
+                    continue;
+                }
+                w.put_department(&dept)?;
+            }
+            if joined.is_empty() && left.is_empty() {
+                return Ok(Response::User(summary(&user)));
+            }
+            user.departments.sort();
+            user.departments.dedup();
+            w.put_user(&user)?;
+            let mut audit = self.audit()?;
+            audit.record(
+                &mut w,
+                self.now_ms(),
+                &me.id,
+                "user.departments",
+                id.as_str(),
+                format!("joined: {}; left: {}", ids(&joined), ids(&left)),
+            )?;
+            self.db.apply(w)?;
+            audit.commit();
+            (self.commit.written(), user, joined, left)
+        };
+        self.durable(ticket).await?;
+        tracing::info!(user = %id, by = %me.id, joined = joined.len(), left = left.len(), "user moved");
+        let mut changed = joined.clone();
+        changed.extend(left.iter().cloned());
+        self.secret_groups_changed(&changed);
+        // Those who left get the push too, so their clients stop showing the group.
+        self.push_to_all(
+            vec![id.clone()],
+            rathaus_protocol::Event::SecretGroupsChanged,
+        );
+        self.remove_revoked_devices(&left).await;
+        self.publish(Broadcast::GroupsChanged);
+        Ok(Response::User(summary(&user)))
+    }
+
+    /// A lost phone or a forgotten password: revokes every device of the user (their
+    /// leaves are proposed for removal from every secret group), ends their sessions,
+    /// clears the password and issues a new enrollment code. The user stays on their
+    /// rosters; the device they enroll next is a new device that owners admit again.
+    pub(super) async fn reset_user(
+        &self,
+        me: &UserRecord,
+        id: &UserId,
+    ) -> Result<Response, Refusal> {
+        self.require_admin(me, "reset users")?;
+        if *id == me.id {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                "you cannot reset yourself; ask another administrator (or use \
+                 `rathaus-server admin-code` on the server)",
+            ));
+        }
+        let now = self.now_ms();
+        let code = codes::generate();
+        let record = code_record(&code, now);
+        let (ticket, departments) = {
+            let _dir = self.directory();
+            let mut user = self.live_user(id)?;
+            let revoked = user.active_devices().count();
+            for d in &mut user.devices {
+                d.revoked = true;
+            }
+            user.password_hash = None;
+            let mut w = Writes::new();
+            w.put_user(&user)?.put_code(id, &record)?;
+            let mut audit = self.audit()?;
+            audit.record(
+                &mut w,
+                now,
+                &me.id,
+                "user.reset",
+                id.as_str(),
+                format!("devices revoked: {revoked}; new enrollment code issued"),
+            )?;
+            self.db.apply(w)?;
+            audit.commit();
+            (self.commit.written(), user.departments.clone())
+        };
+        self.durable(ticket).await?;
+        let ended = self.live.end_all(id);
+        tracing::info!(user = %id, by = %me.id, connections_ended = ended, "user reset");
+        self.secret_groups_changed(&departments);
+        self.remove_revoked_devices(&departments).await;
+        Ok(Response::UserAdded {
+            user: id.clone(),
+            enrollment_code: code,
+            expires_at_ms: record.expires_ms,
+        })
+    }
+
     /// Tells everybody on the rosters of these departments' secret groups to re-read them.
     fn secret_groups_changed(&self, departments: &[DepartmentSlug]) {
         for slug in departments {
@@ -306,6 +442,18 @@ impl Service {
             .user(id)?
             .filter(|u| !u.removed)
             .ok_or_else(|| no_such_user(id))
+    }
+}
+
+/// A user as an admin sees them.
+pub(super) fn summary(u: &UserRecord) -> UserSummary {
+    UserSummary {
+        enrolled: u.password_hash.is_some(),
+        devices: u32::try_from(u.active_devices().count()).unwrap_or(u32::MAX),
+        user: u.id.clone(),
+        name: u.name.clone(),
+        roles: u.roles.clone(),
+        departments: u.departments.clone(),
     }
 }
 

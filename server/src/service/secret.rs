@@ -13,7 +13,9 @@ use openmls::prelude::{
     ProtocolMessage, Sender,
 };
 use rathaus_protocol::messages::{SecretGroupInfo, WelcomeInfo};
-use rathaus_protocol::mls::{judge_commit, CommitFacts, Committer, Leaf, GROUP_POLICY_EXTENSION};
+use rathaus_protocol::mls::{
+    judge_commit, CommitFacts, Committer, DeviceCredential, Leaf, Roster, GROUP_POLICY_EXTENSION,
+};
 use rathaus_protocol::{
     ClientMsgId, DepartmentSlug, DeviceId, EntryBody, ErrorCode, Event, GroupHandle, MemberInfo,
     PostBody, Response, UserId,
@@ -64,6 +66,7 @@ impl Service {
                 .filter(|u| !members.iter().any(|(m, _)| m == *u))
                 .cloned()
                 .collect();
+            let revoked = self.revoked_in_tree(&roster, &members)?;
             out.push(SecretGroupInfo {
                 group_id: group_id(&group),
                 born: record.is_some(),
@@ -73,6 +76,7 @@ impl Service {
                 pending,
                 members,
                 removal_key: self.removal_key.public_key(),
+                revoked,
                 head: self.head(&group)?,
                 group,
             });
@@ -277,7 +281,21 @@ impl Service {
                 // Checked below with its own message.
                 external_senders_changed: false,
             };
-            judge_commit(&facts, &roster(&dept)).map_err(|refusal| {
+            let users = roster(&dept);
+            let in_tree: Vec<Device> = record
+                .members
+                .iter()
+                .map(|m| (m.user.clone(), m.device))
+                .collect();
+            let judged_roster = Roster {
+                revoked: self
+                    .revoked_in_tree(&users, &in_tree)?
+                    .into_iter()
+                    .map(|(user, device)| DeviceCredential { user, device })
+                    .collect(),
+                users,
+            };
+            judge_commit(&facts, &judged_roster).map_err(|refusal| {
                 Refusal::new(ErrorCode::Forbidden, format!("commit refused: {refusal}"))
             })?;
             let mut heads = self.log_lock();
@@ -489,6 +507,28 @@ impl Service {
             .iter()
             .find(|m| m.user == session.user && m.device == session.device)
             .map(|m| m.joined_seq))
+    }
+
+    /// The devices in the tree of rostered users that were revoked: their removal is due.
+    fn revoked_in_tree(
+        &self,
+        roster: &[UserId],
+        in_tree: &[Device],
+    ) -> Result<Vec<Device>, Refusal> {
+        let mut out = Vec::new();
+        for (user, device) in in_tree {
+            if !roster.contains(user) {
+                continue;
+            }
+            let active = self
+                .db
+                .user(user)?
+                .is_some_and(|u| u.active_devices().any(|d| d.id == *device));
+            if !active {
+                out.push((user.clone(), *device));
+            }
+        }
+        Ok(out)
     }
 
     /// The devices that may read secret `group`: those in its tree whose users are on the

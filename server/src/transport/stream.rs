@@ -267,5 +267,10 @@ pub(crate) fn request_kind(r: &Request) -> &'static str {
         Request::Commit { .. } => "Commit",
         Request::FetchWelcomes => "FetchWelcomes",
         Request::RatchetTree { .. } => "RatchetTree",
+        Request::SetDepartments { .. } => "SetDepartments",
+        Request::ResetUser { .. } => "ResetUser",
+        Request::ChangePassword { .. } => "ChangePassword",
+        Request::OwnDevices => "OwnDevices",
+        Request::RemoveDevice { .. } => "RemoveDevice",
     }
 }

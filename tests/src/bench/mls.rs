@@ -163,7 +163,7 @@ pub(crate) fn all(n: usize, reps: usize, messages: usize, suffix: &str) -> Resul
     for _ in 0..messages {
         let t = Instant::now();
         let ct = a.encrypt(b"chat", MESSAGE)?;
-        match b.process_message(&ct, &[])? {
+        match b.process_message(&ct, &Default::default())? {
             Incoming::Application { plaintext, .. } if plaintext == MESSAGE => {}
             other => return Err(anyhow!("unexpected: {other:?}")),
         }
