@@ -163,17 +163,25 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             let group = GroupHandle::parse(&group)?;
             let mut client = open(profile)?;
             let rows = client.read(&group).await?;
+            // A rostered colleague whose device no owner admitted yet sees why it is empty.
+            let waiting = group.is_secret() && client.group_code(&group)?.is_none();
             let docs: Vec<Value> = rows.iter().map(row_json).collect();
-            out.print(
-                json!({"group": group.to_string(), "messages": docs}),
-                || {
-                    if rows.is_empty() {
-                        format!("{group}: no messages yet")
-                    } else {
-                        rows.iter().map(row_text).collect::<Vec<_>>().join("\n")
-                    }
-                },
-            );
+            let mut doc = json!({"group": group.to_string(), "messages": docs});
+            if waiting {
+                doc["waiting_for_admission"] = json!(true);
+            }
+            out.print(doc, || {
+                let mut lines: Vec<String> = rows.iter().map(row_text).collect();
+                if waiting {
+                    lines.push(format!(
+                        "{group}: waiting for an owner to admit this device (`rathaus members \
+                         {group}` shows the owners)"
+                    ));
+                } else if rows.is_empty() {
+                    lines.push(format!("{group}: no messages yet"));
+                }
+                lines.join("\n")
+            });
             client.disconnect().await;
             Ok(())
         }

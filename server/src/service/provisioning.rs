@@ -209,6 +209,12 @@ impl Service {
         let (ticket, left) = {
             let _dir = self.directory();
             let mut user = self.db.user(id)?.ok_or_else(|| no_such_user(id))?;
+            if user.removed {
+                return Err(Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("{id} was offboarded already"),
+                ));
+            }
             let mut w = Writes::new();
             let mut left = Vec::new();
             for dept in self.db.departments()? {

@@ -349,6 +349,18 @@ async fn an_offboarded_user_is_refused_and_their_posts_remain() {
         .await
         .unwrap();
     assert_eq!(r, Response::Done);
+    // Offboarding again is not reported as done (nor audited) a second time.
+    let again = f
+        .service
+        .handle(&f.admin, Request::RemoveUser { user: uid("P1001") })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code, ErrorCode::NotFound);
+    assert!(
+        again.message.contains("offboarded already"),
+        "{}",
+        again.message
+    );
 
     let r = f.service.handle(&anna, Request::Whoami).await.unwrap_err();
     assert_eq!(r.code, ErrorCode::Unauthenticated);
