@@ -290,6 +290,7 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             Ok(())
         }
         Command::Devices { command } => crate::devices::devices(profile, command, out).await,
+        Command::Room { command } => crate::rooms::room(profile, command, out).await,
         Command::Password { password_stdin } => {
             crate::devices::change_password(profile, password_stdin, out).await
         }

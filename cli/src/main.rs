@@ -8,6 +8,7 @@ mod demo;
 mod devices;
 mod output;
 mod password;
+mod rooms;
 mod verify;
 
 use std::path::PathBuf;
@@ -93,6 +94,11 @@ pub(crate) enum Command {
     Devices {
         #[command(subcommand)]
         command: Option<DevicesCommand>,
+    },
+    /// Secret project rooms across departments.
+    Room {
+        #[command(subcommand)]
+        command: RoomCommand,
     },
     /// Change your password (the one that adds devices).
     Password {
@@ -315,6 +321,37 @@ pub(crate) enum DepartmentCommand {
     },
     /// List departments.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RoomCommand {
+    /// Create a room (`room/SLUG`); you own it.
+    Create {
+        /// Short name: a lowercase letter, then a-z 0-9 -.
+        slug: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Owner: invite a colleague from any department.
+    Invite {
+        /// The room, e.g. room/sanierung.
+        room: String,
+        /// The colleague's personnel number.
+        user: String,
+    },
+    /// Accept an invitation.
+    Join {
+        /// The room.
+        room: String,
+    },
+    /// Leave a room.
+    Leave {
+        /// The room.
+        room: String,
+    },
+    /// The rooms you are invited to.
+    Invitations,
 }
 
 #[derive(Debug, Subcommand)]

@@ -63,11 +63,12 @@ pub struct DepartmentSlug(String);
 impl DepartmentSlug {
     /// Parses a department slug.
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        const RULE: &str = "a lowercase letter, then up to 31 of a-z 0-9 -; not \"announcements\"";
+        const RULE: &str =
+            "a lowercase letter, then up to 31 of a-z 0-9 -; not \"announcements\" or \"room\"";
         let mut bytes = s.bytes();
         let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase());
         let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !first_ok || !rest_ok || s.len() > 32 || s == ANNOUNCEMENTS {
+        if !first_ok || !rest_ok || s.len() > 32 || s == ANNOUNCEMENTS || s == ROOM {
             return Err(InvalidId::new("department", s, RULE));
         }
         Ok(Self(s.to_owned()))
@@ -81,6 +82,8 @@ impl DepartmentSlug {
 
 const ANNOUNCEMENTS: &str = "announcements";
 const SECRET_SUFFIX: &str = "/secret";
+const ROOM: &str = "room";
+const ROOM_PREFIX: &str = "room/";
 
 /// A group handle: `bauamt` (public department group), `bauamt/secret` (secret group) or
 /// `announcements`.
@@ -93,6 +96,9 @@ pub enum GroupHandle {
     Public(DepartmentSlug),
     /// A department's MLS-encrypted secret group.
     Secret(DepartmentSlug),
+    /// A secret project room not tied to a department (`room/slug`), MLS-encrypted like
+    /// a secret group; its creator owns it and invites colleagues from any department.
+    Room(DepartmentSlug),
 }
 
 impl GroupHandle {
@@ -100,6 +106,11 @@ impl GroupHandle {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if s == ANNOUNCEMENTS {
             return Ok(Self::Announcements);
+        }
+        if let Some(slug) = s.strip_prefix(ROOM_PREFIX) {
+            return DepartmentSlug::parse(slug)
+                .map(Self::Room)
+                .map_err(|_| InvalidId::new("group", s, GROUP_RULE));
         }
         if let Some(slug) = s.strip_suffix(SECRET_SUFFIX) {
             return DepartmentSlug::parse(slug)
@@ -114,18 +125,27 @@ impl GroupHandle {
     /// The department this group belongs to, if any.
     pub fn department(&self) -> Option<&DepartmentSlug> {
         match self {
-            Self::Announcements => None,
+            Self::Announcements | Self::Room(_) => None,
             Self::Public(d) | Self::Secret(d) => Some(d),
         }
     }
 
-    /// Whether this is an MLS secret group.
+    /// The project room's slug, if this is a room.
+    pub fn room(&self) -> Option<&DepartmentSlug> {
+        match self {
+            Self::Room(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an MLS secret group (a department's secret group or a room).
     pub fn is_secret(&self) -> bool {
-        matches!(self, Self::Secret(_))
+        matches!(self, Self::Secret(_) | Self::Room(_))
     }
 }
 
-const GROUP_RULE: &str = "\"announcements\", a department like \"bauamt\", or \"bauamt/secret\"";
+const GROUP_RULE: &str =
+    "\"announcements\", a department like \"bauamt\", \"bauamt/secret\", or a room like \"room/sanierung\"";
 
 impl fmt::Display for GroupHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,6 +153,7 @@ impl fmt::Display for GroupHandle {
             Self::Announcements => f.write_str(ANNOUNCEMENTS),
             Self::Public(d) => f.write_str(d.as_str()),
             Self::Secret(d) => write!(f, "{}{SECRET_SUFFIX}", d.as_str()),
+            Self::Room(r) => write!(f, "{ROOM_PREFIX}{}", r.as_str()),
         }
     }
 }

@@ -41,7 +41,7 @@ pub use ids::{
 pub use messages::{
     AnnouncementInfo, AnnouncementState, AuditEntry, ClaimedKeyPackage, DepartmentInfo, DeviceInfo,
     EntryBody, Event, GroupKind, GroupSummary, LogEntry, MemberInfo, PostBody, Request, Response,
-    SessionInfo, UserSummary,
+    RoomInvitation, SessionInfo, UserSummary,
 };
 
 /// The protocol version this build speaks. A peer announcing another version is refused

@@ -309,6 +309,37 @@ pub enum Request {
         /// The device.
         device: DeviceId,
     },
+    /// Creates a secret project room (`room/slug`) owned by the requester, who is its
+    /// first member. Answered with `Done`.
+    CreateRoom {
+        /// The room's short name.
+        slug: DepartmentSlug,
+        /// Display name ("Sanierung Rathausplatz").
+        name: String,
+    },
+    /// Owner: invites a colleague to a room; they see a pending invitation. Answered with
+    /// `Done`.
+    InviteToRoom {
+        /// The room.
+        room: GroupHandle,
+        /// The colleague.
+        user: UserId,
+    },
+    /// Accepts an invitation: puts the requester on the room's roster, so an owner's
+    /// client admits them. Answered with `Done`.
+    JoinRoom {
+        /// The room.
+        room: GroupHandle,
+    },
+    /// Leaves a room: off its roster at once, devices removed from it. Answered with
+    /// `Done`.
+    LeaveRoom {
+        /// The room.
+        room: GroupHandle,
+    },
+    /// The rooms the requester is invited to and has not joined. Answered with
+    /// `RoomInvitations`.
+    RoomInvitations,
 }
 
 /// What is posted.
@@ -447,6 +478,19 @@ pub enum Response {
     },
     /// Answer to `OwnDevices`.
     Devices(Vec<DeviceInfo>),
+    /// Answer to `RoomInvitations`.
+    RoomInvitations(Vec<RoomInvitation>),
+}
+
+/// A room someone invited the requester to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInvitation {
+    /// The room (`room/slug`).
+    pub room: GroupHandle,
+    /// Its display name.
+    pub name: String,
+    /// Its owners, as the server's record lists them.
+    pub owners: Vec<UserId>,
 }
 
 /// One of a user's devices, as `OwnDevices` lists it.

@@ -210,6 +210,17 @@ impl Operator {
         })
     }
 
+    /// Puts `user` on a project room's roster without any invitation or consent.
+    pub fn put_on_room_roster(&self, slug: &str, user: &UserId) -> Result<()> {
+        let slug = rathaus_protocol::DepartmentSlug::parse(slug)?;
+        self.write(|db, writes| {
+            let mut room = db.room(&slug)?.ok_or_else(|| anyhow!("no room {slug}"))?;
+            room.members.push(user.clone());
+            writes.put_room(&room)?;
+            Ok(())
+        })
+    }
+
     /// The current head of a group's log.
     pub fn head(&self, group: &GroupHandle) -> Result<u64> {
         Ok(self.open()?.1.head(group)?)

@@ -348,3 +348,89 @@ async fn a_group_outlives_its_only_owner_by_a_visible_claim() {
         "{rows:?}"
     );
 }
+
+#[tokio::test]
+async fn a_project_room_across_two_departments_works_and_the_admin_sees_only_who_is_in_it() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    backend
+        .department(&mut admin, "kaemmerei", &[])
+        .await
+        .unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let mut eva = backend
+        .user(&mut admin, "P2001", "Eva Klein", &["kaemmerei"])
+        .await
+        .unwrap();
+
+    let room = anna
+        .create_room(&slug("sanierung"), "Sanierung Rathausplatz")
+        .await
+        .unwrap();
+    assert_eq!(room.to_string(), "room/sanierung");
+    assert!(
+        anna.group_code(&room).unwrap().is_some(),
+        "the owner's device holds the room"
+    );
+    anna.send_text(&room, "vor der Einladung").await.unwrap();
+
+    // The admin cannot invite anyone, nor read the room; Eva has nothing to join yet.
+    let refused = admin
+        .invite_to_room(&room, &uid("P2001"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::Forbidden), "{refused}");
+    assert!(eva.room_invitations().await.unwrap().is_empty());
+
+    anna.invite_to_room(&room, &uid("P2001")).await.unwrap();
+    let invitations = eva.room_invitations().await.unwrap();
+    assert_eq!(invitations.len(), 1, "{invitations:?}");
+    assert_eq!(invitations[0].room, room);
+    eva.join_room(&room).await.unwrap();
+    // Anna's next sync admits her: only colleagues Anna invited.
+    within("anna syncs", anna.sync()).await.unwrap().unwrap();
+    anna.send_text(&room, "willkommen im Projekt")
+        .await
+        .unwrap();
+    let rows = within("eva reads", eva.read(&room)).await.unwrap().unwrap();
+    assert!(
+        texts(&rows).contains(&"willkommen im Projekt".to_owned()),
+        "{rows:?}"
+    );
+    assert!(
+        !texts(&rows).contains(&"vor der Einladung".to_owned()),
+        "{rows:?}"
+    );
+    let rows = anna.read(&room).await.unwrap();
+    assert!(
+        rows.iter().any(|r| r.kind == "membership"
+            && r.text
+                .starts_with("Anna Berg (P1001) added Eva Klein (P2001, device")),
+        "{rows:?}"
+    );
+
+    // The admin sees that the room exists and who is in it, never its content.
+    let members = admin.members(&room).await.unwrap();
+    let ids: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    assert_eq!(ids, vec!["P1001", "P2001"]);
+    let fetch = Request::Fetch {
+        group: room.clone(),
+        since: 0,
+        limit: 10,
+    };
+    let refused = admin.request(&fetch).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::Forbidden), "{refused}");
+
+    // Eva leaves: cut off, and her device is removed visibly.
+    eva.leave_room(&room).await.unwrap();
+    let refused = eva.request(&fetch).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::Forbidden), "{refused}");
+    sync_until(&mut anna, &room, |r| {
+        r.kind == "membership" && r.text.contains("removed Eva Klein (P2001, device")
+    })
+    .await;
+}

@@ -379,3 +379,38 @@ async fn a_removal_the_server_drops_is_shown_to_every_member() {
         assert!(view.members.iter().any(|m| m.user == "P1003"), "{view:?}");
     }
 }
+
+#[tokio::test]
+async fn a_colleague_the_operator_puts_on_a_room_roster_is_not_admitted() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let mut mallory = backend
+        .user(&mut admin, "P6666", "Mallory", &[])
+        .await
+        .unwrap();
+    let slug = rathaus_protocol::DepartmentSlug::parse("sanierung").unwrap();
+    let room = anna.create_room(&slug, "Sanierung").await.unwrap();
+
+    backend.stop().await;
+    Operator::new(&backend.data_dir())
+        .put_on_room_roster("sanierung", &uid("P6666"))
+        .unwrap();
+    backend.run().await.unwrap();
+
+    // Anna's client admits only colleagues Anna invited.
+    within("anna syncs", anna.sync()).await.unwrap().unwrap();
+    anna.send_text(&room, "nur fuer Eingeladene").await.unwrap();
+    let view = anna.secret_group(&room).await.unwrap();
+    assert!(view.members.iter().all(|m| m.user != "P6666"), "{view:?}");
+    assert_eq!(view.pending, vec!["P6666".to_owned()]);
+    within("mallory syncs", mallory.sync())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(mallory.group_code(&room).unwrap().is_none());
+}

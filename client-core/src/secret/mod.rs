@@ -33,6 +33,7 @@ mod key_packages;
 mod log;
 mod memory;
 mod policy;
+mod rooms;
 mod rows;
 mod send;
 mod sync;

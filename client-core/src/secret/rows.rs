@@ -79,10 +79,12 @@ impl Client {
 
     /// Refreshes the display names of the department's members (for membership rows).
     pub(super) async fn learn_names(&mut self, group: &GroupHandle) -> Result<()> {
-        let Some(slug) = group.department() else {
-            return Ok(());
+        // A department's colleagues are its public group's members; a room lists its own.
+        let public = match (group.department(), group.room()) {
+            (Some(slug), _) => GroupHandle::Public(slug.clone()),
+            (None, Some(_)) => group.clone(),
+            (None, None) => return Ok(()),
         };
-        let public = GroupHandle::Public(slug.clone());
         match self.members(&public).await {
             Ok(members) => self
                 .store

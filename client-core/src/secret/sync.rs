@@ -146,6 +146,8 @@ impl Client {
         if policy.auto_admit && policy.is_owner(&me) && !info.pending.is_empty() {
             self.commit_intent(group, Intent::Add(info.pending.clone()))
                 .await?;
+        } else if group.room().is_some() && policy.is_owner(&me) && !info.pending.is_empty() {
+            self.admit_invited(group, &info.pending).await?;
         }
         self.check_removals_due(group, &super::log::roster_of(info))?;
         let conn = self.mls.connection();

@@ -41,6 +41,17 @@ impl Service {
                 });
             }
         }
+        for room in self.db.rooms()? {
+            if super::secret::on_roster(&room, &me.id) {
+                let handle = GroupHandle::Room(room.slug.clone());
+                groups.push(GroupSummary {
+                    head: self.head(&handle)?,
+                    handle,
+                    kind: GroupKind::Secret,
+                    name: room.name.clone(),
+                });
+            }
+        }
         Ok(Response::Groups(groups))
     }
 
@@ -357,7 +368,7 @@ impl Service {
                     ))
                 }
             }
-            GroupHandle::Secret(_) => self.readable_group(group).map(|_| ()),
+            GroupHandle::Secret(_) | GroupHandle::Room(_) => self.readable_group(group).map(|_| ()),
         }
     }
 
@@ -367,7 +378,7 @@ impl Service {
         match group {
             GroupHandle::Announcements => Ok(None),
             GroupHandle::Public(slug) => self.department_or_not_found(slug).map(Some),
-            GroupHandle::Secret(_) => Err(Refusal::new(
+            GroupHandle::Secret(_) | GroupHandle::Room(_) => Err(Refusal::new(
                 ErrorCode::NotFound,
                 format!("secret group {group} does not exist yet"),
             )),

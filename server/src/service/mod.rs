@@ -22,6 +22,7 @@ mod provisioning;
 mod removal;
 mod retention;
 mod roles;
+mod rooms;
 mod secret;
 mod server_entries;
 pub mod throttle;
@@ -331,6 +332,11 @@ impl Service {
             }
             Request::OwnDevices => self.own_devices(&me),
             Request::RemoveDevice { device } => self.remove_device(session, &me, device).await,
+            Request::CreateRoom { slug, name } => self.create_room(&me, slug, name).await,
+            Request::InviteToRoom { room, user } => self.invite_to_room(&me, room, user).await,
+            Request::JoinRoom { room } => self.join_room(&me, room).await,
+            Request::LeaveRoom { room } => self.leave_room(&me, room).await,
+            Request::RoomInvitations => self.room_invitations(&me),
             Request::RatchetTree { group } => self.ratchet_tree(session, &me, group),
             Request::Hello { .. } => Err(Refusal::new(
                 ErrorCode::Invalid,

@@ -26,7 +26,7 @@ impl Service {
             GroupHandle::Public(slug) => self.db.department(slug)?.ok_or_else(|| {
                 Refusal::new(ErrorCode::NotFound, format!("group {group} does not exist"))
             })?,
-            GroupHandle::Secret(_) => {
+            GroupHandle::Secret(_) | GroupHandle::Room(_) => {
                 return Err(Refusal::new(
                     ErrorCode::Invalid,
                     "secret groups are end-to-end encrypted; the server can neither read nor \

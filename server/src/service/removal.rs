@@ -71,15 +71,18 @@ impl Service {
 
     /// One pass over every secret group: propose what is missing, ask whoever is next.
     pub async fn drive_removals(&self) {
-        let departments = match self.db.departments() {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list departments for removals");
+        let groups = match (self.db.departments(), self.db.rooms()) {
+            (Ok(d), Ok(r)) => d
+                .iter()
+                .map(|d| secret_handle(&d.slug))
+                .chain(r.iter().map(|r| GroupHandle::Room(r.slug.clone())))
+                .collect::<Vec<_>>(),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot list secret groups for removals");
                 return;
             }
         };
-        for dept in departments {
-            let group = secret_handle(&dept.slug);
+        for group in groups {
             if let Err(e) = self.drive_removal(&group).await {
                 tracing::error!(%group, error = ?e.detail, message = %e.message, "removal step failed");
             }
@@ -272,7 +275,7 @@ impl Service {
 
     fn department_of(&self, group: &GroupHandle) -> Result<Option<DepartmentRecord>, Refusal> {
         match group {
-            GroupHandle::Secret(slug) => Ok(self.db.department(slug)?),
+            GroupHandle::Secret(_) | GroupHandle::Room(_) => self.roster_record(group),
             _ => Ok(None),
         }
     }

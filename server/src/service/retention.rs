@@ -47,7 +47,7 @@ impl Service {
                     ));
                 }
             }
-            GroupHandle::Secret(_) => {
+            GroupHandle::Secret(_) | GroupHandle::Room(_) => {
                 return Err(Refusal::new(
                     ErrorCode::Invalid,
                     "retention applies to public groups and announcements; secret groups \

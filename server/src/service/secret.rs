@@ -45,11 +45,20 @@ pub(super) fn on_roster(dept: &DepartmentRecord, user: &UserId) -> bool {
 impl Service {
     pub(super) fn secret_groups(&self, me: &UserRecord) -> Result<Response, Refusal> {
         let mut out = Vec::new();
-        for dept in self.db.departments()? {
+        let departments = self
+            .db
+            .departments()?
+            .into_iter()
+            .map(|d| (GroupHandle::Secret(d.slug.clone()), d));
+        let rooms = self
+            .db
+            .rooms()?
+            .into_iter()
+            .map(|r| (GroupHandle::Room(r.slug.clone()), r));
+        for (group, dept) in departments.chain(rooms) {
             if !on_roster(&dept, &me.id) {
                 continue;
             }
-            let group = GroupHandle::Secret(dept.slug.clone());
             let record = self.db.secret_group(&group)?;
             let members: Vec<(UserId, DeviceId)> = record
                 .as_ref()
@@ -457,7 +466,10 @@ impl Service {
         group: GroupHandle,
     ) -> Result<Response, Refusal> {
         let dept = self.secret_department(&group)?;
-        if !on_roster(&dept, &me.id) {
+        // Who is in a project room is metadata its administrators may see (never its
+        // content); a department's roster they manage themselves.
+        let admin_of_room = group.room().is_some() && me.has_role(rathaus_protocol::Role::Admin);
+        if !on_roster(&dept, &me.id) && !admin_of_room {
             return Err(not_on_roster(&group));
         }
         let record = self.db.secret_group(&group)?;
@@ -489,6 +501,9 @@ impl Service {
     ) -> Result<DepartmentRecord, Refusal> {
         match group {
             GroupHandle::Secret(slug) => self.department_or_not_found(slug),
+            GroupHandle::Room(slug) => self.db.room(slug)?.ok_or_else(|| {
+                Refusal::new(ErrorCode::NotFound, format!("room {group} does not exist"))
+            }),
             _ => Err(invalid(format!("{group} is not a secret group"))),
         }
     }
@@ -507,6 +522,19 @@ impl Service {
             .iter()
             .find(|m| m.user == session.user && m.device == session.device)
             .map(|m| m.joined_seq))
+    }
+
+    /// The record holding a secret group's roster and owners: its department's, or the
+    /// room's; `None` for other handles and groups that do not exist.
+    pub(super) fn roster_record(
+        &self,
+        group: &GroupHandle,
+    ) -> Result<Option<DepartmentRecord>, Refusal> {
+        Ok(match group {
+            GroupHandle::Secret(slug) => self.db.department(slug)?,
+            GroupHandle::Room(slug) => self.db.room(slug)?,
+            _ => None,
+        })
     }
 
     /// The devices in the tree of rostered users that were revoked: their removal is due.
@@ -538,10 +566,7 @@ impl Service {
         group: &GroupHandle,
     ) -> Result<HashMap<UserId, Vec<DeviceId>>, Refusal> {
         let mut out: HashMap<UserId, Vec<DeviceId>> = HashMap::new();
-        let GroupHandle::Secret(slug) = group else {
-            return Ok(out);
-        };
-        let (Some(dept), Some(record)) = (self.db.department(slug)?, self.db.secret_group(group)?)
+        let (Some(dept), Some(record)) = (self.roster_record(group)?, self.db.secret_group(group)?)
         else {
             return Ok(out);
         };
@@ -560,10 +585,7 @@ impl Service {
         session: &Session,
         group: &GroupHandle,
     ) -> Result<Option<SecretGroupRecord>, Refusal> {
-        let GroupHandle::Secret(slug) = group else {
-            return Ok(None);
-        };
-        let Some(dept) = self.db.department(slug)? else {
+        let Some(dept) = self.roster_record(group)? else {
             return Ok(None);
         };
         if !on_roster(&dept, &session.user) {

@@ -248,6 +248,24 @@ impl Db {
         self.all_under(DEPT)
     }
 
+    /// A project room (`room/slug`): same shape as a department — owners and the roster —
+    /// kept under its own keys so it is never mistaken for one.
+    pub fn room(&self, slug: &DepartmentSlug) -> Result<Option<DepartmentRecord>, StoreError> {
+        self.get(&key(ROOM, &[slug.as_str().as_bytes()]))
+    }
+
+    /// Every project room.
+    pub fn rooms(&self) -> Result<Vec<DepartmentRecord>, StoreError> {
+        self.all_under(ROOM)
+    }
+
+    /// Users invited to a room who have not joined yet.
+    pub fn room_invitations(&self, slug: &DepartmentSlug) -> Result<Vec<UserId>, StoreError> {
+        Ok(self
+            .get(&key(ROOM_INVITED, &[slug.as_str().as_bytes()]))?
+            .unwrap_or_default())
+    }
+
     /// The user's open enrollment code.
     pub fn code(&self, user: &UserId) -> Result<Option<CodeRecord>, StoreError> {
         self.get(&code_key(user))
@@ -460,6 +478,26 @@ impl Writes {
         Ok(self)
     }
 
+    /// Stores a project room's record.
+    pub fn put_room(&mut self, room: &DepartmentRecord) -> Result<&mut Self, StoreError> {
+        self.batch
+            .put(key(ROOM, &[room.slug.as_str().as_bytes()]), encode(room)?);
+        Ok(self)
+    }
+
+    /// Stores who is invited to a room and has not joined yet.
+    pub fn put_room_invitations(
+        &mut self,
+        slug: &DepartmentSlug,
+        invited: &[UserId],
+    ) -> Result<&mut Self, StoreError> {
+        self.batch.put(
+            key(ROOM_INVITED, &[slug.as_str().as_bytes()]),
+            encode(&invited.to_vec())?,
+        );
+        Ok(self)
+    }
+
     /// Stores the Welcomes waiting for a device.
     pub fn put_welcomes(
         &mut self,
@@ -483,6 +521,8 @@ const KP: &[u8] = b"kp/";
 const SECRET: &[u8] = b"secret/";
 const MLS: &[u8] = b"mls/";
 const WELCOME: &[u8] = b"welcome/";
+const ROOM: &[u8] = b"room/";
+const ROOM_INVITED: &[u8] = b"roominv/";
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();

@@ -272,5 +272,10 @@ pub(crate) fn request_kind(r: &Request) -> &'static str {
         Request::ChangePassword { .. } => "ChangePassword",
         Request::OwnDevices => "OwnDevices",
         Request::RemoveDevice { .. } => "RemoveDevice",
+        Request::CreateRoom { .. } => "CreateRoom",
+        Request::InviteToRoom { .. } => "InviteToRoom",
+        Request::JoinRoom { .. } => "JoinRoom",
+        Request::LeaveRoom { .. } => "LeaveRoom",
+        Request::RoomInvitations => "RoomInvitations",
     }
 }

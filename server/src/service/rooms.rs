@@ -1,0 +1,238 @@
+//! Project rooms (`room/slug`): secret groups not tied to a department, for teams across
+//! offices. Any colleague creates one and owns it; owners invite colleagues from any
+//! department, who see a pending invitation and accept it (`JoinRoom`), after which an
+//! owner's client admits them — the same MLS rules as department secret groups, with the
+//! room's record in place of the department's. Administrators see that a room exists and
+//! who is in it, never its content, and cannot add anyone.
+
+use rathaus_protocol::{
+    DepartmentSlug, ErrorCode, Event, GroupHandle, Response, RoomInvitation, UserId,
+};
+
+use super::secret::on_roster;
+use super::{Refusal, Service};
+use crate::store::{DepartmentRecord, UserRecord, Writes};
+
+/// Most colleagues invited to one room and not joined yet.
+const MAX_INVITED: usize = 1_000;
+
+impl Service {
+    /// Creates a room owned by `me`.
+    pub(super) async fn create_room(
+        &self,
+        me: &UserRecord,
+        slug: DepartmentSlug,
+        name: String,
+    ) -> Result<Response, Refusal> {
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.len() > rathaus_protocol::limits::MAX_NAME {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                "a room needs a name of at most 128 bytes",
+            ));
+        }
+        let group = GroupHandle::Room(slug.clone());
+        let ticket = {
+            let _dir = self.directory();
+            if self.db.room(&slug)?.is_some() {
+                return Err(Refusal::new(
+                    ErrorCode::AlreadyExists,
+                    format!("{group} exists already"),
+                ));
+            }
+            let room = DepartmentRecord {
+                slug: slug.clone(),
+                name: name.clone(),
+                owners: vec![me.id.clone()],
+                members: vec![me.id.clone()],
+                created_ms: self.now_ms(),
+            };
+            let mut w = Writes::new();
+            w.put_room(&room)?;
+            let mut audit = self.audit()?;
+            audit.record(
+                &mut w,
+                self.now_ms(),
+                &me.id,
+                "room.create",
+                group.to_string(),
+                format!("{name:?}"),
+            )?;
+            self.db.apply(w)?;
+            audit.commit();
+            self.commit.written()
+        };
+        self.durable(ticket).await?;
+        tracing::info!(%group, by = %me.id, "room created");
+        // Its unborn secret group waits for the owner's client.
+        self.push_to_all(vec![me.id.clone()], Event::SecretGroupsChanged);
+        Ok(Response::Done)
+    }
+
+    /// An owner invites `user`: a pending invitation on the invitee's side.
+    pub(super) async fn invite_to_room(
+        &self,
+        me: &UserRecord,
+        group: GroupHandle,
+        user: UserId,
+    ) -> Result<Response, Refusal> {
+        let slug = room_slug(&group)?;
+        let ticket = {
+            let _dir = self.directory();
+            let room = self.room_or_not_found(&group, slug)?;
+            if !room.owners.contains(&me.id) {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!("only owners of {group} invite colleagues"),
+                ));
+            }
+            if self.db.user(&user)?.is_none_or(|u| u.removed) {
+                return Err(Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("there is no colleague {user}"),
+                ));
+            }
+            if on_roster(&room, &user) {
+                return Ok(Response::Done);
+            }
+            let mut invited = self.db.room_invitations(slug)?;
+            if invited.contains(&user) {
+                return Ok(Response::Done);
+            }
+            if invited.len() >= MAX_INVITED {
+                return Err(Refusal::new(
+                    ErrorCode::TooLarge,
+                    format!("{group} has {MAX_INVITED} open invitations already"),
+                ));
+            }
+            invited.push(user.clone());
+            let mut w = Writes::new();
+            w.put_room_invitations(slug, &invited)?;
+            let mut audit = self.audit()?;
+            audit.record(
+                &mut w,
+                self.now_ms(),
+                &me.id,
+                "room.invite",
+                group.to_string(),
+                user.to_string(),
+            )?;
+            self.db.apply(w)?;
+            audit.commit();
+            self.commit.written()
+        };
+        self.durable(ticket).await?;
+        self.push_to_all(vec![user], Event::SecretGroupsChanged);
+        Ok(Response::Done)
+    }
+
+    /// The invitee accepts: on the roster now, so an owner's client admits them.
+    pub(super) async fn join_room(
+        &self,
+        me: &UserRecord,
+        group: GroupHandle,
+    ) -> Result<Response, Refusal> {
+        let slug = room_slug(&group)?;
+        let (ticket, room) = {
+            let _dir = self.directory();
+            let mut room = self.room_or_not_found(&group, slug)?;
+            if on_roster(&room, &me.id) {
+                return Ok(Response::Done);
+            }
+            let mut invited = self.db.room_invitations(slug)?;
+            if !invited.contains(&me.id) {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!("nobody invited you to {group}; ask one of its owners"),
+                ));
+            }
+            invited.retain(|u| *u != me.id);
+            room.members.push(me.id.clone());
+            let mut w = Writes::new();
+            w.put_room(&room)?.put_room_invitations(slug, &invited)?;
+            self.db.apply(w)?;
+            (self.commit.written(), room)
+        };
+        self.durable(ticket).await?;
+        tracing::info!(%group, user = %me.id, "joined room");
+        self.push_to_all(super::secret::roster(&room), Event::SecretGroupsChanged);
+        Ok(Response::Done)
+    }
+
+    /// Leaves a room: off its roster at once; the removal of the devices is proposed.
+    pub(super) async fn leave_room(
+        &self,
+        me: &UserRecord,
+        group: GroupHandle,
+    ) -> Result<Response, Refusal> {
+        let slug = room_slug(&group)?;
+        let ticket = {
+            let _dir = self.directory();
+            let mut room = self.room_or_not_found(&group, slug)?;
+            let mut invited = self.db.room_invitations(slug)?;
+            let was_invited = invited.contains(&me.id);
+            if !on_roster(&room, &me.id) && !was_invited {
+                return Ok(Response::Done);
+            }
+            room.members.retain(|u| *u != me.id);
+            room.owners.retain(|u| *u != me.id);
+            invited.retain(|u| *u != me.id);
+            let mut w = Writes::new();
+            w.put_room(&room)?.put_room_invitations(slug, &invited)?;
+            let mut audit = self.audit()?;
+            audit.record(
+                &mut w,
+                self.now_ms(),
+                &me.id,
+                "room.leave",
+                group.to_string(),
+                String::new(),
+            )?;
+            self.db.apply(w)?;
+            audit.commit();
+            self.commit.written()
+        };
+        self.durable(ticket).await?;
+        if let Some(room) = self.db.room(slug)? {
+            self.push_to_all(super::secret::roster(&room), Event::SecretGroupsChanged);
+        }
+        if let Err(e) = self.drive_removal(&group).await {
+            tracing::error!(%group, error = ?e.detail, message = %e.message, "cannot propose removals yet");
+        }
+        Ok(Response::Done)
+    }
+
+    /// The rooms `me` is invited to and has not joined.
+    pub(super) fn room_invitations(&self, me: &UserRecord) -> Result<Response, Refusal> {
+        let mut out = Vec::new();
+        for room in self.db.rooms()? {
+            if self.db.room_invitations(&room.slug)?.contains(&me.id) {
+                out.push(RoomInvitation {
+                    room: GroupHandle::Room(room.slug.clone()),
+                    name: room.name,
+                    owners: room.owners,
+                });
+            }
+        }
+        Ok(Response::RoomInvitations(out))
+    }
+
+    fn room_or_not_found(
+        &self,
+        group: &GroupHandle,
+        slug: &DepartmentSlug,
+    ) -> Result<DepartmentRecord, Refusal> {
+        self.db
+            .room(slug)?
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("{group} does not exist")))
+    }
+}
+
+fn room_slug(group: &GroupHandle) -> Result<&DepartmentSlug, Refusal> {
+    group.room().ok_or_else(|| {
+        Refusal::new(
+            ErrorCode::Invalid,
+            format!("{group} is not a room; rooms are named like room/sanierung"),
+        )
+    })
+}
