@@ -42,7 +42,8 @@ pub struct SecretGroupView {
     pub epoch: u64,
     /// Members with their devices (from this device's MLS state if joined).
     pub members: Vec<SecretMember>,
-    /// Owners per the group's policy (the server's seed while not joined).
+    /// Owners per the group's policy who are still on the roster (the server's seed while
+    /// not joined).
     pub owners: Vec<String>,
     /// Whether owners admit pending users automatically.
     pub auto_admit: bool,
@@ -109,7 +110,13 @@ impl Client {
             joined,
             epoch,
             members,
-            owners: policy.owners.iter().map(|o| o.to_string()).collect(),
+            // An owner who left the roster (offboarded, moved) cannot act any more.
+            owners: policy
+                .owners
+                .iter()
+                .filter(|o| info.roster.contains(o))
+                .map(|o| o.to_string())
+                .collect(),
             auto_admit: policy.auto_admit,
             pending: info.pending.iter().map(|u| u.to_string()).collect(),
         })
