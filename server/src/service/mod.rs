@@ -24,6 +24,7 @@ mod retention;
 mod roles;
 mod rooms;
 mod secret;
+mod secret_commit;
 mod server_entries;
 pub mod throttle;
 

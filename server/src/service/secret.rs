@@ -8,14 +8,8 @@
 
 use std::collections::HashMap;
 
-use openmls::prelude::{
-    BasicCredential, ContentType, GroupId, MlsMessageBodyIn, ProcessedMessageContent, Proposal,
-    ProtocolMessage, Sender,
-};
-use rathaus_protocol::messages::{SecretGroupInfo, WelcomeInfo};
-use rathaus_protocol::mls::{
-    judge_commit, CommitFacts, Committer, DeviceCredential, Leaf, Roster, GROUP_POLICY_EXTENSION,
-};
+use openmls::prelude::{GroupId, ProtocolMessage};
+use rathaus_protocol::messages::SecretGroupInfo;
 use rathaus_protocol::{
     ClientMsgId, DepartmentSlug, DeviceId, EntryBody, ErrorCode, Event, GroupHandle, MemberInfo,
     PostBody, Response, UserId,
@@ -32,10 +26,10 @@ use crate::store::{
 };
 
 /// A device, as the tree names it.
-type Device = (UserId, DeviceId);
+pub(super) type Device = (UserId, DeviceId);
 
 /// Welcomes kept per device (one per group; older ones are replaced).
-const MAX_WELCOMES: usize = 64;
+pub(super) const MAX_WELCOMES: usize = 64;
 
 /// Whether `user` is on the roster of the department's secret group.
 pub(super) fn on_roster(dept: &DepartmentRecord, user: &UserId) -> bool {
@@ -172,204 +166,6 @@ impl Service {
         tracing::info!(%group, by = %me.id, "secret group born");
         self.push_to_all(roster(&dept), Event::SecretGroupsChanged);
         Ok(Response::Done)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn commit(
-        &self,
-        session: &Session,
-        me: &UserRecord,
-        group: GroupHandle,
-        epoch: u64,
-        commit: Vec<u8>,
-        welcome: Option<Vec<u8>>,
-        group_info: Option<Vec<u8>>,
-    ) -> Result<Response, Refusal> {
-        let dept = self.secret_department(&group)?;
-        if !on_roster(&dept, &me.id) {
-            return Err(not_on_roster(&group));
-        }
-        let message = parse_message(&commit, "the commit")?
-            .try_into_protocol_message()
-            .map_err(|_| invalid("a commit must be a PublicMessage"))?;
-        if !matches!(message, ProtocolMessage::PublicMessage(_)) {
-            return Err(invalid("a commit must be a PublicMessage"));
-        }
-        if message.content_type() != ContentType::Commit {
-            return Err(invalid("expected a commit"));
-        }
-        if message.group_id().as_slice() != group_id(&group) {
-            return Err(invalid(format!("the commit is not for {group}")));
-        }
-        if let Some(bytes) = &welcome {
-            if !matches!(
-                parse_message(bytes, "the Welcome")?.extract(),
-                MlsMessageBodyIn::Welcome(_)
-            ) {
-                return Err(invalid("expected a Welcome message"));
-            }
-        }
-        if let Some(bytes) = &group_info {
-            parse_group_info(bytes)?;
-        }
-        let now = self.now_ms();
-        let commit_size = commit.len();
-        let (seq, new_epoch, ticket, entry, touched) = {
-            let _mls = self.mls_lock();
-            let mut record = self.db.secret_group(&group)?.ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("{group} has not been created yet"),
-                )
-            })?;
-            if epoch != record.epoch || message.epoch().as_u64() != record.epoch {
-                return Err(stale(&group, record.epoch));
-            }
-            let committer = record
-                .members
-                .iter()
-                .find(|m| m.user == me.id && m.device == session.device)
-                .ok_or_else(|| {
-                    Refusal::new(
-                        ErrorCode::Forbidden,
-                        format!("only devices in {group} may commit to it"),
-                    )
-                })?
-                .leaf;
-            let state_record = self.db.public_state(&group)?.ok_or_else(|| {
-                Refusal::internal(format!("secret group {group} has no MLS state"))
-            })?;
-            let mut state = PublicState::load(state_record, &group)?;
-            let leaves_before = leaves(&state);
-            let policy_before = policy_extension(&state);
-            let processed = state
-                .group
-                .process_message(&self.crypto, message)
-                .map_err(|e| invalid(format!("commit rejected: {e}")))?;
-            if !matches!(processed.sender(), Sender::Member(i) if i.u32() == committer) {
-                return Err(Refusal::new(
-                    ErrorCode::Forbidden,
-                    "a commit must come from the leaf of the device sending it",
-                ));
-            }
-            let staged = match processed.into_content() {
-                ProcessedMessageContent::StagedCommitMessage(staged) => *staged,
-                _ => return Err(invalid("expected a commit")),
-            };
-            let adds = staged.add_proposals().count();
-            let vacated = staged
-                .remove_proposals()
-                .map(|r| r.remove_proposal().removed().u32())
-                .collect();
-            let external_add = staged.queued_proposals().any(|p| {
-                matches!(p.proposal(), Proposal::Add(_)) && !matches!(p.sender(), Sender::Member(_))
-            });
-            state
-                .group
-                .merge_commit(&state.storage, staged)
-                .map_err(|e| Refusal::internal(format!("cannot merge commit into {group}: {e}")))?;
-            // A member may rewrite the group context (the owners' policy, DESIGN §5.4), but
-            // not take away the removal key that offboarding depends on (§5.5).
-            let expected = vec![self.removal_key.external_sender()];
-            if state.group.group_context().extensions().external_senders() != Some(&expected) {
-                return Err(invalid(
-                    "external_senders must keep the server's removal key and nothing else",
-                ));
-            }
-
-            // The members' rule, applied here as a courtesy (DESIGN §5.9): a commit every
-            // honest member would refuse is never stored, so the group does not stall.
-            let facts = CommitFacts {
-                committer: Committer::Member(committer),
-                before: leaves_before,
-                after: leaves(&state),
-                vacated,
-                external_add,
-                policy_before,
-                policy_after: policy_extension(&state),
-                // Checked below with its own message.
-                external_senders_changed: false,
-            };
-            let users = roster(&dept);
-            let in_tree: Vec<Device> = record
-                .members
-                .iter()
-                .map(|m| (m.user.clone(), m.device))
-                .collect();
-            let judged_roster = Roster {
-                revoked: self
-                    .revoked_in_tree(&users, &in_tree)?
-                    .into_iter()
-                    .map(|(user, device)| DeviceCredential { user, device })
-                    .collect(),
-                users,
-            };
-            judge_commit(&facts, &judged_roster).map_err(|refusal| {
-                Refusal::new(ErrorCode::Forbidden, format!("commit refused: {refusal}"))
-            })?;
-            let mut heads = self.log_lock();
-            let seq = self.next_seq(&heads, &group)?;
-            let (members, added) = self.check_tree(&dept, &record, &state, seq)?;
-            if adds > 0 && welcome.is_none() {
-                return Err(invalid("a commit that adds devices needs its Welcome"));
-            }
-            let new_epoch = state.epoch();
-            let mut w = Writes::new();
-            if let Some(welcome) = &welcome {
-                let ratchet_tree = state.ratchet_tree()?;
-                for (user, device) in &added {
-                    let mut waiting = self.db.welcomes(user, *device)?;
-                    waiting.retain(|w| w.group != group);
-                    if waiting.len() >= MAX_WELCOMES {
-                        waiting.remove(0);
-                    }
-                    waiting.push(WelcomeInfo {
-                        group: group.clone(),
-                        welcome: welcome.clone(),
-                        ratchet_tree: ratchet_tree.clone(),
-                        seq,
-                        epoch: new_epoch,
-                    });
-                    w.put_welcomes(user, *device, &waiting)?;
-                }
-            }
-            let removed: Vec<UserId> = record
-                .members
-                .iter()
-                .filter(|old| !members.iter().any(|m| same_device(m, old)))
-                .map(|old| old.user.clone())
-                .collect();
-            record.epoch = new_epoch;
-            record.members = members;
-            record.proposed_removals.clear();
-            if let Some(info) = group_info {
-                record.group_info = info;
-            }
-            w.put_secret_group(&group, &record)?
-                .put_public_state(&group, &state.record()?)?;
-            let entry = StoredEntry {
-                sender: me.id.clone(),
-                sender_name: me.name.clone(),
-                sent_at_ms: now,
-                client_id: digest_id(&commit),
-                body: EntryBody::Mls(commit),
-            };
-            self.append_locked(&mut heads, &group, std::slice::from_ref(&entry), w)?;
-            let mut touched: Vec<UserId> = added.into_iter().map(|(u, _)| u).collect();
-            touched.extend(removed);
-            touched.sort();
-            touched.dedup();
-            (seq, new_epoch, self.commit.written(), entry, touched)
-        };
-        self.durable(ticket).await?;
-        self.mark_durable(&group, seq);
-        tracing::info!(%group, seq, epoch = new_epoch, size = commit_size, by = %me.id, "commit accepted");
-        self.publish_entry(&group, seq, &entry);
-        self.push_to_all(touched, Event::SecretGroupsChanged);
-        Ok(Response::Committed {
-            seq,
-            epoch: new_epoch,
-        })
     }
 
     pub(super) fn fetch_welcomes(&self, session: &Session) -> Result<Response, Refusal> {
@@ -538,7 +334,7 @@ impl Service {
     }
 
     /// The devices in the tree of rostered users that were revoked: their removal is due.
-    fn revoked_in_tree(
+    pub(super) fn revoked_in_tree(
         &self,
         roster: &[UserId],
         in_tree: &[Device],
@@ -601,7 +397,7 @@ impl Service {
     /// Checks the tree after a commit: every leaf is a Rathaus device carrying its
     /// registered key, and every new or changed leaf belongs to an active device of a
     /// user on the roster. Returns the new member list and the devices added.
-    fn check_tree(
+    pub(super) fn check_tree(
         &self,
         dept: &DepartmentRecord,
         before: &SecretGroupRecord,
@@ -677,32 +473,7 @@ pub(super) fn secret_handle(slug: &DepartmentSlug) -> GroupHandle {
     GroupHandle::Secret(slug.clone())
 }
 
-/// The tree's leaves as plain data for the membership rule.
-fn leaves(state: &PublicState) -> Vec<Leaf> {
-    state
-        .group
-        .members()
-        .map(|m| Leaf {
-            index: m.index.u32(),
-            identity: BasicCredential::try_from(m.credential)
-                .map(|c| c.identity().to_vec())
-                .unwrap_or_default(),
-            signature_key: m.signature_key,
-        })
-        .collect()
-}
-
-/// The group policy extension bytes in the group context.
-fn policy_extension(state: &PublicState) -> Option<Vec<u8>> {
-    state
-        .group
-        .group_context()
-        .extensions()
-        .unknown(GROUP_POLICY_EXTENSION)
-        .map(|e| e.0.clone())
-}
-
-fn same_device(a: &LeafRecord, b: &LeafRecord) -> bool {
+pub(super) fn same_device(a: &LeafRecord, b: &LeafRecord) -> bool {
     a.user == b.user && a.device == b.device
 }
 
@@ -713,13 +484,13 @@ pub(super) fn stale(group: &GroupHandle, epoch: u64) -> Refusal {
     )
 }
 
-fn not_on_roster(group: &GroupHandle) -> Refusal {
+pub(super) fn not_on_roster(group: &GroupHandle) -> Refusal {
     Refusal::new(
         ErrorCode::Forbidden,
         format!("you are not on the roster of {group}"),
     )
 }
 
-fn invalid(message: impl Into<String>) -> Refusal {
+pub(super) fn invalid(message: impl Into<String>) -> Refusal {
     Refusal::new(ErrorCode::Invalid, message)
 }
