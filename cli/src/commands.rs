@@ -993,6 +993,15 @@ fn approval_row(
             0,
             format!("{user} has no enrolled device yet; approve again after they enrolled"),
         ),
+        Approval::Queued => (
+            "queued",
+            None,
+            0,
+            format!(
+                "the server is not reachable; the approval of {user} is kept and carried out on \
+                 your next sync"
+            ),
+        ),
     };
     (
         json!({"group": group.to_string(), "user": user.as_str(), "status": status,

@@ -660,3 +660,39 @@ async fn only_owners_change_the_policy() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_approval_made_while_the_server_is_down_is_carried_out_on_the_next_sync() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas) = team(&mut backend, false).await;
+    let mut lena = backend
+        .user(&mut admin, "P1003", "Lena Koch", &["bauamt"])
+        .await
+        .unwrap();
+
+    backend.stop().await;
+    let approval = within("approve offline", anna.approve(&secret(), &uid("P1003")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(approval, Approval::Queued);
+    backend.run().await.unwrap();
+
+    // Nothing to retype: Anna's next sync admits Lena.
+    within("owner syncs", anna.sync()).await.unwrap().unwrap();
+    anna.send_text(&secret(), "hallo Lena").await.unwrap();
+    let rows = within("lena reads", lena.read(&secret()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(texts(&rows).contains(&"hallo Lena".to_owned()), "{rows:?}");
+    // Carried out once: a further sync adds nothing.
+    let (epoch, _) = anna.group_code(&secret()).unwrap().unwrap();
+    within("owner syncs again", anna.sync())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(anna.group_code(&secret()).unwrap().unwrap().0, epoch);
+    within("jonas syncs", jonas.sync()).await.unwrap().unwrap();
+    assert_same_group(&[&anna, &jonas, &lena]).await;
+}

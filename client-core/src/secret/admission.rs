@@ -27,6 +27,8 @@ pub enum Approval {
     AlreadyMember,
     /// The user has no device with a KeyPackage yet (not enrolled); approve again later.
     NoDevices,
+    /// The server is unreachable: the approval is kept and carried out on the next sync.
+    Queued,
 }
 
 impl Client {
@@ -38,7 +40,11 @@ impl Client {
                 "{group} is not a secret group; only secret groups need approvals"
             )));
         }
-        self.sync_secret_group(group).await?;
+        let offline = match self.sync_secret_group(group).await {
+            Ok(_) => false,
+            Err(e) if e.is_transient() => true,
+            Err(e) => return Err(e),
+        };
         let gid = mls_group_id(group);
         if !self.mls.has_group(&gid)? {
             return Err(ClientError::NotMember(format!(
@@ -51,6 +57,15 @@ impl Client {
                 "only an owner of {group} can approve new members (owners: {})",
                 super::policy::owner_list(&policy)
             )));
+        }
+        if offline {
+            // Kept in the profile; the next sync checks the roster and commits it.
+            super::intents::record(
+                self.mls.connection(),
+                group,
+                &Intent::Add(vec![user.clone()]),
+            )?;
+            return Ok(Approval::Queued);
         }
         let info = self.secret_info(group).await?;
         if !info.roster.contains(user) {

@@ -29,6 +29,7 @@
 //! on the server) and `view` (the group as this device sees it).
 
 mod admission;
+mod intents;
 mod key_packages;
 mod log;
 mod memory;

@@ -65,7 +65,7 @@ pub(super) fn describe_change(
 }
 
 /// A change of a secret group's policy that an owner commits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum PolicyChange {
     /// Turn auto-admit on or off.
     AutoAdmit(bool),

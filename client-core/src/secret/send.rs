@@ -8,6 +8,7 @@ use rathaus_protocol::{
 
 use rathaus_protocol::mls::DeviceCredential;
 
+use super::intents::{self, IntentState};
 use super::policy::{describe_change, PolicyChange};
 use super::rows::{blank_row, diff};
 use super::{finish, key_fingerprint, mls_group_id};
@@ -19,8 +20,10 @@ use crate::store::{self, TimelineRow};
 /// How often an intent (commit or send) is retried after losing its epoch.
 const MAX_EPOCH_RETRIES: usize = 5;
 
-/// What a commit intent is about; re-evaluated after every lost epoch.
-#[derive(Debug, Clone)]
+/// What a commit intent is about; re-evaluated after every lost epoch. Kept in the
+/// profile until done (see `intents`); the encoding is postcard, so variants are only
+/// ever appended.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) enum Intent {
     /// Add every device of these users (and this user's other devices) that is not yet
     /// in the group.
@@ -112,11 +115,57 @@ impl Client {
 
     /// Builds, sends and merges one commit for `intent`, re-evaluating it after every lost
     /// epoch race (DESIGN §5.6). Returns the commit's seq, or `None` when nothing was left
-    /// to do.
+    /// to do. The intent is kept in the profile until it is done, so one that a lost
+    /// connection interrupts is carried out on a later sync.
     pub(super) async fn commit_intent(
         &mut self,
         group: &GroupHandle,
         intent: Intent,
+    ) -> Result<Option<u64>> {
+        let id = intents::record(self.mls.connection(), group, &intent)?;
+        self.run_intent(group, intent, id).await
+    }
+
+    /// Carries out the intents of `group` that an earlier run left unfinished.
+    pub(super) async fn resume_intents(&mut self, group: &GroupHandle) -> Result<()> {
+        for (id, intent) in intents::unfinished(self.mls.connection(), group)? {
+            tracing::info!("{group}: carrying out an earlier intent {intent:?}");
+            match self.run_intent(group, intent, Some(id)).await {
+                Ok(_) => {}
+                Err(e) if e.is_transient() => return Err(e),
+                // Recorded as failed; the user saw (or will see) why in the group.
+                Err(e) => tracing::warn!("{group}: an earlier intent failed: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_intent(
+        &mut self,
+        group: &GroupHandle,
+        intent: Intent,
+        id: Option<i64>,
+    ) -> Result<Option<u64>> {
+        let result = self.commit_intent_once(group, &intent, id).await;
+        let conn = self.mls.connection();
+        match &result {
+            // Marked committed together with the merge.
+            Ok(Some(_)) => {}
+            Ok(None) => intents::set_state(conn, id, IntentState::Superseded, None, None)?,
+            // Kept: carried out on a later sync.
+            Err(e) if e.is_transient() => {}
+            Err(e) => {
+                intents::set_state(conn, id, IntentState::Failed, None, Some(&e.to_string()))?
+            }
+        }
+        result
+    }
+
+    async fn commit_intent_once(
+        &mut self,
+        group: &GroupHandle,
+        intent: &Intent,
+        id: Option<i64>,
     ) -> Result<Option<u64>> {
         let gid = mls_group_id(group);
         let handle = group.to_string();
@@ -131,9 +180,16 @@ impl Client {
             }
             // A commit staged before a crash or a lost connection is not ours to reuse.
             self.mls.discard_pending_commit(&gid)?;
-            let Some(out) = self.stage_intent(group, &gid, &intent).await? else {
+            let Some(out) = self.stage_intent(group, &gid, intent).await? else {
                 return Ok(None);
             };
+            intents::set_state(
+                self.mls.connection(),
+                id,
+                IntentState::Published,
+                None,
+                None,
+            )?;
             let epoch = out.new_epoch.saturating_sub(1);
             let request = Request::Commit {
                 group: group.clone(),
@@ -181,6 +237,7 @@ impl Client {
                             row = Some(policy);
                         }
                         let rows: Vec<TimelineRow> = row.into_iter().collect();
+                        intents::set_state(conn, id, IntentState::Committed, Some(seq), None)?;
                         store::record_own_entry(conn, &handle, seq)?;
                         let contiguous = store::cursor_on(conn, &handle)? + 1 == seq;
                         store::append_rows(conn, &handle, &rows, contiguous.then_some(seq))

@@ -142,6 +142,7 @@ impl Client {
         }
         self.fetch_secret_log(group).await?;
         self.commit_pending_if_any(group).await?;
+        self.resume_intents(group).await?;
         let policy = self.policy(&gid)?;
         if policy.auto_admit && policy.is_owner(&me) && !info.pending.is_empty() {
             self.commit_intent(group, Intent::Add(info.pending.clone()))

@@ -19,7 +19,7 @@ use crate::error::{ClientError, Result};
 pub const DB_FILE: &str = "profile.sqlite";
 
 /// Schema version written by this build (in SQLite's `user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// The profile's SQLite database.
 #[derive(Debug)]
@@ -435,6 +435,20 @@ impl ProfileStore {
                 "BEGIN;
                  CREATE TABLE server_ca (pos INTEGER PRIMARY KEY, der BLOB NOT NULL);
                  PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
+        if version < 4 {
+            // Membership intents of secret groups (an approval, a policy change, a linked
+            // device): kept until committed, so one made while the server was unreachable
+            // is carried out on a later sync (DESIGN §8).
+            self.db.execute_batch(
+                "BEGIN;
+                 CREATE TABLE mls_intents (
+                     id INTEGER PRIMARY KEY, grp TEXT NOT NULL, intent BLOB NOT NULL,
+                     state TEXT NOT NULL, created_ms INTEGER NOT NULL,
+                     updated_ms INTEGER NOT NULL, seq INTEGER, error TEXT);
+                 PRAGMA user_version = 4;
                  COMMIT;",
             )?;
         }
