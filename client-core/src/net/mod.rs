@@ -361,12 +361,13 @@ fn connection_error(e: &ConnectionError) -> ClientError {
     }
 }
 
-/// Writes one frame.
+/// Writes one frame. The encoded bytes are wiped afterwards: requests may carry a
+/// password or enrollment code.
 pub(crate) async fn write_frame<T: serde::Serialize>(
     send: &mut SendStream,
     value: &T,
 ) -> Result<(), FrameIoError> {
-    let bytes = frame::encode(value).map_err(FrameIoError::Protocol)?;
+    let bytes = zeroize::Zeroizing::new(frame::encode(value).map_err(FrameIoError::Protocol)?);
     send.write_all(&bytes)
         .await
         .map_err(|e| FrameIoError::Stream(e.to_string()))
