@@ -42,6 +42,74 @@ pub(super) fn argon2_slots() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads Argon2 runs on: exactly one per slot, so its 19 MiB working memory is
+/// allocated by the same few threads every time. (On tokio's blocking pool each check
+/// could land on another thread, and an allocator with per-thread arenas would keep a
+/// 19 MiB block for each of them.)
+pub(super) struct Argon2Pool {
+    /// A permit per check running or queued; never more than there are threads.
+    slots: Arc<Semaphore>,
+    /// Work for the threads; `None` if no thread could be started (then the blocking
+    /// pool is used).
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+}
+
+impl Argon2Pool {
+    pub(super) fn new(threads: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut started = 0;
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    let job = {
+                        let queue = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        match queue.recv() {
+                            Ok(job) => job,
+                            // The service is gone.
+                            Err(_) => return,
+                        }
+                    };
+                    // A panicking check must not take the thread with it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => tracing::error!(error = %e, "cannot start an Argon2 thread"),
+            }
+        }
+        Self {
+            slots: Arc::new(Semaphore::new(started.max(1))),
+            jobs: (started > 0).then_some(tx),
+        }
+    }
+
+    /// Runs `f` on a pool thread, holding `slot` until it is done.
+    async fn run<T: Send + 'static>(
+        &self,
+        slot: OwnedSemaphorePermit,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Refusal> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _slot = slot;
+            let _ = tx.send(f());
+        });
+        match &self.jobs {
+            Some(jobs) => jobs
+                .send(job)
+                .map_err(|_| Refusal::internal("the Argon2 threads are gone"))?,
+            None => drop(tokio::task::spawn_blocking(job)),
+        }
+        rx.await
+            .map_err(|_| Refusal::internal("an Argon2 check panicked"))
+    }
+}
+
 /// An attempt charged to the throttle; settled as a failure unless marked otherwise, also
 /// when the request is dropped half-way.
 pub(super) struct AttemptGuard<'a> {
@@ -65,6 +133,9 @@ impl AttemptGuard<'_> {
 impl Drop for AttemptGuard<'_> {
     fn drop(&mut self) {
         if let Some(attempt) = self.attempt.take() {
+            if attempt.engaged() && self.outcome == Outcome::Failed {
+                self.service.engaged(&attempt);
+            }
             let changes = {
                 let mut t = self.service.throttle();
                 t.finish(attempt, self.outcome);
@@ -92,25 +163,11 @@ impl Service {
         };
         self.persist_throttle(changes);
         match result {
-            Ok(attempt) => {
-                if attempt.engaged() {
-                    let n = bump(&self.throttle_counters.engaged);
-                    if worth_logging(n) {
-                        tracing::warn!(
-                            %user,
-                            network = %network_of(peer),
-                            factor = factor.as_str(),
-                            engaged = n,
-                            "throttle engaged: repeated failed attempts back this user or network off"
-                        );
-                    }
-                }
-                Ok(AttemptGuard {
-                    service: self,
-                    attempt: Some(attempt),
-                    outcome: Outcome::Failed,
-                })
-            }
+            Ok(attempt) => Ok(AttemptGuard {
+                service: self,
+                attempt: Some(attempt),
+                outcome: Outcome::Failed,
+            }),
             Err(refused) => {
                 let n = bump(&self.throttle_counters.refused);
                 if worth_logging(n) {
@@ -128,9 +185,32 @@ impl Service {
         }
     }
 
+    /// Counts and (thinned out) logs a failure that started a backoff.
+    fn engaged(&self, attempt: &Attempt) {
+        let n = bump(&self.throttle_counters.engaged);
+        if worth_logging(n) {
+            tracing::warn!(
+                user = %attempt.user(),
+                network = %attempt.network(),
+                factor = attempt.factor().as_str(),
+                engaged = n,
+                "throttle engaged: repeated failed attempts back this user or network off"
+            );
+        }
+    }
+
+    /// Runs an Argon2 check that already holds one of the bounded slots.
+    pub(super) async fn argon2<T: Send + 'static>(
+        &self,
+        slot: OwnedSemaphorePermit,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Refusal> {
+        self.argon2.run(slot, f).await
+    }
+
     /// One of the bounded Argon2 slots, or `Unavailable` at once.
     pub(super) fn argon2_slot(&self) -> Result<OwnedSemaphorePermit, Refusal> {
-        self.argon2.clone().try_acquire_owned().map_err(|_| {
+        self.argon2.slots.clone().try_acquire_owned().map_err(|_| {
             let n = bump(&self.throttle_counters.busy);
             if worth_logging(n) {
                 tracing::warn!(
@@ -216,9 +296,4 @@ fn bump(counter: &AtomicU64) -> u64 {
 /// drowning the log.
 pub(super) fn worth_logging(n: u64) -> bool {
     n <= 10 || n % 100 == 0
-}
-
-/// The Argon2 slots of a new service.
-pub(super) fn new_argon2_slots() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(argon2_slots()))
 }

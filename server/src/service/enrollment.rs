@@ -92,12 +92,9 @@ impl Service {
             }
         };
         let password = Zeroizing::new(device.password.clone());
-        let hash = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            hash_password(&password)
-        })
-        .await
-        .map_err(|e| Refusal::internal(format!("password hashing task: {e}")))??;
+        let hash = self
+            .argon2(slot, move || hash_password(&password))
+            .await??;
 
         let (id, ticket) = {
             let _dir = self.directory();
@@ -172,9 +169,8 @@ impl Service {
         // An unknown or offboarded user costs the same Argon2 check as a known one, so the
         // answer's timing does not tell whether a personnel number exists.
         let password = Zeroizing::new(device.password.clone());
-        let ok = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            match stored_hash {
+        let ok = self
+            .argon2(slot, move || match stored_hash {
                 Some(hash) => verify_password(&password, &hash),
                 None => {
                     if let Some(hash) = unknown_user_hash() {
@@ -182,10 +178,8 @@ impl Service {
                     }
                     false
                 }
-            }
-        })
-        .await
-        .map_err(|e| Refusal::internal(format!("password check task: {e}")))?;
+            })
+            .await?;
         if !ok {
             return Err(Refusal::new(ErrorCode::Unauthenticated, WRONG_PASSWORD));
         }

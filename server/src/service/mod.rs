@@ -73,7 +73,7 @@ pub struct Service {
     throttle_counters: attempts::ThrottleCounters,
     /// Argon2 checks running at once (each holds ~19 MiB and a core): bounded, and
     /// refused beyond that rather than queued.
-    argon2: Arc<tokio::sync::Semaphore>,
+    argon2: attempts::Argon2Pool,
     /// Held while seqs are allocated, duplicates checked and entries inserted, so those
     /// three are atomic; the value caches each group's heads. Never held across a flush.
     log: Mutex<HashMap<GroupHandle, Heads>>,
@@ -221,7 +221,7 @@ impl Service {
             org,
             throttle: Mutex::new(throttle),
             throttle_counters: attempts::ThrottleCounters::default(),
-            argon2: attempts::new_argon2_slots(),
+            argon2: attempts::Argon2Pool::new(attempts::argon2_slots()),
             log: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             directory: Mutex::new(()),

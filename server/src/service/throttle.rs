@@ -174,10 +174,12 @@ impl Backoff {
 /// An attempt being checked: hand it back to [`Throttle::finish`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
-    /// The user's counter for the factor.
-    user: Subject,
-    /// The network's counter.
-    network: Subject,
+    /// The factor tried.
+    factor: Factor,
+    /// For whom.
+    user: UserId,
+    /// From which network (see [`network_of`]).
+    network: IpAddr,
     /// The user's counter before the charge (the only attempt in flight for that key).
     user_before: Failures,
     /// The network's block before the charge, and the one the charge set.
@@ -190,6 +192,29 @@ impl Attempt {
     /// Whether charging this attempt started (or extended) a backoff.
     pub fn engaged(&self) -> bool {
         self.engaged
+    }
+
+    /// The user the attempt was for.
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+
+    /// The factor tried.
+    pub fn factor(&self) -> Factor {
+        self.factor
+    }
+
+    /// The source network.
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    fn user_key(&self) -> Subject {
+        Subject::User(self.factor, self.user.clone())
+    }
+
+    fn network_key(&self) -> Subject {
+        Subject::Network(self.network)
     }
 }
 
@@ -272,11 +297,12 @@ impl Throttle {
         let network_after = charge(network_c, p.free_failures_per_addr, &p, now_ms);
         let engaged = user_after.failures.blocked_until_ms > user_c.failures.blocked_until_ms
             || network_after.failures.blocked_until_ms > network_c.failures.blocked_until_ms;
-        self.set(user_key.clone(), user_after);
-        self.set(network_key.clone(), network_after);
+        self.set(user_key, user_after);
+        self.set(network_key, network_after);
         Ok(Attempt {
-            user: user_key,
-            network: network_key,
+            factor,
+            user: user.clone(),
+            network: network_of(addr),
             user_before: user_c.failures,
             network_blocks: (
                 network_c.failures.blocked_until_ms,
@@ -289,15 +315,17 @@ impl Throttle {
     /// Ends an attempt: a failure keeps its charge, anything else is refunded.
     pub fn finish(&mut self, attempt: Attempt, outcome: Outcome) {
         let refund = outcome != Outcome::Failed;
-        if let Some(mut c) = self.counters.get(&attempt.user).copied() {
+        let user_key = attempt.user_key();
+        let network_key = attempt.network_key();
+        if let Some(mut c) = self.counters.get(&user_key).copied() {
             c.in_flight = c.in_flight.saturating_sub(1);
             if refund {
                 // Only one attempt per user and factor is in flight: restoring is exact.
                 c.failures = attempt.user_before;
             }
-            self.set(attempt.user, c);
+            self.set(user_key, c);
         }
-        if let Some(mut c) = self.counters.get(&attempt.network).copied() {
+        if let Some(mut c) = self.counters.get(&network_key).copied() {
             c.in_flight = c.in_flight.saturating_sub(1);
             if refund {
                 c.failures.count = c.failures.count.saturating_sub(1);
@@ -307,7 +335,7 @@ impl Throttle {
                     c.failures.blocked_until_ms = before;
                 }
             }
-            self.set(attempt.network, c);
+            self.set(network_key, c);
         }
     }
 

@@ -159,3 +159,24 @@ pub(crate) async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T) 
 pub(crate) async fn write_bytes(send: &mut SendStream, bytes: &[u8]) -> bool {
     send.write_all(bytes).await.is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_budget_refuses_beyond_its_size_and_gets_bytes_back() {
+        let budget = ByteBudget::new(10);
+        let a = budget.take(6).unwrap();
+        assert_eq!(budget.in_use(), 6);
+        assert!(budget.take(5).is_none());
+        assert_eq!(budget.refused(), 1);
+        let b = budget.take(4).unwrap();
+        drop(a);
+        assert_eq!(budget.in_use(), 4);
+        drop(b);
+        assert_eq!(budget.in_use(), 0);
+    }
+}
