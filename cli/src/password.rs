@@ -4,22 +4,25 @@
 use std::io::{BufRead, IsTerminal};
 
 use anyhow::{bail, Context, Result};
+use zeroize::Zeroizing;
 
 /// Reads a password. `confirm` asks twice at an interactive prompt (for new passwords).
-pub(crate) fn read(from_stdin: bool, confirm: bool) -> Result<String> {
+/// Every copy made here is wiped when dropped.
+pub(crate) fn read(from_stdin: bool, confirm: bool) -> Result<Zeroizing<String>> {
     if from_stdin {
-        let mut line = String::new();
+        let mut line = Zeroizing::new(String::new());
         std::io::stdin()
             .lock()
             .read_line(&mut line)
             .context("cannot read the password from standard input")?;
-        let pw = line.trim_end_matches(['\r', '\n']).to_owned();
+        let pw = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
         if pw.is_empty() {
             bail!("no password on standard input");
         }
         return Ok(pw);
     }
     if let Ok(pw) = std::env::var("RATHAUS_PASSWORD") {
+        let pw = Zeroizing::new(pw);
         if !pw.is_empty() {
             return Ok(pw);
         }
@@ -27,10 +30,13 @@ pub(crate) fn read(from_stdin: bool, confirm: bool) -> Result<String> {
     if !std::io::stdin().is_terminal() {
         bail!("no password given: use --password-stdin or set RATHAUS_PASSWORD");
     }
-    let pw = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+    let pw = Zeroizing::new(
+        rpassword::prompt_password("Password: ").context("cannot read the password")?,
+    );
     if confirm {
-        let again =
-            rpassword::prompt_password("Repeat password: ").context("cannot read the password")?;
+        let again = Zeroizing::new(
+            rpassword::prompt_password("Repeat password: ").context("cannot read the password")?,
+        );
         if again != pw {
             bail!("the passwords do not match");
         }
