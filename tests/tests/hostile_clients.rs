@@ -312,6 +312,47 @@ async fn idle_strangers_are_closed_and_load_brings_quic_retry() -> Result<()> {
     Ok(())
 }
 
+/// `Hello` for Anna's device, then a `Prove` with a signature that is not hers.
+async fn forged_proof(
+    conn: &quinn::Connection,
+    device: rathaus_protocol::DeviceId,
+) -> Result<Response> {
+    within("forged proof", async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let hello = Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            user: UserId::parse("P1001")?,
+            device,
+        };
+        send.write_all(&frame::encode(&hello)?).await?;
+        let mut decoder = FrameDecoder::new(MAX_CONTROL_FRAME);
+        loop {
+            if let Some(r) = decoder.next_frame::<Response>()? {
+                if !matches!(r, Response::Challenge { .. }) {
+                    bail!("expected a challenge, got {r:?}");
+                }
+                break;
+            }
+            let chunk = recv
+                .read_chunk(decoder.wanted().max(1), true)
+                .await?
+                .ok_or_else(|| anyhow!("stream ended before the challenge"))?;
+            decoder.push(&chunk.bytes);
+        }
+        let prove = Request::Prove {
+            signature: rathaus_protocol::Signature::new([0x55; 64]),
+        };
+        send.write_all(&frame::encode(&prove)?).await?;
+        send.finish()?;
+        let rest = recv.read_to_end(MAX_CONTROL_FRAME + 4).await?;
+        decoder.push(&rest);
+        decoder
+            .next_frame::<Response>()?
+            .ok_or_else(|| anyhow!("no answer to the proof"))
+    })
+    .await?
+}
+
 fn add_device(user: &str, password: &str) -> Request {
     Request::AddDevice {
         protocol: PROTOCOL_VERSION,
@@ -458,6 +499,28 @@ async fn throttle_survives_a_restart_and_never_blocks_the_device() -> Result<()>
     for _ in 0..5 {
         let answer = send_raw(&conn, &wrong, true).await?;
         assert_eq!(error_code(&answer), Some(ErrorCode::Unauthenticated));
+    }
+    // Forged proofs for Anna's device: refused every time, the connection closed after
+    // three (code 0x12), and never held against Anna.
+    let anna_device = anna.identity().device;
+    for round in 0..3 {
+        let forger = connect(&attacker, backend.addr).await?;
+        for attempt in 0..3 {
+            let answer = forged_proof(&forger, anna_device).await;
+            match answer {
+                Ok(r) => assert_eq!(error_code(&r), Some(ErrorCode::Unauthenticated)),
+                Err(e) => bail!("round {round}, attempt {attempt}: {e}"),
+            }
+        }
+        let reason = within("closed after failed proofs", forger.closed()).await?;
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, quinn::VarInt::from_u32(0x12));
+            }
+            other => bail!("expected a close after failed proofs, got {other}"),
+        }
+        anna.disconnect().await;
+        assert_eq!(anna.whoami().await?.user.as_str(), "P1001");
     }
     conn.close(0u32.into(), b"done");
     admin.disconnect().await;

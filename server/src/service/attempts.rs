@@ -292,8 +292,8 @@ fn bump(counter: &AtomicU64) -> u64 {
     counter.fetch_add(1, Ordering::Relaxed) + 1
 }
 
-/// The first ten occurrences, then every hundredth: an attack shows at warn without
-/// drowning the log.
-pub(super) fn worth_logging(n: u64) -> bool {
-    n <= 10 || n % 100 == 0
+/// Whether the `n`th occurrence of something is logged: the first ten, then every
+/// hundredth, so an attack shows at warn without drowning the log.
+pub(crate) fn worth_logging(n: u64) -> bool {
+    n <= 10 || n.is_multiple_of(100)
 }

@@ -41,6 +41,7 @@ use tokio::sync::broadcast;
 use crate::clock::Clock;
 use crate::store::{Db, StoreError, UserRecord};
 
+pub(crate) use attempts::worth_logging;
 pub use attempts::ThrottleStats;
 pub use auth::PendingAuth;
 pub use enrollment::NewDevice;

@@ -104,11 +104,7 @@ pub(crate) fn count(counter: &AtomicU64) -> u64 {
     counter.fetch_add(1, Ordering::Relaxed) + 1
 }
 
-/// Whether the `n`th occurrence of something is logged: the first ten, then every
-/// hundredth, so an attack is visible at warn without drowning the log.
-pub(crate) fn worth_logging(n: u64) -> bool {
-    n <= 10 || n % 100 == 0
-}
+pub(crate) use crate::service::worth_logging;
 
 /// Unauthenticated connections per source network.
 #[derive(Debug)]

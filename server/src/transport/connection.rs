@@ -64,19 +64,26 @@ impl ConnectionCtx {
             .is_some()
     }
 
-    /// Counts a failed device proof; closes the connection after too many.
+    /// Counts a failed device proof.
     pub(crate) fn proof_failed(&self) {
-        let n = self.failed_proofs.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= MAX_FAILED_PROOFS {
-            let total = admission::count(&self.server.counters.failed_proof_closes);
-            if admission::worth_logging(total) {
-                tracing::warn!(peer = %self.peer, closed = total, "closing a connection after {n} failed device proofs");
-            }
-            self.conn.close(
-                quinn::VarInt::from_u32(CLOSE_FAILED_PROOFS),
-                b"too many failed device proofs",
-            );
+        self.failed_proofs.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Closes the connection if it has failed too many device proofs (called once the
+    /// answer to the last one is delivered).
+    pub(crate) fn close_if_failing_proofs(&self) {
+        let n = self.failed_proofs.load(Ordering::SeqCst);
+        if n < MAX_FAILED_PROOFS {
+            return;
         }
+        let total = admission::count(&self.server.counters.failed_proof_closes);
+        if admission::worth_logging(total) {
+            tracing::warn!(peer = %self.peer, closed = total, "closing a connection after {n} failed device proofs");
+        }
+        self.conn.close(
+            quinn::VarInt::from_u32(CLOSE_FAILED_PROOFS),
+            b"too many failed device proofs",
+        );
     }
 
     /// Marks the connection authenticated and registers it as live for the user; it is

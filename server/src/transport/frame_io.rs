@@ -70,7 +70,7 @@ impl ByteBudget {
             Err(_) => {
                 let before = self.refused.fetch_add(1, Ordering::Relaxed);
                 // The first refusal and then every 1,000th: a flood must not flood the log.
-                if before % 1000 == 0 {
+                if before.is_multiple_of(1000) {
                     tracing::warn!(
                         budget = self.total,
                         refused = before + 1,

@@ -20,6 +20,10 @@ use crate::service::{NewDevice, Refusal};
 /// How long a peer may take to send its request (and its proof, after a challenge).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the answer to a last failed proof may take to arrive before the connection
+/// is closed.
+const LAST_ANSWER_GRACE: Duration = Duration::from_secs(1);
+
 /// Application error code for streams the server stops reading.
 const STOP_DONE: u32 = 0;
 
@@ -123,6 +127,11 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
     };
     if write_frame(&mut send, &response).await {
         let _ = send.finish();
+        if kind == "Hello" && !ctx.is_authenticated() {
+            // Let the refusal arrive before a connection that keeps failing is closed.
+            let _ = tokio::time::timeout(LAST_ANSWER_GRACE, send.stopped()).await;
+            ctx.close_if_failing_proofs();
+        }
     }
 }
 
