@@ -47,7 +47,9 @@ pub struct ConnectionLimits {
     pub auth_deadline: Duration,
     /// Unauthenticated connections (including handshakes) one IPv4 address or IPv6 /64
     /// may hold at once. A town hall's NAT puts everyone behind one address, but each
-    /// colleague's connection authenticates within milliseconds.
+    /// colleague's connection authenticates within milliseconds; 128 leaves room for a
+    /// whole building reconnecting after a restart (and for load tools that connect 64 at
+    /// a time from one address).
     pub unauthenticated_per_addr: usize,
     /// Beyond this many unauthenticated connections server-wide, new clients must answer
     /// a QUIC Retry (proving their source address) before the server keeps any state.
@@ -60,7 +62,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             auth_deadline: Duration::from_secs(15),
-            unauthenticated_per_addr: 32,
+            unauthenticated_per_addr: 128,
             retry_above: 256,
             request_bytes: 128 * 1024 * 1024,
         }
