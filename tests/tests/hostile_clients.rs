@@ -570,3 +570,57 @@ async fn throttle_survives_a_restart_and_never_blocks_the_device() -> Result<()>
     backend.stop().await;
     Ok(())
 }
+
+/// For the record, not for pass/fail: the issue's first attack (10 connections, 256
+/// streams each, every stream sending only `00 10 00 00`) against a server binary,
+/// printing its RSS. `RATHAUS_COMPARE_SERVER=/path/to/rathaus-server` picks another build
+/// (e.g. the previous release) instead of this workspace's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run with --ignored"]
+async fn four_byte_headers_figures() -> Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let bin = match std::env::var_os("RATHAUS_COMPARE_SERVER") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => rathaus_tests::workspace_bin("rathaus-server")?,
+    };
+    let root = tempfile::tempdir()?;
+    let data = rathaus_tests::init_data_dir(root.path())?;
+    let process = rathaus_tests::ServerProcess::spawn_bin(&bin, &data, "127.0.0.1:0")?;
+    let pid = process.child.id();
+    let baseline = rss_kib(pid)?;
+    let endpoint = raw_endpoint(40)?;
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        conns.push(connect(&endpoint, process.addr).await?);
+    }
+    let mut opened = 0;
+    let mut streams = Vec::new();
+    for conn in &conns {
+        for _ in 0..256 {
+            let open = tokio::time::timeout(Duration::from_millis(200), async {
+                let (mut send, recv) = conn.open_bi().await?;
+                send.write_all(&[0x00, 0x10, 0x00, 0x00]).await?;
+                anyhow::Ok((send, recv))
+            })
+            .await;
+            match open {
+                Ok(Ok(stream)) => {
+                    streams.push(stream);
+                    opened += 1;
+                }
+                _ => break,
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    eprintln!(
+        "{}: {opened} streams sent a 4-byte header; server RSS {baseline} KiB -> {after} KiB \
+         (+{} KiB)",
+        bin.display(),
+        after.saturating_sub(baseline)
+    );
+    drop(streams);
+    process.kill()?;
+    Ok(())
+}
