@@ -153,12 +153,13 @@ impl Service {
         &self,
         factor: Factor,
         user: &UserId,
-        peer: IpAddr,
+        peer: Option<IpAddr>,
     ) -> Result<AttemptGuard<'_>, Refusal> {
         let now = self.now_ms();
+        let network = peer.map(network_of);
         let (result, changes) = {
             let mut t = self.throttle();
-            let r = t.begin(factor, user, peer, now);
+            let r = t.begin_from(factor, user, peer, now);
             (r, t.take_changes())
         };
         self.persist_throttle(changes);
@@ -173,7 +174,7 @@ impl Service {
                 if worth_logging(n) {
                     tracing::warn!(
                         %user,
-                        network = %network_of(peer),
+                        network = ?network,
                         factor = factor.as_str(),
                         refused = n,
                         reason = %refused.message(),
@@ -191,7 +192,7 @@ impl Service {
         if worth_logging(n) {
             tracing::warn!(
                 user = %attempt.user(),
-                network = %attempt.network(),
+                network = ?attempt.network(),
                 factor = attempt.factor().as_str(),
                 engaged = n,
                 "throttle engaged: repeated failed attempts back this user or network off"

@@ -61,7 +61,7 @@ impl Service {
         device: NewDevice,
     ) -> Result<Response, Refusal> {
         check_version(protocol)?;
-        let attempt = self.begin_attempt(Factor::EnrollmentCode, &device.user, peer)?;
+        let attempt = self.begin_attempt(Factor::EnrollmentCode, &device.user, Some(peer))?;
         let now = self.now_ms();
         if !self.code_matches(&device.user, code, now)? {
             return Err(Refusal::new(ErrorCode::CodeInvalid, CODE_INVALID));
@@ -149,7 +149,7 @@ impl Service {
         device: NewDevice,
     ) -> Result<Response, Refusal> {
         check_version(protocol)?;
-        let attempt = self.begin_attempt(Factor::Password, &device.user, peer)?;
+        let attempt = self.begin_attempt(Factor::Password, &device.user, Some(peer))?;
         let now = self.now_ms();
         if device.password.len() > MAX_PASSWORD {
             return Err(Refusal::new(ErrorCode::Unauthenticated, WRONG_PASSWORD));

@@ -795,3 +795,32 @@ async fn throttle_counters_survive_a_restart() {
         .await
         .is_ok());
 }
+
+#[tokio::test]
+async fn a_session_cannot_guess_the_password_quickly() {
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    let change = |old: &str| Request::ChangePassword {
+        old: old.into(),
+        new: "a new password".into(),
+    };
+    for _ in 0..5 {
+        let r = f.service.handle(&anna, change("guess")).await.unwrap_err();
+        assert_eq!(r.code, ErrorCode::Unauthenticated);
+    }
+    // Backed off: not even the right password is checked now…
+    let r = f.service.handle(&anna, change(PASSWORD)).await.unwrap_err();
+    assert_eq!(r.code, ErrorCode::RateLimited);
+    // …and the same counter guards AddDevice.
+    let r = f
+        .service
+        .add_device(addr(), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::RateLimited);
+    f.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        f.service.handle(&anna, change(PASSWORD)).await.unwrap(),
+        Response::Done
+    );
+}

@@ -178,8 +178,8 @@ pub struct Attempt {
     factor: Factor,
     /// For whom.
     user: UserId,
-    /// From which network (see [`network_of`]).
-    network: IpAddr,
+    /// From which network (see [`network_of`]); `None` for a check on a session.
+    network: Option<IpAddr>,
     /// The user's counter before the charge (the only attempt in flight for that key).
     user_before: Failures,
     /// The network's block before the charge, and the one the charge set.
@@ -204,8 +204,8 @@ impl Attempt {
         self.factor
     }
 
-    /// The source network.
-    pub fn network(&self) -> IpAddr {
+    /// The source network, if the attempt came from one.
+    pub fn network(&self) -> Option<IpAddr> {
         self.network
     }
 
@@ -213,8 +213,8 @@ impl Attempt {
         Subject::User(self.factor, self.user.clone())
     }
 
-    fn network_key(&self) -> Subject {
-        Subject::Network(self.network)
+    fn network_key(&self) -> Option<Subject> {
+        self.network.map(Subject::Network)
     }
 }
 
@@ -267,12 +267,27 @@ impl Throttle {
         addr: IpAddr,
         now_ms: i64,
     ) -> Result<Attempt, Refused> {
+        self.begin_from(factor, user, Some(addr), now_ms)
+    }
+
+    /// Like [`Throttle::begin`]; without an address (a check made on an authenticated
+    /// session, which names the user) only the user's counter applies.
+    pub fn begin_from(
+        &mut self,
+        factor: Factor,
+        user: &UserId,
+        addr: Option<IpAddr>,
+        now_ms: i64,
+    ) -> Result<Attempt, Refused> {
         let p = self.policy;
         self.prune(now_ms);
+        let network = addr.map(network_of);
         let user_key = Subject::User(factor, user.clone());
-        let network_key = Subject::Network(network_of(addr));
+        let network_key = network.map(Subject::Network);
         let user_c = self.fresh(&user_key, now_ms);
-        let network_c = self.fresh(&network_key, now_ms);
+        let network_c = network_key
+            .as_ref()
+            .map_or_else(Counter::default, |k| self.fresh(k, now_ms));
         for (c, by_network) in [(user_c, false), (network_c, true)] {
             let until = c.failures.blocked_until_ms;
             if now_ms < until {
@@ -296,13 +311,16 @@ impl Throttle {
         let user_after = charge(user_c, p.free_failures_per_user, &p, now_ms);
         let network_after = charge(network_c, p.free_failures_per_addr, &p, now_ms);
         let engaged = user_after.failures.blocked_until_ms > user_c.failures.blocked_until_ms
-            || network_after.failures.blocked_until_ms > network_c.failures.blocked_until_ms;
+            || (network_key.is_some()
+                && network_after.failures.blocked_until_ms > network_c.failures.blocked_until_ms);
         self.set(user_key, user_after);
-        self.set(network_key, network_after);
+        if let Some(key) = network_key {
+            self.set(key, network_after);
+        }
         Ok(Attempt {
             factor,
             user: user.clone(),
-            network: network_of(addr),
+            network,
             user_before: user_c.failures,
             network_blocks: (
                 network_c.failures.blocked_until_ms,
@@ -325,7 +343,10 @@ impl Throttle {
             }
             self.set(user_key, c);
         }
-        if let Some(mut c) = self.counters.get(&network_key).copied() {
+        let network_counter = network_key
+            .as_ref()
+            .and_then(|k| Some((k.clone(), self.counters.get(k).copied()?)));
+        if let Some((network_key, mut c)) = network_counter {
             c.in_flight = c.in_flight.saturating_sub(1);
             if refund {
                 c.failures.count = c.failures.count.saturating_sub(1);
