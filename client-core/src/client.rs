@@ -441,14 +441,18 @@ impl Client {
     }
 }
 
-/// Overwrites the password and code a request carried, once it is sent.
-fn wipe_secrets(request: &mut Request) {
+/// Overwrites the passwords and code a request carried, once it is sent.
+pub(crate) fn wipe_secrets(request: &mut Request) {
     match request {
         Request::Enroll { code, password, .. } => {
             code.zeroize();
             password.zeroize();
         }
         Request::AddDevice { password, .. } => password.zeroize(),
+        Request::ChangePassword { old, new } => {
+            old.zeroize();
+            new.zeroize();
+        }
         _ => {}
     }
 }
