@@ -32,7 +32,7 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             let dir = profile_dir(profile)?;
             let user = UserId::parse(&user)?;
             let trust = server_trust(&server, fingerprint, ca, server_name)?;
-            let password = password::read(password_stdin, true)?;
+            let mut password = password::read(password_stdin, true)?;
             let client = Client::enroll(
                 &dir,
                 EnrollOptions {
@@ -40,7 +40,8 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
                     trust,
                     user,
                     code,
-                    password,
+                    // Moved, not copied: the client wipes it once sent.
+                    password: std::mem::take(&mut *password),
                     device_name: device_name.unwrap_or_else(default_device_name),
                 },
             )

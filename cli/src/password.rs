@@ -4,22 +4,25 @@
 use std::io::{BufRead, IsTerminal};
 
 use anyhow::{bail, Context, Result};
+use zeroize::Zeroizing;
 
 /// Reads a password. `confirm` asks twice at an interactive prompt (for new passwords).
-pub(crate) fn read(from_stdin: bool, confirm: bool) -> Result<String> {
+/// Every copy made here is wiped when dropped.
+pub(crate) fn read(from_stdin: bool, confirm: bool) -> Result<Zeroizing<String>> {
     if from_stdin {
-        let mut line = String::new();
+        let mut line = Zeroizing::new(String::new());
         std::io::stdin()
             .lock()
             .read_line(&mut line)
             .context("cannot read the password from standard input")?;
-        let pw = line.trim_end_matches(['\r', '\n']).to_owned();
+        let pw = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
         if pw.is_empty() {
             bail!("no password on standard input");
         }
         return Ok(pw);
     }
     if let Ok(pw) = std::env::var("RATHAUS_PASSWORD") {
+        let pw = Zeroizing::new(pw);
         if !pw.is_empty() {
             return Ok(pw);
         }
@@ -27,10 +30,13 @@ pub(crate) fn read(from_stdin: bool, confirm: bool) -> Result<String> {
     if !std::io::stdin().is_terminal() {
         bail!("no password given: use --password-stdin or set RATHAUS_PASSWORD");
     }
-    let pw = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+    let pw = Zeroizing::new(
+        rpassword::prompt_password("Password: ").context("cannot read the password")?,
+    );
     if confirm {
-        let again =
-            rpassword::prompt_password("Repeat password: ").context("cannot read the password")?;
+        let again = Zeroizing::new(
+            rpassword::prompt_password("Repeat password: ").context("cannot read the password")?,
+        );
         if again != pw {
             bail!("the passwords do not match");
         }
@@ -41,16 +47,18 @@ pub(crate) fn read(from_stdin: bool, confirm: bool) -> Result<String> {
 /// Reads the current and the new password for `rathaus password`: two lines on standard
 /// input with `--password-stdin`, else `RATHAUS_PASSWORD` and `RATHAUS_NEW_PASSWORD`, else
 /// prompts (the new one twice).
-pub(crate) fn read_change(from_stdin: bool) -> Result<(String, String)> {
+pub(crate) fn read_change(from_stdin: bool) -> Result<(Zeroizing<String>, Zeroizing<String>)> {
     if from_stdin {
         let stdin = std::io::stdin();
         let mut lines = stdin.lock().lines();
-        let mut next = |what: &str| -> Result<String> {
-            let line = lines
-                .next()
-                .with_context(|| format!("no {what} on standard input"))?
-                .context("cannot read standard input")?;
-            let pw = line.trim_end_matches('\r').to_owned();
+        let mut next = |what: &str| -> Result<Zeroizing<String>> {
+            let line = Zeroizing::new(
+                lines
+                    .next()
+                    .with_context(|| format!("no {what} on standard input"))?
+                    .context("cannot read standard input")?,
+            );
+            let pw = Zeroizing::new(line.trim_end_matches('\r').to_owned());
             if pw.is_empty() {
                 bail!("no {what} on standard input");
             }
@@ -64,6 +72,7 @@ pub(crate) fn read_change(from_stdin: bool) -> Result<(String, String)> {
         std::env::var("RATHAUS_PASSWORD"),
         std::env::var("RATHAUS_NEW_PASSWORD"),
     ) {
+        let (old, new) = (Zeroizing::new(old), Zeroizing::new(new));
         if !old.is_empty() && !new.is_empty() {
             return Ok((old, new));
         }
@@ -74,11 +83,14 @@ pub(crate) fn read_change(from_stdin: bool) -> Result<(String, String)> {
              or set RATHAUS_PASSWORD and RATHAUS_NEW_PASSWORD"
         );
     }
-    let old =
-        rpassword::prompt_password("Current password: ").context("cannot read the password")?;
-    let new = rpassword::prompt_password("New password: ").context("cannot read the password")?;
-    let again =
-        rpassword::prompt_password("Repeat new password: ").context("cannot read the password")?;
+    let prompt = |text: &str| -> Result<Zeroizing<String>> {
+        Ok(Zeroizing::new(
+            rpassword::prompt_password(text).context("cannot read the password")?,
+        ))
+    };
+    let old = prompt("Current password: ")?;
+    let new = prompt("New password: ")?;
+    let again = prompt("Repeat new password: ")?;
     if again != new {
         bail!("the new passwords do not match");
     }

@@ -8,6 +8,7 @@ use rathaus_protocol::{
     Request, Response, Role, SessionInfo, UserId, UserSummary, PROTOCOL_VERSION,
 };
 use rustls_pki_types::CertificateDer;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{ClientError, Result};
 use crate::mls::{DeviceIdentity, MlsEngine};
@@ -96,21 +97,25 @@ pub struct Client {
 
 impl Client {
     /// Enrolls a new device with a one-time code and creates the profile in `dir`.
-    pub async fn enroll(dir: &Path, options: EnrollOptions) -> Result<Client> {
+    /// The password and code are wiped from memory once sent.
+    pub async fn enroll(dir: &Path, mut options: EnrollOptions) -> Result<Client> {
+        let password = Zeroizing::new(std::mem::take(&mut options.password));
+        let code = Zeroizing::new(std::mem::take(&mut options.code));
         if dir.join(store::DB_FILE).exists() || dir.join(store::KEY_FILE).exists() {
             return Err(ClientError::AlreadyEnrolled(dir.to_path_buf()));
         }
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
         let conn = Connection::connect_with_trust(&options.server, &options.trust).await?;
-        let request = Request::Enroll {
+        let mut request = Request::Enroll {
             protocol: PROTOCOL_VERSION,
             user: options.user.clone(),
-            code: options.code.clone(),
-            password: options.password.clone(),
+            code: code.to_string(),
+            password: password.to_string(),
             device_key: DeviceKey(key.verifying_key().to_bytes()),
             device_name: options.device_name.clone(),
         };
         let response = conn.request(&request).await;
+        wipe_secrets(&mut request);
         conn.close().await;
         let (device, org) = match response? {
             Response::Enrolled { device, org } => (device, org),
@@ -143,7 +148,7 @@ impl Client {
         }
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
         let conn = Connection::connect_with_trust(server, trust).await?;
-        let request = Request::AddDevice {
+        let mut request = Request::AddDevice {
             protocol: PROTOCOL_VERSION,
             user: user.clone(),
             password: password.to_owned(),
@@ -151,6 +156,7 @@ impl Client {
             device_name: device_name.to_owned(),
         };
         let response = conn.request(&request).await;
+        wipe_secrets(&mut request);
         conn.close().await;
         let (device, org) = match response? {
             Response::Enrolled { device, org } => (device, org),
@@ -435,6 +441,22 @@ impl Client {
     }
 }
 
+/// Overwrites the passwords and code a request carried, once it is sent.
+pub(crate) fn wipe_secrets(request: &mut Request) {
+    match request {
+        Request::Enroll { code, password, .. } => {
+            code.zeroize();
+            password.zeroize();
+        }
+        Request::AddDevice { password, .. } => password.zeroize(),
+        Request::ChangePassword { old, new } => {
+            old.zeroize();
+            new.zeroize();
+        }
+        _ => {}
+    }
+}
+
 /// Opens the MLS engine on a second connection to the profile file. WAL mode (set by
 /// the store) lets both connections work on the file; the busy timeout covers the moments
 /// one of them writes.
@@ -442,6 +464,9 @@ fn open_engine(dir: &Path, key: &SigningKey, identity: &Identity) -> Result<MlsE
     let conn = rusqlite::Connection::open(dir.join(store::DB_FILE))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted MLS secrets (used epoch keys, consumed KeyPackage private keys) are
+    // overwritten instead of lingering in free pages; per connection, so set here too.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     let me = DeviceIdentity::new(identity.user.as_str(), &identity.device.0.to_string())?;
     Ok(MlsEngine::with_connection(conn, key.clone(), me)?)
 }

@@ -112,11 +112,13 @@ impl Client {
 
     /// Changes this user's password (the one that adds devices).
     pub async fn change_password(&mut self, old: &str, new: &str) -> Result<()> {
-        let request = Request::ChangePassword {
+        let mut request = Request::ChangePassword {
             old: old.to_owned(),
             new: new.to_owned(),
         };
-        match self.request(&request).await? {
+        let response = self.request(&request).await;
+        crate::client::wipe_secrets(&mut request);
+        match response? {
             Response::Done => Ok(()),
             _ => Err(ClientError::UnexpectedResponse("ChangePassword")),
         }

@@ -57,6 +57,12 @@ pub fn body_len(header: [u8; HEADER_LEN], limit: usize) -> Result<usize, Protoco
 }
 
 /// An incremental frame decoder over a byte buffer.
+///
+/// Its buffer only ever holds bytes that arrived: a header announcing a large body costs
+/// nothing until the body itself comes in. An IO driver asks [`FrameDecoder::wanted`] how
+/// many bytes the next frame still needs, reads at most that many, pushes them and asks
+/// [`FrameDecoder::next_frame`] again; it then never reads past a frame and never holds
+/// more than one frame's bytes.
 #[derive(Debug)]
 pub struct FrameDecoder {
     /// Bytes received and not yet consumed as frames.
@@ -64,6 +70,10 @@ pub struct FrameDecoder {
     /// Largest body this decoder accepts.
     limit: usize,
 }
+
+/// A buffer that held a large frame is given back once the frame is consumed, so a
+/// long-lived stream (a subscription) does not keep its largest frame's memory forever.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 impl FrameDecoder {
     /// A decoder accepting bodies of at most `limit` bytes.
@@ -74,7 +84,18 @@ impl FrameDecoder {
         }
     }
 
-    /// Appends received bytes.
+    /// The largest body this decoder accepts.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Changes the largest body accepted from the next frame on (a connection's limit
+    /// rises once it has authenticated).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    /// Appends received bytes. The buffer grows by exactly what arrived (amortised).
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
@@ -84,22 +105,43 @@ impl FrameDecoder {
         self.buf.len()
     }
 
+    /// How many more bytes the next frame needs before [`FrameDecoder::next_frame`] can
+    /// return it: the rest of the header, then the rest of the body. `0` when a whole
+    /// frame is buffered or the announced length is over the limit (then `next_frame`
+    /// reports the error). Reading at most this many bytes at a time keeps the buffer
+    /// within one frame.
+    pub fn wanted(&self) -> usize {
+        let Some(len) = self.announced() else {
+            return HEADER_LEN - self.buf.len();
+        };
+        if len > self.limit {
+            return 0;
+        }
+        (HEADER_LEN + len).saturating_sub(self.buf.len())
+    }
+
     /// The next complete frame, `Ok(None)` if more bytes are needed, or an error if the
     /// buffered bytes can never form a valid frame (after an error, the stream must be
     /// abandoned: frame boundaries are lost).
     pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtocolError> {
-        if self.buf.len() < HEADER_LEN {
+        let Some(len) = self.announced() else {
             return Ok(None);
+        };
+        if len > self.limit {
+            return Err(ProtocolError::FrameTooLarge {
+                len,
+                limit: self.limit,
+            });
         }
-        let mut header = [0u8; HEADER_LEN];
-        header.copy_from_slice(&self.buf[..HEADER_LEN]);
-        let len = body_len(header, self.limit)?;
         let total = HEADER_LEN + len;
         if self.buf.len() < total {
             return Ok(None);
         }
         let value = decode_body(&self.buf[HEADER_LEN..total]);
         self.buf.drain(..total);
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        }
         value.map(Some)
     }
 
@@ -108,17 +150,19 @@ impl FrameDecoder {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let need = if self.buf.len() < HEADER_LEN {
-            HEADER_LEN
-        } else {
-            let mut header = [0u8; HEADER_LEN];
-            header.copy_from_slice(&self.buf[..HEADER_LEN]);
-            HEADER_LEN + u32::from_be_bytes(header) as usize
-        };
+        let need = self
+            .announced()
+            .map_or(HEADER_LEN, |len| HEADER_LEN.saturating_add(len));
         Err(ProtocolError::Truncated {
             have: self.buf.len(),
             need,
         })
+    }
+
+    /// The body length the buffered header announces, once the header is complete.
+    fn announced(&self) -> Option<usize> {
+        let header: [u8; HEADER_LEN] = self.buf.get(..HEADER_LEN)?.try_into().ok()?;
+        Some(u32::from_be_bytes(header) as usize)
     }
 }
 
@@ -167,6 +211,49 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_header_costs_no_body_buffer() {
+        let mut d = FrameDecoder::new(MAX_CONTROL_FRAME);
+        d.push(&(1024u32 * 1024).to_be_bytes());
+        assert_eq!(d.next_frame::<Request>(), Ok(None));
+        assert_eq!(d.buffered(), HEADER_LEN);
+        assert!(d.buf.capacity() < 1024, "{}", d.buf.capacity());
+        assert_eq!(d.wanted(), 1024 * 1024);
+        assert_eq!(
+            d.finish(),
+            Err(ProtocolError::Truncated {
+                have: HEADER_LEN,
+                need: HEADER_LEN + 1024 * 1024
+            })
+        );
+    }
+
+    #[test]
+    fn wanted_counts_down_to_the_end_of_the_frame() {
+        let bytes = encode(&Request::Ping).unwrap();
+        let mut d = FrameDecoder::new(MAX_CONTROL_FRAME);
+        assert_eq!(d.wanted(), HEADER_LEN);
+        let mut fed = 0;
+        while d.wanted() > 0 {
+            let n = d.wanted().min(3);
+            d.push(&bytes[fed..fed + n]);
+            fed += n;
+        }
+        assert_eq!(fed, bytes.len());
+        assert_eq!(d.next_frame::<Request>(), Ok(Some(Request::Ping)));
+        assert_eq!(d.wanted(), HEADER_LEN);
+    }
+
+    #[test]
+    fn over_limit_wants_nothing_more() {
+        let mut d = FrameDecoder::new(8);
+        d.push(&9u32.to_be_bytes());
+        assert_eq!(d.wanted(), 0);
+        assert!(d.next_frame::<Request>().is_err());
+        d.set_limit(9);
+        assert_eq!(d.wanted(), 9);
+    }
+
+    #[test]
     fn encoding_over_the_limit_fails() {
         let big = Request::Ping;
         assert!(encode_with_limit(&big, 0).is_err());
@@ -190,6 +277,31 @@ mod tests {
             let _ = decode_body::<Response>(&bytes);
             let _ = decode_body::<Event>(&bytes);
             let _ = decode_body::<crate::Content>(&bytes);
+        }
+
+        #[test]
+        fn reading_what_is_wanted_never_buffers_past_one_frame(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+            step in 1usize..64,
+            limit in 0usize..2048,
+        ) {
+            let mut d = FrameDecoder::new(limit);
+            let mut at = 0;
+            loop {
+                match d.next_frame::<Request>() {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+                let n = d.wanted().min(step).min(bytes.len() - at);
+                prop_assert!(d.wanted() > 0);
+                if n == 0 {
+                    break;
+                }
+                d.push(&bytes[at..at + n]);
+                at += n;
+                prop_assert!(d.buffered() <= HEADER_LEN + limit);
+            }
         }
 
         #[test]

@@ -37,4 +37,4 @@ pub mod transport;
 pub use data_dir::{init, InitOptions, InitReport};
 pub use error::ServerError;
 pub use inspect::inspect;
-pub use transport::{start, RunOptions, RunningServer};
+pub use transport::{start, ConnectionLimits, DefenceStats, RunOptions, RunningServer};

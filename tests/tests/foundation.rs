@@ -207,6 +207,8 @@ async fn wrong_password_and_wrong_device_key_are_refused_and_throttled() {
     assert_eq!(phone.whoami().await.unwrap().user.as_str(), "P1001");
 
     // A wrong device key: a connection claiming Anna's device but signing with another key.
+    // Refused every time, but never throttled: a signature cannot be guessed, and backing
+    // Anna off would let anyone lock her out of her own device.
     let forged_key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
     let mut seen = Vec::new();
     for _ in 0..8 {
@@ -220,13 +222,11 @@ async fn wrong_password_and_wrong_device_key_are_refused_and_throttled() {
         seen.push(err.code());
         conn.close().await;
     }
-    assert_eq!(seen[0], Some(ErrorCode::Unauthenticated));
-    assert_eq!(
-        seen.last().copied().flatten(),
-        Some(ErrorCode::RateLimited),
+    assert!(
+        seen.iter().all(|c| *c == Some(ErrorCode::Unauthenticated)),
         "{seen:?}"
     );
-    backend.clock.advance(Duration::from_secs(3600));
+    // Anna's real device logs in right away.
     anna.disconnect().await;
     assert_eq!(anna.whoami().await.unwrap().user.as_str(), "P1001");
 }

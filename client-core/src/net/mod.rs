@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
-use quinn::{ConnectionError, ReadExactError, RecvStream, SendStream};
+use quinn::{ConnectionError, RecvStream, SendStream};
 use rathaus_protocol::{
     fingerprint, frame, limits, DeviceId, Event, Request, Response, SessionInfo, Signature, UserId,
     PROTOCOL_VERSION,
@@ -361,49 +361,43 @@ fn connection_error(e: &ConnectionError) -> ClientError {
     }
 }
 
-/// Writes one frame.
+/// Writes one frame. The encoded bytes are wiped afterwards: requests may carry a
+/// password or enrollment code.
 pub(crate) async fn write_frame<T: serde::Serialize>(
     send: &mut SendStream,
     value: &T,
 ) -> Result<(), FrameIoError> {
-    let bytes = frame::encode(value).map_err(FrameIoError::Protocol)?;
+    let bytes = zeroize::Zeroizing::new(frame::encode(value).map_err(FrameIoError::Protocol)?);
     send.write_all(&bytes)
         .await
         .map_err(|e| FrameIoError::Stream(e.to_string()))
 }
 
-/// Reads one frame; `Ok(None)` if the stream ended cleanly before it.
+/// Largest piece read from a stream at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads one frame; `Ok(None)` if the stream ended cleanly before it. Goes through the
+/// protocol's incremental decoder and reads only what the frame still needs, so memory
+/// grows with the bytes that arrived, not with what the length prefix announces; a
+/// stream that ends inside a frame is [`rathaus_protocol::ProtocolError::Truncated`].
 pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
     recv: &mut RecvStream,
 ) -> Result<Option<T>, FrameIoError> {
-    let mut header = [0u8; frame::HEADER_LEN];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(ReadExactError::FinishedEarly(n)) => {
-            return Err(FrameIoError::Protocol(
-                rathaus_protocol::ProtocolError::Truncated {
-                    have: n,
-                    need: frame::HEADER_LEN,
-                },
-            ))
+    let mut decoder = frame::FrameDecoder::new(limits::MAX_CONTROL_FRAME);
+    loop {
+        if let Some(value) = decoder.next_frame().map_err(FrameIoError::Protocol)? {
+            return Ok(Some(value));
         }
-        Err(ReadExactError::ReadError(e)) => return Err(FrameIoError::Stream(e.to_string())),
-    }
-    let len = frame::body_len(header, limits::MAX_CONTROL_FRAME).map_err(FrameIoError::Protocol)?;
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(n)) => {
-            return Err(FrameIoError::Protocol(
-                rathaus_protocol::ProtocolError::Truncated { have: n, need: len },
-            ))
+        let want = decoder.wanted().clamp(1, READ_CHUNK);
+        match recv.read_chunk(want, true).await {
+            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
+            Ok(None) => {
+                decoder.finish().map_err(FrameIoError::Protocol)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(FrameIoError::Stream(e.to_string())),
         }
-        Err(ReadExactError::ReadError(e)) => return Err(FrameIoError::Stream(e.to_string())),
     }
-    frame::decode_body(&body)
-        .map(Some)
-        .map_err(FrameIoError::Protocol)
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr, String> {

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
+use zeroize::Zeroizing;
 
 use crate::error::{ClientError, Result};
 
@@ -23,7 +24,8 @@ pub fn write_device_key(dir: &Path, key: &SigningKey) -> Result<()> {
     let mut file = options
         .open(&path)
         .map_err(|e| ClientError::io(format!("cannot create {}", path.display()), e))?;
-    file.write_all(&key.to_bytes())
+    let seed = Zeroizing::new(key.to_bytes());
+    file.write_all(seed.as_slice())
         .and_then(|()| file.sync_all())
         .map_err(|e| ClientError::io(format!("cannot write {}", path.display()), e))?;
     Ok(())
@@ -32,13 +34,13 @@ pub fn write_device_key(dir: &Path, key: &SigningKey) -> Result<()> {
 /// Reads the device key; refuses a key file others can read.
 pub fn load_device_key(dir: &Path) -> Result<SigningKey> {
     let path = dir.join(KEY_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| {
+    let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             ClientError::NotEnrolled(dir.to_path_buf())
         } else {
             ClientError::io(format!("cannot read {}", path.display()), e)
         }
-    })?;
+    })?);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -54,8 +56,9 @@ pub fn load_device_key(dir: &Path) -> Result<SigningKey> {
             )));
         }
     }
-    let seed: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| ClientError::Invalid(format!("{} is not a device key", path.display())))?;
+    let seed: Zeroizing<[u8; 32]> =
+        Zeroizing::new(bytes.as_slice().try_into().map_err(|_| {
+            ClientError::Invalid(format!("{} is not a device key", path.display()))
+        })?);
     Ok(SigningKey::from_bytes(&seed))
 }

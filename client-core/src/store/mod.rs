@@ -72,6 +72,9 @@ impl ProfileStore {
         restrict_permissions(&path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
+        // Deleted rows (history, MLS secrets of past epochs) are overwritten with zeros
+        // instead of lingering in free pages of the file.
+        db.pragma_update(None, "secure_delete", "ON")?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         let store = Self { db };
         store.migrate()?;
@@ -685,6 +688,38 @@ mod tests {
             Some("SHA256:00")
         );
         assert!(s.server_ca().unwrap().is_empty());
+    }
+
+    /// A deleted secret does not survive in the file's free pages (`secure_delete`).
+    #[test]
+    fn deleted_rows_are_overwritten_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = "SECRET-EPOCH-KEY-0123456789abcdef";
+        let s = ProfileStore::open(dir.path()).unwrap();
+        let db = s.connection();
+        db.execute(
+            "CREATE TABLE scratch (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
+            [],
+        )
+        .unwrap();
+        db.execute("INSERT INTO scratch VALUES ('k', ?1)", [marker.repeat(64)])
+            .unwrap();
+        db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        let path = dir.path().join(DB_FILE);
+        let found = |needle: &str| {
+            let bytes = std::fs::read(&path).unwrap();
+            bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        };
+        assert!(found(marker), "the row is in the file before it is deleted");
+        db.execute("DELETE FROM scratch", []).unwrap();
+        db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        assert!(!found(marker), "the deleted row survived in the file");
+        let on: i64 = db
+            .pragma_query_value(None, "secure_delete", |r| r.get(0))
+            .unwrap();
+        assert_eq!(on, 1);
     }
 
     #[cfg(unix)]

@@ -4,9 +4,11 @@
 
 use rathaus_protocol::limits::{MAX_PASSWORD, MIN_PASSWORD};
 use rathaus_protocol::{DeviceId, DeviceInfo, ErrorCode, GroupHandle, Response};
+use zeroize::Zeroizing;
 
 use super::enrollment::{hash_password, verify_password};
 use super::secret::secret_handle;
+use super::throttle::Factor;
 use super::{Refusal, Service, Session};
 use crate::store::{UserRecord, Writes};
 
@@ -97,18 +99,30 @@ impl Service {
             .password_hash
             .clone()
             .ok_or_else(|| Refusal::new(ErrorCode::Invalid, "this account has no password yet"))?;
-        let matches = tokio::task::spawn_blocking(move || verify_password(&old, &phc))
-            .await
-            .map_err(|e| Refusal::internal(format!("password check: {e}")))?;
+        // A session (a device left unlocked) must not be a way to guess the password
+        // quickly: the check is charged to the user's password counter like AddDevice.
+        let attempt = self.begin_attempt(Factor::Password, &me.id, None)?;
+        let slot = match self.argon2_slot() {
+            Ok(slot) => slot,
+            Err(e) => {
+                attempt.not_checked();
+                return Err(e);
+            }
+        };
+        let old = Zeroizing::new(old);
+        let matches = self
+            .argon2(slot, move || verify_password(&old, &phc))
+            .await?;
         if !matches {
             return Err(Refusal::new(
                 ErrorCode::Unauthenticated,
                 "the current password is wrong",
             ));
         }
-        let hash = tokio::task::spawn_blocking(move || hash_password(&new))
-            .await
-            .map_err(|e| Refusal::internal(format!("password hashing: {e}")))??;
+        attempt.succeeded();
+        let slot = self.argon2_slot()?;
+        let new = Zeroizing::new(new);
+        let hash = self.argon2(slot, move || hash_password(&new)).await??;
         let ticket = {
             let _dir = self.directory();
             let mut user = self.session_user(session)?;

@@ -426,13 +426,21 @@ async fn roles_change_at_once_and_every_admin_action_is_chained() {
         actions,
         vec![
             "server.init",
+            "device.enroll",
             "user.add",
+            "device.enroll",
             "department.add",
             "user.roles",
             "user.remove"
         ]
     );
-    assert_eq!(log[3].detail, "member → member, author");
+    assert_eq!(log[5].detail, "member → member, author");
+    // Enrollments are recorded with how and from where, never with the code.
+    assert!(
+        log[1].detail.starts_with("with enrollment code: device "),
+        "{}",
+        log[1].detail
+    );
 
     // The chain continues across a restart of the service.
     let service = Service::new(

@@ -9,13 +9,16 @@ use ed25519_dalek::VerifyingKey;
 use rand::rngs::OsRng;
 use rathaus_protocol::limits::{MAX_NAME, MAX_PASSWORD, MIN_PASSWORD};
 use rathaus_protocol::{DeviceId, DeviceKey, ErrorCode, Response, UserId};
+use zeroize::{Zeroize, Zeroizing};
 
 use super::auth::check_version;
+use super::throttle::Factor;
 use super::{codes, Refusal, Service};
 use crate::store::{DeviceRecord, Writes};
 
-/// A device to create, as sent in `Enroll` or `AddDevice`.
-#[derive(Debug, Clone)]
+/// A device to create, as sent in `Enroll` or `AddDevice`. The password is wiped from
+/// memory when this is dropped.
+#[derive(Clone)]
 pub struct NewDevice {
     /// Personnel number.
     pub user: UserId,
@@ -27,13 +30,29 @@ pub struct NewDevice {
     pub device_name: String,
 }
 
+impl std::fmt::Debug for NewDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDevice")
+            .field("user", &self.user)
+            .field("device_name", &self.device_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for NewDevice {
+    fn drop(&mut self) {
+        self.password.zeroize();
+    }
+}
+
 const CODE_INVALID: &str =
     "this enrollment code is unknown, already used or expired; ask your administrator for a new one";
 const WRONG_PASSWORD: &str = "wrong user or password";
 
 impl Service {
     /// Answers `Enroll`: checks the one-time code, sets the password, creates the first
-    /// device and burns the code.
+    /// device and burns the code. The attempt is charged to the throttle before the code
+    /// is looked at; the Argon2 hash of the new password takes one of the bounded slots.
     pub async fn enroll(
         &self,
         peer: IpAddr,
@@ -42,14 +61,15 @@ impl Service {
         device: NewDevice,
     ) -> Result<Response, Refusal> {
         check_version(protocol)?;
+        let attempt = self.begin_attempt(Factor::EnrollmentCode, &device.user, Some(peer))?;
         let now = self.now_ms();
-        self.check_throttle(&device.user, peer, now)?;
         if !self.code_matches(&device.user, code, now)? {
-            self.throttle().failure(Some(&device.user), peer, now);
             return Err(Refusal::new(ErrorCode::CodeInvalid, CODE_INVALID));
         }
         let chars = device.password.chars().count();
         if chars < MIN_PASSWORD || device.password.len() > MAX_PASSWORD {
+            // The code was right; only the new password is not acceptable.
+            attempt.succeeded();
             return Err(Refusal::new(
                 ErrorCode::Invalid,
                 format!(
@@ -57,17 +77,29 @@ impl Service {
                 ),
             ));
         }
-        let (device_key, device_name) = validate_device(&device)?;
-        let password = device.password.clone();
-        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|e| Refusal::internal(format!("password hashing task: {e}")))??;
+        let (device_key, device_name) = match validate_device(&device) {
+            Ok(v) => v,
+            Err(e) => {
+                attempt.succeeded();
+                return Err(e);
+            }
+        };
+        let slot = match self.argon2_slot() {
+            Ok(slot) => slot,
+            Err(e) => {
+                attempt.not_checked();
+                return Err(e);
+            }
+        };
+        let password = Zeroizing::new(device.password.clone());
+        let hash = self
+            .argon2(slot, move || hash_password(&password))
+            .await??;
 
         let (id, ticket) = {
             let _dir = self.directory();
             // Checked again under the lock: two concurrent uses of one code, one wins.
             if !self.code_matches(&device.user, code, now)? {
-                self.throttle().failure(Some(&device.user), peer, now);
                 return Err(Refusal::new(ErrorCode::CodeInvalid, CODE_INVALID));
             }
             let mut user = self
@@ -79,17 +111,27 @@ impl Service {
             user.devices.push(DeviceRecord {
                 id,
                 key: device_key,
-                name: device_name,
+                name: device_name.clone(),
                 created_ms: now,
                 revoked: false,
             });
             let mut w = Writes::new();
             w.put_user(&user)?.remove_code(&user.id);
+            let mut audit = self.audit()?;
+            audit.record(
+                &mut w,
+                now,
+                &user.id,
+                "device.enroll",
+                format!("{}/{}", user.id, id),
+                enrollment_detail("enrollment code", &device_name, &device_key, peer),
+            )?;
             self.db.apply(w)?;
+            audit.commit();
             (id, self.commit.written())
         };
+        attempt.succeeded();
         self.durable(ticket).await?;
-        self.throttle().success(&device.user);
         tracing::info!(user = %device.user, device = %id, "device enrolled with code");
         Ok(Response::Enrolled {
             device: id,
@@ -97,7 +139,9 @@ impl Service {
         })
     }
 
-    /// Answers `AddDevice`: checks the password and creates another device.
+    /// Answers `AddDevice`: checks the password and creates another device. The attempt
+    /// is charged to the throttle before the Argon2 check, which takes one of the bounded
+    /// slots or is refused with `Unavailable`.
     pub async fn add_device(
         &self,
         peer: IpAddr,
@@ -105,10 +149,9 @@ impl Service {
         device: NewDevice,
     ) -> Result<Response, Refusal> {
         check_version(protocol)?;
+        let attempt = self.begin_attempt(Factor::Password, &device.user, Some(peer))?;
         let now = self.now_ms();
-        self.check_throttle(&device.user, peer, now)?;
         if device.password.len() > MAX_PASSWORD {
-            self.throttle().failure(Some(&device.user), peer, now);
             return Err(Refusal::new(ErrorCode::Unauthenticated, WRONG_PASSWORD));
         }
         let stored_hash = self
@@ -116,24 +159,31 @@ impl Service {
             .user(&device.user)?
             .filter(|u| !u.removed)
             .and_then(|u| u.password_hash);
+        let slot = match self.argon2_slot() {
+            Ok(slot) => slot,
+            Err(e) => {
+                attempt.not_checked();
+                return Err(e);
+            }
+        };
         // An unknown or offboarded user costs the same Argon2 check as a known one, so the
         // answer's timing does not tell whether a personnel number exists.
-        let password = device.password.clone();
-        let ok = tokio::task::spawn_blocking(move || match stored_hash {
-            Some(hash) => verify_password(&password, &hash),
-            None => {
-                if let Some(hash) = unknown_user_hash() {
-                    verify_password(&password, hash);
+        let password = Zeroizing::new(device.password.clone());
+        let ok = self
+            .argon2(slot, move || match stored_hash {
+                Some(hash) => verify_password(&password, &hash),
+                None => {
+                    if let Some(hash) = unknown_user_hash() {
+                        verify_password(&password, hash);
+                    }
+                    false
                 }
-                false
-            }
-        })
-        .await
-        .map_err(|e| Refusal::internal(format!("password check task: {e}")))?;
+            })
+            .await?;
         if !ok {
-            self.throttle().failure(Some(&device.user), peer, now);
             return Err(Refusal::new(ErrorCode::Unauthenticated, WRONG_PASSWORD));
         }
+        attempt.succeeded();
         let (device_key, device_name) = validate_device(&device)?;
         let (id, ticket) = {
             let _dir = self.directory();
@@ -146,28 +196,31 @@ impl Service {
             user.devices.push(DeviceRecord {
                 id,
                 key: device_key,
-                name: device_name,
+                name: device_name.clone(),
                 created_ms: now,
                 revoked: false,
             });
             let mut w = Writes::new();
             w.put_user(&user)?;
+            let mut audit = self.audit()?;
+            audit.record(
+                &mut w,
+                now,
+                &user.id,
+                "device.add",
+                format!("{}/{}", user.id, id),
+                enrollment_detail("password", &device_name, &device_key, peer),
+            )?;
             self.db.apply(w)?;
+            audit.commit();
             (id, self.commit.written())
         };
         self.durable(ticket).await?;
-        self.throttle().success(&device.user);
         tracing::info!(user = %device.user, device = %id, "device added with password");
         Ok(Response::Enrolled {
             device: id,
             org: self.org.clone(),
         })
-    }
-
-    fn check_throttle(&self, user: &UserId, peer: IpAddr, now: i64) -> Result<(), Refusal> {
-        self.throttle()
-            .check(Some(user), peer, now)
-            .map_err(|b| Refusal::new(ErrorCode::RateLimited, b.message()))
     }
 
     /// Whether `typed` is the user's open, unexpired code.
@@ -181,6 +234,13 @@ impl Service {
         let live = self.db.user(user)?.is_some_and(|u| !u.removed);
         Ok(live && now < stored.expires_ms && codes::same_digest(&digest, &stored.sha256))
     }
+}
+
+/// The audit entry's detail of an enrollment: how, which device, from where (never the
+/// password or code).
+fn enrollment_detail(how: &str, name: &str, key: &DeviceKey, peer: IpAddr) -> String {
+    let fingerprint: String = key.0[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("with {how}: device {name:?}, key {fingerprint}…, from {peer}")
 }
 
 fn validate_device(device: &NewDevice) -> Result<(DeviceKey, String), Refusal> {

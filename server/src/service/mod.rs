@@ -7,6 +7,7 @@
 //! [`ManualClock`](crate::clock::ManualClock).
 
 mod announcements;
+mod attempts;
 mod audit;
 mod auth;
 pub mod codes;
@@ -40,6 +41,8 @@ use tokio::sync::broadcast;
 use crate::clock::Clock;
 use crate::store::{Db, StoreError, UserRecord};
 
+pub(crate) use attempts::worth_logging;
+pub use attempts::ThrottleStats;
 pub use auth::PendingAuth;
 pub use enrollment::NewDevice;
 pub use events::{Broadcast, LiveConnection, LiveConnections, Readers};
@@ -65,8 +68,13 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     /// Organisation name, shown to clients.
     org: String,
-    /// Failed-attempt counters.
+    /// Failed-attempt counters for passwords and enrollment codes.
     throttle: Mutex<Throttle>,
+    /// What the throttle did, for operators.
+    throttle_counters: attempts::ThrottleCounters,
+    /// Argon2 checks running at once (each holds ~19 MiB and a core): bounded, and
+    /// refused beyond that rather than queued.
+    argon2: attempts::Argon2Pool,
     /// Held while seqs are allocated, duplicates checked and entries inserted, so those
     /// three are atomic; the value caches each group's heads. Never held across a flush.
     log: Mutex<HashMap<GroupHandle, Heads>>,
@@ -206,11 +214,15 @@ impl Service {
             .map(|m| m.org)
             .unwrap_or_else(|| DEFAULT_ORG.to_owned());
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let mut throttle = Throttle::new(policy);
+        throttle.restore(attempts::stored_counters(&db)?, clock.now_ms());
         Ok(Self {
             db,
             clock,
             org,
-            throttle: Mutex::new(Throttle::new(policy)),
+            throttle: Mutex::new(throttle),
+            throttle_counters: attempts::ThrottleCounters::default(),
+            argon2: attempts::Argon2Pool::new(attempts::argon2_slots()),
             log: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             directory: Mutex::new(()),

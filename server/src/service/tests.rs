@@ -601,3 +601,226 @@ async fn a_retry_overtaking_its_queued_original_is_stored_once() {
         }
     ));
 }
+
+/// Signs `user`'s challenge with the fixture's device key ([7; 32]), as a client would.
+fn prove_device(
+    service: &super::Service,
+    peer: std::net::IpAddr,
+    user: &str,
+    device: rathaus_protocol::DeviceId,
+) -> Result<Session, super::Refusal> {
+    use ed25519_dalek::Signer;
+    let pending = service.challenge(peer, PROTOCOL_VERSION, uid(user), device)?;
+    let exporter = [3u8; 32];
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let transcript = rathaus_protocol::auth_transcript(&exporter, &pending.nonce);
+    let signature = rathaus_protocol::Signature::new(key.sign(&transcript).to_bytes());
+    service
+        .prove(peer, &pending, &exporter, &signature)
+        .map(|(s, _)| s)
+}
+
+fn shared(f: &Fixture) -> std::sync::Arc<super::Service> {
+    std::sync::Arc::new(
+        super::Service::new(
+            f.service.db().clone(),
+            f.clock.clone(),
+            super::testing::removal_key(),
+        )
+        .unwrap(),
+    )
+}
+
+fn ip(n: u32) -> std::net::IpAddr {
+    std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
+}
+
+#[tokio::test]
+async fn parallel_wrong_passwords_are_counted_before_their_check() {
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    let service = shared(&f);
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let service = service.clone();
+        burst.spawn(async move {
+            service
+                .add_device(
+                    ip(i),
+                    PROTOCOL_VERSION,
+                    new_device("P1001", "not the password"),
+                )
+                .await
+                .unwrap_err()
+                .code
+        });
+    }
+    let mut codes = Vec::new();
+    while let Some(code) = burst.join_next().await {
+        codes.push(code.unwrap());
+    }
+    let checked = codes
+        .iter()
+        .filter(|c| **c == ErrorCode::Unauthenticated)
+        .count();
+    let refused = codes
+        .iter()
+        .filter(|c| **c == ErrorCode::RateLimited)
+        .count();
+    assert_eq!(checked + refused, 20, "{codes:?}");
+    assert!(checked >= 1 && refused >= 15, "{codes:?}");
+    // Anna's own device logs in at once, from the same addresses even.
+    for i in 0..20 {
+        let session = prove_device(&service, ip(i), "P1001", anna.device).unwrap();
+        assert_eq!(session, anna);
+    }
+    assert!(service.throttle_stats().refused >= 15);
+}
+
+#[tokio::test]
+async fn argon2_checks_are_bounded_and_refused_beyond_with_unavailable() {
+    let f = Fixture::new().await;
+    let service = shared(&f);
+    let mut burst = tokio::task::JoinSet::new();
+    // Made-up users from many addresses: the throttle has no reason to refuse them, so
+    // only the bound on Argon2 checks stands between them and the server's memory.
+    for i in 0..100 {
+        let service = service.clone();
+        burst.spawn(async move {
+            service
+                .add_device(
+                    ip(1000 + i),
+                    PROTOCOL_VERSION,
+                    new_device(&format!("X{i}"), "guess"),
+                )
+                .await
+                .unwrap_err()
+                .code
+        });
+    }
+    let mut codes = Vec::new();
+    while let Some(code) = burst.join_next().await {
+        codes.push(code.unwrap());
+    }
+    let unavailable = codes
+        .iter()
+        .filter(|c| **c == ErrorCode::Unavailable)
+        .count();
+    let checked = codes
+        .iter()
+        .filter(|c| **c == ErrorCode::Unauthenticated)
+        .count();
+    assert_eq!(unavailable + checked, 100, "{codes:?}");
+    assert!(checked >= 1, "{codes:?}");
+    assert!(unavailable >= 50, "{codes:?}");
+    assert_eq!(service.throttle_stats().busy, unavailable as u64);
+    // Refused attempts were not charged: the same users may try again at once.
+    let r = service
+        .add_device(ip(1000), PROTOCOL_VERSION, new_device("X99", "guess"))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::Unauthenticated);
+}
+
+#[tokio::test]
+async fn password_failures_never_refuse_the_device_key_or_the_code() {
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    let jonas_code = f.add_user("P1002", &[]).await;
+    for _ in 0..30 {
+        let _ = f
+            .service
+            .add_device(addr(), PROTOCOL_VERSION, new_device("P1001", "wrong"))
+            .await;
+        let _ = f
+            .service
+            .add_device(addr(), PROTOCOL_VERSION, new_device("P1002", "wrong"))
+            .await;
+    }
+    let r = f
+        .service
+        .add_device(addr(), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::RateLimited);
+    // The device key still works, from the very address of the burst…
+    assert_eq!(
+        prove_device(&f.service, addr(), "P1001", anna.device),
+        Ok(anna)
+    );
+    // …and a colleague's enrollment code is its own factor: only the network's counter
+    // (shared by everyone behind a NAT) slows it, and it has room left… until it has
+    // not: then another address still works.
+    let r = enroll(&f.service, "P1002", &jonas_code).await;
+    match r {
+        Ok(_) => {}
+        Err(e) => {
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            let device = f
+                .service
+                .enroll(
+                    ip(77),
+                    PROTOCOL_VERSION,
+                    &jonas_code,
+                    new_device("P1002", PASSWORD),
+                )
+                .await
+                .unwrap();
+            assert!(matches!(device, Response::Enrolled { .. }));
+        }
+    }
+}
+
+#[tokio::test]
+async fn throttle_counters_survive_a_restart() {
+    let f = Fixture::new().await;
+    f.user("P1001", &[]).await;
+    for _ in 0..5 {
+        let r = f
+            .service
+            .add_device(addr(), PROTOCOL_VERSION, new_device("P1001", "wrong"))
+            .await
+            .unwrap_err();
+        assert_eq!(r.code, ErrorCode::Unauthenticated);
+    }
+    let restarted = shared(&f);
+    let r = restarted
+        .add_device(ip(5), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::RateLimited, "{}", r.message);
+    f.clock.advance(Duration::from_secs(1));
+    assert!(restarted
+        .add_device(ip(5), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn a_session_cannot_guess_the_password_quickly() {
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    let change = |old: &str| Request::ChangePassword {
+        old: old.into(),
+        new: "a new password".into(),
+    };
+    for _ in 0..5 {
+        let r = f.service.handle(&anna, change("guess")).await.unwrap_err();
+        assert_eq!(r.code, ErrorCode::Unauthenticated);
+    }
+    // Backed off: not even the right password is checked now…
+    let r = f.service.handle(&anna, change(PASSWORD)).await.unwrap_err();
+    assert_eq!(r.code, ErrorCode::RateLimited);
+    // …and the same counter guards AddDevice.
+    let r = f
+        .service
+        .add_device(addr(), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::RateLimited);
+    f.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        f.service.handle(&anna, change(PASSWORD)).await.unwrap(),
+        Response::Done
+    );
+}

@@ -20,7 +20,7 @@ pub use memory::MemoryStore;
 pub use records::{
     AckRecord, AnnouncementRecord, CodeRecord, Db, DepartmentRecord, DeviceRecord,
     KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord, SecretGroupRecord,
-    ServerMeta, StoredEntry, UserRecord, Writes,
+    ServerMeta, StoredEntry, ThrottleRecord, UserRecord, Writes,
 };
 pub use sled_store::SledStore;
 

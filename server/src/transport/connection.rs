@@ -1,16 +1,30 @@
 //! One task per connection: handshake, then one task per bidirectional stream.
+//!
+//! Until it authenticates, a connection holds a [`StrangerSlot`] of its network and must
+//! authenticate before [`ConnectionLimits::auth_deadline`](super::ConnectionLimits)
+//! passes; then its stream and window limits rise to those of a colleague.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::task::JoinSet;
 
+use super::admission::{self, StrangerSlot, RECEIVE_WINDOW, STREAMS_PER_CONNECTION};
 use super::{stream, ServerCtx};
 use crate::service::{LiveConnection, Session};
 
 /// QUIC application close code sent to an offboarded user's connections.
 const CLOSE_ACCOUNT_REMOVED: u32 = 0x10;
+
+/// QUIC application close code for a connection that did not authenticate in time.
+pub(crate) const CLOSE_AUTH_TIMEOUT: u32 = 0x11;
+
+/// QUIC application close code for a connection that failed too many device proofs.
+pub(crate) const CLOSE_FAILED_PROOFS: u32 = 0x12;
+
+/// Failed device-key proofs one connection may make before it is closed.
+const MAX_FAILED_PROOFS: u32 = 3;
 
 /// What the stream tasks of one connection share.
 pub(crate) struct ConnectionCtx {
@@ -20,6 +34,10 @@ pub(crate) struct ConnectionCtx {
     pub(crate) peer: SocketAddr,
     /// Set once the connection authenticated; then valid for all its streams.
     session: Mutex<Option<Session>>,
+    /// The network's place for this stranger; given back when it authenticates.
+    stranger: Mutex<Option<StrangerSlot>>,
+    /// Device-key proofs that failed on this connection.
+    failed_proofs: AtomicU32,
     /// The server.
     pub(crate) server: Arc<ServerCtx>,
 }
@@ -38,8 +56,49 @@ impl ConnectionCtx {
             .clone()
     }
 
-    /// Marks the connection authenticated and registers it as live for the user.
+    /// Whether the connection has authenticated.
+    pub(crate) fn is_authenticated(&self) -> bool {
+        self.session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Counts a failed device proof.
+    pub(crate) fn proof_failed(&self) {
+        self.failed_proofs.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Closes the connection if it has failed too many device proofs (called once the
+    /// answer to the last one is delivered).
+    pub(crate) fn close_if_failing_proofs(&self) {
+        let n = self.failed_proofs.load(Ordering::SeqCst);
+        if n < MAX_FAILED_PROOFS {
+            return;
+        }
+        let total = admission::count(&self.server.counters.failed_proof_closes);
+        if admission::worth_logging(total) {
+            tracing::warn!(peer = %self.peer, closed = total, "closing a connection after {n} failed device proofs");
+        }
+        self.conn.close(
+            quinn::VarInt::from_u32(CLOSE_FAILED_PROOFS),
+            b"too many failed device proofs",
+        );
+    }
+
+    /// Marks the connection authenticated and registers it as live for the user; it is
+    /// no longer a stranger, so its limits rise.
     pub(crate) fn authenticate(&self, session: Session) {
+        self.conn
+            .set_max_concurrent_bi_streams(quinn::VarInt::from_u32(STREAMS_PER_CONNECTION));
+        self.conn
+            .set_receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
+        drop(
+            self.stranger
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         let id = self.id();
         let live: Arc<dyn LiveConnection> = Arc::new(Live(self.conn.clone()));
         self.server
@@ -76,14 +135,19 @@ impl Drop for Slot {
 }
 
 /// Serves one incoming connection until it closes.
-pub(crate) async fn serve(incoming: quinn::Incoming, server: Arc<ServerCtx>) {
+pub(crate) async fn serve(incoming: quinn::Incoming, slot: StrangerSlot, server: Arc<ServerCtx>) {
     let _slot = Slot(server.clone());
     let peer = incoming.remote_address();
+    let deadline = tokio::time::Instant::now() + server.admission.limits.auth_deadline;
     let conn = match incoming.accept() {
-        Ok(connecting) => match connecting.await {
-            Ok(conn) => conn,
-            Err(e) => {
+        Ok(connecting) => match tokio::time::timeout_at(deadline, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                auth_timeout(&server, peer);
                 return;
             }
         },
@@ -97,9 +161,14 @@ pub(crate) async fn serve(incoming: quinn::Incoming, server: Arc<ServerCtx>) {
         conn: conn.clone(),
         peer,
         session: Mutex::new(None),
+        stranger: Mutex::new(Some(slot)),
+        failed_proofs: AtomicU32::new(0),
         server,
     });
     let mut streams = JoinSet::new();
+    let auth_deadline = tokio::time::sleep_until(deadline);
+    tokio::pin!(auth_deadline);
+    let mut watching = true;
     let reason = loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
@@ -109,6 +178,16 @@ pub(crate) async fn serve(incoming: quinn::Incoming, server: Arc<ServerCtx>) {
                 Err(e) => break e,
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            () = &mut auth_deadline, if watching => {
+                watching = false;
+                if !ctx.is_authenticated() {
+                    auth_timeout(&ctx.server, peer);
+                    conn.close(
+                        quinn::VarInt::from_u32(CLOSE_AUTH_TIMEOUT),
+                        b"not authenticated in time",
+                    );
+                }
+            }
         }
     };
     if let Some(session) = ctx.session() {
@@ -121,4 +200,16 @@ pub(crate) async fn serve(incoming: quinn::Incoming, server: Arc<ServerCtx>) {
         tracing::debug!(%peer, reason = %reason, "connection closed");
     }
     streams.shutdown().await;
+}
+
+fn auth_timeout(server: &ServerCtx, peer: SocketAddr) {
+    let n = admission::count(&server.counters.auth_timeouts);
+    if admission::worth_logging(n) {
+        tracing::warn!(
+            %peer,
+            deadline_s = server.admission.limits.auth_deadline.as_secs(),
+            timeouts = n,
+            "closing a connection that did not authenticate in time"
+        );
+    }
 }

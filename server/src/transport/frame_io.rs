@@ -1,52 +1,140 @@
-//! Reading and writing frames on QUIC streams, size-bounded.
+//! Reading and writing frames on QUIC streams, size-bounded and within the server's byte
+//! budget.
+//!
+//! Reading goes through the protocol crate's incremental [`FrameDecoder`]: the stream is
+//! read only as far as the current frame still needs, so memory grows with the bytes that
+//! actually arrived, never with what a length prefix announces. Every byte read is first
+//! taken from the server-wide [`ByteBudget`] and given back when the stream's task ends,
+//! so all requests in flight together hold at most the budget.
 
-use quinn::{ReadExactError, RecvStream, SendStream};
-use rathaus_protocol::frame::{self, HEADER_LEN};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use quinn::{RecvStream, SendStream};
+use rathaus_protocol::frame::{self, FrameDecoder};
 use rathaus_protocol::ProtocolError;
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Largest piece read from a stream at a time.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Why no frame could be read.
 #[derive(Debug)]
 pub(crate) enum ReadFailure {
     /// The peer sent bytes that are not a valid frame: answer with an error.
     Protocol(ProtocolError),
+    /// The server-wide budget for request bytes is spent: answer `Unavailable`.
+    OverBudget,
     /// The stream or connection broke: nobody to answer.
     Stream(String),
 }
 
-/// Reads one frame of at most `limit` body bytes. `Ok(None)` if the stream ended cleanly
-/// before a frame started. The length is checked before the body buffer is allocated.
-pub(crate) async fn read_frame<T: DeserializeOwned>(
-    recv: &mut RecvStream,
-    limit: usize,
-) -> Result<Option<T>, ReadFailure> {
-    let mut header = [0u8; HEADER_LEN];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(ReadExactError::FinishedEarly(have)) => {
-            return Err(ReadFailure::Protocol(ProtocolError::Truncated {
-                have,
-                need: HEADER_LEN,
-            }))
+/// The bytes of all requests being received or handled, bounded server-wide.
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    /// One permit per byte.
+    permits: Arc<Semaphore>,
+    /// The size of the budget, for logs.
+    total: usize,
+    /// How often a read was refused because the budget was spent.
+    refused: AtomicU64,
+}
+
+impl ByteBudget {
+    /// A budget of `total` bytes.
+    pub(crate) fn new(total: usize) -> Self {
+        // tokio caps a semaphore's permits; a budget beyond that is no budget anyway.
+        let total = total.min(Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(Semaphore::new(total)),
+            total,
+            refused: AtomicU64::new(0),
         }
-        Err(ReadExactError::ReadError(e)) => return Err(ReadFailure::Stream(e.to_string())),
     }
-    let len = frame::body_len(header, limit).map_err(ReadFailure::Protocol)?;
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(have)) => {
-            return Err(ReadFailure::Protocol(ProtocolError::Truncated {
-                have: HEADER_LEN + have,
-                need: HEADER_LEN + len,
-            }))
+
+    /// Bytes currently held by requests.
+    pub(crate) fn in_use(&self) -> usize {
+        self.total - self.permits.available_permits()
+    }
+
+    /// Reads refused so far because the budget was spent.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(bytes).ok()?;
+        match self.permits.clone().try_acquire_many_owned(n) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let before = self.refused.fetch_add(1, Ordering::Relaxed);
+                // The first refusal and then every 1,000th: a flood must not flood the log.
+                if before.is_multiple_of(1000) {
+                    tracing::warn!(
+                        budget = self.total,
+                        refused = before + 1,
+                        "request byte budget spent; refusing reads with Unavailable"
+                    );
+                }
+                None
+            }
         }
-        Err(ReadExactError::ReadError(e)) => return Err(ReadFailure::Stream(e.to_string())),
     }
-    frame::decode_body(&body)
-        .map(Some)
-        .map_err(ReadFailure::Protocol)
+}
+
+/// Reads frames from one stream, holding the budget for what it read until dropped.
+pub(crate) struct FrameReader {
+    /// The incremental decoder (its limit is the stream's current frame limit).
+    decoder: FrameDecoder,
+    /// Where the bytes are accounted.
+    budget: Arc<ByteBudget>,
+    /// The budget held for the bytes read so far on this stream.
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl FrameReader {
+    /// A reader accepting bodies of at most `limit` bytes.
+    pub(crate) fn new(limit: usize, budget: Arc<ByteBudget>) -> Self {
+        Self {
+            decoder: FrameDecoder::new(limit),
+            budget,
+            held: None,
+        }
+    }
+
+    /// Reads one frame. `Ok(None)` if the stream ended cleanly before a frame started.
+    /// The length is checked against the limit as soon as the header is in, before any
+    /// byte of the body is read.
+    pub(crate) async fn read<T: DeserializeOwned>(
+        &mut self,
+        recv: &mut RecvStream,
+    ) -> Result<Option<T>, ReadFailure> {
+        loop {
+            if let Some(value) = self.decoder.next_frame().map_err(ReadFailure::Protocol)? {
+                return Ok(Some(value));
+            }
+            let want = self.decoder.wanted().clamp(1, READ_CHUNK);
+            match recv.read_chunk(want, true).await {
+                Ok(Some(chunk)) => {
+                    let permit = self
+                        .budget
+                        .take(chunk.bytes.len())
+                        .ok_or(ReadFailure::OverBudget)?;
+                    match &mut self.held {
+                        Some(held) => held.merge(permit),
+                        None => self.held = Some(permit),
+                    }
+                    self.decoder.push(&chunk.bytes);
+                }
+                Ok(None) => {
+                    self.decoder.finish().map_err(ReadFailure::Protocol)?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(ReadFailure::Stream(e.to_string())),
+            }
+        }
+    }
 }
 
 /// Writes one frame. Returns `false` if the stream is gone.
@@ -70,4 +158,25 @@ pub(crate) async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T) 
 /// Writes already-encoded frame bytes. Returns `false` if the stream is gone.
 pub(crate) async fn write_bytes(send: &mut SendStream, bytes: &[u8]) -> bool {
     send.write_all(bytes).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_budget_refuses_beyond_its_size_and_gets_bytes_back() {
+        let budget = ByteBudget::new(10);
+        let a = budget.take(6).unwrap();
+        assert_eq!(budget.in_use(), 6);
+        assert!(budget.take(5).is_none());
+        assert_eq!(budget.refused(), 1);
+        let b = budget.take(4).unwrap();
+        drop(a);
+        assert_eq!(budget.in_use(), 4);
+        drop(b);
+        assert_eq!(budget.in_use(), 0);
+    }
 }

@@ -2,11 +2,13 @@
 //! shutdown, and the per-connection and per-stream tasks. This layer moves frames; the
 //! rules live in [`crate::service`].
 
+mod admission;
 mod connection;
 mod frame_io;
 mod housekeeping;
 mod stream;
 
+pub use admission::{ConnectionLimits, DefenceStats};
 pub(crate) use stream::request_kind;
 mod subscribe;
 pub mod tls;
@@ -24,7 +26,7 @@ use tokio::task::JoinSet;
 use crate::clock::{Clock, SystemClock};
 use crate::data_dir::DataDir;
 use crate::error::ServerError;
-use crate::service::{RetentionRun, Service};
+use crate::service::{RetentionRun, Service, ThrottleStats};
 use crate::store::Db;
 use tls::TlsIdentity;
 
@@ -41,6 +43,9 @@ pub struct RunOptions {
     pub key: Option<PathBuf>,
     /// Connections beyond this many are refused.
     pub max_connections: usize,
+    /// What strangers (connections that have not authenticated) may do, and the byte
+    /// budget of all requests in flight.
+    pub limits: ConnectionLimits,
     /// Time source for the rules.
     pub clock: Arc<dyn Clock>,
 }
@@ -53,13 +58,14 @@ impl std::fmt::Debug for RunOptions {
             .field("cert", &self.cert)
             .field("key", &self.key)
             .field("max_connections", &self.max_connections)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
 impl RunOptions {
     /// Defaults: listen address from `config.json`, the certificate from `init`, 20,000
-    /// connections, the system clock.
+    /// connections, the default [`ConnectionLimits`], the system clock.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -67,6 +73,7 @@ impl RunOptions {
             cert: None,
             key: None,
             max_connections: 20_000,
+            limits: ConnectionLimits::default(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -104,6 +111,12 @@ pub(crate) struct ServerCtx {
     connections: AtomicUsize,
     /// Open `Subscribe` streams (shutdown waits for them to hear `ShuttingDown`).
     pub(crate) subscribers: AtomicUsize,
+    /// Unauthenticated connections per source network, and the limits on them.
+    pub(crate) admission: Arc<admission::Admission>,
+    /// The bytes of all requests in flight.
+    pub(crate) budget: Arc<frame_io::ByteBudget>,
+    /// What the defences refused.
+    pub(crate) counters: admission::Counters,
 }
 
 /// Opens the data directory, binds the endpoint and starts serving. Returns once listening.
@@ -147,6 +160,9 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         max_connections: opts.max_connections,
         connections: AtomicUsize::new(0),
         subscribers: AtomicUsize::new(0),
+        admission: Arc::new(admission::Admission::new(opts.limits)),
+        budget: Arc::new(frame_io::ByteBudget::new(opts.limits.request_bytes)),
+        counters: admission::Counters::default(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping::retention_loop(
@@ -180,6 +196,27 @@ impl RunningServer {
     /// The certificate fingerprint, `SHA256:<hex>`.
     pub fn fingerprint(&self) -> String {
         self.fingerprint.clone()
+    }
+
+    /// What the defences against hostile clients have refused since start.
+    pub fn defence_stats(&self) -> DefenceStats {
+        let c = &self.ctx.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        DefenceStats {
+            refused_frames: get(&c.refused_frames),
+            over_budget: self.ctx.budget.refused(),
+            auth_timeouts: get(&c.auth_timeouts),
+            per_addr_refusals: get(&c.per_addr_refusals),
+            retries: get(&c.retries),
+            failed_proof_closes: get(&c.failed_proof_closes),
+            unauthenticated_now: self.ctx.admission.unauthenticated(),
+            request_bytes_now: self.ctx.budget.in_use(),
+        }
+    }
+
+    /// What the credential throttle has done since start.
+    pub fn throttle_stats(&self) -> ThrottleStats {
+        self.ctx.service.throttle_stats()
     }
 
     /// Enforces the retention policies now, by the server's clock (the server also does
@@ -243,13 +280,11 @@ async fn accept_loop(
             _ = stop.changed() => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if ctx.connections.load(Ordering::SeqCst) >= ctx.max_connections {
-                    tracing::warn!(peer = %incoming.remote_address(), "connection limit reached, refusing");
-                    incoming.refuse();
-                    continue;
+                if let Some(incoming) = admit(&ctx, incoming) {
+                    let (incoming, slot) = incoming;
+                    ctx.connections.fetch_add(1, Ordering::SeqCst);
+                    connections.spawn(connection::serve(incoming, slot, ctx.clone()));
                 }
-                ctx.connections.fetch_add(1, Ordering::SeqCst);
-                connections.spawn(connection::serve(incoming, ctx.clone()));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -260,6 +295,52 @@ async fn accept_loop(
     })
     .await;
     connections.shutdown().await;
+}
+
+/// Decides about an incoming connection before any state is kept for it: refused over
+/// the connection limit, asked to Retry when many strangers are connected and its address
+/// is not validated yet, refused when its network holds too many strangers already.
+fn admit(
+    ctx: &Arc<ServerCtx>,
+    incoming: quinn::Incoming,
+) -> Option<(quinn::Incoming, admission::StrangerSlot)> {
+    let peer = incoming.remote_address();
+    if ctx.connections.load(Ordering::SeqCst) >= ctx.max_connections {
+        tracing::warn!(%peer, "connection limit reached, refusing");
+        incoming.refuse();
+        return None;
+    }
+    if ctx.admission.under_load() && !incoming.remote_address_validated() && incoming.may_retry() {
+        let n = admission::count(&ctx.counters.retries);
+        if admission::worth_logging(n) {
+            tracing::warn!(
+                %peer,
+                retries = n,
+                unauthenticated = ctx.admission.unauthenticated(),
+                "many unauthenticated connections; asking new clients to retry (QUIC Retry)"
+            );
+        }
+        if let Err(e) = incoming.retry() {
+            e.into_incoming().refuse();
+        }
+        return None;
+    }
+    match ctx.admission.enter(peer.ip()) {
+        Some(slot) => Some((incoming, slot)),
+        None => {
+            let n = admission::count(&ctx.counters.per_addr_refusals);
+            if admission::worth_logging(n) {
+                tracing::warn!(
+                    %peer,
+                    limit = ctx.admission.limits.unauthenticated_per_addr,
+                    refused = n,
+                    "too many unauthenticated connections from this network, refusing"
+                );
+            }
+            incoming.refuse();
+            None
+        }
+    }
 }
 
 /// Waits (briefly) until the endpoint driver has closed the socket bound to `addr`.

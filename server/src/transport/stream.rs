@@ -1,7 +1,8 @@
 //! One task per bidirectional stream: read one request, answer it, finish.
 //!
 //! A stream that sends garbage gets a typed error and is closed; the connection and its
-//! other streams carry on.
+//! other streams carry on. Before the connection has authenticated, a stream's frame may
+//! be at most [`PRE_AUTH_FRAME`] bytes and carry only what a stranger may send.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,22 +11,39 @@ use quinn::{RecvStream, SendStream};
 use rathaus_protocol::limits::MAX_CONTROL_FRAME;
 use rathaus_protocol::{ErrorCode, Request, Response, AUTH_EXPORTER_LABEL};
 
+use super::admission::{self, allowed_before_auth, PRE_AUTH_FRAME};
 use super::connection::ConnectionCtx;
-use super::frame_io::{read_frame, write_frame, ReadFailure};
+use super::frame_io::{write_frame, FrameReader, ReadFailure};
 use super::subscribe;
 use crate::service::{NewDevice, Refusal};
 
 /// How long a peer may take to send its request (and its proof, after a challenge).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the answer to a last failed proof may take to arrive before the connection
+/// is closed.
+const LAST_ANSWER_GRACE: Duration = Duration::from_secs(1);
+
 /// Application error code for streams the server stops reading.
 const STOP_DONE: u32 = 0;
 
 pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut recv: RecvStream) {
-    let Some(request) = read_request(&ctx, &mut send, &mut recv).await else {
+    let limit = if ctx.is_authenticated() {
+        MAX_CONTROL_FRAME
+    } else {
+        PRE_AUTH_FRAME
+    };
+    // Holds the request's bytes against the server's budget until the stream is done.
+    let mut reader = FrameReader::new(limit, ctx.server.budget.clone());
+    let Some(request) = read_request(&ctx, &mut reader, &mut send, &mut recv).await else {
         return;
     };
     let kind = request_kind(&request);
+    if !ctx.is_authenticated() && !allowed_before_auth(&request) {
+        refused_frame(&ctx, kind, "not allowed before authentication");
+        reject(&mut send, &mut recv, unauthenticated().to_response()).await;
+        return;
+    }
     tracing::debug!(peer = %ctx.peer, request = kind, "request");
     let service = &ctx.server.service;
     let answer = match request {
@@ -72,7 +90,16 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
                     "this connection is already authenticated",
                 ))
             } else {
-                authenticate(&ctx, &mut send, &mut recv, protocol, user, device).await
+                authenticate(
+                    &ctx,
+                    &mut reader,
+                    &mut send,
+                    &mut recv,
+                    protocol,
+                    user,
+                    device,
+                )
+                .await
             }
         }
         Request::Prove { .. } => Err(Refusal::new(
@@ -100,29 +127,34 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
     };
     if write_frame(&mut send, &response).await {
         let _ = send.finish();
+        if kind == "Hello" && !ctx.is_authenticated() {
+            // Let the refusal arrive before a connection that keeps failing is closed.
+            let _ = tokio::time::timeout(LAST_ANSWER_GRACE, send.stopped()).await;
+            ctx.close_if_failing_proofs();
+        }
     }
 }
 
 /// Reads the stream's request; answers and closes the stream itself if it is bad.
 async fn read_request(
     ctx: &ConnectionCtx,
+    reader: &mut FrameReader,
     send: &mut SendStream,
     recv: &mut RecvStream,
 ) -> Option<Request> {
-    match tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        read_frame::<Request>(recv, MAX_CONTROL_FRAME),
-    )
-    .await
-    {
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read::<Request>(recv)).await {
         Ok(Ok(Some(request))) => Some(request),
         Ok(Ok(None)) => {
             let _ = send.finish();
             None
         }
         Ok(Err(ReadFailure::Protocol(e))) => {
-            tracing::debug!(peer = %ctx.peer, error = %e, "bad frame");
+            refused_frame(ctx, "frame", &e.to_string());
             reject(send, recv, Response::error(e.code(), e.to_string())).await;
+            None
+        }
+        Ok(Err(ReadFailure::OverBudget)) => {
+            reject(send, recv, over_budget()).await;
             None
         }
         Ok(Err(ReadFailure::Stream(e))) => {
@@ -137,6 +169,28 @@ async fn read_request(
     }
 }
 
+/// Counts and (thinned out) logs a frame the server refused.
+fn refused_frame(ctx: &ConnectionCtx, kind: &str, why: &str) {
+    let n = admission::count(&ctx.server.counters.refused_frames);
+    if admission::worth_logging(n) {
+        tracing::warn!(
+            peer = %ctx.peer,
+            request = kind,
+            authenticated = ctx.is_authenticated(),
+            refused = n,
+            reason = why,
+            "refused a frame"
+        );
+    }
+}
+
+fn over_budget() -> Response {
+    Response::error(
+        ErrorCode::Unavailable,
+        "the server is receiving too many requests at once; try again in a moment",
+    )
+}
+
 /// Answers with an error, stops reading and finishes the stream.
 async fn reject(send: &mut SendStream, recv: &mut RecvStream, response: Response) {
     let _ = recv.stop(quinn::VarInt::from_u32(STOP_DONE));
@@ -148,6 +202,7 @@ async fn reject(send: &mut SendStream, recv: &mut RecvStream, response: Response
 /// `Hello` → `Challenge` → `Prove` → `Authenticated`, all on this stream.
 async fn authenticate(
     ctx: &ConnectionCtx,
+    reader: &mut FrameReader,
     send: &mut SendStream,
     recv: &mut RecvStream,
     protocol: u16,
@@ -163,11 +218,7 @@ async fn authenticate(
     if !write_frame(send, &challenge).await {
         return Err(Refusal::new(ErrorCode::Invalid, "stream closed"));
     }
-    let signature = match tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        read_frame::<Request>(recv, MAX_CONTROL_FRAME),
-    )
-    .await
+    let signature = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read::<Request>(recv)).await
     {
         Ok(Ok(Some(Request::Prove { signature }))) => signature,
         Ok(Ok(Some(_))) => {
@@ -182,7 +233,16 @@ async fn authenticate(
                 "stream ended before Prove",
             ))
         }
-        Ok(Err(ReadFailure::Protocol(e))) => return Err(Refusal::new(e.code(), e.to_string())),
+        Ok(Err(ReadFailure::Protocol(e))) => {
+            refused_frame(ctx, "Prove", &e.to_string());
+            return Err(Refusal::new(e.code(), e.to_string()));
+        }
+        Ok(Err(ReadFailure::OverBudget)) => {
+            return Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "the server is receiving too many requests at once; try again in a moment",
+            ))
+        }
         Ok(Err(ReadFailure::Stream(e))) => {
             return Err(Refusal::new(
                 ErrorCode::Invalid,
@@ -200,7 +260,9 @@ async fn authenticate(
     ctx.conn
         .export_keying_material(&mut exporter, AUTH_EXPORTER_LABEL, b"")
         .map_err(|e| Refusal::internal(format!("TLS exporter: {e:?}")))?;
-    let (session, info) = service.prove(ctx.peer_ip(), &pending, &exporter, &signature)?;
+    let (session, info) = service
+        .prove(ctx.peer_ip(), &pending, &exporter, &signature)
+        .inspect_err(|_| ctx.proof_failed())?;
     tracing::info!(peer = %ctx.peer, user = %session.user, device = %session.device, "authenticated");
     ctx.authenticate(session);
     Ok(Response::Authenticated(info))

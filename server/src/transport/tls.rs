@@ -14,8 +14,9 @@ use crate::error::ServerError;
 /// How long a connection may be silent before it is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Concurrent requests per connection (one bidirectional stream each).
-const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+use super::admission::{
+    PRE_AUTH_RECEIVE_WINDOW, PRE_AUTH_STREAMS, RECEIVE_WINDOW, STREAM_RECEIVE_WINDOW,
+};
 
 /// A certificate and its private key.
 #[derive(Debug)]
@@ -100,7 +101,10 @@ impl TlsIdentity {
         rathaus_protocol::fingerprint::format(&digest)
     }
 
-    /// The QUIC server configuration for this identity.
+    /// The QUIC server configuration for this identity. Every connection starts as a
+    /// stranger's: [`PRE_AUTH_STREAMS`] streams and [`PRE_AUTH_RECEIVE_WINDOW`] bytes in
+    /// flight; the limits rise when it authenticates. The receive windows are set
+    /// explicitly (quinn's connection-level default is unlimited).
     pub fn server_config(&self) -> Result<quinn::ServerConfig, ServerError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -125,8 +129,11 @@ impl TlsIdentity {
                 quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
                     .map_err(|e| ServerError::Tls(e.to_string()))?,
             ))
-            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
-            .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(PRE_AUTH_STREAMS))
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+            .receive_window(quinn::VarInt::from_u32(PRE_AUTH_RECEIVE_WINDOW))
+            .stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+            .send_window(u64::from(RECEIVE_WINDOW));
         config.transport_config(Arc::new(transport));
         Ok(config)
     }
