@@ -43,6 +43,12 @@ pub struct RunOptions {
     pub max_connections: usize,
     /// Time source for the rules.
     pub clock: Arc<dyn Clock>,
+    /// HTTP listener for `/metrics`, `/healthz`, `/readyz`; `None`: none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// UDP receive and send buffer sizes asked of the kernel.
+    pub udp_buffers: udp::SocketBuffers,
+    /// Largest post body accepted (at most the protocol's `MAX_POST_PAYLOAD`).
+    pub max_upload_bytes: usize,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -53,6 +59,9 @@ impl std::fmt::Debug for RunOptions {
             .field("cert", &self.cert)
             .field("key", &self.key)
             .field("max_connections", &self.max_connections)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("udp_buffers", &self.udp_buffers)
+            .field("max_upload_bytes", &self.max_upload_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +77,12 @@ impl RunOptions {
             key: None,
             max_connections: 20_000,
             clock: Arc::new(SystemClock),
+            metrics_listen: None,
+            udp_buffers: udp::SocketBuffers {
+                recv: udp::SERVER_SOCKET_BUFFER,
+                send: udp::SERVER_SOCKET_BUFFER,
+            },
+            max_upload_bytes: rathaus_protocol::limits::MAX_POST_PAYLOAD,
         }
     }
 }
@@ -91,6 +106,8 @@ pub struct RunningServer {
     housekeeping: tokio::task::JoinHandle<()>,
     /// The task that drives pending secret-group removals.
     removals: tokio::task::JoinHandle<()>,
+    /// The metrics listener and the operations socket.
+    operations: crate::ops::Operations,
 }
 
 /// State shared by the accept loop and every connection.
@@ -104,6 +121,13 @@ pub(crate) struct ServerCtx {
     connections: AtomicUsize,
     /// Open `Subscribe` streams (shutdown waits for them to hear `ShuttingDown`).
     pub(crate) subscribers: AtomicUsize,
+}
+
+impl ServerCtx {
+    /// Connections being handshaken or served.
+    pub(crate) fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
 }
 
 /// Opens the data directory, binds the endpoint and starts serving. Returns once listening.
@@ -130,7 +154,8 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     let store = dir.open_store()?;
     let removal_key = dir.removal_key()?;
     let service = Service::new(Db::new(Arc::new(store)), opts.clock.clone(), removal_key)?;
-    let socket = udp::bind_server(listen)
+    service.set_max_post_bytes(opts.max_upload_bytes);
+    let socket = udp::bind_server(listen, opts.udp_buffers)
         .map_err(|e| ServerError::io(format!("cannot listen on {listen}"), e))?;
     let endpoint = quinn::Endpoint::new(
         udp::endpoint_config(&dir.reset_key()?),
@@ -154,6 +179,13 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         stop_rx.clone(),
     ));
     let removals = tokio::spawn(ctx.service.clone().run_removals(stop_rx.clone()));
+    let operations = crate::ops::Operations::start(
+        ctx.clone(),
+        opts.data_dir.clone(),
+        opts.metrics_listen,
+        stop_rx.clone(),
+    )
+    .await?;
     let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx.clone(), stop_rx));
     tracing::info!(addr = %local_addr, data = %dir.root().display(), "server started");
     Ok(RunningServer {
@@ -165,6 +197,7 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         accept,
         housekeeping,
         removals,
+        operations,
     })
 }
 
@@ -180,6 +213,16 @@ impl RunningServer {
     /// The certificate fingerprint, `SHA256:<hex>`.
     pub fn fingerprint(&self) -> String {
         self.fingerprint.clone()
+    }
+
+    /// The organisation name from the store.
+    pub fn org(&self) -> &str {
+        self.ctx.service.org()
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.operations.metrics_addr
     }
 
     /// Enforces the retention policies now, by the server's clock (the server also does
@@ -199,6 +242,7 @@ impl RunningServer {
             accept,
             housekeeping,
             removals,
+            operations,
             ..
         } = self;
         let _ = stop.send(true);
@@ -212,6 +256,7 @@ impl RunningServer {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
         let _ = accept.await;
         let _ = housekeeping.await;
+        operations.stopped().await;
         ctx.service.live().clear();
         if let Err(e) = ctx.service.flush().await {
             tracing::error!(error = %e, "final flush failed");
