@@ -11,7 +11,7 @@
 
 use std::io::{self, Read, Write};
 
-use super::StoreError;
+use super::{KeyValue, StoreError};
 
 /// Keys the store keeps for itself, apart from every record prefix (which are ASCII).
 pub(crate) const INTERNAL_PREFIX: &[u8] = b"\x00store/";
@@ -63,7 +63,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The next pair, `None` at the clean end; an error for a truncated or oversized one.
-    pub fn next_pair(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn next_pair(&mut self) -> Result<Option<KeyValue>, StoreError> {
         let Some(key) = self.part(MAX_KEY, true)? else {
             return Ok(None);
         };
