@@ -68,7 +68,7 @@ pub struct LogSection {
     pub format: Option<LogFormat>,
     /// A `tracing` filter such as `info` or `info,rathaus_server=debug`; `RUST_LOG`
     /// overrides it.
-    pub level: Option<String>,
+    pub level: Option<Spanned<String>>,
 }
 
 /// `[metrics]`.
@@ -182,6 +182,15 @@ impl ConfigFile {
                 ));
             }
         }
+        if let Some(level) = &file.log.level {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+                return Err(refuse(
+                    "log.level",
+                    level.span(),
+                    format!("{:?} is not a log filter: {e}", level.get_ref()),
+                ));
+            }
+        }
         if let (Some(_), None) | (None, Some(_)) = (&file.cert, &file.key) {
             return Err(ConfigError::Value {
                 path: path.to_path_buf(),
@@ -264,6 +273,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("store") && err.contains("line 1"), "{err}");
+        let err = parse("[log]\nlevel = \"info,=[\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.level") && err.contains("line 2"), "{err}");
         let err = parse("[udp]\n\nrecv_buffer_bytes = 0\n")
             .unwrap_err()
             .to_string();

@@ -373,7 +373,7 @@ fn settings(config: Option<&std::path::Path>, flags: RunFlags) -> anyhow::Result
     Ok(Settings {
         opts,
         log_format: flags.log_format.or(file.log.format).unwrap_or_default(),
-        log_level: file.log.level,
+        log_level: file.log.level.map(|l| l.into_inner()),
     })
 }
 
