@@ -57,8 +57,15 @@ impl Operations {
                 stop.clone(),
             )));
         }
-        let listener = socket::bind(&data_dir)?;
-        tasks.push(tokio::spawn(socket::serve(listener, ctx, data_dir, stop)));
+        // Without the socket the server still serves; only online backups and admin codes
+        // wait for it to stop (e.g. a data directory whose path is too long for a socket).
+        match socket::bind(&data_dir) {
+            Ok(listener) => tasks.push(tokio::spawn(socket::serve(listener, ctx, data_dir, stop))),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "no operations socket: `backup` and `admin-code` need the server stopped"
+            ),
+        }
         Ok(Self {
             metrics_addr,
             tasks,
