@@ -32,6 +32,9 @@ pub struct ConfigFile {
     /// `[udp]`.
     #[serde(default)]
     pub udp: UdpSection,
+    /// `[retention]`.
+    #[serde(default)]
+    pub retention: RetentionSection,
     /// `[log]`.
     #[serde(default)]
     pub log: LogSection,
@@ -58,6 +61,15 @@ pub struct UdpSection {
     pub recv_buffer_bytes: Option<Spanned<usize>>,
     /// Send buffer asked of the kernel (capped by `net.core.wmem_max`).
     pub send_buffer_bytes: Option<Spanned<usize>>,
+}
+
+/// `[retention]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Days a public group or `announcements` without a policy of its own
+    /// (`rathaus admin retention`) keeps its entries; 0: forever (default).
+    pub default_days: Option<Spanned<u32>>,
 }
 
 /// `[log]`.
@@ -182,6 +194,15 @@ impl ConfigFile {
                 ));
             }
         }
+        if let Some(days) = &file.retention.default_days {
+            if *days.get_ref() > MAX_RETENTION_DAYS {
+                return Err(refuse(
+                    "retention.default_days",
+                    days.span(),
+                    format!("{} is more than {MAX_RETENTION_DAYS} days", days.get_ref()),
+                ));
+            }
+        }
         if let Some(level) = &file.log.level {
             if let Err(e) = tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
                 return Err(refuse(
@@ -202,6 +223,9 @@ impl ConfigFile {
         Ok(file)
     }
 }
+
+/// Longest retention period (100 years), as for `rathaus admin retention`.
+const MAX_RETENTION_DAYS: u32 = 36_500;
 
 /// The 1-based line of byte `offset` in `text`.
 fn line_of(text: &str, offset: usize) -> usize {

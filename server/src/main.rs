@@ -370,6 +370,9 @@ fn settings(config: Option<&std::path::Path>, flags: RunFlags) -> anyhow::Result
             .map_or(opts.udp_buffers.send, |v| v.into_inner()),
     };
     opts.metrics_listen = flags.metrics_listen.or(file.metrics.listen);
+    if let Some(days) = file.retention.default_days {
+        opts.default_retention_days = days.into_inner();
+    }
     Ok(Settings {
         opts,
         log_format: flags.log_format.or(file.log.format).unwrap_or_default(),
@@ -396,6 +399,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
             opts.max_connections,
             opts.max_upload_bytes,
             opts.udp_buffers,
+            opts.default_retention_days,
         );
         let data = opts.data_dir.clone();
         let server = start(opts).await?;
@@ -411,6 +415,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
             max_upload_bytes = limits.1,
             udp_recv_buffer = limits.2.recv,
             udp_send_buffer = limits.2.send,
+            default_retention_days = limits.3,
             "rathaus-server ready"
         );
         let mut out = std::io::stdout().lock();

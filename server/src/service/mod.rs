@@ -102,6 +102,9 @@ pub struct Service {
     metrics: crate::metrics::ServiceMetrics,
     /// Posts whose body encodes larger are refused (`[limits] max_upload_bytes`).
     max_post_bytes: std::sync::atomic::AtomicUsize,
+    /// Retention period of groups without a policy of their own, in days; 0: forever
+    /// (`[retention] default_days`).
+    default_retention_days: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Service {
@@ -230,6 +233,7 @@ impl Service {
             max_post_bytes: std::sync::atomic::AtomicUsize::new(
                 rathaus_protocol::limits::MAX_POST_PAYLOAD,
             ),
+            default_retention_days: std::sync::atomic::AtomicU32::new(0),
         })
     }
 

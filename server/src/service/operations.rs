@@ -7,9 +7,11 @@ use std::sync::atomic::Ordering;
 use rathaus_protocol::limits::MAX_POST_PAYLOAD;
 use rathaus_protocol::{ErrorCode, Request, Response, Role, UserId};
 
+use rathaus_protocol::GroupHandle;
+
 use super::{codes, removal, Refusal, Service};
 use crate::metrics::{FlushMetrics, RequestLabels, ServiceMetrics};
-use crate::store::{CodeRecord, UserRecord, Writes};
+use crate::store::{CodeRecord, RetentionRecord, StoreError, UserRecord, Writes};
 
 /// A break-glass enrollment code, as `admin-code` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -31,6 +33,43 @@ impl Service {
     pub fn set_max_post_bytes(&self, bytes: usize) {
         self.max_post_bytes
             .store(bytes.min(MAX_POST_PAYLOAD), Ordering::Relaxed);
+    }
+
+    /// Keeps the public groups and announcements that have no policy of their own for
+    /// `days` (0: forever). Secret groups hold only ciphertext and are never aged out.
+    pub fn set_default_retention_days(&self, days: u32) {
+        self.default_retention_days.store(days, Ordering::Relaxed);
+    }
+
+    /// Every retention policy in force: the ones administrators set, and the default for
+    /// every other public group and `announcements` (deletions it makes are audited as
+    /// done by the server).
+    pub(super) fn retention_policies(&self) -> Result<Vec<RetentionRecord>, StoreError> {
+        let mut policies = self.db.retentions()?;
+        let days = self.default_retention_days.load(Ordering::Relaxed);
+        if days == 0 {
+            return Ok(policies);
+        }
+        let Ok(server) = UserId::parse(removal::SERVER_USER) else {
+            return Ok(policies);
+        };
+        let groups = self
+            .db
+            .departments()?
+            .into_iter()
+            .map(|d| GroupHandle::Public(d.slug))
+            .chain([GroupHandle::Announcements]);
+        let defaults: Vec<RetentionRecord> = groups
+            .filter(|g| !policies.iter().any(|p| &p.group == g))
+            .map(|group| RetentionRecord {
+                group,
+                days,
+                set_by: server.clone(),
+                set_ms: 0,
+            })
+            .collect();
+        policies.extend(defaults);
+        Ok(policies)
     }
 
     /// Groups whose removals the server waits to see committed.

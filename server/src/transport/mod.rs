@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub udp_buffers: udp::SocketBuffers,
     /// Largest post body accepted (at most the protocol's `MAX_POST_PAYLOAD`).
     pub max_upload_bytes: usize,
+    /// Retention of public groups and announcements without a policy, in days; 0: forever.
+    pub default_retention_days: u32,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -62,6 +64,7 @@ impl std::fmt::Debug for RunOptions {
             .field("metrics_listen", &self.metrics_listen)
             .field("udp_buffers", &self.udp_buffers)
             .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("default_retention_days", &self.default_retention_days)
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +86,7 @@ impl RunOptions {
                 send: udp::SERVER_SOCKET_BUFFER,
             },
             max_upload_bytes: rathaus_protocol::limits::MAX_POST_PAYLOAD,
+            default_retention_days: 0,
         }
     }
 }
@@ -155,6 +159,7 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     let removal_key = dir.removal_key()?;
     let service = Service::new(Db::new(Arc::new(store)), opts.clock.clone(), removal_key)?;
     service.set_max_post_bytes(opts.max_upload_bytes);
+    service.set_default_retention_days(opts.default_retention_days);
     let socket = udp::bind_server(listen, opts.udp_buffers)
         .map_err(|e| ServerError::io(format!("cannot listen on {listen}"), e))?;
     let endpoint = quinn::Endpoint::new(
