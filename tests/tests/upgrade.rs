@@ -47,6 +47,13 @@ fn copy_dir(from: &Path, to: &Path) {
             copy_dir(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
+            // Git keeps no file modes but the executable bit: give the copies the 0600 a
+            // real profile and data directory have (clients refuse a readable device key).
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
         }
     }
     #[cfg(unix)]
