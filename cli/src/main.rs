@@ -18,9 +18,21 @@ use clap::{Parser, Subcommand};
 
 use crate::output::Output;
 
+/// `--version`: the release and the protocol version it speaks.
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} (protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            rathaus_protocol::PROTOCOL_VERSION
+        )
+    })
+}
+
 /// Rathaus: secure messaging for the city administration.
 #[derive(Debug, Parser)]
-#[command(name = "rathaus", version, about, propagate_version = true)]
+#[command(name = "rathaus", version = version(), about, propagate_version = true)]
 pub(crate) struct Cli {
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]

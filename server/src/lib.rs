@@ -26,10 +26,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backup;
 pub mod clock;
+pub mod config;
 mod data_dir;
 mod error;
 mod inspect;
+mod metrics;
+mod ops;
 pub mod service;
 pub mod store;
 pub mod transport;

@@ -20,6 +20,8 @@ pub(crate) struct GroupCommit {
     durable: AtomicU64,
     /// Serialises flushes; held across the flush, never across anything else.
     gate: tokio::sync::Mutex<()>,
+    /// Flush durations and batch sizes, for `/metrics`.
+    pub(crate) metrics: crate::metrics::FlushMetrics,
 }
 
 impl GroupCommit {
@@ -43,8 +45,17 @@ impl GroupCommit {
             return Ok(());
         }
         let target = self.written.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
         store.flush().await?;
-        self.durable.fetch_max(target, Ordering::SeqCst);
+        self.metrics
+            .seconds
+            .observe(started.elapsed().as_secs_f64());
+        let before = self.durable.fetch_max(target, Ordering::SeqCst);
+        // Precision loss above 2^53 writes does not matter for a histogram.
+        #[allow(clippy::cast_precision_loss)]
+        self.metrics
+            .batch
+            .observe(target.saturating_sub(before) as f64);
         Ok(())
     }
 }

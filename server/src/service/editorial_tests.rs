@@ -531,3 +531,47 @@ async fn retention_deletes_old_entries_only_and_never_reuses_seqs() {
         ]
     );
 }
+
+#[tokio::test]
+async fn the_default_retention_applies_where_no_policy_is_set() {
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    add_bauamt(&f, &[]).await;
+    post(&f, &anna, 1, "alt").await;
+    f.clock.advance(10 * DAY);
+    f.service.set_default_retention_days(30);
+    assert!(f.service.enforce_retention().await.unwrap().is_empty());
+    f.clock.advance(21 * DAY);
+    post(&f, &anna, 2, "neu").await;
+    let runs = f.service.enforce_retention().await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let (log, head) = entries(&f, &anna, bauamt()).await;
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(head, 2);
+    let by_server: Vec<String> = audit(&f)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "retention.delete")
+        .map(|e| format!("{} {} {}", e.actor, e.target, e.detail))
+        .collect();
+    assert_eq!(
+        by_server,
+        vec![format!(
+            "{} bauamt deleted 1 entry (seq 1 to 1) older than 30 days",
+            super::removal::SERVER_USER
+        )]
+    );
+    // A policy of its own wins over the default.
+    ask(
+        &f,
+        &f.admin,
+        Request::SetRetention {
+            group: bauamt(),
+            days: Some(365),
+        },
+    )
+    .await
+    .unwrap();
+    f.clock.advance(40 * DAY);
+    assert!(f.service.enforce_retention().await.unwrap().is_empty());
+}

@@ -172,6 +172,11 @@ impl LiveConnections {
         self.with(|m| m.len())
     }
 
+    /// Number of authenticated connections.
+    pub fn connections(&self) -> usize {
+        self.with(|m| m.values().map(HashMap::len).sum())
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<UserId, UserConnections>) -> R) -> R {
         // Each closure is a single map operation, so a poisoned lock still holds a
         // consistent map.

@@ -19,6 +19,7 @@ mod groups;
 mod key_packages;
 mod mls;
 mod moderation;
+mod operations;
 mod provisioning;
 mod removal;
 mod retention;
@@ -47,6 +48,7 @@ pub use auth::PendingAuth;
 pub use enrollment::NewDevice;
 pub use events::{Broadcast, LiveConnection, LiveConnections, Readers};
 pub use mls::RemovalKey;
+pub use operations::AdminCode;
 pub use provisioning::bootstrap;
 pub use retention::RetentionRun;
 pub use throttle::{Throttle, ThrottlePolicy};
@@ -107,6 +109,13 @@ pub struct Service {
     /// Pending removals: whom the server asked to commit them, per group (memory only;
     /// after a restart the server simply asks again).
     removals: Mutex<HashMap<GroupHandle, removal::Asking>>,
+    /// What `/metrics` reports about requests, posts and commits.
+    metrics: crate::metrics::ServiceMetrics,
+    /// Posts whose body encodes larger are refused (`[limits] max_upload_bytes`).
+    max_post_bytes: std::sync::atomic::AtomicUsize,
+    /// Retention period of groups without a policy of their own, in days; 0: forever
+    /// (`[retention] default_days`).
+    default_retention_days: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Service {
@@ -235,6 +244,11 @@ impl Service {
             crypto: RustCrypto::default(),
             mls: Mutex::new(()),
             removals: Mutex::new(HashMap::new()),
+            metrics: crate::metrics::ServiceMetrics::default(),
+            max_post_bytes: std::sync::atomic::AtomicUsize::new(
+                rathaus_protocol::limits::MAX_POST_PAYLOAD,
+            ),
+            default_retention_days: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -272,6 +286,16 @@ impl Service {
     /// Answers a request on an authenticated connection. Authentication, enrollment and
     /// subscriptions have their own entry points; sending them here is `Invalid`.
     pub async fn handle(&self, session: &Session, request: Request) -> Result<Response, Refusal> {
+        let kind = crate::transport::request_kind(&request);
+        let result = match self.check_post_size(&request) {
+            Ok(()) => self.dispatch(session, request).await,
+            Err(refusal) => Err(refusal),
+        };
+        self.count_request(kind, &result);
+        result
+    }
+
+    async fn dispatch(&self, session: &Session, request: Request) -> Result<Response, Refusal> {
         let me = self.session_user(session)?;
         match request {
             Request::Ping => Ok(Response::Pong),

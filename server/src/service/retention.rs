@@ -105,7 +105,7 @@ impl Service {
     pub async fn enforce_retention(&self) -> Result<Vec<RetentionRun>, StoreError> {
         let mut runs = Vec::new();
         let mut ticket = None;
-        for policy in self.db.retentions()? {
+        for policy in self.retention_policies()? {
             let cutoff = self
                 .now_ms()
                 .saturating_sub(i64::from(policy.days).saturating_mul(DAY_MS));

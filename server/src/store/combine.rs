@@ -111,6 +111,25 @@ impl Combiner {
         }
     }
 
+    /// Runs `f` while no round is applied: it waits for a running round to end and keeps
+    /// every later one waiting until `f` returns. Writers may still queue meanwhile. This
+    /// is what makes a backup a point-in-time copy: every batch is wholly in it or wholly
+    /// not, and nothing applied during the copy leaks into it.
+    pub(crate) fn paused<R>(&self, f: impl FnOnce() -> R) -> R {
+        let mut q = self.lock();
+        while q.applying {
+            q = self
+                .round_done
+                .wait(q)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        q.applying = true;
+        drop(q);
+        // Resets `applying` even if `f` panics, or every writer would wait forever.
+        let _resume = Resume(self);
+        f()
+    }
+
     /// The result for `ticket` if its round is over.
     fn outcome(q: &mut Queue, ticket: ApplyTicket) -> Option<Result<(), StoreError>> {
         if q.applied < ticket.0 {
@@ -157,6 +176,19 @@ impl Combiner {
         // Every update of the queue is a few plain assignments: a poisoned lock still
         // holds a consistent queue.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Ends a [`Combiner::paused`] section and wakes the writers that waited for it.
+struct Resume<'a>(&'a Combiner);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let mut q = self.0.lock();
+        q.applying = false;
+        drop(q);
+        self.0.round_done.notify_all();
+        self.0.round_done_async.notify_waiters();
     }
 }
 
@@ -289,6 +321,46 @@ mod tests {
             joined.unwrap();
         }
         assert_eq!(target.map.lock().unwrap().len(), TASKS * EACH);
+    }
+
+    #[test]
+    fn a_pause_holds_back_rounds_until_it_ends() {
+        let combiner = Arc::new(Combiner::default());
+        let target = Arc::new(Target::default());
+        let (entered, may_leave) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let pauser = {
+            let (combiner, target) = (combiner.clone(), target.clone());
+            let (entered, may_leave) = (entered.clone(), may_leave.clone());
+            std::thread::spawn(move || {
+                combiner.paused(|| {
+                    entered.wait();
+                    may_leave.wait();
+                    target.map.lock().unwrap().len()
+                })
+            })
+        };
+        entered.wait();
+        let writer = {
+            let (combiner, target) = (combiner.clone(), target.clone());
+            std::thread::spawn(move || {
+                let ticket = combiner.enqueue(batch(&[("k", Some("v"))]));
+                combiner.wait(ticket, |b| target.apply(b)).unwrap();
+            })
+        };
+        // The writer has had every chance to apply; the pause keeps it out.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        may_leave.wait();
+        assert_eq!(
+            pauser.join().unwrap(),
+            0,
+            "nothing applied during the pause"
+        );
+        writer.join().unwrap();
+        assert_eq!(
+            target.map.lock().unwrap().len(),
+            1,
+            "applied after the pause"
+        );
     }
 
     #[test]

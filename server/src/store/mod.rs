@@ -11,6 +11,7 @@ mod combine;
 mod memory;
 mod records;
 mod sled_store;
+mod snapshot;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +24,7 @@ pub use records::{
     ServerMeta, StoredEntry, ThrottleRecord, UserRecord, Writes,
 };
 pub use sled_store::SledStore;
+pub use snapshot::{SnapshotInfo, SnapshotReader};
 
 /// A future that resolves once everything written before it was created is on disk.
 pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
@@ -62,6 +64,22 @@ pub trait Store: Send + Sync + 'static {
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every write applied so far durable.
     fn flush(&self) -> FlushFuture<'_>;
+    /// Writes a point-in-time copy of every record to `out` (format: `snapshot.rs`). The
+    /// default reads everything in one `range`, which is atomic for stores whose `range`
+    /// is (the in-memory one); the sled store pauses its writes instead.
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<SnapshotInfo, StoreError> {
+        let pairs = self.range(&[], &[0xff; 16], usize::MAX)?;
+        let mut info = SnapshotInfo::default();
+        for (key, value) in pairs
+            .iter()
+            .filter(|(k, _)| !k.starts_with(snapshot::INTERNAL_PREFIX))
+        {
+            snapshot::write_pair(out, key, value).map_err(snapshot_io)?;
+            info.records += 1;
+        }
+        info.next_id = self.next_id()?;
+        Ok(info)
+    }
 }
 
 /// A key and its value.
@@ -124,4 +142,8 @@ pub enum StoreError {
     /// A record could not be encoded.
     #[error("cannot encode record: {0}")]
     Encode(String),
+}
+
+fn snapshot_io(e: std::io::Error) -> StoreError {
+    StoreError::Backend(format!("writing a snapshot: {e}"))
 }

@@ -5,7 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::combine::Combiner;
+use super::snapshot::{self, SnapshotInfo, SnapshotReader, ID_FLOOR_KEY, INTERNAL_PREFIX};
 use super::{ApplyTicket, Batch, FlushFuture, KeyValue, Store, StoreError};
+
+/// Pairs per batch when a snapshot is restored.
+const RESTORE_BATCH: usize = 1000;
 
 /// How often to retry opening a database whose lock is still held.
 const LOCK_RETRIES: u32 = 100;
@@ -21,6 +25,9 @@ pub struct SledStore {
     writes: Arc<Combiner>,
     /// sled's log file, to `fdatasync` after each flush (see [`Store::flush`] below).
     log: Arc<std::fs::File>,
+    /// Added to sled's id generator: a store restored from a snapshot continues after the
+    /// ids of the store it was taken from (sled's own counter starts again at 0).
+    id_floor: u64,
 }
 
 impl SledStore {
@@ -54,11 +61,59 @@ impl SledStore {
             })?;
         let log = std::fs::File::open(path.join("db"))
             .map_err(|e| StoreError::Backend(format!("cannot open sled's log file: {e}")))?;
+        let id_floor = match db.get(ID_FLOOR_KEY).map_err(backend)? {
+            None => 0,
+            Some(v) => u64::from_be_bytes(<[u8; 8]>::try_from(v.as_ref()).map_err(|_| {
+                StoreError::Corrupt {
+                    key: "store/id_floor".into(),
+                    reason: "not 8 bytes".into(),
+                }
+            })?),
+        };
         Ok(Self {
             db,
             writes: Arc::default(),
             log: Arc::new(log),
+            id_floor,
         })
+    }
+
+    /// Fills the new, empty database in `path` from a snapshot and makes it durable;
+    /// returns the pairs written. Refuses a database that holds anything already.
+    pub fn restore(
+        path: &Path,
+        snapshot: &mut SnapshotReader<impl std::io::Read>,
+        next_id: u64,
+    ) -> Result<u64, StoreError> {
+        let store = Self::open(path)?;
+        if store.db.iter().next().is_some() {
+            return Err(StoreError::Backend(format!(
+                "{} is not empty; restore only into a new directory",
+                path.display()
+            )));
+        }
+        let mut written = 0u64;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        while let Some((key, value)) = snapshot.next_pair()? {
+            if key.starts_with(INTERNAL_PREFIX) {
+                continue;
+            }
+            batch.insert(key, value);
+            in_batch += 1;
+            written += 1;
+            if in_batch == RESTORE_BATCH {
+                store
+                    .db
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(backend)?;
+                in_batch = 0;
+            }
+        }
+        batch.insert(ID_FLOOR_KEY, &next_id.to_be_bytes());
+        store.db.apply_batch(batch).map_err(backend)?;
+        store.flush_blocking()?;
+        Ok(written)
     }
 
     /// Applies `batches`, in order, as one atomic sled batch.
@@ -132,7 +187,28 @@ impl Store for SledStore {
 
     fn next_id(&self) -> Result<u64, StoreError> {
         // sled's id generator is monotonic across restarts; +1 keeps 0 unused.
-        Ok(self.db.generate_id().map_err(backend)? + 1)
+        Ok(self.db.generate_id().map_err(backend)? + 1 + self.id_floor)
+    }
+
+    /// Iterates the whole database while the combiner holds every write back, so the copy
+    /// is of one point in time. Writers queue meanwhile and are applied right after; the
+    /// pause lasts as long as the copy (the caller writes it to a local file, never to a
+    /// slow peer).
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<SnapshotInfo, StoreError> {
+        self.writes.paused(|| {
+            let mut info = SnapshotInfo::default();
+            for pair in self.db.iter() {
+                let (key, value) = pair.map_err(backend)?;
+                if key.starts_with(INTERNAL_PREFIX) {
+                    continue;
+                }
+                snapshot::write_pair(out, &key, &value)
+                    .map_err(|e| StoreError::Backend(format!("writing a snapshot: {e}")))?;
+                info.records += 1;
+            }
+            info.next_id = self.next_id()?;
+            Ok(info)
+        })
     }
 
     /// sled 0.34 makes a flush "stable" with `sync_file_range(WAIT_BEFORE | WRITE |
@@ -174,5 +250,47 @@ mod tests {
         drop(store);
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.get(b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn a_restored_store_holds_the_records_and_continues_the_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("a")).unwrap();
+        let mut batch = Batch::default();
+        for i in 0..2500u32 {
+            batch.put(format!("log/{i:05}").into_bytes(), i.to_be_bytes().to_vec());
+        }
+        store.apply(batch).unwrap();
+        let issued: Vec<u64> = (0..10).map(|_| store.next_id().unwrap()).collect();
+        let mut bytes = Vec::new();
+        let info = store.snapshot(&mut bytes).unwrap();
+        assert_eq!(info.records, 2500);
+        assert!(info.next_id > *issued.iter().max().unwrap());
+
+        let target = dir.path().join("b");
+        let n = SledStore::restore(
+            &target,
+            &mut SnapshotReader::new(bytes.as_slice()),
+            info.next_id,
+        )
+        .unwrap();
+        assert_eq!(n, 2500);
+        let restored = SledStore::open(&target).unwrap();
+        assert_eq!(
+            restored.get(b"log/01234").unwrap(),
+            Some(1234u32.to_be_bytes().to_vec())
+        );
+        assert!(
+            restored.next_id().unwrap() > info.next_id,
+            "no id handed out twice"
+        );
+        let mut again = Vec::new();
+        assert_eq!(restored.snapshot(&mut again).unwrap().records, 2500);
+        assert_eq!(again, bytes, "the floor is not part of the records");
+        drop(restored);
+        assert!(
+            SledStore::restore(&target, &mut SnapshotReader::new(bytes.as_slice()), 1).is_err(),
+            "a non-empty database is refused"
+        );
     }
 }

@@ -48,6 +48,14 @@ pub struct RunOptions {
     pub limits: ConnectionLimits,
     /// Time source for the rules.
     pub clock: Arc<dyn Clock>,
+    /// HTTP listener for `/metrics`, `/healthz`, `/readyz`; `None`: none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// UDP receive and send buffer sizes asked of the kernel.
+    pub udp_buffers: udp::SocketBuffers,
+    /// Largest post body accepted (at most the protocol's `MAX_POST_PAYLOAD`).
+    pub max_upload_bytes: usize,
+    /// Retention of public groups and announcements without a policy, in days; 0: forever.
+    pub default_retention_days: u32,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -59,6 +67,10 @@ impl std::fmt::Debug for RunOptions {
             .field("key", &self.key)
             .field("max_connections", &self.max_connections)
             .field("limits", &self.limits)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("udp_buffers", &self.udp_buffers)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("default_retention_days", &self.default_retention_days)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +87,13 @@ impl RunOptions {
             max_connections: 20_000,
             limits: ConnectionLimits::default(),
             clock: Arc::new(SystemClock),
+            metrics_listen: None,
+            udp_buffers: udp::SocketBuffers {
+                recv: udp::SERVER_SOCKET_BUFFER,
+                send: udp::SERVER_SOCKET_BUFFER,
+            },
+            max_upload_bytes: rathaus_protocol::limits::MAX_POST_PAYLOAD,
+            default_retention_days: 0,
         }
     }
 }
@@ -98,6 +117,8 @@ pub struct RunningServer {
     housekeeping: tokio::task::JoinHandle<()>,
     /// The task that drives pending secret-group removals.
     removals: tokio::task::JoinHandle<()>,
+    /// The metrics listener and the operations socket.
+    operations: crate::ops::Operations,
 }
 
 /// State shared by the accept loop and every connection.
@@ -117,6 +138,13 @@ pub(crate) struct ServerCtx {
     pub(crate) budget: Arc<frame_io::ByteBudget>,
     /// What the defences refused.
     pub(crate) counters: admission::Counters,
+}
+
+impl ServerCtx {
+    /// Connections being handshaken or served.
+    pub(crate) fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
 }
 
 /// Opens the data directory, binds the endpoint and starts serving. Returns once listening.
@@ -143,7 +171,9 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     let store = dir.open_store()?;
     let removal_key = dir.removal_key()?;
     let service = Service::new(Db::new(Arc::new(store)), opts.clock.clone(), removal_key)?;
-    let socket = udp::bind_server(listen)
+    service.set_max_post_bytes(opts.max_upload_bytes);
+    service.set_default_retention_days(opts.default_retention_days);
+    let socket = udp::bind_server(listen, opts.udp_buffers)
         .map_err(|e| ServerError::io(format!("cannot listen on {listen}"), e))?;
     let endpoint = quinn::Endpoint::new(
         udp::endpoint_config(&dir.reset_key()?),
@@ -170,6 +200,13 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         stop_rx.clone(),
     ));
     let removals = tokio::spawn(ctx.service.clone().run_removals(stop_rx.clone()));
+    let operations = crate::ops::Operations::start(
+        ctx.clone(),
+        opts.data_dir.clone(),
+        opts.metrics_listen,
+        stop_rx.clone(),
+    )
+    .await?;
     let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx.clone(), stop_rx));
     tracing::info!(addr = %local_addr, data = %dir.root().display(), "server started");
     Ok(RunningServer {
@@ -181,6 +218,7 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         accept,
         housekeeping,
         removals,
+        operations,
     })
 }
 
@@ -219,6 +257,16 @@ impl RunningServer {
         self.ctx.service.throttle_stats()
     }
 
+    /// The organisation name from the store.
+    pub fn org(&self) -> &str {
+        self.ctx.service.org()
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.operations.metrics_addr
+    }
+
     /// Enforces the retention policies now, by the server's clock (the server also does
     /// so at start, hourly and when a policy is set). Returns what was deleted.
     pub async fn enforce_retention(&self) -> Result<Vec<RetentionRun>, ServerError> {
@@ -236,6 +284,7 @@ impl RunningServer {
             accept,
             housekeeping,
             removals,
+            operations,
             ..
         } = self;
         let _ = stop.send(true);
@@ -249,6 +298,7 @@ impl RunningServer {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
         let _ = accept.await;
         let _ = housekeeping.await;
+        operations.stopped().await;
         ctx.service.live().clear();
         if let Err(e) = ctx.service.flush().await {
             tracing::error!(error = %e, "final flush failed");

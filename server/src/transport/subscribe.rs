@@ -33,7 +33,13 @@ pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStr
         let ok = match event {
             Ok(Broadcast::Posted { frame, readers, .. }) => {
                 if readers.admits(&session.user, session.device) {
-                    write_bytes(&mut send, &frame).await
+                    let taken = std::time::Instant::now();
+                    let ok = write_bytes(&mut send, &frame).await;
+                    service
+                        .metrics()
+                        .fanout_seconds
+                        .observe(taken.elapsed().as_secs_f64());
+                    ok
                 } else {
                     true
                 }

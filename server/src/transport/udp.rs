@@ -62,25 +62,36 @@ pub(crate) fn endpoint_config(secret: &[u8; 32]) -> quinn::EndpointConfig {
     config
 }
 
-/// Binds the server's socket and warns when the kernel granted much less than asked.
-pub(crate) fn bind_server(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let (socket, buffers) = bind(addr, SERVER_SOCKET_BUFFER)?;
+/// Binds the server's socket with the `wanted` buffers and warns when the kernel granted
+/// much less than asked.
+pub(crate) fn bind_server(addr: SocketAddr, wanted: SocketBuffers) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // A failing size request is not fatal: the defaults still work, only bursts suffer.
+    let _ = socket.set_recv_buffer_size(wanted.recv);
+    let _ = socket.set_send_buffer_size(wanted.send);
+    socket.bind(&addr.into())?;
+    let buffers = SocketBuffers {
+        recv: socket.recv_buffer_size()?,
+        send: socket.send_buffer_size()?,
+    };
     // Linux reports double the size it grants; a figure below the request itself means
     // the sysctl cap is less than half of what was asked for.
-    if buffers.recv < SERVER_SOCKET_BUFFER {
+    if buffers.recv < wanted.recv {
         tracing::warn!(
             granted = buffers.recv,
-            wanted = SERVER_SOCKET_BUFFER,
+            wanted = wanted.recv,
             "UDP receive buffer capped by the kernel; with many connected clients raise \
-             net.core.rmem_max (sysctl) to at least {SERVER_SOCKET_BUFFER}"
+             net.core.rmem_max (sysctl) to at least {}",
+            wanted.recv
         );
     }
-    if buffers.send < SERVER_SOCKET_BUFFER {
+    if buffers.send < wanted.send {
         tracing::warn!(
             granted = buffers.send,
-            wanted = SERVER_SOCKET_BUFFER,
+            wanted = wanted.send,
             "UDP send buffer capped by the kernel; raise net.core.wmem_max (sysctl) to at \
-             least {SERVER_SOCKET_BUFFER}"
+             least {}",
+            wanted.send
         );
     }
     tracing::debug!(
@@ -88,7 +99,7 @@ pub(crate) fn bind_server(addr: SocketAddr) -> io::Result<UdpSocket> {
         send = buffers.send,
         "UDP socket buffers"
     );
-    Ok(socket)
+    Ok(socket.into())
 }
 
 #[cfg(test)]

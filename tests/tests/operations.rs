@@ -1,0 +1,579 @@
+//! End-to-end tests of running the server as a data centre does (DESIGN §11): backup under
+//! concurrent posting and restore into a new directory, metrics and health that carry no
+//! content, the break-glass admin code, the configuration file and `--version`.
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+use rathaus_client::{Approval, Client};
+use rathaus_protocol::{ErrorCode, GroupHandle, Request, UserId};
+use rathaus_server::{backup, RunOptions};
+use rathaus_tests::{contains, within, workspace_bin, TestBackend};
+
+fn group(handle: &str) -> GroupHandle {
+    GroupHandle::parse(handle).unwrap()
+}
+
+fn uid(id: &str) -> UserId {
+    UserId::parse(id).unwrap()
+}
+
+fn canary(what: &str) -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{what}-{hex}")
+}
+
+/// The admin, Anna (owner of `bauamt`, gives birth to `bauamt/secret`) and Jonas (admitted
+/// by Anna), as in tests/tests/secret.rs.
+async fn team(backend: &mut TestBackend) -> (Client, Client, Client) {
+    let mut admin = backend.admin().await.unwrap();
+    let anna_code = backend
+        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
+        .await
+        .unwrap();
+    backend
+        .department(&mut admin, "bauamt", &["P1001"])
+        .await
+        .unwrap();
+    let jonas_code = backend
+        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
+        .await
+        .unwrap();
+    let mut anna = backend.enroll("P1001", &anna_code).await.unwrap();
+    let mut jonas = backend.enroll("P1002", &jonas_code).await.unwrap();
+    within("birth", anna.sync()).await.unwrap().unwrap();
+    let approval = within(
+        "approve",
+        anna.approve(&group("bauamt/secret"), &uid("P1002")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(matches!(approval, Approval::Added { .. }), "{approval:?}");
+    within("join", jonas.sync()).await.unwrap().unwrap();
+    (admin, anna, jonas)
+}
+
+/// Restarts the in-process server of `backend` with a metrics listener on loopback.
+async fn restart_with_metrics(backend: &mut TestBackend) -> SocketAddr {
+    backend.stop().await;
+    let mut options = RunOptions::new(backend.data_dir());
+    options.listen = Some(backend.addr);
+    options.clock = backend.clock.clone();
+    options.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = rathaus_server::start(options).await.unwrap();
+    let metrics = server.metrics_addr().expect("a metrics listener");
+    backend.server = Some(server);
+    metrics
+}
+
+/// One HTTP GET; returns the status code and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the first sample line of `metric` whose labels contain all of `labels`.
+fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split([' ', '{'])
+                .next()
+                .is_some_and(|name| name == metric)
+        })
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_under_concurrent_posting_restores_every_acknowledged_post() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    let bauamt = group("bauamt");
+    let secret = group("bauamt/secret");
+    let secret_canary = canary("geheim");
+    for i in 0..10 {
+        anna.send_text(&bauamt, &format!("öffentlich {i}"))
+            .await
+            .unwrap();
+    }
+    anna.send_text(&secret, &secret_canary).await.unwrap();
+    jonas
+        .send_text(&secret, "vertraulich vorher")
+        .await
+        .unwrap();
+
+    // A colleague posts without pause while the backup runs; the posts acknowledged
+    // before the backup began must all be in it.
+    let poster_code = backend
+        .provision(&mut admin, "P1004", "Paul Schmidt", &["bauamt"], &[])
+        .await
+        .unwrap();
+    let mut poster = backend.enroll("P1004", &poster_code).await.unwrap();
+    let started = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let posting = {
+        let (started, done, bauamt) = (started.clone(), done.clone(), bauamt.clone());
+        tokio::spawn(async move {
+            let mut before = Vec::new();
+            let mut during = 0usize;
+            for i in 0..5000 {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                let backup_began = started.load(Ordering::SeqCst);
+                let text = format!("laufend {i}");
+                poster.send_text(&bauamt, &text).await.unwrap();
+                if backup_began {
+                    during += 1;
+                } else {
+                    // Acknowledged, and the backup had not begun when it was sent.
+                    before.push(text);
+                }
+                if !backup_began && i >= 20 {
+                    started.store(true, Ordering::SeqCst);
+                }
+            }
+            (poster, before, during)
+        })
+    };
+    while !started.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let file = backend.data.path().join("nightly.rathaus-backup");
+    let manifest = {
+        let (data, file) = (backend.data_dir(), file.clone());
+        tokio::task::spawn_blocking(move || backup::backup(&data, &file))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    done.store(true, Ordering::SeqCst);
+    let (mut poster, before, during) = posting.await.unwrap();
+    assert!(manifest.online, "taken from the running server");
+    assert!(before.len() > 20, "{} posts before", before.len());
+    eprintln!(
+        "backup: {} records, {} bytes; {} posts acknowledged before it, {during} while it ran",
+        manifest.records,
+        std::fs::metadata(&file).unwrap().len(),
+        before.len()
+    );
+
+    let verified = backup::verify(&file).unwrap();
+    assert_eq!(verified, manifest);
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(
+        !contains(&bytes, secret_canary.as_bytes()),
+        "the backup holds a secret group as ciphertext only"
+    );
+    assert!(
+        contains(&bytes, "öffentlich 3".as_bytes()),
+        "public posts are server-readable"
+    );
+    // A damaged copy is refused.
+    let mut damaged = bytes.clone();
+    let at = damaged.len() / 2;
+    damaged[at] ^= 0x55;
+    let damaged_file = backend.data.path().join("damaged.rathaus-backup");
+    std::fs::write(&damaged_file, &damaged).unwrap();
+    assert!(backup::verify(&damaged_file).is_err());
+
+    // The machine is lost: wipe the data directory, restore into a new one, serve it on
+    // the same address.
+    backend.stop().await;
+    std::fs::remove_dir_all(backend.data_dir()).unwrap();
+    let restored = backup::restore(&file, &backend.data_dir()).unwrap();
+    assert_eq!(restored.records, manifest.records);
+    assert!(
+        backup::restore(&file, &backend.data_dir()).is_err(),
+        "restore refuses a directory that holds a server"
+    );
+    backend.run().await.unwrap();
+    for c in [&mut admin, &mut anna, &mut jonas, &mut poster] {
+        c.disconnect().await;
+    }
+
+    // Anna had not read the group since before the backup: what she sees now is the
+    // restored log.
+    let rows = within("read public", anna.read(&bauamt))
+        .await
+        .unwrap()
+        .unwrap();
+    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+    let earlier: Vec<String> = (0..10).map(|i| format!("öffentlich {i}")).collect();
+    for expected in before.iter().chain(&earlier) {
+        assert!(
+            texts.contains(&expected.as_str()),
+            "{expected} lost by backup/restore"
+        );
+    }
+    // The server continues the restored log.
+    let head = rows.iter().map(|r| r.seq).max().unwrap();
+    let receipt = anna
+        .send_text(&bauamt, "nach der Wiederherstellung")
+        .await
+        .unwrap();
+    assert_eq!(receipt.seq, head + 1);
+
+    // The secret group keeps working: old messages, new messages, a new member.
+    let rows = within("jonas reads", jonas.read(&secret))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rows.iter().any(|r| r.text == secret_canary), "{rows:?}");
+    anna.send_text(&secret, "vertraulich nachher")
+        .await
+        .unwrap();
+    let code = backend
+        .provision(&mut admin, "P1003", "Lena Vogel", &["bauamt"], &[])
+        .await
+        .unwrap();
+    let mut lena = backend.enroll("P1003", &code).await.unwrap();
+    within("anna syncs", anna.sync()).await.unwrap().unwrap();
+    let approval = within("approve lena", anna.approve(&secret, &uid("P1003")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(approval, Approval::Added { .. }), "{approval:?}");
+    within("lena joins", lena.sync()).await.unwrap().unwrap();
+    lena.send_text(&secret, "hallo zusammen").await.unwrap();
+    let texts: Vec<String> = within("jonas reads again", jonas.read(&secret))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.text)
+        .collect();
+    for expected in [
+        "vertraulich vorher",
+        "vertraulich nachher",
+        "hallo zusammen",
+    ] {
+        assert!(texts.iter().any(|t| t == expected), "{expected}: {texts:?}");
+    }
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_carry_no_message_content() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let metrics = restart_with_metrics(&mut backend).await;
+    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    for c in [&mut admin, &mut anna, &mut jonas] {
+        c.disconnect().await;
+    }
+    let public_canary = canary("oeffentlich");
+    let secret_canary = canary("geheim");
+    anna.send_text(&group("bauamt"), &public_canary)
+        .await
+        .unwrap();
+    anna.send_text(&group("bauamt/secret"), &secret_canary)
+        .await
+        .unwrap();
+    jonas.read(&group("bauamt/secret")).await.unwrap();
+
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(metrics, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    for secret_thing in [
+        public_canary.as_str(),
+        secret_canary.as_str(),
+        "P1001",
+        "P1002",
+        "Anna",
+        "bauamt",
+    ] {
+        assert!(
+            !body.contains(secret_thing),
+            "{secret_thing} appears in /metrics"
+        );
+    }
+    assert!(sample(&body, "rathaus_posts_accepted_total", &[]).unwrap() >= 2.0);
+    assert!(sample(&body, "rathaus_commits_accepted_total", &[]).unwrap() >= 1.0);
+    assert!(
+        sample(
+            &body,
+            "rathaus_requests_total",
+            &["kind=\"Post\"", "code=\"ok\""]
+        )
+        .unwrap()
+            >= 2.0
+    );
+    assert!(sample(&body, "rathaus_flush_seconds_count", &[]).unwrap() >= 1.0);
+    assert!(sample(&body, "rathaus_flush_batch_writes_count", &[]).unwrap() >= 1.0);
+    assert!(sample(&body, "rathaus_connections", &["state=\"authenticated\""]).unwrap() >= 1.0);
+    assert!(sample(&body, "rathaus_store_bytes", &[]).unwrap() > 0.0);
+    assert!(sample(&body, "rathaus_removal_proposals_pending", &[]).is_some());
+
+    for (path, expected) in [("/healthz", 200), ("/readyz", 200), ("/nothing", 404)] {
+        let (status, _) = tokio::task::spawn_blocking(move || http_get(metrics, path))
+            .await
+            .unwrap();
+        assert_eq!(status, expected, "{path}");
+    }
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_admin_code_works_running_and_stopped_and_is_audited() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (admin, mut anna, _jonas) = team(&mut backend).await;
+    anna.send_text(&group("bauamt/secret"), "nur für uns")
+        .await
+        .unwrap();
+    // Every admin device is lost.
+    drop(admin);
+
+    // Server running: the command goes through DIR/ops.sock.
+    let code = backup::admin_code(&backend.data_dir(), &uid("admin"))
+        .await
+        .unwrap();
+    assert_eq!(code.action, "issued");
+    let mut admin = backend
+        .enroll("admin", &code.enrollment_code)
+        .await
+        .unwrap();
+    assert!(
+        admin.read(&group("bauamt/secret")).await.is_err(),
+        "a break-glass admin reads nothing secret"
+    );
+    let fetch = Request::Fetch {
+        group: group("bauamt/secret"),
+        since: 0,
+        limit: 100,
+    };
+    match admin.request(&fetch).await {
+        Err(e) => assert!(
+            matches!(e.code(), Some(ErrorCode::Forbidden | ErrorCode::NotFound)),
+            "{e}"
+        ),
+        Ok(r) => panic!("the secret log answered for a break-glass admin: {r:?}"),
+    }
+    let (entries, broken) = admin.admin_audit_verify().await.unwrap();
+    assert!(broken.is_none(), "the audit chain holds");
+    assert!(entries
+        .iter()
+        .any(|e| e.action == "admin.break-glass" && e.target == "admin"));
+
+    // Server stopped: the command opens the database itself.
+    backend.stop().await;
+    let code = backup::admin_code(&backend.data_dir(), &uid("notfall"))
+        .await
+        .unwrap();
+    assert_eq!(code.action, "created");
+    assert!(
+        backup::admin_code(&backend.data_dir(), &uid("P1001"))
+            .await
+            .is_ok_and(|c| c.action == "granted"),
+        "an existing colleague can be made admin"
+    );
+    backend.run().await.unwrap();
+    let mut notfall = backend
+        .enroll("notfall", &code.enrollment_code)
+        .await
+        .unwrap();
+    let (entries, broken) = notfall.admin_audit_verify().await.unwrap();
+    assert!(broken.is_none(), "the audit chain holds");
+    let glass: Vec<_> = entries
+        .iter()
+        .filter(|e| e.action == "admin.break-glass")
+        .map(|e| e.target.as_str())
+        .collect();
+    assert_eq!(glass, ["admin", "notfall", "P1001"]);
+    assert!(
+        backend
+            .enroll("notfall", &code.enrollment_code)
+            .await
+            .is_err(),
+        "the code is single use"
+    );
+    backend.stop().await;
+}
+
+#[test]
+fn config_file_flags_version_and_offline_backup_through_the_binary() {
+    let server = workspace_bin("rathaus-server").unwrap();
+    let cli = workspace_bin("rathaus").unwrap();
+    for bin in [&server, &cli] {
+        let out = Command::new(bin).arg("--version").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && text.contains(&format!(
+                    "(protocol {})",
+                    rathaus_protocol::PROTOCOL_VERSION
+                )),
+            "{text}"
+        );
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let init = Command::new(&server)
+        .args(["init", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+
+    // An unknown key stops the server with the key and its line.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "data = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",
+            data
+        ),
+    )
+    .unwrap();
+    let out = Command::new(&server)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("lisen") && err.contains("line 4"), "{err}");
+
+    // A good file: JSON logs, a metrics listener, a flag overriding the file's limit.
+    let good = tmp.path().join("server.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "data = {:?}\nlisten = \"127.0.0.1:0\"\nstore = \"sled\"\n[limits]\nmax_connections = 50\nmax_upload_bytes = 4096\n[log]\nformat = \"json\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            data
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("server.log");
+    let mut child = Command::new(&server)
+        .args(["run", "--max-connections", "70", "--config"])
+        .arg(&good)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        lines.push(line);
+    }
+    assert!(lines[0].starts_with("listening on 127.0.0.1:"), "{lines:?}");
+    let metrics: SocketAddr = lines[1]
+        .trim()
+        .strip_prefix("metrics on http://")
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(http_get(metrics, "/readyz").0, 200);
+    let started = std::fs::read_to_string(&log).unwrap();
+    let ready = started
+        .lines()
+        .find(|l| l.contains("rathaus-server ready"))
+        .unwrap_or_else(|| panic!("no start line in {started}"));
+    let ready: serde_json::Value = serde_json::from_str(ready).unwrap();
+    let fields = &ready["fields"];
+    assert_eq!(fields["max_connections"], 70, "the flag overrides the file");
+    assert_eq!(fields["max_upload_bytes"], 4096);
+    assert_eq!(fields["store"], "sled");
+    assert_eq!(fields["org"], "Rathaus");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(
+        child.wait().unwrap().success(),
+        "SIGTERM stops it gracefully"
+    );
+
+    // Backup of the stopped server, verify, restore, through the binary.
+    let file = tmp.path().join("backup.tar");
+    let json = |out: std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let made = json(
+        Command::new(&server)
+            .args(["backup", "--json", "--data"])
+            .arg(&data)
+            .arg("--to")
+            .arg(&file)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(made["online"], false);
+    let checked = json(
+        Command::new(&server)
+            .args(["verify-backup", "--json"])
+            .arg(&file)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(checked, made);
+    let target = tmp.path().join("restored");
+    json(
+        Command::new(&server)
+            .args(["restore", "--json", "--from"])
+            .arg(&file)
+            .arg("--data")
+            .arg(&target)
+            .output()
+            .unwrap(),
+    );
+    for name in ["config.json", "cert.der", "key.der", "removal.key", "db"] {
+        assert!(target.join(name).exists(), "{name} restored");
+    }
+    assert_eq!(
+        std::fs::read(target.join("key.der")).unwrap(),
+        std::fs::read(data.join("key.der")).unwrap()
+    );
+    assert_private(&target);
+}
+
+fn assert_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let mode = std::fs::metadata(dir.join("key.der"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
