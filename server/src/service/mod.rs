@@ -11,10 +11,12 @@ mod audit;
 mod auth;
 pub mod codes;
 mod commit;
+mod departments;
 mod devices;
 mod enrollment;
 mod events;
 mod groups;
+mod import;
 mod key_packages;
 mod mls;
 mod moderation;
@@ -332,6 +334,11 @@ impl Service {
             Request::OwnDevices => self.own_devices(&me),
             Request::RemoveDevice { device } => self.remove_device(session, &me, device).await,
             Request::RatchetTree { group } => self.ratchet_tree(session, &me, group),
+            Request::ImportUsers { rows } => self.import_users(&me, rows).await,
+            Request::RenameDepartment { slug, name } => {
+                self.rename_department(&me, &slug, name).await
+            }
+            Request::RemoveDepartment { slug } => self.remove_department(&me, &slug).await,
             Request::Hello { .. } => Err(Refusal::new(
                 ErrorCode::Invalid,
                 "this connection is already authenticated",

@@ -19,8 +19,8 @@ pub use combine::ApplyTicket;
 pub use memory::MemoryStore;
 pub use records::{
     AckRecord, AnnouncementRecord, CodeRecord, Db, DepartmentRecord, DeviceRecord,
-    KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord, SecretGroupRecord,
-    ServerMeta, StoredEntry, UserRecord, Writes,
+    KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord, RetiredDepartment,
+    SecretGroupRecord, ServerMeta, StoredEntry, UserRecord, Writes,
 };
 pub use sled_store::SledStore;
 

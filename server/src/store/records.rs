@@ -15,9 +15,11 @@
 //! | `mls/<group>` | [`PublicStateRecord`] (openmls' public group state) |
 //! | `welcome/<user>\0<device u64 BE>` | `Vec<WelcomeInfo>` waiting for the device |
 //!
-//! Announcements, acknowledgements, the audit log and retention: see [`editorial`].
+//! Announcements, acknowledgements, the audit log and retention: see [`editorial`];
+//! retired departments: see [`retired`].
 
 mod editorial;
+mod retired;
 
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ use super::codec::{decode, encode};
 use super::{ApplyTicket, Batch, Store, StoreError};
 
 pub use editorial::{AckRecord, AnnouncementRecord, RetentionRecord};
+pub use retired::RetiredDepartment;
 
 /// Server-wide settings fixed at `init`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

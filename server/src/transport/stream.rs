@@ -272,5 +272,8 @@ pub(crate) fn request_kind(r: &Request) -> &'static str {
         Request::ChangePassword { .. } => "ChangePassword",
         Request::OwnDevices => "OwnDevices",
         Request::RemoveDevice { .. } => "RemoveDevice",
+        Request::ImportUsers { .. } => "ImportUsers",
+        Request::RenameDepartment { .. } => "RenameDepartment",
+        Request::RemoveDepartment { .. } => "RemoveDepartment",
     }
 }
