@@ -25,6 +25,7 @@
 mod announce;
 mod client;
 mod devices;
+pub mod import;
 pub mod error;
 pub mod mls;
 pub mod net;
@@ -37,6 +38,7 @@ pub mod trust;
 pub use announce::AnnouncementDraft;
 pub use client::{Client, EnrollOptions, GroupView, Identity};
 pub use devices::{LinkedDevice, OwnDevice};
+pub use import::{parse_import, ImportFile, ImportReport, ImportedUser, RefusedRow};
 pub use error::{ClientError, Result};
 pub use net::{CaTrust, ServerTrust};
 pub use secret::{
