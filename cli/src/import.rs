@@ -70,18 +70,15 @@ pub(crate) async fn rename_department(
 ) -> Result<()> {
     let slug = DepartmentSlug::parse(slug)?;
     let d = client.admin_rename_department(slug, name).await?;
-    out.print(json!({"department": d.slug.as_str(), "name": d.name}), || {
-        format!("department {} is now called {}", d.slug, d.name)
-    });
+    out.print(
+        json!({"department": d.slug.as_str(), "name": d.name}),
+        || format!("department {} is now called {}", d.slug, d.name),
+    );
     Ok(())
 }
 
 /// Retires a department.
-pub(crate) async fn remove_department(
-    client: &mut Client,
-    slug: &str,
-    out: &Output,
-) -> Result<()> {
+pub(crate) async fn remove_department(client: &mut Client, slug: &str, out: &Output) -> Result<()> {
     let slug = DepartmentSlug::parse(slug)?;
     client.admin_remove_department(slug.clone()).await?;
     out.print(json!({"removed": slug.as_str()}), || {

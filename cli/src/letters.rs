@@ -101,7 +101,10 @@ pub(crate) fn render(letter: &Letter<'_>) -> Result<Vec<u8>> {
         .media_box(Rect::new(0.0, 0.0, 595.0, 842.0))
         .contents(content_id);
     let mut resources = p.resources();
-    resources.fonts().pair(font_name, font).pair(bold_name, bold);
+    resources
+        .fonts()
+        .pair(font_name, font)
+        .pair(bold_name, bold);
     resources.x_objects().pair(image_name, image);
     resources.finish();
     p.finish();
@@ -124,7 +127,14 @@ pub(crate) fn render(letter: &Letter<'_>) -> Result<Vec<u8>> {
     // The QR code, 160 pt square, top right.
     let size = 160.0;
     c.save_state();
-    c.transform([size, 0.0, 0.0, size, 595.0 - 56.0 - size, 842.0 - 56.0 - size]);
+    c.transform([
+        size,
+        0.0,
+        0.0,
+        size,
+        595.0 - 56.0 - size,
+        842.0 - 56.0 - size,
+    ]);
     c.x_object(image_name);
     c.restore_state();
 
@@ -142,20 +152,52 @@ pub(crate) fn render(letter: &Letter<'_>) -> Result<Vec<u8>> {
         (font_name, 11.0, String::new()),
         (font_name, 11.0, String::new()),
         (font_name, 11.0, String::new()),
-        (bold_name, 13.0, "Ihr Zugang zum Dienst-Messenger".to_owned()),
+        (
+            bold_name,
+            13.0,
+            "Ihr Zugang zum Dienst-Messenger".to_owned(),
+        ),
         (font_name, 11.0, String::new()),
-        (font_name, 11.0, "Ihr einmaliger Anmeldecode / one-time enrollment code:".to_owned()),
+        (
+            font_name,
+            11.0,
+            "Ihr einmaliger Anmeldecode / one-time enrollment code:".to_owned(),
+        ),
         (bold_name, 20.0, letter.code.to_owned()),
-        (font_name, 11.0, format!("Gültig bis / valid until: {}", letter.expires)),
+        (
+            font_name,
+            11.0,
+            format!("Gültig bis / valid until: {}", letter.expires),
+        ),
         (font_name, 11.0, String::new()),
-        (font_name, 11.0, "So melden Sie sich an: Scannen Sie den QR-Code mit der Rathaus-App,".to_owned()),
+        (
+            font_name,
+            11.0,
+            "So melden Sie sich an: Scannen Sie den QR-Code mit der Rathaus-App,".to_owned(),
+        ),
         (font_name, 11.0, "oder geben Sie am Rechner ein:".to_owned()),
-        (font_name, 9.0, format!("rathaus enroll --server {} --user {}", letter.server, letter.user)),
+        (
+            font_name,
+            9.0,
+            format!(
+                "rathaus enroll --server {} --user {}",
+                letter.server, letter.user
+            ),
+        ),
         (font_name, 9.0, format!("    {}", letter.trust)),
         (font_name, 9.0, format!("    --code {}", letter.code)),
         (font_name, 11.0, String::new()),
-        (font_name, 11.0, "Der Code gilt nur einmal. Geben Sie ihn niemandem weiter – auch nicht der IT.".to_owned()),
-        (font_name, 11.0, "Vernichten Sie diesen Brief, sobald Sie sich angemeldet haben.".to_owned()),
+        (
+            font_name,
+            11.0,
+            "Der Code gilt nur einmal. Geben Sie ihn niemandem weiter – auch nicht der IT."
+                .to_owned(),
+        ),
+        (
+            font_name,
+            11.0,
+            "Vernichten Sie diesen Brief, sobald Sie sich angemeldet haben.".to_owned(),
+        ),
     ];
     c.begin_text();
     c.next_line(56.0, 842.0 - 72.0);

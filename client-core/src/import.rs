@@ -97,12 +97,13 @@ pub fn parse_import(bytes: &[u8], departments: &[DepartmentInfo]) -> ImportFile 
         .trim(csv::Trim::All)
         .from_reader(bytes);
     let mut file = ImportFile::default();
+    let mut lines = LineCounter::default();
     let mut first = true;
     for record in reader.records() {
         let (line, record) = match record {
-            Ok(r) => (r.position().map_or(0, |p| line_at(bytes, p)), r),
+            Ok(r) => (r.position().map_or(0, |p| lines.line_at(bytes, p)), r),
             Err(e) => {
-                let line = e.position().map_or(0, |p| line_at(bytes, p));
+                let line = e.position().map_or(0, |p| lines.line_at(bytes, p));
                 let reason = match e.kind() {
                     csv::ErrorKind::Utf8 { .. } => {
                         "the line is not UTF-8 text (save the file as \"CSV UTF-8\")".to_owned()
@@ -245,8 +246,7 @@ fn parse_row(
         ));
     }
     let id = record.get(0).unwrap_or_default();
-    let user =
-        UserId::parse(id).map_err(|e| format!("invalid personnel number {id:?}: {e}"))?;
+    let user = UserId::parse(id).map_err(|e| format!("invalid personnel number {id:?}: {e}"))?;
     let name = record.get(1).unwrap_or_default();
     if name.is_empty() {
         return Err(format!("{user}: the name is empty"));
@@ -286,16 +286,35 @@ fn list(field: &str) -> impl Iterator<Item = &str> {
     field.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// The 1-based line a record starts on. Counted from the byte offset: the reader's own
-/// line count is off after `\r\n` endings, which spreadsheets write. A record's offset may
-/// point at the end of the previous line's terminator, so that is skipped first.
-fn line_at(bytes: &[u8], p: &csv::Position) -> u32 {
-    let mut at = usize::try_from(p.byte()).unwrap_or(usize::MAX).min(bytes.len());
-    while bytes.get(at).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
-        at += 1;
+/// Line numbers of records, counted from their byte offsets: the reader's own line count
+/// is off after `\r\n` endings, which spreadsheets write. Records come in file order, so
+/// each count starts where the last one ended (linear in the file, not quadratic).
+#[derive(Debug, Default)]
+struct LineCounter {
+    /// Offset up to which newlines were counted.
+    at: usize,
+    /// Newlines before `at`.
+    newlines: usize,
+}
+
+impl LineCounter {
+    /// The 1-based line a record starts on. A record's offset may point at the end of the
+    /// previous line's terminator, so that is skipped first.
+    fn line_at(&mut self, bytes: &[u8], p: &csv::Position) -> u32 {
+        let mut at = usize::try_from(p.byte())
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        while bytes.get(at).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+            at += 1;
+        }
+        if at < self.at {
+            // Not expected (records come in order); count again from the start.
+            *self = Self::default();
+        }
+        self.newlines += bytes[self.at..at].iter().filter(|&&b| b == b'\n').count();
+        self.at = at;
+        u32::try_from(self.newlines + 1).unwrap_or(u32::MAX)
     }
-    let lines = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-    u32::try_from(lines).unwrap_or(u32::MAX)
 }
 
 /// Splits rows into requests of at most [`CHUNK_ROWS`] rows and about [`CHUNK_BYTES`].
@@ -356,7 +375,11 @@ mod tests {
         assert_eq!(file.rows[0].line, 2);
         assert_eq!(file.rows[0].roles, [Role::Author]);
         assert_eq!(file.rows[1].name, "Jörg Müller");
-        let depts: Vec<&str> = file.rows[1].departments.iter().map(|d| d.as_str()).collect();
+        let depts: Vec<&str> = file.rows[1]
+            .departments
+            .iter()
+            .map(|d| d.as_str())
+            .collect();
         assert_eq!(depts, ["kaemmerei", "bauamt"]);
         let lines: Vec<u32> = file.refused.iter().map(|r| r.line).collect();
         assert_eq!(lines, [5, 6, 7], "{:?}", file.refused);

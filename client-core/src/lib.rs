@@ -25,8 +25,8 @@
 mod announce;
 mod client;
 mod devices;
-pub mod import;
 pub mod error;
+pub mod import;
 pub mod mls;
 pub mod net;
 mod secret;
@@ -38,8 +38,8 @@ pub mod trust;
 pub use announce::AnnouncementDraft;
 pub use client::{Client, EnrollOptions, GroupView, Identity};
 pub use devices::{LinkedDevice, OwnDevice};
-pub use import::{parse_import, ImportFile, ImportReport, ImportedUser, RefusedRow};
 pub use error::{ClientError, Result};
+pub use import::{parse_import, ImportFile, ImportReport, ImportedUser, RefusedRow};
 pub use net::{CaTrust, ServerTrust};
 pub use secret::{
     key_fingerprint, mls_group_id, Approval, GroupPolicy, PolicyOutcome, SecretDevice,

@@ -113,7 +113,11 @@ async fn importing_twice_changes_nothing_and_bad_rows_are_reported_by_line() {
     // A colleague whose row now differs is refused, saying how to change it; nobody moves.
     let moved = tmp.path().join("moved.csv");
     std::fs::write(&moved, "P1001;Anna Berg;kaemmerei;author\n").unwrap();
-    let third = rathaus_json(admin.dir(), &["admin", "user", "import", moved.to_str().unwrap()]).await;
+    let third = rathaus_json(
+        admin.dir(),
+        &["admin", "user", "import", moved.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(third["created"], 0, "{third}");
     assert_eq!(refused_lines(&third), [1], "{third}");
     assert!(
@@ -241,7 +245,14 @@ async fn a_department_is_renamed_and_retired_visibly() {
 
     let renamed = rathaus_json(
         admin.dir(),
-        &["admin", "department", "rename", "bauamt", "--name", "Bau- und Planungsamt"],
+        &[
+            "admin",
+            "department",
+            "rename",
+            "bauamt",
+            "--name",
+            "Bau- und Planungsamt",
+        ],
     )
     .await;
     assert_eq!(renamed["name"], "Bau- und Planungsamt");
@@ -261,7 +272,10 @@ async fn a_department_is_renamed_and_retired_visibly() {
         .iter()
         .map(|g| g.handle.to_string())
         .collect();
-    assert!(!handles.iter().any(|h| h.starts_with("bauamt")), "{handles:?}");
+    assert!(
+        !handles.iter().any(|h| h.starts_with("bauamt")),
+        "{handles:?}"
+    );
     // The public group ended with a final entry, and what was posted stays readable.
     let rows = anna.read(&bauamt).await.unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -277,7 +291,11 @@ async fn a_department_is_renamed_and_retired_visibly() {
     assert!(err.to_string().contains("retired"), "{err}");
     // The slug is not given out again, and the audit log has both steps.
     let again = admin
-        .admin_add_department(DepartmentSlug::parse("bauamt").unwrap(), "Bauamt", Vec::new())
+        .admin_add_department(
+            DepartmentSlug::parse("bauamt").unwrap(),
+            "Bauamt",
+            Vec::new(),
+        )
         .await
         .expect_err("a retired slug is not reused");
     assert_eq!(again.code(), Some(ErrorCode::AlreadyExists));
@@ -287,5 +305,8 @@ async fn a_department_is_renamed_and_retired_visibly() {
         .filter(|e| e.target == "bauamt")
         .map(|e| e.action.as_str())
         .collect();
-    assert_eq!(actions, ["department.add", "department.rename", "department.remove"]);
+    assert_eq!(
+        actions,
+        ["department.add", "department.rename", "department.remove"]
+    );
 }

@@ -62,7 +62,8 @@ impl Service {
                             ..user
                         };
                         for slug in &user.departments {
-                            if let Some(dept) = chunk.departments.get_mut(slug).and_then(Option::as_mut)
+                            if let Some(dept) =
+                                chunk.departments.get_mut(slug).and_then(Option::as_mut)
                             {
                                 dept.members.push(user.id.clone());
                                 chunk.touched.insert(slug.clone());

@@ -48,7 +48,10 @@ pub(crate) async fn import(n: usize, suffix: &str) -> Result<Vec<Row>> {
         backend.stop().await;
         elapsed
     };
-    eprintln!("   {n} single AddUser requests: {:.2} s", baseline.as_secs_f64());
+    eprintln!(
+        "   {n} single AddUser requests: {:.2} s",
+        baseline.as_secs_f64()
+    );
 
     let plain = run_import(&csv, None, n).await?;
     eprintln!("   rathaus admin user import: {:.2} s", plain.as_secs_f64());
@@ -68,12 +71,16 @@ pub(crate) async fn import(n: usize, suffix: &str) -> Result<Vec<Row>> {
                 "`rathaus admin user import` of {n} rows into {DEPARTMENTS} departments, \
                  whole process; baseline: {n} single AddUser requests; bar: 5,000 in 10 s"
             )),
-        Row::new(format!("import-{n}-letters{suffix}"), letters.as_secs_f64(), "s")
-            .baseline(plain.as_secs_f64())
-            .note(format!(
-                "the same with `--letters`: one PDF with QR code per colleague; baseline: \
+        Row::new(
+            format!("import-{n}-letters{suffix}"),
+            letters.as_secs_f64(),
+            "s",
+        )
+        .baseline(plain.as_secs_f64())
+        .note(format!(
+            "the same with `--letters`: one PDF with QR code per colleague; baseline: \
                  without letters"
-            )),
+        )),
     ])
 }
 
