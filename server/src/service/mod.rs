@@ -459,3 +459,6 @@ mod editorial_tests;
 
 #[cfg(test)]
 mod secret_tests;
+
+#[cfg(test)]
+mod import_tests;
