@@ -77,10 +77,10 @@ pub(crate) async fn import(n: usize, suffix: &str) -> Result<Vec<Row>> {
             "s",
         )
         .baseline(plain.as_secs_f64())
-        .note(format!(
+        .note(
             "the same with `--letters`: one PDF with QR code per colleague; baseline: \
-                 without letters"
-        )),
+             without letters",
+        ),
     ])
 }
 
