@@ -58,8 +58,25 @@ pub(crate) async fn import_users(
         }
     }
     print_report(out, &report, letters_dir.as_deref(), &written);
-    Ok(())
+    match &report.interrupted {
+        // Reported in the output already; the exit status tells scripts.
+        Some(_) => Err(Reported.into()),
+        None => Ok(()),
+    }
 }
+
+/// A failure already printed in the command's own output: exit non-zero, print nothing
+/// more (so `--json` stays one document).
+#[derive(Debug)]
+pub(crate) struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the import stopped early (see above)")
+    }
+}
+
+impl std::error::Error for Reported {}
 
 /// Renames a department (display name only).
 pub(crate) async fn rename_department(
@@ -120,7 +137,8 @@ fn print_report(out: &Output, report: &ImportReport, dir: Option<&Path>, written
     let letter_paths: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
     out.print(
         json!({"created": report.created.len(), "unchanged": report.unchanged,
-               "refused": refused, "users": users, "letters": letter_paths}),
+               "refused": refused, "users": users, "letters": letter_paths,
+               "interrupted": report.interrupted}),
         || {
             let mut text = format!(
                 "created {}, unchanged {}, refused {}",
@@ -128,6 +146,9 @@ fn print_report(out: &Output, report: &ImportReport, dir: Option<&Path>, written
                 report.unchanged,
                 report.refused.len()
             );
+            if let Some(why) = &report.interrupted {
+                text.push_str(&format!("\nthe import stopped early: {why}"));
+            }
             for r in &report.refused {
                 text.push_str(&format!("\nline {}: {}", r.line, r.reason));
             }

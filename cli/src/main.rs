@@ -429,6 +429,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli, &out)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<import::Reported>() => ExitCode::FAILURE,
         Err(e) => {
             out.error(&e);
             ExitCode::FAILURE

@@ -79,6 +79,9 @@ pub struct ImportReport {
     pub unchanged: usize,
     /// Lines refused (while reading the file or by the server), by line number.
     pub refused: Vec<RefusedRow>,
+    /// Why the import stopped before the end, if it did; the rows not confirmed by the
+    /// server are in `refused`.
+    pub interrupted: Option<String>,
 }
 
 /// Reads an import file. `departments` resolves display names to slugs (a field that is
@@ -131,9 +134,13 @@ pub fn parse_import(bytes: &[u8], departments: &[DepartmentInfo]) -> ImportFile 
 
 impl Client {
     /// Admin: imports a parsed file, `progress(done, total)` after each chunk. Refusals of
-    /// single rows are in the report; a failure of a whole request (not an admin, the
-    /// connection lost) is an error, and the chunks before it stay imported — running the
-    /// import again finishes it, since rows done already come back `unchanged`.
+    /// single rows are in the report. A failure of a whole request (the connection lost)
+    /// stops the import with the reason in [`ImportReport::interrupted`]: the chunks before
+    /// it are imported and their codes reported, the rows from the failed chunk on are
+    /// refused as not confirmed. Running the import again finishes it (rows done already
+    /// come back `unchanged`); a colleague whose creation was not confirmed gets a new code
+    /// with `admin user reset`. Only a refusal of the import as such (not an admin) is an
+    /// error.
     pub async fn admin_import_users(
         &mut self,
         file: ImportFile,
@@ -147,14 +154,33 @@ impl Client {
         let mut names: HashMap<u32, (String, Vec<DepartmentSlug>)> = HashMap::new();
         let mut done = 0;
         progress(0, total);
-        for chunk in chunks(file.rows) {
+        let mut pending = chunks(file.rows).into_iter();
+        while let Some(chunk) = pending.next() {
             let n = chunk.len();
+            let lines: Vec<u32> = chunk.iter().map(|r| r.line).collect();
             for row in &chunk {
                 names.insert(row.line, (row.name.clone(), row.departments.clone()));
             }
-            let results = match self.request(&Request::ImportUsers { rows: chunk }).await? {
-                Response::Imported(results) => results,
-                _ => return Err(ClientError::UnexpectedResponse("ImportUsers")),
+            let results = match self.request(&Request::ImportUsers { rows: chunk }).await {
+                Ok(Response::Imported(results)) => results,
+                Ok(_) => return Err(ClientError::UnexpectedResponse("ImportUsers")),
+                Err(e) if done == 0 && e.code().is_some() => return Err(e),
+                Err(e) => {
+                    let reason = format!(
+                        "not confirmed by the server ({e}); run the import again (a colleague \
+                         it created meanwhile shows as unchanged and gets a code with \
+                         `rathaus admin user reset`)"
+                    );
+                    let rest = pending.flatten().map(|r| r.line);
+                    for line in lines.into_iter().chain(rest) {
+                        report.refused.push(RefusedRow {
+                            line,
+                            reason: reason.clone(),
+                        });
+                    }
+                    report.interrupted = Some(e.to_string());
+                    break;
+                }
             };
             for r in results {
                 match r.outcome {
