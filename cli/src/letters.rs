@@ -201,12 +201,13 @@ pub(crate) fn render(letter: &Letter<'_>) -> Result<Vec<u8>> {
     ];
     c.begin_text();
     c.next_line(56.0, 842.0 - 72.0);
-    let mut first = true;
+    let mut previous: Option<f32> = None;
     for (f, pt, text) in &lines {
-        if !first {
-            c.next_line(0.0, -(pt * 1.45));
+        if let Some(prev) = previous {
+            // Room for the larger of the two lines, so the code in large type breathes.
+            c.next_line(0.0, -(pt.max(prev) * 1.4));
         }
-        first = false;
+        previous = Some(*pt);
         c.set_font(*f, *pt);
         c.show(Str(&win_ansi(text)));
     }
@@ -243,5 +244,30 @@ mod tests {
     fn umlauts_survive_and_the_rest_is_marked() {
         assert_eq!(win_ansi("Jörg – ß €"), b"J\xf6rg \x96 \xdf \x80");
         assert_eq!(win_ansi("Łukasz"), b"?ukasz");
+    }
+}
+
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+
+    #[test]
+    fn a_letter_is_a_small_pdf() {
+        let letter = Letter {
+            org: "Stadt Teststadt",
+            user: "P1001",
+            name: "Jörg Müller-Lüdenscheidt",
+            departments: vec!["bauamt", "kaemmerei"],
+            code: "K7QF-2M9X-HR4T-8WZP",
+            expires: "2026-12-04T10:00:00Z".into(),
+            server: "rathaus.stadt.example:4433",
+            trust: format!("--fingerprint SHA256:{}", "ab".repeat(32)),
+        };
+        let pdf = render(&letter).unwrap();
+        assert!(pdf.starts_with(b"%PDF-"));
+        assert!(pdf.len() < 16 * 1024, "{} bytes", pdf.len());
+        if let Ok(path) = std::env::var("RATHAUS_LETTER_SAMPLE") {
+            std::fs::write(path, &pdf).unwrap();
+        }
     }
 }
