@@ -436,6 +436,15 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
 async fn admin(profile: Option<PathBuf>, command: AdminCommand, out: &Output) -> Result<()> {
     let mut client = open(profile)?;
     match command {
+        AdminCommand::User {
+            command: UserCommand::Import { file, letters },
+        } => crate::import::import_users(&mut client, &file, letters, out).await?,
+        AdminCommand::Department {
+            command: DepartmentCommand::Rename { slug, name },
+        } => crate::import::rename_department(&mut client, &slug, &name, out).await?,
+        AdminCommand::Department {
+            command: DepartmentCommand::Remove { slug },
+        } => crate::import::remove_department(&mut client, &slug, out).await?,
         AdminCommand::Department {
             command: DepartmentCommand::Add { slug, name, owners },
         } => {

@@ -6,6 +6,8 @@ mod announce;
 mod commands;
 mod demo;
 mod devices;
+mod import;
+mod letters;
 mod output;
 mod password;
 mod rooms;
@@ -333,6 +335,20 @@ pub(crate) enum DepartmentCommand {
     },
     /// List departments.
     List,
+    /// Change a department's display name (the slug stays its handle).
+    Rename {
+        /// The department's slug.
+        slug: String,
+        /// The new display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Retire a department: its members are taken off, its public and secret groups are
+    /// closed to new posts (their history stays readable).
+    Remove {
+        /// The department's slug.
+        slug: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -405,6 +421,16 @@ pub(crate) enum UserCommand {
     },
     /// List users.
     List,
+    /// Provision colleagues from an HR export: `;`-separated UTF-8 CSV with personnel
+    /// number; name; departments (`,`-separated); roles. Idempotent.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+        /// Write one printable enrollment letter (PDF with the code and its QR code) per
+        /// new colleague into this directory.
+        #[arg(long, value_name = "DIR")]
+        letters: Option<PathBuf>,
+    },
     /// Move a colleague between departments: leaving one cuts its secret group off at
     /// once; joining one is a pending invitation for its owners.
     Departments {
@@ -452,6 +478,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli, &out)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<import::Reported>() => ExitCode::FAILURE,
         Err(e) => {
             out.error(&e);
             ExitCode::FAILURE

@@ -40,8 +40,8 @@ pub use ids::{
 };
 pub use messages::{
     AnnouncementInfo, AnnouncementState, AuditEntry, ClaimedKeyPackage, DepartmentInfo, DeviceInfo,
-    EntryBody, Event, GroupKind, GroupSummary, LogEntry, MemberInfo, PostBody, Request, Response,
-    RoomInvitation, SessionInfo, UserSummary,
+    EntryBody, Event, GroupKind, GroupSummary, ImportOutcome, ImportResult, ImportRow, LogEntry,
+    MemberInfo, PostBody, Request, Response, RoomInvitation, SessionInfo, UserSummary,
 };
 
 /// The protocol version this build speaks. A peer announcing another version is refused

@@ -26,3 +26,7 @@ pub const MIN_PASSWORD: usize = 8;
 
 /// Most departments, roles, owners or mentions in one request.
 pub const MAX_LIST: usize = 256;
+
+/// Most rows in one `ImportUsers` request (a client sends a large file in chunks; the
+/// control-frame limit bounds the bytes as well).
+pub const MAX_IMPORT_ROWS: usize = 1000;

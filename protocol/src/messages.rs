@@ -340,6 +340,73 @@ pub enum Request {
     /// The rooms the requester is invited to and has not joined. Answered with
     /// `RoomInvitations`.
     RoomInvitations,
+    /// Admin: provisions many users in one atomic batch (a chunk of an HR export).
+    /// Idempotent: a row whose user exists exactly so is `Unchanged`. At most
+    /// [`MAX_IMPORT_ROWS`](crate::limits::MAX_IMPORT_ROWS) rows. Answered with `Imported`.
+    ImportUsers {
+        /// The rows, each with its line in the file for the report.
+        rows: Vec<ImportRow>,
+    },
+    /// Admin: changes a department's display name (the slug stays its handle). Answered
+    /// with `Department`.
+    RenameDepartment {
+        /// The department.
+        slug: DepartmentSlug,
+        /// The new display name.
+        name: String,
+    },
+    /// Admin: retires a department: its members are taken off, its public and secret
+    /// groups end with a final entry and refuse new posts; the slug is never reused.
+    /// Answered with `Done`.
+    RemoveDepartment {
+        /// The department.
+        slug: DepartmentSlug,
+    },
+}
+
+/// One colleague of a bulk import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportRow {
+    /// The row's line in the imported file (for the report; the server only echoes it).
+    pub line: u32,
+    /// Personnel number.
+    pub user: UserId,
+    /// Display name.
+    pub name: String,
+    /// Departments.
+    pub departments: Vec<DepartmentSlug>,
+    /// Roles beyond `member`.
+    pub roles: Vec<Role>,
+}
+
+/// What an import did with one row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImportOutcome {
+    /// The user was created.
+    Created {
+        /// One-time enrollment code, grouped like `K7QF-2M9X-…`.
+        enrollment_code: String,
+        /// When the code expires, Unix milliseconds.
+        expires_at_ms: i64,
+    },
+    /// The user exists with exactly this name, these departments and roles.
+    Unchanged,
+    /// Nothing was done.
+    Refused {
+        /// Why, for the admin.
+        reason: String,
+    },
+}
+
+/// One row's result of a bulk import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportResult {
+    /// The row's line, as sent.
+    pub line: u32,
+    /// Personnel number.
+    pub user: UserId,
+    /// What happened.
+    pub outcome: ImportOutcome,
 }
 
 /// What is posted.
@@ -480,6 +547,8 @@ pub enum Response {
     Devices(Vec<DeviceInfo>),
     /// Answer to `RoomInvitations`.
     RoomInvitations(Vec<RoomInvitation>),
+    /// Answer to `ImportUsers`: one result per row, in the order sent.
+    Imported(Vec<ImportResult>),
 }
 
 /// A room someone invited the requester to.

@@ -63,10 +63,11 @@ impl Service {
         client_id: ClientMsgId,
         body: PostBody,
     ) -> Result<Response, Refusal> {
+        // One key lookup for a live department; a retired one is refused with its reason.
+        self.ensure_open(&group)?;
         if group.is_secret() {
             return self.post_secret(session, me, group, client_id, body).await;
         }
-        self.ensure_readable(&group)?;
         if group == GroupHandle::Announcements
             && !(me.has_role(Role::Editor) || me.has_role(Role::Admin))
         {
@@ -359,7 +360,9 @@ impl Service {
         match group {
             GroupHandle::Announcements => Ok(()),
             GroupHandle::Public(slug) => {
-                if self.db.department_exists(slug)? {
+                // A retired department's public group stays readable as it ended; posts
+                // to it were refused before this check.
+                if self.db.department_exists(slug)? || self.is_retired(slug)? {
                     Ok(())
                 } else {
                     Err(Refusal::new(

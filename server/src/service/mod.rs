@@ -12,10 +12,12 @@ mod audit;
 mod auth;
 pub mod codes;
 mod commit;
+mod departments;
 mod devices;
 mod enrollment;
 mod events;
 mod groups;
+mod import;
 mod key_packages;
 mod mls;
 mod moderation;
@@ -375,6 +377,11 @@ impl Service {
             Request::LeaveRoom { room } => self.leave_room(&me, room).await,
             Request::RoomInvitations => self.room_invitations(&me),
             Request::RatchetTree { group } => self.ratchet_tree(session, &me, group),
+            Request::ImportUsers { rows } => self.import_users(&me, rows).await,
+            Request::RenameDepartment { slug, name } => {
+                self.rename_department(&me, &slug, name).await
+            }
+            Request::RemoveDepartment { slug } => self.remove_department(&me, &slug).await,
             Request::Hello { .. } => Err(Refusal::new(
                 ErrorCode::Invalid,
                 "this connection is already authenticated",
@@ -495,3 +502,6 @@ mod editorial_tests;
 
 #[cfg(test)]
 mod secret_tests;
+
+#[cfg(test)]
+mod import_tests;

@@ -67,6 +67,15 @@ impl Service {
                     format!("department {slug} exists already"),
                 ));
             }
+            if self.is_retired(&slug)? {
+                return Err(Refusal::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "department {slug} was retired; its groups keep their history, so the \
+                         name is not given out again"
+                    ),
+                ));
+            }
             let mut w = Writes::new();
             for owner in &owners {
                 let mut user = self.live_user(owner)?;
@@ -404,7 +413,7 @@ impl Service {
     }
 
     /// Tells everybody on the rosters of these departments' secret groups to re-read them.
-    fn secret_groups_changed(&self, departments: &[DepartmentSlug]) {
+    pub(super) fn secret_groups_changed(&self, departments: &[DepartmentSlug]) {
         for slug in departments {
             match self.db.department(slug) {
                 Ok(Some(dept)) => self.push_to_all(
@@ -472,7 +481,7 @@ pub(super) fn department_info(d: &DepartmentRecord) -> DepartmentInfo {
     }
 }
 
-fn code_record(code: &str, now_ms: i64) -> CodeRecord {
+pub(super) fn code_record(code: &str, now_ms: i64) -> CodeRecord {
     CodeRecord {
         // A freshly generated code always normalises; the fallback is unreachable and
         // would only make the code unusable, never usable by someone else.
@@ -482,7 +491,7 @@ fn code_record(code: &str, now_ms: i64) -> CodeRecord {
     }
 }
 
-fn valid_name(name: &str) -> Result<String, Refusal> {
+pub(super) fn valid_name(name: &str) -> Result<String, Refusal> {
     let name = name.trim();
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(Refusal::new(
@@ -494,7 +503,7 @@ fn valid_name(name: &str) -> Result<String, Refusal> {
 }
 
 /// A list of ids for the audit log.
-fn ids<T: std::fmt::Display>(list: &[T]) -> String {
+pub(super) fn ids<T: std::fmt::Display>(list: &[T]) -> String {
     if list.is_empty() {
         return "none".to_owned();
     }

@@ -20,8 +20,8 @@ pub use combine::ApplyTicket;
 pub use memory::MemoryStore;
 pub use records::{
     AckRecord, AnnouncementRecord, CodeRecord, Db, DepartmentRecord, DeviceRecord,
-    KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord, SecretGroupRecord,
-    ServerMeta, StoredEntry, ThrottleRecord, UserRecord, Writes,
+    KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord, RetiredDepartment,
+    SecretGroupRecord, ServerMeta, StoredEntry, ThrottleRecord, UserRecord, Writes,
 };
 pub use sled_store::SledStore;
 pub use snapshot::{SnapshotInfo, SnapshotReader};

@@ -15,10 +15,12 @@
 //! | `mls/<group>` | [`PublicStateRecord`] (openmls' public group state) |
 //! | `welcome/<user>\0<device u64 BE>` | `Vec<WelcomeInfo>` waiting for the device |
 //!
-//! Announcements, acknowledgements, the audit log and retention: see [`editorial`]; the
-//! credential throttle's counters: see [`throttle`].
+//! Announcements, acknowledgements, the audit log and retention: see [`editorial`];
+//! retired departments: see [`retired`]; the credential throttle's counters: see
+//! [`throttle`].
 
 mod editorial;
+mod retired;
 mod throttle;
 
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use super::codec::{decode, encode};
 use super::{ApplyTicket, Batch, Store, StoreError};
 
 pub use editorial::{AckRecord, AnnouncementRecord, RetentionRecord};
+pub use retired::RetiredDepartment;
 pub use throttle::ThrottleRecord;
 
 /// Server-wide settings fixed at `init`.

@@ -339,5 +339,8 @@ pub(crate) fn request_kind(r: &Request) -> &'static str {
         Request::JoinRoom { .. } => "JoinRoom",
         Request::LeaveRoom { .. } => "LeaveRoom",
         Request::RoomInvitations => "RoomInvitations",
+        Request::ImportUsers { .. } => "ImportUsers",
+        Request::RenameDepartment { .. } => "RenameDepartment",
+        Request::RemoveDepartment { .. } => "RemoveDepartment",
     }
 }

@@ -11,10 +11,12 @@
 //! relative to bare openmls it is 1.25 × this run's baseline. A workload that cannot run
 //! in this build is reported with `value: null`, never with a made-up figure.
 //! `--only NAME[,NAME]` runs a subset (ingest, fanout, announce, mls, catchup, cli-send,
-//! idle-connections).
+//! idle-connections, import).
 
 #[path = "../bench/catchup.rs"]
 mod catchup;
+#[path = "../bench/import.rs"]
+mod import;
 #[path = "../bench/mls.rs"]
 mod mls;
 #[path = "../bench/process.rs"]
@@ -47,6 +49,7 @@ struct Sizes {
     catchup_members: usize,
     cli_runs: usize,
     idle_connections: usize,
+    import_rows: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -65,6 +68,7 @@ const FULL: Sizes = Sizes {
     catchup_members: 1000,
     cli_runs: 30,
     idle_connections: 10_000,
+    import_rows: 5_000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -83,6 +87,7 @@ const QUICK: Sizes = Sizes {
     catchup_members: 100,
     cli_runs: 10,
     idle_connections: 1_000,
+    import_rows: 1_000,
 };
 
 fn main() -> Result<()> {
@@ -100,7 +105,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,cli-send,idle-connections]"
+                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,cli-send,idle-connections,import]"
                 );
                 return Ok(());
             }
@@ -180,6 +185,11 @@ fn main() -> Result<()> {
             s,
             async { process::idle_connections(sizes.idle_connections, s).await },
         ));
+    }
+    if wanted("import") {
+        rows.extend(run_async(&runtime, "import", "s", s, async {
+            import::import(sizes.import_rows, s).await
+        }));
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     eprintln!("total {:.1} s", started.elapsed().as_secs_f64());
