@@ -83,6 +83,7 @@ impl OpsAnswer {
 /// Binds `DIR/ops.sock`, replacing a stale one (this process holds the database lock, so
 /// no other server of this directory runs).
 pub(crate) fn bind(data_dir: &Path) -> Result<UnixListener, ServerError> {
+    remove_stale_snapshots(data_dir);
     let path = data_dir.join(SOCKET);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
@@ -231,6 +232,26 @@ async fn send_line(stream: &mut UnixStream, answer: &OpsAnswer) -> std::io::Resu
     let mut line = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
     line.push(b'\n');
     stream.write_all(&line).await
+}
+
+/// Removes the snapshot files of backups a previous run did not finish (it crashed or was
+/// killed mid-backup); only this process writes them, and it has just started.
+fn remove_stale_snapshots(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("backup-") && name.ends_with(".snapshot.tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = %name, "removed an unfinished backup snapshot"),
+                Err(e) => {
+                    tracing::warn!(file = %name, error = %e, "cannot remove an unfinished backup snapshot")
+                }
+            }
+        }
+    }
 }
 
 fn next_tmp() -> u64 {
