@@ -117,19 +117,13 @@ impl Client {
         let response = conn.request(&request).await;
         wipe_secrets(&mut request);
         conn.close().await;
-        let (device, org) = match response? {
-            Response::Enrolled { device, org } => (device, org),
+        // The server answers with the personnel number as it stores it (typed in any case).
+        let (device, org, user) = match response? {
+            Response::Enrolled { device, org, user } => (device, org, user),
             _ => return Err(ClientError::UnexpectedResponse("Enroll")),
         };
-        let mut client = Self::create_profile(
-            dir,
-            key,
-            &options.server,
-            &options.trust,
-            options.user,
-            device,
-            org,
-        )?;
+        let mut client =
+            Self::create_profile(dir, key, &options.server, &options.trust, user, device, org)?;
         client.publish_initial_key_packages().await;
         Ok(client)
     }
@@ -158,8 +152,8 @@ impl Client {
         let response = conn.request(&request).await;
         wipe_secrets(&mut request);
         conn.close().await;
-        let (device, org) = match response? {
-            Response::Enrolled { device, org } => (device, org),
+        let (device, org, user) = match response? {
+            Response::Enrolled { device, org, user } => (device, org, user),
             _ => return Err(ClientError::UnexpectedResponse("AddDevice")),
         };
         let mut client = Self::create_profile(dir, key, server, trust, user, device, org)?;

@@ -436,6 +436,9 @@ pub enum Response {
         device: DeviceId,
         /// Organisation name, for display.
         org: String,
+        /// The personnel number as the server stores it (typed in any case at
+        /// enrollment); use it in `Hello`.
+        user: UserId,
     },
     /// Sign this nonce (see [`auth_transcript`](crate::auth_transcript)).
     Challenge {

@@ -435,3 +435,42 @@ async fn a_project_room_across_two_departments_works_and_the_admin_sees_only_who
     })
     .await;
 }
+
+#[tokio::test]
+async fn personnel_numbers_are_matched_in_any_case() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let code = backend
+        .provision(&mut admin, "P1003", "Lena Koch", &[], &[])
+        .await
+        .unwrap();
+    // Lena types her number in lower case on her phone: she is P1003 all the same.
+    let mut lena = backend.enroll("p1003", &code).await.unwrap();
+    assert_eq!(lena.identity().user.as_str(), "P1003");
+    assert_eq!(lena.whoami().await.unwrap().user.as_str(), "P1003");
+
+    // IT cannot create a second colleague that differs only in case …
+    let twice = admin
+        .admin_add_user(uid("p1003"), "Lena Koch", vec![], vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), Some(ErrorCode::AlreadyExists), "{twice}");
+    // … and every admin command finds her however she is typed.
+    let departments = admin
+        .admin_set_departments(uid("p1003"), vec![slug("bauamt")], vec![])
+        .await
+        .unwrap();
+    assert_eq!(departments, vec![slug("bauamt")]);
+    let members = admin
+        .members(&GroupHandle::parse("bauamt").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        members.iter().any(|m| m.user.as_str() == "P1003"),
+        "{members:?}"
+    );
+    admin.admin_remove_user(uid("p1003")).await.unwrap();
+    lena.disconnect().await;
+    assert!(lena.whoami().await.is_err());
+}

@@ -45,6 +45,7 @@ impl Service {
         device: DeviceId,
     ) -> Result<PendingAuth, Refusal> {
         check_version(protocol)?;
+        let user = self.canonical_user(&user)?;
         tracing::debug!(%peer, %user, "challenge");
         let mut nonce = [0u8; 32];
         OsRng.fill_bytes(&mut nonce);

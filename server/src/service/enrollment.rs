@@ -61,6 +61,8 @@ impl Service {
         device: NewDevice,
     ) -> Result<Response, Refusal> {
         check_version(protocol)?;
+        let mut device = device;
+        device.user = self.canonical_user(&device.user)?;
         let attempt = self.begin_attempt(Factor::EnrollmentCode, &device.user, Some(peer))?;
         let now = self.now_ms();
         if !self.code_matches(&device.user, code, now)? {
@@ -136,6 +138,7 @@ impl Service {
         Ok(Response::Enrolled {
             device: id,
             org: self.org.clone(),
+            user: device.user.clone(),
         })
     }
 
@@ -149,6 +152,8 @@ impl Service {
         device: NewDevice,
     ) -> Result<Response, Refusal> {
         check_version(protocol)?;
+        let mut device = device;
+        device.user = self.canonical_user(&device.user)?;
         let attempt = self.begin_attempt(Factor::Password, &device.user, Some(peer))?;
         let now = self.now_ms();
         if device.password.len() > MAX_PASSWORD {
@@ -220,6 +225,7 @@ impl Service {
         Ok(Response::Enrolled {
             device: id,
             org: self.org.clone(),
+            user: device.user.clone(),
         })
     }
 

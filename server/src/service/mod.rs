@@ -224,6 +224,13 @@ impl Service {
             .meta()?
             .map(|m| m.org)
             .unwrap_or_else(|| DEFAULT_ORG.to_owned());
+        let indexed = db.index_user_ids()?;
+        if indexed > 0 {
+            tracing::info!(
+                users = indexed,
+                "indexed personnel numbers for matching in any case"
+            );
+        }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let mut throttle = Throttle::new(policy);
         throttle.restore(attempts::stored_counters(&db)?, clock.now_ms());
@@ -299,6 +306,7 @@ impl Service {
 
     async fn dispatch(&self, session: &Session, request: Request) -> Result<Response, Refusal> {
         let me = self.session_user(session)?;
+        let request = self.canonical_request(request)?;
         match request {
             Request::Ping => Ok(Response::Pong),
             Request::Whoami => Ok(Response::Me(self.session_info(&me, session.device))),
@@ -410,6 +418,69 @@ impl Service {
 
     /// The current record of a session's user, if the session is still valid (the user
     /// was not offboarded and the device not revoked since it authenticated).
+    /// The stored spelling of a personnel number typed in any case (`p1001` → `P1001`);
+    /// the typed one if no user has it, so the caller's own "no such user" applies.
+    pub(crate) fn canonical_user(&self, id: &UserId) -> Result<UserId, Refusal> {
+        Ok(self.db.canonical_user_id(id)?.unwrap_or_else(|| id.clone()))
+    }
+
+    /// A request with every personnel number it names in its stored spelling, so that
+    /// colleagues are matched ignoring case everywhere (and `AddUser` of `p1001` finds the
+    /// existing `P1001`).
+    fn canonical_request(&self, request: Request) -> Result<Request, Refusal> {
+        let c = |id: UserId| self.canonical_user(&id);
+        Ok(match request {
+            Request::AddUser {
+                user,
+                name,
+                departments,
+                roles,
+            } => Request::AddUser {
+                user: c(user)?,
+                name,
+                departments,
+                roles,
+            },
+            Request::RemoveUser { user } => Request::RemoveUser { user: c(user)? },
+            Request::SetRoles { user, add, remove } => Request::SetRoles {
+                user: c(user)?,
+                add,
+                remove,
+            },
+            Request::SetDepartments { user, add, remove } => Request::SetDepartments {
+                user: c(user)?,
+                add,
+                remove,
+            },
+            Request::ResetUser { user } => Request::ResetUser { user: c(user)? },
+            Request::InviteToRoom { room, user } => Request::InviteToRoom {
+                room,
+                user: c(user)?,
+            },
+            Request::ClaimKeyPackages { group, user } => Request::ClaimKeyPackages {
+                group,
+                user: c(user)?,
+            },
+            Request::AddDepartment { slug, name, owners } => Request::AddDepartment {
+                slug,
+                name,
+                owners: owners.into_iter().map(c).collect::<Result<_, _>>()?,
+            },
+            Request::ImportUsers { rows } => Request::ImportUsers {
+                rows: rows
+                    .into_iter()
+                    .map(|row| {
+                        Ok(rathaus_protocol::ImportRow {
+                            user: c(row.user)?,
+                            ..row
+                        })
+                    })
+                    .collect::<Result<_, Refusal>>()?,
+            },
+            other => other,
+        })
+    }
+
     pub fn session_user(&self, session: &Session) -> Result<UserRecord, Refusal> {
         match self.db.user(&session.user)? {
             Some(u) if !u.removed && u.active_devices().any(|d| d.id == session.device) => Ok(u),

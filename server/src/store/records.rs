@@ -230,6 +230,40 @@ impl Db {
         self.get(&user_key(id))
     }
 
+    /// The personnel number as stored, for one typed in any case (`p1001` → `P1001`);
+    /// `None` if no such user exists.
+    pub fn canonical_user_id(&self, id: &UserId) -> Result<Option<UserId>, StoreError> {
+        if self.kv.get(&user_key(id))?.is_some() {
+            return Ok(Some(id.clone()));
+        }
+        let Some(bytes) = self.kv.get(&user_fold_key(id))? else {
+            return Ok(None);
+        };
+        Ok(std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| UserId::parse(s).ok()))
+    }
+
+    /// Writes the case-folded index of personnel numbers for stores written before it
+    /// existed; returns how many entries it wrote.
+    pub fn index_user_ids(&self) -> Result<usize, StoreError> {
+        let mut writes = Writes::new();
+        let mut n = 0;
+        for user in self.users()? {
+            if self.kv.get(&user_fold_key(&user.id))?.is_none() {
+                writes.batch.put(
+                    user_fold_key(&user.id),
+                    user.id.as_str().as_bytes().to_vec(),
+                );
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.apply(writes)?;
+        }
+        Ok(n)
+    }
+
     /// All users, ordered by id.
     pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
         self.all_under(USER)
@@ -412,6 +446,11 @@ impl Writes {
     /// Stores a user.
     pub fn put_user(&mut self, user: &UserRecord) -> Result<&mut Self, StoreError> {
         self.batch.put(user_key(&user.id), encode(user)?);
+        // Personnel numbers are matched ignoring case: the folded form names the stored one.
+        self.batch.put(
+            user_fold_key(&user.id),
+            user.id.as_str().as_bytes().to_vec(),
+        );
         Ok(self)
     }
 
@@ -520,6 +559,7 @@ impl Writes {
 const META: &[u8] = b"meta";
 const USER: &[u8] = b"user/";
 const DEPT: &[u8] = b"dept/";
+const USER_FOLD: &[u8] = b"userfold/";
 const CODE: &[u8] = b"code/";
 const LOG: &[u8] = b"log/";
 const DEDUP: &[u8] = b"dedup/";
@@ -543,6 +583,10 @@ fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 
 fn user_key(id: &UserId) -> Vec<u8> {
     key(USER, &[id.as_str().as_bytes()])
+}
+
+fn user_fold_key(id: &UserId) -> Vec<u8> {
+    key(USER_FOLD, &[id.as_str().to_ascii_lowercase().as_bytes()])
 }
 
 fn department_key(slug: &DepartmentSlug) -> Vec<u8> {

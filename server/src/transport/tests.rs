@@ -176,7 +176,7 @@ async fn enroll(conn: &quinn::Connection, user: &str, code: &str, key: &SigningK
     )
     .await;
     match r {
-        Response::Enrolled { device, org } => {
+        Response::Enrolled { device, org, .. } => {
             assert_eq!(org, "Stadt Musterhausen");
             device
         }
