@@ -85,7 +85,9 @@ impl Service {
                         }
                     }
                     Decision::Unchanged => ImportOutcome::Unchanged,
-                    Decision::Refuse(reason) => ImportOutcome::Refused { reason },
+                    Decision::Refuse(reason) => ImportOutcome::Refused {
+                        reason: bounded(reason),
+                    },
                 };
                 results.push(ImportResult {
                     line: row.line,
@@ -259,6 +261,22 @@ fn compare(
             differs.join("; ")
         ))
     }
+}
+
+/// Longest reason sent for one row: a full chunk of refusals stays well inside one control
+/// frame even when the rows carry long names and department lists.
+const MAX_REASON: usize = 400;
+
+pub(super) fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON {
+        let mut at = MAX_REASON;
+        while !reason.is_char_boundary(at) {
+            at -= 1;
+        }
+        reason.truncate(at);
+        reason.push('…');
+    }
+    reason
 }
 
 fn list(set: &BTreeSet<&DepartmentSlug>) -> String {

@@ -167,3 +167,11 @@ async fn a_retired_department_takes_no_posts_and_its_slug_stays_taken() {
         .unwrap_err();
     assert_eq!(again.code, ErrorCode::AlreadyExists);
 }
+
+#[test]
+fn a_reason_is_bounded_at_a_character_boundary() {
+    let long = "ä".repeat(300);
+    let cut = super::import::bounded(long);
+    assert!(cut.len() <= 400 + '…'.len_utf8());
+    assert!(cut.ends_with('…'));
+}
