@@ -150,7 +150,27 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
         Command::Send { group, text } => {
             let group = GroupHandle::parse(&group)?;
             let mut client = open(profile)?;
-            let receipt = client.send_text(&group, &text).await?;
+            let outcome = client
+                .send_or_queue(&group, rathaus_protocol::Content::text(&text))
+                .await?;
+            let receipt = match outcome {
+                rathaus_client::SendOutcome::Sent(receipt) => receipt,
+                rathaus_client::SendOutcome::Queued { client_id } => {
+                    // Not a failure, and not to be sent again by hand: it goes out on the
+                    // next sync. Its own exit code tells scripts so.
+                    out.print(
+                        json!({"group": group.to_string(), "queued": true,
+                               "client_id": client_id.to_string()}),
+                        || {
+                            "the server is not reachable; the message is queued and goes out \
+                             with your next `rathaus sync` (do not send it again; `rathaus \
+                             outbox` lists it)"
+                                .to_owned()
+                        },
+                    );
+                    return Err(anyhow::Error::new(crate::QueuedSend));
+                }
+            };
             out.print(
                 json!({"group": group.to_string(), "seq": receipt.seq,
                        "sent_at": rfc3339(receipt.sent_at_ms),
@@ -291,6 +311,52 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             Ok(())
         }
         Command::Devices { command } => crate::devices::devices(profile, command, out).await,
+        Command::Outbox { cancel } => {
+            let client = open(profile)?;
+            if let Some(id) = cancel {
+                let found = client
+                    .outbox()?
+                    .into_iter()
+                    .find(|m| m.client_id.to_string() == id.to_ascii_lowercase());
+                let withdrawn = match found {
+                    Some(m) if !m.attempted => client.cancel_queued(m.client_id)?,
+                    Some(_) => {
+                        return Err(anyhow!(
+                            "message {id} may have reached the server already; it cannot be \
+                             withdrawn (delete it once it is delivered)"
+                        ))
+                    }
+                    None => false,
+                };
+                if !withdrawn {
+                    return Err(anyhow!("no queued message {id} (see `rathaus outbox`)"));
+                }
+                out.print(json!({"cancelled": id}), || {
+                    format!("withdrew message {id}")
+                });
+                return Ok(());
+            }
+            let queued = client.outbox()?;
+            let list: Vec<Value> = queued
+                .iter()
+                .map(|m| {
+                    json!({"client_id": m.client_id.to_string(), "group": m.group,
+                           "text": m.text, "created_at": rfc3339(m.created_ms),
+                           "attempted": m.attempted})
+                })
+                .collect();
+            out.print(json!({"queued": list}), || {
+                if queued.is_empty() {
+                    return "nothing queued: every message reached the server".to_owned();
+                }
+                queued
+                    .iter()
+                    .map(|m| format!("{}  {}  {}", m.client_id, m.group, m.text))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(())
+        }
         Command::Room { command } => crate::rooms::room(profile, command, out).await,
         Command::Password { password_stdin } => {
             crate::devices::change_password(profile, password_stdin, out).await

@@ -114,6 +114,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: RoomCommand,
     },
+    /// Messages not yet acknowledged by the server (queued while it was unreachable).
+    Outbox {
+        /// Withdraw this queued message (its client id) before it is sent.
+        #[arg(long, value_name = "CLIENT_ID")]
+        cancel: Option<String>,
+    },
     /// Change your password (the one that adds devices).
     Password {
         /// Read the current and the new password from standard input, one per line
@@ -479,12 +485,26 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli, &out)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<import::Reported>() => ExitCode::FAILURE,
+        // Reported on stdout already; EX_TEMPFAIL tells scripts "try later, nothing lost".
+        Err(e) if e.is::<QueuedSend>() => ExitCode::from(75),
         Err(e) => {
             out.error(&e);
             ExitCode::FAILURE
         }
     }
 }
+
+/// A send the server could not take yet: queued, reported, exit code 75.
+#[derive(Debug)]
+pub(crate) struct QueuedSend;
+
+impl std::fmt::Display for QueuedSend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("queued")
+    }
+}
+
+impl std::error::Error for QueuedSend {}
 
 fn init_logging() {
     // Quiet by default: the CLI's output is its stdout; RUST_LOG turns on diagnostics.

@@ -46,4 +46,4 @@ pub use secret::{
     SecretGroupView, SecretMember, KEY_PACKAGE_LOW, KEY_PACKAGE_TARGET,
 };
 pub use store::TimelineRow;
-pub use sync::{SendFailure, SendReceipt, SyncReport};
+pub use sync::{QueuedMessage, SendFailure, SendOutcome, SendReceipt, SyncReport};

@@ -23,6 +23,34 @@ pub struct SendReceipt {
     pub sent_at_ms: i64,
 }
 
+/// What became of a message handed to [`Client::send_or_queue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Stored by the server.
+    Sent(SendReceipt),
+    /// The server could not be reached: kept in the outbox, sent on the next sync.
+    Queued {
+        /// The message's id (for `cancel_queued`).
+        client_id: ClientMsgId,
+    },
+}
+
+/// A message in the outbox, not yet acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// The message's id.
+    pub client_id: ClientMsgId,
+    /// The group.
+    pub group: String,
+    /// What it says (a summary).
+    pub text: String,
+    /// When it was written, Unix ms.
+    pub created_ms: i64,
+    /// Whether a send was attempted already (then it may have arrived; it cannot be
+    /// withdrawn).
+    pub attempted: bool,
+}
+
 /// A queued message the server refused for good (it is not retried).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendFailure {
@@ -54,8 +82,63 @@ impl Client {
         self.send(group, Content::text(text)).await
     }
 
+    /// Sends content to `group` through the outbox; a server that cannot be reached is
+    /// not a failure: the message stays queued and goes out on the next sync (or
+    /// `flush_outbox`), and the answer says so.
+    pub async fn send_or_queue(
+        &mut self,
+        group: &GroupHandle,
+        content: Content,
+    ) -> Result<SendOutcome> {
+        let mut queued = None;
+        match self.send_inner(group, content, &mut queued).await {
+            Ok(receipt) => Ok(SendOutcome::Sent(receipt)),
+            Err(e) if e.is_transient() => match queued {
+                Some(client_id) => Ok(SendOutcome::Queued { client_id }),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Messages not yet acknowledged by the server, oldest first.
+    pub fn outbox(&self) -> Result<Vec<QueuedMessage>> {
+        Ok(self
+            .store
+            .unacknowledged()?
+            .into_iter()
+            .map(|item| {
+                let text = match postcard::from_bytes::<PostBody>(&item.body) {
+                    Ok(PostBody::Public(content)) => content.summary(),
+                    _ => String::new(),
+                };
+                QueuedMessage {
+                    client_id: item.client_id,
+                    group: item.group,
+                    text,
+                    created_ms: item.created_ms,
+                    attempted: item.attempted,
+                }
+            })
+            .collect())
+    }
+
+    /// Withdraws a queued message no send was attempted for (`false` if there is none).
+    pub fn cancel_queued(&self, client_id: ClientMsgId) -> Result<bool> {
+        self.store.cancel_queued(client_id)
+    }
+
     /// Sends content to `group` through the outbox.
     pub async fn send(&mut self, group: &GroupHandle, content: Content) -> Result<SendReceipt> {
+        self.send_inner(group, content, &mut None).await
+    }
+
+    async fn send_inner(
+        &mut self,
+        group: &GroupHandle,
+        content: Content,
+        queued: &mut Option<ClientMsgId>,
+    ) -> Result<SendReceipt> {
         content
             .validate()
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
@@ -66,6 +149,7 @@ impl Client {
             .map_err(|e| ClientError::Invalid(format!("cannot encode message: {e}")))?;
         self.store
             .enqueue(client_id, &group.to_string(), &body, now_ms())?;
+        *queued = Some(client_id);
         // Older queued messages go first, so order is kept.
         let report = self.flush_outbox().await?;
         if let Some(failure) = report.failed.iter().find(|f| f.client_id == client_id) {
@@ -111,6 +195,9 @@ impl Client {
                     continue;
                 }
             };
+            // Connect first: a message is `sent` (perhaps delivered) only once a request can
+            // carry it; until then it stays merely queued and may be withdrawn.
+            self.connect().await?;
             self.store.mark_sent(item.client_id)?;
             let response = match (&body, group.is_secret()) {
                 // Secret content waits in the outbox as plaintext (it never leaves this

@@ -286,6 +286,25 @@ fn init_run_enroll_provision_post_read_with_json() {
     let doc: Value = serde_json::from_slice(&forbidden.stdout).unwrap();
     assert_eq!(doc["error"]["code"], "Forbidden");
     drop(server);
+
+    // With the server gone, a send is queued, not failed: exit code 75, `queued` in the
+    // JSON, listed by `outbox`, and it can be withdrawn before it goes out.
+    let queued = rathaus(&anna, &["send", "bauamt", "spaeter", "--json"], None);
+    assert_eq!(queued.status.code(), Some(75), "{queued:?}");
+    let doc: Value = serde_json::from_slice(&queued.stdout).unwrap();
+    assert_eq!(doc["queued"], true, "{doc}");
+    let client_id = doc["client_id"].as_str().unwrap().to_owned();
+    let outbox = json_ok(&rathaus(&anna, &["outbox", "--json"], None));
+    let listed = outbox["queued"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{outbox}");
+    assert_eq!(listed[0]["text"], "spaeter");
+    json_ok(&rathaus(
+        &anna,
+        &["outbox", "--cancel", &client_id, "--json"],
+        None,
+    ));
+    let outbox = json_ok(&rathaus(&anna, &["outbox", "--json"], None));
+    assert!(outbox["queued"].as_array().unwrap().is_empty(), "{outbox}");
 }
 
 /// `enroll --ca` (DESIGN §3, §9): a server with a certificate from the organisation's CA,

@@ -64,6 +64,21 @@ pub struct OutboxItem {
     pub attempts: u32,
 }
 
+/// A message of the outbox the server has not acknowledged.
+#[derive(Debug, Clone)]
+pub struct UnacknowledgedItem {
+    /// The client id.
+    pub client_id: ClientMsgId,
+    /// Target group handle.
+    pub group: String,
+    /// Encoded `PostBody`.
+    pub body: Vec<u8>,
+    /// When it was written, Unix ms.
+    pub created_ms: i64,
+    /// Whether it was handed to the server already (then it may have arrived).
+    pub attempted: bool,
+}
+
 impl ProfileStore {
     /// Opens (creating if needed) the database in `dir`, with owner-only permissions.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -249,6 +264,48 @@ impl ProfileStore {
             params![client_id.0.as_slice(), group, body, now_ms],
         )?;
         Ok(())
+    }
+
+    /// Messages not yet acknowledged, oldest first.
+    pub fn unacknowledged(&self) -> Result<Vec<UnacknowledgedItem>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT client_id, grp, body, created_ms, state FROM outbox
+             WHERE state != 'acked' ORDER BY created_ms, rowid",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, group, body, created, state)| {
+                let id: [u8; 16] = id.try_into().ok()?;
+                Some(UnacknowledgedItem {
+                    client_id: ClientMsgId(id),
+                    group,
+                    body,
+                    created_ms: created,
+                    attempted: state != "queued",
+                })
+            })
+            .collect())
+    }
+
+    /// Withdraws a queued message that no send has been attempted for; `false` if there
+    /// is none (unknown, acknowledged, or possibly on its way already).
+    pub fn cancel_queued(&self, client_id: ClientMsgId) -> Result<bool> {
+        let n = self.db.execute(
+            "DELETE FROM outbox WHERE client_id = ?1 AND state = 'queued'",
+            params![client_id.0.as_slice()],
+        )?;
+        Ok(n > 0)
     }
 
     /// Messages not yet acknowledged, oldest first.
