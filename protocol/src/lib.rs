@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod close;
 pub mod content;
 pub mod error;
 pub mod fingerprint;

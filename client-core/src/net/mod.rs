@@ -52,7 +52,7 @@ pub fn host_of(addr: &str) -> &str {
 }
 
 /// Application close code the server uses when it ends an offboarded user's session.
-pub const CLOSE_ACCOUNT_REMOVED: u32 = 0x10;
+pub const CLOSE_ACCOUNT_REMOVED: u32 = rathaus_protocol::close::ACCOUNT_REMOVED;
 
 /// How long to wait for the QUIC + TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -349,13 +349,15 @@ fn connection_error(e: &ConnectionError) -> ClientError {
         {
             ClientError::AccountRemoved
         }
+        ConnectionError::ApplicationClosed(close)
+            if close.error_code
+                == quinn::VarInt::from_u32(rathaus_protocol::close::SHUTTING_DOWN) =>
+        {
+            ClientError::ServerShuttingDown
+        }
         ConnectionError::ApplicationClosed(close) => {
             let reason = String::from_utf8_lossy(&close.reason).into_owned();
-            if reason.contains("shutting down") {
-                ClientError::ServerShuttingDown
-            } else {
-                ClientError::ConnectionLost(format!("closed by the server: {reason}"))
-            }
+            ClientError::ConnectionLost(format!("closed by the server: {reason}"))
         }
         other => ClientError::ConnectionLost(other.to_string()),
     }

@@ -8,20 +8,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use rathaus_protocol::close::{
+    ACCOUNT_REMOVED as CLOSE_ACCOUNT_REMOVED, AUTH_TIMEOUT as CLOSE_AUTH_TIMEOUT,
+    FAILED_PROOFS as CLOSE_FAILED_PROOFS,
+};
 use tokio::task::JoinSet;
 
 use super::admission::{self, StrangerSlot, RECEIVE_WINDOW, STREAMS_PER_CONNECTION};
 use super::{stream, ServerCtx};
 use crate::service::{LiveConnection, Session};
-
-/// QUIC application close code sent to an offboarded user's connections.
-const CLOSE_ACCOUNT_REMOVED: u32 = 0x10;
-
-/// QUIC application close code for a connection that did not authenticate in time.
-pub(crate) const CLOSE_AUTH_TIMEOUT: u32 = 0x11;
-
-/// QUIC application close code for a connection that failed too many device proofs.
-pub(crate) const CLOSE_FAILED_PROOFS: u32 = 0x12;
 
 /// Failed device-key proofs one connection may make before it is closed.
 const MAX_FAILED_PROOFS: u32 = 3;

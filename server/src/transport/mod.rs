@@ -294,7 +294,10 @@ impl RunningServer {
         while ctx.subscribers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        endpoint.close(quinn::VarInt::from_u32(0), b"server shutting down");
+        endpoint.close(
+            quinn::VarInt::from_u32(rathaus_protocol::close::SHUTTING_DOWN),
+            b"server shutting down",
+        );
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
         let _ = accept.await;
         let _ = housekeeping.await;
