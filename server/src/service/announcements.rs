@@ -30,7 +30,7 @@ const LIST_BUDGET: usize = MAX_CONTROL_FRAME - 128 * 1024;
 
 /// An announcement as drafted or published directly.
 #[derive(Debug)]
-pub(super) struct Proposal {
+pub(super) struct AnnouncementProposal {
     /// Headline.
     title: String,
     /// Body text.
@@ -57,7 +57,7 @@ impl Service {
                 requires_ack,
                 expires_at_ms,
             } => {
-                let proposal = Proposal {
+                let proposal = AnnouncementProposal {
                     title,
                     text,
                     requires_ack,
@@ -71,7 +71,7 @@ impl Service {
                 requires_ack,
                 expires_at_ms,
             } => {
-                let proposal = Proposal {
+                let proposal = AnnouncementProposal {
                     title,
                     text,
                     requires_ack,
@@ -145,7 +145,7 @@ impl Service {
     async fn announcement_draft(
         &self,
         me: &UserRecord,
-        proposal: Proposal,
+        proposal: AnnouncementProposal,
     ) -> Result<Response, Refusal> {
         require_role(
             me,
@@ -160,7 +160,7 @@ impl Service {
             let mut w = Writes::new();
             w.put_announcement(&record)?;
             self.db.apply(w)?;
-            self.commit.written()
+            self.durability.written()
         };
         self.durable(ticket).await?;
         tracing::info!(id = record.id, by = %me.id, "announcement drafted");
@@ -191,7 +191,7 @@ impl Service {
             let mut w = Writes::new();
             w.put_announcement(&record)?;
             self.db.apply(w)?;
-            (record, self.commit.written())
+            (record, self.durability.written())
         };
         self.durable(ticket).await?;
         tracing::info!(id, by = %me.id, "announcement submitted");
@@ -220,7 +220,7 @@ impl Service {
     async fn announcement_publish(
         &self,
         me: &UserRecord,
-        proposal: Proposal,
+        proposal: AnnouncementProposal,
     ) -> Result<Response, Refusal> {
         require_editor(
             me,
@@ -278,7 +278,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            (record, self.commit.written())
+            (record, self.durability.written())
         };
         self.durable(ticket).await?;
         tracing::info!(id, by = %me.id, "announcement rejected");
@@ -302,7 +302,7 @@ impl Service {
             self.check_not_expired(&record)?;
             let ticket = if self.db.acked(id, &me.id)? {
                 // Acknowledging twice changes nothing.
-                self.commit.latest()
+                self.durability.latest()
             } else {
                 let mut w = Writes::new();
                 w.put_ack(
@@ -313,7 +313,7 @@ impl Service {
                     },
                 )?;
                 self.db.apply(w)?;
-                self.commit.written()
+                self.durability.written()
             };
             (record, ticket)
         };
@@ -337,7 +337,7 @@ impl Service {
                 )));
             }
             if record.pinned == pinned {
-                (record, self.commit.latest())
+                (record, self.durability.latest())
             } else {
                 record.pinned = pinned;
                 let mut w = Writes::new();
@@ -357,7 +357,7 @@ impl Service {
                 )?;
                 self.db.apply(w)?;
                 audit.commit();
-                (record, self.commit.written())
+                (record, self.durability.written())
             }
         };
         self.durable(ticket).await?;
@@ -404,7 +404,7 @@ impl Service {
     fn new_announcement(
         &self,
         me: &UserRecord,
-        proposal: Proposal,
+        proposal: AnnouncementProposal,
     ) -> Result<AnnouncementRecord, Refusal> {
         let now = self.now_ms();
         if proposal.expires_at_ms.is_some_and(|e| e <= now) {

@@ -46,7 +46,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            (self.commit.written(), dept)
+            (self.durability.written(), dept)
         };
         self.durable(ticket).await?;
         tracing::info!(department = %slug, by = %me.id, "department renamed");

@@ -69,7 +69,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            self.commit.written()
+            self.durability.written()
         };
         self.durable(ticket).await?;
         self.live.end_device(&me.id, device);
@@ -140,7 +140,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            self.commit.written()
+            self.durability.written()
         };
         self.durable(ticket).await?;
         tracing::info!(user = %me.id, "password changed");

@@ -13,7 +13,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::auth::check_version;
 use super::throttle::Factor;
-use super::{codes, Refusal, Service};
+use super::{enrollment_codes, Refusal, Service};
 use crate::store::{DeviceRecord, Writes};
 
 /// A device to create, as sent in `Enroll` or `AddDevice`. The password is wiped from
@@ -130,7 +130,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            (id, self.commit.written())
+            (id, self.durability.written())
         };
         attempt.succeeded();
         self.durable(ticket).await?;
@@ -218,7 +218,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            (id, self.commit.written())
+            (id, self.durability.written())
         };
         self.durable(ticket).await?;
         tracing::info!(user = %device.user, device = %id, "device added with password");
@@ -231,14 +231,16 @@ impl Service {
 
     /// Whether `typed` is the user's open, unexpired code.
     fn code_matches(&self, user: &UserId, typed: &str, now: i64) -> Result<bool, Refusal> {
-        let Some(digest) = codes::digest(typed) else {
+        let Some(digest) = enrollment_codes::digest(typed) else {
             return Ok(false);
         };
         let Some(stored) = self.db.code(user)? else {
             return Ok(false);
         };
         let live = self.db.user(user)?.is_some_and(|u| !u.removed);
-        Ok(live && now < stored.expires_ms && codes::same_digest(&digest, &stored.sha256))
+        Ok(live
+            && now < stored.expires_ms
+            && enrollment_codes::same_digest(&digest, &stored.sha256))
     }
 }
 

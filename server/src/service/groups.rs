@@ -173,9 +173,9 @@ impl Service {
                 // A failed apply means the storage engine failed; it refuses every later
                 // write too, so no later seq is stored behind the missing one.
                 result?;
-                self.commit.written()
+                self.durability.written()
             }
-            None => self.commit.latest(),
+            None => self.durability.latest(),
         };
         self.durable(ticket).await?;
         self.mark_durable(group, seq);

@@ -29,7 +29,7 @@ use rathaus_protocol::{
 };
 
 use super::provisioning::{code_record, ids};
-use super::{codes, Broadcast, Refusal, Service};
+use super::{enrollment_codes, Broadcast, Refusal, Service};
 use crate::store::{DepartmentRecord, UserRecord, Writes};
 
 impl Service {
@@ -55,7 +55,7 @@ impl Service {
             for row in rows {
                 let outcome = match self.decide(&mut chunk, &row)? {
                     Decision::Create(user) => {
-                        let code = codes::generate();
+                        let code = enrollment_codes::generate();
                         let record = code_record(&code, now);
                         let user = UserRecord {
                             created_ms: now,
@@ -107,7 +107,7 @@ impl Service {
             self.db.apply(w)?;
             audit.commit();
             let touched: Vec<DepartmentSlug> = chunk.touched.into_iter().collect();
-            (self.commit.written(), results, touched)
+            (self.durability.written(), results, touched)
         };
         self.durable(ticket).await?;
         let created = results

@@ -56,7 +56,7 @@ impl Service {
             let mut w = Writes::new();
             w.put_key_packages(&session.user, session.device, &record)?;
             self.db.apply(w)?;
-            (status(&record), self.commit.written())
+            (status(&record), self.durability.written())
         };
         self.durable(ticket).await?;
         tracing::debug!(user = %session.user, device = %session.device, "KeyPackages published");
@@ -141,7 +141,7 @@ impl Service {
                 w.put_key_packages(&user, device.id, &record)?;
             }
             self.db.apply(w)?;
-            (packages, low, self.commit.written())
+            (packages, low, self.durability.written())
         };
         // A package handed out must stay handed out after a crash.
         self.durable(ticket).await?;

@@ -10,11 +10,11 @@ mod announcements;
 mod attempts;
 mod audit;
 mod auth;
-pub mod codes;
-mod commit;
 mod departments;
 mod devices;
+mod durability;
 mod enrollment;
+pub mod enrollment_codes;
 mod events;
 mod groups;
 mod import;
@@ -56,7 +56,7 @@ pub use retention::RetentionRun;
 pub use throttle::{Throttle, ThrottlePolicy};
 
 use audit::AuditChain;
-use commit::GroupCommit;
+use durability::Durability;
 
 /// Organisation name used when the store has none (only in tests).
 const DEFAULT_ORG: &str = "Rathaus";
@@ -88,7 +88,7 @@ pub struct Service {
     /// Held across read-modify-write of users and departments.
     directory: Mutex<()>,
     /// Which writes are durable.
-    commit: GroupCommit,
+    durability: Durability,
     /// Pushed events.
     events: broadcast::Sender<Broadcast>,
     /// Live authenticated connections per user.
@@ -244,7 +244,7 @@ impl Service {
             log: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             directory: Mutex::new(()),
-            commit: GroupCommit::default(),
+            durability: Durability::default(),
             events,
             live: LiveConnections::default(),
             audit: AuditChain::default(),
@@ -288,8 +288,10 @@ impl Service {
 
     /// Waits until every write so far is durable (used at shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let ticket = self.commit.latest();
-        self.commit.durable(self.db.store().as_ref(), ticket).await
+        let ticket = self.durability.latest();
+        self.durability
+            .durable(self.db.store().as_ref(), ticket)
+            .await
     }
 
     /// Answers a request on an authenticated connection. Authentication, enrollment and
@@ -550,7 +552,7 @@ impl Service {
     }
 
     async fn durable(&self, ticket: u64) -> Result<(), Refusal> {
-        self.commit
+        self.durability
             .durable(self.db.store().as_ref(), ticket)
             .await
             .map_err(Refusal::from)

@@ -9,7 +9,7 @@ use rathaus_protocol::{ErrorCode, Request, Response, Role, UserId};
 
 use rathaus_protocol::GroupHandle;
 
-use super::{codes, removal, Refusal, Service};
+use super::{enrollment_codes, removal, Refusal, Service};
 use crate::metrics::{FlushMetrics, RequestLabels, ServiceMetrics};
 use crate::store::{CodeRecord, RetentionRecord, StoreError, UserRecord, Writes};
 
@@ -85,7 +85,7 @@ impl Service {
     }
 
     pub(crate) fn flush_metrics(&self) -> &FlushMetrics {
-        &self.commit.metrics
+        &self.durability.metrics
     }
 
     pub(super) fn check_post_size(&self, request: &Request) -> Result<(), Refusal> {
@@ -147,13 +147,13 @@ impl Service {
         let server =
             UserId::parse(removal::SERVER_USER).map_err(|e| Refusal::internal(e.to_string()))?;
         let now = self.now_ms();
-        let code = codes::generate();
+        let code = enrollment_codes::generate();
         let record = CodeRecord {
             // A freshly generated code always normalises; the fallback only makes the code
             // unusable, never usable by someone else.
-            sha256: codes::digest(&code).unwrap_or([0xff; 32]),
+            sha256: enrollment_codes::digest(&code).unwrap_or([0xff; 32]),
             created_ms: now,
-            expires_ms: now.saturating_add(codes::CODE_LIFETIME_MS),
+            expires_ms: now.saturating_add(enrollment_codes::CODE_LIFETIME_MS),
         };
         let (action, ticket) = {
             let _dir = self.directory();
@@ -203,7 +203,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            (action, self.commit.written())
+            (action, self.durability.written())
         };
         self.durable(ticket).await?;
         tracing::warn!(%user, action, "break-glass admin enrollment code issued");

@@ -7,13 +7,13 @@ use rathaus_protocol::{
     DepartmentInfo, DepartmentSlug, ErrorCode, Response, Role, UserId, UserSummary,
 };
 
-use super::{codes, Broadcast, Refusal, Service};
+use super::{enrollment_codes, Broadcast, Refusal, Service};
 use crate::store::{CodeRecord, Db, DepartmentRecord, ServerMeta, StoreError, UserRecord, Writes};
 
 /// Writes the settings and the first administrator of a new server; returns the
 /// administrator's enrollment code.
 pub fn bootstrap(db: &Db, now_ms: i64, org: &str, admin: &UserId) -> Result<String, StoreError> {
-    let code = codes::generate();
+    let code = enrollment_codes::generate();
     let user = UserRecord {
         id: admin.clone(),
         name: "Administrator".into(),
@@ -104,7 +104,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            (dept, self.commit.written())
+            (dept, self.durability.written())
         };
         self.durable(ticket).await?;
         tracing::info!(department = %dept.slug, by = %me.id, "department added");
@@ -145,7 +145,7 @@ impl Service {
             .into_iter()
             .collect();
         let now = self.now_ms();
-        let code = codes::generate();
+        let code = enrollment_codes::generate();
         let record = code_record(&code, now);
         let ticket = {
             let _dir = self.directory();
@@ -187,7 +187,7 @@ impl Service {
             audit.record(&mut w, now, &me.id, "user.add", id.as_str(), detail)?;
             self.db.apply(w)?;
             audit.commit();
-            self.commit.written()
+            self.durability.written()
         };
         self.durable(ticket).await?;
         tracing::info!(user = %id, by = %me.id, "user added");
@@ -257,7 +257,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            (self.commit.written(), left)
+            (self.durability.written(), left)
         };
         self.durable(ticket).await?;
         let ended = self.live.end_all(id);
@@ -340,7 +340,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            (self.commit.written(), user, joined, left)
+            (self.durability.written(), user, joined, left)
         };
         self.durable(ticket).await?;
         tracing::info!(user = %id, by = %me.id, joined = joined.len(), left = left.len(), "user moved");
@@ -375,7 +375,7 @@ impl Service {
             ));
         }
         let now = self.now_ms();
-        let code = codes::generate();
+        let code = enrollment_codes::generate();
         let record = code_record(&code, now);
         let (ticket, departments) = {
             let _dir = self.directory();
@@ -398,7 +398,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            (self.commit.written(), user.departments.clone())
+            (self.durability.written(), user.departments.clone())
         };
         self.durable(ticket).await?;
         let ended = self.live.end_all(id);
@@ -485,9 +485,9 @@ pub(super) fn code_record(code: &str, now_ms: i64) -> CodeRecord {
     CodeRecord {
         // A freshly generated code always normalises; the fallback is unreachable and
         // would only make the code unusable, never usable by someone else.
-        sha256: codes::digest(code).unwrap_or([0xff; 32]),
+        sha256: enrollment_codes::digest(code).unwrap_or([0xff; 32]),
         created_ms: now_ms,
-        expires_ms: now_ms.saturating_add(codes::CODE_LIFETIME_MS),
+        expires_ms: now_ms.saturating_add(enrollment_codes::CODE_LIFETIME_MS),
     }
 }
 

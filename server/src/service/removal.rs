@@ -138,7 +138,7 @@ impl Service {
                 .put_public_state(group, &state.record()?)?;
             let mut heads = self.log_lock();
             let first = self.append_locked(&mut heads, group, &entries, w)?;
-            (first, entries, self.commit.written())
+            (first, entries, self.durability.written())
         };
         self.durable(ticket).await?;
         let last = first + entries.len() as u64 - 1;

@@ -92,7 +92,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            self.commit.written()
+            self.durability.written()
         };
         self.durable(ticket).await?;
         tracing::info!(%group, ?days, by = %me.id, "retention set");
@@ -127,7 +127,7 @@ impl Service {
             }
         }
         if let Some(ticket) = ticket {
-            self.commit
+            self.durability
                 .durable(self.db.store().as_ref(), ticket)
                 .await?;
         }
@@ -190,6 +190,10 @@ impl Service {
         )?;
         self.db.apply(w)?;
         audit.commit();
-        Ok((deleted, full && !reached_newer, Some(self.commit.written())))
+        Ok((
+            deleted,
+            full && !reached_newer,
+            Some(self.durability.written()),
+        ))
     }
 }

@@ -57,7 +57,7 @@ impl Service {
                 .chain([Role::Member])
                 .collect();
             if after == before {
-                (user, self.commit.latest())
+                (user, self.durability.latest())
             } else {
                 user.roles = after.iter().copied().collect();
                 let mut w = Writes::new();
@@ -77,7 +77,7 @@ impl Service {
                 )?;
                 self.db.apply(w)?;
                 audit.commit();
-                (user, self.commit.written())
+                (user, self.durability.written())
             }
         };
         self.durable(ticket).await?;

@@ -60,7 +60,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            self.commit.written()
+            self.durability.written()
         };
         self.durable(ticket).await?;
         tracing::info!(%group, by = %me.id, "room created");
@@ -119,7 +119,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            self.commit.written()
+            self.durability.written()
         };
         self.durable(ticket).await?;
         self.push_to_all(vec![user], Event::SecretGroupsChanged);
@@ -151,7 +151,7 @@ impl Service {
             let mut w = Writes::new();
             w.put_room(&room)?.put_room_invitations(slug, &invited)?;
             self.db.apply(w)?;
-            (self.commit.written(), room)
+            (self.durability.written(), room)
         };
         self.durable(ticket).await?;
         tracing::info!(%group, user = %me.id, "joined room");
@@ -190,7 +190,7 @@ impl Service {
             )?;
             self.db.apply(w)?;
             audit.commit();
-            self.commit.written()
+            self.durability.written()
         };
         self.durable(ticket).await?;
         if let Some(room) = self.db.room(slug)? {

@@ -160,7 +160,7 @@ impl Service {
             w.put_secret_group(&group, &record)?
                 .put_public_state(&group, &state.record()?)?;
             self.db.apply(w)?;
-            self.commit.written()
+            self.durability.written()
         };
         self.durable(ticket).await?;
         tracing::info!(%group, by = %me.id, "secret group born");

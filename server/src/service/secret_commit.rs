@@ -183,7 +183,7 @@ impl Service {
             touched.extend(removed);
             touched.sort();
             touched.dedup();
-            (seq, new_epoch, self.commit.written(), entry, touched)
+            (seq, new_epoch, self.durability.written(), entry, touched)
         };
         self.durable(ticket).await?;
         self.mark_durable(&group, seq);

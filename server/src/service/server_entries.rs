@@ -61,7 +61,7 @@ impl Service {
             group: group.clone(),
             seq,
             entry,
-            ticket: self.commit.written(),
+            ticket: self.durability.written(),
         })
     }
 

@@ -13,7 +13,7 @@ use crate::store::{Store, StoreError};
 
 /// Tracks which writes are durable.
 #[derive(Debug, Default)]
-pub(crate) struct GroupCommit {
+pub(crate) struct Durability {
     /// Tickets handed out (= writes applied).
     written: AtomicU64,
     /// Every ticket up to this one is durable.
@@ -24,7 +24,7 @@ pub(crate) struct GroupCommit {
     pub(crate) metrics: crate::metrics::FlushMetrics,
 }
 
-impl GroupCommit {
+impl Durability {
     /// Records that a write was applied; returns its ticket.
     pub(crate) fn written(&self) -> u64 {
         self.written.fetch_add(1, Ordering::SeqCst) + 1
@@ -100,7 +100,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_writes_share_flushes() {
         let store = Arc::new(SlowFlush::default());
-        let commit = Arc::new(GroupCommit::default());
+        let commit = Arc::new(Durability::default());
         let mut tasks = Vec::new();
         for _ in 0..100 {
             let (store, commit) = (store.clone(), commit.clone());
