@@ -5,10 +5,11 @@
 //! *pinned* on first sight (trust on first use). When a later sync shows another key for
 //! a pinned device, the pin is replaced, its verification is dropped and a `warning` row
 //! appears in the affected group's timeline; a new device of a user already known gets a
-//! `notice` row. `rathaus verify USER` prints the [`SafetyNumber`] over both users'
-//! pinned keys, and `--confirm` marks those keys verified. A [`GroupCode`] over the
-//! roster and the epoch authenticator lets a team check in a meeting that everybody
-//! sees the same group.
+//! `notice` row, and a device under this user's own id that is not linked with this
+//! device a `warning` row. `rathaus verify USER` prints the [`SafetyNumber`] over both
+//! users' keys, and `--confirm` marks those keys verified. A [`GroupCode`] over every leaf
+//! (user, device, key) and the epoch authenticator lets a team check in a meeting that
+//! everybody sees the same group.
 //!
 //! Keys come only from MLS leaves: the server's member lists carry no keys, and a key the
 //! server merely claims would prove nothing.
