@@ -469,7 +469,10 @@ pub(crate) enum UserCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging();
     let out = Output::new(cli.json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -492,6 +495,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refuses: its message on stderr, exit code 2 as clap does; with
+/// `--json` anywhere on the line, also one JSON error document on stdout (code `Usage`), so
+/// scripts read every failure the same way. `--help` and `--version` print as usual.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if std::env::args_os().any(|a| a == "--json") {
+        let rendered = e.render().to_string();
+        // clap's message without the usage and help hints that follow it.
+        let message = rendered
+            .lines()
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let message = message.trim_start_matches("error: ").to_owned();
+        println!(
+            "{}",
+            serde_json::json!({"error": {"code": "Usage", "message": message}})
+        );
+    }
+    let _ = e.print();
+    ExitCode::from(2)
 }
 
 /// A send the server could not take yet: queued, reported, exit code 75.

@@ -37,16 +37,21 @@ impl Output {
 
     /// Reports a failure: one line on stderr; with `--json` also a JSON error on stdout.
     pub(crate) fn error(&self, e: &anyhow::Error) {
-        let code = e
-            .downcast_ref::<ClientError>()
-            .and_then(|c| c.code())
-            .map(|c| c.as_str().to_owned());
+        let code = error_code(e);
         let message = one_line(e);
         if self.json {
             println!("{}", json!({"error": {"code": code, "message": message}}));
         }
         eprintln!("rathaus: {message}");
     }
+}
+
+/// The stable code of a failure: the client library's for its errors, `Invalid` for
+/// what the CLI itself refuses (arguments, files, passwords it was given).
+pub(crate) fn error_code(e: &anyhow::Error) -> &'static str {
+    e.chain()
+        .find_map(|cause| cause.downcast_ref::<ClientError>())
+        .map_or("Invalid", ClientError::code_name)
 }
 
 fn one_line(e: &anyhow::Error) -> String {

@@ -106,6 +106,31 @@ impl ClientError {
         }
     }
 
+    /// A short stable name for this failure, as `--json` prints it and scripts match on:
+    /// the server's [`ErrorCode`] name when the server refused, else the client's own
+    /// (`Unreachable`, `FingerprintMismatch`, …). Never changes for a given variant.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            ClientError::NotEnrolled(_) => "NotEnrolled",
+            ClientError::AlreadyEnrolled(_) => "AlreadyEnrolled",
+            ClientError::FingerprintMismatch { .. } => "FingerprintMismatch",
+            ClientError::UntrustedCertificate { .. } => "UntrustedCertificate",
+            ClientError::Unreachable { .. } => "Unreachable",
+            ClientError::ConnectionLost(_) => "ConnectionLost",
+            ClientError::AccountRemoved => "AccountRemoved",
+            ClientError::ServerShuttingDown => "ServerShuttingDown",
+            ClientError::Server { code, .. } => code.as_str(),
+            ClientError::Protocol(_) | ClientError::UnexpectedResponse(_) => "ProtocolViolation",
+            ClientError::Timeout(_) => "Timeout",
+            ClientError::Invalid(_) => "Invalid",
+            ClientError::Store(_) => "LocalStore",
+            ClientError::Mls(_) => "SecretGroupState",
+            ClientError::NotOwner(_) => "NotOwner",
+            ClientError::NotMember(_) => "NotMember",
+            ClientError::Io { .. } => "LocalFile",
+        }
+    }
+
     /// Whether retrying later may succeed without any change (network trouble).
     pub fn is_transient(&self) -> bool {
         matches!(

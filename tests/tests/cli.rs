@@ -500,3 +500,75 @@ fn enroll_with_ca_then_send_and_read() {
     assert_eq!(whoami["trust"]["server_name"], "127.0.0.1");
     drop(server);
 }
+
+/// Scripts read every failure the same way: a command line clap refuses is, with
+/// `--json`, one JSON error with the stable code `Usage` and exit code 2.
+#[test]
+fn usage_errors_are_json_with_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = rathaus(tmp.path(), &["--json", "send"], None);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit with 2");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "a usage error with --json is one JSON document ({e}): {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(doc["error"]["code"], "Usage");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("<GROUP>"),
+        "names what is missing: {message}"
+    );
+
+    // Without --json, stdout stays empty and the reason is on stderr.
+    let out = rathaus(tmp.path(), &["frob"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("frob"));
+
+    // A client-side failure carries its stable code too (it used to be null).
+    let out = rathaus(tmp.path(), &["--json", "sync"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["code"], "NotEnrolled");
+}
+
+/// Where nothing listens, the client says so at once, as "connection refused", rather
+/// than waiting for the handshake to time out (the message of the timeout path is "no
+/// answer (timed out)").
+#[test]
+fn nothing_listening_is_reported_as_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().port()
+    };
+    let server = format!("127.0.0.1:{port}");
+    let fingerprint = format!("SHA256:{}", "ab".repeat(32));
+    let out = rathaus(
+        &tmp.path().join("profile"),
+        &[
+            "--json",
+            "enroll",
+            "--server",
+            &server,
+            "--fingerprint",
+            &fingerprint,
+            "--user",
+            "P1001",
+            "--code",
+            "AAAA-BBBB-CCCC-DDDD",
+            "--password-stdin",
+        ],
+        Some("correct horse battery staple\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["code"], "Unreachable", "{doc}");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("connection refused") && message.contains(&server),
+        "{message}"
+    );
+}

@@ -178,14 +178,24 @@ impl Connection {
         let connecting = endpoint
             .connect_with(config, remote, &server_name)
             .map_err(|e| unreachable(e.to_string()))?;
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        // Where nothing listens, the host answers with ICMP "port unreachable", which quinn
+        // does not report: the handshake would wait for CONNECT_TIMEOUT. A connected UDP
+        // socket does hear it, so a refusal probe races the handshake and ends it at once.
+        let handshake = async {
+            tokio::select! {
+                connected = connecting => Ok(connected),
+                refused = refused_probe(remote) => Err(refused),
+            }
+        };
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
             Err(_) => return Err(unreachable("no answer (timed out)".into())),
-            Ok(Err(e)) => {
+            Ok(Err(refused)) => return Err(unreachable(refused)),
+            Ok(Ok(Err(e))) => {
                 return Err(refusal
                     .error()
                     .unwrap_or_else(|| unreachable(e.to_string())))
             }
-            Ok(Ok(conn)) => conn,
+            Ok(Ok(Ok(conn))) => conn,
         };
         Ok(Self { endpoint, conn })
     }
@@ -399,6 +409,34 @@ pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
             }
             Err(e) => return Err(FrameIoError::Stream(e.to_string())),
         }
+    }
+}
+
+/// Completes only when `remote` refuses UDP datagrams (nothing listens there), with the
+/// reason; otherwise it never completes. It sends a single byte, which a QUIC server drops
+/// as too short to be a packet.
+async fn refused_probe(remote: SocketAddr) -> String {
+    let bind: SocketAddr = if remote.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    };
+    let socket = match tokio::net::UdpSocket::bind(bind).await {
+        Ok(socket) => socket,
+        Err(_) => return std::future::pending().await,
+    };
+    if socket.connect(remote).await.is_err() || socket.send(&[0]).await.is_err() {
+        return std::future::pending().await;
+    }
+    let mut buf = [0u8; 64];
+    match socket.recv(&mut buf).await {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "nothing is listening there (connection refused); is the server running, and is \
+             the address right?"
+                .to_owned()
+        }
+        // Any answer or other error says nothing about a refusal: the handshake decides.
+        Ok(_) | Err(_) => std::future::pending().await,
     }
 }
 
