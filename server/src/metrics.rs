@@ -38,11 +38,14 @@ pub(crate) struct ConnectionLabels {
 pub(crate) struct ServiceMetrics {
     /// Authenticated requests by kind and outcome.
     pub(crate) requests: Family<RequestLabels, Counter>,
+    /// Requests outside a session (`Ping`, `Enroll`, `AddDevice`, `Hello` with its proof,
+    /// and whatever is refused for want of one) by kind and outcome.
+    pub(crate) prelogin_requests: Family<RequestLabels, Counter>,
     /// `Post` requests answered with a stored entry (public and secret groups).
     pub(crate) posts: Counter,
     /// Secret-group commits accepted.
     pub(crate) commits: Counter,
-    /// Refusals with `RateLimited` among authenticated requests.
+    /// Refusals with `RateLimited` (logins and enrollments included).
     pub(crate) throttled: Counter,
     /// Time from a subscriber task taking a posted entry to its frame being written.
     pub(crate) fanout_seconds: Histogram,
@@ -52,6 +55,7 @@ impl Default for ServiceMetrics {
     fn default() -> Self {
         Self {
             requests: Family::default(),
+            prelogin_requests: Family::default(),
             posts: Counter::default(),
             commits: Counter::default(),
             throttled: Counter::default(),
@@ -81,6 +85,21 @@ impl Default for FlushMetrics {
     }
 }
 
+/// What the transport's defences against hostile peers refused, since start.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DefenceMetrics {
+    /// Frames refused: malformed, over the limit, or not allowed before authentication.
+    pub(crate) refused_frames: Counter,
+    /// Connections closed for not authenticating in time.
+    pub(crate) auth_timeouts: Counter,
+    /// Connections refused because their network held too many unauthenticated ones.
+    pub(crate) per_addr_refusals: Counter,
+    /// QUIC Retry packets sent (address validation under load).
+    pub(crate) retries: Counter,
+    /// Connections closed after repeated failed proofs.
+    pub(crate) failed_proof_closes: Counter,
+}
+
 /// Gauges read at scrape time.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Gauges {
@@ -99,8 +118,44 @@ pub(crate) fn registry(
     service: &ServiceMetrics,
     flush: &FlushMetrics,
     gauges: &Gauges,
+    defences: &DefenceMetrics,
 ) -> Registry {
     let mut r = Registry::with_prefix("rathaus");
+    r.register(
+        "prelogin_requests",
+        "Requests outside a session (Ping, Enroll, AddDevice, Hello and its proof, and \
+         those refused as Unauthenticated) by kind and outcome",
+        service.prelogin_requests.clone(),
+    );
+    for (name, help, counter) in [
+        (
+            "refused_frames",
+            "Frames refused: malformed, over the limit, or not allowed before login",
+            &defences.refused_frames,
+        ),
+        (
+            "auth_timeouts",
+            "Connections closed for not authenticating in time",
+            &defences.auth_timeouts,
+        ),
+        (
+            "per_addr_refusals",
+            "Connections refused: their network held too many unauthenticated ones",
+            &defences.per_addr_refusals,
+        ),
+        (
+            "quic_retries",
+            "QUIC Retry packets sent to validate addresses under load",
+            &defences.retries,
+        ),
+        (
+            "failed_proof_closes",
+            "Connections closed after repeated failed device proofs",
+            &defences.failed_proof_closes,
+        ),
+    ] {
+        r.register(name, help, counter.clone());
+    }
     r.register(
         "requests",
         "Authenticated requests by kind and outcome (ok or error code)",
@@ -118,7 +173,7 @@ pub(crate) fn registry(
     );
     r.register(
         "throttled",
-        "Authenticated requests refused as RateLimited",
+        "Requests refused as RateLimited, logins and enrollments included",
         service.throttled.clone(),
     );
     r.register_with_unit(

@@ -301,10 +301,37 @@ async fn metrics_and_health_carry_no_message_content() {
         .unwrap();
     jonas.read(&group("bauamt/secret")).await.unwrap();
 
+    // A login with a wrong enrollment code happens before any session: counted too.
+    assert!(backend
+        .enroll("P1003", "AAAA-BBBB-CCCC-DDDD-EEEE")
+        .await
+        .is_err());
+
     let (status, body) = tokio::task::spawn_blocking(move || http_get(metrics, "/metrics"))
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
+    assert!(
+        sample(
+            &body,
+            "rathaus_prelogin_requests_total",
+            &["kind=\"Hello\"", "code=\"ok\""]
+        )
+        .unwrap_or(0.0)
+            >= 3.0,
+        "the three logins are counted: {body}"
+    );
+    let failed_enrollments: f64 = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("rathaus_prelogin_requests_total{")
+                && l.contains("kind=\"Enroll\"")
+                && !l.contains("code=\"ok\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failed_enrollments >= 1.0, "the failed enrollment: {body}");
+    assert!(sample(&body, "rathaus_refused_frames_total", &[]).is_some());
     for secret_thing in [
         public_canary.as_str(),
         secret_canary.as_str(),

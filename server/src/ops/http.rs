@@ -38,6 +38,7 @@ pub(crate) async fn serve(
         service.metrics(),
         service.flush_metrics(),
         &gauges,
+        &ctx.counters,
     ));
     let db_dir = Arc::new(data_dir.join("db"));
     loop {

@@ -107,6 +107,27 @@ impl Service {
         Ok(())
     }
 
+    /// Counts a request answered outside a session (login, enrollment, pings, and
+    /// refusals for want of a session), in `rathaus_prelogin_requests_total`.
+    pub(crate) fn count_prelogin_request(
+        &self,
+        kind: &'static str,
+        result: &Result<Response, Refusal>,
+    ) {
+        let code = match result {
+            Ok(Response::Error { code, .. }) => code.as_str(),
+            Ok(_) => "ok",
+            Err(refusal) => refusal.code.as_str(),
+        };
+        self.metrics
+            .prelogin_requests
+            .get_or_create(&RequestLabels { kind, code })
+            .inc();
+        if code == "RateLimited" {
+            self.metrics.throttled.inc();
+        }
+    }
+
     pub(super) fn count_request(&self, kind: &'static str, result: &Result<Response, Refusal>) {
         let code = match result {
             Ok(Response::Error { code, .. }) => code.as_str(),

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -91,19 +91,12 @@ pub struct DefenceStats {
     pub request_bytes_now: usize,
 }
 
-/// Counters shared by the transport tasks.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) refused_frames: AtomicU64,
-    pub(crate) auth_timeouts: AtomicU64,
-    pub(crate) per_addr_refusals: AtomicU64,
-    pub(crate) retries: AtomicU64,
-    pub(crate) failed_proof_closes: AtomicU64,
-}
+/// Counters shared by the transport tasks (exported at `/metrics` too).
+pub(crate) use crate::metrics::DefenceMetrics as Counters;
 
 /// Counts one more of `counter` and returns the new total.
-pub(crate) fn count(counter: &AtomicU64) -> u64 {
-    counter.fetch_add(1, Ordering::Relaxed) + 1
+pub(crate) fn count(counter: &prometheus_client::metrics::counter::Counter) -> u64 {
+    counter.inc() + 1
 }
 
 pub(crate) use crate::service::worth_logging;

@@ -239,7 +239,7 @@ impl RunningServer {
     /// What the defences against hostile clients have refused since start.
     pub fn defence_stats(&self) -> DefenceStats {
         let c = &self.ctx.counters;
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let get = |a: &prometheus_client::metrics::counter::Counter| a.get();
         DefenceStats {
             refused_frames: get(&c.refused_frames),
             over_budget: self.ctx.budget.refused(),

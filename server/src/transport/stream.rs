@@ -41,11 +41,16 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
     let kind = request_kind(&request);
     if !ctx.is_authenticated() && !allowed_before_auth(&request) {
         refused_frame(&ctx, kind, "not allowed before authentication");
+        ctx.server
+            .service
+            .count_prelogin_request(kind, &Err(unauthenticated()));
         reject(&mut send, &mut recv, unauthenticated().to_response()).await;
         return;
     }
     tracing::debug!(peer = %ctx.peer, request = kind, "request");
     let service = &ctx.server.service;
+    // Requests inside a session are counted by the service; the others here.
+    let mut in_session = false;
     let answer = match request {
         Request::Ping => Ok(Response::Pong),
         Request::Enroll {
@@ -114,10 +119,16 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
             None => Err(unauthenticated()),
         },
         other => match ctx.session() {
-            Some(session) => service.handle(&session, other).await,
+            Some(session) => {
+                in_session = true;
+                service.handle(&session, other).await
+            }
             None => Err(unauthenticated()),
         },
     };
+    if !in_session {
+        service.count_prelogin_request(kind, &answer);
+    }
     let response = match answer {
         Ok(r) => r,
         Err(refusal) => {
