@@ -29,6 +29,7 @@ pub mod error;
 pub mod import;
 pub mod mls;
 pub mod net;
+mod restore;
 mod secret;
 pub mod store;
 mod sync;

@@ -282,6 +282,13 @@ impl Client {
             }
         }
         report.fetched.extend(self.sync_secret_groups().await?);
+        // Own posts a restored server had forgotten went back into the outbox while
+        // fetching (crate::restore): they go out now, not at some later sync.
+        if !self.store.pending()?.is_empty() {
+            let again = self.flush_outbox().await?;
+            report.sent += again.sent;
+            report.failed.extend(again.failed);
+        }
         Ok(report)
     }
 
@@ -291,24 +298,34 @@ impl Client {
         let handle = group.to_string();
         let mut total = 0;
         // Bounded: each round advances the cursor or stops.
-        for _ in 0..100_000 {
+        for round in 0..100_000 {
             let since = self.store.cursor(&handle)?;
+            // The first round starts at the entry of the cursor, already held, to notice
+            // a server restored from an older copy (crate::restore).
+            let check_fork = round == 0 && since > 0;
             let request = Request::Fetch {
                 group: group.clone(),
-                since,
+                since: if check_fork { since - 1 } else { since },
                 limit: rathaus_protocol::limits::MAX_FETCH,
             };
             let (entries, head) = match self.request(&request).await? {
                 Response::Entries { entries, head, .. } => (entries, head),
                 _ => return Err(ClientError::UnexpectedResponse("Fetch")),
             };
+            if check_fork && self.settle_fork(group, since, &entries, head).await? {
+                continue;
+            }
             let Some(last) = entries.last().map(|e| e.seq) else {
                 break;
             };
             if last <= since {
                 break;
             }
-            let rows: Vec<TimelineRow> = entries.iter().map(|e| timeline_row(group, e)).collect();
+            let rows: Vec<TimelineRow> = entries
+                .iter()
+                .filter(|e| e.seq > since)
+                .map(|e| timeline_row(group, e))
+                .collect();
             total += rows.len();
             self.store.append_fetched(&handle, &rows, last)?;
             if last >= head {

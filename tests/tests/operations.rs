@@ -604,3 +604,152 @@ fn assert_private(dir: &Path) {
         & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Texts of the timeline rows, by seq (notices have the seq they follow).
+fn texts(rows: &[rathaus_client::store::TimelineRow]) -> Vec<(u64, String, String)> {
+    rows.iter()
+        .map(|r| (r.seq, r.kind.clone(), r.text.clone()))
+        .collect()
+}
+
+/// An operator puts back an older copy of the data directory (copy, more posts, copy
+/// back). The server's log then ends below what clients have shown and gives those seqs
+/// to new posts. Clients notice: the server's new posts are shown (not hidden behind the
+/// old ones with the same number), what the server forgot stays on the device and a
+/// warning says so, the author's forgotten public posts are sent again, and the secret
+/// group goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_notice_a_server_put_back_to_an_older_copy() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    let bauamt = group("bauamt");
+    let secret = group("bauamt/secret");
+    anna.send_text(&bauamt, "vor der Kopie").await.unwrap();
+    jonas.send_text(&secret, "geheim vorher").await.unwrap();
+    within("anna sync", anna.sync()).await.unwrap().unwrap();
+    within("jonas sync", jonas.sync()).await.unwrap().unwrap();
+    for c in [&mut admin, &mut anna, &mut jonas] {
+        c.disconnect().await;
+    }
+
+    // The copy.
+    backend.stop().await;
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&backend.data_dir(), copy.path());
+    backend.run().await.unwrap();
+
+    // Posts the copy does not hold, seen by everyone.
+    backend.clock.advance(Duration::from_secs(5));
+    anna.send_text(&bauamt, "verloren eins").await.unwrap();
+    anna.send_text(&bauamt, "verloren zwei").await.unwrap();
+    anna.send_text(&secret, "geheim verloren").await.unwrap();
+    within("jonas sync", jonas.sync()).await.unwrap().unwrap();
+    let seen = texts(&jonas.read(&bauamt).await.unwrap());
+    assert!(
+        seen.iter().any(|(_, _, t)| t == "verloren zwei"),
+        "{seen:?}"
+    );
+    let forgotten_seq = seen
+        .iter()
+        .find(|(_, _, t)| t == "verloren eins")
+        .map(|(s, _, _)| *s)
+        .unwrap();
+    for c in [&mut admin, &mut anna, &mut jonas] {
+        c.disconnect().await;
+    }
+
+    // The copy put back.
+    backend.stop().await;
+    std::fs::remove_dir_all(backend.data_dir()).unwrap();
+    copy_dir(copy.path(), &backend.data_dir());
+    backend.run().await.unwrap();
+
+    // A new post takes the number the forgotten one had.
+    backend.clock.advance(Duration::from_secs(5));
+    let receipt = admin
+        .send_text(&bauamt, "neu nach dem Zurückspielen")
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt.seq, forgotten_seq,
+        "the restored server reuses the seq"
+    );
+    jonas
+        .send_text(&secret, "geheim nach dem Zurückspielen")
+        .await
+        .unwrap();
+
+    // Jonas sees the new post, a warning, and keeps nothing twice.
+    within("jonas sync", jonas.sync()).await.unwrap().unwrap();
+    let rows = texts(&jonas.read(&bauamt).await.unwrap());
+    assert!(
+        rows.iter()
+            .any(|(s, _, t)| *s == forgotten_seq && t == "neu nach dem Zurückspielen"),
+        "the server's new post is shown under its number: {rows:?}"
+    );
+    assert!(
+        !rows
+            .iter()
+            .any(|(_, k, t)| k == "text" && t.starts_with("verloren")),
+        "what the server forgot is set aside, not shown as if still there: {rows:?}"
+    );
+    let warning = rows
+        .iter()
+        .find(|(_, k, t)| k == "warning" && t.contains("restored"))
+        .unwrap_or_else(|| panic!("a warning about the restore: {rows:?}"));
+    assert!(
+        warning.2.contains("verloren eins"),
+        "it lists what the server forgot: {}",
+        warning.2
+    );
+
+    // Anna, the author: her forgotten public posts go out again.
+    let report = within("anna sync", anna.sync()).await.unwrap().unwrap();
+    assert_eq!(
+        report.sent, 2,
+        "both forgotten posts are sent again: {report:?}"
+    );
+    within("jonas sync", jonas.sync()).await.unwrap().unwrap();
+    let rows = texts(&jonas.read(&bauamt).await.unwrap());
+    for text in ["verloren eins", "verloren zwei"] {
+        let n = rows
+            .iter()
+            .filter(|(s, k, t)| k == "text" && t == text && *s > forgotten_seq)
+            .count();
+        assert_eq!(n, 1, "{text} is back on the server, once: {rows:?}");
+    }
+
+    // The secret group: Anna sees Jonas' new message, which took the seq of her
+    // forgotten one, and both can still write to each other.
+    let rows = texts(&anna.read(&secret).await.unwrap());
+    assert!(
+        rows.iter()
+            .any(|(_, _, t)| t.contains("geheim nach dem Zurückspielen")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|(_, k, t)| k == "warning" && t.contains("restored")),
+        "{rows:?}"
+    );
+    anna.send_text(&secret, "geheim weiter").await.unwrap();
+    let rows = texts(&jonas.read(&secret).await.unwrap());
+    assert!(
+        rows.iter().any(|(_, _, t)| t.contains("geheim weiter")),
+        "{rows:?}"
+    );
+    backend.stop().await;
+}

@@ -30,14 +30,17 @@ impl Client {
         let gid = mls_group_id(group);
         let mut learned_names = false;
         // Bounded: each round advances the cursor or stops.
-        for _ in 0..100_000 {
+        for round in 0..100_000 {
             if !self.mls.has_group(&gid)? {
                 return Ok(());
             }
             let since = self.store.cursor(&handle)?;
+            // The first round starts at the entry of the cursor, already held, to notice
+            // a server restored from an older copy (crate::restore).
+            let check_fork = round == 0 && since > 0;
             let request = Request::Fetch {
                 group: group.clone(),
-                since,
+                since: if check_fork { since - 1 } else { since },
                 limit: rathaus_protocol::limits::MAX_FETCH,
             };
             let (entries, head) = match self.request(&request).await {
@@ -47,6 +50,9 @@ impl Client {
                 Err(e) if e.code() == Some(ErrorCode::Forbidden) => return Ok(()),
                 Err(e) => return Err(e),
             };
+            if check_fork && self.settle_fork(group, since, &entries, head).await? {
+                continue;
+            }
             let Some(last) = entries.last().map(|e| e.seq) else {
                 break;
             };
@@ -98,7 +104,12 @@ impl Client {
     fn process_entry(&self, group: &GroupHandle, entry: &LogEntry, batch: &Batch) -> Result<()> {
         let handle = group.to_string();
         let gid = mls_group_id(group);
-        if self.store.is_own_entry(&handle, entry.seq)? {
+        // A seq this device holds for an entry received at another time: the server was
+        // restored from an older copy and gave the seq to a new entry (crate::restore).
+        // The new one replaces what is held only if it processes; a replay does not.
+        let taken = store::row_mark_on(self.mls.connection(), &handle, entry.seq)?
+            .is_some_and(|held| held.sent_at_ms != entry.sent_at_ms);
+        if !taken && self.store.is_own_entry(&handle, entry.seq)? {
             let conn = self.mls.connection();
             return store::append_rows(conn, &handle, &[], Some(entry.seq));
         }
@@ -116,8 +127,19 @@ impl Client {
             let incoming = match self.mls.process_message(bytes, roster) {
                 Ok(incoming) => incoming,
                 Err(MlsError::Storage(e)) => return Err(e.into()),
+                // Not a new message: what this device holds under the seq stays.
+                Err(_) if taken => return Ok(None),
                 Err(e) => return Ok(Some(self.refused_row(group, entry, &gid, e)?)),
             };
+            if taken {
+                store::cut_fork_on(
+                    self.mls.connection(),
+                    &handle,
+                    entry.seq,
+                    false,
+                    crate::time_fmt::now_ms(),
+                )?;
+            }
             let row = match incoming {
                 Incoming::Application { sender, plaintext } => {
                     Some(self.application_row(group, entry, &sender, &plaintext))

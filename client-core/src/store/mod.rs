@@ -4,6 +4,7 @@
 //! Every multi-row change (a fetched batch plus its cursor, an acknowledged send plus its
 //! timeline row) is one SQLite transaction, so a crash never leaves them out of step.
 
+mod fork;
 mod keyfile;
 
 use std::path::Path;
@@ -11,6 +12,8 @@ use std::path::Path;
 use rathaus_protocol::ClientMsgId;
 use rusqlite::{params, Connection, OptionalExtension};
 
+pub(crate) use fork::{cut_fork as cut_fork_on, row_mark as row_mark_on};
+pub use fork::{EntryMark, ForkCut};
 pub use keyfile::{load_device_key, write_device_key, KEY_FILE};
 
 use crate::error::{ClientError, Result};
@@ -49,6 +52,16 @@ pub struct TimelineRow {
     pub expires_at_ms: Option<i64>,
     /// For a moderation entry: the post it removed.
     pub removes: Option<u64>,
+}
+
+impl TimelineRow {
+    /// What identifies the log entry this row shows (see [`EntryMark`]).
+    pub fn mark(&self) -> EntryMark {
+        EntryMark {
+            sender: self.sender.clone(),
+            sent_at_ms: self.sent_at_ms,
+        }
+    }
 }
 
 /// A message waiting in the outbox.
@@ -94,6 +107,7 @@ impl ProfileStore {
         let store = Self { db };
         store.migrate()?;
         crate::trust::create_tables(&store.db)?;
+        fork::create_tables(&store.db)?;
         Ok(store)
     }
 
@@ -167,7 +181,13 @@ impl ProfileStore {
     pub fn append_fetched(&mut self, group: &str, rows: &[TimelineRow], cursor: u64) -> Result<()> {
         let tx = self.db.transaction()?;
         {
+            // Public groups: a fetched entry under a seq this device holds for another
+            // entry means the server was restored from an older copy (fork.rs).
+            let requeue_own =
+                rathaus_protocol::GroupHandle::parse(group).is_ok_and(|g| !g.is_secret());
+            let now = crate::time_fmt::now_ms();
             for row in rows {
+                fork::cut_if_taken(&tx, group, row.seq, &row.mark(), requeue_own, now)?;
                 insert_row(&tx, row)?;
             }
             tx.execute(
@@ -227,6 +247,46 @@ impl ProfileStore {
             )?
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    /// The mark (sender, receive time) of the local row `seq` of `group`, if any.
+    pub fn row_mark(&self, group: &str, seq: u64) -> Result<Option<EntryMark>> {
+        fork::row_mark(&self.db, group, seq)
+    }
+
+    /// The marks of the local rows of `group` with `lo < seq <= hi`, by seq.
+    pub fn row_marks(&self, group: &str, lo: u64, hi: u64) -> Result<Vec<(u64, EntryMark)>> {
+        fork::row_marks(&self.db, group, lo, hi)
+    }
+
+    /// Moves the cursor of `group` back to `to` (never forward) with a `warning` notice,
+    /// in one transaction: the server's log of a secret group ends before what this
+    /// device holds (see `crate::restore`).
+    pub fn rewind_cursor(&mut self, group: &str, to: u64, notice: &str) -> Result<()> {
+        let tx = self.db.transaction()?;
+        tx.execute(
+            "UPDATE cursors SET seq = min(seq, ?2) WHERE grp = ?1",
+            params![group, to_i64(to)],
+        )?;
+        crate::trust::add_notice(
+            &tx,
+            group,
+            to,
+            crate::time_fmt::now_ms(),
+            crate::trust::WARNING_KIND,
+            notice,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets aside this device's history of `group` from seq `from` on, after the server
+    /// was restored from an older copy (see `fork.rs`), in one transaction.
+    pub fn cut_fork(&mut self, group: &str, from: u64, requeue_own: bool) -> Result<ForkCut> {
+        let tx = self.db.transaction()?;
+        let cut = fork::cut_fork(&tx, group, from, requeue_own, crate::time_fmt::now_ms())?;
+        tx.commit()?;
+        Ok(cut)
     }
 
     /// Highest seq the user has read in `group`.
@@ -348,6 +408,17 @@ impl ProfileStore {
     /// transaction.
     pub fn mark_acked(&mut self, client_id: ClientMsgId, row: &TimelineRow) -> Result<()> {
         let tx = self.db.transaction()?;
+        // Public groups: the outbox holds the plaintext post, which can be sent again.
+        let requeue_own =
+            rathaus_protocol::GroupHandle::parse(&row.group).is_ok_and(|g| !g.is_secret());
+        fork::cut_if_taken(
+            &tx,
+            &row.group,
+            row.seq,
+            &row.mark(),
+            requeue_own,
+            crate::time_fmt::now_ms(),
+        )?;
         tx.execute(
             "UPDATE outbox SET state = 'acked', seq = ?2 WHERE client_id = ?1",
             params![client_id.0.as_slice(), to_i64(row.seq)],

@@ -34,7 +34,7 @@ pub use codes::{
 };
 pub use pins::DevicePin;
 
-pub(crate) use pins::create_tables;
+pub(crate) use pins::{add_notice, create_tables};
 
 /// Timeline kind of a changed key.
 pub const WARNING_KIND: &str = "warning";

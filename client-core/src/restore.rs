@@ -1,0 +1,214 @@
+//! Noticing a server that was restored from an older copy of its data.
+//!
+//! Every fetch of a group starts one entry early: at the entry of the cursor, which this
+//! device already holds. If the server's log now ends below the cursor, or its entry at
+//! the cursor is a different one (another sender or receive time), the server has
+//! forgotten part of what this device showed and given those seqs to new posts. The
+//! device then looks back for the last entry both still agree on and sets its own branch
+//! aside from the one after it ([`crate::store::ProfileStore::cut_fork`]: kept locally,
+//! announced in a `warning` row, own public posts sent again), so that the server's new
+//! posts are fetched instead of being mistaken for ones already held.
+//!
+//! The decision is [`fork_evidence`] and [`fork_point`], plain functions over the entries
+//! and marks; the requests around them are in [`Client::fork_start`].
+
+use rathaus_protocol::{GroupHandle, LogEntry, Request, Response};
+
+use crate::error::{ClientError, Result};
+use crate::store::EntryMark;
+use crate::Client;
+
+/// Entries fetched per step while looking back for the fork.
+const LOOK_BACK_PAGE: u32 = 200;
+/// Steps looked back at most (then the fork is taken to start at the oldest step).
+const LOOK_BACK_STEPS: usize = 10_000;
+
+/// The mark of a server log entry.
+pub(crate) fn mark_of(entry: &LogEntry) -> EntryMark {
+    EntryMark {
+        sender: entry.sender.to_string(),
+        sent_at_ms: entry.sent_at_ms,
+    }
+}
+
+/// Whether a first page fetched from `cursor - 1` proves a fork, and if so the highest
+/// seq that may still be shared with the server. `held` is the local mark at `cursor`.
+pub(crate) fn fork_evidence(
+    cursor: u64,
+    entries: &[LogEntry],
+    head: u64,
+    held: Option<&EntryMark>,
+) -> Option<u64> {
+    if cursor == 0 {
+        return None;
+    }
+    if head < cursor {
+        return Some(head);
+    }
+    let first = entries.first()?;
+    if first.seq != cursor {
+        // The entry at the cursor is gone (retention): nothing to compare.
+        return None;
+    }
+    match held {
+        Some(held) if *held != mark_of(first) => Some(cursor - 1),
+        _ => None,
+    }
+}
+
+/// Where one step of looking back ends: `Some(seq)` is the first seq of the fork (the
+/// highest entry both agree on is `seq - 1`); `None`: no agreement within these entries.
+/// `local` and `server` are marks by seq in one range; seqs only one side holds (removed
+/// by retention) are skipped.
+pub(crate) fn fork_point(local: &[(u64, EntryMark)], server: &[(u64, EntryMark)]) -> Option<u64> {
+    local.iter().rev().find_map(|(seq, mark)| {
+        server
+            .iter()
+            .find(|(s, _)| s == seq)
+            .and_then(|(_, theirs)| (theirs == mark).then_some(seq + 1))
+    })
+}
+
+impl Client {
+    /// The first seq of `group` where this device's history and the server's part, given
+    /// that they may agree at most up to `shared_at_most`. Looks back page by page.
+    pub(crate) async fn fork_start(
+        &mut self,
+        group: &GroupHandle,
+        shared_at_most: u64,
+    ) -> Result<u64> {
+        let handle = group.to_string();
+        let mut hi = shared_at_most;
+        for _ in 0..LOOK_BACK_STEPS {
+            if hi == 0 {
+                return Ok(1);
+            }
+            let lo = hi.saturating_sub(u64::from(LOOK_BACK_PAGE));
+            let request = Request::Fetch {
+                group: group.clone(),
+                since: lo,
+                limit: LOOK_BACK_PAGE,
+            };
+            let entries = match self.request(&request).await? {
+                Response::Entries { entries, .. } => entries,
+                _ => return Err(ClientError::UnexpectedResponse("Fetch")),
+            };
+            let server: Vec<(u64, EntryMark)> = entries
+                .iter()
+                .filter(|e| e.seq > lo && e.seq <= hi)
+                .map(|e| (e.seq, mark_of(e)))
+                .collect();
+            let local = self.store.row_marks(&handle, lo, hi)?;
+            if let Some(start) = fork_point(&local, &server) {
+                return Ok(start);
+            }
+            hi = lo;
+        }
+        Ok(hi + 1)
+    }
+
+    /// Checks a first page fetched from `cursor - 1` for a fork and sets this device's
+    /// branch aside if there is one. Returns whether it did (the cursor moved back).
+    pub(crate) async fn settle_fork(
+        &mut self,
+        group: &GroupHandle,
+        cursor: u64,
+        entries: &[LogEntry],
+        head: u64,
+    ) -> Result<bool> {
+        let handle = group.to_string();
+        if group.is_secret() {
+            // What a secret group's device holds cannot be fetched and decrypted again, so
+            // nothing is set aside on the server's word: the cursor goes back so that new
+            // entries are read, and an entry under a seq this device holds replaces it
+            // only if it is a message the device can process (crate::secret::log).
+            if cursor > 0 && head < cursor {
+                let notice = format!(
+                    "The server's history of this secret group ends at #{head}, before #{cursor}                      which this device has shown: the server was restored from an older copy                      (or is withholding messages). Messages from #{} on are read again.",
+                    head + 1
+                );
+                self.store.rewind_cursor(&handle, head, &notice)?;
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        let held = self.store.row_mark(&handle, cursor)?;
+        let Some(shared_at_most) = fork_evidence(cursor, entries, head, held.as_ref()) else {
+            return Ok(false);
+        };
+        let start = self.fork_start(group, shared_at_most).await?;
+        let cut = self.store.cut_fork(&handle, start, !group.is_secret())?;
+        tracing::warn!(
+            group = %handle,
+            from = start,
+            rows = cut.rows,
+            requeued = cut.requeued,
+            "the server's history ends before this device's: set aside"
+        );
+        // Own posts put back into the outbox go out with the end of this sync.
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(sender: &str, at: i64) -> EntryMark {
+        EntryMark {
+            sender: sender.into(),
+            sent_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn the_fork_starts_after_the_last_entry_both_hold_alike() {
+        let local = vec![(3, m("a", 3)), (4, m("a", 4)), (5, m("a", 5))];
+        // The server forgot 4 and 5 and gave 4 to a new post.
+        let server = vec![(3, m("a", 3)), (4, m("b", 40))];
+        assert_eq!(fork_point(&local, &server), Some(4));
+        // Nothing in common in this range: look further back.
+        assert_eq!(fork_point(&local[1..], &server[1..]), None);
+        // A seq removed by retention on one side is skipped, not a disagreement.
+        let server = vec![(2, m("a", 2)), (4, m("b", 40))];
+        let local = vec![(2, m("a", 2)), (3, m("a", 3)), (4, m("a", 4))];
+        assert_eq!(fork_point(&local, &server), Some(3));
+    }
+
+    #[test]
+    fn evidence_is_a_log_behind_the_cursor_or_another_entry_at_it() {
+        use rathaus_protocol::{ClientMsgId, EntryBody, UserId};
+        let entry = |seq: u64, sender: &str, at: i64| LogEntry {
+            seq,
+            sender: UserId::parse(sender).unwrap_or_else(|_| unreachable!()),
+            sender_name: sender.into(),
+            sent_at_ms: at,
+            client_id: ClientMsgId([0; 16]),
+            body: EntryBody::Removed {
+                by: UserId::parse("x").unwrap_or_else(|_| unreachable!()),
+            },
+        };
+        let held = m("P1", 50);
+        assert_eq!(fork_evidence(0, &[], 0, None), None, "nothing held yet");
+        assert_eq!(
+            fork_evidence(5, &[], 3, Some(&held)),
+            Some(3),
+            "log behind cursor"
+        );
+        assert_eq!(
+            fork_evidence(5, &[entry(5, "P1", 50), entry(6, "P2", 60)], 6, Some(&held)),
+            None,
+            "the same entry at the cursor"
+        );
+        assert_eq!(
+            fork_evidence(5, &[entry(5, "P2", 55)], 6, Some(&held)),
+            Some(4),
+            "another entry at the cursor"
+        );
+        assert_eq!(
+            fork_evidence(5, &[entry(7, "P2", 70)], 7, Some(&held)),
+            None,
+            "the cursor's entry removed by retention proves nothing"
+        );
+    }
+}
