@@ -13,7 +13,7 @@ use rathaus_client::{
 use rathaus_protocol::{DepartmentSlug, Event, GroupHandle, Role, UserId};
 use serde_json::{json, Value};
 
-use crate::output::Output;
+use crate::output::{human_time, Output};
 use crate::{password, AdminCommand, Cli, Command, DepartmentCommand, Switch, UserCommand};
 
 pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
@@ -586,7 +586,7 @@ async fn admin(profile: Option<PathBuf>, command: AdminCommand, out: &Output) ->
                 || {
                     format!(
                         "created {user} ({name})\nenrollment code: {code}\n(valid once, until {})",
-                        rfc3339(expires)
+                        human_time(expires)
                     )
                 },
             );
@@ -632,7 +632,7 @@ async fn admin(profile: Option<PathBuf>, command: AdminCommand, out: &Output) ->
                     format!(
                         "{user}: all devices revoked; new one-time enrollment code {code} \
                          (valid until {})",
-                        rfc3339(expires)
+                        human_time(expires)
                     )
                 },
             );
@@ -681,7 +681,7 @@ async fn admin(profile: Option<PathBuf>, command: AdminCommand, out: &Output) ->
                         format!(
                             "{:>5} {} {:<10} {:<22} {} {}",
                             e.index,
-                            rfc3339(e.at_ms),
+                            human_time(e.at_ms),
                             e.actor.as_str(),
                             e.action,
                             e.target,
@@ -952,7 +952,7 @@ pub(crate) fn row_text(row: &TimelineRow) -> String {
     format!(
         "#{:<4} {}  {}: {}",
         row.seq,
-        rfc3339(row.sent_at_ms),
+        human_time(row.sent_at_ms),
         row.sender_name,
         row.text
     )

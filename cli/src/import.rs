@@ -165,7 +165,7 @@ fn print_report(out: &Output, report: &ImportReport, dir: Option<&Path>, written
                             "\n{:<12} {}  (until {})",
                             u.user.as_str(),
                             u.enrollment_code,
-                            rfc3339(u.expires_at_ms)
+                            crate::output::human_time(u.expires_at_ms)
                         ));
                     }
                 }

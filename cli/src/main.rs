@@ -39,6 +39,9 @@ pub(crate) struct Cli {
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Show times in UTC instead of the local time zone (human output; JSON is always UTC).
+    #[arg(long, global = true)]
+    utc: bool,
     /// Profile directory (device key + local database). Default: ~/.rathaus
     #[arg(long, global = true, env = "RATHAUS_PROFILE")]
     profile: Option<PathBuf>,
@@ -474,6 +477,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_logging();
+    output::set_utc(cli.utc);
     let out = Output::new(cli.json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

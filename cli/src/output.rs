@@ -1,7 +1,33 @@
 //! Printing: human text, or one JSON document with `--json`; errors as one line on stderr.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rathaus_client::ClientError;
 use serde_json::{json, Value};
+
+/// `--utc`: human output shows times in UTC instead of the local time zone.
+static UTC: AtomicBool = AtomicBool::new(false);
+
+/// Chooses UTC (`--utc`) or the local time zone for times in human output.
+pub(crate) fn set_utc(utc: bool) {
+    UTC.store(utc, Ordering::Relaxed);
+}
+
+/// A time for people to read: local time with its offset (`2026-12-01 09:15:00 +01:00`,
+/// the offset in force at that instant, from the system's time zone rules), or with
+/// `--utc` RFC 3339 in UTC. JSON output always carries RFC 3339 UTC.
+pub(crate) fn human_time(ms: i64) -> String {
+    if UTC.load(Ordering::Relaxed) {
+        return rathaus_client::time_fmt::rfc3339(ms);
+    }
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => t
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S %:z")
+            .to_string(),
+        None => rathaus_client::time_fmt::rfc3339(ms),
+    }
+}
 
 /// Where results go.
 pub(crate) struct Output {

@@ -198,6 +198,35 @@ fn init_run_enroll_provision_post_read_with_json() {
     assert_eq!(messages[0]["text"], "Hallo Bauamt");
     assert!(messages[0]["sent_at"].as_str().unwrap().contains('T'));
 
+    // Human output shows local time (here a Berlin-like zone, given as a POSIX TZ rule
+    // so that no zone database is needed); `--utc` keeps UTC. JSON stays UTC.
+    let sent_at = messages[0]["sent_at"].as_str().unwrap().to_owned();
+    let read_text = |extra: &[&str]| {
+        let out = Command::new(workspace_bin("rathaus").unwrap())
+            .arg("--profile")
+            .arg(&jonas)
+            .args(["read", "bauamt"])
+            .args(extra)
+            .env("TZ", "CET-1CEST,M3.5.0,M10.5.0/3")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let local = read_text(&[]);
+    let first = local.lines().find(|l| l.contains("Hallo Bauamt")).unwrap();
+    assert!(
+        first.contains("+01:00") || first.contains("+02:00"),
+        "local time with its offset (CET or CEST): {first}"
+    );
+    assert!(!first.contains(&sent_at), "{first}");
+    let utc = read_text(&["--utc"]);
+    let first = utc.lines().find(|l| l.contains("Hallo Bauamt")).unwrap();
+    assert!(
+        first.contains(&sent_at),
+        "UTC as in JSON: {first} / {sent_at}"
+    );
+
     let groups = json_ok(&rathaus(&anna, &["groups", "--json"], None));
     assert!(groups["groups"]
         .as_array()
