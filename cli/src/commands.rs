@@ -183,17 +183,31 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
         Command::Read { group } => {
             let group = GroupHandle::parse(&group)?;
             let mut client = open(profile)?;
-            let rows = client.read(&group).await?;
+            // The server unreachable: the history this device holds, marked as such.
+            let (rows, offline) = match client.read(&group).await {
+                Ok(rows) => (rows, None),
+                Err(e) if e.is_transient() => (client.read_local(&group)?, Some(e)),
+                Err(e) => return Err(e.into()),
+            };
             // A rostered colleague whose device no owner admitted yet sees why it is empty.
-            let waiting = group.is_secret() && client.group_code(&group)?.is_none();
+            let waiting =
+                offline.is_none() && group.is_secret() && client.group_code(&group)?.is_none();
             let docs: Vec<Value> = rows.iter().map(row_json).collect();
             let mut doc = json!({"group": group.to_string(), "messages": docs});
             if waiting {
                 doc["waiting_for_admission"] = json!(true);
             }
+            if let Some(e) = &offline {
+                doc["offline"] = json!({"code": e.code_name(), "message": e.to_string()});
+            }
             out.print(doc, || {
                 let mut lines: Vec<String> = rows.iter().map(row_text).collect();
-                if waiting {
+                if let Some(e) = &offline {
+                    lines.push(format!(
+                        "(offline: {e}; this is the history this device holds, newer \
+                         messages may be waiting on the server)"
+                    ));
+                } else if waiting {
                     lines.push(format!(
                         "{group}: waiting for an owner to admit this device (`rathaus members \
                          {group}` shows the owners)"

@@ -354,6 +354,12 @@ impl Client {
         self.store.visible_timeline(&handle, now_ms())
     }
 
+    /// The local timeline of `group` as this device holds it, without asking the server
+    /// (for showing history while the server is unreachable).
+    pub fn read_local(&self, group: &GroupHandle) -> Result<Vec<TimelineRow>> {
+        self.store.visible_timeline(&group.to_string(), now_ms())
+    }
+
     /// Applies a pushed event: stores a new entry (fetching any gap before it first).
     /// Returns the timeline rows that became new.
     pub async fn apply_event(&mut self, event: &Event) -> Result<Vec<TimelineRow>> {

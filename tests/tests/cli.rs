@@ -334,6 +334,24 @@ fn init_run_enroll_provision_post_read_with_json() {
     ));
     let outbox = json_ok(&rathaus(&anna, &["outbox", "--json"], None));
     assert!(outbox["queued"].as_array().unwrap().is_empty(), "{outbox}");
+
+    // `read` with the server gone shows the history the device holds, marked offline.
+    let offline = json_ok(&rathaus(&jonas, &["read", "bauamt", "--json"], None));
+    assert_eq!(offline["offline"]["code"], "Unreachable", "{offline}");
+    let texts: Vec<&str> = offline["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert!(texts.contains(&"Hallo Bauamt"), "{offline}");
+    let text = rathaus(&jonas, &["read", "bauamt"], None);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Hallo Bauamt") && text.lines().last().unwrap().contains("offline"),
+        "{text}"
+    );
 }
 
 /// `enroll --ca` (DESIGN §3, §9): a server with a certificate from the organisation's CA,
