@@ -183,6 +183,7 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
         Command::Read { group } => {
             let group = GroupHandle::parse(&group)?;
             let mut client = open(profile)?;
+            crate::progress::show_catch_up(&mut client, out);
             // The server unreachable: the history this device holds, marked as such.
             let (rows, offline) = match client.read(&group).await {
                 Ok(rows) => (rows, None),
@@ -222,6 +223,7 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
         }
         Command::Sync => {
             let mut client = open(profile)?;
+            crate::progress::show_catch_up(&mut client, out);
             let report = client.sync().await?;
             let fetched: serde_json::Map<String, Value> = report
                 .fetched
@@ -771,6 +773,7 @@ async fn admin(profile: Option<PathBuf>, command: AdminCommand, out: &Output) ->
 /// when the connection drops, and stops for good when the account was removed.
 async fn listen(profile: Option<PathBuf>, count: Option<u64>, out: &Output) -> Result<()> {
     let mut client = open(profile)?;
+    crate::progress::show_catch_up(&mut client, out);
     let mut printed = 0u64;
     let mut backoff = Duration::from_millis(500);
     loop {

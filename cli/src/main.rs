@@ -10,6 +10,7 @@ mod import;
 mod letters;
 mod output;
 mod password;
+mod progress;
 mod rooms;
 mod verify;
 

@@ -93,9 +93,53 @@ pub struct Client {
     /// MLS state of the secret groups, on its own connection to the profile file (so a
     /// processed message and its history rows commit in one transaction there).
     pub(crate) mls: MlsEngine,
+    /// Told how a long catch-up goes (see [`Client::on_catch_up`]).
+    pub(crate) catch_up: Option<CatchUpHook>,
+}
+
+/// A function told how a catch-up goes.
+pub(crate) struct CatchUpHook(Box<dyn FnMut(&CatchUp) + Send>);
+
+impl std::fmt::Debug for CatchUpHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CatchUpHook")
+    }
+}
+
+/// How far fetching one group's backlog has come: after each page of entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The group being fetched.
+    pub group: String,
+    /// Entries fetched so far in this catch-up.
+    pub done: u64,
+    /// Entries the server held beyond the cursor when it started (grows if more arrive).
+    pub total: u64,
 }
 
 impl Client {
+    /// Has `hook` told, after each page, how far fetching a group's backlog has come (a
+    /// progress bar for long catch-ups). Called only for backlogs beyond one page.
+    pub fn on_catch_up(&mut self, hook: impl FnMut(&CatchUp) + Send + 'static) {
+        self.catch_up = Some(CatchUpHook(Box::new(hook)));
+    }
+
+    /// Tells the catch-up hook, if any, about a page (beyond the first of a backlog that
+    /// fits in one page, which is over before anyone could look).
+    pub(crate) fn report_catch_up(&mut self, group: &str, start: u64, last: u64, head: u64) {
+        let total = head.saturating_sub(start);
+        if total <= u64::from(rathaus_protocol::limits::MAX_FETCH) {
+            return;
+        }
+        if let Some(hook) = self.catch_up.as_mut() {
+            (hook.0)(&CatchUp {
+                group: group.to_owned(),
+                done: last.saturating_sub(start),
+                total,
+            });
+        }
+    }
+
     /// Enrolls a new device with a one-time code and creates the profile in `dir`.
     /// The password and code are wiped from memory once sent.
     pub async fn enroll(dir: &Path, mut options: EnrollOptions) -> Result<Client> {
@@ -211,6 +255,7 @@ impl Client {
             identity,
             conn: None,
             mls,
+            catch_up: None,
         })
     }
 
@@ -431,6 +476,7 @@ impl Client {
             identity,
             conn: None,
             mls,
+            catch_up: None,
         })
     }
 }

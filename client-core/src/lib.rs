@@ -37,7 +37,7 @@ pub mod time_fmt;
 pub mod trust;
 
 pub use announce::AnnouncementDraft;
-pub use client::{Client, EnrollOptions, GroupView, Identity};
+pub use client::{CatchUp, Client, EnrollOptions, GroupView, Identity};
 pub use devices::{LinkedDevice, OwnDevice};
 pub use error::{ClientError, Result};
 pub use import::{parse_import, ImportFile, ImportReport, ImportedUser, RefusedRow};

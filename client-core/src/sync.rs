@@ -297,9 +297,11 @@ impl Client {
     pub async fn fetch_group(&mut self, group: &GroupHandle) -> Result<usize> {
         let handle = group.to_string();
         let mut total = 0;
+        let mut start = None;
         // Bounded: each round advances the cursor or stops.
         for round in 0..100_000 {
             let since = self.store.cursor(&handle)?;
+            let start = *start.get_or_insert(since);
             // The first round starts at the entry of the cursor, already held, to notice
             // a server restored from an older copy (crate::restore).
             let check_fork = round == 0 && since > 0;
@@ -328,6 +330,7 @@ impl Client {
                 .collect();
             total += rows.len();
             self.store.append_fetched(&handle, &rows, last)?;
+            self.report_catch_up(&handle, start, last, head);
             if last >= head {
                 break;
             }

@@ -592,3 +592,43 @@ async fn a_certificate_from_an_intermediate_ca_is_validated_up_to_the_root() {
         .close()
         .await;
 }
+
+/// A long catch-up tells the app how far it has come, page by page, up to the whole
+/// backlog (the CLI draws a progress bar from it); a short one says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_catch_up_reports_its_progress() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let mut jonas = backend
+        .user(&mut admin, "P1002", "Jonas Weber", &["bauamt"])
+        .await
+        .unwrap();
+    let steps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = steps.clone();
+    jonas.on_catch_up(move |step| seen.lock().unwrap().push(step.clone()));
+
+    anna.send_text(&bauamt(), "kurz").await.unwrap();
+    within("short sync", jonas.sync()).await.unwrap().unwrap();
+    assert!(steps.lock().unwrap().is_empty(), "one page: no progress");
+
+    let backlog = u64::from(rathaus_protocol::limits::MAX_FETCH) + 50;
+    for i in 0..backlog {
+        anna.send_text(&bauamt(), &format!("Meldung {i}"))
+            .await
+            .unwrap();
+    }
+    within("long sync", jonas.sync()).await.unwrap().unwrap();
+    let steps = steps.lock().unwrap().clone();
+    assert_eq!(steps.len(), 2, "one step per page: {steps:?}");
+    assert!(steps
+        .iter()
+        .all(|s| s.group == "bauamt" && s.total == backlog));
+    assert!(steps.windows(2).all(|w| w[0].done < w[1].done), "{steps:?}");
+    assert_eq!(steps.last().unwrap().done, backlog);
+    backend.stop().await;
+}

@@ -30,11 +30,13 @@ impl Client {
         let gid = mls_group_id(group);
         let mut learned_names = false;
         // Bounded: each round advances the cursor or stops.
+        let mut start = None;
         for round in 0..100_000 {
             if !self.mls.has_group(&gid)? {
                 return Ok(());
             }
             let since = self.store.cursor(&handle)?;
+            let start = *start.get_or_insert(since);
             // The first round starts at the entry of the cursor, already held, to notice
             // a server restored from an older copy (crate::restore).
             let check_fork = round == 0 && since > 0;
@@ -93,6 +95,7 @@ impl Client {
                 .filter(|entry| entry.seq > since)
                 .try_for_each(|entry| self.process_entry(group, entry, &batch));
             finish(conn, result)?;
+            self.report_catch_up(&handle, start, last, head);
             if last >= head {
                 break;
             }
