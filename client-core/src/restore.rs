@@ -31,6 +31,17 @@ pub(crate) fn mark_of(entry: &LogEntry) -> EntryMark {
     }
 }
 
+/// Whether a held row and a server entry are the same entry. Rows of secret groups name
+/// the MLS-verified sender (a committer, the server for its proposals), not the log's
+/// label, so there only the receive time counts.
+pub(crate) fn same_entry(held: &EntryMark, theirs: &EntryMark, secret: bool) -> bool {
+    if secret {
+        held.sent_at_ms == theirs.sent_at_ms
+    } else {
+        held == theirs
+    }
+}
+
 /// Whether a first page fetched from `cursor - 1` proves a fork, and if so the highest
 /// seq that may still be shared with the server. `held` is the local mark at `cursor`.
 pub(crate) fn fork_evidence(
@@ -60,12 +71,16 @@ pub(crate) fn fork_evidence(
 /// highest entry both agree on is `seq - 1`); `None`: no agreement within these entries.
 /// `local` and `server` are marks by seq in one range; seqs only one side holds (removed
 /// by retention) are skipped.
-pub(crate) fn fork_point(local: &[(u64, EntryMark)], server: &[(u64, EntryMark)]) -> Option<u64> {
+pub(crate) fn fork_point(
+    local: &[(u64, EntryMark)],
+    server: &[(u64, EntryMark)],
+    secret: bool,
+) -> Option<u64> {
     local.iter().rev().find_map(|(seq, mark)| {
         server
             .iter()
             .find(|(s, _)| s == seq)
-            .and_then(|(_, theirs)| (theirs == mark).then_some(seq + 1))
+            .and_then(|(_, theirs)| same_entry(mark, theirs, secret).then_some(seq + 1))
     })
 }
 
@@ -78,10 +93,16 @@ impl Client {
         shared_at_most: u64,
     ) -> Result<u64> {
         let handle = group.to_string();
+        // Below the oldest row this device holds there is nothing to disagree about.
+        let floor = self
+            .store
+            .first_row_seq(&handle)?
+            .unwrap_or(shared_at_most + 1)
+            .max(1);
         let mut hi = shared_at_most;
         for _ in 0..LOOK_BACK_STEPS {
-            if hi == 0 {
-                return Ok(1);
+            if hi < floor {
+                return Ok(floor);
             }
             let lo = hi.saturating_sub(u64::from(LOOK_BACK_PAGE));
             let request = Request::Fetch {
@@ -98,8 +119,22 @@ impl Client {
                 .filter(|e| e.seq > lo && e.seq <= hi)
                 .map(|e| (e.seq, mark_of(e)))
                 .collect();
-            let local = self.store.row_marks(&handle, lo, hi)?;
-            if let Some(start) = fork_point(&local, &server) {
+            let mut local = self.store.row_marks(&handle, lo, hi)?;
+            if group.is_secret() {
+                // Only rows that carry the server's mark can be compared: not this
+                // device's own entries (commits carry its clock) nor its notes of the
+                // server's doing (joining).
+                let mut comparable = Vec::with_capacity(local.len());
+                for (seq, mark) in local {
+                    if mark.sender != rathaus_protocol::mls::SERVER_IDENTITY
+                        && !self.store.is_own_entry(&handle, seq)?
+                    {
+                        comparable.push((seq, mark));
+                    }
+                }
+                local = comparable;
+            }
+            if let Some(start) = fork_point(&local, &server, group.is_secret()) {
                 return Ok(start);
             }
             hi = lo;
@@ -117,26 +152,33 @@ impl Client {
         head: u64,
     ) -> Result<bool> {
         let handle = group.to_string();
-        if group.is_secret() {
-            // What a secret group's device holds cannot be fetched and decrypted again, so
-            // nothing is set aside on the server's word: the cursor goes back so that new
-            // entries are read, and an entry under a seq this device holds replaces it
-            // only if it is a message the device can process (crate::secret::log).
-            if cursor > 0 && head < cursor {
-                let notice = format!(
-                    "The server's history of this secret group ends at #{head}, before #{cursor}                      which this device has shown: the server was restored from an older copy                      (or is withholding messages). Messages from #{} on are read again.",
-                    head + 1
-                );
-                self.store.rewind_cursor(&handle, head, &notice)?;
-                return Ok(true);
-            }
-            return Ok(false);
-        }
-        let held = self.store.row_mark(&handle, cursor)?;
+        let secret = group.is_secret();
+        // Rows of secret groups made on this device (its own commits, its joining) carry
+        // its own clock; the server's mark of the cursor's entry is kept aside instead.
+        let held = if secret {
+            // None when the cursor was set without a fetched entry (joining, an own
+            // commit): then the log reprocesses the cursor's entry (crate::secret::log).
+            crate::store::cursor_mark_on(self.store.connection(), &handle, cursor)?
+        } else {
+            self.store.row_mark(&handle, cursor)?
+        };
         let Some(shared_at_most) = fork_evidence(cursor, entries, head, held.as_ref()) else {
             return Ok(false);
         };
         let start = self.fork_start(group, shared_at_most).await?;
+        if secret {
+            // What a secret group's device holds cannot be fetched and decrypted again, so
+            // nothing is set aside on the server's word: the cursor goes back so that the
+            // entries from the fork on are read, and one under a seq this device holds
+            // replaces it only if it processes as a new message (crate::secret::log).
+            let notice = format!(
+                "The server's history of this secret group differs from #{start} on from \
+                 what this device has shown: it was restored from an older copy (or is \
+                 withholding messages). Messages from #{start} on are read again."
+            );
+            self.store.rewind_cursor(&handle, start - 1, &notice)?;
+            return Ok(true);
+        }
         let cut = self.store.cut_fork(&handle, start, !group.is_secret())?;
         tracing::warn!(
             group = %handle,
@@ -166,13 +208,13 @@ mod tests {
         let local = vec![(3, m("a", 3)), (4, m("a", 4)), (5, m("a", 5))];
         // The server forgot 4 and 5 and gave 4 to a new post.
         let server = vec![(3, m("a", 3)), (4, m("b", 40))];
-        assert_eq!(fork_point(&local, &server), Some(4));
+        assert_eq!(fork_point(&local, &server, false), Some(4));
         // Nothing in common in this range: look further back.
-        assert_eq!(fork_point(&local[1..], &server[1..]), None);
+        assert_eq!(fork_point(&local[1..], &server[1..], false), None);
         // A seq removed by retention on one side is skipped, not a disagreement.
         let server = vec![(2, m("a", 2)), (4, m("b", 40))];
         let local = vec![(2, m("a", 2)), (3, m("a", 3)), (4, m("a", 4))];
-        assert_eq!(fork_point(&local, &server), Some(3));
+        assert_eq!(fork_point(&local, &server, false), Some(3));
     }
 
     #[test]
@@ -196,7 +238,7 @@ mod tests {
             "log behind cursor"
         );
         assert_eq!(
-            fork_evidence(5, &[entry(5, "P1", 50), entry(6, "P2", 60)], 6, Some(&held)),
+            fork_evidence(5, &[entry(5, "P1", 50), entry(6, "P2", 60)], 6, Some(&held),),
             None,
             "the same entry at the cursor"
         );

@@ -362,6 +362,19 @@ pub enum Request {
         /// The department.
         slug: DepartmentSlug,
     },
+    /// A member whose group is ahead of the server's copy (the server was restored from
+    /// an older copy of its data and lost commits) hands the server its current public
+    /// state: the GroupInfo (`MLSMessage`, signed by this device's leaf) and the ratchet
+    /// tree of its epoch. The server checks them as it checks a commit's tree and takes
+    /// them over only if they are ahead of its own. Answered with `Done`.
+    RepairSecretGroup {
+        /// The group.
+        group: GroupHandle,
+        /// GroupInfo `MLSMessage` bytes of the member's epoch.
+        group_info: Vec<u8>,
+        /// TLS-serialized ratchet tree of that epoch.
+        ratchet_tree: Vec<u8>,
+    },
 }
 
 /// One colleague of a bulk import.

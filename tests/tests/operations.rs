@@ -753,3 +753,95 @@ async fn clients_notice_a_server_put_back_to_an_older_copy() {
     );
     backend.stop().await;
 }
+
+/// The copy put back lost a commit (a colleague admitted after the copy): the server's
+/// secret group is at an earlier epoch than its members, which used to answer every
+/// message with `StaleEpoch` for good. The owner's device repairs the server's copy from
+/// its own state (checked by the server); then everyone writes again. A member who is not
+/// an owner may not repair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_group_behind_its_members_is_repaired_by_an_owner() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    let secret = group("bauamt/secret");
+    anna.send_text(&secret, "vor der Kopie").await.unwrap();
+    within("jonas sync", jonas.sync()).await.unwrap().unwrap();
+    let paul_code = backend
+        .provision(&mut admin, "P1004", "Paul Schmidt", &["bauamt"], &[])
+        .await
+        .unwrap();
+    let mut paul = backend.enroll("P1004", &paul_code).await.unwrap();
+    within("paul sync", paul.sync()).await.unwrap().unwrap();
+    for c in [&mut admin, &mut anna, &mut jonas, &mut paul] {
+        c.disconnect().await;
+    }
+
+    backend.stop().await;
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&backend.data_dir(), copy.path());
+    backend.run().await.unwrap();
+
+    // After the copy: Paul is admitted (a commit the copy does not hold).
+    backend.clock.advance(Duration::from_secs(5));
+    within("approve", anna.approve(&secret, &uid("P1004")))
+        .await
+        .unwrap()
+        .unwrap();
+    within("paul joins", paul.sync()).await.unwrap().unwrap();
+    within("jonas sync", jonas.sync()).await.unwrap().unwrap();
+    for c in [&mut admin, &mut anna, &mut jonas, &mut paul] {
+        c.disconnect().await;
+    }
+
+    backend.stop().await;
+    std::fs::remove_dir_all(backend.data_dir()).unwrap();
+    copy_dir(copy.path(), &backend.data_dir());
+    backend.run().await.unwrap();
+    backend.clock.advance(Duration::from_secs(5));
+
+    // Jonas is no owner: his message cannot go out, and he may not repair.
+    let refused = jonas.send_text(&secret, "von Jonas").await;
+    assert!(
+        matches!(&refused, Err(e) if e.code() == Some(ErrorCode::StaleEpoch)),
+        "{refused:?}"
+    );
+    let repair = Request::RepairSecretGroup {
+        group: secret.clone(),
+        group_info: vec![0; 16],
+        ratchet_tree: vec![0; 16],
+    };
+    match jonas.request(&repair).await {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}"),
+        Ok(r) => panic!("a member who is no owner repaired the group: {r:?}"),
+    }
+
+    // Anna, the owner: her message goes out, repairing the server's copy on the way.
+    within("anna sends", anna.send_text(&secret, "nach der Reparatur"))
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = texts(&anna.read(&secret).await.unwrap());
+    assert!(
+        rows.iter()
+            .any(|(_, k, t)| k == "warning" && t.contains("brought it up to date")),
+        "{rows:?}"
+    );
+    for member in [&mut jonas, &mut paul] {
+        let rows = texts(&member.read(&secret).await.unwrap());
+        assert!(
+            rows.iter()
+                .any(|(_, _, t)| t.contains("nach der Reparatur")),
+            "{rows:?}"
+        );
+    }
+    within("jonas sends", jonas.send_text(&secret, "von Jonas, danach"))
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = texts(&paul.read(&secret).await.unwrap());
+    assert!(
+        rows.iter().any(|(_, _, t)| t.contains("von Jonas, danach")),
+        "{rows:?}"
+    );
+    backend.stop().await;
+}

@@ -52,9 +52,15 @@ impl Client {
                 Err(e) if e.code() == Some(ErrorCode::Forbidden) => return Ok(()),
                 Err(e) => return Err(e),
             };
+            // A cursor set without a fetched entry (joining, an own commit) has no mark to
+            // compare: its entry is processed once more, which only a new message (one a
+            // restored server gave that seq) survives (see process_entry).
+            let recheck = check_fork
+                && store::cursor_mark_on(self.mls.connection(), &handle, since)?.is_none();
             if check_fork && self.settle_fork(group, since, &entries, head).await? {
                 continue;
             }
+            let wanted = |seq: u64| seq > since || (recheck && seq == since);
             let Some(last) = entries.last().map(|e| e.seq) else {
                 break;
             };
@@ -65,7 +71,7 @@ impl Client {
             // Commits are judged against the roster (removals of rostered users need an
             // owner), server proposals checked against it.
             let needs_roster = entries.iter().any(|e| {
-                e.seq > since
+                wanted(e.seq)
                     && matches!(&e.body, EntryBody::Mls(bytes) if !is_application_message(bytes))
             });
             if needs_roster {
@@ -92,9 +98,13 @@ impl Client {
             conn.execute_batch("BEGIN IMMEDIATE")?;
             let result = entries
                 .iter()
-                .filter(|entry| entry.seq > since)
+                .filter(|entry| wanted(entry.seq))
                 .try_for_each(|entry| self.process_entry(group, entry, &batch));
             finish(conn, result)?;
+            if let Some(entry) = entries.last() {
+                let mark = crate::restore::mark_of(entry);
+                store::set_cursor_mark_on(self.mls.connection(), &handle, entry.seq, &mark)?;
+            }
             self.report_catch_up(&handle, start, last, head);
             if last >= head {
                 break;
@@ -107,12 +117,14 @@ impl Client {
     fn process_entry(&self, group: &GroupHandle, entry: &LogEntry, batch: &Batch) -> Result<()> {
         let handle = group.to_string();
         let gid = mls_group_id(group);
-        // A seq this device holds for an entry received at another time: the server was
-        // restored from an older copy and gave the seq to a new entry (crate::restore).
-        // The new one replaces what is held only if it processes; a replay does not.
+        // Beyond the cursor this device holds rows only for its own entries. Another
+        // entry there, or one received at another time: the server was restored from an
+        // older copy and gave the seq to a new entry (crate::restore). The new one
+        // replaces what is held only if it processes; a replay does not.
+        let own = self.store.is_own_entry(&handle, entry.seq)?;
         let taken = store::row_mark_on(self.mls.connection(), &handle, entry.seq)?
-            .is_some_and(|held| held.sent_at_ms != entry.sent_at_ms);
-        if !taken && self.store.is_own_entry(&handle, entry.seq)? {
+            .is_some_and(|held| !own || held.sent_at_ms != entry.sent_at_ms);
+        if own && !taken {
             let conn = self.mls.connection();
             return store::append_rows(conn, &handle, &[], Some(entry.seq));
         }

@@ -34,6 +34,7 @@ mod key_packages;
 mod log;
 mod memory;
 mod policy;
+mod repair;
 mod rooms;
 mod rows;
 mod send;

@@ -81,6 +81,8 @@ impl Client {
             match self.request(&request).await {
                 Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => {
                     self.fetch_secret_log(group).await?;
+                    // The server may be behind rather than this device (a restore).
+                    self.repair_if_behind(group).await?;
                     last = Some(e);
                 }
                 other => return other,
@@ -252,6 +254,7 @@ impl Client {
                 }
                 Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => {
                     self.mls.discard_pending_commit(&gid)?;
+                    self.repair_if_behind(group).await?;
                 }
                 // The commit may or may not have arrived: keep it staged; the next fetch
                 // finds it in the log (and merges it) or the next attempt replaces it.

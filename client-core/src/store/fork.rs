@@ -50,7 +50,10 @@ pub(crate) fn create_tables(conn: &Connection) -> Result<()> {
              grp TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
              sender_name TEXT NOT NULL, sent_at_ms INTEGER NOT NULL,
              kind TEXT NOT NULL, text TEXT NOT NULL, forked_ms INTEGER NOT NULL);
-         CREATE INDEX IF NOT EXISTS forked_rows_by_group ON forked_rows(grp, seq);",
+         CREATE INDEX IF NOT EXISTS forked_rows_by_group ON forked_rows(grp, seq);
+         CREATE TABLE IF NOT EXISTS cursor_marks (
+             grp TEXT PRIMARY KEY, seq INTEGER NOT NULL, sender TEXT NOT NULL,
+             sent_at_ms INTEGER NOT NULL);",
     )?;
     Ok(())
 }
@@ -59,6 +62,36 @@ pub(crate) fn create_tables(conn: &Connection) -> Result<()> {
 pub(crate) fn row_mark(conn: &Connection, group: &str, seq: u64) -> Result<Option<EntryMark>> {
     Ok(conn
         .prepare_cached("SELECT sender, sent_at_ms FROM timeline WHERE grp = ?1 AND seq = ?2")?
+        .query_row(params![group, to_i64(seq)], |r| {
+            Ok(EntryMark {
+                sender: r.get(0)?,
+                sent_at_ms: r.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Remembers the server's mark of the entry at `seq`, the cursor of `group` after a page
+/// of a secret group (whose rows do not always carry the server's time).
+pub(crate) fn set_cursor_mark(
+    conn: &Connection,
+    group: &str,
+    seq: u64,
+    mark: &EntryMark,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO cursor_marks(grp, seq, sender, sent_at_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(grp) DO UPDATE SET seq = excluded.seq, sender = excluded.sender,
+         sent_at_ms = excluded.sent_at_ms",
+        params![group, to_i64(seq), mark.sender, mark.sent_at_ms],
+    )?;
+    Ok(())
+}
+
+/// The remembered mark of the entry at `seq` of `group`, if that is the one remembered.
+pub(crate) fn cursor_mark(conn: &Connection, group: &str, seq: u64) -> Result<Option<EntryMark>> {
+    Ok(conn
+        .prepare_cached("SELECT sender, sent_at_ms FROM cursor_marks WHERE grp = ?1 AND seq = ?2")?
         .query_row(params![group, to_i64(seq)], |r| {
             Ok(EntryMark {
                 sender: r.get(0)?,

@@ -12,7 +12,10 @@ use std::path::Path;
 use rathaus_protocol::ClientMsgId;
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub(crate) use fork::{cut_fork as cut_fork_on, row_mark as row_mark_on};
+pub(crate) use fork::{
+    cursor_mark as cursor_mark_on, cut_fork as cut_fork_on, row_mark as row_mark_on,
+    set_cursor_mark as set_cursor_mark_on,
+};
 pub use fork::{EntryMark, ForkCut};
 pub use keyfile::{load_device_key, write_device_key, KEY_FILE};
 
@@ -254,13 +257,23 @@ impl ProfileStore {
         fork::row_mark(&self.db, group, seq)
     }
 
+    /// The lowest seq of `group` this device holds a row for.
+    pub fn first_row_seq(&self, group: &str) -> Result<Option<u64>> {
+        let seq: Option<i64> = self.db.query_row(
+            "SELECT min(seq) FROM timeline WHERE grp = ?1",
+            [group],
+            |r| r.get(0),
+        )?;
+        Ok(seq.map(to_u64))
+    }
+
     /// The marks of the local rows of `group` with `lo < seq <= hi`, by seq.
     pub fn row_marks(&self, group: &str, lo: u64, hi: u64) -> Result<Vec<(u64, EntryMark)>> {
         fork::row_marks(&self.db, group, lo, hi)
     }
 
     /// Moves the cursor of `group` back to `to` (never forward) with a `warning` notice,
-    /// in one transaction: the server's log of a secret group ends before what this
+    /// in one transaction: the server's log of a secret group differs from what this
     /// device holds (see `crate::restore`).
     pub fn rewind_cursor(&mut self, group: &str, to: u64, notice: &str) -> Result<()> {
         let tx = self.db.transaction()?;
@@ -432,6 +445,13 @@ impl ProfileStore {
     /// which is also remembered as its own, so that fetching it back skips it.
     pub fn mark_acked_own_mls(&mut self, client_id: ClientMsgId, row: &TimelineRow) -> Result<()> {
         let tx = self.db.transaction()?;
+        // The seq of a row held from before a restore of the server (received at another
+        // time): set aside from there, kept on this device, so the own message shows.
+        if fork::row_mark(&tx, &row.group, row.seq)?
+            .is_some_and(|held| held.sent_at_ms != row.sent_at_ms)
+        {
+            fork::cut_fork(&tx, &row.group, row.seq, false, crate::time_fmt::now_ms())?;
+        }
         tx.execute(
             "UPDATE outbox SET state = 'acked', seq = ?2 WHERE client_id = ?1",
             params![client_id.0.as_slice(), to_i64(row.seq)],

@@ -361,6 +361,14 @@ impl Service {
                 self.create_secret_group(session, &me, group, group_info, ratchet_tree)
                     .await
             }
+            Request::RepairSecretGroup {
+                group,
+                group_info,
+                ratchet_tree,
+            } => {
+                self.repair_secret_group(session, &me, group, group_info, ratchet_tree)
+                    .await
+            }
             Request::Commit {
                 group,
                 epoch,

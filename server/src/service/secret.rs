@@ -168,6 +168,100 @@ impl Service {
         Ok(Response::Done)
     }
 
+    /// Takes over a member's public state of `group` when the server's copy is behind it
+    /// (restored from an older copy of the data, commits lost). Only an owner's device
+    /// that is a member may do it; the GroupInfo must be signed by a leaf of the tree
+    /// (openmls checks it), the device must be in that tree, the tree is checked as a
+    /// commit's tree is (registered keys; new devices active and on the roster), and it
+    /// must be of a later epoch than the server's.
+    pub(super) async fn repair_secret_group(
+        &self,
+        session: &Session,
+        me: &UserRecord,
+        group: GroupHandle,
+        group_info: Vec<u8>,
+        ratchet_tree: Vec<u8>,
+    ) -> Result<Response, Refusal> {
+        let dept = self.secret_department(&group)?;
+        // An owner's member device only: a repair replaces the state every member's
+        // commits are checked against, and owners already decide membership.
+        let forbidden = || {
+            Refusal::new(
+                ErrorCode::Forbidden,
+                format!("only an owner's member device of {group} may repair it"),
+            )
+        };
+        if !dept.owners.contains(&me.id) {
+            return Err(forbidden());
+        }
+        let info = parse_group_info(&group_info)?;
+        let tree = parse_ratchet_tree(&ratchet_tree)?;
+        let device_key = self.device_key(&me.id, session.device)?;
+        let (ticket, from, to) = {
+            let _mls = self.mls_lock();
+            let before = self
+                .db
+                .secret_group(&group)?
+                .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("{group} is not born")))?;
+            if !before
+                .members
+                .iter()
+                .any(|m| m.user == me.id && m.device == session.device)
+            {
+                return Err(forbidden());
+            }
+            let state = PublicState::from_external(&self.crypto, tree, info)?;
+            let context = state.group.group_context();
+            if context.group_id() != &GroupId::from_slice(&group_id(&group)) {
+                return Err(invalid(format!(
+                    "the MLS group id of {group} must be \"rathaus:{group}\""
+                )));
+            }
+            let expected = vec![self.removal_key.external_sender()];
+            if context.extensions().external_senders() != Some(&expected) {
+                return Err(invalid(
+                    "external_senders must hold the server's removal key and nothing else",
+                ));
+            }
+            if state.epoch() <= before.epoch {
+                return Err(Refusal::new(
+                    ErrorCode::StaleEpoch,
+                    format!(
+                        "{group} is at epoch {} here; a repair must be ahead of it",
+                        before.epoch
+                    ),
+                ));
+            }
+            // openmls verified the GroupInfo's signature by one of the tree's leaves; the
+            // repairing device must be one of them, with its registered key.
+            let mine = state.group.members().any(|m| {
+                device_of(&m.credential) == Some((me.id.clone(), session.device))
+                    && m.signature_key == device_key
+            });
+            if !mine {
+                return Err(invalid("this device is not a member of the repaired tree"));
+            }
+            let head = self.db.head(&group)?;
+            // Devices added by the lost commits read from the repair on.
+            let (members, _added) = self.check_tree(&dept, &before, &state, head)?;
+            let record = SecretGroupRecord {
+                epoch: state.epoch(),
+                members,
+                group_info,
+                proposed_removals: Vec::new(),
+            };
+            let mut w = Writes::new();
+            w.put_secret_group(&group, &record)?
+                .put_public_state(&group, &state.record()?)?;
+            self.db.apply(w)?;
+            (self.durability.written(), before.epoch, record.epoch)
+        };
+        self.durable(ticket).await?;
+        tracing::warn!(%group, by = %me.id, from, to, "secret group state repaired from a member");
+        self.push_to_all(roster(&dept), Event::SecretGroupsChanged);
+        Ok(Response::Done)
+    }
+
     pub(super) fn fetch_welcomes(&self, session: &Session) -> Result<Response, Refusal> {
         let mut out = Vec::new();
         for welcome in self.db.welcomes(&session.user, session.device)? {

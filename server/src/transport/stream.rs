@@ -337,6 +337,7 @@ pub(crate) fn request_kind(r: &Request) -> &'static str {
         Request::ClaimKeyPackages { .. } => "ClaimKeyPackages",
         Request::SecretGroups => "SecretGroups",
         Request::CreateSecretGroup { .. } => "CreateSecretGroup",
+        Request::RepairSecretGroup { .. } => "RepairSecretGroup",
         Request::Commit { .. } => "Commit",
         Request::FetchWelcomes => "FetchWelcomes",
         Request::RatchetTree { .. } => "RatchetTree",
