@@ -312,7 +312,8 @@ impl std::fmt::Display for Link {
 /// The colleagues a text mentions: every `@ID` (a personnel number) that does not
 /// continue a word (so `anna@stadt.de` mentions nobody), each once (compared without
 /// regard to case, as personnel numbers are), in order of first mention. A trailing `.`
-/// or `-` ends the sentence, not the number. At most [`MAX_MENTIONS`] are returned.
+/// or `-` ends the sentence, not the number. At most one more than [`MAX_MENTIONS`] are
+/// returned (so that [`Content::validate`] refuses a text with too many).
 pub fn parse_mentions(text: &str) -> Vec<UserId> {
     let mut out: Vec<UserId> = Vec::new();
     let bytes = text.as_bytes();
@@ -335,15 +336,16 @@ pub fn parse_mentions(text: &str) -> Vec<UserId> {
         {
             out.push(user);
         }
-        if out.len() == MAX_MENTIONS {
+        if out.len() > MAX_MENTIONS {
+            // One more than allowed is enough for `validate` to refuse the message.
             break;
         }
     }
     out
 }
 
-/// The message links in a text (`rathaus://GROUP/SEQ`), each once, in order. At most
-/// [`MAX_LINKS`] are returned; anything after `rathaus://` that is not a message link
+/// The message links in a text (`rathaus://GROUP/SEQ`), each once, in order. At most one
+/// more than [`MAX_LINKS`] are returned; anything after `rathaus://` that is not a message link
 /// (e.g. a document link) is left out.
 pub fn parse_links(text: &str) -> Vec<Link> {
     let mut out: Vec<Link> = Vec::new();
@@ -359,7 +361,7 @@ pub fn parse_links(text: &str) -> Vec<Link> {
                 out.push(link);
             }
         }
-        if out.len() == MAX_LINKS {
+        if out.len() > MAX_LINKS {
             break;
         }
     }
@@ -388,7 +390,8 @@ mod tests {
         assert!(ids("anna@stadt.de schreibt").is_empty());
         assert!(ids("@ allein, @@").is_empty());
         let many: String = (0..100).map(|i| format!("@P{i} ")).collect();
-        assert_eq!(ids(&many).len(), MAX_MENTIONS);
+        assert_eq!(ids(&many).len(), MAX_MENTIONS + 1);
+        assert!(Content::post(many, None).validate().is_err());
     }
 
     #[test]
