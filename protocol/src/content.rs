@@ -181,7 +181,9 @@ impl Content {
     /// Checks sizes and rules a server and client enforce on content.
     pub fn validate(&self) -> Result<(), InvalidContent> {
         if self.mentions.len() > MAX_MENTIONS {
-            return Err(InvalidContent("at most 32 colleagues can be mentioned in one message"));
+            return Err(InvalidContent(
+                "at most 32 colleagues can be mentioned in one message",
+            ));
         }
         match &self.body {
             ContentBody::Text { text, links, .. } => {
@@ -194,7 +196,10 @@ impl Content {
                 if links.len() > MAX_LINKS {
                     return Err(InvalidContent("at most 16 links in one message"));
                 }
-                if links.iter().any(|l| l.len() > MAX_LINK || Link::parse(l).is_err()) {
+                if links
+                    .iter()
+                    .any(|l| l.len() > MAX_LINK || Link::parse(l).is_err())
+                {
                     return Err(InvalidContent("links must look like rathaus://GROUP/SEQ"));
                 }
             }
@@ -322,7 +327,10 @@ pub fn parse_mentions(text: &str) -> Vec<UserId> {
             continue;
         }
         let rest = &text[i + 1..];
-        let end = rest.bytes().position(|b| !is_id_byte(b)).unwrap_or(rest.len());
+        let end = rest
+            .bytes()
+            .position(|b| !is_id_byte(b))
+            .unwrap_or(rest.len());
         let id = rest[..end].trim_end_matches(['.', '-']);
         if id.is_empty() {
             continue;

@@ -78,7 +78,8 @@ impl Client {
     /// Withdraws an own post: it stays in its place, shown as deleted, and its text is
     /// gone (from the server too, for public groups).
     pub async fn delete_post(&mut self, group: &GroupHandle, seq: u64) -> Result<SendOutcome> {
-        self.check_target(group, seq, Rule::Author("delete")).await?;
+        self.check_target(group, seq, Rule::Author("delete"))
+            .await?;
         self.send_or_queue(group, Content::delete(seq)).await
     }
 
@@ -143,7 +144,10 @@ impl Client {
             .ok_or_else(|| {
                 refused(
                     ErrorCode::NotFound,
-                    format!("{group} has no post #{} (that this device can read)", link.seq),
+                    format!(
+                        "{group} has no post #{} (that this device can read)",
+                        link.seq
+                    ),
                 )
             })?;
         Ok((group, post))
@@ -193,8 +197,7 @@ impl Client {
     /// count as unread.
     pub fn mark_shown(&self, rows: &[TimelineRow]) -> Result<()> {
         for row in rows {
-            self.store
-                .mark_seen(&row.group, std::iter::once(row.seq))?;
+            self.store.mark_seen(&row.group, std::iter::once(row.seq))?;
         }
         Ok(())
     }

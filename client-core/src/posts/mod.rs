@@ -281,7 +281,11 @@ mod tests {
         assert!(!posts[0].edited && !posts[0].deleted);
         for (w, verb) in [(&posts[1], "edit"), (&posts[2], "delete")] {
             assert_eq!(w.row.kind, "warning");
-            assert!(w.row.text.contains(&format!("tried to {verb} post #1")), "{}", w.row.text);
+            assert!(
+                w.row.text.contains(&format!("tried to {verb} post #1")),
+                "{}",
+                w.row.text
+            );
         }
     }
 

@@ -685,7 +685,12 @@ fn insert_row(tx: &Connection, row: &TimelineRow) -> Result<()> {
 /// author's own posts are touched: a delete by anyone else changes nothing here and is
 /// shown as a warning when the timeline is folded (`crate::posts`). A local search index
 /// forgets the text here.
-pub(crate) fn retract_post(conn: &Connection, group: &str, target: u64, author: &str) -> Result<()> {
+pub(crate) fn retract_post(
+    conn: &Connection,
+    group: &str,
+    target: u64,
+    author: &str,
+) -> Result<()> {
     let withdrawn = conn
         .prepare_cached(
             "UPDATE timeline SET kind = 'deleted', text = '', content = NULL

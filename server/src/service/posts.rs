@@ -44,6 +44,20 @@ impl Service {
             ContentBody::Edit { target, .. } => (Change::Edit, *target),
             ContentBody::Delete { target } => (Change::Delete, *target),
             ContentBody::Reaction { target, .. } => (Change::Reaction, *target),
+            ContentBody::Text {
+                reply_to: Some(to), ..
+            } => {
+                // A reply names a post of the same group that exists.
+                let to = *to;
+                return match self.db.entry(group, to) {
+                    Ok(Some(e)) if is_post(&e.body) => None,
+                    Ok(_) => Some(Err(Refusal::new(
+                        ErrorCode::NotFound,
+                        format!("{group} has no post #{to} to reply to"),
+                    ))),
+                    Err(e) => Some(Err(e.into())),
+                };
+            }
             _ => return None,
         };
         Some(self.store_change(group, entry, change, target).await)
@@ -160,11 +174,15 @@ impl Service {
                 "announcements are changed through `rathaus announce`, not by posts",
             ));
         }
-        let not_found =
-            || Refusal::new(ErrorCode::NotFound, format!("{group} has no post #{target}"));
+        let not_found = || {
+            Refusal::new(
+                ErrorCode::NotFound,
+                format!("{group} has no post #{target}"),
+            )
+        };
         let post = self.db.entry(group, target)?.ok_or_else(not_found)?;
         match &post.body {
-            EntryBody::Content(c) if matches!(c.body, ContentBody::Text { .. } | ContentBody::Attachment { .. }) => {}
+            body if is_post(body) => {}
             EntryBody::Removed { .. } => {
                 return Err(Refusal::new(
                     ErrorCode::Invalid,
@@ -179,7 +197,11 @@ impl Service {
             }
         }
         if change != Change::Reaction && post.sender != entry.sender {
-            let verb = if change == Change::Edit { "edit" } else { "delete" };
+            let verb = if change == Change::Edit {
+                "edit"
+            } else {
+                "delete"
+            };
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 format!(
@@ -190,6 +212,13 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// Whether a log entry is a post (text or file) that replies, changes and reactions may
+/// name.
+fn is_post(body: &EntryBody) -> bool {
+    matches!(body, EntryBody::Content(c)
+        if matches!(c.body, ContentBody::Text { .. } | ContentBody::Attachment { .. }))
 }
 
 /// Whether `entry` is an edit of the post `seq`.
