@@ -683,3 +683,85 @@ async fn groups_counts_mentions_and_what_listen_printed_is_read() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_show_their_id_who_has_not_acknowledged_and_take_a_plain_date() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas) = team(&mut backend, false).await;
+    for c in [&mut admin, &mut anna, &mut jonas] {
+        c.disconnect().await;
+    }
+    let dirs: Vec<std::path::PathBuf> = [&admin, &anna, &jonas]
+        .iter()
+        .map(|c| c.dir().to_path_buf())
+        .collect();
+    drop((admin, anna, jonas));
+
+    blocking(move || {
+        let (admin, anna, jonas) = (&dirs[0], &dirs[1], &dirs[2]);
+        // A draft first, so the published announcement's id is not its seq.
+        cli_json(
+            admin,
+            &[
+                "announce", "draft", "--title", "Entwurf", "--body", "später",
+            ],
+        );
+        let published = cli_json(
+            admin,
+            &[
+                "announce",
+                "publish",
+                "--title",
+                "Wartung",
+                "--body",
+                "Samstag kein Netz",
+                "--requires-ack",
+                "--expires",
+                "2099-12-24",
+            ],
+        );
+        let id = published["id"].as_u64().unwrap();
+        // A plain date means the end of that day.
+        assert_eq!(
+            published["expires_at"], "2099-12-25T00:00:00Z",
+            "{published}"
+        );
+
+        let doc = cli_json(anna, &["read", "announcements"]);
+        let m = &doc["messages"][0];
+        assert_eq!(m["announcement_id"], id, "{doc}");
+        assert_ne!(m["seq"], id, "the test needs an id apart from the seq");
+        let text = cli_ok(anna, &["read", "announcements"]);
+        assert!(text.contains(&format!("[announcement {id}]")), "{text}");
+        assert!(
+            text.contains(&format!("rathaus announce ack {id}")),
+            "{text}"
+        );
+
+        cli_json(jonas, &["announce", "ack", &id.to_string()]);
+        let list = cli_ok(admin, &["announce", "list"]);
+        assert!(list.contains("acknowledged by 1 of 3"), "{list}");
+        let not_yet = list.split("not yet: ").nth(1).unwrap_or_default();
+        assert!(
+            not_yet.contains("P1001") && !not_yet.contains("P1002"),
+            "{list}"
+        );
+        let doc = cli_json(admin, &["announce", "list"]);
+        let a = doc["announcements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap();
+        assert_eq!(a["staff"], 3, "{a}");
+        assert_eq!(a["acked_by"], serde_json::json!(["P1002"]), "{a}");
+        assert_eq!(a["not_acked_by"].as_array().unwrap().len(), 2, "{a}");
+        // Colleagues do not see who has not read it.
+        let doc = cli_json(anna, &["announce", "list"]);
+        assert!(
+            doc["announcements"][0].get("not_acked_by").is_none(),
+            "{doc}"
+        );
+    })
+    .await;
+}
