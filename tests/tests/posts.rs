@@ -765,3 +765,34 @@ async fn announcements_show_their_id_who_has_not_acknowledged_and_take_a_plain_d
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_link_into_a_group_i_cannot_read_is_refused_with_a_reason() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, _jonas) = team(&mut backend, true).await;
+    let first = seq(anna
+        .post_text(&group("bauamt/secret"), "Nur für das Bauamt", None)
+        .await
+        .unwrap());
+    let mut lena = backend
+        .user(&mut admin, "P3001", "Lena Vogt", &[])
+        .await
+        .unwrap();
+    let e = lena
+        .open_link(&format!("rathaus://bauamt/secret/{first}"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
+    let e = lena.open_link("rathaus://kita/1").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    // What she may read opens.
+    let public = seq(anna
+        .post_text(&group("bauamt"), "Für alle", None)
+        .await
+        .unwrap());
+    let (_, p) = lena
+        .open_link(&format!("rathaus://bauamt/{public}"))
+        .await
+        .unwrap();
+    assert_eq!(p.row.text, "Für alle");
+}

@@ -130,7 +130,10 @@ impl Client {
     pub async fn open_link(&mut self, link: &str) -> Result<(GroupHandle, Post)> {
         let link = Link::parse(link.trim()).map_err(|e| refused(ErrorCode::Invalid, e.0))?;
         let group = link.group.clone();
-        self.read_sync(&group).await?;
+        match self.read_sync(&group).await {
+            Err(ClientError::NotMember(why)) => return Err(refused(ErrorCode::Forbidden, why)),
+            other => other?,
+        }
         if group.is_secret() && self.group_code(&group)?.is_none() {
             return Err(refused(
                 ErrorCode::Forbidden,

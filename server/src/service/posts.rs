@@ -8,6 +8,10 @@
 //! A delete takes the post's text off the server as moderation does (see
 //! [`Service::retract_post`]): the post and every edit of it become tombstones in the
 //! same atomic batch that appends the delete, so no reader ever sees the text again.
+//!
+//! Where a public post's text changes or leaves the server (for a search index to
+//! follow): an edit is stored in [`Service::post_change`]'s edit branch, a delete or a
+//! moderator's removal goes through [`Service::retract_post`].
 
 use rathaus_protocol::{ContentBody, EntryBody, ErrorCode, GroupHandle, Response};
 
