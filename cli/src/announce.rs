@@ -3,10 +3,11 @@
 use anyhow::{Context, Result};
 use rathaus_client::time_fmt::rfc3339;
 use rathaus_client::{AnnouncementDraft, Client};
-use rathaus_protocol::{AnnouncementInfo, AnnouncementState};
+use rathaus_protocol::{AnnouncementInfo, AnnouncementState, GroupHandle, MemberInfo, Role};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
+use time::macros::format_description;
+use time::{Date, Duration, OffsetDateTime};
 
 use crate::output::Output;
 use crate::AnnounceCommand;
@@ -43,12 +44,53 @@ pub(crate) async fn run(client: &mut Client, command: AnnounceCommand, out: &Out
         }
         AnnounceCommand::List { pending } => {
             let list = client.announcements(pending).await?;
-            let docs: Vec<Value> = list.iter().map(info_json).collect();
+            // Editors see who has not acknowledged yet: everyone on staff who is not among
+            // those who did.
+            let me = client.whoami().await?;
+            let staff = if me
+                .roles
+                .iter()
+                .any(|r| matches!(r, Role::Editor | Role::Admin))
+                && list.iter().any(|a| a.requires_ack)
+            {
+                Some(client.members(&GroupHandle::Announcements).await?)
+            } else {
+                None
+            };
+            let docs: Vec<Value> = list
+                .iter()
+                .map(|a| {
+                    let mut doc = info_json(a);
+                    if let (Some(staff), true) = (&staff, a.requires_ack) {
+                        let missing = not_yet(a, staff);
+                        doc["staff"] = json!(staff.len());
+                        doc["not_acked_by"] = json!(missing);
+                    }
+                    doc
+                })
+                .collect();
             out.print(json!({"announcements": docs}), || {
                 if list.is_empty() {
                     return "no announcements".to_owned();
                 }
-                list.iter().map(info_text).collect::<Vec<_>>().join("\n")
+                list.iter()
+                    .map(|a| {
+                        let mut text = info_text(a);
+                        if let (Some(staff), true) = (&staff, a.requires_ack) {
+                            let missing = not_yet(a, staff);
+                            text.push_str(&format!(
+                                "\n    acknowledged by {} of {}",
+                                staff.len() - missing.len(),
+                                staff.len()
+                            ));
+                            if !missing.is_empty() {
+                                text.push_str(&format!("; not yet: {}", missing.join(", ")));
+                            }
+                        }
+                        text
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
             });
             return Ok(());
         }
@@ -63,20 +105,37 @@ fn draft(
     requires_ack: bool,
     expires: Option<String>,
 ) -> Result<AnnouncementDraft> {
-    let expires_at_ms = expires
-        .map(|e| {
-            let t = OffsetDateTime::parse(&e, &Rfc3339).with_context(|| {
-                format!("--expires {e:?} is not an RFC 3339 time like 2026-12-01T00:00:00Z")
-            })?;
-            Ok::<_, anyhow::Error>(i64::try_from(t.unix_timestamp_nanos() / 1_000_000)?)
-        })
-        .transpose()?;
+    let expires_at_ms = expires.map(|e| expiry_ms(&e)).transpose()?;
     Ok(AnnouncementDraft {
         title,
         text,
         requires_ack,
         expires_at_ms,
     })
+}
+
+/// `--expires`: an RFC 3339 time, or a plain date `2026-12-24`, which means the end of
+/// that day (UTC): the announcement is shown all day and gone from midnight on.
+pub(crate) fn expiry_ms(e: &str) -> Result<i64> {
+    let t = match Date::parse(e.trim(), format_description!("[year]-[month]-[day]")) {
+        Ok(day) => day.midnight().assume_utc() + Duration::days(1),
+        Err(_) => OffsetDateTime::parse(e.trim(), &Rfc3339).with_context(|| {
+            format!(
+                "--expires {e:?} is neither a date like 2026-12-24 nor an RFC 3339 time like \
+                 2026-12-24T12:00:00Z"
+            )
+        })?,
+    };
+    Ok(i64::try_from(t.unix_timestamp_nanos() / 1_000_000)?)
+}
+
+/// The staff (personnel numbers) who have not acknowledged `a` yet.
+fn not_yet(a: &AnnouncementInfo, staff: &[MemberInfo]) -> Vec<String> {
+    staff
+        .iter()
+        .filter(|m| !a.acked_by.contains(&m.user))
+        .map(|m| m.user.as_str().to_owned())
+        .collect()
 }
 
 fn info_json(a: &AnnouncementInfo) -> Value {
@@ -120,4 +179,21 @@ fn info_text(a: &AnnouncementInfo) -> String {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_date_expires_at_the_end_of_that_day() {
+        let end = expiry_ms("2026-12-24").unwrap();
+        assert_eq!(rfc3339(end), "2026-12-25T00:00:00Z");
+        assert_eq!(
+            expiry_ms("2026-12-24T12:00:00+01:00").unwrap(),
+            end - 13 * 3_600_000
+        );
+        assert!(expiry_ms("24.12.2026").is_err());
+        assert!(expiry_ms("2026-02-30").is_err());
+    }
 }

@@ -121,24 +121,28 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
         Command::Admin { command } => admin(profile, command, out).await,
         Command::Groups => {
             let mut client = open(profile)?;
-            let groups = client.groups().await?;
+            let groups = client.overview().await?;
             let docs: Vec<Value> = groups
                 .iter()
-                .map(|g| {
+                .map(|o| {
+                    let g = &o.group;
                     json!({"handle": g.handle.to_string(), "kind": g.kind.as_str(),
-                                "name": g.name, "head": g.head, "unread": g.unread})
+                           "name": g.name, "head": g.head, "unread": o.unread,
+                           "mentions": o.mentions})
                 })
                 .collect();
             out.print(json!({"groups": docs}), || {
                 groups
                     .iter()
-                    .map(|g| {
+                    .map(|o| {
+                        let g = &o.group;
                         format!(
-                            "{:<24} {:<13} {:>5} unread  {}",
+                            "{:<24} {:<13} {:>5} unread {:>4} @me  {}",
                             g.handle.to_string(),
                             g.kind.as_str(),
-                            g.unread,
-                            g.name
+                            o.unread,
+                            o.mentions,
+                            crate::posts::escape(&g.name)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -147,80 +151,24 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             client.disconnect().await;
             Ok(())
         }
-        Command::Send { group, text } => {
-            let group = GroupHandle::parse(&group)?;
-            let mut client = open(profile)?;
-            let outcome = client
-                .send_or_queue(&group, rathaus_protocol::Content::text(&text))
-                .await?;
-            let receipt = match outcome {
-                rathaus_client::SendOutcome::Sent(receipt) => receipt,
-                rathaus_client::SendOutcome::Queued { client_id } => {
-                    // Not a failure, and not to be sent again by hand: it goes out on the
-                    // next sync. Its own exit code tells scripts so.
-                    out.print(
-                        json!({"group": group.to_string(), "queued": true,
-                               "client_id": client_id.to_string()}),
-                        || {
-                            "the server is not reachable; the message is queued and goes out \
-                             with your next `rathaus sync` (do not send it again; `rathaus \
-                             outbox` lists it)"
-                                .to_owned()
-                        },
-                    );
-                    return Err(anyhow::Error::new(crate::QueuedSend));
-                }
-            };
-            out.print(
-                json!({"group": group.to_string(), "seq": receipt.seq,
-                       "sent_at": rfc3339(receipt.sent_at_ms),
-                       "client_id": receipt.client_id.to_string()}),
-                || format!("sent to {group} as #{}", receipt.seq),
-            );
-            client.disconnect().await;
-            Ok(())
+        Command::Send {
+            group,
+            text,
+            reply_to,
+        } => crate::posts::send(profile, &group, &text, reply_to, out).await,
+        Command::Read {
+            group,
+            limit,
+            before,
+        } => crate::posts::read(profile, &group, limit, before, out).await,
+        Command::React { group, seq, emoji } => {
+            crate::posts::react(profile, &group, seq, &emoji, out).await
         }
-        Command::Read { group } => {
-            let group = GroupHandle::parse(&group)?;
-            let mut client = open(profile)?;
-            crate::progress::show_catch_up(&mut client, out);
-            // The server unreachable: the history this device holds, marked as such.
-            let (rows, offline) = match client.read(&group).await {
-                Ok(rows) => (rows, None),
-                Err(e) if e.is_transient() => (client.read_local(&group)?, Some(e)),
-                Err(e) => return Err(e.into()),
-            };
-            // A rostered colleague whose device no owner admitted yet sees why it is empty.
-            let waiting =
-                offline.is_none() && group.is_secret() && client.group_code(&group)?.is_none();
-            let docs: Vec<Value> = rows.iter().map(row_json).collect();
-            let mut doc = json!({"group": group.to_string(), "messages": docs});
-            if waiting {
-                doc["waiting_for_admission"] = json!(true);
-            }
-            if let Some(e) = &offline {
-                doc["offline"] = json!({"code": e.code_name(), "message": e.to_string()});
-            }
-            out.print(doc, || {
-                let mut lines: Vec<String> = rows.iter().map(row_text).collect();
-                if let Some(e) = &offline {
-                    lines.push(format!(
-                        "(offline: {e}; this is the history this device holds, newer \
-                         messages may be waiting on the server)"
-                    ));
-                } else if waiting {
-                    lines.push(format!(
-                        "{group}: waiting for an owner to admit this device (`rathaus members \
-                         {group}` shows the owners)"
-                    ));
-                } else if rows.is_empty() {
-                    lines.push(format!("{group}: no messages yet"));
-                }
-                lines.join("\n")
-            });
-            client.disconnect().await;
-            Ok(())
+        Command::Edit { group, seq, text } => {
+            crate::posts::edit(profile, &group, seq, &text, out).await
         }
+        Command::Delete { group, seq } => crate::posts::delete(profile, &group, seq, out).await,
+        Command::Open { link } => crate::posts::open_link(profile, &link, out).await,
         Command::Sync => {
             let mut client = open(profile)?;
             crate::progress::show_catch_up(&mut client, out);
@@ -821,6 +769,8 @@ async fn listen(profile: Option<PathBuf>, count: Option<u64>, out: &Output) -> R
         backoff = Duration::from_millis(500);
         for row in caught_up {
             out.line(row_json_event(&row), row_text_event(&row));
+            // What `listen` printed was seen: it no longer counts as unread.
+            client.mark_shown(std::slice::from_ref(&row))?;
             printed += 1;
             if count.is_some_and(|c| printed >= c) {
                 client.disconnect().await;
@@ -843,6 +793,7 @@ async fn listen(profile: Option<PathBuf>, count: Option<u64>, out: &Output) -> R
                 Ok(event) => {
                     for row in client.apply_event(&event).await? {
                         out.line(row_json_event(&row), row_text_event(&row));
+                        client.mark_shown(std::slice::from_ref(&row))?;
                         printed += 1;
                         if count.is_some_and(|c| printed >= c) {
                             client.disconnect().await;
@@ -966,13 +917,7 @@ pub(crate) fn row_json(row: &TimelineRow) -> Value {
 }
 
 pub(crate) fn row_text(row: &TimelineRow) -> String {
-    format!(
-        "#{:<4} {}  {}: {}",
-        row.seq,
-        human_time(row.sent_at_ms),
-        row.sender_name,
-        row.text
-    )
+    crate::posts::line(row.seq, row.sent_at_ms, &row.sender_name, &row.text)
 }
 
 fn row_json_event(row: &TimelineRow) -> Value {

@@ -10,6 +10,7 @@ mod import;
 mod letters;
 mod output;
 mod password;
+mod posts;
 mod progress;
 mod rooms;
 mod verify;
@@ -140,17 +141,58 @@ pub(crate) enum Command {
     },
     /// List your groups with unread counts.
     Groups,
-    /// Send a message to a group (bauamt, bauamt/secret, announcements).
+    /// Send a message to a group (bauamt, bauamt/secret, announcements). `@P1001` in the
+    /// text mentions a colleague, `rathaus://GROUP/SEQ` links a post.
     Send {
         /// The group.
         group: String,
         /// The text.
         text: String,
+        /// Answer this post (its number in the same group).
+        #[arg(long, value_name = "SEQ")]
+        reply_to: Option<u64>,
     },
-    /// Sync a group and print its timeline.
+    /// Sync a group and print its timeline (edits, deletes and reactions folded into
+    /// their posts).
     Read {
         /// The group.
         group: String,
+        /// Show only the newest N posts (of those before --before).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Show only posts before this one (the next older page).
+        #[arg(long, value_name = "SEQ")]
+        before: Option<u64>,
+    },
+    /// React to a post with an emoji; the same reaction again takes it back.
+    React {
+        /// The group.
+        group: String,
+        /// The post's number.
+        seq: u64,
+        /// The emoji, e.g. 👍.
+        emoji: String,
+    },
+    /// Replace the text of your own post.
+    Edit {
+        /// The group.
+        group: String,
+        /// The post's number.
+        seq: u64,
+        /// The new text.
+        text: String,
+    },
+    /// Withdraw your own post (it shows as deleted; its text is gone).
+    Delete {
+        /// The group.
+        group: String,
+        /// The post's number.
+        seq: u64,
+    },
+    /// Show the post a link names, e.g. rathaus://bauamt/12 (after syncing its group).
+    Open {
+        /// The link.
+        link: String,
     },
     /// Send queued messages and fetch everything new.
     Sync,
@@ -236,7 +278,8 @@ pub(crate) enum AnnounceCommand {
         /// Ask colleagues to confirm they have read it.
         #[arg(long)]
         requires_ack: bool,
-        /// Hide it after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        /// Hide it after this time: RFC 3339 (2026-12-24T12:00:00Z), or a date
+        /// (2026-12-24: shown through the end of that day, UTC).
         #[arg(long)]
         expires: Option<String>,
     },
@@ -269,7 +312,8 @@ pub(crate) enum AnnounceCommand {
         /// Ask colleagues to confirm they have read it.
         #[arg(long)]
         requires_ack: bool,
-        /// Hide it after this time (RFC 3339).
+        /// Hide it after this time: RFC 3339, or a date (2026-12-24: shown through the
+        /// end of that day, UTC).
         #[arg(long)]
         expires: Option<String>,
     },

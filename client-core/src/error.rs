@@ -75,6 +75,16 @@ pub enum ClientError {
     /// Input given by the user is not valid.
     #[error("{0}")]
     Invalid(String),
+    /// This device refused the request before sending it, by a rule the server (public
+    /// groups) or every member (secret groups) applies alike: a message over a size
+    /// bound, a change of someone else's post, a post that does not exist.
+    #[error("{message} ({code})")]
+    Refused {
+        /// Stable reason, as the server would give it.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
     /// The local profile database failed.
     #[error("local profile database: {0}")]
     Store(#[from] rusqlite::Error),
@@ -101,7 +111,7 @@ impl ClientError {
     /// The server's error code, if the server refused the request.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Server { code, .. } => Some(*code),
+            ClientError::Server { code, .. } | ClientError::Refused { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -119,7 +129,7 @@ impl ClientError {
             ClientError::ConnectionLost(_) => "ConnectionLost",
             ClientError::AccountRemoved => "AccountRemoved",
             ClientError::ServerShuttingDown => "ServerShuttingDown",
-            ClientError::Server { code, .. } => code.as_str(),
+            ClientError::Server { code, .. } | ClientError::Refused { code, .. } => code.as_str(),
             ClientError::Protocol(_) | ClientError::UnexpectedResponse(_) => "ProtocolViolation",
             ClientError::Timeout(_) => "Timeout",
             ClientError::Invalid(_) => "Invalid",

@@ -29,6 +29,7 @@ pub mod error;
 pub mod import;
 pub mod mls;
 pub mod net;
+pub mod posts;
 mod restore;
 mod secret;
 pub mod store;

@@ -139,9 +139,10 @@ impl Client {
         content: Content,
         queued: &mut Option<ClientMsgId>,
     ) -> Result<SendReceipt> {
-        content
-            .validate()
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        content.validate().map_err(|e| ClientError::Refused {
+            code: ErrorCode::Invalid,
+            message: e.to_string(),
+        })?;
         let mut id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut id);
         let client_id = ClientMsgId(id);
@@ -221,9 +222,9 @@ impl Client {
                 }) => {
                     let me = self.identity.user.to_string();
                     let name = self.display_name();
-                    let (kind, text) = match &body {
-                        PostBody::Public(c) => (c.kind().to_owned(), c.summary()),
-                        PostBody::Mls(_) => ("mls".to_owned(), "(encrypted)".to_owned()),
+                    let (kind, text, content) = match &body {
+                        PostBody::Public(c) => (c.kind().to_owned(), c.summary(), Some(c.clone())),
+                        PostBody::Mls(_) => ("mls".to_owned(), "(encrypted)".to_owned(), None),
                     };
                     let row = TimelineRow {
                         group: group.to_string(),
@@ -235,6 +236,7 @@ impl Client {
                         text,
                         expires_at_ms: None,
                         removes: None,
+                        content,
                     };
                     if group.is_secret() {
                         self.store.mark_acked_own_mls(item.client_id, &row)?;
@@ -427,6 +429,7 @@ fn is_permanent(e: &ClientError) -> bool {
 pub(crate) fn timeline_row(group: &GroupHandle, entry: &LogEntry) -> TimelineRow {
     let mut expires_at_ms = None;
     let mut removes = None;
+    let mut content = None;
     let (kind, text) = match &entry.body {
         EntryBody::Content(c) => {
             if let ContentBody::Announcement {
@@ -435,9 +438,12 @@ pub(crate) fn timeline_row(group: &GroupHandle, entry: &LogEntry) -> TimelineRow
             {
                 expires_at_ms = *e;
             }
+            content = Some(c.clone());
             (c.kind().to_owned(), c.summary())
         }
         EntryBody::Mls(_) => ("mls".to_owned(), "(encrypted)".to_owned()),
+        // Withdrawn by its author (see the server's `retract_post`): a deleted post.
+        EntryBody::Removed { by } if *by == entry.sender => ("deleted".to_owned(), String::new()),
         EntryBody::Removed { by } => ("removed".to_owned(), format!("(removed by moderator {by})")),
         EntryBody::Moderated { target } => {
             removes = Some(*target);
@@ -457,5 +463,6 @@ pub(crate) fn timeline_row(group: &GroupHandle, entry: &LogEntry) -> TimelineRow
         text,
         expires_at_ms,
         removes,
+        content,
     }
 }

@@ -251,6 +251,73 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<Manifest, ServerError> {
     Ok(manifest)
 }
 
+/// Rewrites the stopped server's database from its live records, so that nothing a
+/// delete, moderation or retention took out of the records survives in the files.
+///
+/// sled is log-structured: a record that is overwritten or removed keeps its old bytes in
+/// the log until segment cleaning happens to reclaim them. `compact` takes a snapshot of
+/// the live records (as `backup` does), restores it into a fresh directory beside
+/// `data_dir`, moves every other file of the data directory over, and swaps the two;
+/// the old directory is then deleted. Refused while the server runs.
+pub fn compact(data_dir: &Path) -> Result<Manifest, ServerError> {
+    let sibling = |suffix: &str| {
+        let mut name = data_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(suffix);
+        data_dir.with_file_name(name)
+    };
+    let archive = sibling(".compact.tar");
+    let fresh = sibling(".compacting");
+    let old = sibling(".before-compact");
+    for leftover in [&fresh, &old] {
+        if leftover.exists() {
+            return Err(ServerError::Invalid(format!(
+                "{} exists (an interrupted compaction?); check it and remove it first",
+                leftover.display()
+            )));
+        }
+    }
+    let _ = std::fs::remove_file(&archive);
+    let manifest = backup(data_dir, &archive)?;
+    let result = (|| {
+        if manifest.online {
+            return Err(ServerError::Invalid(
+                "the server is running; stop it before compacting its database".into(),
+            ));
+        }
+        restore(&archive, &fresh)?;
+        let io = |what: String| move |e| ServerError::io(what, e);
+        // Everything but the database itself (e.g. stored files) moves over as it is.
+        let entries = std::fs::read_dir(data_dir)
+            .map_err(io(format!("cannot read {}", data_dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(io(format!("cannot read {}", data_dir.display())))?;
+            let name = entry.file_name();
+            let target = fresh.join(&name);
+            if name == "db" || name == socket::SOCKET || target.exists() {
+                continue;
+            }
+            std::fs::rename(entry.path(), &target)
+                .map_err(io(format!("cannot move {}", entry.path().display())))?;
+        }
+        std::fs::rename(data_dir, &old)
+            .map_err(io(format!("cannot move {} aside", data_dir.display())))?;
+        std::fs::rename(&fresh, data_dir).map_err(io(format!(
+            "cannot move the compacted database into place; the old data directory is {}",
+            old.display()
+        )))?;
+        std::fs::remove_dir_all(&old).map_err(io(format!("cannot remove {}", old.display())))?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&archive);
+    if result.is_err() && fresh.exists() && data_dir.exists() {
+        let _ = std::fs::remove_dir_all(&fresh);
+    }
+    result.map(|()| manifest)
+}
+
 /// `admin-code`: through the running server if there is one, else on the database.
 pub async fn admin_code(data_dir: &Path, user: &UserId) -> Result<AdminCode, ServerError> {
     let request = OpsRequest::AdminCode {

@@ -88,6 +88,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rewrite the stopped server's database from its live records, so that deleted and
+    /// removed posts leave no bytes behind in its files.
+    Compact {
+        /// Data directory of the (stopped) server.
+        #[arg(long)]
+        data: PathBuf,
+        /// Print one JSON document (the manifest of the snapshot it was rebuilt from).
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild a data directory from a backup (verified first).
     Restore {
         /// The backup file.
@@ -234,6 +244,19 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     manifest.records,
                     data.display(),
                     to.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Compact { data, json } => {
+            let manifest = backup::compact(&data)?;
+            if json {
+                println!("{}", serde_json::to_string(&manifest)?);
+            } else {
+                println!(
+                    "Compacted {}: {} records rewritten",
+                    data.display(),
+                    manifest.records
                 );
             }
             Ok(())

@@ -267,6 +267,7 @@ impl Client {
                     ),
                     expires_at_ms: None,
                     removes: None,
+                    content: None,
                 };
                 store::append_rows(conn, &handle, &[row], Some(welcome.seq))?;
                 Ok(joined.epoch)

@@ -322,6 +322,7 @@ impl Client {
             Ok(content) if content.validate().is_ok() => {
                 row.kind = content.kind().to_owned();
                 row.text = content.summary();
+                row.content = Some(content);
             }
             _ => {
                 row.kind = "undecryptable".to_owned();

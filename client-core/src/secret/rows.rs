@@ -165,5 +165,6 @@ pub(super) fn blank_row(group: &GroupHandle, entry: &LogEntry) -> TimelineRow {
         text: String::new(),
         expires_at_ms: None,
         removes: None,
+        content: None,
     }
 }

@@ -263,6 +263,7 @@ mod tests {
             text: text.into(),
             expires_at_ms: None,
             removes: None,
+            content: None,
         }
     }
 

@@ -9,7 +9,7 @@ mod keyfile;
 
 use std::path::Path;
 
-use rathaus_protocol::ClientMsgId;
+use rathaus_protocol::{ClientMsgId, Content};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub(crate) use fork::{
@@ -25,7 +25,7 @@ use crate::error::{ClientError, Result};
 pub const DB_FILE: &str = "profile.sqlite";
 
 /// Schema version written by this build (in SQLite's `user_version`).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// The profile's SQLite database.
 #[derive(Debug)]
@@ -55,6 +55,10 @@ pub struct TimelineRow {
     pub expires_at_ms: Option<i64>,
     /// For a moderation entry: the post it removed.
     pub removes: Option<u64>,
+    /// The message content as written (posts, edits, deletes, reactions, announcements),
+    /// for folding the timeline (`crate::posts`); `None` for rows the client makes itself
+    /// (membership, warnings) and for text withdrawn by its author.
+    pub content: Option<Content>,
 }
 
 impl TimelineRow {
@@ -218,11 +222,11 @@ impl ProfileStore {
             // Trust notices (crate::trust) follow the entry that was newest when they were
             // found.
             "SELECT grp, seq, sender, sender_name, sent_at_ms, kind, text, expires_at_ms, removes,
-                    0 AS src, 0 AS at
+                    content, 0 AS src, 0 AS at
              FROM timeline WHERE grp = ?1
              AND (?2 IS NULL OR expires_at_ms IS NULL OR expires_at_ms > ?2)
              UNION ALL
-             SELECT grp, seq, ?3, ?4, at_ms, kind, text, NULL, NULL, 1 AS src, rowid AS at
+             SELECT grp, seq, ?3, ?4, at_ms, kind, text, NULL, NULL, NULL, 1 AS src, rowid AS at
              FROM trust_notices WHERE grp = ?1
              ORDER BY seq, src, at",
         )?;
@@ -245,6 +249,7 @@ impl ProfileStore {
                         text: r.get(6)?,
                         expires_at_ms: r.get(7)?,
                         removes: r.get::<_, Option<i64>>(8)?.map(to_u64),
+                        content: decode_content(r.get::<_, Option<Vec<u8>>>(9)?),
                     })
                 },
             )?
@@ -321,6 +326,34 @@ impl ProfileStore {
             params![group, to_i64(seq)],
         )?;
         Ok(())
+    }
+
+    /// Records that the rows `seqs` of `group` were shown to the user (they do not count
+    /// as unread, even before the read mark passes them).
+    pub fn mark_seen(&self, group: &str, seqs: impl IntoIterator<Item = u64>) -> Result<()> {
+        let tx = self.db.unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE timeline SET seen = 1 WHERE grp = ?1 AND seq = ?2 AND seen = 0",
+            )?;
+            for seq in seqs {
+                stmt.execute(params![group, to_i64(seq)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The seqs after `after` in `group` that were shown to the user.
+    pub fn seen_after(&self, group: &str, after: u64) -> Result<std::collections::HashSet<u64>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT seq FROM timeline WHERE grp = ?1 AND seq > ?2 AND seen = 1")?;
+        let seqs = stmt
+            .query_map(params![group, to_i64(after)], |r| r.get::<_, i64>(0))?
+            .map(|s| s.map(to_u64))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(seqs)
     }
 
     /// Puts a message into the outbox (state `queued`).
@@ -603,6 +636,21 @@ impl ProfileStore {
                  COMMIT;",
             )?;
         }
+        if version < 5 {
+            // Posts that change posts (edits, deletes, reactions): the content as written,
+            // to fold the timeline; the post a change names, so a delete finds the edits
+            // whose text goes with it; and which rows were shown (by `listen`) though not
+            // read in order.
+            self.db.execute_batch(
+                "BEGIN;
+                 ALTER TABLE timeline ADD COLUMN content BLOB;
+                 ALTER TABLE timeline ADD COLUMN target INTEGER;
+                 ALTER TABLE timeline ADD COLUMN seen INTEGER NOT NULL DEFAULT 0;
+                 CREATE INDEX timeline_target ON timeline(grp, target);
+                 PRAGMA user_version = 5;
+                 COMMIT;",
+            )?;
+        }
         Ok(())
     }
 }
@@ -672,28 +720,46 @@ pub(crate) fn set_setting_on(conn: &Connection, key: &str, value: Option<&str>) 
     Ok(())
 }
 
-/// Inserts a timeline row (ignoring one already present) and applies a moderation
-/// entry's tombstone to the post it removes.
+/// Inserts a timeline row (ignoring one already present), applies a moderation
+/// entry's tombstone to the post it removes, and an author's delete to the post it
+/// withdraws (see [`retract_post`]).
 fn insert_row(tx: &Connection, row: &TimelineRow) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO timeline
-         (grp, seq, sender, sender_name, sent_at_ms, kind, text, expires_at_ms, removes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        row.group,
-        to_i64(row.seq),
-        row.sender,
-        row.sender_name,
-        row.sent_at_ms,
-        row.kind,
-        row.text,
-        row.expires_at_ms,
-        row.removes.map(to_i64)
-    ])?;
+    let content = row
+        .content
+        .as_ref()
+        .and_then(|c| postcard::to_allocvec(c).ok());
+    let target = row.content.as_ref().and_then(Content::target);
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO timeline
+             (grp, seq, sender, sender_name, sent_at_ms, kind, text, expires_at_ms, removes,
+              content, target)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?
+        .execute(params![
+            row.group,
+            to_i64(row.seq),
+            row.sender,
+            row.sender_name,
+            row.sent_at_ms,
+            row.kind,
+            row.text,
+            row.expires_at_ms,
+            row.removes.map(to_i64),
+            content,
+            target.map(to_i64)
+        ])?;
+    if inserted > 0 {
+        if let Some(rathaus_protocol::ContentBody::Delete { target }) =
+            row.content.as_ref().map(|c| &c.body)
+        {
+            retract_post(tx, &row.group, *target, &row.sender)?;
+        }
+    }
     if let Some(target) = row.removes {
         tx.prepare_cached(
-            "UPDATE timeline SET kind = 'removed', text = ?3 WHERE grp = ?1 AND seq = ?2",
+            "UPDATE timeline SET kind = 'removed', text = ?3, content = NULL
+             WHERE grp = ?1 AND seq = ?2",
         )?
         .execute(params![
             row.group,
@@ -702,6 +768,40 @@ fn insert_row(tx: &Connection, row: &TimelineRow) -> Result<()> {
         ])?;
     }
     Ok(())
+}
+
+/// The one place a post's text leaves this device: its author withdrew it. The post
+/// `target` of `group` keeps its place as a `deleted` row without text, and the text of
+/// every edit of it is wiped too (`secure_delete` overwrites the old bytes). Only the
+/// author's own posts are touched: a delete by anyone else changes nothing here and is
+/// shown as a warning when the timeline is folded (`crate::posts`). A local search index
+/// forgets the text here.
+pub(crate) fn retract_post(
+    conn: &Connection,
+    group: &str,
+    target: u64,
+    author: &str,
+) -> Result<()> {
+    let withdrawn = conn
+        .prepare_cached(
+            "UPDATE timeline SET kind = 'deleted', text = '', content = NULL
+             WHERE grp = ?1 AND seq = ?2 AND sender = ?3 AND kind IN ('text', 'attachment')",
+        )?
+        .execute(params![group, to_i64(target), author])?;
+    if withdrawn > 0 {
+        conn.prepare_cached(
+            "UPDATE timeline SET text = '', content = NULL
+             WHERE grp = ?1 AND target = ?2 AND sender = ?3 AND kind = 'edit'",
+        )?
+        .execute(params![group, to_i64(target), author])?;
+    }
+    Ok(())
+}
+
+/// Content as stored in the timeline; a row whose bytes this build cannot read (none
+/// should exist: only this code writes them) is shown without it.
+fn decode_content(bytes: Option<Vec<u8>>) -> Option<Content> {
+    postcard::from_bytes(&bytes?).ok()
 }
 
 /// SQLite integers are signed; seqs never reach 2^63 in practice, and clamping keeps the
@@ -746,6 +846,7 @@ mod tests {
             text: format!("m{seq}"),
             expires_at_ms: None,
             removes: None,
+            content: None,
         }
     }
 

@@ -162,6 +162,7 @@ mod tests {
             text: format!("m{seq}"),
             expires_at_ms: None,
             removes: None,
+            content: None,
         }
     }
 

@@ -96,6 +96,9 @@ impl Service {
             client_id,
             body: EntryBody::Content(content),
         };
+        if let Some(changed) = self.post_change(&group, entry.clone()).await {
+            return changed;
+        }
         self.append_post(&group, entry, None).await
     }
 

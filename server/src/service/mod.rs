@@ -22,6 +22,7 @@ mod key_packages;
 mod mls;
 mod moderation;
 mod operations;
+mod posts;
 mod provisioning;
 mod removal;
 mod retention;

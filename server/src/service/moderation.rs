@@ -6,14 +6,11 @@
 //! and a [`EntryBody::Moderated`] entry is appended so clients that hold the post locally
 //! replace it too. Both, and the audit record, are one atomic batch.
 
-use rathaus_protocol::{ContentBody, EntryBody, ErrorCode, GroupHandle, Response, Role};
+use rathaus_protocol::{EntryBody, ErrorCode, GroupHandle, Response, Role};
 
 use super::server_entries::server_client_id;
 use super::{Refusal, Service};
 use crate::store::{StoredEntry, UserRecord, Writes};
-
-/// Entries read per step while looking for edits of a removed post.
-const SCAN_PAGE: usize = 1000;
 
 impl Service {
     pub(super) async fn remove_post(
@@ -51,7 +48,7 @@ impl Service {
         let appended = self.append_entry(&group, |_| {
             let not_found =
                 || Refusal::new(ErrorCode::NotFound, format!("{group} has no post #{seq}"));
-            let mut target = self.db.entry(&group, seq)?.ok_or_else(not_found)?;
+            let target = self.db.entry(&group, seq)?.ok_or_else(not_found)?;
             match &target.body {
                 EntryBody::Content(_) => {}
                 EntryBody::Removed { .. } => {
@@ -64,25 +61,8 @@ impl Service {
             }
             let author = target.sender.clone();
             let tombstone = EntryBody::Removed { by: me.id.clone() };
-            target.body = tombstone.clone();
             let mut w = Writes::new();
-            w.replace_entry(&group, seq, &target)?;
-            let mut edits = 0usize;
-            let mut since = seq;
-            loop {
-                let page = self.db.entries(&group, since, SCAN_PAGE)?;
-                let Some((last, _, _)) = page.last() else {
-                    break;
-                };
-                since = *last;
-                for (s, mut entry, _) in page {
-                    if is_edit_of(&entry, seq) {
-                        entry.body = tombstone.clone();
-                        w.replace_entry(&group, s, &entry)?;
-                        edits += 1;
-                    }
-                }
-            }
+            let edits = self.retract_post(&group, seq, &tombstone, &tombstone, &mut w)?;
             let note = StoredEntry {
                 sender: me.id.clone(),
                 sender_name: me.name.clone(),
@@ -110,8 +90,4 @@ impl Service {
         tracing::info!(%group, seq, by = %me.id, "post removed by moderator");
         Ok(Response::Done)
     }
-}
-
-fn is_edit_of(entry: &StoredEntry, seq: u64) -> bool {
-    matches!(&entry.body, EntryBody::Content(c) if matches!(c.body, ContentBody::Edit { target, .. } if target == seq))
 }
