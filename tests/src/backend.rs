@@ -11,7 +11,7 @@ use rathaus_protocol::{DepartmentSlug, Role, UserId};
 use rathaus_server::clock::ManualClock;
 use rathaus_server::{InitOptions, RunOptions, RunningServer};
 
-use crate::{init_tracing, now_ms, workspace_bin, ServerProcess, PASSWORD};
+use crate::{init_tracing, now_ms, workspace_bin, ServerProcess, TestDatabase, PASSWORD};
 
 /// A real server in this process plus the directories of its clients.
 pub struct TestBackend {
@@ -37,6 +37,9 @@ pub struct TestBackend {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The bootstrap admin's id and one-time code (consumed by [`TestBackend::admin`]).
     admin_code: Option<(String, String)>,
+    /// The server's PostgreSQL database under `RATHAUS_TEST_STORE` (dropped after the
+    /// server, being the last field); `None`: the sled database in the data directory.
+    pub database: Option<TestDatabase>,
 }
 
 impl TestBackend {
@@ -56,12 +59,14 @@ impl TestBackend {
         let data = tempfile::tempdir()?;
         let profiles = tempfile::tempdir()?;
         let clock = Arc::new(ManualClock::new(now_ms()));
+        let database = TestDatabase::create_if_configured()?;
         let report = rathaus_server::init(
             &InitOptions {
                 data_dir: data.path().join("server"),
                 listen: Some("127.0.0.1:0".parse()?),
                 org: Some("Stadt Teststadt".into()),
                 admin_user: None,
+                store: database.as_ref().map(|d| d.url().to_owned()),
             },
             clock.as_ref(),
         )?;
@@ -76,6 +81,7 @@ impl TestBackend {
             fingerprint: report.fingerprint.clone(),
             tls,
             admin_code: Some((report.admin_user, report.enrollment_code)),
+            database,
         };
         backend.run().await?;
         Ok(backend)
@@ -90,12 +96,14 @@ impl TestBackend {
         let data = tempfile::tempdir()?;
         let profiles = tempfile::tempdir()?;
         let clock = Arc::new(ManualClock::new(now_ms()));
+        let database = TestDatabase::create_if_configured()?;
         let report = rathaus_server::init(
             &InitOptions {
                 data_dir: data.path().join("server"),
                 listen: Some("127.0.0.1:0".parse()?),
                 org: Some("Stadt Teststadt".into()),
                 admin_user: None,
+                store: database.as_ref().map(|d| d.url().to_owned()),
             },
             clock.as_ref(),
         )?;
@@ -110,6 +118,7 @@ impl TestBackend {
             fingerprint: report.fingerprint.clone(),
             tls: None,
             admin_code: Some((report.admin_user, report.enrollment_code)),
+            database,
         };
         backend.spawn_process()?;
         Ok(backend)

@@ -130,7 +130,8 @@ pub fn provision_users(data_dir: &Path, what: &Provisioning<'_>) -> Result<Vec<P
     Ok(users)
 }
 
-/// Initialises a server data directory in `root` (no clients enrolled) and returns it.
+/// Initialises a server data directory in `root` (no clients enrolled) and returns it;
+/// its records are in sled (for [`provision_users`], which writes them directly).
 pub fn init_data_dir(root: &Path) -> Result<PathBuf> {
     let data = root.join("server");
     rathaus_server::init(
@@ -139,6 +140,7 @@ pub fn init_data_dir(root: &Path) -> Result<PathBuf> {
             listen: Some("127.0.0.1:0".parse()?),
             org: Some("Stadt Teststadt".into()),
             admin_user: None,
+            store: None,
         },
         &rathaus_server::clock::SystemClock,
     )?;

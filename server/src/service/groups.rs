@@ -195,11 +195,22 @@ impl Service {
         heads: &HashMap<GroupHandle, Heads>,
         group: &GroupHandle,
     ) -> Result<u64, Refusal> {
-        let head = match heads.get(group) {
+        Ok(self.written_head(heads, group)? + 1)
+    }
+
+    /// The last seq of `group` allocated so far. Call with the log lock held. On a store
+    /// that other nodes write too, the stored head counts as well: theirs are not in the
+    /// cache (and a seq two nodes picked is refused by the store).
+    pub(super) fn written_head(
+        &self,
+        heads: &HashMap<GroupHandle, Heads>,
+        group: &GroupHandle,
+    ) -> Result<u64, Refusal> {
+        Ok(match heads.get(group) {
+            Some(h) if self.db.store().shared() => h.written.max(self.db.head(group)?),
             Some(h) => h.written,
             None => self.db.head(group)?,
-        };
-        Ok(head + 1)
+        })
     }
 
     /// Appends `entries` to `group` with `extra` writes in one atomic batch; returns the
@@ -399,6 +410,10 @@ impl Service {
 
     /// The group's durable head (what readers may see).
     pub(super) fn head(&self, group: &GroupHandle) -> Result<u64, Refusal> {
+        if self.db.store().shared() {
+            // Every applied write is durable there, and other nodes append too.
+            return Ok(self.db.head(group)?);
+        }
         let mut heads = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(h) = heads.get(group) {
             return Ok(h.durable);

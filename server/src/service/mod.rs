@@ -203,7 +203,15 @@ impl Refusal {
 
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
-        Self::internal(e.to_string())
+        match e {
+            // Another server node on the same database wrote first; nothing was stored.
+            StoreError::Conflict(detail) => Self {
+                code: ErrorCode::Unavailable,
+                message: "a concurrent write came first; retry".into(),
+                detail: Some(detail),
+            },
+            other => Self::internal(other.to_string()),
+        }
     }
 }
 
