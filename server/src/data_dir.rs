@@ -305,6 +305,14 @@ impl DataDir {
     }
 }
 
+/// Opens the records of the stopped server in `data_dir`, where its `config.json` says
+/// they are (for tools and tests that read or edit them).
+pub fn open_records(data_dir: &Path) -> Result<Arc<dyn Store>, ServerError> {
+    let dir = DataDir::new(data_dir);
+    let config = dir.read_config()?;
+    dir.open_records(&config, None)
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -39,7 +39,7 @@ pub mod service;
 pub mod store;
 pub mod transport;
 
-pub use data_dir::{init, InitOptions, InitReport};
+pub use data_dir::{init, open_records, InitOptions, InitReport};
 pub use error::ServerError;
 pub use inspect::inspect;
 pub use transport::{start, ConnectionLimits, DefenceStats, RunOptions, RunningServer};

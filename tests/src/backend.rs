@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Result};
 use rathaus_client::{Client, EnrollOptions, ServerTrust};
 use rathaus_protocol::{DepartmentSlug, Role, UserId};
 use rathaus_server::clock::ManualClock;
+use rathaus_server::store::Store;
 use rathaus_server::{InitOptions, RunOptions, RunningServer};
 
 use crate::{init_tracing, now_ms, workspace_bin, ServerProcess, TestDatabase, PASSWORD};
@@ -48,6 +49,12 @@ impl TestBackend {
         Self::start_serving(None).await
     }
 
+    /// Like [`TestBackend::start`], but on the sled database in the data directory
+    /// whatever `RATHAUS_TEST_STORE` says (for tests of sled data directories).
+    pub async fn start_on_sled() -> Result<Self> {
+        Self::start_serving_on(None, None).await
+    }
+
     /// Like [`TestBackend::start`], but the server presents `cert` (issued by a CA, e.g.
     /// [`TestCa::issue`]) with its private key `key`.
     pub async fn start_with_certificate(cert: &Path, key: &Path) -> Result<Self> {
@@ -55,11 +62,17 @@ impl TestBackend {
     }
 
     async fn start_serving(tls: Option<(PathBuf, PathBuf)>) -> Result<Self> {
+        Self::start_serving_on(tls, TestDatabase::create_if_configured()?).await
+    }
+
+    async fn start_serving_on(
+        tls: Option<(PathBuf, PathBuf)>,
+        database: Option<TestDatabase>,
+    ) -> Result<Self> {
         init_tracing();
         let data = tempfile::tempdir()?;
         let profiles = tempfile::tempdir()?;
         let clock = Arc::new(ManualClock::new(now_ms()));
-        let database = TestDatabase::create_if_configured()?;
         let report = rathaus_server::init(
             &InitOptions {
                 data_dir: data.path().join("server"),
@@ -157,6 +170,35 @@ impl TestBackend {
     /// The server's data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.data.path().join("server")
+    }
+
+    /// Opens the stopped server's records where they are: its PostgreSQL database, or the
+    /// sled database in the data directory (flush it before starting the server again).
+    pub fn open_store(&self) -> Result<Arc<dyn Store>> {
+        Ok(rathaus_server::open_records(&self.data_dir())?)
+    }
+
+    /// The stopped server's records, concatenated key and value (of its database, or the
+    /// bytes of every file of the data directory on sled): where no plaintext of a secret
+    /// group may be found.
+    pub fn stored_bytes(&self) -> Result<Vec<u8>> {
+        match &self.database {
+            Some(d) => d.dump(),
+            None => {
+                let mut out = Vec::new();
+                let mut stack = vec![self.data_dir()];
+                while let Some(path) = stack.pop() {
+                    if path.is_dir() {
+                        for entry in std::fs::read_dir(&path)? {
+                            stack.push(entry?.path());
+                        }
+                    } else {
+                        out.extend(std::fs::read(&path)?);
+                    }
+                }
+                Ok(out)
+            }
+        }
     }
 
     /// Starts the server (again), on the same port if it ran before.

@@ -3,15 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Result;
 use ed25519_dalek::SigningKey;
 use rathaus_client::net::Connection;
 use rathaus_protocol::{DepartmentSlug, DeviceId, DeviceKey, Role, UserId};
-use rathaus_server::store::{
-    DepartmentRecord, DeviceRecord, SledStore, Store as _, UserRecord, Writes,
-};
+use rathaus_server::store::{DepartmentRecord, DeviceRecord, UserRecord, Writes};
 use rathaus_server::InitOptions;
 
 use crate::now_ms;
@@ -70,7 +67,7 @@ pub struct Provisioning<'a> {
 /// `data_dir` (as made by `init`), and makes them members of `departments`. Flushes
 /// before returning.
 pub fn provision_users(data_dir: &Path, what: &Provisioning<'_>) -> Result<Vec<ProvisionedUser>> {
-    let store = Arc::new(SledStore::open(&data_dir.join("db"))?);
+    let store = rathaus_server::open_records(data_dir)?;
     let db = rathaus_server::store::Db::new(store.clone());
     let now = now_ms();
     let mut roles = vec![Role::Member];

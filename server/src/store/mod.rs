@@ -66,6 +66,16 @@ pub trait Store: Send + Sync + 'static {
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every write applied so far durable.
     fn flush(&self) -> FlushFuture<'_>;
+    /// Makes every write applied so far durable, blocking (for tools outside of a runtime;
+    /// the server awaits [`Store::flush`]).
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Bytes the store occupies where it knows better than the size of the data
+    /// directory's files (a database elsewhere); `None`: count the files.
+    fn size_bytes(&self) -> Option<u64> {
+        None
+    }
     /// Whether other processes write to this store too (a database shared by several
     /// server nodes): then what is stored, not what this process remembers, says which
     /// seq comes next and how far a log reaches.
