@@ -46,7 +46,7 @@ const POOL_WAIT: Duration = Duration::from_secs(30);
 /// Rows per statement when a snapshot is read or loaded.
 const PAGE: usize = 1000;
 /// The advisory lock key under which the schema is migrated ("rathaus" in ASCII).
-const MIGRATION_LOCK: i64 = 0x7261_7468_6175_73;
+const MIGRATION_LOCK: i64 = 0x0072_6174_6861_7573;
 
 /// The schema, one step per version; `schema_version` records the steps applied.
 const MIGRATIONS: &[&str] = &[
@@ -249,10 +249,8 @@ impl PgStore {
                     continue;
                 }
                 page.push((key, value));
-                if page.len() == PAGE {
-                    if pages.blocking_send(std::mem::take(&mut page)).is_err() {
-                        return Ok(()); // the loader failed; its error is below
-                    }
+                if page.len() == PAGE && pages.blocking_send(std::mem::take(&mut page)).is_err() {
+                    return Ok(()); // the loader failed; its error is below
                 }
             }
             if !page.is_empty() {
