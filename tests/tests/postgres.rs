@@ -169,3 +169,103 @@ async fn a_sled_data_directory_migrates_into_postgresql_with_every_post() {
         "a refused migration leaves config.json as it was"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_database_take_posts_at_once_into_one_dense_log() {
+    if !testing_on_postgres() {
+        println!("skipped without PostgreSQL (set RATHAUS_TEST_STORE=postgres://…): two nodes");
+        return;
+    }
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let code = backend
+        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
+        .await
+        .unwrap();
+
+    // Node B: a copy of the data directory (certificate, keys, config.json naming the
+    // database) serving on a port of its own.
+    let node_b_dir = tempfile::tempdir().unwrap();
+    for name in [
+        "config.json",
+        "cert.der",
+        "key.der",
+        "removal.key",
+        "reset.key",
+    ] {
+        std::fs::copy(backend.data_dir().join(name), node_b_dir.path().join(name)).unwrap();
+    }
+    let mut options = rathaus_server::RunOptions::new(node_b_dir.path());
+    options.listen = Some("127.0.0.1:0".parse().unwrap());
+    let node_b = rathaus_server::start(options).await.unwrap();
+    assert_eq!(node_b.fingerprint(), backend.fingerprint, "one certificate");
+    assert_ne!(node_b.local_addr(), backend.addr);
+    let jonas = rathaus_client::Client::enroll(
+        &backend.profile_dir("P1002"),
+        rathaus_client::EnrollOptions {
+            server: node_b.local_addr().to_string(),
+            trust: rathaus_client::ServerTrust::Pinned(node_b.fingerprint()),
+            user: UserId::parse("P1002").unwrap(),
+            code,
+            password: rathaus_tests::PASSWORD.to_owned(),
+            device_name: "Jonas' phone".into(),
+        },
+    )
+    .await
+    .unwrap();
+
+    // Both post at once, each through their own node.
+    const EACH: usize = 20;
+    let bau = GroupHandle::parse("bauamt").unwrap();
+    let post = |mut client: rathaus_client::Client, who: &'static str| {
+        let bau = bau.clone();
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..EACH {
+                seqs.push(
+                    client
+                        .send_text(&bau, &format!("{who} {i}"))
+                        .await
+                        .unwrap()
+                        .seq,
+                );
+            }
+            (client, seqs)
+        })
+    };
+    let (a, b) = (post(anna, "Anna"), post(jonas, "Jonas"));
+    let (mut anna, anna_seqs) = a.await.unwrap();
+    let (mut jonas, jonas_seqs) = b.await.unwrap();
+    let mut all: Vec<u64> = anna_seqs.into_iter().chain(jonas_seqs).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=2 * EACH as u64).collect::<Vec<_>>(),
+        "every post got its own seq, with no gap"
+    );
+
+    // Each reads the whole log from their own node: every post once.
+    let expected: std::collections::BTreeSet<String> = ["Anna", "Jonas"]
+        .iter()
+        .flat_map(|w| (0..EACH).map(move |i| format!("{w} {i}")))
+        .collect();
+    for client in [&mut anna, &mut jonas] {
+        let rows = client.read(&bau).await.unwrap();
+        let texts: Vec<String> = rows.iter().map(|r| r.text.clone()).collect();
+        assert_eq!(texts.len(), 2 * EACH, "{texts:?}");
+        assert_eq!(
+            texts.into_iter().collect::<std::collections::BTreeSet<_>>(),
+            expected
+        );
+    }
+    anna.disconnect().await;
+    jonas.disconnect().await;
+    admin.disconnect().await;
+    node_b.shutdown().await;
+    backend.stop().await;
+}

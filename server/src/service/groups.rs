@@ -10,6 +10,10 @@ use rathaus_protocol::{
 };
 
 use super::{Broadcast, Heads, InFlight, InFlightKey, Refusal, Service, Session};
+
+/// How often a post is allocated a seq again after another node on a shared database
+/// took the one it had (each retry reads the stored head afresh).
+const MAX_CONFLICT_RETRIES: u32 = 8;
 use crate::store::{ApplyTicket, DepartmentRecord, StoredEntry, UserRecord, Writes};
 
 /// Room left in a `Fetch` answer for everything but the entries' stored bytes.
@@ -111,6 +115,28 @@ impl Service {
     /// again under the log lock, which every commit holds while it stores the new epoch,
     /// so a message of the old epoch is never stored behind the commit that ended it.
     pub(super) async fn append_post(
+        &self,
+        group: &GroupHandle,
+        entry: StoredEntry,
+        epoch: Option<u64>,
+    ) -> Result<Response, Refusal> {
+        let mut attempt = 1;
+        loop {
+            match self.append_post_once(group, entry.clone(), epoch).await {
+                // On a database shared with other nodes, one of them took the seq first:
+                // nothing was stored, so allocate again from what is stored now. A retry
+                // whose first attempt another node did store is answered as a duplicate.
+                Err(refusal) if refusal.is_conflict() && attempt < MAX_CONFLICT_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(%group, attempt, "another node wrote first; allocating again");
+                    self.log_lock().remove(group);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn append_post_once(
         &self,
         group: &GroupHandle,
         entry: StoredEntry,

@@ -183,7 +183,7 @@ impl Service {
                 .map_err(|refusal| {
                     // On a database shared by several nodes, another node's commit for
                     // this epoch (or another entry for this seq) came first.
-                    if refusal.code == ErrorCode::Unavailable {
+                    if refusal.is_conflict() {
                         let now = self.db.secret_group(&group).ok().flatten();
                         stale(&group, now.map_or(epoch + 1, |r| r.epoch))
                     } else {
