@@ -257,10 +257,10 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join("\n");
-        for text in [example, uncommented.as_str()] {
+        for (text, store) in [(example, None), (uncommented.as_str(), Some("sled"))] {
             let file = parse(text).unwrap();
             assert_eq!(file.data.as_deref(), Some(Path::new("/var/lib/rathaus")));
-            assert_eq!(file.store.unwrap().into_inner(), "sled");
+            assert_eq!(file.store.map(|s| s.into_inner()).as_deref(), store);
             assert_eq!(file.metrics.listen.unwrap().to_string(), "127.0.0.1:9464");
             assert_eq!(file.log.format, Some(LogFormat::Text));
             assert!(file.limits.max_upload_bytes.is_some());
