@@ -188,11 +188,13 @@ impl TestBackend {
                 let mut out = Vec::new();
                 let mut stack = vec![self.data_dir()];
                 while let Some(path) = stack.pop() {
-                    if path.is_dir() {
+                    let meta = std::fs::symlink_metadata(&path)?;
+                    if meta.is_dir() {
                         for entry in std::fs::read_dir(&path)? {
                             stack.push(entry?.path());
                         }
-                    } else {
+                    } else if meta.is_file() {
+                        // Regular files only: the operations socket is no data.
                         out.extend(std::fs::read(&path)?);
                     }
                 }

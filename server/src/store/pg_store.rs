@@ -183,7 +183,8 @@ impl PgStore {
 
     /// Fills the empty database from a snapshot in one transaction (so a failure leaves
     /// it empty) and continues the ids after `next_id`; returns the pairs written.
-    /// Refuses a database that holds anything already.
+    /// Refuses a database that holds anything already. Call it outside of an async
+    /// runtime (it is for `migrate`): it feeds the pages with blocking sends.
     pub fn load(
         &self,
         snapshot: &mut SnapshotReader<impl std::io::Read>,
