@@ -31,6 +31,7 @@ pub(crate) async fn run(out: &Output) -> Result<()> {
             listen: Some("127.0.0.1:0".parse()?),
             org: Some("Stadt Musterstadt".into()),
             admin_user: None,
+            store: None,
         },
         &SystemClock,
     )?;

@@ -88,6 +88,14 @@ pub struct Member {
 pub fn backup(data_dir: &Path, to: &Path) -> Result<Manifest, ServerError> {
     let dir = DataDir::new(data_dir);
     let config = dir.read_config()?;
+    if config.store.is_some() {
+        return Err(ServerError::Invalid(
+            "this server keeps its records in PostgreSQL: back them up with pg_dump (e.g. \
+             pg_dump --format=custom), and keep a copy of the data directory for the \
+             certificate and keys"
+                .into(),
+        ));
+    }
     if to.exists() {
         return Err(ServerError::Invalid(format!(
             "{} exists already; choose a new file",
@@ -336,13 +344,9 @@ pub async fn admin_code(data_dir: &Path, user: &UserId) -> Result<AdminCode, Ser
         };
     }
     let dir = DataDir::new(data_dir);
-    dir.read_config()?;
-    let store = dir.open_store()?;
-    let service = Service::new(
-        Db::new(Arc::new(store)),
-        Arc::new(SystemClock),
-        dir.removal_key()?,
-    )?;
+    let config = dir.read_config()?;
+    let store = dir.open_records(&config, None)?;
+    let service = Service::new(Db::new(store), Arc::new(SystemClock), dir.removal_key()?)?;
     let code = service
         .break_glass_admin_code(user)
         .await

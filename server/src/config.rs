@@ -20,7 +20,8 @@ pub struct ConfigFile {
     pub data: Option<PathBuf>,
     /// QUIC listen address (default: the one `init` wrote to `DIR/config.json`).
     pub listen: Option<SocketAddr>,
-    /// Which store holds the records: `"sled"`, the embedded database in `DIR/db`.
+    /// Which store holds the records: `"sled"`, the embedded database in `DIR/db`, or
+    /// `"postgres://…"`, a PostgreSQL database (default: the one `init` chose).
     pub store: Option<Spanned<String>>,
     /// Certificate (PEM or DER) instead of `DIR/cert.der`; needs `key`.
     pub cert: Option<PathBuf>,
@@ -161,13 +162,13 @@ impl ConfigFile {
                 reason,
             };
         if let Some(store) = &file.store {
-            if store.get_ref() != "sled" {
+            let url = store.get_ref();
+            if url != "sled" && !crate::store::is_postgres_url(url) {
                 return Err(refuse(
                     "store",
                     store.span(),
                     format!(
-                        "{:?} is not a store of this build; the only one is \"sled\" (the embedded database in the data directory)",
-                        store.get_ref()
+                        "{url:?} is not a store of this build: \"sled\" (the embedded database in the data directory) or \"postgres://…\" (a PostgreSQL database)"
                     ),
                 ));
             }
@@ -256,10 +257,10 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join("\n");
-        for text in [example, uncommented.as_str()] {
+        for (text, store) in [(example, None), (uncommented.as_str(), Some("sled"))] {
             let file = parse(text).unwrap();
             assert_eq!(file.data.as_deref(), Some(Path::new("/var/lib/rathaus")));
-            assert_eq!(file.store.unwrap().into_inner(), "sled");
+            assert_eq!(file.store.map(|s| s.into_inner()).as_deref(), store);
             assert_eq!(file.metrics.listen.unwrap().to_string(), "127.0.0.1:9464");
             assert_eq!(file.log.format, Some(LogFormat::Text));
             assert!(file.limits.max_upload_bytes.is_some());
@@ -293,10 +294,13 @@ mod tests {
             err.contains("limits.max_upload_bytes") && err.contains("line 3"),
             "{err}"
         );
-        let err = parse("store = \"postgres://db\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = parse("store = \"mysql://db\"\n").unwrap_err().to_string();
         assert!(err.contains("store") && err.contains("line 1"), "{err}");
+        let file = parse("store = \"postgres://rathaus@localhost/rathaus\"\n").unwrap();
+        assert_eq!(
+            file.store.unwrap().into_inner(),
+            "postgres://rathaus@localhost/rathaus"
+        );
         let err = parse("[log]\nlevel = \"info,=[\"\n")
             .unwrap_err()
             .to_string();

@@ -8,7 +8,8 @@
 //!   removal.key   Ed25519 seed of the removal key, signs MLS Remove proposals (0600)
 //!   reset.key     QUIC stateless-reset and connection-id key (0600), so that after a
 //!                 restart clients of the previous run learn at once that it is gone
-//!   db/           sled database
+//!   db/           sled database (absent when the records are in PostgreSQL: then
+//!                 config.json names the database under "store")
 //! ```
 
 use std::fs;
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Clock;
 use crate::error::ServerError;
 use crate::service::{bootstrap, RemovalKey};
-use crate::store::{Db, SledStore, StoreError};
+use crate::store::{is_postgres_url, Db, PgStore, SledStore, Store, StoreError};
 use crate::transport::tls::TlsIdentity;
 
 /// Where the server listens unless told otherwise.
@@ -47,6 +48,10 @@ pub struct InitOptions {
     pub org: Option<String>,
     /// Personnel number of the first administrator; default `admin`.
     pub admin_user: Option<UserId>,
+    /// `postgres://…`: keep the records in that PostgreSQL database (which must hold
+    /// none yet) instead of the sled database in the data directory; `None` or `"sled"`:
+    /// sled.
+    pub store: Option<String>,
 }
 
 /// What `init` reports; serialised as the JSON of `rathaus-server init --json`.
@@ -92,17 +97,36 @@ pub fn init(opts: &InitOptions, clock: &dyn Clock) -> Result<InitReport, ServerE
         Some(a) => a.clone(),
         None => UserId::parse(DEFAULT_ADMIN).map_err(|e| ServerError::Invalid(e.to_string()))?,
     };
-    let code = {
-        let store = dir.open_store()?;
-        let db = Db::new(Arc::new(store.clone()));
-        let code = bootstrap(&db, clock.now_ms(), &org, &admin)?;
-        store.flush_blocking()?;
-        code
+    let postgres = StoreChoice::parse(opts.store.as_deref())?;
+    let code = match &postgres {
+        StoreChoice::Postgres(url) => {
+            let store = PgStore::open(url)?;
+            if !store.is_empty()? {
+                return Err(ServerError::Invalid(
+                    "the PostgreSQL database already holds a Rathaus server; give an empty \
+                     database to --store"
+                        .into(),
+                ));
+            }
+            // Every write there is a committed, synchronously flushed transaction.
+            bootstrap(&Db::new(Arc::new(store)), clock.now_ms(), &org, &admin)?
+        }
+        StoreChoice::Sled => {
+            let store = dir.open_store()?;
+            let db = Db::new(Arc::new(store.clone()));
+            let code = bootstrap(&db, clock.now_ms(), &org, &admin)?;
+            store.flush_blocking()?;
+            code
+        }
     };
 
     let config = Config {
         org,
         listen: listen.clone(),
+        store: match postgres {
+            StoreChoice::Postgres(url) => Some(url),
+            StoreChoice::Sled => None,
+        },
     };
     let json = serde_json::to_vec_pretty(&config).map_err(|e| ServerError::Config {
         path: dir.config(),
@@ -125,6 +149,32 @@ pub(crate) struct Config {
     pub(crate) org: String,
     /// Listen address.
     pub(crate) listen: String,
+    /// The PostgreSQL database holding the records (`postgres://…`); absent: the sled
+    /// database in `db/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) store: Option<String>,
+}
+
+/// Where the records are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoreChoice {
+    /// The sled database in the data directory.
+    Sled,
+    /// A PostgreSQL database, by URL.
+    Postgres(String),
+}
+
+impl StoreChoice {
+    /// `None` and `"sled"`: sled; `postgres://…` or `postgresql://…`: PostgreSQL.
+    pub(crate) fn parse(store: Option<&str>) -> Result<Self, ServerError> {
+        match store {
+            None | Some("sled") => Ok(Self::Sled),
+            Some(url) if is_postgres_url(url) => Ok(Self::Postgres(url.to_owned())),
+            Some(other) => Err(ServerError::Invalid(format!(
+                "store {other:?}: expected \"sled\" or a postgres://… URL"
+            ))),
+        }
+    }
 }
 
 /// Paths inside a data directory.
@@ -232,13 +282,35 @@ impl DataDir {
         })
     }
 
-    /// Opens the database; `Locked` if a running server holds it.
+    /// Opens the records: in the PostgreSQL database `store` names, else in the one
+    /// `config.json` names, else in the sled database here (`Locked` if a running server
+    /// holds it).
+    pub(crate) fn open_records(
+        &self,
+        config: &Config,
+        store: Option<&str>,
+    ) -> Result<Arc<dyn Store>, ServerError> {
+        match StoreChoice::parse(store.or(config.store.as_deref()))? {
+            StoreChoice::Postgres(url) => Ok(Arc::new(PgStore::open(&url)?)),
+            StoreChoice::Sled => Ok(Arc::new(self.open_store()?)),
+        }
+    }
+
+    /// Opens the sled database; `Locked` if a running server holds it.
     pub(crate) fn open_store(&self) -> Result<SledStore, ServerError> {
         SledStore::open(&self.db()).map_err(|e| match e {
             StoreError::Locked(_) => ServerError::Locked(self.root.clone()),
             other => ServerError::Store(other),
         })
     }
+}
+
+/// Opens the records of the stopped server in `data_dir`, where its `config.json` says
+/// they are (for tools and tests that read or edit them).
+pub fn open_records(data_dir: &Path) -> Result<Arc<dyn Store>, ServerError> {
+    let dir = DataDir::new(data_dir);
+    let config = dir.read_config()?;
+    dir.open_records(&config, None)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
@@ -283,6 +355,7 @@ mod tests {
             listen: None,
             org: Some("Stadt Musterhausen".into()),
             admin_user: None,
+            store: None,
         };
         let report = init(&opts, &ManualClock::new(0)).unwrap();
         assert_eq!(report.admin_user, "admin");

@@ -1,7 +1,6 @@
 //! The operator's view of what the server holds (`rathaus-server inspect`).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use base64::Engine;
 use rathaus_protocol::{EntryBody, GroupHandle, GroupKind};
@@ -17,7 +16,7 @@ use crate::store::{Db, StoreError};
 pub fn inspect(data_dir: &Path, group: Option<&GroupHandle>) -> Result<Value, ServerError> {
     let dir = DataDir::new(data_dir);
     let config = dir.read_config()?;
-    let db = Db::new(Arc::new(dir.open_store()?));
+    let db = Db::new(dir.open_records(&config, None)?);
     match group {
         Some(g) => group_view(&db, g),
         None => overview(&db, &config.org),

@@ -16,7 +16,7 @@
 //!
 //! let dir = std::path::PathBuf::from("/var/lib/rathaus");
 //! let report = init(
-//!     &InitOptions { data_dir: dir.clone(), listen: None, org: None, admin_user: None },
+//!     &InitOptions { data_dir: dir.clone(), listen: None, org: None, admin_user: None, store: None },
 //!     &SystemClock,
 //! )?;
 //! println!("enroll {} with {}", report.admin_user, report.enrollment_code);
@@ -33,12 +33,13 @@ mod data_dir;
 mod error;
 mod inspect;
 mod metrics;
+pub mod migrate;
 mod ops;
 pub mod service;
 pub mod store;
 pub mod transport;
 
-pub use data_dir::{init, InitOptions, InitReport};
+pub use data_dir::{init, open_records, InitOptions, InitReport};
 pub use error::ServerError;
 pub use inspect::inspect;
 pub use transport::{start, ConnectionLimits, DefenceStats, RunOptions, RunningServer};

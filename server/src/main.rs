@@ -45,6 +45,10 @@ enum Command {
         /// Organisation name shown to users.
         #[arg(long)]
         org: Option<String>,
+        /// Keep the records in this (empty) PostgreSQL database, postgres://…, instead of
+        /// the sled database in the data directory; remembered in its config.json.
+        #[arg(long)]
+        store: Option<String>,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -75,6 +79,9 @@ enum Command {
         /// Log format: text or json.
         #[arg(long, value_parser = parse_log_format)]
         log_format: Option<LogFormat>,
+        /// The records' store: sled or postgres://… (default: the one chosen at init).
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Write a consistent backup of a server, running or stopped, to FILE.
     Backup {
@@ -129,6 +136,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy the records of a stopped server's sled database into an empty PostgreSQL
+    /// database, verify the copy, and make the data directory use it.
+    Migrate {
+        /// Data directory of the (stopped) server.
+        #[arg(long)]
+        from_data: PathBuf,
+        /// The empty PostgreSQL database, postgres://…
+        #[arg(long)]
+        to: String,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what the server holds (stop the server first).
     Inspect {
         /// Data directory.
@@ -154,8 +174,10 @@ fn main() -> ExitCode {
             max_connections,
             metrics_listen,
             log_format,
+            store,
         } => {
             let flags = RunFlags {
+                store,
                 data,
                 listen,
                 cert,
@@ -200,6 +222,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             data,
             listen,
             org,
+            store,
             json,
         } => {
             let opts = InitOptions {
@@ -207,6 +230,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 listen,
                 org,
                 admin_user: None,
+                store,
             };
             let report = init(&opts, &SystemClock)?;
             if json {
@@ -314,6 +338,30 @@ fn execute(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Migrate {
+            from_data,
+            to,
+            json,
+        } => {
+            let report = rathaus_server::migrate::migrate(&from_data, &to)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "Copied {} records of {} into PostgreSQL and verified them (SHA-256 {}).",
+                    report.records,
+                    from_data.display(),
+                    report.sha256
+                );
+                println!(
+                    "{}/config.json now names the database; start with rathaus-server run --data {}                      ({}/db is left as it was: remove it once satisfied).",
+                    from_data.display(),
+                    from_data.display(),
+                    from_data.display()
+                );
+            }
+            Ok(())
+        }
         Command::Inspect { data, group, json } => {
             let view = inspect(&data, group.as_ref())?;
             if json {
@@ -341,6 +389,7 @@ fn version() -> &'static str {
 
 /// The flags of `run` that may also come from the configuration file.
 struct RunFlags {
+    store: Option<String>,
     data: Option<PathBuf>,
     listen: Option<SocketAddr>,
     cert: Option<PathBuf>,
@@ -368,6 +417,7 @@ fn settings(config: Option<&std::path::Path>, flags: RunFlags) -> anyhow::Result
         .context("no data directory: give --data DIR or `data = \"DIR\"` in the --config file")?;
     let mut opts = RunOptions::new(data);
     opts.listen = flags.listen.or(file.listen);
+    opts.store = flags.store.or(file.store.map(|s| s.into_inner()));
     if flags.cert.is_some() {
         (opts.cert, opts.key) = (flags.cert, flags.key);
     } else {
@@ -431,7 +481,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
             protocol = PROTOCOL_VERSION,
             org = %server.org(),
             data = %data.display(),
-            store = "sled",
+            store = server.store_kind(),
             listen = %server.local_addr(),
             metrics = %server.metrics_addr().map_or_else(|| "off".to_owned(), |a| a.to_string()),
             max_connections = limits.0,

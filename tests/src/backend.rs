@@ -9,9 +9,10 @@ use anyhow::{anyhow, bail, Result};
 use rathaus_client::{Client, EnrollOptions, ServerTrust};
 use rathaus_protocol::{DepartmentSlug, Role, UserId};
 use rathaus_server::clock::ManualClock;
+use rathaus_server::store::Store;
 use rathaus_server::{InitOptions, RunOptions, RunningServer};
 
-use crate::{init_tracing, now_ms, workspace_bin, ServerProcess, PASSWORD};
+use crate::{init_tracing, now_ms, workspace_bin, ServerProcess, TestDatabase, PASSWORD};
 
 /// A real server in this process plus the directories of its clients.
 pub struct TestBackend {
@@ -37,12 +38,21 @@ pub struct TestBackend {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The bootstrap admin's id and one-time code (consumed by [`TestBackend::admin`]).
     admin_code: Option<(String, String)>,
+    /// The server's PostgreSQL database under `RATHAUS_TEST_STORE` (dropped after the
+    /// server, being the last field); `None`: the sled database in the data directory.
+    pub database: Option<TestDatabase>,
 }
 
 impl TestBackend {
     /// Initialises a data directory and starts a server on `127.0.0.1:0`.
     pub async fn start() -> Result<Self> {
         Self::start_serving(None).await
+    }
+
+    /// Like [`TestBackend::start`], but on the sled database in the data directory
+    /// whatever `RATHAUS_TEST_STORE` says (for tests of sled data directories).
+    pub async fn start_on_sled() -> Result<Self> {
+        Self::start_serving_on(None, None).await
     }
 
     /// Like [`TestBackend::start`], but the server presents `cert` (issued by a CA, e.g.
@@ -52,6 +62,13 @@ impl TestBackend {
     }
 
     async fn start_serving(tls: Option<(PathBuf, PathBuf)>) -> Result<Self> {
+        Self::start_serving_on(tls, TestDatabase::create_if_configured()?).await
+    }
+
+    async fn start_serving_on(
+        tls: Option<(PathBuf, PathBuf)>,
+        database: Option<TestDatabase>,
+    ) -> Result<Self> {
         init_tracing();
         let data = tempfile::tempdir()?;
         let profiles = tempfile::tempdir()?;
@@ -62,6 +79,7 @@ impl TestBackend {
                 listen: Some("127.0.0.1:0".parse()?),
                 org: Some("Stadt Teststadt".into()),
                 admin_user: None,
+                store: database.as_ref().map(|d| d.url().to_owned()),
             },
             clock.as_ref(),
         )?;
@@ -76,6 +94,7 @@ impl TestBackend {
             fingerprint: report.fingerprint.clone(),
             tls,
             admin_code: Some((report.admin_user, report.enrollment_code)),
+            database,
         };
         backend.run().await?;
         Ok(backend)
@@ -90,12 +109,14 @@ impl TestBackend {
         let data = tempfile::tempdir()?;
         let profiles = tempfile::tempdir()?;
         let clock = Arc::new(ManualClock::new(now_ms()));
+        let database = TestDatabase::create_if_configured()?;
         let report = rathaus_server::init(
             &InitOptions {
                 data_dir: data.path().join("server"),
                 listen: Some("127.0.0.1:0".parse()?),
                 org: Some("Stadt Teststadt".into()),
                 admin_user: None,
+                store: database.as_ref().map(|d| d.url().to_owned()),
             },
             clock.as_ref(),
         )?;
@@ -110,6 +131,7 @@ impl TestBackend {
             fingerprint: report.fingerprint.clone(),
             tls: None,
             admin_code: Some((report.admin_user, report.enrollment_code)),
+            database,
         };
         backend.spawn_process()?;
         Ok(backend)
@@ -148,6 +170,37 @@ impl TestBackend {
     /// The server's data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.data.path().join("server")
+    }
+
+    /// Opens the stopped server's records where they are: its PostgreSQL database, or the
+    /// sled database in the data directory (flush it before starting the server again).
+    pub fn open_store(&self) -> Result<Arc<dyn Store>> {
+        Ok(rathaus_server::open_records(&self.data_dir())?)
+    }
+
+    /// The stopped server's records, concatenated key and value (of its database, or the
+    /// bytes of every file of the data directory on sled): where no plaintext of a secret
+    /// group may be found.
+    pub fn stored_bytes(&self) -> Result<Vec<u8>> {
+        match &self.database {
+            Some(d) => d.dump(),
+            None => {
+                let mut out = Vec::new();
+                let mut stack = vec![self.data_dir()];
+                while let Some(path) = stack.pop() {
+                    let meta = std::fs::symlink_metadata(&path)?;
+                    if meta.is_dir() {
+                        for entry in std::fs::read_dir(&path)? {
+                            stack.push(entry?.path());
+                        }
+                    } else if meta.is_file() {
+                        // Regular files only: the operations socket is no data.
+                        out.extend(std::fs::read(&path)?);
+                    }
+                }
+                Ok(out)
+            }
+        }
     }
 
     /// Starts the server (again), on the same port if it ran before.

@@ -14,6 +14,7 @@ pub mod operator;
 
 mod backend;
 mod ca;
+mod database;
 mod measure;
 mod process;
 mod provision;
@@ -24,6 +25,7 @@ use anyhow::{anyhow, Result};
 
 pub use backend::TestBackend;
 pub use ca::TestCa;
+pub use database::{skip_on_postgres, testing_on_postgres, TestDatabase, TEST_STORE_VAR};
 pub use measure::{
     contains, dir_size, files_containing, process_cpu_time, rss_kib, shared_endpoint, store_bytes,
 };

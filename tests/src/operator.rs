@@ -25,9 +25,7 @@ use rathaus_client::mls::DeviceSigner;
 use rathaus_protocol::messages::WelcomeInfo;
 use rathaus_protocol::mls::{group_id, GroupPolicy, GROUP_POLICY_EXTENSION, SERVER_IDENTITY};
 use rathaus_protocol::{ClientMsgId, DeviceId, EntryBody, GroupHandle, UserId};
-use rathaus_server::store::{
-    Batch, Db, KeyPackageRecord, LeafRecord, SledStore, Store as _, StoredEntry, Writes,
-};
+use rathaus_server::store::{Batch, Db, KeyPackageRecord, LeafRecord, Store, StoredEntry, Writes};
 
 /// The operator of a stopped server.
 pub struct Operator {
@@ -52,11 +50,9 @@ impl Operator {
         }
     }
 
-    fn open(&self) -> Result<(Arc<SledStore>, Db)> {
-        let store = Arc::new(
-            SledStore::open(&self.data_dir.join("db"))
-                .context("open the stopped server's database")?,
-        );
+    fn open(&self) -> Result<(Arc<dyn Store>, Db)> {
+        let store = rathaus_server::open_records(&self.data_dir)
+            .context("open the stopped server's database")?;
         let db = Db::new(store.clone());
         Ok((store, db))
     }

@@ -3,15 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Result;
 use ed25519_dalek::SigningKey;
 use rathaus_client::net::Connection;
 use rathaus_protocol::{DepartmentSlug, DeviceId, DeviceKey, Role, UserId};
-use rathaus_server::store::{
-    DepartmentRecord, DeviceRecord, SledStore, Store as _, UserRecord, Writes,
-};
+use rathaus_server::store::{DepartmentRecord, DeviceRecord, UserRecord, Writes};
 use rathaus_server::InitOptions;
 
 use crate::now_ms;
@@ -70,7 +67,7 @@ pub struct Provisioning<'a> {
 /// `data_dir` (as made by `init`), and makes them members of `departments`. Flushes
 /// before returning.
 pub fn provision_users(data_dir: &Path, what: &Provisioning<'_>) -> Result<Vec<ProvisionedUser>> {
-    let store = Arc::new(SledStore::open(&data_dir.join("db"))?);
+    let store = rathaus_server::open_records(data_dir)?;
     let db = rathaus_server::store::Db::new(store.clone());
     let now = now_ms();
     let mut roles = vec![Role::Member];
@@ -130,7 +127,8 @@ pub fn provision_users(data_dir: &Path, what: &Provisioning<'_>) -> Result<Vec<P
     Ok(users)
 }
 
-/// Initialises a server data directory in `root` (no clients enrolled) and returns it.
+/// Initialises a server data directory in `root` (no clients enrolled) and returns it;
+/// its records are in sled (for [`provision_users`], which writes them directly).
 pub fn init_data_dir(root: &Path) -> Result<PathBuf> {
     let data = root.join("server");
     rathaus_server::init(
@@ -139,6 +137,7 @@ pub fn init_data_dir(root: &Path) -> Result<PathBuf> {
             listen: Some("127.0.0.1:0".parse()?),
             org: Some("Stadt Teststadt".into()),
             admin_user: None,
+            store: None,
         },
         &rathaus_server::clock::SystemClock,
     )?;

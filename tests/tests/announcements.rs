@@ -5,13 +5,12 @@
 // Test code: a failed unwrap is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rathaus_client::{AnnouncementDraft, Client, ClientError};
 use rathaus_protocol::{AnnouncementState, ErrorCode, GroupHandle, Role, UserId};
 use rathaus_server::clock::Clock;
-use rathaus_server::store::{Db, SledStore, Writes};
+use rathaus_server::store::{Db, Writes};
 use rathaus_tests::{within, workspace_bin, TestBackend};
 
 const HOUR_MS: i64 = 60 * 60 * 1000;
@@ -405,7 +404,7 @@ async fn the_audit_chain_verifies_and_reports_an_edited_entry() {
     admin.disconnect().await;
     backend.stop().await;
     {
-        let store = Arc::new(SledStore::open(&backend.data_dir().join("db")).unwrap());
+        let store = backend.open_store().unwrap();
         let db = Db::new(store.clone());
         let mut entry = db.audit_entries(victim, 1).unwrap().remove(0);
         assert_eq!(entry.index, victim);
@@ -413,7 +412,7 @@ async fn the_audit_chain_verifies_and_reports_an_edited_entry() {
         let mut w = Writes::new();
         w.put_audit(&entry).unwrap();
         db.apply(w).unwrap();
-        store.flush_blocking().unwrap();
+        store.flush().await.unwrap();
     }
     backend.run().await.unwrap();
 

@@ -15,12 +15,14 @@ async fn sigkill_after_acknowledged_posts_loses_and_duplicates_nothing() {
     rathaus_tests::init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
+    let database = rathaus_tests::TestDatabase::create_if_configured().unwrap();
     let report = rathaus_server::init(
         &InitOptions {
             data_dir: data.clone(),
             listen: None,
             org: Some("Stadt Teststadt".into()),
             admin_user: None,
+            store: database.as_ref().map(|d| d.url().to_owned()),
         },
         &SystemClock,
     )

@@ -116,6 +116,9 @@ fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_under_concurrent_posting_restores_every_acknowledged_post() {
+    if rathaus_tests::skip_on_postgres("backup and restore of the data directory's database") {
+        return;
+    }
     let mut backend = TestBackend::start().await.unwrap();
     let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
     let bauamt = group("bauamt");

@@ -114,11 +114,14 @@ async fn canary_reaches_members_but_never_the_servers_disk_or_log() {
 
     let data = backend.data_dir();
     // Positive control: the search finds server-readable content.
+    let stored = backend.stored_bytes().unwrap();
     assert!(
-        !files_containing(&data, public_text.as_bytes())
-            .unwrap()
-            .is_empty(),
-        "the public post should be in the data directory"
+        contains(&stored, public_text.as_bytes()),
+        "the public post should be in the server's records"
+    );
+    assert!(
+        !contains(&stored, secret_text.as_bytes()),
+        "secret content in the server's records"
     );
     assert_eq!(
         files_containing(&data, secret_text.as_bytes()).unwrap(),
@@ -419,7 +422,7 @@ async fn an_add_forged_with_the_servers_removal_key_is_refused() {
         ExternalProposal, GroupEpoch, GroupId, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion,
         SenderExtensionIndex,
     };
-    use rathaus_server::store::{Db, SledStore, StoredEntry, Writes};
+    use rathaus_server::store::{Db, StoredEntry, Writes};
 
     let mut backend = TestBackend::start().await.unwrap();
     let (_admin, mut anna, mut jonas) = team(&mut backend, false).await;
@@ -468,7 +471,7 @@ async fn an_add_forged_with_the_servers_removal_key_is_refused() {
     .to_bytes()
     .unwrap();
     {
-        let store = std::sync::Arc::new(SledStore::open(&backend.data_dir().join("db")).unwrap());
+        let store = backend.open_store().unwrap();
         let db = Db::new(store.clone());
         let head = db.head(&secret()).unwrap();
         let mut writes = Writes::new();
@@ -486,7 +489,7 @@ async fn an_add_forged_with_the_servers_removal_key_is_refused() {
             )
             .unwrap();
         db.apply(writes).unwrap();
-        store.flush_blocking().unwrap();
+        store.flush().await.unwrap();
     }
     backend.run().await.unwrap();
 

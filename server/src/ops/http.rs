@@ -148,9 +148,13 @@ async fn update(ctx: &ServerCtx, gauges: &Gauges, db_dir: &Path) {
         .removals_pending
         .set(i64::try_from(ctx.service.pending_removals()).unwrap_or(i64::MAX));
     let dir = db_dir.to_path_buf();
-    let bytes = tokio::task::spawn_blocking(move || dir_size(&dir))
-        .await
-        .unwrap_or(0);
+    let store = ctx.service.db().store().clone();
+    let bytes = tokio::task::spawn_blocking(move || match store.size_bytes() {
+        Some(bytes) => bytes,
+        None => dir_size(&dir),
+    })
+    .await
+    .unwrap_or(0);
     gauges
         .store_bytes
         .set(i64::try_from(bytes).unwrap_or(i64::MAX));

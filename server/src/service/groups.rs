@@ -10,6 +10,10 @@ use rathaus_protocol::{
 };
 
 use super::{Broadcast, Heads, InFlight, InFlightKey, Refusal, Service, Session};
+
+/// How often a post is allocated a seq again after another node on a shared database
+/// took the one it had (each retry reads the stored head afresh).
+const MAX_CONFLICT_RETRIES: u32 = 8;
 use crate::store::{ApplyTicket, DepartmentRecord, StoredEntry, UserRecord, Writes};
 
 /// Room left in a `Fetch` answer for everything but the entries' stored bytes.
@@ -119,6 +123,28 @@ impl Service {
         entry: StoredEntry,
         epoch: Option<u64>,
     ) -> Result<Response, Refusal> {
+        let mut attempt = 1;
+        loop {
+            match self.append_post_once(group, entry.clone(), epoch).await {
+                // On a database shared with other nodes, one of them took the seq first:
+                // nothing was stored, so allocate again from what is stored now. A retry
+                // whose first attempt another node did store is answered as a duplicate.
+                Err(refusal) if refusal.is_conflict() && attempt < MAX_CONFLICT_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(%group, attempt, "another node wrote first; allocating again");
+                    self.log_lock().remove(group);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn append_post_once(
+        &self,
+        group: &GroupHandle,
+        entry: StoredEntry,
+        epoch: Option<u64>,
+    ) -> Result<Response, Refusal> {
         let now = entry.sent_at_ms;
         let key = InFlightKey {
             group: group.clone(),
@@ -198,11 +224,22 @@ impl Service {
         heads: &HashMap<GroupHandle, Heads>,
         group: &GroupHandle,
     ) -> Result<u64, Refusal> {
-        let head = match heads.get(group) {
+        Ok(self.written_head(heads, group)? + 1)
+    }
+
+    /// The last seq of `group` allocated so far. Call with the log lock held. On a store
+    /// that other nodes write too, the stored head counts as well: theirs are not in the
+    /// cache (and a seq two nodes picked is refused by the store).
+    pub(super) fn written_head(
+        &self,
+        heads: &HashMap<GroupHandle, Heads>,
+        group: &GroupHandle,
+    ) -> Result<u64, Refusal> {
+        Ok(match heads.get(group) {
+            Some(h) if self.db.store().shared() => h.written.max(self.db.head(group)?),
             Some(h) => h.written,
             None => self.db.head(group)?,
-        };
-        Ok(head + 1)
+        })
     }
 
     /// Appends `entries` to `group` with `extra` writes in one atomic batch; returns the
@@ -402,6 +439,10 @@ impl Service {
 
     /// The group's durable head (what readers may see).
     pub(super) fn head(&self, group: &GroupHandle) -> Result<u64, Refusal> {
+        if self.db.store().shared() {
+            // Every applied write is durable there, and other nodes append too.
+            return Ok(self.db.head(group)?);
+        }
         let mut heads = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(h) = heads.get(group) {
             return Ok(h.durable);

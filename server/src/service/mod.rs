@@ -62,6 +62,9 @@ use durability::Durability;
 /// Organisation name used when the store has none (only in tests).
 const DEFAULT_ORG: &str = "Rathaus";
 
+/// What a client is told when another server node's write came first.
+const CONFLICT_MESSAGE: &str = "a concurrent write came first; retry";
+
 /// How many events a slow subscriber may fall behind before it is told to re-fetch.
 const EVENT_BUFFER: usize = 4096;
 
@@ -196,6 +199,11 @@ impl Refusal {
         }
     }
 
+    /// Whether another writer on a shared store came first (nothing was stored).
+    pub(crate) fn is_conflict(&self) -> bool {
+        self.code == ErrorCode::Unavailable && self.message == CONFLICT_MESSAGE
+    }
+
     /// The wire response for this refusal.
     pub fn to_response(&self) -> Response {
         Response::error(self.code, self.message.clone())
@@ -204,7 +212,15 @@ impl Refusal {
 
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
-        Self::internal(e.to_string())
+        match e {
+            // Another server node on the same database wrote first; nothing was stored.
+            StoreError::Conflict(detail) => Self {
+                code: ErrorCode::Unavailable,
+                message: CONFLICT_MESSAGE.into(),
+                detail: Some(detail),
+            },
+            other => Self::internal(other.to_string()),
+        }
     }
 }
 

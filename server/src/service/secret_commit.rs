@@ -170,7 +170,8 @@ impl Service {
                 record.group_info = info;
             }
             w.put_secret_group(&group, &record)?
-                .put_public_state(&group, &state.record()?)?;
+                .put_public_state(&group, &state.record()?)?
+                .claim_epoch(&group, epoch, seq)?;
             let entry = StoredEntry {
                 sender: me.id.clone(),
                 sender_name: me.name.clone(),
@@ -178,7 +179,17 @@ impl Service {
                 client_id: digest_id(&commit),
                 body: EntryBody::Mls(commit),
             };
-            self.append_locked(&mut heads, &group, std::slice::from_ref(&entry), w)?;
+            self.append_locked(&mut heads, &group, std::slice::from_ref(&entry), w)
+                .map_err(|refusal| {
+                    // On a database shared by several nodes, another node's commit for
+                    // this epoch (or another entry for this seq) came first.
+                    if refusal.is_conflict() {
+                        let now = self.db.secret_group(&group).ok().flatten();
+                        stale(&group, now.map_or(epoch + 1, |r| r.epoch))
+                    } else {
+                        refusal
+                    }
+                })?;
             let mut touched: Vec<UserId> = added.into_iter().map(|(u, _)| u).collect();
             touched.extend(removed);
             touched.sort();

@@ -40,10 +40,7 @@ impl Service {
         build: impl FnOnce(u64) -> Result<Built<'s>, Refusal>,
     ) -> Result<Appended, Refusal> {
         let mut heads = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        let head = match heads.get(group) {
-            Some(h) => h.written,
-            None => self.db.head(group)?,
-        };
+        let head = self.written_head(&heads, group)?;
         let seq = head + 1;
         let (entry, mut w, audit) = build(seq)?;
         w.put_entry(group, seq, &entry)?;

@@ -35,7 +35,7 @@ struct Queue {
     /// Whether a thread is applying a round right now.
     applying: bool,
     /// Tickets whose batch failed, with the reason, until their waiter collects it.
-    failed: Vec<(u64, String)>,
+    failed: Vec<(u64, StoreError)>,
 }
 
 /// Queues batches and applies them in combined rounds.
@@ -136,7 +136,7 @@ impl Combiner {
             return None;
         }
         Some(match q.failed.iter().position(|(t, _)| *t == ticket.0) {
-            Some(i) => Err(StoreError::Backend(q.failed.swap_remove(i).1)),
+            Some(i) => Err(q.failed.swap_remove(i).1),
             None => Ok(()),
         })
     }
@@ -160,7 +160,14 @@ impl Combiner {
                 .unwrap_or_else(|_| {
                     tickets
                         .into_iter()
-                        .map(|t| (t, "the storage engine panicked while writing".to_owned()))
+                        .map(|t| {
+                            (
+                                t,
+                                StoreError::Backend(
+                                    "the storage engine panicked while writing".to_owned(),
+                                ),
+                            )
+                        })
                         .collect()
                 });
         let mut q = self.lock();
@@ -197,15 +204,15 @@ impl Drop for Resume<'_> {
 fn apply_round(
     round: Vec<(u64, Batch)>,
     apply: &impl Fn(&[&Batch]) -> Result<(), StoreError>,
-) -> Vec<(u64, String)> {
+) -> Vec<(u64, StoreError)> {
     let all: Vec<&Batch> = round.iter().map(|(_, b)| b).collect();
     match apply(&all) {
         Ok(()) => Vec::new(),
-        Err(e) if round.len() == 1 => round.iter().map(|(t, _)| (*t, e.to_string())).collect(),
+        Err(e) if round.len() == 1 => vec![(round[0].0, e)],
         // The round was atomic, so nothing of it is applied: retry each batch on its own.
         Err(_) => round
             .iter()
-            .filter_map(|(ticket, batch)| apply(&[batch]).err().map(|e| (*ticket, e.to_string())))
+            .filter_map(|(ticket, batch)| apply(&[batch]).err().map(|e| (*ticket, e)))
             .collect(),
     }
 }

@@ -9,6 +9,7 @@
 mod codec;
 mod combine;
 mod memory;
+mod pg_store;
 mod records;
 mod sled_store;
 mod snapshot;
@@ -18,6 +19,7 @@ use std::pin::Pin;
 
 pub use combine::ApplyTicket;
 pub use memory::MemoryStore;
+pub use pg_store::{is_postgres_url, PgStore};
 pub use records::{
     AckRecord, AnnouncementRecord, CodeRecord, Db, DepartmentRecord, DeviceRecord,
     KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord, RetiredDepartment,
@@ -64,6 +66,22 @@ pub trait Store: Send + Sync + 'static {
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every write applied so far durable.
     fn flush(&self) -> FlushFuture<'_>;
+    /// Makes every write applied so far durable, blocking (for tools outside of a runtime;
+    /// the server awaits [`Store::flush`]).
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Bytes the store occupies where it knows better than the size of the data
+    /// directory's files (a database elsewhere); `None`: count the files.
+    fn size_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Whether other processes write to this store too (a database shared by several
+    /// server nodes): then what is stored, not what this process remembers, says which
+    /// seq comes next and how far a log reaches.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Writes a point-in-time copy of every record to `out` (format: `snapshot.rs`). The
     /// default reads everything in one `range`, which is atomic for stores whose `range`
     /// is (the in-memory one); the sled store pauses its writes instead.
@@ -90,11 +108,22 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 pub struct Batch {
     /// `(key, Some(value))` puts, `(key, None)` removes, in order.
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Indices into `ops` of the puts made by [`Batch::append`], ascending.
+    appends: Vec<usize>,
 }
 
 impl Batch {
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+
+    /// Sets `key`, which must not exist yet: a store shared by several processes refuses
+    /// the batch with [`StoreError::Conflict`] if it does (and, for a log entry, unless
+    /// its seq follows the group's last one). A single process keeps that rule with its
+    /// own locks, so there it is a put.
+    pub fn append(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.appends.push(self.ops.len());
         self.ops.push((key, Some(value)));
     }
 
@@ -139,6 +168,11 @@ pub enum StoreError {
         /// The stored format version.
         version: u8,
     },
+    /// Another writer came first: a record written with [`Batch::append`] exists already
+    /// (a second commit for one epoch, a client id stored twice, a seq taken). Nothing of
+    /// the batch was applied.
+    #[error("write conflict: {0}")]
+    Conflict(String),
     /// A record could not be encoded.
     #[error("cannot encode record: {0}")]
     Encode(String),

@@ -14,6 +14,7 @@
 //! | `secret/<group>` | [`SecretGroupRecord`] (present once the group is born) |
 //! | `mls/<group>` | [`PublicStateRecord`] (openmls' public group state) |
 //! | `welcome/<user>\0<device u64 BE>` | `Vec<WelcomeInfo>` waiting for the device |
+//! | `commit/<group>\0<epoch u64 BE>` | seq (u64) of the commit accepted in that epoch |
 //!
 //! Announcements, acknowledgements, the audit log and retention: see [`editorial`];
 //! retired departments: see [`retired`]; the credential throttle's counters: see
@@ -479,9 +480,28 @@ impl Writes {
         seq: u64,
         entry: &StoredEntry,
     ) -> Result<&mut Self, StoreError> {
-        self.batch.put(log_key(group, seq), encode(entry)?);
-        self.batch.put(
+        self.batch.append(log_key(group, seq), encode(entry)?);
+        self.batch.append(
             dedup_key(group, &entry.sender, &entry.client_id),
+            encode(&seq)?,
+        );
+        Ok(self)
+    }
+
+    /// Claims `epoch` of a secret group for the commit stored at `seq`: one commit per
+    /// epoch is accepted, and a store shared by several processes refuses a second claim
+    /// (with [`StoreError::Conflict`]).
+    pub fn claim_epoch(
+        &mut self,
+        group: &GroupHandle,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<&mut Self, StoreError> {
+        self.batch.append(
+            key(
+                COMMIT,
+                &[group.to_string().as_bytes(), &epoch.to_be_bytes()],
+            ),
             encode(&seq)?,
         );
         Ok(self)
@@ -569,6 +589,7 @@ const MLS: &[u8] = b"mls/";
 const WELCOME: &[u8] = b"welcome/";
 const ROOM: &[u8] = b"room/";
 const ROOM_INVITED: &[u8] = b"roominv/";
+const COMMIT: &[u8] = b"commit/";
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();

@@ -211,6 +211,10 @@ impl Store for SledStore {
         })
     }
 
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        SledStore::flush_blocking(self)
+    }
+
     /// sled 0.34 makes a flush "stable" with `sync_file_range(WAIT_BEFORE | WRITE |
     /// WAIT_AFTER)` on Linux: the data reaches the device, but the device's volatile write
     /// cache is not flushed and the file's metadata is not committed, so a power cut could

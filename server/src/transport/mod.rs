@@ -56,6 +56,9 @@ pub struct RunOptions {
     pub max_upload_bytes: usize,
     /// Retention of public groups and announcements without a policy, in days; 0: forever.
     pub default_retention_days: u32,
+    /// The records' store, overriding `config.json`: `"sled"` (the database in the data
+    /// directory) or `postgres://…`; `None`: as `init` wrote it.
+    pub store: Option<String>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -71,6 +74,7 @@ impl std::fmt::Debug for RunOptions {
             .field("udp_buffers", &self.udp_buffers)
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("default_retention_days", &self.default_retention_days)
+            .field("store", &self.store.as_ref().map(|_| "…"))
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +98,7 @@ impl RunOptions {
             },
             max_upload_bytes: rathaus_protocol::limits::MAX_POST_PAYLOAD,
             default_retention_days: 0,
+            store: None,
         }
     }
 }
@@ -168,9 +173,9 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         }
     };
     let server_config = identity.server_config()?;
-    let store = dir.open_store()?;
+    let store = dir.open_records(&config, opts.store.as_deref())?;
     let removal_key = dir.removal_key()?;
-    let service = Service::new(Db::new(Arc::new(store)), opts.clock.clone(), removal_key)?;
+    let service = Service::new(Db::new(store), opts.clock.clone(), removal_key)?;
     service.set_max_post_bytes(opts.max_upload_bytes);
     service.set_default_retention_days(opts.default_retention_days);
     let socket = udp::bind_server(listen, opts.udp_buffers)
@@ -260,6 +265,15 @@ impl RunningServer {
     /// The organisation name from the store.
     pub fn org(&self) -> &str {
         self.ctx.service.org()
+    }
+
+    /// Which kind of store holds the records: `"sled"` or `"postgres"`.
+    pub fn store_kind(&self) -> &'static str {
+        if self.ctx.service.db().store().shared() {
+            "postgres"
+        } else {
+            "sled"
+        }
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.

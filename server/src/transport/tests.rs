@@ -90,6 +90,7 @@ impl Harness {
                 listen: None,
                 org: Some("Stadt Musterhausen".into()),
                 admin_user: None,
+                store: None,
             },
             &crate::clock::SystemClock,
         )

@@ -1,0 +1,678 @@
+//! The [`Store`] in PostgreSQL, for servers whose operators run a database already
+//! (`--store postgres://…`).
+//!
+//! Every record is a row of `kv (k bytea PRIMARY KEY, v bytea)`, so records added to the
+//! records layer need nothing here. Two rules that one sled file keeps by being one
+//! process are kept by the database instead, so they hold for every process on it:
+//!
+//! - **Log seqs are dense.** `log_head (grp, head)` holds the last seq appended per group;
+//!   the transaction that inserts `log/<group>\0<seq>` moves it from `seq - 1` to `seq`,
+//!   or fails. Two writers that picked the same seq cannot both succeed.
+//! - **Insert-only records** ([`Batch::append`]: log entries, their deduplication records,
+//!   the claim of a commit on its epoch) are plain `INSERT`s: the primary key refuses a
+//!   second one, so a client id is stored once and an epoch has one accepted commit.
+//!   A refusal is [`StoreError::Conflict`].
+//!
+//! Writes go through the same [`Combiner`] as sled's: each round is one transaction with
+//! one bulk statement per kind of write and one `COMMIT`, with `synchronous_commit = on`,
+//! so an applied batch is durable and [`Store::flush`] has nothing left to do.
+//!
+//! The [`Store`] trait is synchronous (sled's reads are plain function calls), so the
+//! store keeps a small runtime of its own that drives tokio-postgres and the
+//! deadpool-postgres pool; a call hands its query to that runtime and waits for the
+//! answer, as a sled read waits for the disk.
+//!
+//! The schema is versioned in `schema_version` and migrated at open, under an advisory
+//! lock so that nodes starting together migrate once.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use super::combine::Combiner;
+use super::snapshot::{self, SnapshotInfo, SnapshotReader, INTERNAL_PREFIX};
+use super::{ApplyTicket, Batch, FlushFuture, KeyValue, Store, StoreError};
+
+/// Connections in the pool of one server process.
+const POOL_SIZE: usize = 16;
+/// How long a caller waits for a free connection, and for a new one to be made.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+/// Rows per statement when a snapshot is read or loaded.
+const PAGE: usize = 1000;
+/// The advisory lock key under which the schema is migrated ("rathaus" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0072_6174_6861_7573;
+
+/// The schema, one step per version; `schema_version` records the steps applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: records, log heads, ids.
+    "CREATE TABLE kv (k bytea PRIMARY KEY, v bytea NOT NULL);
+     CREATE TABLE log_head (grp bytea PRIMARY KEY, head bigint NOT NULL CHECK (head >= 0));
+     CREATE SEQUENCE ids START 1;",
+];
+
+/// A [`Store`] in a PostgreSQL database.
+#[derive(Clone)]
+pub struct PgStore {
+    /// Drives the pool's connections.
+    rt: Arc<OwnRuntime>,
+    /// Connections to the database.
+    pool: Pool,
+    /// Every batch goes through here: one transaction per round.
+    writes: Arc<Combiner>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgStore")
+    }
+}
+
+/// The store's runtime, shut down without waiting when the last handle goes (dropping a
+/// runtime the ordinary way inside another runtime's task would panic).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("set until drop"))
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Whether `url` names a PostgreSQL store (as opposed to the data directory's sled file).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user@host/db`, or with
+    /// `?host=/run/postgresql` for a Unix socket) and brings its schema up to date.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
+        // Every COMMIT waits for the WAL flush: an acknowledged post survives a crash.
+        config.options("-c synchronous_commit=on -c client_min_messages=warning");
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("rathaus-server");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("rathaus-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("cannot start the database runtime: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("cannot make the connection pool: {e}")))?;
+        let store = Self {
+            rt: Arc::new(OwnRuntime(Some(rt))),
+            pool,
+            writes: Arc::default(),
+        };
+        store.run(|pool| async move { migrate(&pool).await })?;
+        Ok(store)
+    }
+
+    /// Runs `f` on the store's runtime and waits for its result.
+    fn run<T, F>(&self, f: impl FnOnce(Pool) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let task = f(self.pool.clone());
+        self.rt.get().spawn(async move {
+            let _ = tx.send(task.await);
+        });
+        // A query on a local database takes a fraction of a millisecond: the caller's
+        // thread waits for it as it would for a sled read from disk. (Handing the worker
+        // over with `block_in_place` for each query made tokio start a thread per waiting
+        // request under bursts, each with its own allocator heap.)
+        rx.recv()
+            .map_err(|_| StoreError::Backend("the database task ended early".into()))?
+    }
+
+    /// Applies `batches`, in order, as one transaction.
+    fn apply_now(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+        let plan = Plan::of(batches)?;
+        self.run(|pool| async move { plan.execute(&pool).await })
+    }
+
+    /// Whether the database holds no record yet.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_one(
+                    "SELECT NOT EXISTS (SELECT 1 FROM kv) AND NOT EXISTS (SELECT 1 FROM log_head)",
+                    &[],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(row.get::<_, bool>(0))
+        })
+    }
+
+    /// Fills the empty database from a snapshot in one transaction (so a failure leaves
+    /// it empty) and continues the ids after `next_id`; returns the pairs written.
+    /// Refuses a database that holds anything already. Call it outside of an async
+    /// runtime (it is for `migrate`): it feeds the pages with blocking sends.
+    pub fn load(
+        &self,
+        snapshot: &mut SnapshotReader<impl std::io::Read>,
+        next_id: u64,
+    ) -> Result<u64, StoreError> {
+        if !self.is_empty()? {
+            return Err(StoreError::Backend(
+                "the PostgreSQL database already holds Rathaus records; load only into an \
+                 empty one"
+                    .into(),
+            ));
+        }
+        let (pages, mut rx) = tokio::sync::mpsc::channel::<Vec<KeyValue>>(2);
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.get().spawn({
+            let pool = self.pool.clone();
+            async move {
+                let result = async {
+                    let mut client = pool.get().await.map_err(pool_error)?;
+                    let tx = client.transaction().await.map_err(pg)?;
+                    let insert = tx
+                        .prepare("INSERT INTO kv (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[])")
+                        .await
+                        .map_err(pg)?;
+                    let mut heads: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+                    let mut written = 0u64;
+                    while let Some(page) = rx.recv().await {
+                        for (key, value) in &page {
+                            if let Some((grp, seq)) = log_position(key) {
+                                let head = heads.entry(grp.to_vec()).or_default();
+                                *head = (*head).max(seq);
+                            } else if let Some(grp) = key.strip_prefix(FLOOR) {
+                                let floor: u64 = super::codec::decode(key, value)?;
+                                let head = heads.entry(grp.to_vec()).or_default();
+                                *head = (*head).max(to_i64(floor)?);
+                            }
+                        }
+                        written += page.len() as u64;
+                        let (keys, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = page.into_iter().unzip();
+                        tx.execute(&insert, &[&keys, &values]).await.map_err(pg)?;
+                    }
+                    let (grps, values): (Vec<Vec<u8>>, Vec<i64>) = heads.into_iter().unzip();
+                    tx.execute(
+                        "INSERT INTO log_head (grp, head) SELECT * FROM unnest($1::bytea[], $2::int8[])",
+                        &[&grps, &values],
+                    )
+                    .await
+                    .map_err(pg)?;
+                    tx.execute("SELECT setval('ids', $1)", &[&to_i64(next_id.max(1))?])
+                        .await
+                        .map_err(pg)?;
+                    tx.commit().await.map_err(pg)?;
+                    Ok::<_, StoreError>(written)
+                }
+                .await;
+                let _ = done_tx.send(result);
+            }
+        });
+        let mut page = Vec::with_capacity(PAGE);
+        let mut feed = || -> Result<(), StoreError> {
+            while let Some((key, value)) = snapshot.next_pair()? {
+                if key.starts_with(INTERNAL_PREFIX) {
+                    continue;
+                }
+                page.push((key, value));
+                if page.len() == PAGE && pages.blocking_send(std::mem::take(&mut page)).is_err() {
+                    return Ok(()); // the loader failed; its error is below
+                }
+            }
+            if !page.is_empty() {
+                let _ = pages.blocking_send(std::mem::take(&mut page));
+            }
+            Ok(())
+        };
+        let fed = feed();
+        drop(pages);
+        let loaded = done_rx
+            .recv()
+            .map_err(|_| StoreError::Backend("the database task ended early".into()))?;
+        // A broken snapshot must not leave a half-filled database: the loader's
+        // transaction commits only when the feed ended cleanly.
+        fed?;
+        loaded
+    }
+}
+
+/// `floor/`: retention's record of the highest seq it deleted (see the records layer).
+const FLOOR: &[u8] = b"floor/";
+/// `log/<group>\0<seq u64 BE>`: a log entry.
+const LOG: &[u8] = b"log/";
+
+/// The group and seq of a log key.
+fn log_position(key: &[u8]) -> Option<(&[u8], i64)> {
+    let rest = key.strip_prefix(LOG)?;
+    let at = rest.len().checked_sub(9)?;
+    if rest[at] != 0 {
+        return None;
+    }
+    let seq = u64::from_be_bytes(rest[at + 1..].try_into().ok()?);
+    Some((&rest[..at], i64::try_from(seq).ok()?))
+}
+
+fn to_i64(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Encode(format!("{n} exceeds PostgreSQL's bigint")))
+}
+
+/// The statements of one round.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Insert-only records.
+    insert: (Vec<Vec<u8>>, Vec<Vec<u8>>),
+    /// Records whose last write in the round is a put.
+    upsert: (Vec<Vec<u8>>, Vec<Vec<u8>>),
+    /// Records whose last write in the round is a remove.
+    delete: Vec<Vec<u8>>,
+    /// Per group: the first and last seq appended in the round.
+    heads: (Vec<Vec<u8>>, Vec<i64>, Vec<i64>),
+}
+
+impl Plan {
+    /// The statements for `batches`, in order: later writes to a key win, as in sled.
+    fn of(batches: &[&Batch]) -> Result<Self, StoreError> {
+        let mut plan = Self::default();
+        // key → (final value, whether that final write is the insert-only one)
+        let mut last: BTreeMap<&[u8], (Option<&[u8]>, bool)> = BTreeMap::new();
+        let mut appended: BTreeMap<&[u8], (i64, i64)> = BTreeMap::new();
+        for batch in batches {
+            for (i, (key, value)) in batch.ops.iter().enumerate() {
+                let insert_only = batch.appends.binary_search(&i).is_ok();
+                if let (true, Some(v)) = (insert_only, value) {
+                    plan.insert.0.push(key.clone());
+                    plan.insert.1.push(v.clone());
+                    if let Some((grp, seq)) = log_position(key) {
+                        match appended.get_mut(grp) {
+                            Some((_, prev)) if *prev + 1 == seq => *prev = seq,
+                            Some((_, prev)) => {
+                                return Err(StoreError::Conflict(format!(
+                                    "seq {seq} appended after {prev} in one write"
+                                )))
+                            }
+                            None => {
+                                appended.insert(grp, (seq, seq));
+                            }
+                        }
+                    }
+                }
+                last.insert(key.as_slice(), (value.as_deref(), insert_only));
+            }
+        }
+        for (key, (value, insert_only)) in last {
+            match (value, insert_only) {
+                (Some(_), true) => {}
+                (Some(v), false) => {
+                    plan.upsert.0.push(key.to_vec());
+                    plan.upsert.1.push(v.to_vec());
+                }
+                (None, _) => plan.delete.push(key.to_vec()),
+            }
+        }
+        for (grp, (first, last)) in appended {
+            plan.heads.0.push(grp.to_vec());
+            plan.heads.1.push(first);
+            plan.heads.2.push(last);
+        }
+        Ok(plan)
+    }
+
+    async fn execute(self, pool: &Pool) -> Result<(), StoreError> {
+        let mut client = pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        if !self.heads.0.is_empty() {
+            // Moves each group's head from first-1 to last; a group whose head is
+            // elsewhere (another writer came first) is not returned.
+            let statement = tx
+                .prepare_cached(
+                    "WITH want (grp, first, last) AS (
+                        SELECT * FROM unnest($1::bytea[], $2::int8[], $3::int8[]))
+                     INSERT INTO log_head (grp, head)
+                     SELECT grp, last FROM want
+                      WHERE first = 1 OR EXISTS (SELECT 1 FROM log_head h WHERE h.grp = want.grp)
+                     ON CONFLICT (grp) DO UPDATE SET head = EXCLUDED.head
+                      WHERE log_head.head = (SELECT w.first - 1 FROM want w WHERE w.grp = log_head.grp)
+                     RETURNING grp",
+                )
+                .await
+                .map_err(pg)?;
+            let moved = tx
+                .query(&statement, &[&self.heads.0, &self.heads.1, &self.heads.2])
+                .await
+                .map_err(pg)?;
+            if moved.len() != self.heads.0.len() {
+                return Err(StoreError::Conflict(
+                    "another writer appended to the group first".into(),
+                ));
+            }
+        }
+        if !self.insert.0.is_empty() {
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO kv (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[])",
+                )
+                .await
+                .map_err(pg)?;
+            tx.execute(&statement, &[&self.insert.0, &self.insert.1])
+                .await
+                .map_err(pg)?;
+        }
+        if !self.upsert.0.is_empty() {
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO kv (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[])
+                     ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+                )
+                .await
+                .map_err(pg)?;
+            tx.execute(&statement, &[&self.upsert.0, &self.upsert.1])
+                .await
+                .map_err(pg)?;
+        }
+        if !self.delete.is_empty() {
+            let statement = tx
+                .prepare_cached("DELETE FROM kv WHERE k = ANY($1::bytea[])")
+                .await
+                .map_err(pg)?;
+            tx.execute(&statement, &[&self.delete]).await.map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+}
+
+/// Creates or updates the schema.
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(pg)?;
+    let current: i32 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+    if current > known {
+        return Err(StoreError::Backend(format!(
+            "the database has schema version {current}, newer than this build's {known}; \
+             run a newer rathaus-server"
+        )));
+    }
+    for (version, step) in (1..)
+        .zip(MIGRATIONS)
+        .skip(usize::try_from(current).unwrap_or(0))
+    {
+        tx.batch_execute(step).await.map_err(pg)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(pg)?;
+        tracing::info!(version, "database schema migrated");
+    }
+    tx.commit().await.map_err(pg)
+}
+
+impl Store for PgStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_vec();
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let statement = client
+                .prepare_cached("SELECT v FROM kv WHERE k = $1")
+                .await
+                .map_err(pg)?;
+            let row = client.query_opt(&statement, &[&key]).await.map_err(pg)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let ticket = self.writes.enqueue(batch);
+        self.writes.wait(ticket, |batch| self.apply_now(batch))
+    }
+
+    fn enqueue(&self, batch: Batch) -> Result<ApplyTicket, StoreError> {
+        Ok(self.writes.enqueue(batch))
+    }
+
+    fn wait_applied_blocking(&self, ticket: ApplyTicket) -> Result<(), StoreError> {
+        self.writes.wait(ticket, |batch| self.apply_now(batch))
+    }
+
+    fn wait_applied(&self, ticket: ApplyTicket) -> FlushFuture<'_> {
+        Box::pin(
+            self.writes
+                .wait_async(ticket, move |batch| self.apply_now(batch)),
+        )
+    }
+
+    fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (start, end) = (start.to_vec(), end.to_vec());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let statement = client
+                .prepare_cached("SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3")
+                .await
+                .map_err(pg)?;
+            let rows = client
+                .query(&statement, &[&start, &end, &limit])
+                .await
+                .map_err(pg)?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        if start >= end {
+            return Ok(None);
+        }
+        let (start, end) = (start.to_vec(), end.to_vec());
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k DESC LIMIT 1",
+                )
+                .await
+                .map_err(pg)?;
+            let row = client
+                .query_opt(&statement, &[&start, &end])
+                .await
+                .map_err(pg)?;
+            Ok(row.map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let id: i64 = client
+                .query_one("SELECT nextval('ids')", &[])
+                .await
+                .map_err(pg)?
+                .get(0);
+            u64::try_from(id).map_err(|_| StoreError::Corrupt {
+                key: "ids".into(),
+                reason: format!("negative id {id}"),
+            })
+        })
+    }
+
+    /// Nothing to do: every applied batch was a committed transaction with
+    /// `synchronous_commit = on`.
+    fn flush(&self) -> FlushFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn size_bytes(&self) -> Option<u64> {
+        let size = self.run(|pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_one(
+                    "SELECT pg_total_relation_size('kv') + pg_total_relation_size('log_head')",
+                    &[],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(row.get::<_, i64>(0))
+        });
+        size.ok().and_then(|b| u64::try_from(b).ok())
+    }
+
+    /// Pages through the records in one repeatable-read transaction: a point-in-time copy
+    /// that does not hold back writers.
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<SnapshotInfo, StoreError> {
+        let (pages_tx, pages) =
+            std::sync::mpsc::sync_channel::<Result<Vec<KeyValue>, StoreError>>(2);
+        let pool = self.pool.clone();
+        self.rt.get().spawn(async move {
+            let result = async {
+                let mut client = pool.get().await.map_err(pool_error)?;
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await
+                    .map_err(pg)?;
+                let mut after: Option<Vec<u8>> = None;
+                let limit = PAGE as i64;
+                loop {
+                    let rows = match &after {
+                        None => {
+                            tx.query("SELECT k, v FROM kv ORDER BY k LIMIT $1", &[&limit])
+                                .await
+                        }
+                        Some(k) => {
+                            tx.query(
+                                "SELECT k, v FROM kv WHERE k > $1 ORDER BY k LIMIT $2",
+                                &[k, &limit],
+                            )
+                            .await
+                        }
+                    }
+                    .map_err(pg)?;
+                    let page: Vec<KeyValue> =
+                        rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+                    let full = page.len() == PAGE;
+                    after = page.last().map(|(k, _)| k.clone());
+                    if pages_tx.send(Ok(page)).is_err() || !full {
+                        break;
+                    }
+                }
+                tx.commit().await.map_err(pg)
+            }
+            .await;
+            if let Err(e) = result {
+                let _ = pages_tx.send(Err(e));
+            }
+        });
+        let mut info = SnapshotInfo::default();
+        let mut read = || -> Result<(), StoreError> {
+            for page in pages.iter() {
+                for (key, value) in page? {
+                    snapshot::write_pair(out, &key, &value).map_err(super::snapshot_io)?;
+                    info.records += 1;
+                }
+            }
+            Ok(())
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(read)?;
+            }
+            _ => read()?,
+        }
+        info.next_id = self.next_id()?;
+        Ok(info)
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
+            StoreError::Conflict("the record exists already".into())
+        }
+        _ => StoreError::Backend(format!("PostgreSQL: {}", error_text(&e))),
+    }
+}
+
+/// The database's own message where it sent one (tokio-postgres' `Display` says only
+/// "db error").
+fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => {
+            StoreError::Backend(format!("cannot connect to PostgreSQL: {}", error_text(&e)))
+        }
+        other => StoreError::Backend(format!("PostgreSQL connection pool: {other}")),
+    }
+}

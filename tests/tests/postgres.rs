@@ -1,0 +1,271 @@
+//! The PostgreSQL store: the rules the database keeps for every process on it, and
+//! `rathaus-server migrate` from a sled data directory. These need a PostgreSQL server
+//! (`RATHAUS_TEST_STORE=postgres://…`, as `.ci/run` sets it) and skip themselves without.
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::sync::Arc;
+
+use rathaus_protocol::{ClientMsgId, Content, EntryBody, GroupHandle, UserId};
+use rathaus_server::store::{Db, PgStore, StoreError, StoredEntry, Writes};
+use rathaus_tests::{testing_on_postgres, workspace_bin, TestBackend, TestDatabase};
+
+/// A fresh database, or `None` (with a printed line) when no PostgreSQL is configured.
+fn database(test: &str) -> Option<TestDatabase> {
+    if !testing_on_postgres() {
+        println!("skipped without PostgreSQL (set RATHAUS_TEST_STORE=postgres://…): {test}");
+        return None;
+    }
+    Some(TestDatabase::create_if_configured().unwrap().unwrap())
+}
+
+fn entry(sender: &str, id: u8, text: &str) -> StoredEntry {
+    StoredEntry {
+        sender: UserId::parse(sender).unwrap(),
+        sender_name: sender.into(),
+        sent_at_ms: 1,
+        client_id: ClientMsgId([id; 16]),
+        body: EntryBody::Content(Content::text(text)),
+    }
+}
+
+fn append(db: &Db, group: &GroupHandle, seq: u64, e: &StoredEntry) -> Result<(), StoreError> {
+    let mut w = Writes::new();
+    w.put_entry(group, seq, e).unwrap();
+    db.apply(w)
+}
+
+#[test]
+fn two_processes_on_one_database_cannot_take_one_seq_skip_one_or_commit_an_epoch_twice() {
+    let Some(database) = database("store rules") else {
+        return;
+    };
+    // Two stores on one database stand for two server nodes.
+    let a = Db::new(Arc::new(PgStore::open(database.url()).unwrap()));
+    let b = Db::new(Arc::new(PgStore::open(database.url()).unwrap()));
+    let bau = GroupHandle::parse("bauamt").unwrap();
+
+    append(&a, &bau, 1, &entry("P1", 1, "eins")).unwrap();
+    let taken = append(&b, &bau, 1, &entry("P2", 2, "auch eins"));
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    let gap = append(&b, &bau, 3, &entry("P2", 2, "drei"));
+    assert!(matches!(gap, Err(StoreError::Conflict(_))), "{gap:?}");
+    let twice = append(&b, &bau, 2, &entry("P1", 1, "eins, noch mal"));
+    assert!(
+        matches!(twice, Err(StoreError::Conflict(_))),
+        "a client id is stored once: {twice:?}"
+    );
+    append(&b, &bau, 2, &entry("P2", 2, "zwei")).unwrap();
+    assert_eq!(a.head(&bau).unwrap(), 2, "a sees what b appended");
+    let texts: Vec<u64> = a
+        .entries(&bau, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _, _)| seq)
+        .collect();
+    assert_eq!(
+        texts,
+        vec![1, 2],
+        "nothing of the refused writes was stored"
+    );
+
+    let secret = GroupHandle::parse("bauamt/secret").unwrap();
+    let mut w = Writes::new();
+    w.claim_epoch(&secret, 1, 7).unwrap();
+    a.apply(w).unwrap();
+    let mut w = Writes::new();
+    w.claim_epoch(&secret, 1, 8).unwrap();
+    let second = b.apply(w);
+    assert!(
+        matches!(second, Err(StoreError::Conflict(_))),
+        "one commit per epoch: {second:?}"
+    );
+
+    // Ids stay unique across processes.
+    let ids: std::collections::BTreeSet<u64> = (0..20)
+        .map(|i| if i % 2 == 0 { a.store() } else { b.store() })
+        .map(|s| s.next_id().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_data_directory_migrates_into_postgresql_with_every_post() {
+    let Some(database) = database("migrate") else {
+        return;
+    };
+    let mut backend = TestBackend::start_on_sled().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let bau = GroupHandle::parse("bauamt").unwrap();
+    for i in 1..=5 {
+        anna.send_text(&bau, &format!("Meldung {i}")).await.unwrap();
+    }
+    anna.disconnect().await;
+    admin.disconnect().await;
+    backend.stop().await;
+
+    let data = backend.data_dir();
+    let migrate = |url: &str| {
+        Command::new(workspace_bin("rathaus-server").unwrap())
+            .args(["migrate", "--json", "--from-data"])
+            .arg(&data)
+            .args(["--to", url])
+            .output()
+            .unwrap()
+    };
+    let out = migrate(database.url());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["records"].as_u64().unwrap() > 10, "{report}");
+    assert_eq!(report["sha256"].as_str().unwrap().len(), 64, "{report}");
+
+    // The data directory now serves from PostgreSQL: everything is there, and new posts
+    // continue the log.
+    backend.database = Some(database);
+    backend.run().await.unwrap();
+    let rows = anna.read(&bau).await.unwrap();
+    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        (1..=5).map(|i| format!("Meldung {i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(anna.send_text(&bau, "Nach dem Umzug").await.unwrap().seq, 6);
+    anna.disconnect().await;
+    backend.stop().await;
+
+    let again = migrate(backend.database.as_ref().unwrap().url());
+    assert!(!again.status.success(), "a second migration is refused");
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(message.contains("PostgreSQL already"), "{message}");
+
+    // A non-empty database is refused too, before anything is copied.
+    let mut other = TestBackend::start_on_sled().await.unwrap();
+    other.stop().await;
+    let target = backend.database.as_ref().unwrap().url().to_owned();
+    let refused = Command::new(workspace_bin("rathaus-server").unwrap())
+        .args(["migrate", "--from-data"])
+        .arg(other.data_dir())
+        .args(["--to", &target])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("empty"), "{message}");
+    assert!(
+        !std::fs::read_to_string(other.data_dir().join("config.json"))
+            .unwrap()
+            .contains("postgres"),
+        "a refused migration leaves config.json as it was"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_database_take_posts_at_once_into_one_dense_log() {
+    if !testing_on_postgres() {
+        println!("skipped without PostgreSQL (set RATHAUS_TEST_STORE=postgres://…): two nodes");
+        return;
+    }
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let code = backend
+        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
+        .await
+        .unwrap();
+
+    // Node B: a copy of the data directory (certificate, keys, config.json naming the
+    // database) serving on a port of its own.
+    let node_b_dir = tempfile::tempdir().unwrap();
+    for name in [
+        "config.json",
+        "cert.der",
+        "key.der",
+        "removal.key",
+        "reset.key",
+    ] {
+        std::fs::copy(backend.data_dir().join(name), node_b_dir.path().join(name)).unwrap();
+    }
+    let mut options = rathaus_server::RunOptions::new(node_b_dir.path());
+    options.listen = Some("127.0.0.1:0".parse().unwrap());
+    let node_b = rathaus_server::start(options).await.unwrap();
+    assert_eq!(node_b.fingerprint(), backend.fingerprint, "one certificate");
+    assert_ne!(node_b.local_addr(), backend.addr);
+    let jonas = rathaus_client::Client::enroll(
+        &backend.profile_dir("P1002"),
+        rathaus_client::EnrollOptions {
+            server: node_b.local_addr().to_string(),
+            trust: rathaus_client::ServerTrust::Pinned(node_b.fingerprint()),
+            user: UserId::parse("P1002").unwrap(),
+            code,
+            password: rathaus_tests::PASSWORD.to_owned(),
+            device_name: "Jonas' phone".into(),
+        },
+    )
+    .await
+    .unwrap();
+
+    // Both post at once, each through their own node.
+    const EACH: usize = 20;
+    let bau = GroupHandle::parse("bauamt").unwrap();
+    let post = |mut client: rathaus_client::Client, who: &'static str| {
+        let bau = bau.clone();
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..EACH {
+                seqs.push(
+                    client
+                        .send_text(&bau, &format!("{who} {i}"))
+                        .await
+                        .unwrap()
+                        .seq,
+                );
+            }
+            (client, seqs)
+        })
+    };
+    let (a, b) = (post(anna, "Anna"), post(jonas, "Jonas"));
+    let (mut anna, anna_seqs) = a.await.unwrap();
+    let (mut jonas, jonas_seqs) = b.await.unwrap();
+    let mut all: Vec<u64> = anna_seqs.into_iter().chain(jonas_seqs).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=2 * EACH as u64).collect::<Vec<_>>(),
+        "every post got its own seq, with no gap"
+    );
+
+    // Each reads the whole log from their own node: every post once.
+    let expected: std::collections::BTreeSet<String> = ["Anna", "Jonas"]
+        .iter()
+        .flat_map(|w| (0..EACH).map(move |i| format!("{w} {i}")))
+        .collect();
+    for client in [&mut anna, &mut jonas] {
+        let rows = client.read(&bau).await.unwrap();
+        let texts: Vec<String> = rows.iter().map(|r| r.text.clone()).collect();
+        assert_eq!(texts.len(), 2 * EACH, "{texts:?}");
+        assert_eq!(
+            texts.into_iter().collect::<std::collections::BTreeSet<_>>(),
+            expected
+        );
+    }
+    anna.disconnect().await;
+    jonas.disconnect().await;
+    admin.disconnect().await;
+    node_b.shutdown().await;
+    backend.stop().await;
+}
