@@ -263,6 +263,28 @@ async fn two_nodes_on_one_database_take_posts_at_once_into_one_dense_log() {
             expected
         );
     }
+    // A post accepted on node A is pushed to a subscriber on node B (LISTEN/NOTIFY
+    // wakes B, which reads the entry from the log).
+    let mut sub = jonas.subscribe().await.unwrap();
+    let receipt = anna.send_text(&bau, "über Knoten A").await.unwrap();
+    let pushed = rathaus_tests::within("the push on node B", async {
+        loop {
+            match sub.next().await.unwrap() {
+                rathaus_protocol::Event::Posted { group, entry } if group == bau => {
+                    return entry;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(pushed.seq, receipt.seq);
+    assert!(
+        matches!(&pushed.body, EntryBody::Content(c) if c.summary() == "über Knoten A"),
+        "{pushed:?}"
+    );
+
     anna.disconnect().await;
     jonas.disconnect().await;
     admin.disconnect().await;

@@ -299,8 +299,64 @@ impl Service {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Pushes a durable entry to the subscribers who may read its group.
+    /// Pushes a durable entry to the subscribers who may read its group, here and (on a
+    /// shared store) on the other nodes.
     pub(super) fn publish_entry(&self, group: &GroupHandle, seq: u64, entry: &StoredEntry) {
+        self.publish_entry_here(group, seq, entry);
+        self.db.store().notify_entry(&group.to_string(), seq);
+    }
+
+    /// Pushes the entries other nodes on the store made durable to this node's
+    /// subscribers, until `stop`. A notice says where to read; the entries come from the
+    /// log, so a lost notice only delays (the clients fetch the gap).
+    pub async fn relay_other_nodes(
+        self: std::sync::Arc<Self>,
+        mut notices: tokio::sync::mpsc::Receiver<crate::store::EntryNotice>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let notice = tokio::select! {
+                _ = stop.changed() => return,
+                n = notices.recv() => match n {
+                    Some(n) => n,
+                    None => return,
+                },
+            };
+            let Ok(group) = GroupHandle::parse(&notice.group) else {
+                continue;
+            };
+            let service = self.clone();
+            // Reads are blocking store calls.
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut since = notice.from - 1;
+                // Bounded: each round moves `since` forward or ends.
+                for _ in 0..1000 {
+                    let want = usize::try_from(notice.to - since).unwrap_or(usize::MAX).min(1000);
+                    let entries = match service.db.entries(&group, since, want) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::warn!(%group, error = %e, "cannot read another node's entries");
+                            return;
+                        }
+                    };
+                    let Some(last) = entries.last().map(|(seq, _, _)| *seq) else {
+                        return;
+                    };
+                    for (seq, entry, _) in entries.iter().filter(|(s, _, _)| *s <= notice.to) {
+                        service.publish_entry_here(&group, *seq, entry);
+                    }
+                    if last >= notice.to {
+                        return;
+                    }
+                    since = last;
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Pushes a durable entry to this node's subscribers who may read its group.
+    fn publish_entry_here(&self, group: &GroupHandle, seq: u64, entry: &StoredEntry) {
         tracing::debug!(%group, seq, "entry stored");
         let event = Response::Event(Event::Posted {
             group: group.clone(),

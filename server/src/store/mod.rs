@@ -9,6 +9,7 @@
 mod codec;
 mod combine;
 mod memory;
+mod pg_notify;
 mod pg_store;
 mod records;
 mod sled_store;
@@ -19,6 +20,7 @@ use std::pin::Pin;
 
 pub use combine::ApplyTicket;
 pub use memory::MemoryStore;
+pub use pg_notify::EntryNotice;
 pub use pg_store::{is_postgres_url, PgStore};
 pub use records::{
     AckRecord, AnnouncementRecord, CodeRecord, Db, DepartmentRecord, DeviceRecord,
@@ -70,6 +72,17 @@ pub trait Store: Send + Sync + 'static {
     /// the server awaits [`Store::flush`]).
     fn flush_blocking(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// Tells the other server nodes on this store that entry `seq` of `group` is durable
+    /// (PostgreSQL: `NOTIFY`); nothing where no other node can be.
+    fn notify_entry(&self, group: &str, seq: u64) {
+        let _ = (group, seq);
+    }
+    /// Where the other nodes' [`Store::notify_entry`] arrive, for this process to push
+    /// their entries to its own subscribers; `None` where no other node can be. Called
+    /// once per running server.
+    fn other_nodes_entries(&self) -> Option<tokio::sync::mpsc::Receiver<EntryNotice>> {
+        None
     }
     /// Bytes the store occupies where it knows better than the size of the data
     /// directory's files (a database elsewhere); `None`: count the files.

@@ -65,6 +65,13 @@ pub struct PgStore {
     pool: Pool,
     /// Every batch goes through here: one transaction per round.
     writes: Arc<Combiner>,
+    /// How to connect (for the listener's connection of its own).
+    config: tokio_postgres::Config,
+    /// This process among the nodes on the database (random, for telling its own
+    /// notifications from the others').
+    node: u64,
+    /// This node's notifications to the others (`pg_notify`).
+    notices: tokio::sync::mpsc::Sender<(String, u64)>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -118,6 +125,7 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot start the database runtime: {e}")))?;
+        let listen_config = config.clone();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -132,10 +140,15 @@ impl PgStore {
             .create_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot make the connection pool: {e}")))?;
+        let node = rand::random::<u64>();
+        let notices = super::pg_notify::spawn_sender(&rt, pool.clone(), node);
         let store = Self {
             rt: Arc::new(OwnRuntime(Some(rt))),
             pool,
             writes: Arc::default(),
+            config: listen_config,
+            node,
+            notices,
         };
         store.run(|pool| async move { migrate(&pool).await })?;
         Ok(store)
@@ -458,6 +471,19 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 }
 
 impl Store for PgStore {
+    fn notify_entry(&self, group: &str, seq: u64) {
+        // A full queue drops it: the other nodes' subscribers fetch the gap.
+        let _ = self.notices.try_send((group.to_owned(), seq));
+    }
+
+    fn other_nodes_entries(&self) -> Option<tokio::sync::mpsc::Receiver<super::EntryNotice>> {
+        Some(super::pg_notify::spawn_listener(
+            self.rt.get(),
+            self.config.clone(),
+            self.node,
+        ))
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_vec();
         self.run(|pool| async move {

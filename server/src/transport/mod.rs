@@ -205,6 +205,14 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         stop_rx.clone(),
     ));
     let removals = tokio::spawn(ctx.service.clone().run_removals(stop_rx.clone()));
+    // Several nodes on one database: their posts reach this node's subscribers too.
+    if let Some(notices) = ctx.service.db().store().other_nodes_entries() {
+        tokio::spawn(
+            ctx.service
+                .clone()
+                .relay_other_nodes(notices, stop_rx.clone()),
+        );
+    }
     let operations = crate::ops::Operations::start(
         ctx.clone(),
         opts.data_dir.clone(),

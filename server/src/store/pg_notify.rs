@@ -1,0 +1,171 @@
+//! Wake-ups between the nodes of one database: PostgreSQL `LISTEN`/`NOTIFY` on the
+//! channel `rathaus_log`.
+//!
+//! When a node has made entries of a group durable it notifies the range of seqs; every
+//! other node reads those entries from the log and pushes them to its own subscribers. A
+//! notification says only *where* to read, never *what*: a lost one (a node restarting, a
+//! full queue, a dropped listener connection) only delays delivery until the subscriber's
+//! client notices the gap and fetches by seq, as it does after any gap.
+//!
+//! Notifications from one node are coalesced per group while the previous `NOTIFY` is on
+//! its way, so a burst of posts costs one statement per group and round, not one per post.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// The channel every node listens on.
+const CHANNEL: &str = "rathaus_log";
+/// Notifications waiting to be sent; beyond this they are dropped (only a delay).
+const OUTBOX: usize = 4096;
+/// Notices from other nodes waiting for the service; beyond this they are dropped.
+const INBOX: usize = 4096;
+/// Pause before a dropped listener connection is made again.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+/// Entries `from..=to` of `group` were made durable by another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryNotice {
+    /// The group handle (`bauamt`, `bauamt/secret`, …).
+    pub group: String,
+    /// First seq.
+    pub from: u64,
+    /// Last seq.
+    pub to: u64,
+}
+
+/// The payload of one notification: `<node> <from> <to> <group>`.
+fn payload(node: u64, group: &str, from: u64, to: u64) -> String {
+    format!("{node:016x} {from} {to} {group}")
+}
+
+/// Parses a payload; `None` for one of this node or one that is not ours.
+fn parse(payload: &str, own_node: u64) -> Option<EntryNotice> {
+    let mut parts = payload.splitn(4, ' ');
+    let node = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let from = parts.next()?.parse().ok()?;
+    let to = parts.next()?.parse().ok()?;
+    let group = parts.next()?.to_owned();
+    if node == own_node || from == 0 || to < from || group.is_empty() {
+        return None;
+    }
+    Some(EntryNotice { group, from, to })
+}
+
+/// Sends this node's notifications, coalesced, through the pool.
+pub(super) fn spawn_sender(
+    rt: &tokio::runtime::Runtime,
+    pool: deadpool_postgres::Pool,
+    node: u64,
+) -> mpsc::Sender<(String, u64)> {
+    let (tx, mut rx) = mpsc::channel::<(String, u64)>(OUTBOX);
+    rt.spawn(async move {
+        while let Some((group, seq)) = rx.recv().await {
+            let mut ranges: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            ranges.insert(group, (seq, seq));
+            while let Ok((group, seq)) = rx.try_recv() {
+                let range = ranges.entry(group).or_insert((seq, seq));
+                range.0 = range.0.min(seq);
+                range.1 = range.1.max(seq);
+            }
+            let Ok(client) = pool.get().await else {
+                continue;
+            };
+            for (group, (from, to)) in ranges {
+                let text = payload(node, &group, from, to);
+                if let Err(e) = client
+                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &text])
+                    .await
+                {
+                    tracing::debug!(error = %e, "cannot notify the other nodes");
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// Listens for the other nodes' notifications on a connection of its own, made again
+/// when it drops; returns where the notices arrive.
+pub(super) fn spawn_listener(
+    rt: &tokio::runtime::Runtime,
+    config: tokio_postgres::Config,
+    node: u64,
+) -> mpsc::Receiver<EntryNotice> {
+    let (tx, rx) = mpsc::channel(INBOX);
+    rt.spawn(async move {
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            if let Err(e) = listen_once(&config, node, &tx).await {
+                tracing::warn!(error = %e, "lost the connection for the other nodes' posts");
+            }
+            tokio::time::sleep(RECONNECT).await;
+        }
+    });
+    rx
+}
+
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    node: u64,
+    tx: &mpsc::Sender<EntryNotice>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (messages, mut incoming) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if messages.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    while let Some(text) = incoming.recv().await {
+        if let Some(notice) = parse(&text, node) {
+            // A full inbox drops the notice: the subscribers' clients fetch the gap.
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(notice) {
+                break;
+            }
+        }
+    }
+    driver.abort();
+    drop(client);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_own_or_foreign_ones_are_ignored() {
+        let text = payload(7, "bauamt/secret", 3, 9);
+        assert_eq!(
+            parse(&text, 8),
+            Some(EntryNotice {
+                group: "bauamt/secret".into(),
+                from: 3,
+                to: 9
+            })
+        );
+        assert_eq!(parse(&text, 7), None, "this node's own");
+        for bad in [
+            "",
+            "zz 1 2 g",
+            "0000000000000007 0 2 g",
+            "0000000000000007 5 2 g",
+        ] {
+            assert_eq!(parse(bad, 8), None, "{bad:?}");
+        }
+    }
+}
