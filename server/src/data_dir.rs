@@ -9,6 +9,8 @@
 //!   reset.key     QUIC stateless-reset and connection-id key (0600), so that after a
 //!                 restart clients of the previous run learn at once that it is gone
 //!   db/           sled database
+//!   blobs/        stored files (attachments, library documents) named by their SHA-256;
+//!                 partial/ holds uploads in progress
 //! ```
 
 use std::fs;
@@ -159,6 +161,11 @@ impl DataDir {
 
     pub(crate) fn db(&self) -> PathBuf {
         self.root.join("db")
+    }
+
+    /// The blob directory (see `service::blobs`).
+    pub(crate) fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
     }
 
     /// The removal key (DESIGN §5.5), created on first use: directories initialised

@@ -19,9 +19,10 @@ use std::pin::Pin;
 pub use combine::ApplyTicket;
 pub use memory::MemoryStore;
 pub use records::{
-    AckRecord, AnnouncementRecord, CodeRecord, Db, DepartmentRecord, DeviceRecord,
-    KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord, RetiredDepartment,
-    SecretGroupRecord, ServerMeta, StoredEntry, ThrottleRecord, UserRecord, Writes,
+    AckRecord, AnnouncementRecord, BlobRecord, BlobRef, CodeRecord, Db, DepartmentRecord,
+    DeviceRecord, KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord,
+    RetiredDepartment, SecretGroupRecord, ServerMeta, StoredEntry, ThrottleRecord, UploadRecord,
+    UserRecord, Writes,
 };
 pub use sled_store::SledStore;
 pub use snapshot::{SnapshotInfo, SnapshotReader};

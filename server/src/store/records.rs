@@ -16,9 +16,11 @@
 //! | `welcome/<user>\0<device u64 BE>` | `Vec<WelcomeInfo>` waiting for the device |
 //!
 //! Announcements, acknowledgements, the audit log and retention: see [`editorial`];
+//! blobs, uploads and the document library: see [`blobs`];
 //! retired departments: see [`retired`]; the credential throttle's counters: see
 //! [`throttle`].
 
+mod blobs;
 mod editorial;
 mod retired;
 mod throttle;
@@ -35,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use super::codec::{decode, encode};
 use super::{ApplyTicket, Batch, Store, StoreError};
 
+pub use blobs::{BlobRecord, BlobRef, UploadRecord};
 pub use editorial::{AckRecord, AnnouncementRecord, RetentionRecord};
 pub use retired::RetiredDepartment;
 pub use throttle::ThrottleRecord;
