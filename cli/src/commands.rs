@@ -147,7 +147,26 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             client.disconnect().await;
             Ok(())
         }
-        Command::Send { group, text } => {
+        Command::Send {
+            group,
+            text,
+            file: Some(file),
+        } => crate::files::send_file(profile, &group, &file, text, out).await,
+        Command::Download {
+            group,
+            seq,
+            out: to,
+        } => crate::files::download(profile, &group, seq, to, out).await,
+        Command::Docs { command } => crate::docs::docs(profile, command, out).await,
+        Command::Open { link, out: to } => {
+            crate::docs::open_docs_link(profile, &link, to, out).await
+        }
+        Command::Send {
+            group,
+            text,
+            file: None,
+        } => {
+            let text = text.unwrap_or_default();
             let group = GroupHandle::parse(&group)?;
             let mut client = open(profile)?;
             let outcome = client
@@ -186,7 +205,8 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             let rows = client.read(&group).await?;
             // A rostered colleague whose device no owner admitted yet sees why it is empty.
             let waiting = group.is_secret() && client.group_code(&group)?.is_none();
-            let docs: Vec<Value> = rows.iter().map(row_json).collect();
+            let mut docs: Vec<Value> = rows.iter().map(row_json).collect();
+            crate::files::annotate(&client, &group, &rows, &mut docs)?;
             let mut doc = json!({"group": group.to_string(), "messages": docs});
             if waiting {
                 doc["waiting_for_admission"] = json!(true);

@@ -223,7 +223,9 @@ impl Client {
                     let name = self.display_name();
                     let (kind, text) = match &body {
                         PostBody::Public(c) => (c.kind().to_owned(), c.summary()),
-                        PostBody::Mls(_) => ("mls".to_owned(), "(encrypted)".to_owned()),
+                        PostBody::Mls(_) | PostBody::MlsAttachment { .. } => {
+                            ("mls".to_owned(), "(encrypted)".to_owned())
+                        }
                     };
                     let row = TimelineRow {
                         group: group.to_string(),
@@ -310,6 +312,7 @@ impl Client {
             }
             let rows: Vec<TimelineRow> = entries.iter().map(|e| timeline_row(group, e)).collect();
             total += rows.len();
+            crate::files::remember_entries(self.store.connection(), &handle, &entries)?;
             self.store.append_fetched(&handle, &rows, last)?;
             if last >= head {
                 break;
@@ -355,6 +358,11 @@ impl Client {
                 }
                 if entry.seq == cursor + 1 {
                     let row = timeline_row(group, entry);
+                    crate::files::remember_entries(
+                        self.store.connection(),
+                        &handle,
+                        std::slice::from_ref(entry),
+                    )?;
                     self.store
                         .append_fetched(&handle, std::slice::from_ref(&row), entry.seq)?;
                     return Ok(vec![row]);

@@ -94,6 +94,7 @@ impl ProfileStore {
         let store = Self { db };
         store.migrate()?;
         crate::trust::create_tables(&store.db)?;
+        crate::files::create_tables(&store.db)?;
         Ok(store)
     }
 
