@@ -45,8 +45,11 @@ pub enum BlobScope {
     /// An attachment of a post in this group: every colleague for a public group, the
     /// devices in its MLS tree for a secret one.
     Group(GroupHandle),
-    /// A document of the library: every colleague.
+    /// A document of the library: every colleague downloads it.
     Docs,
+    /// An upload meant for the library document at this path: the server checks before
+    /// any byte moves that the uploader may write there.
+    Document(DocPath),
 }
 
 impl fmt::Display for BlobScope {
@@ -54,6 +57,7 @@ impl fmt::Display for BlobScope {
         match self {
             BlobScope::Group(g) => g.fmt(f),
             BlobScope::Docs => f.write_str("docs"),
+            BlobScope::Document(path) => write!(f, "docs:{path}"),
         }
     }
 }

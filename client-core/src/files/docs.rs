@@ -65,7 +65,7 @@ impl Client {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<PutDocument> {
         let uploaded = self
-            .upload_blob(&BlobScope::Docs, file, false, progress)
+            .upload_blob(&BlobScope::Document(path.clone()), file, false, progress)
             .await?;
         self.docs_done(
             Request::DocPut {

@@ -105,7 +105,10 @@ impl BlobDir {
 
     /// The SHA-256 of the first `size` bytes of the partial file (which must have them).
     fn hash_partial(&self, upload: u64, size: u64) -> io::Result<[u8; 32]> {
-        let mut file = File::open(self.partial_path(upload))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.partial_path(upload))?;
         if file.metadata()?.len() < size {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -497,7 +500,7 @@ impl Service {
                 self.ensure_group_exists(group)?;
                 None
             }
-            BlobScope::Docs => None,
+            BlobScope::Docs | BlobScope::Document(_) => None,
         };
         let record = self.db.blob(&blob)?.ok_or_else(not_found)?;
         let visible = record.refs.iter().any(|r| match (r, &scope) {
@@ -755,16 +758,11 @@ impl Service {
         scope: &BlobScope,
     ) -> Result<(), Refusal> {
         match scope {
-            BlobScope::Docs => {
-                if self.may_write_docs_somewhere(me)? {
-                    Ok(())
-                } else {
-                    Err(Refusal::new(
-                        ErrorCode::Forbidden,
-                        "only editors, administrators and department owners write to the library",
-                    ))
-                }
-            }
+            BlobScope::Docs => Err(Refusal::new(
+                ErrorCode::Invalid,
+                "upload a library document for its path",
+            )),
+            BlobScope::Document(path) => self.check_doc_put(me, path),
             BlobScope::Group(group) if group.is_secret() => {
                 self.secret_department(group)?;
                 if self.secret_member_record(session, group)?.is_some() {

@@ -111,7 +111,8 @@ impl Service {
                 return Err(upload_first());
             };
             let Some(at) = record.refs.iter().position(|r| {
-                matches!(r, BlobRef::Pending { scope: BlobScope::Docs, user, .. } if user == &me.id)
+                matches!(r, BlobRef::Pending { scope: BlobScope::Document(p), user, .. }
+                    if user == &me.id && p == &path)
             }) else {
                 return Err(upload_first());
             };
@@ -187,16 +188,25 @@ impl Service {
         Ok(Response::Done)
     }
 
-    /// Whether `me` may write somewhere in the library (so may upload documents).
-    pub(super) fn may_write_docs_somewhere(&self, me: &UserRecord) -> Result<bool, Refusal> {
-        if me.has_role(Role::Editor) || me.has_role(Role::Admin) {
-            return Ok(true);
+    /// Whether `me` may put a document at `path`: checked before its upload begins, and
+    /// again when it is put.
+    pub(super) fn check_doc_put(&self, me: &UserRecord, path: &DocPath) -> Result<(), Refusal> {
+        self.require_doc_writer(me, path)?;
+        if path.is_root() {
+            return Err(Refusal::new(ErrorCode::Invalid, "the root is a folder"));
         }
-        Ok(self
-            .db
-            .departments()?
-            .iter()
-            .any(|d| d.owners.contains(&me.id)))
+        self.require_folder(path.parent().as_ref())?;
+        if let Some(DocEntry {
+            kind: DocKind::Folder,
+            ..
+        }) = self.db.doc(path)?
+        {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                format!("{path} is a folder"),
+            ));
+        }
+        Ok(())
     }
 
     fn require_doc_writer(&self, me: &UserRecord, path: &DocPath) -> Result<(), Refusal> {
