@@ -835,7 +835,143 @@ fn bitmap(chunks: &[u32], size: u64) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use rathaus_protocol::Request;
+
     use super::*;
+    use crate::service::testing::Fixture;
+
+    async fn fixture() -> (Fixture, tempfile::TempDir) {
+        let f = Fixture::new().await;
+        let tmp = tempfile::tempdir().unwrap();
+        f.service
+            .set_blob_dir(BlobDir::open(&tmp.path().join("blobs")).unwrap());
+        (f, tmp)
+    }
+
+    async fn ask(f: &Fixture, session: &Session, request: Request) -> Result<Response, Refusal> {
+        f.service.handle(session, request).await
+    }
+
+    async fn begin(f: &Fixture, session: &Session, size: u64) -> Result<u64, Refusal> {
+        let request = Request::BeginUpload {
+            scope: BlobScope::Group(GroupHandle::Announcements),
+            size,
+            resume: None,
+        };
+        match ask(f, session, request).await? {
+            Response::Upload { upload, .. } => Ok(upload),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn chunk(upload: u64, index: u32, len: usize) -> Request {
+        Request::UploadChunk {
+            upload,
+            index,
+            bytes: vec![index as u8; len],
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_are_checked_and_a_wrong_hash_starts_over() {
+        let (f, _tmp) = fixture().await;
+        let size = BLOB_CHUNK as u64 + 5;
+        let id = begin(&f, &f.admin, size).await.unwrap();
+        let short = ask(&f, &f.admin, chunk(id, 0, 10)).await.unwrap_err();
+        assert_eq!(short.code, ErrorCode::Invalid, "{short:?}");
+        let past = ask(&f, &f.admin, chunk(id, 2, 5)).await.unwrap_err();
+        assert_eq!(past.code, ErrorCode::Invalid, "{past:?}");
+        ask(&f, &f.admin, chunk(id, 1, 5)).await.unwrap();
+        let early = ask(
+            &f,
+            &f.admin,
+            Request::FinishUpload {
+                upload: id,
+                sha256: [0; 32],
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(early.message.contains("1 of its 2 chunks"), "{early:?}");
+        // Someone else's upload does not exist for them.
+        let other = f.user("P1001", &[]).await;
+        let theirs = ask(&f, &other, chunk(id, 0, BLOB_CHUNK)).await.unwrap_err();
+        assert_eq!(theirs.code, ErrorCode::NotFound, "{theirs:?}");
+        ask(&f, &f.admin, chunk(id, 0, BLOB_CHUNK)).await.unwrap();
+        let wrong = ask(
+            &f,
+            &f.admin,
+            Request::FinishUpload {
+                upload: id,
+                sha256: [0; 32],
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(wrong.code, ErrorCode::Invalid, "{wrong:?}");
+        let gone = ask(&f, &f.admin, chunk(id, 0, BLOB_CHUNK))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            gone.code,
+            ErrorCode::NotFound,
+            "the upload starts over: {gone:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_bound_what_one_peer_holds() {
+        let (f, _tmp) = fixture().await;
+        f.service.set_max_upload_bytes(1000);
+        let big = begin(&f, &f.admin, 1001).await.unwrap_err();
+        assert_eq!(big.code, ErrorCode::TooLarge, "{big:?}");
+        // A fifth unfinished upload drops the oldest of the user's four.
+        let mut ids = Vec::new();
+        for _ in 0..=UPLOADS_PER_USER {
+            ids.push(begin(&f, &f.admin, 10).await.unwrap());
+            f.clock.advance(Duration::from_millis(1));
+        }
+        let oldest = ask(&f, &f.admin, chunk(ids[0], 0, 10)).await.unwrap_err();
+        assert_eq!(oldest.code, ErrorCode::NotFound, "{oldest:?}");
+        ask(&f, &f.admin, chunk(ids[1], 0, 10)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stale_uploads_and_unposted_files_are_cleaned_up() {
+        let (f, tmp) = fixture().await;
+        let unfinished = begin(&f, &f.admin, 10).await.unwrap();
+        ask(&f, &f.admin, chunk(unfinished, 0, 10)).await.unwrap();
+        let done = begin(&f, &f.admin, 10).await.unwrap();
+        ask(&f, &f.admin, chunk(done, 0, 10)).await.unwrap();
+        let sha: [u8; 32] = Sha256::digest([0u8; 10]).into();
+        ask(
+            &f,
+            &f.admin,
+            Request::FinishUpload {
+                upload: done,
+                sha256: sha,
+            },
+        )
+        .await
+        .unwrap();
+        let blobs = tmp.path().join("blobs");
+        assert!(blobs.join(hex::encode(sha)).exists());
+        assert!(blobs.join(PARTIAL).join(unfinished.to_string()).exists());
+
+        f.service.clean_blobs(false).await.unwrap();
+        assert!(blobs.join(hex::encode(sha)).exists(), "fresh: kept");
+        f.clock.advance(Duration::from_secs(25 * 60 * 60));
+        f.service.clean_blobs(false).await.unwrap();
+        assert!(
+            !blobs.join(hex::encode(sha)).exists(),
+            "never posted: removed"
+        );
+        assert!(!blobs.join(PARTIAL).join(unfinished.to_string()).exists());
+        assert!(f.service.db().blob(&sha).unwrap().is_none());
+        assert!(f.service.db().uploads().unwrap().is_empty());
+    }
 
     #[test]
     fn bitmap_marks_received_chunks() {
