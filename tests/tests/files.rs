@@ -121,6 +121,14 @@ fn json_err(out: &Output) -> Value {
     doc["error"].clone()
 }
 
+/// A bound for one transfer of a file of some MiB: generous, as the debug build on a busy
+/// machine is slow, but a hang still fails the test.
+async fn transfer<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(300), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
 fn code(e: &ClientError) -> Option<ErrorCode> {
     e.code()
 }
@@ -133,12 +141,11 @@ async fn a_secret_file_arrives_intact_and_the_server_holds_only_ciphertext() {
     let canary = canary();
     let (path, sha) = file_with_canary(tmp.path(), "bauplan.pdf", 20 * MIB, &canary);
 
-    let sent = within(
+    let sent = transfer(
         "send",
         anna.send_file(&secret(), &path, Some("Der neue Plan"), &mut |_| {}),
     )
     .await
-    .unwrap()
     .unwrap();
     assert_eq!(sent.attachment.sha256, sha);
     assert_eq!(sent.attachment.size, 20 * MIB as u64);
@@ -155,12 +162,11 @@ async fn a_secret_file_arrives_intact_and_the_server_holds_only_ciphertext() {
     assert_eq!(row.kind, "attachment");
     assert!(row.text.contains("bauplan.pdf"), "{}", row.text);
     let out = tmp.path().join("jonas-bauplan.pdf");
-    let got = within(
+    let got = transfer(
         "download",
         jonas.download(&secret(), sent.receipt.seq, Some(&out), &mut |_| {}),
     )
     .await
-    .unwrap()
     .unwrap();
     assert_eq!(got.sha256, sha);
     assert_eq!(sha_of(&out), sha);
@@ -344,15 +350,17 @@ async fn transfers_continue_after_a_server_restart_without_starting_over() {
     // The server restarts while the upload is under way (after ten chunks were
     // acknowledged, so durable).
     let mut restarted = false;
-    let sent = anna
-        .send_file(&secret(), &path, None, &mut |p| {
+    let sent = transfer(
+        "send",
+        anna.send_file(&secret(), &path, None, &mut |p| {
             if !restarted && p.done >= 10 * BLOB_CHUNK as u64 {
                 restarted = true;
                 backend.restart_process().unwrap();
             }
-        })
-        .await
-        .unwrap();
+        }),
+    )
+    .await
+    .unwrap();
     assert!(restarted);
     assert!(sent.stats.attempts >= 2, "{:?}", sent.stats);
     assert!(sent.stats.chunks_skipped >= 10, "resumed: {:?}", sent.stats);
@@ -367,15 +375,17 @@ async fn transfers_continue_after_a_server_restart_without_starting_over() {
         .unwrap();
     let out = tmp.path().join("plan-jonas.dwg");
     let mut restarted = false;
-    let got = jonas
-        .download(&secret(), sent.receipt.seq, Some(&out), &mut |p| {
+    let got = transfer(
+        "download",
+        jonas.download(&secret(), sent.receipt.seq, Some(&out), &mut |p| {
             if !restarted && p.done >= 10 * BLOB_CHUNK as u64 {
                 restarted = true;
                 backend.restart_process().unwrap();
             }
-        })
-        .await
-        .unwrap();
+        }),
+    )
+    .await
+    .unwrap();
     assert!(restarted);
     assert!(got.stats.attempts >= 2, "{:?}", got.stats);
     assert!(got.stats.chunks_skipped >= 10, "resumed: {:?}", got.stats);
