@@ -368,7 +368,9 @@ async fn transfers_continue_after_a_server_restart_without_starting_over() {
     assert!(sent.stats.chunks_moved <= chunks, "{:?}", sent.stats);
     assert_eq!(sent.attachment.sha256, sha);
 
-    // And the same for the download.
+    // And the same for the download. (Jonas' connection ended with the restart; the app
+    // connects again.)
+    jonas.disconnect().await;
     within("read", jonas.read(&secret()))
         .await
         .unwrap()
