@@ -155,7 +155,30 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             group,
             text,
             reply_to,
-        } => crate::posts::send(profile, &group, &text, reply_to, out).await,
+            file: Some(file),
+        } => {
+            if reply_to.is_some() {
+                return Err(anyhow!(
+                    "--reply-to is for text posts; send the file on its own"
+                ));
+            }
+            crate::files::send_file(profile, &group, &file, text, out).await
+        }
+        Command::Send {
+            group,
+            text,
+            reply_to,
+            file: None,
+        } => {
+            let text = text.unwrap_or_default();
+            crate::posts::send(profile, &group, &text, reply_to, out).await
+        }
+        Command::Download {
+            group,
+            seq,
+            out: to,
+        } => crate::files::download(profile, &group, seq, to, out).await,
+        Command::Docs { command } => crate::docs::docs(profile, command, out).await,
         Command::Read {
             group,
             limit,
@@ -168,7 +191,13 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             crate::posts::edit(profile, &group, seq, &text, out).await
         }
         Command::Delete { group, seq } => crate::posts::delete(profile, &group, seq, out).await,
-        Command::Open { link } => crate::posts::open_link(profile, &link, out).await,
+        Command::Open { link, out: to } => {
+            if rathaus_client::files::docs_link_path(&link).is_some() {
+                crate::docs::open_docs_link(profile, &link, to, out).await
+            } else {
+                crate::posts::open_link(profile, &link, out).await
+            }
+        }
         Command::Sync => {
             let mut client = open(profile)?;
             crate::progress::show_catch_up(&mut client, out);

@@ -6,6 +6,8 @@ mod announce;
 mod commands;
 mod demo;
 mod devices;
+mod docs;
+mod files;
 mod import;
 mod letters;
 mod output;
@@ -146,11 +148,39 @@ pub(crate) enum Command {
     Send {
         /// The group.
         group: String,
-        /// The text.
-        text: String,
+        /// The text (with --file: a caption).
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
         /// Answer this post (its number in the same group).
         #[arg(long, value_name = "SEQ")]
         reply_to: Option<u64>,
+        /// Send this file (a photo, a document); resumes an interrupted upload of it.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+    /// Download the file of a post (its SHA-256 is checked).
+    Download {
+        /// The group.
+        group: String,
+        /// The post's number.
+        seq: u64,
+        /// Where to save it. Default: its name in the current directory.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+    /// The document library: folders and documents every colleague reads.
+    Docs {
+        #[command(subcommand)]
+        command: DocsCommand,
+    },
+    /// Open a link: `rathaus://GROUP/SEQ` shows that post, `rathaus://docs/PATH` downloads
+    /// that library document.
+    Open {
+        /// The link.
+        link: String,
+        /// Where to save a document. Default: its name in the current directory.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
     },
     /// Sync a group and print its timeline (edits, deletes and reactions folded into
     /// their posts).
@@ -188,11 +218,6 @@ pub(crate) enum Command {
         group: String,
         /// The post's number.
         seq: u64,
-    },
-    /// Show the post a link names, e.g. rathaus://bauamt/12 (after syncing its group).
-    Open {
-        /// The link.
-        link: String,
     },
     /// Send queued messages and fetch everything new.
     Sync,
@@ -263,6 +288,40 @@ pub(crate) enum Command {
     },
     /// A self-contained tour: temporary server and colleagues talking.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DocsCommand {
+    /// List a folder (default: the root).
+    Ls {
+        /// The folder, e.g. /bauamt.
+        path: Option<String>,
+    },
+    /// Store a file as a document (editors, admins; department owners in their folder).
+    Put {
+        /// The document's path, e.g. /bauamt/bauantrag.pdf.
+        path: String,
+        /// The file.
+        file: PathBuf,
+    },
+    /// Download a document.
+    Get {
+        /// The document's path.
+        path: String,
+        /// Where to save it. Default: its name in the current directory.
+        #[arg(long, value_name = "F")]
+        out: Option<PathBuf>,
+    },
+    /// Create a folder (its parent must exist).
+    Mkdir {
+        /// The folder's path.
+        path: String,
+    },
+    /// Remove a document or an empty folder.
+    Rm {
+        /// The path.
+        path: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -109,7 +109,9 @@ pub(crate) async fn read(
     } = client.read_page(&group, limit, before).await?;
     // A rostered colleague whose device no owner admitted yet sees why it is empty.
     let waiting = offline.is_none() && group.is_secret() && client.group_code(&group)?.is_none();
-    let docs: Vec<Value> = posts.iter().map(post_json).collect();
+    let mut docs: Vec<Value> = posts.iter().map(post_json).collect();
+    let rows: Vec<_> = posts.iter().map(|p| p.row.clone()).collect();
+    crate::files::annotate(&client, &group, &rows, &mut docs)?;
     let mut doc = json!({"group": group.to_string(), "messages": docs});
     if let (true, Some(first)) = (more_before, posts.first()) {
         doc["more_before"] = json!(first.row.seq);

@@ -97,6 +97,14 @@ pub enum ClientError {
     /// This device is not (yet) a member of the secret group.
     #[error("{0}")]
     NotMember(String),
+    /// The file is larger than the server accepts; nothing was sent.
+    #[error("the file has {size} bytes, too large for this server: {message}")]
+    TooLarge {
+        /// Bytes to be stored.
+        size: u64,
+        /// The server's explanation (with its limit).
+        message: String,
+    },
     /// A local file could not be read or written.
     #[error("{context}: {source}")]
     Io {
@@ -112,6 +120,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Server { code, .. } | ClientError::Refused { code, .. } => Some(*code),
+            ClientError::TooLarge { .. } => Some(ErrorCode::TooLarge),
             _ => None,
         }
     }
@@ -133,6 +142,7 @@ impl ClientError {
             ClientError::Protocol(_) | ClientError::UnexpectedResponse(_) => "ProtocolViolation",
             ClientError::Timeout(_) => "Timeout",
             ClientError::Invalid(_) => "Invalid",
+            ClientError::TooLarge { .. } => "TooLarge",
             ClientError::Store(_) => "LocalStore",
             ClientError::Mls(_) => "SecretGroupState",
             ClientError::NotOwner(_) => "NotOwner",

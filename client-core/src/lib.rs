@@ -26,6 +26,7 @@ mod announce;
 mod client;
 mod devices;
 pub mod error;
+pub mod files;
 pub mod import;
 pub mod mls;
 pub mod net;
@@ -41,6 +42,7 @@ pub use announce::AnnouncementDraft;
 pub use client::{CatchUp, Client, EnrollOptions, GroupView, Identity};
 pub use devices::{LinkedDevice, OwnDevice};
 pub use error::{ClientError, Result};
+pub use files::{Attachment, DownloadedFile, Progress, SentFile, TransferStats};
 pub use import::{parse_import, ImportFile, ImportReport, ImportedUser, RefusedRow};
 pub use net::{CaTrust, ServerTrust};
 pub use secret::{

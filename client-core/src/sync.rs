@@ -224,7 +224,9 @@ impl Client {
                     let name = self.display_name();
                     let (kind, text, content) = match &body {
                         PostBody::Public(c) => (c.kind().to_owned(), c.summary(), Some(c.clone())),
-                        PostBody::Mls(_) => ("mls".to_owned(), "(encrypted)".to_owned(), None),
+                        PostBody::Mls(_) | PostBody::MlsAttachment { .. } => {
+                            ("mls".to_owned(), "(encrypted)".to_owned(), None)
+                        }
                     };
                     let row = TimelineRow {
                         group: group.to_string(),
@@ -331,6 +333,7 @@ impl Client {
                 .map(|e| timeline_row(group, e))
                 .collect();
             total += rows.len();
+            crate::files::remember_entries(self.store.connection(), &handle, &entries)?;
             self.store.append_fetched(&handle, &rows, last)?;
             self.report_catch_up(&handle, start, last, head);
             if last >= head {
@@ -383,6 +386,11 @@ impl Client {
                 }
                 if entry.seq == cursor + 1 {
                     let row = timeline_row(group, entry);
+                    crate::files::remember_entries(
+                        self.store.connection(),
+                        &handle,
+                        std::slice::from_ref(entry),
+                    )?;
                     self.store
                         .append_fetched(&handle, std::slice::from_ref(&row), entry.seq)?;
                     return Ok(vec![row]);

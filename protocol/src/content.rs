@@ -73,18 +73,20 @@ pub enum ContentBody {
         /// The reaction, e.g. "👍".
         emoji: String,
     },
-    /// A file, stored as a blob on the server.
+    /// A file, stored as a blob on the server (DESIGN §4): photos and documents.
     Attachment {
-        /// Server blob id.
-        blob: [u8; 16],
+        /// The blob: SHA-256 of the stored bytes (the ciphertext, for secret groups).
+        blob: [u8; 32],
         /// File name as shown.
         name: String,
-        /// Size in bytes.
+        /// Size of the file in bytes.
         size: u64,
-        /// SHA-256 of the (encrypted, for secret groups) blob.
+        /// SHA-256 of the file itself (checked by the receiver after download).
         sha256: [u8; 32],
-        /// For secret groups, the key the blob is encrypted with.
-        file_key: Option<[u8; 32]>,
+        /// A caption, possibly empty.
+        text: String,
+        /// For secret groups, the key the blob is sealed with.
+        file_key: Option<crate::blobs::FileKey>,
     },
     /// A published announcement (only in `announcements`, written by the server).
     Announcement {
@@ -221,9 +223,17 @@ impl Content {
                     ));
                 }
             }
-            ContentBody::Attachment { name, .. } => {
+            ContentBody::Attachment { name, text, .. } => {
                 if name.is_empty() || name.len() > 255 {
                     return Err(InvalidContent("file name must be 1 to 255 bytes"));
+                }
+                if name.contains(['/', '\\']) || name.chars().any(char::is_control) {
+                    return Err(InvalidContent(
+                        "file names may not contain slashes or control characters",
+                    ));
+                }
+                if text.len() > MAX_TEXT {
+                    return Err(InvalidContent("caption longer than 64 KiB"));
                 }
             }
             ContentBody::Announcement { title, text, .. } => {
@@ -245,7 +255,15 @@ impl Content {
             ContentBody::Edit { target, text } => format!("(edit of #{target}) {text}"),
             ContentBody::Delete { target } => format!("(deleted #{target})"),
             ContentBody::Reaction { target, emoji } => format!("(reacted {emoji} to #{target})"),
-            ContentBody::Attachment { name, size, .. } => format!("(file {name}, {size} bytes)"),
+            ContentBody::Attachment {
+                name, size, text, ..
+            } => {
+                if text.is_empty() {
+                    format!("(file {name}, {size} bytes)")
+                } else {
+                    format!("{text} (file {name}, {size} bytes)")
+                }
+            }
             ContentBody::Announcement {
                 id,
                 title,

@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod blobs;
 pub mod close;
 pub mod content;
 pub mod error;
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod messages;
 pub mod mls;
 
+pub use blobs::{BlobScope, DocEntry, DocKind, DocPath, FileKey};
 pub use content::{Content, ContentBody};
 pub use error::{ErrorCode, ProtocolError};
 pub use ids::{

@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::blobs::{BlobScope, DocEntry, DocPath};
 use crate::content::Content;
 use crate::error::ErrorCode;
 use crate::ids::{
@@ -375,6 +376,78 @@ pub enum Request {
         /// TLS-serialized ratchet tree of that epoch.
         ratchet_tree: Vec<u8>,
     },
+    /// Starts an upload of a blob of `size` bytes for `scope`, or resumes the upload
+    /// `resume` (one of the requester's own, for the same scope and size). Refused with
+    /// `TooLarge` before any byte is sent if `size` is over the server's per-file limit.
+    /// Answered with `Upload`.
+    BeginUpload {
+        /// Where the blob will belong.
+        scope: BlobScope,
+        /// Bytes of the blob.
+        size: u64,
+        /// An upload begun earlier, to continue.
+        resume: Option<u64>,
+    },
+    /// One chunk of an upload: chunk `index` of exactly the length the blob's size gives
+    /// it ([`chunk_len`](crate::blobs::chunk_len)). Answered with `ChunkStored` once it is
+    /// durable.
+    UploadChunk {
+        /// The upload.
+        upload: u64,
+        /// The chunk's index.
+        index: u32,
+        /// Its bytes (at most [`BLOB_CHUNK`](crate::blobs::BLOB_CHUNK)).
+        bytes: Vec<u8>,
+    },
+    /// Completes an upload whose chunks are all stored: the server checks the SHA-256 of
+    /// the whole and stores the blob. Answered with `BlobStored`.
+    FinishUpload {
+        /// The upload.
+        upload: u64,
+        /// SHA-256 of the blob's bytes.
+        sha256: [u8; 32],
+    },
+    /// Chunk `index` of a stored blob of `scope`. Answered with `Chunk`.
+    DownloadChunk {
+        /// Where the blob belongs (decides who may read it).
+        scope: BlobScope,
+        /// The blob (SHA-256 of its bytes).
+        blob: [u8; 32],
+        /// The chunk's index.
+        index: u32,
+    },
+    /// The author of an attachment post (or a moderator) lets go of its file: the blob
+    /// goes once no other post or document refers to it. Answered with `Done`.
+    ReleaseAttachment {
+        /// The group.
+        group: GroupHandle,
+        /// The post.
+        seq: u64,
+    },
+    /// A folder of the document library, or one document's entry. Answered with
+    /// `DocEntries`.
+    DocList {
+        /// The folder (or document).
+        path: DocPath,
+    },
+    /// Stores an uploaded blob (of scope `Docs`, uploaded by the requester) as the
+    /// document `path`, replacing an earlier one. Answered with `Done`.
+    DocPut {
+        /// The document's path; its folder must exist.
+        path: DocPath,
+        /// The uploaded blob.
+        blob: [u8; 32],
+    },
+    /// Creates a folder (its parent must exist). Answered with `Done`.
+    DocMkdir {
+        /// The new folder.
+        path: DocPath,
+    },
+    /// Removes a document or an empty folder. Answered with `Done`.
+    DocRemove {
+        /// What to remove.
+        path: DocPath,
+    },
 }
 
 /// One colleague of a bulk import.
@@ -429,6 +502,14 @@ pub enum PostBody {
     Public(Content),
     /// An MLS message (opaque to the server's log), for secret groups.
     Mls(Vec<u8>),
+    /// An MLS message carrying an attachment, for secret groups: the server learns which
+    /// blob the post refers to (never its key), so that the blob lives as long as the post.
+    MlsAttachment {
+        /// The MLS message.
+        message: Vec<u8>,
+        /// The blob it refers to, uploaded to this group by the sender.
+        blob: [u8; 32],
+    },
 }
 
 /// A server's answer.
@@ -565,6 +646,35 @@ pub enum Response {
     RoomInvitations(Vec<RoomInvitation>),
     /// Answer to `ImportUsers`: one result per row, in the order sent.
     Imported(Vec<ImportResult>),
+    /// An upload, new or resumed.
+    Upload {
+        /// Its id, for `UploadChunk` and `FinishUpload`, and to resume it later.
+        upload: u64,
+        /// One bit per chunk (chunk `i` is bit `i % 8` of byte `i / 8`): set for the
+        /// chunks stored already.
+        received: Vec<u8>,
+        /// The server's per-file limit, in bytes.
+        limit: u64,
+    },
+    /// The chunk is durably stored.
+    ChunkStored {
+        /// Its index.
+        index: u32,
+    },
+    /// The upload is complete and its blob durably stored.
+    BlobStored {
+        /// The blob (SHA-256 of its bytes).
+        blob: [u8; 32],
+        /// Its size.
+        size: u64,
+    },
+    /// A chunk of a blob.
+    Chunk {
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// Entries of the document library.
+    DocEntries(Vec<DocEntry>),
 }
 
 /// A room someone invited the requester to.

@@ -5,6 +5,7 @@
 //! ```text
 //! rathaus-backup/files/config.json, cert.der, key.der, removal.key, reset.key
 //! rathaus-backup/store.snapshot    every record of the database (format: store/snapshot.rs)
+//! rathaus-backup/blobs/<sha256>    every stored file (attachments, library documents)
 //! rathaus-backup/manifest.json     format, versions, org, record count, id floor and the
 //!                                  size and SHA-256 of every other member; written last
 //! ```
@@ -48,6 +49,15 @@ const FILES: &[&str] = &[
 const ROOT: &str = "rathaus-backup";
 const MANIFEST: &str = "rathaus-backup/manifest.json";
 const SNAPSHOT: &str = "rathaus-backup/store.snapshot";
+const BLOBS: &str = "rathaus-backup/blobs/";
+
+/// Whether `name` is a blob file's name: 64 lower-case hex digits.
+fn is_blob_name(name: &str) -> bool {
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
 
 /// `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +242,19 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<Manifest, ServerError> {
         if path == SNAPSHOT {
             let mut reader = SnapshotReader::new(&mut hashing);
             SledStore::restore(&dir.db(), &mut reader, manifest.next_id)?;
+        } else if let Some(name) = path.strip_prefix(BLOBS) {
+            if !is_blob_name(name) {
+                return Err(bad(from, &format!("unexpected member {path}")));
+            }
+            let blobs = dir.blobs();
+            std::fs::create_dir_all(&blobs)
+                .map_err(|e| ServerError::io(format!("cannot create {}", blobs.display()), e))?;
+            let target = blobs.join(name);
+            let mut out = socket::create_private(&target)
+                .map_err(|e| ServerError::io(format!("cannot create {}", target.display()), e))?;
+            std::io::copy(&mut hashing, &mut out)
+                .and_then(|_| out.sync_all())
+                .map_err(|e| ServerError::io(format!("cannot write {}", target.display()), e))?;
         } else if let Some(name) = path.strip_prefix(&format!("{ROOT}/files/")) {
             if !FILES.contains(&name) {
                 return Err(bad(from, &format!("unexpected member {path}")));
@@ -428,6 +451,45 @@ fn write_archive(dir: &DataDir, org: &str, partial: &Path) -> Result<Manifest, S
             (false, info.records, info.next_id)
         }
     };
+
+    // Blobs are immutable and named by their hash; those of the snapshot's records were
+    // durable before it was taken. One removed since then is simply not in the backup.
+    let blobs_dir = dir.blobs();
+    if blobs_dir.exists() {
+        let listing = std::fs::read_dir(&blobs_dir)
+            .map_err(|e| ServerError::io(format!("cannot read {}", blobs_dir.display()), e))?;
+        let mut names = Vec::new();
+        for entry in listing {
+            let entry = entry
+                .map_err(|e| ServerError::io(format!("cannot read {}", blobs_dir.display()), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_blob_name(&name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        for name in names {
+            let path = blobs_dir.join(&name);
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(ServerError::io(
+                        format!("cannot read {}", path.display()),
+                        e,
+                    ))
+                }
+            };
+            let size = file
+                .metadata()
+                .map_err(|e| ServerError::io(format!("cannot read {}", path.display()), e))?
+                .len();
+            let member = format!("{BLOBS}{name}");
+            let mut hashing = Hashing::new(file.take(size));
+            append(&mut tar, &member, size, &mut hashing)?;
+            members.push(hashing.member(&member));
+        }
+    }
 
     let manifest = Manifest {
         format: BACKUP_FORMAT,

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use rathaus_protocol::limits::MAX_POST_PAYLOAD;
+use rathaus_protocol::blobs::MAX_UPLOAD_LIMIT;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -50,7 +50,8 @@ pub struct ConfigFile {
 pub struct LimitsSection {
     /// Connections beyond this many are refused.
     pub max_connections: Option<Spanned<usize>>,
-    /// Largest post body accepted, in bytes (at most the protocol's 512 KiB).
+    /// Largest file accepted, in bytes (default 100 MiB, at most 64 GiB); posts whose
+    /// body encodes larger are refused too.
     pub max_upload_bytes: Option<Spanned<usize>>,
 }
 
@@ -184,12 +185,12 @@ impl ConfigFile {
             }
         }
         if let Some(v) = &file.limits.max_upload_bytes {
-            if *v.get_ref() == 0 || *v.get_ref() > MAX_POST_PAYLOAD {
+            if *v.get_ref() == 0 || *v.get_ref() as u64 > MAX_UPLOAD_LIMIT {
                 return Err(refuse(
                     "limits.max_upload_bytes",
                     v.span(),
                     format!(
-                        "{} is outside 1..={MAX_POST_PAYLOAD} (the protocol's largest post)",
+                        "{} is outside 1..={MAX_UPLOAD_LIMIT} (64 GiB, the largest file limit)",
                         v.get_ref()
                     ),
                 ));
@@ -287,7 +288,7 @@ mod tests {
         assert!(err.contains("line 2") && err.contains("nonsense"), "{err}");
         let err = parse("[log]\nformat = \"xml\"\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("xml"), "{err}");
-        let err = parse("data = \"/d\"\n[limits]\nmax_upload_bytes = 10000000\n")
+        let err = parse("data = \"/d\"\n[limits]\nmax_upload_bytes = 100000000000\n")
             .unwrap_err()
             .to_string();
         assert!(

@@ -10,6 +10,8 @@
 //!                 restart clients of the previous run learn at once that it is gone
 //!   db/           sled database (absent when the records are in PostgreSQL: then
 //!                 config.json names the database under "store")
+//!   blobs/        stored files (attachments, library documents) named by their SHA-256;
+//!                 partial/ holds uploads in progress
 //! ```
 
 use std::fs;
@@ -209,6 +211,11 @@ impl DataDir {
 
     pub(crate) fn db(&self) -> PathBuf {
         self.root.join("db")
+    }
+
+    /// The blob directory (see `service::blobs`).
+    pub(crate) fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
     }
 
     /// The removal key (DESIGN §5.5), created on first use: directories initialised

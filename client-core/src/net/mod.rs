@@ -61,8 +61,9 @@ const CLOSE_GRACE: Duration = Duration::from_millis(10);
 /// How long to wait for the answer to one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// An open connection to a Rathaus server.
-#[derive(Debug)]
+/// An open connection to a Rathaus server. Clones share the connection (requests on
+/// clones run at once, each on its own stream).
+#[derive(Debug, Clone)]
 pub struct Connection {
     /// Kept alive as long as the connection; closing it frees the UDP socket.
     endpoint: quinn::Endpoint,

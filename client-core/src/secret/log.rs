@@ -157,6 +157,7 @@ impl Client {
             }
             let row = match incoming {
                 Incoming::Application { sender, plaintext } => {
+                    crate::files::remember_plaintext(conn, &handle, entry.seq, &plaintext)?;
                     Some(self.application_row(group, entry, &sender, &plaintext))
                 }
                 Incoming::Commit(summary) => {

@@ -73,10 +73,21 @@ impl Client {
                     self.mls.encrypt(&gid, &plaintext)?
                 }
             };
+            // The server learns which blob the post refers to (never its key), so the
+            // blob lives as long as the post.
+            let body = match &content.body {
+                rathaus_protocol::ContentBody::Attachment { blob, .. } => {
+                    rathaus_protocol::PostBody::MlsAttachment {
+                        message,
+                        blob: *blob,
+                    }
+                }
+                _ => rathaus_protocol::PostBody::Mls(message),
+            };
             let request = Request::Post {
                 group: group.clone(),
                 client_id,
-                body: rathaus_protocol::PostBody::Mls(message),
+                body,
             };
             match self.request(&request).await {
                 Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => {

@@ -115,6 +115,7 @@ impl ProfileStore {
         store.migrate()?;
         crate::trust::create_tables(&store.db)?;
         fork::create_tables(&store.db)?;
+        crate::files::create_tables(&store.db)?;
         Ok(store)
     }
 

@@ -82,7 +82,7 @@ impl Service {
         }
         let content = match body {
             PostBody::Public(content) => content,
-            PostBody::Mls(_) => {
+            PostBody::Mls(_) | PostBody::MlsAttachment { .. } => {
                 return Err(Refusal::new(
                     ErrorCode::Invalid,
                     format!("{group} is server-readable; MLS messages belong in secret groups"),
@@ -103,7 +103,16 @@ impl Service {
         if let Some(changed) = self.post_change(&group, entry.clone()).await {
             return changed;
         }
-        self.append_post(&group, entry, None).await
+        match Self::attachment_of(&entry.body) {
+            Some(blob) => {
+                if self.db.deduplicated(&group, &me.id, &client_id)?.is_none() {
+                    self.check_attachment(me, &group, &blob)?;
+                }
+                self.append_post_attached(&group, entry, None, Some((me, blob)))
+                    .await
+            }
+            None => self.append_post(&group, entry, None).await,
+        }
     }
 
     /// Appends a post unless its `(sender, client id)` was stored before, and answers
@@ -123,9 +132,24 @@ impl Service {
         entry: StoredEntry,
         epoch: Option<u64>,
     ) -> Result<Response, Refusal> {
+        self.append_post_attached(group, entry, epoch, None).await
+    }
+
+    /// [`Service::append_post`] for a post that refers to an uploaded blob: the blob's
+    /// record names the post in the same atomic batch (see `blobs`).
+    pub(super) async fn append_post_attached(
+        &self,
+        group: &GroupHandle,
+        entry: StoredEntry,
+        epoch: Option<u64>,
+        attachment: Option<(&UserRecord, [u8; 32])>,
+    ) -> Result<Response, Refusal> {
         let mut attempt = 1;
         loop {
-            match self.append_post_once(group, entry.clone(), epoch).await {
+            match self
+                .append_post_once(group, entry.clone(), epoch, attachment)
+                .await
+            {
                 // On a database shared with other nodes, one of them took the seq first:
                 // nothing was stored, so allocate again from what is stored now. A retry
                 // whose first attempt another node did store is answered as a duplicate.
@@ -144,6 +168,7 @@ impl Service {
         group: &GroupHandle,
         entry: StoredEntry,
         epoch: Option<u64>,
+        attachment: Option<(&UserRecord, [u8; 32])>,
     ) -> Result<Response, Refusal> {
         let now = entry.sent_at_ms;
         let key = InFlightKey {
@@ -175,12 +200,18 @@ impl Service {
                         return Err(super::secret::stale(group, current));
                     }
                 }
-                let (seq, applied) = self.enqueue_locked(
-                    &mut heads,
-                    group,
-                    std::slice::from_ref(&entry),
-                    Writes::new(),
-                )?;
+                let mut extra = Writes::new();
+                if let Some((me, blob)) = &attachment {
+                    let seq = self.next_seq(&heads, group)?;
+                    self.attach_post(&mut extra, me, group, seq, blob)?;
+                }
+                let (seq, applied) =
+                    self.enqueue_locked(&mut heads, group, std::slice::from_ref(&entry), extra)?;
+                if attachment.is_some() {
+                    // Blob records are read-modify-written under the log lock: the next
+                    // writer must see this one.
+                    self.db.wait_applied_blocking(applied)?;
+                }
                 self.in_flight().insert(
                     key.clone(),
                     InFlight {

@@ -10,8 +10,10 @@ mod announcements;
 mod attempts;
 mod audit;
 mod auth;
+pub mod blobs;
 mod departments;
 mod devices;
+mod docs;
 mod durability;
 mod enrollment;
 pub mod enrollment_codes;
@@ -122,6 +124,13 @@ pub struct Service {
     /// Retention period of groups without a policy of their own, in days; 0: forever
     /// (`[retention] default_days`).
     default_retention_days: std::sync::atomic::AtomicU32,
+    /// Where blobs (attachments, library documents) are stored; unset: files are refused.
+    blobs: std::sync::OnceLock<blobs::BlobDir>,
+    /// Held across read-modify-write of blob records and uploads, after `log` where both
+    /// are needed (see `blobs`).
+    blob_lock: Mutex<()>,
+    /// Files larger than this are refused before upload (`[limits] max_upload_bytes`).
+    max_upload_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Service {
@@ -275,6 +284,9 @@ impl Service {
                 rathaus_protocol::limits::MAX_POST_PAYLOAD,
             ),
             default_retention_days: std::sync::atomic::AtomicU32::new(0),
+            blobs: std::sync::OnceLock::new(),
+            blob_lock: Mutex::new(()),
+            max_upload_bytes: std::sync::atomic::AtomicU64::new(blobs::DEFAULT_MAX_UPLOAD),
         })
     }
 
@@ -417,6 +429,29 @@ impl Service {
                 self.rename_department(&me, &slug, name).await
             }
             Request::RemoveDepartment { slug } => self.remove_department(&me, &slug).await,
+            Request::BeginUpload {
+                scope,
+                size,
+                resume,
+            } => self.begin_upload(session, &me, scope, size, resume).await,
+            Request::UploadChunk {
+                upload,
+                index,
+                bytes,
+            } => self.upload_chunk(&me, upload, index, bytes).await,
+            Request::FinishUpload { upload, sha256 } => {
+                self.finish_upload(&me, upload, sha256).await
+            }
+            Request::DownloadChunk { scope, blob, index } => {
+                self.download_chunk(session, &me, scope, blob, index).await
+            }
+            Request::ReleaseAttachment { group, seq } => {
+                self.release_attachment(&me, group, seq).await
+            }
+            Request::DocList { path } => self.doc_list(path),
+            Request::DocPut { path, blob } => self.doc_put(&me, path, blob).await,
+            Request::DocMkdir { path } => self.doc_mkdir(&me, path).await,
+            Request::DocRemove { path } => self.doc_remove(&me, path).await,
             Request::Hello { .. } => Err(Refusal::new(
                 ErrorCode::Invalid,
                 "this connection is already authenticated",

@@ -45,6 +45,7 @@ impl Service {
             ));
         }
         let now = self.now_ms();
+        let mut orphans = Vec::new();
         let appended = self.append_entry(&group, |_| {
             let not_found =
                 || Refusal::new(ErrorCode::NotFound, format!("{group} has no post #{seq}"));
@@ -63,6 +64,10 @@ impl Service {
             let tombstone = EntryBody::Removed { by: me.id.clone() };
             let mut w = Writes::new();
             let edits = self.retract_post(&group, seq, &tombstone, &tombstone, &mut w)?;
+            // The post's file goes with it (unless another post or document keeps it).
+            let mut changes = super::blobs::BlobChanges::default();
+            changes.drop_post(self, &mut w, &group, seq)?;
+            orphans = changes.write(&mut w)?;
             let note = StoredEntry {
                 sender: me.id.clone(),
                 sender_name: me.name.clone(),
@@ -87,6 +92,7 @@ impl Service {
             Ok((note, w, audit))
         })?;
         self.deliver(appended).await?;
+        self.remove_unreferenced(&orphans);
         tracing::info!(%group, seq, by = %me.id, "post removed by moderator");
         Ok(Response::Done)
     }

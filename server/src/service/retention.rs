@@ -105,13 +105,14 @@ impl Service {
     pub async fn enforce_retention(&self) -> Result<Vec<RetentionRun>, StoreError> {
         let mut runs = Vec::new();
         let mut ticket = None;
+        let mut orphans = Vec::new();
         for policy in self.retention_policies()? {
             let cutoff = self
                 .now_ms()
                 .saturating_sub(i64::from(policy.days).saturating_mul(DAY_MS));
             let mut deleted = 0u64;
             loop {
-                let (n, more, t) = self.delete_page(&policy, cutoff)?;
+                let (n, more, t) = self.delete_page(&policy, cutoff, &mut orphans)?;
                 deleted += n;
                 ticket = t.or(ticket);
                 if !more {
@@ -131,6 +132,7 @@ impl Service {
                 .durable(self.db.store().as_ref(), ticket)
                 .await?;
         }
+        self.remove_unreferenced(&orphans);
         Ok(runs)
     }
 
@@ -141,6 +143,7 @@ impl Service {
         &self,
         policy: &RetentionRecord,
         cutoff: i64,
+        orphans: &mut Vec<[u8; 32]>,
     ) -> Result<(u64, bool, Option<u64>), StoreError> {
         let group = &policy.group;
         // Lock order: editorial, log, audit. Holding the log lock keeps moderation from
@@ -153,6 +156,7 @@ impl Service {
         let mut range: Option<(u64, u64)> = None;
         let mut deleted = 0u64;
         let mut reached_newer = false;
+        let mut changes = super::blobs::BlobChanges::default();
         for (seq, entry, _) in page {
             // Entries are in seq order and (but for clock steps) in time order: stop at
             // the first one that is young enough, so nothing newer is ever deleted.
@@ -166,6 +170,7 @@ impl Service {
                     w.remove_announcement(id, &acks);
                 }
             }
+            changes.drop_post(self, &mut w, group, seq)?;
             w.remove_entry(group, seq, &entry);
             range = Some((range.map_or(seq, |r| r.0), seq));
             deleted += 1;
@@ -173,6 +178,7 @@ impl Service {
         let Some((first, last)) = range else {
             return Ok((0, false, None));
         };
+        orphans.extend(changes.write(&mut w)?);
         let floor = self.db.log_floor(group)?.max(last);
         w.put_log_floor(group, floor)?;
         let mut audit = self.audit()?;

@@ -312,8 +312,9 @@ impl Service {
                 format!("only devices in {group} may post to it"),
             ));
         };
-        let bytes = match body {
-            PostBody::Mls(bytes) => bytes,
+        let (bytes, blob) = match body {
+            PostBody::Mls(bytes) => (bytes, None),
+            PostBody::MlsAttachment { message, blob } => (message, Some(blob)),
             PostBody::Public(_) => {
                 return Err(invalid(format!(
                     "{group} is end-to-end encrypted; post MLS messages only"
@@ -336,6 +337,9 @@ impl Service {
                 return Err(stale(&group, record.epoch));
             }
             epoch = Some(record.epoch);
+            if let Some(blob) = &blob {
+                self.check_attachment(me, &group, blob)?;
+            }
         }
         let size = bytes.len();
         let entry = StoredEntry {
@@ -345,7 +349,9 @@ impl Service {
             client_id,
             body: EntryBody::Mls(bytes),
         };
-        let response = self.append_post(&group, entry, epoch).await?;
+        let response = self
+            .append_post_attached(&group, entry, epoch, blob.map(|b| (me, b)))
+            .await?;
         tracing::debug!(%group, size, "secret message stored");
         Ok(response)
     }
@@ -470,7 +476,7 @@ impl Service {
 
     /// The group's record, if the session's user is on its roster and its device in the
     /// tree.
-    fn secret_member_record(
+    pub(super) fn secret_member_record(
         &self,
         session: &Session,
         group: &GroupHandle,

@@ -23,9 +23,10 @@ pub use memory::MemoryStore;
 pub use pg_notify::EntryNotice;
 pub use pg_store::{is_postgres_url, PgStore};
 pub use records::{
-    AckRecord, AnnouncementRecord, CodeRecord, Db, DepartmentRecord, DeviceRecord,
-    KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord, RetiredDepartment,
-    SecretGroupRecord, ServerMeta, StoredEntry, ThrottleRecord, UserRecord, Writes,
+    AckRecord, AnnouncementRecord, BlobRecord, BlobRef, CodeRecord, Db, DepartmentRecord,
+    DeviceRecord, KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord,
+    RetiredDepartment, SecretGroupRecord, ServerMeta, StoredEntry, ThrottleRecord, UploadRecord,
+    UserRecord, Writes,
 };
 pub use sled_store::SledStore;
 pub use snapshot::{SnapshotInfo, SnapshotReader};

@@ -17,9 +17,11 @@
 //! | `commit/<group>\0<epoch u64 BE>` | seq (u64) of the commit accepted in that epoch |
 //!
 //! Announcements, acknowledgements, the audit log and retention: see [`editorial`];
+//! blobs, uploads and the document library: see [`blobs`];
 //! retired departments: see [`retired`]; the credential throttle's counters: see
 //! [`throttle`].
 
+mod blobs;
 mod editorial;
 mod retired;
 mod throttle;
@@ -36,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use super::codec::{decode, encode};
 use super::{ApplyTicket, Batch, Store, StoreError};
 
+pub use blobs::{BlobRecord, BlobRef, UploadRecord};
 pub use editorial::{AckRecord, AnnouncementRecord, RetentionRecord};
 pub use retired::RetiredDepartment;
 pub use throttle::ThrottleRecord;

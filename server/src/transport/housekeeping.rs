@@ -1,4 +1,5 @@
-//! Periodic work that no request triggers: retention runs at start and then hourly.
+//! Periodic work that no request triggers: retention runs and the cleanup of stale
+//! uploads, at start and then hourly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,9 @@ pub(super) async fn retention_loop(service: Arc<Service>, mut stop: watch::Recei
             _ = tick.tick() => {
                 if let Err(e) = service.enforce_retention().await {
                     tracing::error!(error = %e, "retention run failed; retrying at the next interval");
+                }
+                if let Err(e) = service.clean_blobs(false).await {
+                    tracing::error!(error = %e, "cleaning up stale uploads failed; retrying at the next interval");
                 }
             }
         }

@@ -52,7 +52,9 @@ pub struct RunOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// UDP receive and send buffer sizes asked of the kernel.
     pub udp_buffers: udp::SocketBuffers,
-    /// Largest post body accepted (at most the protocol's `MAX_POST_PAYLOAD`).
+    /// Largest file accepted (`[limits] max_upload_bytes`, default 100 MiB); posts
+    /// whose body encodes larger are refused too (and never above the protocol's
+    /// `MAX_POST_PAYLOAD`).
     pub max_upload_bytes: usize,
     /// Retention of public groups and announcements without a policy, in days; 0: forever.
     pub default_retention_days: u32,
@@ -96,7 +98,7 @@ impl RunOptions {
                 recv: udp::SERVER_SOCKET_BUFFER,
                 send: udp::SERVER_SOCKET_BUFFER,
             },
-            max_upload_bytes: rathaus_protocol::limits::MAX_POST_PAYLOAD,
+            max_upload_bytes: crate::service::blobs::DEFAULT_MAX_UPLOAD as usize,
             default_retention_days: 0,
             store: None,
         }
@@ -177,6 +179,13 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     let removal_key = dir.removal_key()?;
     let service = Service::new(Db::new(store), opts.clock.clone(), removal_key)?;
     service.set_max_post_bytes(opts.max_upload_bytes);
+    service.set_max_upload_bytes(opts.max_upload_bytes as u64);
+    let blobs = crate::service::blobs::BlobDir::open(&dir.blobs())
+        .map_err(|e| ServerError::io(format!("cannot open {}", dir.blobs().display()), e))?;
+    service.set_blob_dir(blobs);
+    // Nothing is in flight yet: files no record names (a crash between a record's removal
+    // and its file's) can go.
+    service.clean_blobs(true).await?;
     service.set_default_retention_days(opts.default_retention_days);
     let socket = udp::bind_server(listen, opts.udp_buffers)
         .map_err(|e| ServerError::io(format!("cannot listen on {listen}"), e))?;

@@ -354,5 +354,14 @@ pub(crate) fn request_kind(r: &Request) -> &'static str {
         Request::ImportUsers { .. } => "ImportUsers",
         Request::RenameDepartment { .. } => "RenameDepartment",
         Request::RemoveDepartment { .. } => "RemoveDepartment",
+        Request::BeginUpload { .. } => "BeginUpload",
+        Request::UploadChunk { .. } => "UploadChunk",
+        Request::FinishUpload { .. } => "FinishUpload",
+        Request::DownloadChunk { .. } => "DownloadChunk",
+        Request::ReleaseAttachment { .. } => "ReleaseAttachment",
+        Request::DocList { .. } => "DocList",
+        Request::DocPut { .. } => "DocPut",
+        Request::DocMkdir { .. } => "DocMkdir",
+        Request::DocRemove { .. } => "DocRemove",
     }
 }

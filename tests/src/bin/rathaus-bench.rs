@@ -11,10 +11,12 @@
 //! relative to bare openmls it is 1.25 × this run's baseline. A workload that cannot run
 //! in this build is reported with `value: null`, never with a made-up figure.
 //! `--only NAME[,NAME]` runs a subset (ingest, fanout, announce, mls, catchup, cli-send,
-//! idle-connections, import).
+//! idle-connections, import, files).
 
 #[path = "../bench/catchup.rs"]
 mod catchup;
+#[path = "../bench/files.rs"]
+mod files;
 #[path = "../bench/import.rs"]
 mod import;
 #[path = "../bench/mls.rs"]
@@ -50,6 +52,7 @@ struct Sizes {
     cli_runs: usize,
     idle_connections: usize,
     import_rows: usize,
+    file_mib: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -69,6 +72,7 @@ const FULL: Sizes = Sizes {
     cli_runs: 30,
     idle_connections: 10_000,
     import_rows: 5_000,
+    file_mib: 50,
 };
 
 const QUICK: Sizes = Sizes {
@@ -88,6 +92,8 @@ const QUICK: Sizes = Sizes {
     cli_runs: 10,
     idle_connections: 1_000,
     import_rows: 1_000,
+    // DESIGN §10 names 50 MiB; quick runs keep the size, it takes seconds.
+    file_mib: 50,
 };
 
 fn main() -> Result<()> {
@@ -105,7 +111,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,cli-send,idle-connections,import]"
+                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,cli-send,idle-connections,import,files]"
                 );
                 return Ok(());
             }
@@ -189,6 +195,11 @@ fn main() -> Result<()> {
     if wanted("import") {
         rows.extend(run_async(&runtime, "import", "s", s, async {
             import::import(sizes.import_rows, s).await
+        }));
+    }
+    if wanted("files") {
+        rows.extend(run_async(&runtime, "files", "MB/s", s, async {
+            files::transfer(sizes.file_mib, s).await
         }));
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));

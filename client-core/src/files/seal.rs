@@ -1,0 +1,123 @@
+//! Sealing a file for a secret group: ChaCha20-Poly1305 in the STREAM construction
+//! (RustCrypto's `aead::stream`, big-endian 32-bit counter), with a fresh key per file.
+//!
+//! Segment `i` (of [`SEALED_SEGMENT`] plaintext bytes, the last one shorter) is sealed
+//! with counter `i` and the last-segment flag on the final one, so a chunk cut off,
+//! reordered or taken from another file fails to open. Every segment seals to exactly
+//! one transfer chunk, which is what makes uploads and downloads resumable chunk by chunk
+//! without the whole file in memory.
+
+use chacha20poly1305::aead::stream::{NewStream, StreamBE32, StreamPrimitive};
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+use rand::RngCore;
+use rathaus_protocol::blobs::{FileKey, SEALED_SEGMENT};
+
+use crate::error::{ClientError, Result};
+
+/// Associated data of every segment: binds the ciphertext to this use.
+const AAD: &[u8] = b"rathaus-file-v1";
+
+/// A fresh random file key.
+pub(crate) fn fresh_key() -> FileKey {
+    let mut key = [0u8; 32];
+    let mut nonce_prefix = [0u8; 7];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    rand::rngs::OsRng.fill_bytes(&mut nonce_prefix);
+    FileKey { key, nonce_prefix }
+}
+
+/// Seals and opens the segments of one file.
+pub(crate) struct Sealer {
+    stream: StreamBE32<ChaCha20Poly1305>,
+    /// Number of segments of the file.
+    segments: u64,
+}
+
+impl Sealer {
+    /// For a file of `plain_size` bytes sealed with `key`.
+    pub(crate) fn new(key: &FileKey, plain_size: u64) -> Result<Self> {
+        let aead = ChaCha20Poly1305::new_from_slice(&key.key)
+            .map_err(|_| ClientError::Invalid("a file key must be 32 bytes".into()))?;
+        let segments = plain_size.div_ceil(SEALED_SEGMENT as u64).max(1);
+        if segments > u64::from(u32::MAX) {
+            return Err(ClientError::Invalid("the file is too large to seal".into()));
+        }
+        Ok(Self {
+            stream: StreamBE32::from_aead(aead, (&key.nonce_prefix).into()),
+            segments,
+        })
+    }
+
+    /// Seals segment `index` in place (the buffer grows by the tag).
+    pub(crate) fn seal(&self, index: u64, segment: &mut Vec<u8>) -> Result<()> {
+        let (position, last) = self.position(index)?;
+        self.stream
+            .encrypt_in_place(position, last, AAD, segment)
+            .map_err(|_| ClientError::Invalid("cannot seal the file".into()))
+    }
+
+    /// Opens chunk `index` in place (the buffer shrinks by the tag). A chunk that was
+    /// changed, cut off or moved fails.
+    pub(crate) fn open(&self, index: u64, chunk: &mut Vec<u8>) -> Result<()> {
+        let (position, last) = self.position(index)?;
+        self.stream
+            .decrypt_in_place(position, last, AAD, chunk)
+            .map_err(|_| {
+                ClientError::Invalid(format!(
+                    "chunk {index} of the file does not open with its key: it was changed on \
+                     the way or on the server"
+                ))
+            })
+    }
+
+    fn position(&self, index: u64) -> Result<(u32, bool)> {
+        if index >= self.segments {
+            return Err(ClientError::Invalid(format!(
+                "the file has no segment {index}"
+            )));
+        }
+        // index < segments <= u32::MAX, checked in `new`.
+        Ok((index as u32, index + 1 == self.segments))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_open_only_in_place() {
+        let key = fresh_key();
+        let size = SEALED_SEGMENT as u64 + 10;
+        let sealer = Sealer::new(&key, size).unwrap();
+        let mut first = vec![7u8; SEALED_SEGMENT];
+        sealer.seal(0, &mut first).unwrap();
+        assert_eq!(first.len(), rathaus_protocol::blobs::BLOB_CHUNK);
+        let mut last = vec![9u8; 10];
+        sealer.seal(1, &mut last).unwrap();
+
+        let mut moved = first.clone();
+        assert!(
+            sealer.open(1, &mut moved).is_err(),
+            "a chunk in another place"
+        );
+        let mut flipped = last.clone();
+        flipped[0] ^= 1;
+        assert!(sealer.open(1, &mut flipped).is_err(), "a changed chunk");
+        let other = Sealer::new(&fresh_key(), size).unwrap();
+        assert!(other.open(0, &mut first.clone()).is_err(), "another key");
+
+        sealer.open(0, &mut first).unwrap();
+        assert_eq!(first, vec![7u8; SEALED_SEGMENT]);
+        // The last segment sealed as not-last (a file cut short) does not open as last.
+        let longer = Sealer::new(&key, 3 * SEALED_SEGMENT as u64).unwrap();
+        let mut not_last = vec![9u8; 10];
+        longer.seal(1, &mut not_last).unwrap();
+        assert!(
+            sealer.open(1, &mut not_last).is_err(),
+            "truncation is noticed"
+        );
+        sealer.open(1, &mut last).unwrap();
+        assert_eq!(last, vec![9u8; 10]);
+    }
+}
