@@ -210,10 +210,13 @@ async fn a_secret_file_arrives_intact_and_the_server_holds_only_ciphertext() {
         .await
         .unwrap_err();
     assert_eq!(code(&refused), Some(ErrorCode::Forbidden), "{refused}");
-    anna.release_attachment(&secret(), sent.receipt.seq)
-        .await
-        .unwrap();
-    assert!(blob_files(&data).is_empty());
+    // Deleting her post lets go of it (the client releases the file once the deletion
+    // is stored).
+    anna.delete_post(&secret(), sent.receipt.seq).await.unwrap();
+    assert!(
+        blob_files(&data).is_empty(),
+        "the file goes with the deleted post"
+    );
     let again = tmp.path().join("again.pdf");
     let gone = jonas
         .download(&secret(), sent.receipt.seq, Some(&again), &mut |_| {})

@@ -83,7 +83,15 @@ impl Client {
     pub async fn delete_post(&mut self, group: &GroupHandle, seq: u64) -> Result<SendOutcome> {
         self.check_target(group, seq, Rule::Author("delete"))
             .await?;
-        self.send_or_queue(group, Content::delete(seq)).await
+        let has_file = self.attachment(group, seq)?.is_some();
+        let outcome = self.send_or_queue(group, Content::delete(seq)).await?;
+        // The post's file goes with it once the deletion is stored (the server keeps it
+        // while another post or document refers to it). A deletion queued while the
+        // server is unreachable leaves the file to moderation or retention.
+        if has_file && matches!(outcome, SendOutcome::Sent(_)) {
+            self.release_attachment(group, seq).await?;
+        }
+        Ok(outcome)
     }
 
     /// The folded local timeline of `group` (no network).
