@@ -11,6 +11,7 @@ mod letters;
 mod output;
 mod password;
 mod rooms;
+mod search;
 mod verify;
 
 use std::path::PathBuf;
@@ -142,6 +143,19 @@ pub(crate) enum Command {
         group: String,
         /// The text.
         text: String,
+    },
+    /// Search public groups and announcements (on the server) and your secret groups (on
+    /// this device only), best first.
+    Search {
+        /// Plain words; all must occur (German word forms match: "Baustellen" finds
+        /// "Baustelle").
+        query: String,
+        /// Only this group; a secret group is searched on this device only.
+        #[arg(long)]
+        group: Option<String>,
+        /// Most results (at most 100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
     /// Sync a group and print its timeline.
     Read {

@@ -29,6 +29,7 @@ pub mod error;
 pub mod import;
 pub mod mls;
 pub mod net;
+mod search;
 mod secret;
 pub mod store;
 mod sync;
@@ -41,9 +42,10 @@ pub use devices::{LinkedDevice, OwnDevice};
 pub use error::{ClientError, Result};
 pub use import::{parse_import, ImportFile, ImportReport, ImportedUser, RefusedRow};
 pub use net::{CaTrust, ServerTrust};
+pub use search::{Found, SearchResult};
 pub use secret::{
     key_fingerprint, mls_group_id, Approval, GroupPolicy, PolicyOutcome, SecretDevice,
     SecretGroupView, SecretMember, KEY_PACKAGE_LOW, KEY_PACKAGE_TARGET,
 };
-pub use store::TimelineRow;
+pub use store::{LocalHit, TimelineRow};
 pub use sync::{QueuedMessage, SendFailure, SendOutcome, SendReceipt, SyncReport};

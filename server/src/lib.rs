@@ -34,6 +34,7 @@ mod error;
 mod inspect;
 mod metrics;
 mod ops;
+pub mod search;
 pub mod service;
 pub mod store;
 pub mod transport;

@@ -262,6 +262,7 @@ impl Service {
     /// Pushes a durable entry to the subscribers who may read its group.
     pub(super) fn publish_entry(&self, group: &GroupHandle, seq: u64, entry: &StoredEntry) {
         tracing::debug!(%group, seq, "entry stored");
+        self.index_entry(group, seq, entry);
         let event = Response::Event(Event::Posted {
             group: group.clone(),
             entry: entry.to_log_entry(seq),

@@ -27,6 +27,7 @@ mod removal;
 mod retention;
 mod roles;
 mod rooms;
+mod search;
 mod secret;
 mod secret_commit;
 mod server_entries;
@@ -60,6 +61,9 @@ use durability::Durability;
 
 /// Organisation name used when the store has none (only in tests).
 const DEFAULT_ORG: &str = "Rathaus";
+
+/// Searches run at once; more wait for a slot.
+const SEARCH_SLOTS: usize = 4;
 
 /// How many events a slow subscriber may fall behind before it is told to re-fetch.
 const EVENT_BUFFER: usize = 4096;
@@ -118,6 +122,10 @@ pub struct Service {
     /// Retention period of groups without a policy of their own, in days; 0: forever
     /// (`[retention] default_days`).
     default_retention_days: std::sync::atomic::AtomicU32,
+    /// The full-text index of public groups and announcements, once attached.
+    search: std::sync::OnceLock<Arc<crate::search::SearchIndex>>,
+    /// Searches running at once (each takes a core for a moment); more wait.
+    search_slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Service {
@@ -258,6 +266,8 @@ impl Service {
                 rathaus_protocol::limits::MAX_POST_PAYLOAD,
             ),
             default_retention_days: std::sync::atomic::AtomicU32::new(0),
+            search: std::sync::OnceLock::new(),
+            search_slots: tokio::sync::Semaphore::new(SEARCH_SLOTS),
         })
     }
 
@@ -392,6 +402,11 @@ impl Service {
                 self.rename_department(&me, &slug, name).await
             }
             Request::RemoveDepartment { slug } => self.remove_department(&me, &slug).await,
+            Request::Search {
+                query,
+                group,
+                limit,
+            } => self.search(session, query, group, limit).await,
             Request::Hello { .. } => Err(Refusal::new(
                 ErrorCode::Invalid,
                 "this connection is already authenticated",

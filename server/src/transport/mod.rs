@@ -170,7 +170,11 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     let server_config = identity.server_config()?;
     let store = dir.open_store()?;
     let removal_key = dir.removal_key()?;
-    let service = Service::new(Db::new(Arc::new(store)), opts.clock.clone(), removal_key)?;
+    let db = Db::new(Arc::new(store));
+    let service = Service::new(db.clone(), opts.clock.clone(), removal_key)?;
+    let index = crate::search::SearchIndex::open(&dir.search(), db)
+        .map_err(|e| ServerError::Search(e.to_string()))?;
+    service.set_search_index(Arc::new(index));
     service.set_max_post_bytes(opts.max_upload_bytes);
     service.set_default_retention_days(opts.default_retention_days);
     let socket = udp::bind_server(listen, opts.udp_buffers)
@@ -306,6 +310,10 @@ impl RunningServer {
         if let Err(e) = ctx.service.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
+        // Commits what the index still has queued and marks it closed cleanly, so the
+        // next start does not rebuild it.
+        let service = ctx.service.clone();
+        let _ = tokio::task::spawn_blocking(move || service.close_search()).await;
         // Dropping the last handles closes the database (releasing its lock) and lets the
         // endpoint driver release the UDP socket, so a restart can bind the same port.
         drop(endpoint);

@@ -342,5 +342,6 @@ pub(crate) fn request_kind(r: &Request) -> &'static str {
         Request::ImportUsers { .. } => "ImportUsers",
         Request::RenameDepartment { .. } => "RenameDepartment",
         Request::RemoveDepartment { .. } => "RemoveDepartment",
+        Request::Search { .. } => "Search",
     }
 }

@@ -11,7 +11,7 @@
 //! relative to bare openmls it is 1.25 × this run's baseline. A workload that cannot run
 //! in this build is reported with `value: null`, never with a made-up figure.
 //! `--only NAME[,NAME]` runs a subset (ingest, fanout, announce, mls, catchup, cli-send,
-//! idle-connections, import).
+//! idle-connections, import, search).
 
 #[path = "../bench/catchup.rs"]
 mod catchup;
@@ -25,6 +25,8 @@ mod process;
 mod relay;
 #[path = "../bench/report.rs"]
 mod report;
+#[path = "../bench/search.rs"]
+mod search;
 
 use std::future::Future;
 use std::time::Instant;
@@ -50,6 +52,8 @@ struct Sizes {
     cli_runs: usize,
     idle_connections: usize,
     import_rows: usize,
+    search_posts: usize,
+    search_queries: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -69,6 +73,8 @@ const FULL: Sizes = Sizes {
     cli_runs: 30,
     idle_connections: 10_000,
     import_rows: 5_000,
+    search_posts: 1_000_000,
+    search_queries: 2_000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -88,6 +94,8 @@ const QUICK: Sizes = Sizes {
     cli_runs: 10,
     idle_connections: 1_000,
     import_rows: 1_000,
+    search_posts: 100_000,
+    search_queries: 500,
 };
 
 fn main() -> Result<()> {
@@ -105,7 +113,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,cli-send,idle-connections,import]"
+                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,cli-send,idle-connections,import,search]"
                 );
                 return Ok(());
             }
@@ -189,6 +197,11 @@ fn main() -> Result<()> {
     if wanted("import") {
         rows.extend(run_async(&runtime, "import", "s", s, async {
             import::import(sizes.import_rows, s).await
+        }));
+    }
+    if wanted("search") {
+        rows.extend(run_async(&runtime, "search", "ms", s, async {
+            search::search(sizes.search_posts, sizes.search_queries, s).await
         }));
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
