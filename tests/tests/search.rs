@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use rand::RngCore;
@@ -18,6 +18,7 @@ use rathaus_client::{AnnouncementDraft, Approval, Client, Found, SearchResult};
 use rathaus_protocol::{GroupHandle, Role, UserId};
 use rathaus_tests::{files_containing, within, workspace_bin, TestBackend};
 use serde_json::Value;
+use tokio::process::Command;
 
 fn bauamt() -> GroupHandle {
     GroupHandle::parse("bauamt").unwrap()
@@ -39,14 +40,15 @@ fn canary(stem: &str) -> String {
     format!("{stem}{hex}")
 }
 
-fn rathaus(profile: &Path, args: &[&str]) -> Output {
-    Command::new(workspace_bin("rathaus").unwrap())
+/// Runs the `rathaus` binary without blocking the runtime the in-process server runs on.
+async fn rathaus(profile: &Path, args: &[&str]) -> Output {
+    let run = Command::new(workspace_bin("rathaus").unwrap())
         .arg("--profile")
         .arg(profile)
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .output();
+    within("rathaus", run).await.unwrap().unwrap()
 }
 
 fn json_ok(out: &Output) -> Value {
@@ -142,7 +144,7 @@ async fn the_cli_finds_german_word_forms_in_public_groups_and_announcements() {
     }
 
     // Jonas is in no department: public groups and announcements are for all staff.
-    let doc = json_ok(&rathaus(&jonas_profile, &["--json", "search", "Baustelle"]));
+    let doc = json_ok(&rathaus(&jonas_profile, &["--json", "search", "Baustelle"]).await);
     let mut places = found(&doc);
     places.sort();
     assert_eq!(
@@ -163,15 +165,21 @@ async fn the_cli_finds_german_word_forms_in_public_groups_and_announcements() {
     assert!(hit["sent_at"].as_str().unwrap().contains('T'), "{hit}");
 
     // --group restricts.
-    let doc = json_ok(&rathaus(
-        &jonas_profile,
-        &["--json", "search", "Baustelle", "--group", "announcements"],
-    ));
+    let doc = json_ok(
+        &rathaus(
+            &jonas_profile,
+            &["--json", "search", "Baustelle", "--group", "announcements"],
+        )
+        .await,
+    );
     assert_eq!(found(&doc), vec![("announcements".to_owned(), 1)]);
-    let doc = json_ok(&rathaus(
-        &jonas_profile,
-        &["--json", "search", "Kantine", "--group", "bauamt"],
-    ));
+    let doc = json_ok(
+        &rathaus(
+            &jonas_profile,
+            &["--json", "search", "Kantine", "--group", "bauamt"],
+        )
+        .await,
+    );
     assert_eq!(found(&doc), vec![("bauamt".to_owned(), 2)]);
 
     // Query syntax of either engine is plain text: no error, the words still count.
@@ -184,17 +192,20 @@ async fn the_cli_finds_german_word_forms_in_public_groups_and_announcements() {
         "'; --",
         "***",
     ] {
-        let doc = json_ok(&rathaus(&jonas_profile, &["--json", "search", query]));
+        let doc = json_ok(&rathaus(&jonas_profile, &["--json", "search", query]).await);
         assert!(doc["results"].is_array(), "{query:?}: {doc}");
     }
-    let doc = json_ok(&rathaus(
-        &jonas_profile,
-        &["--json", "search", "\"Baustelle\" (Rathausplatz*"],
-    ));
+    let doc = json_ok(
+        &rathaus(
+            &jonas_profile,
+            &["--json", "search", "\"Baustelle\" (Rathausplatz*"],
+        )
+        .await,
+    );
     assert_eq!(found(&doc), vec![("bauamt".to_owned(), 1)]);
 
     // Human output: one line per result with group#seq, sender, time and snippet.
-    let out = rathaus(&jonas_profile, &["search", "Kantine"]);
+    let out = rathaus(&jonas_profile, &["search", "Kantine"]).await;
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -206,12 +217,13 @@ async fn the_cli_finds_german_word_forms_in_public_groups_and_announcements() {
     );
 
     // An empty query is refused with a reason; an unknown group too.
-    let out = rathaus(&jonas_profile, &["search", "  "]);
+    let out = rathaus(&jonas_profile, &["search", "  "]).await;
     assert!(!out.status.success());
     let out = rathaus(
         &jonas_profile,
         &["--json", "search", "Baustelle", "--group", "gibtsnicht"],
-    );
+    )
+    .await;
     assert!(!out.status.success());
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["error"]["code"], "NotFound", "{doc}");
@@ -281,7 +293,8 @@ async fn secret_words_are_found_on_the_device_only_and_never_reach_the_server() 
     let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
     let secret_word = canary("kanalsanierung");
     let public_word = canary("gehwegreinigung");
-    anna.send_text(&secret(), &format!("Vertraulich: {secret_word} im Westend"))
+    let first = anna
+        .send_text(&secret(), &format!("Vertraulich: {secret_word} im Westend"))
         .await
         .unwrap();
     anna.send_text(&bauamt(), &format!("Öffentlich: {public_word}"))
@@ -293,7 +306,10 @@ async fn secret_words_are_found_on_the_device_only_and_never_reach_the_server() 
         .unwrap();
 
     let results = search(&mut jonas, &secret_word).await;
-    assert_eq!(places(&results), vec![("bauamt/secret".to_owned(), 1)]);
+    assert_eq!(
+        places(&results),
+        vec![("bauamt/secret".to_owned(), first.seq)]
+    );
     assert_eq!(results[0].found, Found::Device);
     assert_eq!(results[0].sender, "P1001");
     assert!(results[0].snippet.contains(&secret_word), "{results:?}");
@@ -322,14 +338,17 @@ async fn secret_words_are_found_on_the_device_only_and_never_reach_the_server() 
 
     // Through the CLI, which syncs first: Jonas's second message arrives with the search.
     let later = canary("regenrueckhaltebecken");
-    anna.send_text(&secret(), &later).await.unwrap();
-    let doc = json_ok(&rathaus(jonas.dir(), &["--json", "search", &later]));
-    assert_eq!(found(&doc), vec![("bauamt/secret".to_owned(), 2)]);
-    let doc = json_ok(&rathaus(
-        jonas.dir(),
-        &["--json", "search", &secret_word, "--group", "bauamt/secret"],
-    ));
-    assert_eq!(found(&doc), vec![("bauamt/secret".to_owned(), 1)]);
+    let second = anna.send_text(&secret(), &later).await.unwrap();
+    let doc = json_ok(&rathaus(jonas.dir(), &["--json", "search", &later]).await);
+    assert_eq!(found(&doc), vec![("bauamt/secret".to_owned(), second.seq)]);
+    let doc = json_ok(
+        &rathaus(
+            jonas.dir(),
+            &["--json", "search", &secret_word, "--group", "bauamt/secret"],
+        )
+        .await,
+    );
+    assert_eq!(found(&doc), vec![("bauamt/secret".to_owned(), first.seq)]);
 
     for c in [&mut admin, &mut anna, &mut jonas] {
         c.disconnect().await;
