@@ -232,7 +232,7 @@ fn fill(data: &Path, n: usize, words: &[String], queries: usize) -> Result<Vec<S
     let groups: Vec<GroupHandle> = (0..DEPARTMENTS)
         .map(|d| GroupHandle::parse(&format!("amt{d:02}")))
         .collect::<Result<_, _>>()?;
-    let mut seqs = vec![0u64; DEPARTMENTS];
+    let mut seqs = [0u64; DEPARTMENTS];
     let mut written = 0;
     while written < n {
         let mut w = Writes::new();
