@@ -351,6 +351,11 @@ pub(crate) async fn run(cli: Cli, out: &Output) -> Result<()> {
             Ok(())
         }
         Command::Room { command } => crate::rooms::room(profile, command, out).await,
+        Command::Search {
+            query,
+            group,
+            limit,
+        } => crate::search::search(profile, query, group, limit, out).await,
         Command::Password { password_stdin } => {
             crate::devices::change_password(profile, password_stdin, out).await
         }

@@ -15,6 +15,7 @@ mod password;
 mod posts;
 mod progress;
 mod rooms;
+mod search;
 mod verify;
 
 use std::path::PathBuf;
@@ -157,6 +158,19 @@ pub(crate) enum Command {
         /// Send this file (a photo, a document); resumes an interrupted upload of it.
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
+    },
+    /// Search public groups and announcements (on the server) and your secret groups (on
+    /// this device only), best first.
+    Search {
+        /// Plain words; all must occur (German word forms match: "Baustellen" finds
+        /// "Baustelle").
+        query: String,
+        /// Only this group; a secret group is searched on this device only.
+        #[arg(long)]
+        group: Option<String>,
+        /// Most results (at most 100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
     /// Download the file of a post (its SHA-256 is checked).
     Download {

@@ -32,6 +32,7 @@ pub mod mls;
 pub mod net;
 pub mod posts;
 mod restore;
+mod search;
 mod secret;
 pub mod store;
 mod sync;
@@ -45,9 +46,10 @@ pub use error::{ClientError, Result};
 pub use files::{Attachment, DownloadedFile, Progress, SentFile, TransferStats};
 pub use import::{parse_import, ImportFile, ImportReport, ImportedUser, RefusedRow};
 pub use net::{CaTrust, ServerTrust};
+pub use search::{Found, SearchResult};
 pub use secret::{
     key_fingerprint, mls_group_id, Approval, GroupPolicy, PolicyOutcome, SecretDevice,
     SecretGroupView, SecretMember, KEY_PACKAGE_LOW, KEY_PACKAGE_TARGET,
 };
-pub use store::TimelineRow;
+pub use store::{LocalHit, TimelineRow};
 pub use sync::{QueuedMessage, SendFailure, SendOutcome, SendReceipt, SyncReport};

@@ -44,7 +44,8 @@ pub use ids::{
 pub use messages::{
     AnnouncementInfo, AnnouncementState, AuditEntry, ClaimedKeyPackage, DepartmentInfo, DeviceInfo,
     EntryBody, Event, GroupKind, GroupSummary, ImportOutcome, ImportResult, ImportRow, LogEntry,
-    MemberInfo, PostBody, Request, Response, RoomInvitation, SessionInfo, UserSummary,
+    MemberInfo, PostBody, Request, Response, RoomInvitation, SearchHit, SearchSource, SessionInfo,
+    UserSummary,
 };
 
 /// The protocol version this build speaks. A peer announcing another version is refused

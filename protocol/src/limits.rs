@@ -30,3 +30,16 @@ pub const MAX_LIST: usize = 256;
 /// Most rows in one `ImportUsers` request (a client sends a large file in chunks; the
 /// control-frame limit bounds the bytes as well).
 pub const MAX_IMPORT_ROWS: usize = 1000;
+
+/// Longest search query, in bytes.
+pub const MAX_SEARCH_QUERY: usize = 256;
+
+/// Most words of a search query that are looked for (the rest are ignored), which bounds
+/// the work of one search.
+pub const MAX_SEARCH_TERMS: usize = 16;
+
+/// Search results returned when the request does not say.
+pub const DEFAULT_SEARCH_RESULTS: u32 = 20;
+
+/// Most search results one request returns.
+pub const MAX_SEARCH_RESULTS: u32 = 100;

@@ -448,6 +448,21 @@ pub enum Request {
         /// What to remove.
         path: DocPath,
     },
+    /// Full-text search over what the server can read: public groups and announcements
+    /// (secret groups are searched on the device only; the server never sees such a
+    /// query). The query is plain words, at most
+    /// [`MAX_SEARCH_QUERY`](crate::limits::MAX_SEARCH_QUERY) bytes; no operator syntax.
+    /// Answered with `SearchResults`.
+    Search {
+        /// The words to look for.
+        query: String,
+        /// Only this group (a public group or `announcements`).
+        group: Option<GroupHandle>,
+        /// Most results wanted; 0 means the default
+        /// ([`DEFAULT_SEARCH_RESULTS`](crate::limits::DEFAULT_SEARCH_RESULTS)), more than
+        /// [`MAX_SEARCH_RESULTS`](crate::limits::MAX_SEARCH_RESULTS) is capped.
+        limit: u32,
+    },
 }
 
 /// One colleague of a bulk import.
@@ -675,6 +690,42 @@ pub enum Response {
     },
     /// Entries of the document library.
     DocEntries(Vec<DocEntry>),
+    /// Answer to `Search`: best first (by relevance, newest first among equals).
+    SearchResults(Vec<SearchHit>),
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// What was found.
+    pub source: SearchSource,
+    /// Who wrote it.
+    pub sender: UserId,
+    /// Their display name at the time.
+    pub sender_name: String,
+    /// When the server received it, Unix ms.
+    pub sent_at_ms: i64,
+    /// A short excerpt around the words found (plain text).
+    pub snippet: String,
+    /// Relevance in thousandths (BM25); only comparable within one answer.
+    pub score_millis: u32,
+}
+
+/// Where a search result is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SearchSource {
+    /// A post of a group's log.
+    Post {
+        /// The group.
+        group: GroupHandle,
+        /// The post's seq.
+        seq: u64,
+    },
+    /// A document of the document library, by its path (`rathaus://docs/PATH`).
+    Document {
+        /// The document's path in the library.
+        path: String,
+    },
 }
 
 /// A room someone invited the requester to.

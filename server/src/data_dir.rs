@@ -209,6 +209,11 @@ impl DataDir {
         self.root.join("key.der")
     }
 
+    /// The full-text index (derived from the store; rebuilt when missing).
+    pub(crate) fn search(&self) -> PathBuf {
+        self.root.join("search")
+    }
+
     pub(crate) fn db(&self) -> PathBuf {
         self.root.join("db")
     }

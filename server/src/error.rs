@@ -43,6 +43,9 @@ pub enum ServerError {
         /// What is wrong.
         reason: String,
     },
+    /// The full-text index could not be opened.
+    #[error("{0}")]
+    Search(String),
     /// A command-line value is unusable (e.g. an unknown group).
     #[error("{0}")]
     Invalid(String),

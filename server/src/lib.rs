@@ -35,6 +35,7 @@ mod inspect;
 mod metrics;
 pub mod migrate;
 mod ops;
+pub mod search;
 pub mod service;
 pub mod store;
 pub mod transport;

@@ -25,7 +25,7 @@ use crate::error::{ClientError, Result};
 pub const DB_FILE: &str = "profile.sqlite";
 
 /// Schema version written by this build (in SQLite's `user_version`).
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// The profile's SQLite database.
 #[derive(Debug)]
@@ -652,8 +652,127 @@ impl ProfileStore {
                  COMMIT;",
             )?;
         }
+        if version < 6 {
+            // Local full-text search (DESIGN §2): an FTS5 index over the timeline's text,
+            // kept in step by triggers, so every row stored by any path (fetch, send,
+            // the MLS engine's own connection) is searchable, and a moderated or replaced
+            // row's old words leave the index with it. FTS5 has no German stemmer:
+            // `unicode61 remove_diacritics 2` folds case and accents, and queries match
+            // word prefixes (see `search_timeline`). Existing rows are indexed once here.
+            self.db.execute_batch(
+                "BEGIN;
+                 CREATE VIRTUAL TABLE timeline_fts USING fts5(
+                     text, content='timeline', content_rowid='rowid',
+                     tokenize='unicode61 remove_diacritics 2');
+                 CREATE TRIGGER timeline_fts_insert AFTER INSERT ON timeline BEGIN
+                     INSERT INTO timeline_fts(rowid, text) VALUES (new.rowid, new.text);
+                 END;
+                 CREATE TRIGGER timeline_fts_delete AFTER DELETE ON timeline BEGIN
+                     INSERT INTO timeline_fts(timeline_fts, rowid, text)
+                     VALUES ('delete', old.rowid, old.text);
+                 END;
+                 CREATE TRIGGER timeline_fts_update AFTER UPDATE OF text ON timeline BEGIN
+                     INSERT INTO timeline_fts(timeline_fts, rowid, text)
+                     VALUES ('delete', old.rowid, old.text);
+                     INSERT INTO timeline_fts(rowid, text) VALUES (new.rowid, new.text);
+                 END;
+                 INSERT INTO timeline_fts(timeline_fts) VALUES ('rebuild');
+                 PRAGMA user_version = 6;
+                 COMMIT;",
+            )?;
+        }
         Ok(())
     }
+
+    /// Searches the local timeline: rows of `kind` text or announcement whose words
+    /// start with every word of `query` (prefix match: FTS5 has no German stemmer, so
+    /// "Baustelle" also finds "Baustellen"). Anything in `query` that is not a letter or
+    /// digit only separates words, so FTS5 syntax in it is never interpreted. `group`:
+    /// only that group; `secret_only`: only secret groups and rooms. Best first (FTS5's
+    /// BM25, then newest); expired announcements are left out.
+    pub fn search_timeline(
+        &self,
+        query: &str,
+        group: Option<&str>,
+        secret_only: bool,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<LocalHit>> {
+        let Some(expression) = fts_expression(query) else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self.db.prepare_cached(
+            "SELECT t.grp, t.seq, t.sender, t.sender_name, t.sent_at_ms,
+                    snippet(timeline_fts, 0, '', '', '…', 24), bm25(timeline_fts) AS rank
+             FROM timeline_fts JOIN timeline t ON t.rowid = timeline_fts.rowid
+             WHERE timeline_fts MATCH ?1
+               AND t.kind IN ('text', 'announcement')
+               AND (?2 IS NULL OR t.grp = ?2)
+               AND (?3 = 0 OR t.grp LIKE '%/secret' OR t.grp LIKE 'room/%')
+               AND (t.expires_at_ms IS NULL OR t.expires_at_ms > ?4)
+             ORDER BY rank, t.sent_at_ms DESC, t.seq DESC
+             LIMIT ?5",
+        )?;
+        let rows = stmt
+            .query_map(
+                params![
+                    expression,
+                    group,
+                    secret_only,
+                    now_ms,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok(LocalHit {
+                        group: r.get(0)?,
+                        seq: to_u64(r.get(1)?),
+                        sender: r.get(2)?,
+                        sender_name: r.get(3)?,
+                        sent_at_ms: r.get(4)?,
+                        snippet: r.get(5)?,
+                        // bm25() is lower for better matches.
+                        score: -r.get::<_, f64>(6)?,
+                    })
+                },
+            )?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+/// A row found by [`ProfileStore::search_timeline`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalHit {
+    /// Group handle.
+    pub group: String,
+    /// Server sequence number.
+    pub seq: u64,
+    /// Sender's personnel number.
+    pub sender: String,
+    /// Sender's display name.
+    pub sender_name: String,
+    /// Server receive time, Unix ms.
+    pub sent_at_ms: i64,
+    /// Excerpt around the words found.
+    pub snippet: String,
+    /// Relevance (FTS5 BM25, higher is better).
+    pub score: f64,
+}
+
+/// Most words of a local query that are looked for.
+const MAX_LOCAL_TERMS: usize = rathaus_protocol::limits::MAX_SEARCH_TERMS;
+
+/// The FTS5 expression for a user's words: each word a quoted prefix query (`"bau"*`), all
+/// of them required. Words are runs of letters and digits, so quotes, operators and
+/// column filters in the input are never FTS5 syntax. `None` if there is no word.
+fn fts_expression(query: &str) -> Option<String> {
+    let words: Vec<String> = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(MAX_LOCAL_TERMS)
+        .map(|w| format!("\"{w}\"*"))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
 }
 
 /// Stores timeline rows and advances the group's cursor to at least `cursor`, on any
@@ -970,6 +1089,122 @@ mod tests {
             .pragma_query_value(None, "secure_delete", |r| r.get(0))
             .unwrap();
         assert_eq!(on, 1);
+    }
+
+    fn text_row(group: &str, seq: u64, at: i64, text: &str) -> TimelineRow {
+        TimelineRow {
+            group: group.into(),
+            seq,
+            sent_at_ms: at,
+            text: text.into(),
+            ..row(seq)
+        }
+    }
+
+    #[test]
+    fn local_search_matches_prefixes_and_follows_moderation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ProfileStore::open(dir.path()).unwrap();
+        s.append_fetched(
+            "bauamt/secret",
+            &[
+                text_row("bauamt/secret", 1, 10, "Die Baustellen am Rathausplatz"),
+                text_row("bauamt/secret", 2, 20, "Mittagessen um zwölf"),
+            ],
+            2,
+        )
+        .unwrap();
+        s.append_fetched(
+            "bauamt",
+            &[text_row("bauamt", 1, 30, "Baustelle Nord ist fertig")],
+            1,
+        )
+        .unwrap();
+        let seqs = |hits: Vec<LocalHit>| -> Vec<(String, u64)> {
+            hits.into_iter().map(|h| (h.group, h.seq)).collect()
+        };
+        let hits = s.search_timeline("baustelle", None, true, 0, 10).unwrap();
+        assert_eq!(seqs(hits), vec![("bauamt/secret".to_owned(), 1)]);
+        let all = s.search_timeline("Baustelle", None, false, 0, 10).unwrap();
+        assert_eq!(all.len(), 2);
+        // Diacritics are folded: "zwolf" finds "zwölf".
+        assert_eq!(
+            s.search_timeline("zwolf", Some("bauamt/secret"), false, 0, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        // A moderator's removal takes the words out.
+        let mut note = row(2);
+        note.kind = "moderation".into();
+        note.removes = Some(1);
+        s.append_fetched("bauamt", &[note], 2).unwrap();
+        let left = s
+            .search_timeline("Baustelle", Some("bauamt"), false, 0, 10)
+            .unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn local_search_treats_fts_syntax_as_plain_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ProfileStore::open(dir.path()).unwrap();
+        s.append_fetched(
+            "x/secret",
+            &[text_row("x/secret", 1, 1, "Antrag OR Bescheid")],
+            1,
+        )
+        .unwrap();
+        for q in [
+            "\"",
+            "\"Antrag",
+            "Antrag*",
+            "NEAR(a b)",
+            "text:Antrag",
+            "(",
+            "-",
+            "^Antrag",
+            "Antrag AND",
+            "\u{0}",
+            "''; DROP TABLE timeline; --",
+        ] {
+            s.search_timeline(q, None, false, 0, 10)
+                .unwrap_or_else(|e| panic!("{q:?}: {e}"));
+        }
+        assert_eq!(
+            s.search_timeline("\"Antrag\"", None, false, 0, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(s
+            .search_timeline("***", None, false, 0, 10)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_schema_4_profile_gets_its_timeline_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = ProfileStore::open(dir.path()).unwrap();
+            s.append_fetched("bauamt", &[text_row("bauamt", 1, 1, "Straßensperrung")], 1)
+                .unwrap();
+            // What a build before local search left behind.
+            s.db.execute_batch(
+                "DROP TRIGGER timeline_fts_insert; DROP TRIGGER timeline_fts_delete;
+                 DROP TRIGGER timeline_fts_update; DROP TABLE timeline_fts;
+                 PRAGMA user_version = 4;",
+            )
+            .unwrap();
+        }
+        let s = ProfileStore::open(dir.path()).unwrap();
+        let hits = s
+            .search_timeline("strassen straßen", None, false, 0, 10)
+            .unwrap();
+        assert!(hits.is_empty(), "both words are required");
+        let hits = s.search_timeline("Straßen", None, false, 0, 10).unwrap();
+        assert_eq!(hits.len(), 1);
     }
 
     #[cfg(unix)]

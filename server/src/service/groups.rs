@@ -389,6 +389,7 @@ impl Service {
     /// Pushes a durable entry to this node's subscribers who may read its group.
     fn publish_entry_here(&self, group: &GroupHandle, seq: u64, entry: &StoredEntry) {
         tracing::debug!(%group, seq, "entry stored");
+        self.index_entry(group, seq, entry);
         let event = Response::Event(Event::Posted {
             group: group.clone(),
             entry: entry.to_log_entry(seq),

@@ -30,6 +30,7 @@ mod removal;
 mod retention;
 mod roles;
 mod rooms;
+mod search;
 mod secret;
 mod secret_commit;
 mod server_entries;
@@ -66,6 +67,8 @@ const DEFAULT_ORG: &str = "Rathaus";
 
 /// What a client is told when another server node's write came first.
 const CONFLICT_MESSAGE: &str = "a concurrent write came first; retry";
+/// Searches run at once; more wait for a slot.
+const SEARCH_SLOTS: usize = 4;
 
 /// How many events a slow subscriber may fall behind before it is told to re-fetch.
 const EVENT_BUFFER: usize = 4096;
@@ -131,6 +134,10 @@ pub struct Service {
     blob_lock: Mutex<()>,
     /// Files larger than this are refused before upload (`[limits] max_upload_bytes`).
     max_upload_bytes: std::sync::atomic::AtomicU64,
+    /// The full-text index of public groups and announcements, once attached.
+    search: std::sync::OnceLock<Arc<crate::search::SearchIndex>>,
+    /// Searches running at once (each takes a core for a moment); more wait.
+    search_slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Service {
@@ -287,6 +294,8 @@ impl Service {
             blobs: std::sync::OnceLock::new(),
             blob_lock: Mutex::new(()),
             max_upload_bytes: std::sync::atomic::AtomicU64::new(blobs::DEFAULT_MAX_UPLOAD),
+            search: std::sync::OnceLock::new(),
+            search_slots: tokio::sync::Semaphore::new(SEARCH_SLOTS),
         })
     }
 
@@ -452,6 +461,11 @@ impl Service {
             Request::DocPut { path, blob } => self.doc_put(&me, path, blob).await,
             Request::DocMkdir { path } => self.doc_mkdir(&me, path).await,
             Request::DocRemove { path } => self.doc_remove(&me, path).await,
+            Request::Search {
+                query,
+                group,
+                limit,
+            } => self.search(session, query, group, limit).await,
             Request::Hello { .. } => Err(Refusal::new(
                 ErrorCode::Invalid,
                 "this connection is already authenticated",

@@ -157,6 +157,7 @@ impl Service {
         let mut deleted = 0u64;
         let mut reached_newer = false;
         let mut changes = super::blobs::BlobChanges::default();
+        let mut gone = Vec::new();
         for (seq, entry, _) in page {
             // Entries are in seq order and (but for clock steps) in time order: stop at
             // the first one that is young enough, so nothing newer is ever deleted.
@@ -172,6 +173,7 @@ impl Service {
             }
             changes.drop_post(self, &mut w, group, seq)?;
             w.remove_entry(group, seq, &entry);
+            gone.push(seq);
             range = Some((range.map_or(seq, |r| r.0), seq));
             deleted += 1;
         }
@@ -196,6 +198,9 @@ impl Service {
         )?;
         self.db.apply(w)?;
         audit.commit();
+        for seq in gone {
+            self.unindex(group, seq);
+        }
         Ok((
             deleted,
             full && !reached_newer,

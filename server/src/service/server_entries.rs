@@ -78,6 +78,7 @@ impl Service {
                 h.durable = h.durable.max(seq);
             }
         }
+        self.index_entry(&group, seq, &entry);
         let event = Response::Event(Event::Posted {
             group: group.clone(),
             entry: entry.to_log_entry(seq),

@@ -177,7 +177,11 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     let server_config = identity.server_config()?;
     let store = dir.open_records(&config, opts.store.as_deref())?;
     let removal_key = dir.removal_key()?;
-    let service = Service::new(Db::new(store), opts.clock.clone(), removal_key)?;
+    let db = Db::new(store);
+    let service = Service::new(db.clone(), opts.clock.clone(), removal_key)?;
+    let index = crate::search::SearchIndex::open(&dir.search(), db)
+        .map_err(|e| ServerError::Search(e.to_string()))?;
+    service.set_search_index(Arc::new(index));
     service.set_max_post_bytes(opts.max_upload_bytes);
     service.set_max_upload_bytes(opts.max_upload_bytes as u64);
     let blobs = crate::service::blobs::BlobDir::open(&dir.blobs())
@@ -337,6 +341,10 @@ impl RunningServer {
         if let Err(e) = ctx.service.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
+        // Commits what the index still has queued and marks it closed cleanly, so the
+        // next start does not rebuild it.
+        let service = ctx.service.clone();
+        let _ = tokio::task::spawn_blocking(move || service.close_search()).await;
         // Dropping the last handles closes the database (releasing its lock) and lets the
         // endpoint driver release the UDP socket, so a restart can bind the same port.
         drop(endpoint);

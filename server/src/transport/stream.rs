@@ -363,5 +363,6 @@ pub(crate) fn request_kind(r: &Request) -> &'static str {
         Request::DocPut { .. } => "DocPut",
         Request::DocMkdir { .. } => "DocMkdir",
         Request::DocRemove { .. } => "DocRemove",
+        Request::Search { .. } => "Search",
     }
 }

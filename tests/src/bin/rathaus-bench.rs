@@ -11,7 +11,7 @@
 //! relative to bare openmls it is 1.25 × this run's baseline. A workload that cannot run
 //! in this build is reported with `value: null`, never with a made-up figure.
 //! `--only NAME[,NAME]` runs a subset (ingest, fanout, announce, mls, catchup, cli-send,
-//! idle-connections, import, files).
+//! idle-connections, import, files, search).
 
 #[path = "../bench/catchup.rs"]
 mod catchup;
@@ -27,6 +27,8 @@ mod process;
 mod relay;
 #[path = "../bench/report.rs"]
 mod report;
+#[path = "../bench/search.rs"]
+mod search;
 
 use std::future::Future;
 use std::time::Instant;
@@ -53,6 +55,8 @@ struct Sizes {
     idle_connections: usize,
     import_rows: usize,
     file_mib: usize,
+    search_posts: usize,
+    search_queries: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -73,6 +77,8 @@ const FULL: Sizes = Sizes {
     idle_connections: 10_000,
     import_rows: 5_000,
     file_mib: 50,
+    search_posts: 1_000_000,
+    search_queries: 2_000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -94,6 +100,8 @@ const QUICK: Sizes = Sizes {
     import_rows: 1_000,
     // DESIGN §10 names 50 MiB; quick runs keep the size, it takes seconds.
     file_mib: 50,
+    search_posts: 100_000,
+    search_queries: 500,
 };
 
 fn main() -> Result<()> {
@@ -111,7 +119,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,cli-send,idle-connections,import,files]"
+                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,cli-send,idle-connections,import,files,search]"
                 );
                 return Ok(());
             }
@@ -200,6 +208,11 @@ fn main() -> Result<()> {
     if wanted("files") {
         rows.extend(run_async(&runtime, "files", "MB/s", s, async {
             files::transfer(sizes.file_mib, s).await
+        }));
+    }
+    if wanted("search") {
+        rows.extend(run_async(&runtime, "search", "ms", s, async {
+            search::search(sizes.search_posts, sizes.search_queries, s).await
         }));
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));

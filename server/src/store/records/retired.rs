@@ -37,6 +37,11 @@ impl Db {
     ) -> Result<Option<RetiredDepartment>, StoreError> {
         self.get(&retired_key(slug))
     }
+
+    /// Every retired department, ordered by slug.
+    pub fn retired_departments(&self) -> Result<Vec<RetiredDepartment>, StoreError> {
+        self.all_under(RETIRED)
+    }
 }
 
 impl Writes {

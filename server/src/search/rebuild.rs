@@ -1,0 +1,43 @@
+//! Filling an empty index from the store: every readable entry of every public group
+//! (of live and retired departments) and of `announcements`.
+
+use rathaus_protocol::GroupHandle;
+
+use super::IndexDoc;
+use crate::store::{Db, StoreError};
+
+/// Entries read from the store per step.
+const PAGE: usize = 1000;
+
+/// Hands every indexable entry of the store to `put`; returns how many there were.
+pub(super) fn fill(db: &Db, put: &mut dyn FnMut(IndexDoc)) -> Result<u64, StoreError> {
+    let mut groups = vec![GroupHandle::Announcements];
+    groups.extend(
+        db.departments()?
+            .into_iter()
+            .map(|d| GroupHandle::Public(d.slug)),
+    );
+    groups.extend(
+        db.retired_departments()?
+            .into_iter()
+            .map(|d| GroupHandle::Public(d.slug)),
+    );
+    let mut count = 0;
+    for group in &groups {
+        let mut since = 0;
+        loop {
+            let page = db.entries(group, since, PAGE)?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            since = *last;
+            for (seq, entry, _) in &page {
+                if let Some(doc) = IndexDoc::for_entry(group, *seq, entry) {
+                    put(doc);
+                    count += 1;
+                }
+            }
+        }
+    }
+    Ok(count)
+}
