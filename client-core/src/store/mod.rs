@@ -1184,7 +1184,7 @@ mod tests {
     }
 
     #[test]
-    fn a_schema_4_profile_gets_its_timeline_indexed() {
+    fn a_schema_5_profile_gets_its_timeline_indexed() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = ProfileStore::open(dir.path()).unwrap();
@@ -1194,7 +1194,7 @@ mod tests {
             s.db.execute_batch(
                 "DROP TRIGGER timeline_fts_insert; DROP TRIGGER timeline_fts_delete;
                  DROP TRIGGER timeline_fts_update; DROP TABLE timeline_fts;
-                 PRAGMA user_version = 4;",
+                 PRAGMA user_version = 5;",
             )
             .unwrap();
         }
