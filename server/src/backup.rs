@@ -289,7 +289,8 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<Manifest, ServerError> {
 /// the log until segment cleaning happens to reclaim them. `compact` takes a snapshot of
 /// the live records (as `backup` does), restores it into a fresh directory beside
 /// `data_dir`, moves every other file of the data directory over, and swaps the two;
-/// the old directory is then deleted. Refused while the server runs.
+/// the old directory is then deleted, and with it the search index, which the next start
+/// rebuilds from the records. Refused while the server runs.
 pub fn compact(data_dir: &Path) -> Result<Manifest, ServerError> {
     let sibling = |suffix: &str| {
         let mut name = data_dir
@@ -320,14 +321,16 @@ pub fn compact(data_dir: &Path) -> Result<Manifest, ServerError> {
         }
         restore(&archive, &fresh)?;
         let io = |what: String| move |e| ServerError::io(what, e);
-        // Everything but the database itself (e.g. stored files) moves over as it is.
+        // Everything but the database itself (e.g. stored files) moves over as it is. The
+        // search index is derived from the records and keeps removed posts' words in its
+        // segments until they merge: it is left behind and rebuilt at the next start.
         let entries = std::fs::read_dir(data_dir)
             .map_err(io(format!("cannot read {}", data_dir.display())))?;
         for entry in entries {
             let entry = entry.map_err(io(format!("cannot read {}", data_dir.display())))?;
             let name = entry.file_name();
             let target = fresh.join(&name);
-            if name == "db" || name == socket::SOCKET || target.exists() {
+            if name == "db" || name == "search" || name == socket::SOCKET || target.exists() {
                 continue;
             }
             std::fs::rename(entry.path(), &target)
