@@ -285,6 +285,10 @@ async fn in_a_secret_group_every_member_ignores_changes_of_someone_elses_post() 
 
 #[tokio::test]
 async fn a_deleted_public_post_leaves_the_servers_disk() {
+    // On PostgreSQL, dead row versions stay until VACUUM, and `compact` is for sled.
+    if rathaus_tests::skip_on_postgres("compact of the data directory's sled database") {
+        return;
+    }
     let mut backend = TestBackend::start().await.unwrap();
     let (mut admin, mut anna, mut jonas) = team(&mut backend, false).await;
     let g = group("bauamt");
