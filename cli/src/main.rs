@@ -2,6 +2,7 @@
 //! parse arguments, call the library, print human text or (with `--json`) one JSON
 //! document, and exit non-zero with a one-line reason on any failure.
 
+mod admin;
 mod announce;
 mod commands;
 mod demo;
@@ -10,6 +11,8 @@ mod docs;
 mod files;
 mod import;
 mod letters;
+mod listen;
+mod members;
 mod output;
 mod password;
 mod posts;
