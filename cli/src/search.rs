@@ -1,12 +1,13 @@
 //! `rathaus search QUERY [--group GROUP]`: public groups and announcements through the
 //! server's index, secret groups through this device's own index (after a sync, so what
-//! arrived since the last `read` is found too), merged best first.
+//! arrived since the last `read` is found too), merged best first. With the server
+//! unreachable, the device's index answers for everything it holds, marked offline.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use rathaus_client::time_fmt::rfc3339;
-use rathaus_client::SearchResult;
+use rathaus_client::{SearchResult, Searched};
 use rathaus_protocol::GroupHandle;
 use serde_json::{json, Value};
 
@@ -29,17 +30,24 @@ pub(crate) async fn search(
             tracing::debug!(error = %e, "sync before search failed");
         }
     }
-    let results = client.search(&query, group.as_ref(), limit).await?;
+    let Searched { results, offline } = client.search(&query, group.as_ref(), limit).await?;
     let docs: Vec<Value> = results.iter().map(result_json).collect();
-    out.print(json!({ "results": docs }), || {
+    let mut doc = json!({ "results": docs });
+    if let Some((code, message)) = &offline {
+        doc["offline"] = json!({"code": code, "message": message});
+    }
+    out.print(doc, || {
+        let mut lines: Vec<String> = results.iter().map(result_text).collect();
         if results.is_empty() {
-            return format!("nothing found for {query:?}");
+            lines.push(format!("nothing found for {query:?}"));
         }
-        results
-            .iter()
-            .map(result_text)
-            .collect::<Vec<_>>()
-            .join("\n")
+        if let Some((_, message)) = &offline {
+            lines.push(format!(
+                "(offline: {message}; searched what this device holds, the server may \
+                 hold more)"
+            ));
+        }
+        lines.join("\n")
     });
     client.disconnect().await;
     Ok(())
@@ -62,7 +70,8 @@ fn result_json(r: &SearchResult) -> Value {
 
 fn result_text(r: &SearchResult) -> String {
     let place = match &r.document {
-        Some(path) => format!("rathaus://docs/{path}"),
+        // A library path starts with `/`.
+        Some(path) => format!("rathaus://docs{path}"),
         None => format!("{}#{}", r.group, r.seq),
     };
     format!(

@@ -46,7 +46,7 @@ pub use error::{ClientError, Result};
 pub use files::{Attachment, DownloadedFile, Progress, SentFile, TransferStats};
 pub use import::{parse_import, ImportFile, ImportReport, ImportedUser, RefusedRow};
 pub use net::{CaTrust, ServerTrust};
-pub use search::{Found, SearchResult};
+pub use search::{Found, SearchResult, Searched};
 pub use secret::{
     key_fingerprint, mls_group_id, Approval, GroupPolicy, PolicyOutcome, SecretDevice,
     SecretGroupView, SecretMember, KEY_PACKAGE_LOW, KEY_PACKAGE_TARGET,

@@ -42,6 +42,16 @@ pub struct SearchResult {
     pub relevance: f64,
 }
 
+/// What a search found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Searched {
+    /// The results, best first.
+    pub results: Vec<SearchResult>,
+    /// The server could not be asked (its error code and message): the results are
+    /// what this device holds, public groups included, and may miss newer posts.
+    pub offline: Option<(&'static str, String)>,
+}
+
 /// Which index found a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {
@@ -55,13 +65,14 @@ impl Client {
     /// Searches for `query` (plain words, at most
     /// [`MAX_SEARCH_QUERY`] bytes): in `group` only, or everywhere this user reads.
     /// A secret group is searched on this device only. At most `limit` results (0: the
-    /// default of 20; at most 100), best first.
+    /// default of 20; at most 100), best first. With the server unreachable, this
+    /// device's own index answers for everything it holds, marked `offline`.
     pub async fn search(
         &mut self,
         query: &str,
         group: Option<&GroupHandle>,
         limit: u32,
-    ) -> Result<Vec<SearchResult>> {
+    ) -> Result<Searched> {
         if query.trim().is_empty() {
             return Err(ClientError::Invalid("the search query is empty".into()));
         }
@@ -74,22 +85,30 @@ impl Client {
             0 => DEFAULT_SEARCH_RESULTS,
             n => n.min(MAX_SEARCH_RESULTS),
         };
-        let (ask_server, ask_device) = match group {
+        let (ask_server, mut ask_device) = match group {
             Some(g) if g.is_secret() => (false, true),
             Some(_) => (true, false),
             None => (true, true),
         };
         let mut server = Vec::new();
+        let mut offline = None;
         if ask_server {
             let request = Request::Search {
                 query: query.to_owned(),
                 group: group.cloned(),
                 limit,
             };
-            server = match self.request(&request).await? {
-                Response::SearchResults(hits) => hits,
-                _ => return Err(ClientError::UnexpectedResponse("Search")),
-            };
+            match self.request(&request).await {
+                Ok(Response::SearchResults(hits)) => server = hits,
+                Ok(_) => return Err(ClientError::UnexpectedResponse("Search")),
+                // Unreachable: what this device has read of public groups is in its
+                // own index too.
+                Err(e) if e.is_transient() => {
+                    offline = Some((e.code_name(), e.to_string()));
+                    ask_device = true;
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mut local = Vec::new();
         if ask_device {
@@ -97,7 +116,7 @@ impl Client {
             local = self.store.search_timeline(
                 query,
                 group.as_deref(),
-                true,
+                offline.is_none(),
                 crate::time_fmt::now_ms(),
                 limit as usize,
             )?;
@@ -125,7 +144,10 @@ impl Client {
             .collect();
         let best_local = local.iter().map(|h| h.score).fold(0.0, f64::max);
         results.extend(local.into_iter().map(|h| device_result(h, best_local)));
-        Ok(merge(results, limit as usize))
+        Ok(Searched {
+            results: merge(results, limit as usize),
+            offline,
+        })
     }
 }
 

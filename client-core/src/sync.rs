@@ -165,6 +165,23 @@ impl Client {
         self.receipt(client_id)
     }
 
+    /// After a deletion of an own post is stored: lets go of the post's file, so the
+    /// server removes it (it keeps it while another post or document refers to it). A
+    /// failure leaves the file to moderation or retention and is only logged: the
+    /// deletion itself stands.
+    async fn release_deleted_file(&mut self, group: &GroupHandle, content: &Content) -> Result<()> {
+        let ContentBody::Delete { target } = content.body else {
+            return Ok(());
+        };
+        if self.attachment(group, target)?.is_none() {
+            return Ok(());
+        }
+        if let Err(e) = self.release_attachment(group, target).await {
+            tracing::warn!(%group, seq = target, error = %e, "the deleted post's file stays");
+        }
+        Ok(())
+    }
+
     /// Sends every queued message, oldest first, until one fails transiently.
     pub async fn flush_outbox(&mut self) -> Result<SyncReport> {
         let mut report = SyncReport::default();
@@ -251,6 +268,9 @@ impl Client {
                         self.store.mark_read(&row.group, seq)?;
                     }
                     report.sent += 1;
+                    if let PostBody::Public(content) = &body {
+                        self.release_deleted_file(&group, content).await?;
+                    }
                 }
                 Ok(_) => return Err(ClientError::UnexpectedResponse("Post")),
                 Err(e) if is_permanent(&e) || matches!(e, ClientError::NotMember(_)) => {

@@ -78,7 +78,17 @@ impl DepartmentSlug {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether a new department may not take this name, because a link names something
+    /// else with it: `rathaus://docs/PATH` is the document library. Records that carry
+    /// such a slug already still decode; only creating one is refused.
+    pub fn is_reserved_for_departments(&self) -> bool {
+        RESERVED_FOR_DEPARTMENTS.contains(&self.0.as_str())
+    }
 }
+
+/// Names no new department takes (see [`DepartmentSlug::is_reserved_for_departments`]).
+pub const RESERVED_FOR_DEPARTMENTS: &[&str] = &["docs"];
 
 const ANNOUNCEMENTS: &str = "announcements";
 const SECRET_SUFFIX: &str = "/secret";

@@ -18,6 +18,7 @@ mod database;
 mod measure;
 mod process;
 mod provision;
+mod team;
 
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ pub use measure::{
 };
 pub use process::{parse_listening_line, sibling_bin, workspace_bin, ServerProcess};
 pub use provision::{init_data_dir, provision_users, ProvisionedUser, Provisioning};
+pub use team::Secret;
 
 /// Password every fixture user enrolls with.
 pub const PASSWORD: &str = "correct horse battery staple";

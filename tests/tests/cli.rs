@@ -352,6 +352,21 @@ fn init_run_enroll_provision_post_read_with_json() {
         text.contains("Hallo Bauamt") && text.lines().last().unwrap().contains("offline"),
         "{text}"
     );
+
+    // `search` with the server gone answers from the device's own index, public groups
+    // included, marked offline.
+    let found = json_ok(&rathaus(&jonas, &["search", "Hallo", "--json"], None));
+    assert_eq!(found["offline"]["code"], "Unreachable", "{found}");
+    let hits = found["results"].as_array().unwrap();
+    assert!(
+        hits.iter()
+            .any(|h| h["group"] == "bauamt" && h["snippet"].as_str().unwrap().contains("Hallo")),
+        "{found}"
+    );
+    let text = rathaus(&jonas, &["search", "Hallo"], None);
+    assert!(text.status.success(), "{text:?}");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.lines().last().unwrap().contains("offline"), "{text}");
 }
 
 /// `enroll --ca` (DESIGN §3, §9): a server with a certificate from the organisation's CA,

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rand::RngCore;
-use rathaus_client::{Approval, Client, ClientError};
+use rathaus_client::ClientError;
 use rathaus_protocol::blobs::{chunk_count, sealed_size, BLOB_CHUNK};
-use rathaus_protocol::{BlobScope, ErrorCode, GroupHandle, Request, Response, Role, UserId};
-use rathaus_tests::{files_containing, within, workspace_bin, TestBackend};
+use rathaus_protocol::{BlobScope, ErrorCode, GroupHandle, Request, Response, Role};
+use rathaus_tests::{files_containing, within, workspace_bin, Secret, TestBackend};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -26,38 +26,6 @@ fn secret() -> GroupHandle {
 
 fn public() -> GroupHandle {
     GroupHandle::parse("bauamt").unwrap()
-}
-
-fn uid(id: &str) -> UserId {
-    UserId::parse(id).unwrap()
-}
-
-/// The admin, Anna Berg (owner of `bauamt`, P1001) and Jonas Weber (P1002, member), with
-/// `bauamt/secret` born by Anna and Jonas admitted.
-async fn team(backend: &mut TestBackend) -> (Client, Client, Client) {
-    let mut admin = backend.admin().await.unwrap();
-    let anna_code = backend
-        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
-        .await
-        .unwrap();
-    backend
-        .department(&mut admin, "bauamt", &["P1001"])
-        .await
-        .unwrap();
-    let jonas_code = backend
-        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
-        .await
-        .unwrap();
-    let mut anna = backend.enroll("P1001", &anna_code).await.unwrap();
-    let mut jonas = backend.enroll("P1002", &jonas_code).await.unwrap();
-    within("birth", anna.sync()).await.unwrap().unwrap();
-    let approval = within("approve", anna.approve(&secret(), &uid("P1002")))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(approval, Approval::Added { .. }), "{approval:?}");
-    within("join", jonas.sync()).await.unwrap().unwrap();
-    (admin, anna, jonas)
 }
 
 /// A file of `size` random bytes with `canary` written at its start, middle and end.
@@ -136,7 +104,7 @@ fn code(e: &ClientError) -> Option<ErrorCode> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_file_arrives_intact_and_the_server_holds_only_ciphertext() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let canary = canary();
     let (path, sha) = file_with_canary(tmp.path(), "bauplan.pdf", 20 * MIB, &canary);
@@ -225,10 +193,49 @@ async fn a_secret_file_arrives_intact_and_the_server_holds_only_ciphertext() {
     assert_eq!(code(&gone), Some(ErrorCode::NotFound), "{gone}");
 }
 
+/// A deletion written while the server is unreachable waits in the outbox; when it goes
+/// out, the post's file goes with it, as when the deletion is sent at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_queued_offline_takes_the_file_with_it_when_it_goes_out() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (_admin, mut anna, _jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, _) = file_with_canary(tmp.path(), "foto.jpg", MIB, &canary());
+    let mut sent = Vec::new();
+    for group in [secret(), public()] {
+        let file = transfer("send", anna.send_file(&group, &path, None, &mut |_| {}))
+            .await
+            .unwrap();
+        sent.push((group, file.receipt.seq));
+    }
+    let data = backend.data_dir();
+    // One blob per group: the secret one is sealed with its own key.
+    assert_eq!(blob_files(&data).len(), 2);
+
+    backend.stop().await;
+    for (group, seq) in &sent {
+        let outcome = anna.delete_post(group, *seq).await.unwrap();
+        assert!(
+            matches!(outcome, rathaus_client::SendOutcome::Queued { .. }),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(blob_files(&data).len(), 2, "nothing leaves while offline");
+
+    backend.run().await.unwrap();
+    let report = within("flush", anna.flush_outbox()).await.unwrap().unwrap();
+    assert_eq!(report.sent, 2, "{report:?}");
+    assert!(
+        blob_files(&data).is_empty(),
+        "the files go with the deleted posts: {:?}",
+        blob_files(&data)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_file_through_the_cli_and_moderation_removes_it_with_its_last_post() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (_admin, anna, jonas) = team(&mut backend).await;
+    let (_admin, anna, jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let (anna_dir, jonas_dir) = (anna.dir().to_path_buf(), jonas.dir().to_path_buf());
     drop((anna, jonas));
     let tmp = tempfile::tempdir().unwrap();
@@ -352,7 +359,7 @@ async fn a_public_file_through_the_cli_and_moderation_removes_it_with_its_last_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_continue_after_a_server_restart_without_starting_over() {
     let mut backend = TestBackend::start_process(None).await.unwrap();
-    let (_admin, mut anna, mut jonas) = team(&mut backend).await;
+    let (_admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (path, sha) = file_with_canary(tmp.path(), "plan.dwg", 20 * MIB, b"grundriss");
     let chunks = chunk_count(sealed_size(20 * MIB as u64));
@@ -409,7 +416,7 @@ async fn transfers_continue_after_a_server_restart_without_starting_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_over_the_limit_is_refused_before_any_byte_is_sent() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (_admin, mut anna, _jonas) = team(&mut backend).await;
+    let (_admin, mut anna, _jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     // Sparse: 101 MiB on paper, nothing on disk (and never read).
     let path = tmp.path().join("video.mp4");

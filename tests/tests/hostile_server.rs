@@ -13,7 +13,7 @@ use rathaus_client::mls::{DeviceIdentity, MlsEngine};
 use rathaus_client::{Approval, Client, GroupPolicy, TimelineRow};
 use rathaus_protocol::{ErrorCode, GroupHandle, Request, Response, UserId};
 use rathaus_tests::operator::Operator;
-use rathaus_tests::{within, TestBackend};
+use rathaus_tests::{within, Secret, TestBackend};
 
 fn secret() -> GroupHandle {
     GroupHandle::parse("bauamt/secret").unwrap()
@@ -26,33 +26,11 @@ fn uid(id: &str) -> UserId {
 /// Anna Berg (P1001, owner of `bauamt`) and Jonas Weber (P1002), whom Anna approved, in
 /// `bauamt/secret`; Lena Koch (P1003) is on the roster, enrolled, and not approved.
 async fn team(backend: &mut TestBackend) -> (Client, Client, Client, Client) {
-    let mut admin = backend.admin().await.unwrap();
-    let anna_code = backend
-        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
+    let mut lena = backend
+        .user(&mut admin, "P1003", "Lena Koch", &["bauamt"])
         .await
         .unwrap();
-    backend
-        .department(&mut admin, "bauamt", &["P1001"])
-        .await
-        .unwrap();
-    let jonas_code = backend
-        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
-        .await
-        .unwrap();
-    let lena_code = backend
-        .provision(&mut admin, "P1003", "Lena Koch", &["bauamt"], &[])
-        .await
-        .unwrap();
-    let mut anna = backend.enroll("P1001", &anna_code).await.unwrap();
-    let mut jonas = backend.enroll("P1002", &jonas_code).await.unwrap();
-    within("birth", anna.sync()).await.unwrap().unwrap();
-    let approval = within("approve", anna.approve(&secret(), &uid("P1002")))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(approval, Approval::Added { .. }), "{approval:?}");
-    within("join", jonas.sync()).await.unwrap().unwrap();
-    let mut lena = backend.enroll("P1003", &lena_code).await.unwrap();
     within("lena", lena.sync()).await.unwrap().unwrap();
     assert!(lena.group_code(&secret()).unwrap().is_none());
     anna.send_text(&secret(), "vorher").await.unwrap();

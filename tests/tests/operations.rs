@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngCore;
-use rathaus_client::{Approval, Client};
+use rathaus_client::Approval;
 use rathaus_protocol::{ErrorCode, GroupHandle, Request, UserId};
 use rathaus_server::{backup, RunOptions};
-use rathaus_tests::{contains, within, workspace_bin, TestBackend};
+use rathaus_tests::{contains, within, workspace_bin, Secret, TestBackend};
 
 fn group(handle: &str) -> GroupHandle {
     GroupHandle::parse(handle).unwrap()
@@ -32,37 +32,6 @@ fn canary(what: &str) -> String {
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{what}-{hex}")
-}
-
-/// The admin, Anna (owner of `bauamt`, gives birth to `bauamt/secret`) and Jonas (admitted
-/// by Anna), as in tests/tests/secret.rs.
-async fn team(backend: &mut TestBackend) -> (Client, Client, Client) {
-    let mut admin = backend.admin().await.unwrap();
-    let anna_code = backend
-        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
-        .await
-        .unwrap();
-    backend
-        .department(&mut admin, "bauamt", &["P1001"])
-        .await
-        .unwrap();
-    let jonas_code = backend
-        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
-        .await
-        .unwrap();
-    let mut anna = backend.enroll("P1001", &anna_code).await.unwrap();
-    let mut jonas = backend.enroll("P1002", &jonas_code).await.unwrap();
-    within("birth", anna.sync()).await.unwrap().unwrap();
-    let approval = within(
-        "approve",
-        anna.approve(&group("bauamt/secret"), &uid("P1002")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(matches!(approval, Approval::Added { .. }), "{approval:?}");
-    within("join", jonas.sync()).await.unwrap().unwrap();
-    (admin, anna, jonas)
 }
 
 /// Restarts the in-process server of `backend` with a metrics listener on loopback.
@@ -120,7 +89,7 @@ async fn backup_under_concurrent_posting_restores_every_acknowledged_post() {
         return;
     }
     let mut backend = TestBackend::start().await.unwrap();
-    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let bauamt = group("bauamt");
     let secret = group("bauamt/secret");
     let secret_canary = canary("geheim");
@@ -290,7 +259,7 @@ async fn backup_under_concurrent_posting_restores_every_acknowledged_post() {
 async fn metrics_and_health_carry_no_message_content() {
     let mut backend = TestBackend::start().await.unwrap();
     let metrics = restart_with_metrics(&mut backend).await;
-    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     for c in [&mut admin, &mut anna, &mut jonas] {
         c.disconnect().await;
     }
@@ -377,7 +346,7 @@ async fn metrics_and_health_carry_no_message_content() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_glass_admin_code_works_running_and_stopped_and_is_audited() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (admin, mut anna, _jonas) = team(&mut backend).await;
+    let (admin, mut anna, _jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     anna.send_text(&group("bauamt/secret"), "nur für uns")
         .await
         .unwrap();
@@ -640,7 +609,7 @@ async fn clients_notice_a_server_put_back_to_an_older_copy() {
         return;
     }
     let mut backend = TestBackend::start().await.unwrap();
-    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let bauamt = group("bauamt");
     let secret = group("bauamt/secret");
     anna.send_text(&bauamt, "vor der Kopie").await.unwrap();
@@ -771,7 +740,7 @@ async fn a_secret_group_behind_its_members_is_repaired_by_an_owner() {
         return;
     }
     let mut backend = TestBackend::start().await.unwrap();
-    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let secret = group("bauamt/secret");
     anna.send_text(&secret, "vor der Kopie").await.unwrap();
     within("jonas sync", jonas.sync()).await.unwrap().unwrap();

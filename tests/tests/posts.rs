@@ -9,9 +9,9 @@ use std::path::Path;
 
 use rand::RngCore;
 use rathaus_client::posts::Post;
-use rathaus_client::{Approval, Client, SendOutcome};
-use rathaus_protocol::{Content, ErrorCode, GroupHandle, UserId};
-use rathaus_tests::{files_containing, within, workspace_bin, TestBackend};
+use rathaus_client::{Client, SendOutcome};
+use rathaus_protocol::{Content, ErrorCode, GroupHandle};
+use rathaus_tests::{files_containing, within, workspace_bin, Secret, TestBackend};
 use serde_json::Value;
 
 fn group(handle: &str) -> GroupHandle {
@@ -23,39 +23,6 @@ fn seq(outcome: SendOutcome) -> u64 {
         SendOutcome::Sent(r) => r.seq,
         SendOutcome::Queued { .. } => panic!("queued, not sent"),
     }
-}
-
-/// Anna Berg (P1001, owner of `bauamt`) and Jonas Weber (P1002); with `secret`, Anna's
-/// client gives birth to `bauamt/secret` and admits Jonas.
-async fn team(backend: &mut TestBackend, secret: bool) -> (Client, Client, Client) {
-    let mut admin = backend.admin().await.unwrap();
-    let anna_code = backend
-        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
-        .await
-        .unwrap();
-    backend
-        .department(&mut admin, "bauamt", &["P1001"])
-        .await
-        .unwrap();
-    let jonas_code = backend
-        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
-        .await
-        .unwrap();
-    let mut anna = backend.enroll("P1001", &anna_code).await.unwrap();
-    let mut jonas = backend.enroll("P1002", &jonas_code).await.unwrap();
-    if secret {
-        within("birth", anna.sync()).await.unwrap().unwrap();
-        let approval = within(
-            "approve",
-            anna.approve(&group("bauamt/secret"), &UserId::parse("P1002").unwrap()),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        assert!(matches!(approval, Approval::Added { .. }), "{approval:?}");
-        within("join", jonas.sync()).await.unwrap().unwrap();
-    }
-    (admin, anna, jonas)
 }
 
 async fn read(client: &mut Client, g: &GroupHandle) -> Vec<Post> {
@@ -85,7 +52,14 @@ fn canary(what: &str) -> String {
 /// and (public) a newcomer who fetches everything from the server.
 async fn posts_fold_in(handle: &str) {
     let mut backend = TestBackend::start().await.unwrap();
-    let (mut admin, mut anna, mut jonas) = team(&mut backend, handle.ends_with("/secret")).await;
+    let (mut admin, mut anna, mut jonas) = backend
+        .bauamt_team(if handle.ends_with("/secret") {
+            Secret::Admitted
+        } else {
+            Secret::NotYet
+        })
+        .await
+        .unwrap();
     let g = group(handle);
 
     let first = seq(anna
@@ -201,7 +175,7 @@ async fn secret_posts_fold_replies_reactions_edits_and_deletes() {
 #[tokio::test]
 async fn in_a_public_group_the_server_refuses_changes_of_someone_elses_post() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (_admin, mut anna, mut jonas) = team(&mut backend, false).await;
+    let (_admin, mut anna, mut jonas) = backend.bauamt_team(Secret::NotYet).await.unwrap();
     let g = group("bauamt");
     let first = seq(anna.post_text(&g, "Original", None).await.unwrap());
     let head = jonas
@@ -243,7 +217,7 @@ async fn in_a_public_group_the_server_refuses_changes_of_someone_elses_post() {
 #[tokio::test]
 async fn in_a_secret_group_every_member_ignores_changes_of_someone_elses_post() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (_admin, mut anna, mut jonas) = team(&mut backend, true).await;
+    let (_admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let g = group("bauamt/secret");
     let first = seq(anna
         .post_text(&g, "Vertraulich: Original", None)
@@ -290,7 +264,7 @@ async fn a_deleted_public_post_leaves_the_servers_disk() {
         return;
     }
     let mut backend = TestBackend::start().await.unwrap();
-    let (mut admin, mut anna, mut jonas) = team(&mut backend, false).await;
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::NotYet).await.unwrap();
     let g = group("bauamt");
     let kept = canary("bleibt");
     let gone = canary("weg");
@@ -372,7 +346,7 @@ fn checkpoint(db: &Path) {
 #[tokio::test]
 async fn pages_of_a_timeline_are_newest_first_printed_oldest_first() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (_admin, mut anna, mut jonas) = team(&mut backend, true).await;
+    let (_admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     for handle in ["bauamt", "bauamt/secret"] {
         let g = group(handle);
         let mut seqs = Vec::new();
@@ -408,7 +382,7 @@ async fn pages_of_a_timeline_are_newest_first_printed_oldest_first() {
 #[tokio::test]
 async fn unread_counts_skip_own_posts_and_count_mentions() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (_admin, mut anna, mut jonas) = team(&mut backend, true).await;
+    let (_admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let counts = |o: Vec<rathaus_client::posts::GroupOverview>, h: &str| -> (u64, u64) {
         let g = o.into_iter().find(|o| o.group.handle == group(h)).unwrap();
         (g.unread, g.mentions)
@@ -482,7 +456,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_text_timeline_shows_escapes_and_a_post_cannot_pose_as_another() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (_admin, mut anna, mut jonas) = team(&mut backend, true).await;
+    let (_admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     for handle in ["bauamt", "bauamt/secret"] {
         jonas
             .post_text(&group(handle), "Guten Morgen", None)
@@ -533,7 +507,7 @@ async fn the_text_timeline_shows_escapes_and_a_post_cannot_pose_as_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_replies_reacts_edits_deletes_opens_and_pages() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (_admin, mut anna, mut jonas) = team(&mut backend, true).await;
+    let (_admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     anna.disconnect().await;
     jonas.disconnect().await;
     let anna_dir = anna.dir().to_path_buf();
@@ -638,7 +612,7 @@ async fn the_cli_replies_reacts_edits_deletes_opens_and_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_counts_mentions_and_what_listen_printed_is_read() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (_admin, mut anna, mut jonas) = team(&mut backend, false).await;
+    let (_admin, mut anna, mut jonas) = backend.bauamt_team(Secret::NotYet).await.unwrap();
     let g = group("bauamt");
     read(&mut jonas, &g).await;
     anna.post_text(&g, "@P1002 kurze Frage", None)
@@ -691,7 +665,7 @@ async fn groups_counts_mentions_and_what_listen_printed_is_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announcements_show_their_id_who_has_not_acknowledged_and_take_a_plain_date() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (mut admin, mut anna, mut jonas) = team(&mut backend, false).await;
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::NotYet).await.unwrap();
     for c in [&mut admin, &mut anna, &mut jonas] {
         c.disconnect().await;
     }
@@ -773,7 +747,7 @@ async fn announcements_show_their_id_who_has_not_acknowledged_and_take_a_plain_d
 #[tokio::test]
 async fn a_link_into_a_group_i_cannot_read_is_refused_with_a_reason() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (mut admin, mut anna, _jonas) = team(&mut backend, true).await;
+    let (mut admin, mut anna, _jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let first = seq(anna
         .post_text(&group("bauamt/secret"), "Nur für das Bauamt", None)
         .await

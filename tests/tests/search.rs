@@ -14,9 +14,9 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use rand::RngCore;
-use rathaus_client::{AnnouncementDraft, Approval, Client, Found, SearchResult};
-use rathaus_protocol::{GroupHandle, Role, UserId};
-use rathaus_tests::{files_containing, within, workspace_bin, TestBackend};
+use rathaus_client::{AnnouncementDraft, Client, Found, SearchResult};
+use rathaus_protocol::{DocPath, GroupHandle, Role};
+use rathaus_tests::{files_containing, within, workspace_bin, Secret, TestBackend};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -26,10 +26,6 @@ fn bauamt() -> GroupHandle {
 
 fn secret() -> GroupHandle {
     GroupHandle::parse("bauamt/secret").unwrap()
-}
-
-fn uid(id: &str) -> UserId {
-    UserId::parse(id).unwrap()
 }
 
 /// A word nobody else writes.
@@ -90,6 +86,7 @@ async fn search(client: &mut Client, query: &str) -> Vec<SearchResult> {
         .await
         .unwrap()
         .unwrap()
+        .results
 }
 
 /// The admin, and Anna Berg (P1001) in `bauamt`.
@@ -260,37 +257,10 @@ async fn moderated_and_retention_deleted_posts_are_not_found() {
     );
 }
 
-/// Anna Berg (owner, P1001) and Jonas Weber (P1002) in `bauamt` and its secret group.
-async fn team(backend: &mut TestBackend) -> (Client, Client, Client) {
-    let mut admin = backend.admin().await.unwrap();
-    let anna_code = backend
-        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
-        .await
-        .unwrap();
-    backend
-        .department(&mut admin, "bauamt", &["P1001"])
-        .await
-        .unwrap();
-    let jonas_code = backend
-        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
-        .await
-        .unwrap();
-    let mut anna = backend.enroll("P1001", &anna_code).await.unwrap();
-    let mut jonas = backend.enroll("P1002", &jonas_code).await.unwrap();
-    within("birth", anna.sync()).await.unwrap().unwrap();
-    let approval = within("approve", anna.approve(&secret(), &uid("P1002")))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(approval, Approval::Added { .. }), "{approval:?}");
-    within("join", jonas.sync()).await.unwrap().unwrap();
-    (admin, anna, jonas)
-}
-
 #[tokio::test]
 async fn secret_words_are_found_on_the_device_only_and_never_reach_the_server() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let secret_word = canary("kanalsanierung");
     let public_word = canary("gehwegreinigung");
     let first = anna
@@ -320,13 +290,15 @@ async fn secret_words_are_found_on_the_device_only_and_never_reach_the_server() 
     let only = within("search", jonas.search(&secret_word, Some(&secret()), 0))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .results;
     assert_eq!(only.len(), 1);
     assert!(
         within("search", jonas.search(&public_word, Some(&secret()), 0))
             .await
             .unwrap()
             .unwrap()
+            .results
             .is_empty()
     );
     // Merged: public results come from the server for everyone.
@@ -406,7 +378,8 @@ async fn ties_rank_the_newest_first_and_stronger_matches_lead() {
     let one = within("search", anna.search("Bauausschuss", None, 1))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .results;
     assert_eq!(places(&one), vec![("bauamt".to_owned(), strong.seq)]);
 }
 
@@ -472,4 +445,49 @@ async fn edited_posts_are_found_by_their_new_words_and_deleted_ones_not_at_all()
         "a deleted post is not found"
     );
     backend.stop().await;
+}
+
+/// Documents of the library are found by the words of their path (German stemming as for
+/// posts), shown as `rathaus://docs/PATH`; a removed document is not found, and a
+/// rebuilt index holds the library too.
+#[tokio::test]
+async fn library_documents_are_found_by_name_until_removed() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna) = office(&mut backend).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("plan.pdf");
+    std::fs::write(&file, b"%PDF-1.4 Lageplan").unwrap();
+    let folder = DocPath::parse("/bauamt").unwrap();
+    let document = DocPath::parse("/bauamt/Baustellen-Nord.pdf").unwrap();
+    admin.docs_mkdir(&folder).await.unwrap();
+    admin.docs_put(&document, &file, &mut |_| {}).await.unwrap();
+
+    let results = search(&mut anna, "Baustelle").await;
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(
+        results[0].document.as_deref(),
+        Some("/bauamt/Baustellen-Nord.pdf")
+    );
+    assert_eq!(results[0].group, "docs");
+    assert_eq!(results[0].found, Found::Server);
+    let anna_profile = anna.dir().to_path_buf();
+    anna.disconnect().await;
+    let out = rathaus(&anna_profile, &["search", "Baustelle"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rathaus://docs/bauamt/Baustellen-Nord.pdf"),
+        "{text}"
+    );
+
+    // The index is rebuilt with the library in it.
+    admin.disconnect().await;
+    backend.stop().await;
+    std::fs::remove_dir_all(backend.data_dir().join("search")).unwrap();
+    backend.run().await.unwrap();
+    assert_eq!(search(&mut anna, "Baustellen").await.len(), 1);
+
+    // Removed, it is found no more.
+    admin.docs_remove(&document).await.unwrap();
+    assert!(search(&mut anna, "Baustelle").await.is_empty());
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use rathaus_client::{Approval, Client, ServerTrust, TimelineRow};
 use rathaus_protocol::{GroupHandle, UserId};
-use rathaus_tests::{within, workspace_bin, TestBackend, PASSWORD};
+use rathaus_tests::{within, workspace_bin, Secret, TestBackend, PASSWORD};
 use serde_json::Value;
 
 fn secret() -> GroupHandle {
@@ -19,33 +19,6 @@ fn secret() -> GroupHandle {
 
 fn uid(id: &str) -> UserId {
     UserId::parse(id).unwrap()
-}
-
-/// Anna Berg (owner, P1001) and Jonas Weber (P1002) in `bauamt`; Anna's client gives
-/// birth to `bauamt/secret` and Anna approves Jonas, who joins from the Welcome.
-async fn team(backend: &mut TestBackend) -> (Client, Client, Client) {
-    let mut admin = backend.admin().await.unwrap();
-    let anna_code = backend
-        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
-        .await
-        .unwrap();
-    backend
-        .department(&mut admin, "bauamt", &["P1001"])
-        .await
-        .unwrap();
-    let jonas_code = backend
-        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
-        .await
-        .unwrap();
-    let mut anna = backend.enroll("P1001", &anna_code).await.unwrap();
-    let mut jonas = backend.enroll("P1002", &jonas_code).await.unwrap();
-    within("birth", anna.sync()).await.unwrap().unwrap();
-    within("approve", anna.approve(&secret(), &uid("P1002")))
-        .await
-        .unwrap()
-        .unwrap();
-    within("join", jonas.sync()).await.unwrap().unwrap();
-    (admin, anna, jonas)
 }
 
 async fn number(client: &mut Client, user: &str) -> String {
@@ -108,7 +81,7 @@ fn rewrite_pin(profile: &Path, user: &str, key: &[u8]) {
 #[tokio::test]
 async fn both_sides_see_the_same_safety_number_and_a_new_device_changes_it() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
 
     let anna_sees = number(&mut anna, "P1002").await;
     let jonas_sees = number(&mut jonas, "P1001").await;
@@ -167,7 +140,7 @@ async fn both_sides_see_the_same_safety_number_and_a_new_device_changes_it() {
 #[tokio::test]
 async fn all_members_see_one_group_code_until_the_membership_changes() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (mut admin, mut anna, mut jonas) = team(&mut backend).await;
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let before = code(&anna, &secret());
     assert_eq!(before, code(&jonas, &secret()));
     assert_eq!(before.split(' ').count(), 6);
@@ -199,7 +172,7 @@ async fn all_members_see_one_group_code_until_the_membership_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_substituted_key_is_flagged_in_the_timeline_and_in_members() {
     let mut backend = TestBackend::start().await.unwrap();
-    let (_admin, mut anna, mut jonas) = team(&mut backend).await;
+    let (_admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
     let anna_dir = anna.dir().to_path_buf();
 
     // Anna compares numbers with Jonas in person and confirms.

@@ -83,15 +83,10 @@ impl Client {
     pub async fn delete_post(&mut self, group: &GroupHandle, seq: u64) -> Result<SendOutcome> {
         self.check_target(group, seq, Rule::Author("delete"))
             .await?;
-        let has_file = self.attachment(group, seq)?.is_some();
-        let outcome = self.send_or_queue(group, Content::delete(seq)).await?;
-        // The post's file goes with it once the deletion is stored (the server keeps it
-        // while another post or document refers to it). A deletion queued while the
-        // server is unreachable leaves the file to moderation or retention.
-        if has_file && matches!(outcome, SendOutcome::Sent(_)) {
-            self.release_attachment(group, seq).await?;
-        }
-        Ok(outcome)
+        // The post's file goes with it once the deletion is stored, now or when a queued
+        // deletion goes out (`flush_outbox`); the server keeps it while another post or
+        // document refers to it.
+        self.send_or_queue(group, Content::delete(seq)).await
     }
 
     /// The folded local timeline of `group` (no network).
@@ -254,7 +249,15 @@ impl Client {
         if !group.is_secret() {
             return Ok(());
         }
-        self.read_sync(group).await?;
+        // Offline, the check runs on what this device holds and the change is queued
+        // like any message; every member's client checks it again when it arrives.
+        match self.read_sync(group).await {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {
+                tracing::debug!(%group, error = %e, "checking the post against local history");
+            }
+            Err(e) => return Err(e),
+        }
         let me = self.identity().user.as_str().to_owned();
         let post = self
             .posts(group)?

@@ -36,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rathaus_protocol::limits::MAX_SEARCH_TERMS;
-use rathaus_protocol::{ContentBody, EntryBody, GroupHandle, SearchSource, UserId};
+use rathaus_protocol::{ContentBody, DocPath, EntryBody, GroupHandle, SearchSource, UserId};
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
@@ -189,6 +189,20 @@ impl IndexDoc {
             sent_at_ms: entry.sent_at_ms,
             text,
         })
+    }
+
+    /// The document for a library document: found by the words of its path (folders
+    /// and name), not its content.
+    pub fn document(path: &DocPath, by: &UserId, by_name: &str, at_ms: i64) -> Self {
+        Self {
+            source: SearchSource::Document {
+                path: path.as_str().to_owned(),
+            },
+            sender: by.clone(),
+            sender_name: by_name.to_owned(),
+            sent_at_ms: at_ms,
+            text: path.as_str().to_owned(),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Filling an empty index from the store: every readable entry of every public group
-//! (of live and retired departments) and of `announcements`.
+//! (of live and retired departments) and of `announcements`, and every document of the
+//! library.
 
-use rathaus_protocol::GroupHandle;
+use rathaus_protocol::{DocKind, DocPath, GroupHandle};
 
 use super::IndexDoc;
 use crate::store::{Db, StoreError};
@@ -34,6 +35,28 @@ pub(super) fn fill(db: &Db, put: &mut dyn FnMut(IndexDoc)) -> Result<u64, StoreE
             for (seq, entry, _) in &page {
                 if let Some(doc) = IndexDoc::for_entry(group, *seq, entry) {
                     put(doc);
+                    count += 1;
+                }
+            }
+        }
+    }
+    // The library, folder by folder (depth is bounded by the path's length).
+    let mut folders = vec![DocPath::root()];
+    while let Some(folder) = folders.pop() {
+        for entry in db.doc_children(&folder, usize::MAX)? {
+            match entry.kind {
+                DocKind::Folder => folders.push(entry.path),
+                DocKind::Document { .. } => {
+                    let name = db
+                        .user(&entry.updated_by)?
+                        .map(|u| u.name)
+                        .unwrap_or_default();
+                    put(IndexDoc::document(
+                        &entry.path,
+                        &entry.updated_by,
+                        &name,
+                        entry.updated_ms,
+                    ));
                     count += 1;
                 }
             }

@@ -139,6 +139,7 @@ impl Service {
         };
         self.durable(self.durability.written()).await?;
         self.remove_unreferenced(&orphans);
+        self.index_document(&path, me, now);
         tracing::info!(%path, by = %me.id, "library document stored");
         Ok(Response::Done)
     }
@@ -184,6 +185,7 @@ impl Service {
         };
         self.durable(self.durability.written()).await?;
         self.remove_unreferenced(&orphans);
+        self.unindex_document(&path);
         tracing::info!(%path, by = %me.id, "library entry removed");
         Ok(Response::Done)
     }

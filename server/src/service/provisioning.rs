@@ -50,6 +50,15 @@ impl Service {
         owners: Vec<UserId>,
     ) -> Result<Response, Refusal> {
         self.require_admin(me, "add departments")?;
+        if slug.is_reserved_for_departments() {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                format!(
+                    "{slug} cannot name a department: rathaus://{slug}/ links name something \
+                     else; choose another short name"
+                ),
+            ));
+        }
         let name = valid_name(&name)?;
         if owners.len() > MAX_LIST {
             return Err(too_many("owners"));

@@ -1,24 +1,26 @@
 //! Search over what the server can read (DESIGN §4: public groups are "readable by the
-//! server, searchable"): public department groups and announcements, through the
-//! full-text index in [`crate::search`].
+//! server, searchable"): public department groups, announcements and the names of the
+//! library's documents, through the full-text index in [`crate::search`].
 //!
 //! Who may read what: every colleague reads every public group and announcements
 //! ([`Service::can_read`]); secret groups are never in the index (their log is
 //! ciphertext) and a search restricted to one is refused, since the server could only
 //! learn the query. Every hit is checked against the store before it is answered: a post
 //! that was moderated, deleted by retention or whose announcement expired is left out even
-//! if the index has not caught up with that yet (after a crash, say).
+//! if the index has not caught up with that yet (after a crash, say), and so is a document
+//! that was removed from the library.
 
 use std::sync::Arc;
 
 use rathaus_protocol::limits::{DEFAULT_SEARCH_RESULTS, MAX_SEARCH_QUERY, MAX_SEARCH_RESULTS};
 use rathaus_protocol::{
-    ContentBody, EntryBody, ErrorCode, GroupHandle, Response, SearchHit, SearchSource,
+    ContentBody, DocEntry, DocKind, DocPath, EntryBody, ErrorCode, GroupHandle, Response,
+    SearchHit, SearchSource,
 };
 
 use super::{Refusal, Service, Session};
-use crate::search::{IndexHit, SearchIndex, SearchQuery};
-use crate::store::StoredEntry;
+use crate::search::{IndexDoc, IndexHit, SearchIndex, SearchQuery};
+use crate::store::{StoredEntry, UserRecord};
 
 /// Hits asked of the index beyond the limit, so that hits dropped by the store check
 /// rarely leave a short answer.
@@ -141,6 +143,21 @@ impl Service {
         }
     }
 
+    /// Indexes a library document by its path (folders and name; its content is not
+    /// indexed), as stored by `by` at `at_ms`.
+    pub(super) fn index_document(&self, path: &DocPath, by: &UserRecord, at_ms: i64) {
+        if let Some(index) = self.search.get() {
+            index.put(IndexDoc::document(path, &by.id, &by.name, at_ms));
+        }
+    }
+
+    /// Takes a removed library document out of the index.
+    pub(super) fn unindex_document(&self, path: &DocPath) {
+        if let Some(index) = self.search.get() {
+            index.remove_document(path.as_str());
+        }
+    }
+
     /// Replaces the indexed text of a post (the author's edit).
     #[allow(dead_code)] // called by edits of posts
     pub(super) fn reindex_text(&self, group: &GroupHandle, seq: u64, new_text: &str) {
@@ -214,7 +231,19 @@ impl Service {
                 }
                 Ok(Some(answer(hit.source.clone())))
             }
-            SearchSource::Document { .. } => Ok(Some(answer(hit.source.clone()))),
+            // Every colleague reads the library; the document must still be there.
+            SearchSource::Document { path } => {
+                let Ok(parsed) = DocPath::parse(path) else {
+                    return Ok(None);
+                };
+                match self.db.doc(&parsed)? {
+                    Some(DocEntry {
+                        kind: DocKind::Document { .. },
+                        ..
+                    }) => Ok(Some(answer(hit.source.clone()))),
+                    _ => Ok(None),
+                }
+            }
         }
     }
 }

@@ -290,6 +290,21 @@ async fn provisioning_rules() {
         add_bauamt(&f, &[]).await.unwrap_err().code,
         ErrorCode::AlreadyExists
     );
+    // `rathaus://docs/PATH` is the document library: no department takes that name.
+    let docs = f
+        .service
+        .handle(
+            &f.admin,
+            Request::AddDepartment {
+                slug: DepartmentSlug::parse("docs").unwrap(),
+                name: "Dokumente".into(),
+                owners: vec![],
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(docs.code, ErrorCode::Invalid);
+    assert!(docs.message.contains("rathaus://docs/"), "{}", docs.message);
     let dup = f
         .service
         .handle(
