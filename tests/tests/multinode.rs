@@ -339,3 +339,119 @@ async fn the_cli_enrolled_with_both_nodes_posts_and_reads_through_the_second_whe
     let out = anna(&["--json", "send", "bauamt", "niemand da"], None);
     assert_eq!(out.status.code(), Some(75), "{out:?}");
 }
+
+/// Enrolls `user` with the one-time `code` at `servers`.
+async fn enroll_at(backend: &TestBackend, servers: &str, user: &str, code: String) -> Client {
+    Client::enroll(
+        &backend.profile_dir(user),
+        EnrollOptions {
+            server: servers.to_owned(),
+            trust: ServerTrust::Pinned(backend.fingerprint.clone()),
+            user: UserId::parse(user).unwrap(),
+            code,
+            password: PASSWORD.to_owned(),
+            device_name: format!("{user}s Rechner"),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_owners_on_two_nodes_commit_at_once_and_the_loser_retries_on_the_new_epoch() {
+    if skipped("epoch race across nodes") {
+        return;
+    }
+    let mut backend = TestBackend::start().await.unwrap();
+    let other = node_dir(&backend.data_dir());
+    let mut options = rathaus_server::RunOptions::new(other.path());
+    options.listen = Some("127.0.0.1:0".parse().unwrap());
+    let node_b = rathaus_server::start(options).await.unwrap();
+    let (a, b) = (backend.addr.to_string(), node_b.local_addr().to_string());
+
+    let mut admin = backend.admin().await.unwrap();
+    let anna_code = backend
+        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
+        .await
+        .unwrap();
+    let jonas_code = backend
+        .provision(&mut admin, "P1002", "Jonas Weber", &[], &[])
+        .await
+        .unwrap();
+    backend
+        .department(&mut admin, "bauamt", &["P1001", "P1002"])
+        .await
+        .unwrap();
+    let lena_code = backend
+        .provision(&mut admin, "P1003", "Lena Koch", &["bauamt"], &[])
+        .await
+        .unwrap();
+    let max_code = backend
+        .provision(&mut admin, "P1004", "Max Ott", &["bauamt"], &[])
+        .await
+        .unwrap();
+    // Anna and Lena on node A, Jonas and Max on node B.
+    let mut anna = enroll_at(&backend, &a, "P1001", anna_code).await;
+    let mut jonas = enroll_at(&backend, &b, "P1002", jonas_code).await;
+    let mut lena = enroll_at(&backend, &a, "P1003", lena_code).await;
+    let mut max = enroll_at(&backend, &b, "P1004", max_code).await;
+    let group = GroupHandle::parse("bauamt/secret").unwrap();
+    rathaus_tests::within("birth", anna.sync())
+        .await
+        .unwrap()
+        .unwrap();
+    let jonas_id = UserId::parse("P1002").unwrap();
+    let approval = anna.approve(&group, &jonas_id).await.unwrap();
+    assert!(
+        matches!(approval, rathaus_client::Approval::Added { .. }),
+        "{approval:?}"
+    );
+    jonas.sync().await.unwrap();
+    let epoch = anna.group_code(&group).unwrap().unwrap().0;
+    assert_eq!(jonas.group_code(&group).unwrap().unwrap().0, epoch);
+
+    // Both owners commit an Add for the same epoch at once, each through their own
+    // node: the database accepts one; the other client fetches it and commits again on
+    // the new epoch.
+    let (lena_id, max_id) = (
+        UserId::parse("P1003").unwrap(),
+        UserId::parse("P1004").unwrap(),
+    );
+    let (by_anna, by_jonas) = tokio::join!(
+        anna.approve(&group, &lena_id),
+        jonas.approve(&group, &max_id)
+    );
+    for outcome in [by_anna.unwrap(), by_jonas.unwrap()] {
+        assert!(
+            matches!(outcome, rathaus_client::Approval::Added { .. }),
+            "both admissions land, one after the other: {outcome:?}"
+        );
+    }
+    for client in [&mut anna, &mut jonas, &mut lena, &mut max] {
+        rathaus_tests::within("sync", client.sync())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let codes: Vec<_> = [&anna, &jonas, &lena, &max]
+        .iter()
+        .map(|c| c.group_code(&group).unwrap().expect("a member"))
+        .collect();
+    assert!(
+        codes.windows(2).all(|w| w[0] == w[1]),
+        "every member sees the same group"
+    );
+    assert_eq!(codes[0].0, epoch + 2, "two commits, one per epoch");
+    lena.send_text(&group, "Hallo Max").await.unwrap();
+    let rows = max.read(&group).await.unwrap();
+    assert!(
+        rows.iter().any(|r| r.text == "Hallo Max"),
+        "{:?}",
+        rows.iter().map(|r| &r.text).collect::<Vec<_>>()
+    );
+    for c in [&mut anna, &mut jonas, &mut lena, &mut max, &mut admin] {
+        c.disconnect().await;
+    }
+    node_b.shutdown().await;
+    backend.stop().await;
+}
