@@ -61,7 +61,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Enroll this device with the one-time code from IT.
     Enroll {
-        /// Server address, host:port.
+        /// Server address, host:port; for a cluster, its nodes separated by commas
+        /// (a:4433,b:4433), tried in order when one is unreachable.
         #[arg(long)]
         server: String,
         /// The server's certificate fingerprint (SHA256:…), as given by IT. Or use --ca.
@@ -90,7 +91,8 @@ pub(crate) enum Command {
     },
     /// Enroll another device of yours with your password.
     AddDevice {
-        /// Server address, host:port.
+        /// Server address, host:port; for a cluster, its nodes separated by commas
+        /// (a:4433,b:4433), tried in order when one is unreachable.
         #[arg(long)]
         server: String,
         /// The server's certificate fingerprint (SHA256:…). Or use --ca.

@@ -32,7 +32,8 @@ mod keys {
 /// Who this profile is and where its server is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// Server address, `host:port`.
+    /// Server address, `host:port`, or the nodes of a cluster separated by commas, tried
+    /// in order (see [`crate::net::server_addresses`]).
     pub server: String,
     /// How the server's certificate is trusted: a pinned fingerprint or a CA.
     pub trust: ServerTrust,
@@ -47,7 +48,7 @@ pub struct Identity {
 /// What enrollment needs.
 #[derive(Debug, Clone)]
 pub struct EnrollOptions {
-    /// Server address, `host:port`.
+    /// Server address, `host:port`, or the nodes of a cluster separated by commas.
     pub server: String,
     /// How to trust the server's certificate: the fingerprint printed by
     /// `rathaus-server init`, or the CA that issued it.
@@ -95,6 +96,9 @@ pub struct Client {
     pub(crate) mls: MlsEngine,
     /// Told how a long catch-up goes (see [`Client::on_catch_up`]).
     pub(crate) catch_up: Option<CatchUpHook>,
+    /// Index into the server addresses of the node that answered last: tried first next
+    /// time, so a dead node costs one failed attempt, not one per connection.
+    pub(crate) server_at: usize,
 }
 
 /// A function told how a catch-up goes.
@@ -149,7 +153,7 @@ impl Client {
             return Err(ClientError::AlreadyEnrolled(dir.to_path_buf()));
         }
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let conn = Connection::connect_with_trust(&options.server, &options.trust).await?;
+        let (conn, _) = Connection::connect_any(&options.server, 0, &options.trust).await?;
         let mut request = Request::Enroll {
             protocol: PROTOCOL_VERSION,
             user: options.user.clone(),
@@ -185,7 +189,7 @@ impl Client {
             return Err(ClientError::AlreadyEnrolled(dir.to_path_buf()));
         }
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let conn = Connection::connect_with_trust(server, trust).await?;
+        let (conn, _) = Connection::connect_any(server, 0, trust).await?;
         let mut request = Request::AddDevice {
             protocol: PROTOCOL_VERSION,
             user: user.clone(),
@@ -256,6 +260,7 @@ impl Client {
             conn: None,
             mls,
             catch_up: None,
+            server_at: 0,
         })
     }
 
@@ -282,13 +287,38 @@ impl Client {
             }
         }
         self.conn = None;
-        let conn =
-            Connection::connect_with_trust(&self.identity.server, &self.identity.trust).await?;
-        let info = conn
-            .authenticate(&self.identity.user, self.identity.device, &self.key)
+        // Nodes of a cluster share the database: a node that is unreachable, or that
+        // goes away during the login, passes to the next.
+        let count = crate::net::server_addresses(&self.identity.server).len();
+        let mut attempt = 0;
+        loop {
+            let (conn, at) = Connection::connect_any(
+                &self.identity.server,
+                self.server_at,
+                &self.identity.trust,
+            )
             .await?;
-        self.conn = Some((conn, info.clone()));
-        Ok(info)
+            match conn
+                .authenticate(&self.identity.user, self.identity.device, &self.key)
+                .await
+            {
+                Ok(info) => {
+                    self.server_at = at;
+                    self.conn = Some((conn, info.clone()));
+                    return Ok(info);
+                }
+                Err(
+                    e @ (ClientError::ConnectionLost(_)
+                    | ClientError::ServerShuttingDown
+                    | ClientError::Timeout(_)),
+                ) if attempt + 1 < count => {
+                    tracing::info!(error = %e, "login failed on one node, trying the next");
+                    self.server_at = at + 1;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Closes the connection, if any.
@@ -477,6 +507,7 @@ impl Client {
             conn: None,
             mls,
             catch_up: None,
+            server_at: 0,
         })
     }
 }

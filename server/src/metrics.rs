@@ -49,6 +49,9 @@ pub(crate) struct ServiceMetrics {
     pub(crate) throttled: Counter,
     /// Time from a subscriber task taking a posted entry to its frame being written.
     pub(crate) fanout_seconds: Histogram,
+    /// Housekeeping runs (retention, stale uploads) on this node: only the node that runs
+    /// the background loops counts any.
+    pub(crate) housekeeping_runs: Counter,
 }
 
 impl Default for ServiceMetrics {
@@ -59,6 +62,7 @@ impl Default for ServiceMetrics {
             posts: Counter::default(),
             commits: Counter::default(),
             throttled: Counter::default(),
+            housekeeping_runs: Counter::default(),
             // 50 µs … ~1.6 s
             fanout_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
         }
@@ -111,6 +115,8 @@ pub(crate) struct Gauges {
     pub(crate) removals_pending: Gauge,
     /// Users with at least one authenticated connection.
     pub(crate) users_online: Gauge,
+    /// 1 while this node runs the background loops, 0 while another node does.
+    pub(crate) background_leader: Gauge,
 }
 
 /// Builds the registry served at `/metrics`.
@@ -208,6 +214,17 @@ pub(crate) fn registry(
         "removal_proposals_pending",
         "Secret-group removals waiting for a member's commit",
         gauges.removals_pending.clone(),
+    );
+    r.register(
+        "housekeeping_runs",
+        "Housekeeping runs (retention, stale uploads) on this node",
+        service.housekeeping_runs.clone(),
+    );
+    r.register(
+        "background_leader",
+        "1 while this node runs the background loops (retention, removal proposals), \
+         0 while another node of the database does",
+        gauges.background_leader.clone(),
     );
     r.register(
         "users_online",

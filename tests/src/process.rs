@@ -14,6 +14,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// The fingerprint it printed.
     pub fingerprint: String,
+    /// Where it serves `/metrics`, if started with [`ServerProcess::spawn_with_metrics`].
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -51,12 +53,36 @@ impl ServerProcess {
         Self::launch(&workspace_bin("rathaus-server")?, data, listen, log, None)
     }
 
+    /// Like [`ServerProcess::spawn_logged`], also serving `/metrics` on a port of its
+    /// own on 127.0.0.1 (in [`ServerProcess::metrics`]).
+    pub fn spawn_with_metrics(data: &Path, listen: &str, log: Option<&Path>) -> Result<Self> {
+        Self::launch_with(
+            &workspace_bin("rathaus-server")?,
+            data,
+            listen,
+            log,
+            None,
+            true,
+        )
+    }
+
     pub(crate) fn launch(
         bin: &Path,
         data: &Path,
         listen: &str,
         log: Option<&Path>,
         tls: Option<(&Path, &Path)>,
+    ) -> Result<Self> {
+        Self::launch_with(bin, data, listen, log, tls, false)
+    }
+
+    fn launch_with(
+        bin: &Path,
+        data: &Path,
+        listen: &str,
+        log: Option<&Path>,
+        tls: Option<(&Path, &Path)>,
+        metrics: bool,
     ) -> Result<Self> {
         use std::io::BufRead;
         let mut command = Command::new(bin);
@@ -65,6 +91,9 @@ impl ServerProcess {
             .arg(data)
             .args(["--listen", listen])
             .stdout(Stdio::piped());
+        if metrics {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
         if let Some((cert, key)) = tls {
             command.arg("--cert").arg(cert).arg("--key").arg(key);
         }
@@ -90,6 +119,18 @@ impl ServerProcess {
         let line = lines
             .next()
             .ok_or_else(|| anyhow!("rathaus-server exited before listening"))??;
+        let metrics = if metrics {
+            let line = lines
+                .next()
+                .ok_or_else(|| anyhow!("rathaus-server printed no metrics address"))??;
+            let addr = line
+                .strip_prefix("metrics on http://")
+                .and_then(|s| s.strip_suffix("/metrics"))
+                .ok_or_else(|| anyhow!("unexpected metrics line from rathaus-server: {line:?}"))?;
+            Some(addr.parse()?)
+        } else {
+            None
+        };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let (addr, fingerprint) = parse_listening_line(&line)?;
@@ -97,7 +138,26 @@ impl ServerProcess {
             child,
             addr,
             fingerprint,
+            metrics,
         })
+    }
+
+    /// The value of the unlabelled sample `metric` on `/metrics` (`None`: not served, or
+    /// no such sample).
+    pub fn metric(&self, metric: &str) -> Result<Option<f64>> {
+        use std::io::{Read, Write};
+        let addr = self
+            .metrics
+            .ok_or_else(|| anyhow!("this server serves no metrics"))?;
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer.lines().find_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            (name == metric).then(|| value.trim().parse().ok())?
+        }))
     }
 
     /// SIGKILL: no shutdown handler runs, nothing is flushed beyond what was acknowledged.

@@ -42,9 +42,20 @@ impl ServerTrust {
     }
 }
 
+/// The addresses of a server list: `host:port`, or several nodes of one cluster separated
+/// by commas (`a:4433,b:4433`), tried in that order. Blanks around an address are ignored.
+pub fn server_addresses(servers: &str) -> Vec<&str> {
+    servers
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect()
+}
+
 /// The host part of `addr` (`host:port`, `[v6]:port`), the default TLS server name for CA
-/// validation.
+/// validation; of a list of addresses, that of the first.
 pub fn host_of(addr: &str) -> &str {
+    let addr = server_addresses(addr).into_iter().next().unwrap_or(addr);
     match addr.rsplit_once(':') {
         Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
         None => addr,
@@ -90,6 +101,37 @@ impl Connection {
     /// refused with [`ClientError::UntrustedCertificate`].
     pub async fn connect_with_trust(addr: &str, trust: &ServerTrust) -> Result<Self> {
         Self::connect_inner(None, addr, trust).await
+    }
+
+    /// Connects to the first reachable address of `servers` (see [`server_addresses`]),
+    /// starting at index `first`; returns the connection and the index that answered. An
+    /// address that cannot be reached ([`ClientError::Unreachable`]) passes to the next;
+    /// any other failure (a wrong certificate, …) ends the attempt, since every node of a
+    /// cluster serves the same certificate.
+    pub async fn connect_any(
+        servers: &str,
+        first: usize,
+        trust: &ServerTrust,
+    ) -> Result<(Self, usize)> {
+        let addrs = server_addresses(servers);
+        if addrs.is_empty() {
+            return Err(ClientError::Invalid(format!(
+                "no server address in {servers:?} (expected host:port)"
+            )));
+        }
+        let mut unreachable = None;
+        for i in 0..addrs.len() {
+            let at = (first + i) % addrs.len();
+            match Self::connect_inner(None, addrs[at], trust).await {
+                Ok(conn) => return Ok((conn, at)),
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    tracing::info!(addr = addrs[at], error = %e, "server unreachable, trying the next");
+                    unreachable = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(unreachable.unwrap_or_else(|| ClientError::Invalid("no server address".into())))
     }
 
     /// Like [`Connection::connect`], but over a caller-built client endpoint: many

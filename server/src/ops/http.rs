@@ -144,6 +144,7 @@ async fn update(ctx: &ServerCtx, gauges: &Gauges, db_dir: &Path) {
     gauges
         .users_online
         .set(i64::try_from(ctx.service.live().users_online()).unwrap_or(i64::MAX));
+    gauges.background_leader.set(i64::from(ctx.leader.leads()));
     gauges
         .removals_pending
         .set(i64::try_from(ctx.service.pending_removals()).unwrap_or(i64::MAX));

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::mls::{group_id, PublicState};
 use super::secret::{digest_id, on_roster, secret_handle};
 use super::{Refusal, Service};
-use crate::store::{DepartmentRecord, LeafRecord, StoredEntry};
+use crate::store::{DepartmentRecord, Leadership, LeafRecord, StoredEntry};
 
 /// Personnel number under which the server's own log entries appear; reserved.
 pub(crate) const SERVER_USER: &str = rathaus_protocol::mls::SERVER_IDENTITY;
@@ -54,7 +54,16 @@ pub(crate) struct Asking {
 impl Service {
     /// Drives pending removals once a second until `stop` turns true (or its sender is
     /// dropped). Never panics; failures are logged and retried on the next tick.
-    pub async fn run_removals(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    ///
+    /// Only the node that runs the background loops (`leader`) proposes: proposals are
+    /// log entries, written once for the whole database. Every node asks its own online
+    /// members to commit, since only it can reach them; should two members on two nodes
+    /// commit the same epoch, the database accepts one and the other client retries.
+    pub async fn run_removals(
+        self: Arc<Self>,
+        leader: Leadership,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -64,13 +73,14 @@ impl Service {
                         return;
                     }
                 }
-                _ = tick.tick() => self.drive_removals().await,
+                _ = tick.tick() => self.drive_removals(leader.leads()).await,
             }
         }
     }
 
-    /// One pass over every secret group: propose what is missing, ask whoever is next.
-    pub async fn drive_removals(&self) {
+    /// One pass over every secret group: propose what is missing (with `propose`), ask
+    /// whoever is next.
+    pub async fn drive_removals(&self, propose: bool) {
         let groups = match (self.db.departments(), self.db.rooms()) {
             (Ok(d), Ok(r)) => d
                 .iter()
@@ -83,7 +93,13 @@ impl Service {
             }
         };
         for group in groups {
-            if let Err(e) = self.drive_removal(&group).await {
+            let step = if propose {
+                self.drive_removal(&group).await
+            } else {
+                self.ask_to_commit(&group);
+                Ok(())
+            };
+            if let Err(e) = step {
                 tracing::error!(%group, error = ?e.detail, message = %e.message, "removal step failed");
             }
         }

@@ -100,6 +100,20 @@ impl Service {
         Ok(Response::Done)
     }
 
+    /// The background loop's periodic work (on the node that runs the background loops):
+    /// enforces retention and drops stale uploads. Failures are logged and retried at the
+    /// next run.
+    pub async fn run_housekeeping(&self) {
+        self.metrics.housekeeping_runs.inc();
+        tracing::info!("housekeeping: enforcing retention, dropping stale uploads");
+        if let Err(e) = self.enforce_retention().await {
+            tracing::error!(error = %e, "retention run failed; retrying at the next interval");
+        }
+        if let Err(e) = self.clean_blobs(false).await {
+            tracing::error!(error = %e, "cleaning up stale uploads failed; retrying at the next interval");
+        }
+    }
+
     /// Deletes every entry older than its group's retention period (by the injected
     /// clock) and waits until the deletions are durable. Returns what was deleted.
     pub async fn enforce_retention(&self) -> Result<Vec<RetentionRun>, StoreError> {

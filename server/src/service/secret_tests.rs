@@ -916,7 +916,7 @@ async fn offboarding_proposes_the_removal_and_asks_an_online_member_to_commit() 
     assert!(asked);
 
     // Nothing new while the request is fresh; the driver does not duplicate proposals.
-    f.service.drive_removals().await;
+    f.service.drive_removals(true).await;
     let again = entries(call(&f.service, &anna, fetch()).await.unwrap());
     assert_eq!(again.len(), log.len());
 
@@ -930,7 +930,7 @@ async fn offboarding_proposes_the_removal_and_asks_an_online_member_to_commit() 
     // Done: no further requests.
     f.clock.advance(Duration::from_secs(10));
     let mut events = f.service.subscribe();
-    f.service.drive_removals().await;
+    f.service.drive_removals(true).await;
     assert!(events.try_recv().is_err());
 }
 
@@ -991,7 +991,7 @@ async fn uncommitted_removals_are_proposed_again_in_the_next_epoch() {
     // After five seconds without a commit, the next online member is asked.
     let mut events = f.service.subscribe();
     f.clock.advance(Duration::from_secs(6));
-    f.service.drive_removals().await;
+    f.service.drive_removals(true).await;
     let mut asked = Vec::new();
     while let Ok(Broadcast::Direct { user, .. }) = events.try_recv() {
         asked.push(user);
@@ -1003,7 +1003,7 @@ async fn uncommitted_removals_are_proposed_again_in_the_next_epoch() {
     let update = ben.self_update();
     commit(&f.service, &mut ben, update, None).await.unwrap();
     ben.merge();
-    f.service.drive_removals().await;
+    f.service.drive_removals(true).await;
     let log = entries(call(&f.service, &anna, fetch()).await.unwrap());
     assert_eq!(proposals(&log), 2);
     // Anna never saw the first proposal (its epoch is gone): she reads the update

@@ -8,6 +8,7 @@
 
 mod codec;
 mod combine;
+mod leader;
 mod memory;
 mod pg_notify;
 mod pg_store;
@@ -19,6 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use combine::ApplyTicket;
+pub use leader::Leadership;
 pub use memory::MemoryStore;
 pub use pg_notify::EntryNotice;
 pub use pg_store::{is_postgres_url, PgStore};
@@ -84,6 +86,13 @@ pub trait Store: Send + Sync + 'static {
     /// once per running server.
     fn other_nodes_entries(&self) -> Option<tokio::sync::mpsc::Receiver<EntryNotice>> {
         None
+    }
+    /// Whether this process runs the background loops (retention, upload cleanup, removal
+    /// proposals), which must run on one node of a store at a time: always where no other
+    /// node can be; on a shared database, while this process holds its lock. Called once
+    /// per running server.
+    fn leadership(&self) -> Leadership {
+        Leadership::always()
     }
     /// Bytes the store occupies where it knows better than the size of the data
     /// directory's files (a database elsewhere); `None`: count the files.

@@ -65,7 +65,7 @@ pub struct PgStore {
     pool: Pool,
     /// Every batch goes through here: one transaction per round.
     writes: Arc<Combiner>,
-    /// How to connect (for the listener's connection of its own).
+    /// How to connect (for the listener's and the leader lock's connections of their own).
     config: tokio_postgres::Config,
     /// This process among the nodes on the database (random, for telling its own
     /// notifications from the others').
@@ -482,6 +482,10 @@ impl Store for PgStore {
             self.config.clone(),
             self.node,
         ))
+    }
+
+    fn leadership(&self) -> super::Leadership {
+        super::leader::spawn_postgres(self.rt.get(), self.config.clone())
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

@@ -27,7 +27,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::data_dir::DataDir;
 use crate::error::ServerError;
 use crate::service::{RetentionRun, Service, ThrottleStats};
-use crate::store::Db;
+use crate::store::{Db, Leadership};
 use tls::TlsIdentity;
 
 /// How `start` runs the server.
@@ -145,6 +145,9 @@ pub(crate) struct ServerCtx {
     pub(crate) budget: Arc<frame_io::ByteBudget>,
     /// What the defences refused.
     pub(crate) counters: admission::Counters,
+    /// Whether this node runs the background loops (one node of a shared database at a
+    /// time).
+    pub(crate) leader: Leadership,
 }
 
 impl ServerCtx {
@@ -191,6 +194,7 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     // and its file's) can go.
     service.clean_blobs(true).await?;
     service.set_default_retention_days(opts.default_retention_days);
+    let leader = service.db().store().leadership();
     let socket = udp::bind_server(listen, opts.udp_buffers)
         .map_err(|e| ServerError::io(format!("cannot listen on {listen}"), e))?;
     let endpoint = quinn::Endpoint::new(
@@ -211,13 +215,19 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         admission: Arc::new(admission::Admission::new(opts.limits)),
         budget: Arc::new(frame_io::ByteBudget::new(opts.limits.request_bytes)),
         counters: admission::Counters::default(),
+        leader,
     });
     let (stop, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping::retention_loop(
         ctx.service.clone(),
+        ctx.leader.clone(),
         stop_rx.clone(),
     ));
-    let removals = tokio::spawn(ctx.service.clone().run_removals(stop_rx.clone()));
+    let removals = tokio::spawn(
+        ctx.service
+            .clone()
+            .run_removals(ctx.leader.clone(), stop_rx.clone()),
+    );
     // Several nodes on one database: their posts reach this node's subscribers too.
     if let Some(notices) = ctx.service.db().store().other_nodes_entries() {
         tokio::spawn(
@@ -295,6 +305,12 @@ impl RunningServer {
         } else {
             "sled"
         }
+    }
+
+    /// Whether this node runs the background loops now (always on sled; on PostgreSQL,
+    /// one node of the database at a time).
+    pub fn leads_background(&self) -> bool {
+        self.ctx.leader.leads()
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
