@@ -10,7 +10,8 @@ use std::time::Duration;
 use rathaus_client::net::Connection;
 use rathaus_client::{CaTrust, Client, ClientError, EnrollOptions, ServerTrust};
 use rathaus_protocol::{
-    frame, ClientMsgId, Content, ErrorCode, Event, GroupHandle, PostBody, Request, Response, UserId,
+    frame, ClientMsgId, Content, ErrorCode, Event, GroupHandle, PostBody, Request, Response, Role,
+    UserId,
 };
 use rathaus_tests::{within, TestBackend, TestCa, PASSWORD};
 
@@ -631,4 +632,59 @@ async fn a_long_catch_up_reports_its_progress() {
     assert!(steps.windows(2).all(|w| w[0].done < w[1].done), "{steps:?}");
     assert_eq!(steps.last().unwrap().done, backlog);
     backend.stop().await;
+}
+
+#[tokio::test]
+async fn a_demoted_administrator_loses_the_right_on_the_open_connection() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let mut jonas = backend
+        .staff(
+            &mut admin,
+            "P1002",
+            "Jonas Weber",
+            &["bauamt"],
+            &[Role::Admin],
+        )
+        .await
+        .unwrap();
+    // Used as an administrator on this connection (the server keeps his record for it).
+    assert!(!jonas.admin_users().await.unwrap().is_empty());
+    let before = jonas.whoami().await.unwrap();
+    assert!(before.roles.contains(&Role::Admin), "{before:?}");
+
+    admin
+        .admin_set_roles(UserId::parse("P1002").unwrap(), vec![], vec![Role::Admin])
+        .await
+        .unwrap();
+
+    // The very next request on the same connection is decided by the new roles.
+    let err = jonas.admin_users().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    let err = jonas
+        .admin_add_user(UserId::parse("P9999").unwrap(), "Mallory", vec![], vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    let after = jonas.whoami().await.unwrap();
+    assert!(!after.roles.contains(&Role::Admin), "{after:?}");
+    // Nobody was added by the refused request.
+    let users = admin.admin_users().await.unwrap();
+    assert!(users.iter().all(|u| u.user.as_str() != "P9999"));
+
+    // Offboarded while connected: his next post is refused and nothing is stored.
+    jonas.send_text(&bauamt(), "vorher").await.unwrap();
+    admin
+        .admin_remove_user(UserId::parse("P1002").unwrap())
+        .await
+        .unwrap();
+    assert!(jonas.send_text(&bauamt(), "nachher").await.is_err());
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let rows = anna.read(&bauamt()).await.unwrap();
+    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(texts, ["vorher"]);
 }

@@ -183,6 +183,26 @@ pub struct Session {
     pub device: DeviceId,
 }
 
+/// The user record a connection last used, kept while no user record changed since.
+///
+/// One per authenticated connection: a request then costs an atomic load instead of a
+/// read and decode of the user's record. Any write of any user record (offboarding, a
+/// role or department change, a revoked device) makes every cache re-read before its
+/// next request is decided, so a change applies to open connections at once. On a store
+/// that other server nodes write too nothing is kept.
+#[derive(Debug, Default)]
+pub struct SessionCache {
+    /// The generation of [`Db::users_generation`] read before the record was.
+    kept: Mutex<Option<(u64, Arc<UserRecord>)>>,
+}
+
+impl SessionCache {
+    fn kept(&self) -> MutexGuard<'_, Option<(u64, Arc<UserRecord>)>> {
+        // Replaced in one assignment: a poisoned lock holds a whole value.
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// A refused request: what the peer is told, plus (for internal failures) what only the
 /// log may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,17 +355,34 @@ impl Service {
     /// Answers a request on an authenticated connection. Authentication, enrollment and
     /// subscriptions have their own entry points; sending them here is `Invalid`.
     pub async fn handle(&self, session: &Session, request: Request) -> Result<Response, Refusal> {
+        self.handle_cached(session, &SessionCache::default(), request)
+            .await
+    }
+
+    /// [`Service::handle`] for a connection that keeps its user record in `cache`
+    /// between requests.
+    pub async fn handle_cached(
+        &self,
+        session: &Session,
+        cache: &SessionCache,
+        request: Request,
+    ) -> Result<Response, Refusal> {
         let kind = crate::transport::request_kind(&request);
         let result = match self.check_post_size(&request) {
-            Ok(()) => self.dispatch(session, request).await,
+            Ok(()) => self.dispatch(session, cache, request).await,
             Err(refusal) => Err(refusal),
         };
         self.count_request(kind, &result);
         result
     }
 
-    async fn dispatch(&self, session: &Session, request: Request) -> Result<Response, Refusal> {
-        let me = self.session_user(session)?;
+    async fn dispatch(
+        &self,
+        session: &Session,
+        cache: &SessionCache,
+        request: Request,
+    ) -> Result<Response, Refusal> {
+        let me = self.cached_session_user(session, cache)?;
         let request = self.canonical_request(request)?;
         match request {
             Request::Ping => Ok(Response::Pong),
@@ -555,6 +592,26 @@ impl Service {
             },
             other => other,
         })
+    }
+
+    /// [`Service::session_user`], from `cache` while no user record changed since it was
+    /// filled.
+    fn cached_session_user(
+        &self,
+        session: &Session,
+        cache: &SessionCache,
+    ) -> Result<Arc<UserRecord>, Refusal> {
+        let Some(generation) = self.db.users_generation() else {
+            return self.session_user(session).map(Arc::new);
+        };
+        if let Some((kept, user)) = cache.kept().as_ref() {
+            if *kept == generation {
+                return Ok(user.clone());
+            }
+        }
+        let user = Arc::new(self.session_user(session)?);
+        *cache.kept() = Some((generation, user.clone()));
+        Ok(user)
     }
 
     pub fn session_user(&self, session: &Session) -> Result<UserRecord, Refusal> {

@@ -839,3 +839,59 @@ async fn a_session_cannot_guess_the_password_quickly() {
         Response::Done
     );
 }
+
+#[tokio::test]
+async fn a_kept_session_record_follows_every_user_change() {
+    let f = Fixture::new().await;
+    add_bauamt(&f, &[]).await.unwrap();
+    let jonas = f.user("P1002", &[Role::Admin]).await;
+    let cache = super::SessionCache::default();
+    let handle = |request| f.service.handle_cached(&jonas, &cache, request);
+    // Filled by a first request, used by the next ones.
+    handle(Request::ListUsers).await.unwrap();
+    handle(Request::ListUsers).await.unwrap();
+
+    // Demoted by another administrator: refused at the next request.
+    f.service
+        .handle(
+            &f.admin,
+            Request::SetRoles {
+                user: uid("P1002"),
+                add: Vec::new(),
+                remove: vec![Role::Admin],
+            },
+        )
+        .await
+        .unwrap();
+    let refused = handle(Request::ListUsers).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Forbidden);
+    match handle(Request::Whoami).await.unwrap() {
+        Response::Me(me) => assert!(!me.roles.contains(&Role::Admin), "{me:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Offboarded: the session is no longer valid, and the post is not stored.
+    handle(post(bauamt(), 1, "vorher")).await.unwrap();
+    f.service
+        .handle(&f.admin, Request::RemoveUser { user: uid("P1002") })
+        .await
+        .unwrap();
+    let gone = handle(post(bauamt(), 2, "nachher")).await.unwrap_err();
+    assert_eq!(gone.code, ErrorCode::Unauthenticated);
+    let entries = f
+        .service
+        .handle(
+            &f.admin,
+            Request::Fetch {
+                group: bauamt(),
+                since: 0,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    match entries {
+        Response::Entries { entries, .. } => assert_eq!(entries.len(), 1),
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -26,6 +26,7 @@ mod editorial;
 mod retired;
 mod throttle;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rathaus_protocol::messages::WelcomeInfo;
@@ -205,6 +206,8 @@ pub struct PublicStateRecord {
 pub struct Db {
     /// The underlying key-value store.
     kv: Arc<dyn Store>,
+    /// Counts applied batches that wrote a user record (see [`Db::users_generation`]).
+    users_generation: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Db {
@@ -216,7 +219,29 @@ impl std::fmt::Debug for Db {
 impl Db {
     /// Typed access over `kv`.
     pub fn new(kv: Arc<dyn Store>) -> Self {
-        Self { kv }
+        Self {
+            kv,
+            users_generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A number that changes after every applied batch that wrote a user record through
+    /// this `Db` (or a clone of it); `None` when other processes write the store too, so
+    /// that no number can say a user record is unchanged.
+    ///
+    /// A reader that loads the number *before* reading a user record may keep the record
+    /// for as long as the number stays the same: the number moves only after the write
+    /// became visible, so a record read before a change is never kept past it.
+    pub fn users_generation(&self) -> Option<u64> {
+        if self.kv.shared() {
+            return None;
+        }
+        Some(self.users_generation.load(Ordering::SeqCst))
+    }
+
+    /// Records that a batch writing user records was applied.
+    fn users_changed(&self) {
+        self.users_generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The underlying store.
@@ -393,12 +418,27 @@ impl Db {
 
     /// Applies `writes` atomically.
     pub fn apply(&self, writes: Writes) -> Result<(), StoreError> {
-        self.kv.apply(writes.batch)
+        let users = writes.users;
+        // Bumped even when the apply fails: the engine may have written part of it.
+        let result = self.kv.apply(writes.batch);
+        if users {
+            self.users_changed();
+        }
+        result
     }
 
-    /// Queues `writes` behind every batch queued before (see [`Store::enqueue`]).
+    /// Queues `writes` behind every batch queued before (see [`Store::enqueue`]). A
+    /// batch that writes user records is waited for here, so that
+    /// [`Db::users_generation`] moves only once the records are visible.
     pub fn enqueue(&self, writes: Writes) -> Result<ApplyTicket, StoreError> {
-        self.kv.enqueue(writes.batch)
+        let users = writes.users;
+        let ticket = self.kv.enqueue(writes.batch)?;
+        if users {
+            let result = self.kv.wait_applied_blocking(ticket);
+            self.users_changed();
+            result?;
+        }
+        Ok(ticket)
     }
 
     /// Resolves once the queued batch of `ticket` is applied.
@@ -433,6 +473,8 @@ impl Db {
 pub struct Writes {
     /// The encoded operations.
     batch: Batch,
+    /// Whether a user record is among them.
+    users: bool,
 }
 
 impl Writes {
@@ -449,6 +491,7 @@ impl Writes {
 
     /// Stores a user.
     pub fn put_user(&mut self, user: &UserRecord) -> Result<&mut Self, StoreError> {
+        self.users = true;
         self.batch.put(user_key(&user.id), encode(user)?);
         // Personnel numbers are matched ignoring case: the folded form names the stored one.
         self.batch.put(

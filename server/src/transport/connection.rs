@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use super::admission::{self, StrangerSlot, RECEIVE_WINDOW, STREAMS_PER_CONNECTION};
 use super::{stream, ServerCtx};
-use crate::service::{LiveConnection, Session};
+use crate::service::{LiveConnection, Session, SessionCache};
 
 /// Failed device-key proofs one connection may make before it is closed.
 const MAX_FAILED_PROOFS: u32 = 3;
@@ -33,6 +33,8 @@ pub(crate) struct ConnectionCtx {
     stranger: Mutex<Option<StrangerSlot>>,
     /// Device-key proofs that failed on this connection.
     failed_proofs: AtomicU32,
+    /// The session's user record between requests.
+    pub(crate) user_cache: SessionCache,
     /// The server.
     pub(crate) server: Arc<ServerCtx>,
 }
@@ -158,6 +160,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, slot: StrangerSlot, server:
         session: Mutex::new(None),
         stranger: Mutex::new(Some(slot)),
         failed_proofs: AtomicU32::new(0),
+        user_cache: SessionCache::default(),
         server,
     });
     let mut streams = JoinSet::new();

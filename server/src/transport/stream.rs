@@ -121,7 +121,9 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
         other => match ctx.session() {
             Some(session) => {
                 in_session = true;
-                service.handle(&session, other).await
+                service
+                    .handle_cached(&session, &ctx.user_cache, other)
+                    .await
             }
             None => Err(unauthenticated()),
         },

@@ -112,14 +112,13 @@ pub(crate) async fn idle_connections(n: usize, suffix: &str) -> Result<Vec<Row>>
     }
     let per_conn = after.saturating_sub(before) as f64 / n as f64;
     let mib = |kib: u64| kib as f64 / 1024.0;
-    // DESIGN: 10,000 connections within 1 GiB of server RSS.
-    let bar_per_conn = 1024.0 * 1024.0 / 10_000.0;
+    // DESIGN §10: 10,000 connections within 1 GiB of server RSS, at most 32 KiB each.
+    let bar_per_conn = 32.0;
     Ok(vec![
         Row::new(format!("idle-connections{suffix}"), per_conn, "KiB/conn")
             .bar(bar_per_conn)
             .note(format!(
-                "server RSS growth per authenticated idle connection, {n} connections; \
-                 bar: 1 GiB / 10,000"
+                "server RSS growth per authenticated idle connection, {n} connections"
             )),
         Row::new(format!("idle-connections-rss{suffix}"), mib(after), "MiB")
             .baseline(mib(before))
