@@ -918,7 +918,7 @@ impl MlsEngine {
     }
 
     fn provider(&self) -> SqliteMlsProvider<'_> {
-        SqliteMlsProvider::new(&self.crypto, &self.connection, &self.held)
+        SqliteMlsProvider::holding(&self.crypto, &self.connection, &self.held)
     }
 
     /// The group, from memory if the copy there matches the file, else from SQLite.

@@ -103,7 +103,8 @@ impl Codec for JsonCodec {
 /// engine writes them itself, before the transaction they belong to commits.
 pub struct MlsStorage<'a> {
     inner: SqliteStorageProvider<StateCodec, &'a Connection>,
-    held: &'a HeldSecrets,
+    /// The engine's switch; `None` for a provider that never holds anything back.
+    held: Option<&'a HeldSecrets>,
 }
 
 /// Whether writes of message secrets are held back, and whether one was.
@@ -138,7 +139,25 @@ impl<'a> SqliteMlsProvider<'a> {
     ///
     /// The tables must exist: call [`SqliteMlsProvider::migrate`] once per
     /// connection first (the engine does this when it opens).
-    pub fn new(crypto: &'a RustCrypto, connection: &'a Connection, held: &'a HeldSecrets) -> Self {
+    pub fn new(crypto: &'a RustCrypto, connection: &'a Connection) -> Self {
+        Self::with_held(crypto, connection, None)
+    }
+
+    /// The engine's provider: writes of message secrets are held back while `held`
+    /// says so.
+    pub(crate) fn holding(
+        crypto: &'a RustCrypto,
+        connection: &'a Connection,
+        held: &'a HeldSecrets,
+    ) -> Self {
+        Self::with_held(crypto, connection, Some(held))
+    }
+
+    fn with_held(
+        crypto: &'a RustCrypto,
+        connection: &'a Connection,
+        held: Option<&'a HeldSecrets>,
+    ) -> Self {
         Self {
             crypto,
             storage: MlsStorage {
@@ -279,8 +298,8 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage<'_> {
         group_id: &GroupId,
         message_secrets: &MessageSecrets,
     ) -> Result<(), Self::Error> {
-        if self.held.active.get() {
-            self.held.pending.set(true);
+        if let Some(held) = self.held.filter(|h| h.active.get()) {
+            held.pending.set(true);
             return Ok(());
         }
         self.inner.write_message_secrets(group_id, message_secrets)
