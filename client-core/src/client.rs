@@ -528,6 +528,10 @@ pub(crate) fn wipe_secrets(request: &mut Request) {
     }
 }
 
+/// Prepared statements each connection to the profile file keeps (rusqlite's default
+/// is 16).
+pub(crate) const STATEMENT_CACHE: usize = 128;
+
 /// Opens the MLS engine on a second connection to the profile file. WAL mode (set by
 /// the store) lets both connections work on the file; the busy timeout covers the moments
 /// one of them writes.
@@ -538,6 +542,9 @@ fn open_engine(dir: &Path, key: &SigningKey, identity: &Identity) -> Result<MlsE
     // Deleted MLS secrets (used epoch keys, consumed KeyPackage private keys) are
     // overwritten instead of lingering in free pages; per connection, so set here too.
     conn.pragma_update(None, "secure_delete", "ON")?;
+    // Room for every statement a page of secret-group entries runs (store, trust and
+    // engine), so none is parsed again per entry.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     let me = DeviceIdentity::new(identity.user.as_str(), &identity.device.0.to_string())?;
     Ok(MlsEngine::with_connection(conn, key.clone(), me)?)
 }

@@ -618,10 +618,10 @@ pub(crate) fn remember(conn: &Connection, group: &str, seq: u64, content: &Conte
     }
     let bytes = postcard::to_allocvec(content)
         .map_err(|e| ClientError::Invalid(format!("cannot encode an attachment: {e}")))?;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT OR REPLACE INTO attachments(grp, seq, content) VALUES (?1, ?2, ?3)",
-        params![group, seq as i64, bytes],
-    )?;
+    )?
+    .execute(params![group, seq as i64, bytes])?;
     Ok(())
 }
 
@@ -725,11 +725,8 @@ fn source_key(scope: &BlobScope, path: &Path, meta: &fs::Metadata) -> String {
 
 fn pending_upload(conn: &Connection, source: &str) -> Result<(Option<u64>, Option<FileKey>)> {
     let row: Option<(i64, Option<Vec<u8>>)> = conn
-        .query_row(
-            "SELECT upload, file_key FROM file_uploads WHERE source = ?1",
-            [source],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT upload, file_key FROM file_uploads WHERE source = ?1")?
+        .query_row([source], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     Ok(match row {
         Some((upload, key)) => (
@@ -745,15 +742,16 @@ fn keep_upload(conn: &Connection, source: &str, upload: u64, key: Option<&FileKe
         .map(postcard::to_allocvec)
         .transpose()
         .map_err(|e| ClientError::Invalid(format!("cannot encode a file key: {e}")))?;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT OR REPLACE INTO file_uploads(source, upload, file_key) VALUES (?1, ?2, ?3)",
-        params![source, upload as i64, key],
-    )?;
+    )?
+    .execute(params![source, upload as i64, key])?;
     Ok(())
 }
 
 fn forget_upload(conn: &Connection, source: &str) -> Result<()> {
-    conn.execute("DELETE FROM file_uploads WHERE source = ?1", [source])?;
+    conn.prepare_cached("DELETE FROM file_uploads WHERE source = ?1")?
+        .execute([source])?;
     Ok(())
 }
 
@@ -799,7 +797,9 @@ mod tests {
         remember_plaintext(&db, "bauamt/secret", 4, &plain).unwrap();
         remember(&db, "bauamt", 5, &Content::text("kein Anhang")).unwrap();
         let n: i64 = db
-            .query_row("SELECT count(*) FROM attachments", [], |r| r.get(0))
+            .prepare_cached("SELECT count(*) FROM attachments")
+            .unwrap()
+            .query_row([], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
     }

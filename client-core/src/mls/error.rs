@@ -48,6 +48,11 @@ pub enum MlsError {
     /// A Welcome failed the checks made before joining; nothing was written.
     #[error("refused Welcome: {0}")]
     WelcomeRefused(rathaus_protocol::mls::WelcomeRefusal),
+    /// Message secrets held back in a batch ([`super::MlsEngine::in_batch`]) were lost
+    /// by a failure in the middle of it; the caller's transaction must be rolled back,
+    /// and the messages processed again.
+    #[error("MLS storage: held message secrets were lost; the batch must be rolled back")]
+    HeldSecretsLost,
     /// openmls refused the operation.
     #[error("MLS {operation} failed: {detail}")]
     Protocol {

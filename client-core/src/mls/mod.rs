@@ -18,6 +18,13 @@
 //! or a write by another connection changes the token, and the group is read
 //! from SQLite again.
 //!
+//! A page of incoming application messages can be processed with
+//! [`MlsEngine::in_batch`]: openmls rewrites a group's whole message secrets
+//! store (every member's leaf once per kept past epoch) after each decrypted
+//! message, and inside one transaction only the last write counts, so the
+//! engine holds those writes back and writes the store once, before the
+//! caller's transaction commits; every other operation writes it first.
+//!
 //! The engine is sans-IO: it turns bytes into bytes and typed results; the
 //! sync layer moves them to and from the delivery service.
 //!
@@ -50,7 +57,7 @@ mod provider;
 #[cfg(test)]
 mod tests;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
@@ -72,7 +79,9 @@ use rusqlite::{Connection, OptionalExtension as _};
 
 pub use error::MlsError;
 pub use identity::{DeviceIdentity, DeviceSigner};
-pub use provider::{JsonCodec, MlsStorage, SqliteMlsProvider, StateCodec, StateCodecError};
+pub use provider::{
+    HeldSecrets, JsonCodec, MlsStorage, SqliteMlsProvider, StateCodec, StateCodecError,
+};
 
 /// The one ciphersuite Rathaus uses (DESIGN §2).
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -119,6 +128,10 @@ pub struct MlsEngine {
     /// The group an operation in flight changed, to become `cache` once its savepoint
     /// is released.
     changed: RefCell<Option<MlsGroup>>,
+    /// Message secrets of `cache` not yet written to the file (see [`MlsEngine::in_batch`]).
+    held: HeldSecrets,
+    /// Inside [`MlsEngine::in_batch`]: application messages may hold their writes back.
+    batch: Cell<bool>,
 }
 
 /// A group as loaded from (or written to) SQLite at the state `token`.
@@ -281,6 +294,8 @@ impl MlsEngine {
             identity,
             cache: RefCell::new(None),
             changed: RefCell::new(None),
+            held: HeldSecrets::default(),
+            batch: Cell::new(false),
         })
     }
 
@@ -603,6 +618,14 @@ impl MlsEngine {
             .try_into_protocol_message()
             .map_err(|e| MlsError::malformed("protocol message", e))?;
         let group_id = message.group_id().as_slice().to_vec();
+        // A PrivateMessage's content is parsed as the type its header names, so this
+        // can only turn out to be an application message.
+        if self.batch.get()
+            && message.content_type() == ContentType::Application
+            && !self.connection.is_autocommit()
+        {
+            return self.decrypt_held(&group_id, message);
+        }
         self.atomically(|provider| {
             let mut group = self.load(provider, &group_id)?;
             let processed = group
@@ -677,6 +700,119 @@ impl MlsEngine {
             self.keep(group);
             Ok(incoming)
         })
+    }
+
+    /// Runs `f`, a run of [`MlsEngine::process_message`] calls inside one transaction
+    /// of the caller, with the message secrets that decrypting application messages
+    /// changes kept in memory, and writes them to the file once, at the end.
+    ///
+    /// The caller must commit its transaction only after this returned `Ok` (the
+    /// secrets are then in it) and roll it back if this returns an error. A crash
+    /// before the commit loses the whole transaction, processed messages, rows and
+    /// cursor together, so no message is lost or processed twice. Every other
+    /// operation of the engine (a commit, a send, an operation on another group)
+    /// writes the held secrets first. Outside a transaction, nothing is held.
+    pub fn in_batch<T, E: From<MlsError>>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let outer = self.batch.replace(true);
+        let result = f();
+        self.batch.set(outer);
+        match result {
+            Ok(value) if !outer => {
+                if let Err(e) = self.write_held() {
+                    self.forget_held();
+                    return Err(e.into());
+                }
+                Ok(value)
+            }
+            Ok(value) => Ok(value),
+            Err(e) => {
+                // The caller rolls its transaction back: what was held goes with it.
+                if !outer {
+                    self.forget_held();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// An application message within [`MlsEngine::in_batch`]: processed like any
+    /// other, except that openmls' write of the group's message secrets is held back.
+    fn decrypt_held(
+        &self,
+        group_id: &[u8],
+        message: openmls::prelude::ProtocolMessage,
+    ) -> Result<Incoming, MlsError> {
+        if self.held.pending.get() && !self.caches(group_id) {
+            self.write_held()?;
+        }
+        self.in_savepoint(|provider| {
+            let mut group = self.load(provider, group_id)?;
+            self.held.active.set(true);
+            let processed = group.process_message(provider, message);
+            self.held.active.set(false);
+            // openmls applies a sender ratchet step only to a message it processed
+            // successfully, so after a failure the group is as it was, and it stays the
+            // up-to-date copy of the secrets held so far; this operation's own writes
+            // (none but the state token) are kept.
+            let incoming = processed
+                .map_err(|e| MlsError::protocol("process message", e))
+                .and_then(|processed| {
+                    let credential = processed.credential().clone();
+                    match processed.into_content() {
+                        ProcessedMessageContent::ApplicationMessage(message) => {
+                            Ok(Incoming::Application {
+                                sender: DeviceIdentity::from_credential(&credential)?,
+                                plaintext: message.into_bytes(),
+                            })
+                        }
+                        _ => Err(MlsError::protocol(
+                            "process message",
+                            "not an application message",
+                        )),
+                    }
+                });
+            self.keep(group);
+            Ok(incoming)
+        })?
+    }
+
+    /// Writes the message secrets held back in the cached group, if any.
+    fn write_held(&self) -> Result<(), MlsError> {
+        if !self.held.pending.get() {
+            return Ok(());
+        }
+        let token = self.state_token()?;
+        let mut cache = self.cache.borrow_mut();
+        let Some(cached) = cache.as_mut().filter(|c| Some(c.token) == token) else {
+            // The copy that held them is gone (a failure in the middle of a batch): the
+            // caller's transaction must not commit.
+            return Err(MlsError::HeldSecretsLost);
+        };
+        // Setting the policy the group already has changes nothing but writes the join
+        // config and the whole message secrets store: openmls' one public way to write
+        // the store on its own.
+        let policy = cached.group.past_epoch_deletion_policy().clone();
+        cached
+            .group
+            .set_past_epoch_deletion_policy(&self.provider(), policy)
+            .map_err(|e| MlsError::protocol("write message secrets", e))?;
+        self.held.pending.set(false);
+        Ok(())
+    }
+
+    /// Drops the cached group and whatever it held (the caller rolls back).
+    fn forget_held(&self) {
+        if self.held.pending.replace(false) {
+            self.cache.borrow_mut().take();
+        }
+    }
+
+    /// Whether the cached group is `group_id`.
+    fn caches(&self, group_id: &[u8]) -> bool {
+        self.cache
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.group.group_id().as_slice() == group_id)
     }
 
     /// The group's current epoch.
@@ -782,7 +918,7 @@ impl MlsEngine {
     }
 
     fn provider(&self) -> SqliteMlsProvider<'_> {
-        SqliteMlsProvider::new(&self.crypto, &self.connection)
+        SqliteMlsProvider::holding(&self.crypto, &self.connection, &self.held)
     }
 
     /// The group, from memory if the copy there matches the file, else from SQLite.
@@ -808,6 +944,10 @@ impl MlsEngine {
                 return Ok((Some(token), cached.group));
             }
         }
+        if self.held.pending.get() {
+            // Only reachable if the file changed under a batch: its secrets are gone.
+            return Err(MlsError::HeldSecretsLost);
+        }
         let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))?
             .ok_or_else(|| MlsError::UnknownGroup(group_id.to_vec()))?;
         Ok((token, group))
@@ -818,6 +958,9 @@ impl MlsEngine {
         group_id: &[u8],
         f: impl FnOnce(&MlsGroup) -> Result<T, MlsError>,
     ) -> Result<T, MlsError> {
+        if self.held.pending.get() && !self.caches(group_id) {
+            self.write_held()?;
+        }
         let provider = self.provider();
         let (token, group) = self.load_at(&provider, group_id)?;
         let result = f(&group);
@@ -852,8 +995,17 @@ impl MlsEngine {
 
     /// Runs `f` inside a savepoint: everything openmls wrote is kept if `f`
     /// succeeds and rolled back if it fails. Savepoints nest, so this also
-    /// works inside a transaction of the caller.
+    /// works inside a transaction of the caller. Message secrets held back in a
+    /// batch are written first, outside the savepoint.
     fn atomically<T>(
+        &self,
+        f: impl FnOnce(&SqliteMlsProvider<'_>) -> Result<T, MlsError>,
+    ) -> Result<T, MlsError> {
+        self.write_held()?;
+        self.in_savepoint(f)
+    }
+
+    fn in_savepoint<T>(
         &self,
         f: impl FnOnce(&SqliteMlsProvider<'_>) -> Result<T, MlsError>,
     ) -> Result<T, MlsError> {

@@ -432,6 +432,111 @@ fn in_memory_group_follows_rollbacks_and_other_connections() -> TestResult {
     Ok(())
 }
 
+/// The stored message secrets of [`GROUP`], as this connection sees them.
+fn stored_secrets(connection: &Connection) -> Result<Vec<u8>, rusqlite::Error> {
+    connection.query_row(
+        "SELECT group_data FROM openmls_group_data WHERE data_type = 'message_secrets'",
+        [],
+        |row| row.get(0),
+    )
+}
+
+#[test]
+fn batch_writes_message_secrets_once_before_commit() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (anna, jonas) = (
+        Device::new(dir.path(), "P1001", 1)?,
+        Device::new(dir.path(), "P1002", 2)?,
+    );
+    let (a, j) = (anna.engine()?, jonas.engine()?);
+    a.create_group(GROUP, &server_key().verifying_key().to_bytes())?;
+    let out = a.add_members(GROUP, &j.generate_key_packages(1)?.one_time)?;
+    a.merge_pending_commit(GROUP)?;
+    j.join(&out.welcome.ok_or("no welcome")?, &a.ratchet_tree(GROUP)?)?;
+    let texts: [&[u8]; 3] = [b"eins", b"zwei", b"drei"];
+    let sent = texts
+        .iter()
+        .map(|t| a.encrypt(GROUP, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let roster = Roster::default();
+    let plaintext = |incoming: Incoming| match incoming {
+        Incoming::Application { plaintext, .. } => Ok(plaintext),
+        other => Err(MlsError::protocol("test", format!("{other:?}"))),
+    };
+
+    // A batch that is rolled back consumes nothing.
+    j.connection().execute_batch("BEGIN IMMEDIATE")?;
+    let failed: Result<(), MlsError> = j.in_batch(|| {
+        plaintext(j.process_message(&sent[0], &roster)?)?;
+        Err(MlsError::protocol("test", "the page fails"))
+    });
+    assert!(failed.is_err());
+    j.connection().execute_batch("ROLLBACK")?;
+
+    // A batch holds the writes back until its end, also across a refused replay.
+    let before = stored_secrets(j.connection())?;
+    j.connection().execute_batch("BEGIN IMMEDIATE")?;
+    let read = j.in_batch(|| {
+        let mut read = vec![plaintext(j.process_message(&sent[0], &roster)?)?];
+        assert_eq!(stored_secrets(j.connection())?, before, "written at once");
+        assert!(
+            j.process_message(&sent[0], &roster).is_err(),
+            "a replay is refused"
+        );
+        for message in &sent[1..] {
+            read.push(plaintext(j.process_message(message, &roster)?)?);
+        }
+        assert_eq!(stored_secrets(j.connection())?, before, "written at once");
+        Ok::<_, MlsError>(read)
+    })?;
+    assert_ne!(
+        stored_secrets(j.connection())?,
+        before,
+        "not written at the end"
+    );
+    j.connection().execute_batch("COMMIT")?;
+    assert_eq!(read, texts.map(<[u8]>::to_vec));
+
+    // In the file: the keys are gone, a replay is refused after a restart.
+    drop(j);
+    let j = jonas.engine()?;
+    for message in &sent {
+        assert!(j.process_message(message, &roster).is_err());
+    }
+
+    // A commit in the middle of a batch: the held secrets are written first, and the
+    // messages of both epochs are read once.
+    let before_commit = a.encrypt(GROUP, b"vorher")?;
+    let commit = a.self_update(GROUP)?;
+    a.merge_pending_commit(GROUP)?;
+    let after_commit = a.encrypt(GROUP, b"nachher")?;
+    j.connection().execute_batch("BEGIN IMMEDIATE")?;
+    j.in_batch(|| {
+        assert_eq!(
+            plaintext(j.process_message(&before_commit, &roster)?)?,
+            b"vorher"
+        );
+        assert!(matches!(
+            j.process_message(&commit.commit, &roster)?,
+            Incoming::Commit(_)
+        ));
+        assert_eq!(
+            plaintext(j.process_message(&after_commit, &roster)?)?,
+            b"nachher"
+        );
+        Ok::<_, MlsError>(())
+    })?;
+    j.connection().execute_batch("COMMIT")?;
+    drop(j);
+    let j = jonas.engine()?;
+    assert_eq!(j.epoch(GROUP)?, a.epoch(GROUP)?);
+    assert!(j.process_message(&before_commit, &roster).is_err());
+    assert!(j.process_message(&after_commit, &roster).is_err());
+    let last = a.encrypt(GROUP, b"zuletzt")?;
+    assert_eq!(plaintext(j.process_message(&last, &roster)?)?, b"zuletzt");
+    Ok(())
+}
+
 /// Key packages of `n` throwaway devices (in-memory files), as `MLSMessage` bytes.
 fn throwaway_key_packages(n: usize) -> Result<Vec<Vec<u8>>, MlsError> {
     (0..n)

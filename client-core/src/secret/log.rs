@@ -85,7 +85,9 @@ impl Client {
             // entry: each entry still runs in its own savepoint, and its MLS state, rows
             // and the cursor become durable together with the rest of the page. A crash
             // before the commit loses the page's processing, not the entries, which are
-            // fetched again.
+            // fetched again. Within the page the engine writes the group's message
+            // secrets once, not after every application message (`in_batch`), before
+            // the commit.
             let mut names: Vec<(&str, &str)> = Vec::new();
             for entry in entries.iter().rev() {
                 let sender = entry.sender.as_str();
@@ -96,10 +98,12 @@ impl Client {
             self.store.set_user_names(names)?;
             let conn = self.mls.connection();
             conn.execute_batch("BEGIN IMMEDIATE")?;
-            let result = entries
-                .iter()
-                .filter(|entry| wanted(entry.seq))
-                .try_for_each(|entry| self.process_entry(group, entry, &batch));
+            let result = self.mls.in_batch(|| {
+                entries
+                    .iter()
+                    .filter(|entry| wanted(entry.seq))
+                    .try_for_each(|entry| self.process_entry(group, entry, &batch))
+            });
             finish(conn, result)?;
             if let Some(entry) = entries.last() {
                 let mark = crate::restore::mark_of(entry);
@@ -142,6 +146,7 @@ impl Client {
             let incoming = match self.mls.process_message(bytes, roster) {
                 Ok(incoming) => incoming,
                 Err(MlsError::Storage(e)) => return Err(e.into()),
+                Err(e @ MlsError::HeldSecretsLost) => return Err(e.into()),
                 // Not a new message: what this device holds under the seq stays.
                 Err(_) if taken => return Ok(None),
                 Err(e) => return Ok(Some(self.refused_row(group, entry, &gid, e)?)),

@@ -111,6 +111,7 @@ impl ProfileStore {
         // instead of lingering in free pages of the file.
         db.pragma_update(None, "secure_delete", "ON")?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
+        db.set_prepared_statement_cache_capacity(crate::client::STATEMENT_CACHE);
         let store = Self { db };
         store.migrate()?;
         crate::trust::create_tables(&store.db)?;
@@ -128,19 +129,19 @@ impl ProfileStore {
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
         Ok(self
             .db
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
             .optional()?)
     }
 
     /// Sets a setting.
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO settings(key, value) VALUES (?1, ?2)
+        self.db
+            .prepare_cached(
+                "INSERT INTO settings(key, value) VALUES (?1, ?2)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
+            )?
+            .execute(params![key, value])?;
         Ok(())
     }
 
@@ -162,12 +163,10 @@ impl ProfileStore {
         certificates: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<()> {
         let tx = self.db.unchecked_transaction()?;
-        tx.execute("DELETE FROM server_ca", [])?;
+        tx.prepare_cached("DELETE FROM server_ca")?.execute([])?;
         for (pos, der) in certificates.into_iter().enumerate() {
-            tx.execute(
-                "INSERT INTO server_ca(pos, der) VALUES (?1, ?2)",
-                params![i64::try_from(pos).unwrap_or(i64::MAX), der],
-            )?;
+            tx.prepare_cached("INSERT INTO server_ca(pos, der) VALUES (?1, ?2)")?
+                .execute(params![i64::try_from(pos).unwrap_or(i64::MAX), der])?;
         }
         tx.commit()?;
         Ok(())
@@ -177,9 +176,8 @@ impl ProfileStore {
     pub fn cursor(&self, group: &str) -> Result<u64> {
         let seq: Option<i64> = self
             .db
-            .query_row("SELECT seq FROM cursors WHERE grp = ?1", [group], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT seq FROM cursors WHERE grp = ?1")?
+            .query_row([group], |r| r.get(0))
             .optional()?;
         Ok(seq.map_or(0, to_u64))
     }
@@ -198,11 +196,11 @@ impl ProfileStore {
                 fork::cut_if_taken(&tx, group, row.seq, &row.mark(), requeue_own, now)?;
                 insert_row(&tx, row)?;
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO cursors(grp, seq) VALUES (?1, ?2)
                  ON CONFLICT(grp) DO UPDATE SET seq = max(seq, excluded.seq)",
-                params![group, to_i64(cursor)],
-            )?;
+            )?
+            .execute(params![group, to_i64(cursor)])?;
         }
         tx.commit()?;
         Ok(())
@@ -265,11 +263,10 @@ impl ProfileStore {
 
     /// The lowest seq of `group` this device holds a row for.
     pub fn first_row_seq(&self, group: &str) -> Result<Option<u64>> {
-        let seq: Option<i64> = self.db.query_row(
-            "SELECT min(seq) FROM timeline WHERE grp = ?1",
-            [group],
-            |r| r.get(0),
-        )?;
+        let seq: Option<i64> = self
+            .db
+            .prepare_cached("SELECT min(seq) FROM timeline WHERE grp = ?1")?
+            .query_row([group], |r| r.get(0))?;
         Ok(seq.map(to_u64))
     }
 
@@ -283,10 +280,8 @@ impl ProfileStore {
     /// device holds (see `crate::restore`).
     pub fn rewind_cursor(&mut self, group: &str, to: u64, notice: &str) -> Result<()> {
         let tx = self.db.transaction()?;
-        tx.execute(
-            "UPDATE cursors SET seq = min(seq, ?2) WHERE grp = ?1",
-            params![group, to_i64(to)],
-        )?;
+        tx.prepare_cached("UPDATE cursors SET seq = min(seq, ?2) WHERE grp = ?1")?
+            .execute(params![group, to_i64(to)])?;
         crate::trust::add_notice(
             &tx,
             group,
@@ -312,20 +307,20 @@ impl ProfileStore {
     pub fn read_mark(&self, group: &str) -> Result<u64> {
         let seq: Option<i64> = self
             .db
-            .query_row("SELECT seq FROM read_marks WHERE grp = ?1", [group], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT seq FROM read_marks WHERE grp = ?1")?
+            .query_row([group], |r| r.get(0))
             .optional()?;
         Ok(seq.map_or(0, to_u64))
     }
 
     /// Marks everything up to `seq` in `group` as read.
     pub fn mark_read(&self, group: &str, seq: u64) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO read_marks(grp, seq) VALUES (?1, ?2)
+        self.db
+            .prepare_cached(
+                "INSERT INTO read_marks(grp, seq) VALUES (?1, ?2)
              ON CONFLICT(grp) DO UPDATE SET seq = max(seq, excluded.seq)",
-            params![group, to_i64(seq)],
-        )?;
+            )?
+            .execute(params![group, to_i64(seq)])?;
         Ok(())
     }
 
@@ -365,11 +360,12 @@ impl ProfileStore {
         body: &[u8],
         now_ms: i64,
     ) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO outbox(client_id, grp, body, state, created_ms, attempts)
+        self.db
+            .prepare_cached(
+                "INSERT INTO outbox(client_id, grp, body, state, created_ms, attempts)
              VALUES (?1, ?2, ?3, 'queued', ?4, 0)",
-            params![client_id.0.as_slice(), group, body, now_ms],
-        )?;
+            )?
+            .execute(params![client_id.0.as_slice(), group, body, now_ms])?;
         Ok(())
     }
 
@@ -408,10 +404,10 @@ impl ProfileStore {
     /// Withdraws a queued message that no send has been attempted for; `false` if there
     /// is none (unknown, acknowledged, or possibly on its way already).
     pub fn cancel_queued(&self, client_id: ClientMsgId) -> Result<bool> {
-        let n = self.db.execute(
-            "DELETE FROM outbox WHERE client_id = ?1 AND state = 'queued'",
-            params![client_id.0.as_slice()],
-        )?;
+        let n = self
+            .db
+            .prepare_cached("DELETE FROM outbox WHERE client_id = ?1 AND state = 'queued'")?
+            .execute(params![client_id.0.as_slice()])?;
         Ok(n > 0)
     }
 
@@ -444,10 +440,11 @@ impl ProfileStore {
 
     /// Records a send attempt (state `sent`).
     pub fn mark_sent(&self, client_id: ClientMsgId) -> Result<()> {
-        self.db.execute(
-            "UPDATE outbox SET state = 'sent', attempts = attempts + 1 WHERE client_id = ?1",
-            [client_id.0.as_slice()],
-        )?;
+        self.db
+            .prepare_cached(
+                "UPDATE outbox SET state = 'sent', attempts = attempts + 1 WHERE client_id = ?1",
+            )?
+            .execute([client_id.0.as_slice()])?;
         Ok(())
     }
 
@@ -466,10 +463,8 @@ impl ProfileStore {
             requeue_own,
             crate::time_fmt::now_ms(),
         )?;
-        tx.execute(
-            "UPDATE outbox SET state = 'acked', seq = ?2 WHERE client_id = ?1",
-            params![client_id.0.as_slice(), to_i64(row.seq)],
-        )?;
+        tx.prepare_cached("UPDATE outbox SET state = 'acked', seq = ?2 WHERE client_id = ?1")?
+            .execute(params![client_id.0.as_slice(), to_i64(row.seq)])?;
         insert_row(&tx, row)?;
         tx.commit()?;
         Ok(())
@@ -486,10 +481,8 @@ impl ProfileStore {
         {
             fork::cut_fork(&tx, &row.group, row.seq, false, crate::time_fmt::now_ms())?;
         }
-        tx.execute(
-            "UPDATE outbox SET state = 'acked', seq = ?2 WHERE client_id = ?1",
-            params![client_id.0.as_slice(), to_i64(row.seq)],
-        )?;
+        tx.prepare_cached("UPDATE outbox SET state = 'acked', seq = ?2 WHERE client_id = ?1")?
+            .execute(params![client_id.0.as_slice(), to_i64(row.seq)])?;
         insert_row(&tx, row)?;
         record_own_entry(&tx, &row.group, row.seq)?;
         tx.commit()?;
@@ -500,11 +493,8 @@ impl ProfileStore {
     pub fn is_own_entry(&self, group: &str, seq: u64) -> Result<bool> {
         Ok(self
             .db
-            .query_row(
-                "SELECT 1 FROM mls_own_entries WHERE grp = ?1 AND seq = ?2",
-                params![group, to_i64(seq)],
-                |_| Ok(()),
-            )
+            .prepare_cached("SELECT 1 FROM mls_own_entries WHERE grp = ?1 AND seq = ?2")?
+            .query_row(params![group, to_i64(seq)], |_| Ok(()))
             .optional()?
             .is_some())
     }
@@ -540,9 +530,8 @@ impl ProfileStore {
     pub fn user_name(&self, user: &str) -> Result<Option<String>> {
         Ok(self
             .db
-            .query_row("SELECT name FROM user_names WHERE user = ?1", [user], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT name FROM user_names WHERE user = ?1")?
+            .query_row([user], |r| r.get(0))
             .optional()?)
     }
 
@@ -550,23 +539,21 @@ impl ProfileStore {
     pub fn receipt(&self, client_id: ClientMsgId) -> Result<Option<(u64, i64)>> {
         let row: Option<(i64, i64)> = self
             .db
-            .query_row(
+            .prepare_cached(
                 "SELECT o.seq, t.sent_at_ms FROM outbox o
                  JOIN timeline t ON t.grp = o.grp AND t.seq = o.seq
                  WHERE o.client_id = ?1 AND o.state = 'acked' AND o.failure IS NULL",
-                [client_id.0.as_slice()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            )?
+            .query_row([client_id.0.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         Ok(row.map(|(seq, at)| (to_u64(seq), at)))
     }
 
     /// Drops an outbox entry the server refused for good (e.g. `Forbidden`).
     pub fn mark_failed(&self, client_id: ClientMsgId, reason: &str) -> Result<()> {
-        self.db.execute(
-            "UPDATE outbox SET state = 'acked', failure = ?2 WHERE client_id = ?1",
-            params![client_id.0.as_slice(), reason],
-        )?;
+        self.db
+            .prepare_cached("UPDATE outbox SET state = 'acked', failure = ?2 WHERE client_id = ?1")?
+            .execute(params![client_id.0.as_slice(), reason])?;
         Ok(())
     }
 
@@ -788,11 +775,11 @@ pub(crate) fn append_rows(
         insert_row(conn, row)?;
     }
     if let Some(cursor) = cursor {
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO cursors(grp, seq) VALUES (?1, ?2)
              ON CONFLICT(grp) DO UPDATE SET seq = max(seq, excluded.seq)",
-            params![group, to_i64(cursor)],
-        )?;
+        )?
+        .execute(params![group, to_i64(cursor)])?;
     }
     Ok(())
 }
@@ -800,19 +787,16 @@ pub(crate) fn append_rows(
 /// Remembers that this device wrote the entry `seq` of `group` (inside the caller's
 /// transaction).
 pub(crate) fn record_own_entry(conn: &Connection, group: &str, seq: u64) -> Result<()> {
-    conn.execute(
-        "INSERT OR IGNORE INTO mls_own_entries(grp, seq) VALUES (?1, ?2)",
-        params![group, to_i64(seq)],
-    )?;
+    conn.prepare_cached("INSERT OR IGNORE INTO mls_own_entries(grp, seq) VALUES (?1, ?2)")?
+        .execute(params![group, to_i64(seq)])?;
     Ok(())
 }
 
 /// The cursor of `group` read through any connection to the profile file.
 pub(crate) fn cursor_on(conn: &Connection, group: &str) -> Result<u64> {
     let seq: Option<i64> = conn
-        .query_row("SELECT seq FROM cursors WHERE grp = ?1", [group], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT seq FROM cursors WHERE grp = ?1")?
+        .query_row([group], |r| r.get(0))
         .optional()?;
     Ok(seq.map_or(0, to_u64))
 }
@@ -821,21 +805,23 @@ pub(crate) fn cursor_on(conn: &Connection, group: &str) -> Result<u64> {
 /// engine's transaction).
 pub(crate) fn setting_on(conn: &Connection, key: &str) -> Result<Option<String>> {
     Ok(conn
-        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
         .optional()?)
 }
 
 /// Sets (`Some`) or clears (`None`) a setting through any connection to the profile file.
 pub(crate) fn set_setting_on(conn: &Connection, key: &str, value: Option<&str>) -> Result<()> {
     match value {
-        Some(value) => conn.execute(
-            "INSERT INTO settings(key, value) VALUES (?1, ?2)
+        Some(value) => conn
+            .prepare_cached(
+                "INSERT INTO settings(key, value) VALUES (?1, ?2)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?,
-        None => conn.execute("DELETE FROM settings WHERE key = ?1", [key])?,
+            )?
+            .execute(params![key, value])?,
+        None => conn
+            .prepare_cached("DELETE FROM settings WHERE key = ?1")?
+            .execute([key])?,
     };
     Ok(())
 }
@@ -1066,12 +1052,13 @@ mod tests {
         let marker = "SECRET-EPOCH-KEY-0123456789abcdef";
         let s = ProfileStore::open(dir.path()).unwrap();
         let db = s.connection();
-        db.execute(
-            "CREATE TABLE scratch (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
-            [],
-        )
-        .unwrap();
-        db.execute("INSERT INTO scratch VALUES ('k', ?1)", [marker.repeat(64)])
+        db.prepare_cached("CREATE TABLE scratch (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+            .unwrap()
+            .execute([])
+            .unwrap();
+        db.prepare_cached("INSERT INTO scratch VALUES ('k', ?1)")
+            .unwrap()
+            .execute([marker.repeat(64)])
             .unwrap();
         db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
             .unwrap();
@@ -1081,7 +1068,10 @@ mod tests {
             bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
         };
         assert!(found(marker), "the row is in the file before it is deleted");
-        db.execute("DELETE FROM scratch", []).unwrap();
+        db.prepare_cached("DELETE FROM scratch")
+            .unwrap()
+            .execute([])
+            .unwrap();
         db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
             .unwrap();
         assert!(!found(marker), "the deleted row survived in the file");

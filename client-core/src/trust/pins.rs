@@ -56,12 +56,11 @@ pub(crate) fn pins_of(conn: &Connection, user: &str) -> Result<Vec<DevicePin>> {
 /// The pin of one device, if any.
 pub(crate) fn pin(conn: &Connection, user: &str, device: &str) -> Result<Option<DevicePin>> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT user, device, key, first_seen_ms, verified, changed_ms FROM trust_pins
              WHERE user = ?1 AND device = ?2",
-            params![user, device],
-            read_pin,
-        )
+        )?
+        .query_row(params![user, device], read_pin)
         .optional()?)
 }
 
@@ -73,11 +72,11 @@ pub(crate) fn insert(
     key: &[u8],
     now_ms: i64,
 ) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT OR IGNORE INTO trust_pins(user, device, key, first_seen_ms, verified)
          VALUES (?1, ?2, ?3, ?4, 0)",
-        params![user, device, key, now_ms],
-    )?;
+    )?
+    .execute(params![user, device, key, now_ms])?;
     Ok(())
 }
 
@@ -89,11 +88,11 @@ pub(crate) fn replace_key(
     key: &[u8],
     now_ms: i64,
 ) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE trust_pins SET key = ?3, first_seen_ms = ?4, verified = 0, changed_ms = ?4
          WHERE user = ?1 AND device = ?2",
-        params![user, device, key, now_ms],
-    )?;
+    )?
+    .execute(params![user, device, key, now_ms])?;
     Ok(())
 }
 
@@ -104,11 +103,11 @@ pub(crate) fn mark_verified(
     keys: &[(String, Vec<u8>)],
 ) -> Result<()> {
     for (device, key) in keys {
-        conn.execute(
+        conn.prepare_cached(
             "UPDATE trust_pins SET verified = 1, changed_ms = NULL
              WHERE user = ?1 AND device = ?2 AND key = ?3",
-            params![user, device, key],
-        )?;
+        )?
+        .execute(params![user, device, key])?;
     }
     Ok(())
 }
@@ -122,16 +121,16 @@ pub(crate) fn add_notice(
     kind: &str,
     text: &str,
 ) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO trust_notices(grp, seq, at_ms, kind, text) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            group,
-            i64::try_from(seq).unwrap_or(i64::MAX),
-            at_ms,
-            kind,
-            text
-        ],
-    )?;
+    )?
+    .execute(params![
+        group,
+        i64::try_from(seq).unwrap_or(i64::MAX),
+        at_ms,
+        kind,
+        text
+    ])?;
     Ok(())
 }
 

@@ -10,11 +10,13 @@
 //! "lower_is_better"}]}` instead of a table. `bar` is in the unit of `value`; for bars
 //! relative to bare openmls it is 1.25 × this run's baseline. A workload that cannot run
 //! in this build is reported with `value: null`, never with a made-up figure.
-//! `--only NAME[,NAME]` runs a subset (ingest, fanout, announce, mls, catchup, cli-send,
-//! idle-connections, import, files, search).
+//! `--only NAME[,NAME]` runs a subset (ingest, fanout, announce, mls, catchup, e2e-secret,
+//! cli-send, idle-connections, import, files, search).
 
 #[path = "../bench/catchup.rs"]
 mod catchup;
+#[path = "../bench/e2e.rs"]
+mod e2e;
 #[path = "../bench/files.rs"]
 mod files;
 #[path = "../bench/import.rs"]
@@ -51,6 +53,7 @@ struct Sizes {
     mls_reps: usize,
     mls_messages: usize,
     catchup_members: usize,
+    e2e_messages: usize,
     cli_runs: usize,
     idle_connections: usize,
     import_rows: usize,
@@ -73,6 +76,7 @@ const FULL: Sizes = Sizes {
     mls_reps: 3,
     mls_messages: 300,
     catchup_members: 1000,
+    e2e_messages: 200,
     cli_runs: 30,
     idle_connections: 10_000,
     import_rows: 5_000,
@@ -95,6 +99,7 @@ const QUICK: Sizes = Sizes {
     mls_reps: 1,
     mls_messages: 200,
     catchup_members: 100,
+    e2e_messages: 50,
     cli_runs: 10,
     idle_connections: 1_000,
     import_rows: 1_000,
@@ -119,7 +124,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,cli-send,idle-connections,import,files,search]"
+                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,e2e-secret,cli-send,idle-connections,import,files,search]"
                 );
                 return Ok(());
             }
@@ -184,6 +189,11 @@ fn main() -> Result<()> {
         };
         rows.extend(run_async(&runtime, "catchup", "ms", &name, async {
             catchup::catchup(n, 1000, 10, &name).await
+        }));
+    }
+    if wanted("e2e-secret") {
+        rows.extend(run_async(&runtime, "e2e-secret", "ms", s, async {
+            e2e::e2e(sizes.e2e_messages, s).await
         }));
     }
     if wanted("cli-send") {
