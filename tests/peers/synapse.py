@@ -17,7 +17,7 @@ Prints a table with the ratios; `--markdown FILE` writes it as markdown as well.
 Everything lives in one temporary directory that is removed on exit (also on Ctrl-C).
 Run as root (PostgreSQL then runs as the `postgres` user) or as an ordinary user.
 
-    cargo build --release -p rathaus-tests --bin rathaus-bench --bin rathaus-server
+    cargo build --release -p rathaus-tests -p rathaus-server --bins
     python3 tests/peers/synapse.py [--quick] [--markdown FILE] [--venv DIR]
 
 Not part of CI: it installs from PyPI and takes several minutes.
@@ -74,7 +74,7 @@ def main():
     args = ap.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.only != "synapse" and not os.path.exists(args.bench):
-        sys.exit(f"{args.bench} missing: cargo build --release -p rathaus-tests --bins")
+        sys.exit(f"{args.bench} missing: cargo build --release -p rathaus-tests -p rathaus-server --bins")
 
     tmp = tempfile.mkdtemp(prefix="rathaus-peer-")
     os.chmod(tmp, 0o755)  # the postgres user must reach its directories below
