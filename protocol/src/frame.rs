@@ -172,6 +172,38 @@ mod tests {
     use crate::{Event, Request, Response};
     use proptest::prelude::*;
 
+    /// File chunks are byte strings, which postcard writes exactly as it wrote them when
+    /// they were sequences of `u8` (length, then the bytes): peers of either kind read
+    /// each other's chunks.
+    #[test]
+    fn chunk_bytes_keep_the_wire_form_of_a_byte_sequence() {
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let fields_as_sequence = postcard::to_allocvec(&(7u64, 3u32, bytes.clone())).unwrap();
+        let request = Request::UploadChunk {
+            upload: 7,
+            index: 3,
+            bytes: bytes.clone(),
+        };
+        let encoded = postcard::to_allocvec(&request).unwrap();
+        assert!(encoded.ends_with(&fields_as_sequence));
+        let tag = &encoded[..encoded.len() - fields_as_sequence.len()];
+        let old_form = [tag, &fields_as_sequence].concat();
+        assert_eq!(postcard::from_bytes::<Request>(&old_form).unwrap(), request);
+
+        let sequence = postcard::to_allocvec(&bytes).unwrap();
+        let response = Response::Chunk {
+            bytes: bytes.clone(),
+        };
+        let encoded = postcard::to_allocvec(&response).unwrap();
+        assert!(encoded.ends_with(&sequence));
+        let tag = &encoded[..encoded.len() - sequence.len()];
+        let old_form = [tag, &sequence].concat();
+        assert_eq!(
+            postcard::from_bytes::<Response>(&old_form).unwrap(),
+            response
+        );
+    }
+
     #[test]
     fn oversize_length_is_rejected_before_the_body_arrives() {
         let mut d = FrameDecoder::new(16);

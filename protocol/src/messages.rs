@@ -396,7 +396,10 @@ pub enum Request {
         upload: u64,
         /// The chunk's index.
         index: u32,
-        /// Its bytes (at most [`BLOB_CHUNK`](crate::blobs::BLOB_CHUNK)).
+        /// Its bytes (at most [`BLOB_CHUNK`](crate::blobs::BLOB_CHUNK)). Encoded as one
+        /// byte string (the same bytes on the wire as a sequence of `u8`, but copied
+        /// whole instead of visited byte by byte).
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Completes an upload whose chunks are all stored: the server checks the SHA-256 of
@@ -685,7 +688,8 @@ pub enum Response {
     },
     /// A chunk of a blob.
     Chunk {
-        /// Its bytes.
+        /// Its bytes, encoded as one byte string (as `UploadChunk`'s).
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Entries of the document library.

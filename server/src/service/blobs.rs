@@ -9,7 +9,10 @@
 //! - `UploadChunk` writes the chunk at its place in the upload's partial file
 //!   (`DIR/blobs/partial/<id>`), syncs it, records it in the store and answers once that
 //!   is durable: after a dropped connection or a restart the client asks which chunks
-//!   arrived and sends only the others.
+//!   arrived and sends only the others. The chunks of an upload in flight at once share
+//!   the `fdatasync`s of its partial file as writes share the store's flushes (group
+//!   commit, see [`PartialFile`]): each chunk is answered after a sync that began after
+//!   its write.
 //! - `FinishUpload` hashes the partial file, compares with the client's SHA-256, syncs,
 //!   renames it to its name, syncs the directory and records the blob as *pending* for
 //!   its uploader, until a post or a library document refers to it.
@@ -33,8 +36,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rathaus_protocol::blobs::{chunk_count, chunk_len, BLOB_CHUNK, MAX_UPLOAD_LIMIT};
 use rathaus_protocol::{BlobScope, ContentBody, EntryBody, ErrorCode, GroupHandle, Response, Role};
@@ -57,11 +60,53 @@ const PENDING_BYTES_FLOOR: u64 = 2 * 1024 * 1024 * 1024;
 /// refers to, is removed.
 const STALE_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// Partial files kept open between chunks (beyond this, a chunk opens its file alone).
+const OPEN_PARTIALS: usize = 64;
+
 /// The blob directory: stored blobs by name, partial uploads by id.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BlobDir {
     /// `DIR/blobs`.
     root: PathBuf,
+    /// The partial files of uploads under way, open so that their chunks share syncs.
+    partials: Arc<Mutex<HashMap<u64, Arc<PartialFile>>>>,
+}
+
+/// An upload's partial file while its chunks arrive, with a group sync: every chunk
+/// write takes a ticket after it is written; a writer whose ticket is not yet synced
+/// waits for the gate, and whoever holds it notes the newest ticket, runs one
+/// `fdatasync` and marks everything up to that ticket synced. Chunks in flight together
+/// thus share a sync instead of queueing one each on the same file.
+#[derive(Debug)]
+struct PartialFile {
+    file: File,
+    /// Tickets handed out (= chunk writes completed).
+    written: AtomicU64,
+    /// Every write up to this ticket is on disk.
+    synced: AtomicU64,
+    /// Serialises the syncs; held across one `fdatasync`, never anything else.
+    gate: Mutex<()>,
+}
+
+impl PartialFile {
+    /// Writes `bytes` at `offset`; returns once a sync that began after the write ended.
+    fn write_synced(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(bytes, offset)?;
+        let ticket = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.synced.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Guards no data of its own; a poisoned gate is as good as a fresh one.
+        let _gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.synced.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to `target` belongs to a write that had completed.
+        let target = self.written.load(Ordering::SeqCst);
+        self.file.sync_data()?;
+        self.synced.fetch_max(target, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl BlobDir {
@@ -75,6 +120,7 @@ impl BlobDir {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            partials: Arc::default(),
         })
     }
 
@@ -94,17 +140,45 @@ impl BlobDir {
 
     /// Writes one chunk at its offset of the partial file and syncs it.
     fn write_chunk(&self, upload: u64, index: u32, bytes: &[u8]) -> io::Result<()> {
+        self.partial_file(upload)?
+            .write_synced(bytes, u64::from(index) * BLOB_CHUNK as u64)
+    }
+
+    /// The open partial file of `upload`, opened (and created) if need be.
+    fn partial_file(&self, upload: u64) -> io::Result<Arc<PartialFile>> {
+        let mut open = self.partials.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(partial) = open.get(&upload) {
+            return Ok(partial.clone());
+        }
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.partial_path(upload))?;
-        file.write_all_at(bytes, u64::from(index) * BLOB_CHUNK as u64)?;
-        file.sync_data()
+        let partial = Arc::new(PartialFile {
+            file,
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            gate: Mutex::new(()),
+        });
+        if open.len() < OPEN_PARTIALS {
+            open.insert(upload, partial.clone());
+        }
+        Ok(partial)
+    }
+
+    /// Closes the partial file of `upload` if it is open (it is finished or dropped).
+    fn close_partial(&self, upload: u64) {
+        self.partials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&upload);
     }
 
     /// The SHA-256 of the first `size` bytes of the partial file (which must have them).
     fn hash_partial(&self, upload: u64, size: u64) -> io::Result<[u8; 32]> {
+        // Every chunk is stored: no write needs the open file any more.
+        self.close_partial(upload);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -132,6 +206,7 @@ impl BlobDir {
     /// Makes the partial file the blob `sha256` (dropping it if that blob exists) and
     /// syncs the directory, so the name survives a crash.
     fn promote(&self, upload: u64, sha256: &[u8; 32]) -> io::Result<()> {
+        self.close_partial(upload);
         let partial = self.partial_path(upload);
         let target = self.blob_path(sha256);
         if target.exists() {
@@ -155,6 +230,7 @@ impl BlobDir {
     }
 
     fn remove_partial(&self, upload: u64) {
+        self.close_partial(upload);
         match fs::remove_file(self.partial_path(upload)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -392,14 +468,13 @@ impl Service {
                 ),
             ));
         }
-        let dir = self.blob_dir_or_refuse()?;
-        let path_root = dir.root().to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            BlobDir { root: path_root }.write_chunk(upload, index, &bytes)
-        })
-        .await
-        .map_err(|e| Refusal::internal(format!("chunk writer: {e}")))?
-        .map_err(|e| Refusal::internal(format!("writing chunk {index} of upload {upload}: {e}")))?;
+        let dir = self.blob_dir_or_refuse()?.clone();
+        tokio::task::spawn_blocking(move || dir.write_chunk(upload, index, &bytes))
+            .await
+            .map_err(|e| Refusal::internal(format!("chunk writer: {e}")))?
+            .map_err(|e| {
+                Refusal::internal(format!("writing chunk {index} of upload {upload}: {e}"))
+            })?;
         let mut w = Writes::new();
         w.put_upload_chunk(upload, index);
         self.db.apply(w)?;
@@ -426,12 +501,12 @@ impl Service {
             ));
         }
         let dir = self.blob_dir_or_refuse()?;
-        let root = dir.root().to_path_buf();
+        let hasher = dir.clone();
         let size = up.size;
         let actual = if size == 0 {
             Sha256::digest([]).into()
         } else {
-            tokio::task::spawn_blocking(move || BlobDir { root }.hash_partial(upload, size))
+            tokio::task::spawn_blocking(move || hasher.hash_partial(upload, size))
                 .await
                 .map_err(|e| Refusal::internal(format!("upload hasher: {e}")))?
                 .map_err(|e| Refusal::internal(format!("reading upload {upload}: {e}")))?
@@ -520,14 +595,11 @@ impl Service {
                 format!("the file has {} chunks", chunk_count(record.size)),
             ));
         };
-        let root = self.blob_dir_or_refuse()?.root().to_path_buf();
-        let bytes =
-            tokio::task::spawn_blocking(move || BlobDir { root }.read_chunk(&blob, index, len))
-                .await
-                .map_err(|e| Refusal::internal(format!("chunk reader: {e}")))?
-                .map_err(|e| {
-                    Refusal::internal(format!("reading blob {}: {e}", hex::encode(blob)))
-                })?;
+        let dir = self.blob_dir_or_refuse()?.clone();
+        let bytes = tokio::task::spawn_blocking(move || dir.read_chunk(&blob, index, len))
+            .await
+            .map_err(|e| Refusal::internal(format!("chunk reader: {e}")))?
+            .map_err(|e| Refusal::internal(format!("reading blob {}: {e}", hex::encode(blob))))?;
         Ok(Response::Chunk { bytes })
     }
 
@@ -872,6 +944,52 @@ mod tests {
             index,
             bytes: vec![index as u8; len],
         }
+    }
+
+    #[test]
+    fn chunks_written_at_once_share_the_partial_file_and_finishing_closes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = BlobDir::open(tmp.path()).unwrap();
+        let chunks = 6u8;
+        std::thread::scope(|s| {
+            for i in 0..chunks {
+                let dir = &dir;
+                s.spawn(move || {
+                    dir.write_chunk(9, u32::from(i), &vec![i + 1; BLOB_CHUNK])
+                        .unwrap()
+                });
+            }
+        });
+        assert_eq!(dir.partials.lock().unwrap().len(), 1);
+        let expected: Vec<u8> = (0..chunks)
+            .flat_map(|i| std::iter::repeat_n(i + 1, BLOB_CHUNK))
+            .collect();
+        let size = expected.len() as u64;
+        let sha = dir.hash_partial(9, size).unwrap();
+        assert_eq!(sha, <[u8; 32]>::from(Sha256::digest(&expected)));
+        assert!(dir.partials.lock().unwrap().is_empty());
+        dir.promote(9, &sha).unwrap();
+        assert_eq!(fs::read(dir.blob_path(&sha)).unwrap(), expected);
+        assert!(!dir.partial_path(9).exists());
+    }
+
+    #[test]
+    fn uploads_beyond_the_open_files_kept_still_store_their_chunks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = BlobDir::open(tmp.path()).unwrap();
+        let uploads = OPEN_PARTIALS as u64 + 2;
+        for upload in 0..uploads {
+            dir.write_chunk(upload, 1, &[upload as u8; 10]).unwrap();
+        }
+        assert_eq!(dir.partials.lock().unwrap().len(), OPEN_PARTIALS);
+        for upload in 0..uploads {
+            let bytes = fs::read(dir.partial_path(upload)).unwrap();
+            assert_eq!(bytes.len(), BLOB_CHUNK + 10);
+            assert_eq!(&bytes[BLOB_CHUNK..], &[upload as u8; 10]);
+        }
+        dir.remove_partial(3);
+        assert!(!dir.partials.lock().unwrap().contains_key(&3));
+        assert!(!dir.partial_path(3).exists());
     }
 
     #[tokio::test]

@@ -11,7 +11,9 @@
 //! relative to bare openmls it is 1.25 × this run's baseline. A workload that cannot run
 //! in this build is reported with `value: null`, never with a made-up figure.
 //! `--only NAME[,NAME]` runs a subset (ingest, fanout, announce, mls, catchup, e2e-secret,
-//! cli-send, idle-connections, import, files, search).
+//! cli-send, idle-connections, import, files, search). `--only peer-ingest` runs the
+//! Rathaus half of the side-by-side benchmark against Matrix Synapse
+//! (`tests/peers/synapse.py`); it is no DESIGN §10 bar and runs only when named.
 
 #[path = "../bench/catchup.rs"]
 mod catchup;
@@ -23,6 +25,8 @@ mod files;
 mod import;
 #[path = "../bench/mls.rs"]
 mod mls;
+#[path = "../bench/peer.rs"]
+mod peer;
 #[path = "../bench/process.rs"]
 mod process;
 #[path = "../bench/relay.rs"]
@@ -60,6 +64,10 @@ struct Sizes {
     file_mib: usize,
     search_posts: usize,
     search_queries: usize,
+    /// Posts per sender in `peer-ingest` (100 senders in 10 rooms).
+    peer_posts: usize,
+    /// Fresh devices that each fetch the newest 1,000 messages in `peer-ingest`.
+    peer_readers: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -83,6 +91,9 @@ const FULL: Sizes = Sizes {
     file_mib: 50,
     search_posts: 1_000_000,
     search_queries: 2_000,
+    // 10 senders x 100 posts: each room holds exactly the 1,000 messages a reader fetches.
+    peer_posts: 100,
+    peer_readers: 5,
 };
 
 const QUICK: Sizes = Sizes {
@@ -107,6 +118,8 @@ const QUICK: Sizes = Sizes {
     file_mib: 50,
     search_posts: 100_000,
     search_queries: 500,
+    peer_posts: 20,
+    peer_readers: 2,
 };
 
 fn main() -> Result<()> {
@@ -124,7 +137,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,e2e-secret,cli-send,idle-connections,import,files,search]"
+                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,e2e-secret,cli-send,idle-connections,import,files,search,peer-ingest]"
                 );
                 return Ok(());
             }
@@ -133,6 +146,8 @@ fn main() -> Result<()> {
     }
     let sizes = if quick { &QUICK } else { &FULL };
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|w| w == name));
+    // The peer benchmark's half is no DESIGN §10 bar: only when asked for by name.
+    let named = |name: &str| only.as_ref().is_some_and(|o| o.iter().any(|w| w == name));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -223,6 +238,17 @@ fn main() -> Result<()> {
     if wanted("search") {
         rows.extend(run_async(&runtime, "search", "ms", s, async {
             search::search(sizes.search_posts, sizes.search_queries, s).await
+        }));
+    }
+    if named("peer-ingest") {
+        let load = peer::PeerLoad {
+            senders: 100,
+            rooms: 10,
+            posts: sizes.peer_posts,
+            readers: sizes.peer_readers,
+        };
+        rows.extend(run_async(&runtime, "peer-ingest", "msg/s", s, async {
+            peer::peer_ingest(&load, s).await
         }));
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
