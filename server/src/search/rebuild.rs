@@ -2,7 +2,9 @@
 //! (of live and retired departments) and of `announcements`, and every document of the
 //! library.
 
-use rathaus_protocol::{DocKind, DocPath, GroupHandle};
+use std::collections::HashMap;
+
+use rathaus_protocol::{DocKind, DocPath, GroupHandle, UserId};
 
 use super::IndexDoc;
 use crate::store::{Db, StoreError};
@@ -40,21 +42,24 @@ pub(super) fn fill(db: &Db, put: &mut dyn FnMut(IndexDoc)) -> Result<u64, StoreE
             }
         }
     }
-    // The library, folder by folder (depth is bounded by the path's length).
+    // The library, folder by folder (depth is bounded by the path's length); each
+    // uploader's name is read once.
+    let mut names: HashMap<UserId, String> = HashMap::new();
     let mut folders = vec![DocPath::root()];
     while let Some(folder) = folders.pop() {
         for entry in db.doc_children(&folder, usize::MAX)? {
             match entry.kind {
                 DocKind::Folder => folders.push(entry.path),
                 DocKind::Document { .. } => {
-                    let name = db
-                        .user(&entry.updated_by)?
-                        .map(|u| u.name)
-                        .unwrap_or_default();
+                    if !names.contains_key(&entry.updated_by) {
+                        let name = db.user(&entry.updated_by)?.map(|u| u.name);
+                        names.insert(entry.updated_by.clone(), name.unwrap_or_default());
+                    }
+                    let name = names.get(&entry.updated_by).map_or("", String::as_str);
                     put(IndexDoc::document(
                         &entry.path,
                         &entry.updated_by,
-                        &name,
+                        name,
                         entry.updated_ms,
                     ));
                     count += 1;
