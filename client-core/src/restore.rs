@@ -9,9 +9,18 @@
 //! announced in a `warning` row, own public posts sent again), so that the server's new
 //! posts are fetched instead of being mistaken for ones already held.
 //!
-//! The decision is [`fork_evidence`] and [`fork_point`], plain functions over the entries
-//! and marks; the requests around them are in [`Client::fork_start`].
+//! A server restored through `rathaus-server restore` (or one that noticed a reader ahead
+//! of its log) gives no seq twice: it continues each log in a new generation
+//! ([`rathaus_protocol::log`]). Then the entry at the cursor is simply missing and the
+//! next one is from a later generation ([`generation_moved_past`]); unless retention took
+//! everything up to the cursor, the server forgot what this device holds from where the
+//! server's older generation ends, and that part is set aside the same way.
+//!
+//! The decision is [`fork_evidence`], [`generation_moved_past`] and [`fork_point`], plain
+//! functions over the entries and marks; the requests around them are in
+//! [`Client::fork_start`].
 
+use rathaus_protocol::log::{first_seq, generation_of};
 use rathaus_protocol::{GroupHandle, LogEntry, Request, Response};
 
 use crate::error::{ClientError, Result};
@@ -65,6 +74,16 @@ pub(crate) fn fork_evidence(
         Some(held) if *held != mark_of(first) => Some(cursor - 1),
         _ => None,
     }
+}
+
+/// Whether a first page fetched from `cursor - 1` lacks the cursor's entry and goes on in
+/// a later generation than the cursor's: the server's data was restored since this
+/// device fetched, and it may have forgotten entries up to the cursor.
+pub(crate) fn generation_moved_past(cursor: u64, entries: &[LogEntry]) -> bool {
+    cursor > 0
+        && entries
+            .first()
+            .is_some_and(|e| e.seq > cursor && generation_of(e.seq) > generation_of(cursor))
 }
 
 /// Where one step of looking back ends: `Some(seq)` is the first seq of the fork (the
@@ -142,6 +161,21 @@ impl Client {
         Ok(hi + 1)
     }
 
+    /// Whether the server holds an entry of `group` in the generation of `cursor`, below it.
+    async fn holds_entry_below(&mut self, group: &GroupHandle, cursor: u64) -> Result<bool> {
+        let request = Request::Fetch {
+            group: group.clone(),
+            since: first_seq(generation_of(cursor)) - 1,
+            limit: 1,
+        };
+        match self.request(&request).await? {
+            Response::Entries { entries, .. } => {
+                Ok(entries.first().is_some_and(|e| e.seq < cursor))
+            }
+            _ => Err(ClientError::UnexpectedResponse("Fetch")),
+        }
+    }
+
     /// Checks a first page fetched from `cursor - 1` for a fork and sets this device's
     /// branch aside if there is one. Returns whether it did (the cursor moved back).
     pub(crate) async fn settle_fork(
@@ -162,8 +196,18 @@ impl Client {
         } else {
             self.store.row_mark(&handle, cursor)?
         };
-        let Some(shared_at_most) = fork_evidence(cursor, entries, head, held.as_ref()) else {
-            return Ok(false);
+        let shared_at_most = match fork_evidence(cursor, entries, head, held.as_ref()) {
+            Some(shared) => shared,
+            None if generation_moved_past(cursor, entries) => {
+                // Retention removes the oldest entries first: if the server still holds
+                // one of the cursor's generation below it, the cursor's entry was
+                // forgotten, not removed.
+                if !self.holds_entry_below(group, cursor).await? {
+                    return Ok(false);
+                }
+                cursor - 1
+            }
+            None => return Ok(false),
         };
         let start = self.fork_start(group, shared_at_most).await?;
         if secret {
@@ -252,5 +296,24 @@ mod tests {
             None,
             "the cursor's entry removed by retention proves nothing"
         );
+        // A restored server continues in the next generation.
+        let next = rathaus_protocol::log::first_seq(1);
+        assert!(generation_moved_past(5, &[entry(next, "P2", 70)]));
+        assert!(!generation_moved_past(
+            5,
+            &[entry(5, "P1", 50), entry(next, "P2", 70)]
+        ));
+        assert!(
+            !generation_moved_past(5, &[entry(7, "P2", 70)]),
+            "retention"
+        );
+        assert!(
+            !generation_moved_past(0, &[entry(next, "P2", 70)]),
+            "nothing held"
+        );
+        assert!(!generation_moved_past(
+            next + 3,
+            &[entry(next + 5, "P2", 70)]
+        ));
     }
 }

@@ -32,6 +32,7 @@ pub mod fingerprint;
 pub mod frame;
 pub mod ids;
 pub mod limits;
+pub mod log;
 pub mod messages;
 pub mod mls;
 

@@ -213,7 +213,23 @@ pub fn verify(file: &Path) -> Result<Manifest, ServerError> {
 
 /// Rebuilds a data directory from a backup, after verifying it. `data_dir` must not exist
 /// or be empty.
+///
+/// The backup is older than what the server's clients may have seen: every log of the
+/// restored server continues in the next generation (`rathaus_protocol::log`), so that no
+/// seq a client holds is given to another entry.
 pub fn restore(from: &Path, data_dir: &Path) -> Result<Manifest, ServerError> {
+    let manifest = rebuild(from, data_dir)?;
+    let db = Db::new(Arc::new(SledStore::open(&DataDir::new(data_dir).db())?));
+    let generation = db.log_generation()? + 1;
+    let mut w = crate::store::Writes::new();
+    w.put_log_generation(generation)?;
+    db.apply(w)?;
+    db.store().flush_blocking()?;
+    Ok(manifest)
+}
+
+/// [`restore`]'s rebuild of the data directory, records as they were.
+fn rebuild(from: &Path, data_dir: &Path) -> Result<Manifest, ServerError> {
     let manifest = verify(from)?;
     if data_dir.exists() {
         let empty = std::fs::read_dir(data_dir)
@@ -319,7 +335,7 @@ pub fn compact(data_dir: &Path) -> Result<Manifest, ServerError> {
                 "the server is running; stop it before compacting its database".into(),
             ));
         }
-        restore(&archive, &fresh)?;
+        rebuild(&archive, &fresh)?;
         let io = |what: String| move |e| ServerError::io(what, e);
         // Everything but the database itself (e.g. stored files) moves over as it is. The
         // search index is derived from the records and keeps removed posts' words in its

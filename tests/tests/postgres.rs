@@ -71,6 +71,22 @@ fn two_processes_on_one_database_cannot_take_one_seq_skip_one_or_commit_an_epoch
         "nothing of the refused writes was stored"
     );
 
+    // A restored server continues in the next generation: its first seq may follow any
+    // lower head, and nothing of the older generation may follow it.
+    let next = rathaus_protocol::log::first_seq(1);
+    let skip = append(&a, &bau, next + 1, &entry("P1", 5, "mitten hinein"));
+    assert!(matches!(skip, Err(StoreError::Conflict(_))), "{skip:?}");
+    append(&a, &bau, next, &entry("P1", 3, "neue Generation")).unwrap();
+    let old = append(&b, &bau, 3, &entry("P2", 4, "alte Generation"));
+    assert!(matches!(old, Err(StoreError::Conflict(_))), "{old:?}");
+    let again = append(&b, &bau, next, &entry("P2", 4, "noch einmal"));
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    append(&b, &bau, next + 1, &entry("P2", 4, "weiter")).unwrap();
+    let fresh = GroupHandle::parse("kaemmerei").unwrap();
+    append(&b, &fresh, next, &entry("P2", 6, "neu begonnen")).unwrap();
+    assert_eq!(a.head(&bau).unwrap(), next + 1);
+    assert_eq!(a.head(&fresh).unwrap(), next);
+
     let secret = GroupHandle::parse("bauamt/secret").unwrap();
     let mut w = Writes::new();
     w.claim_epoch(&secret, 1, 7).unwrap();

@@ -136,16 +136,35 @@ pub(crate) fn cut_fork(
     requeue_own: bool,
     now_ms: i64,
 ) -> Result<ForkCut> {
+    cut_range(conn, group, from, None, requeue_own, now_ms)
+}
+
+/// [`cut_fork`] of the seqs `from..until` only (`None`: no end).
+fn cut_range(
+    conn: &Connection,
+    group: &str,
+    from: u64,
+    until: Option<u64>,
+    requeue_own: bool,
+    now_ms: i64,
+) -> Result<ForkCut> {
     let from = from.max(1);
     let from_i = to_i64(from);
+    let until_i = until.map_or(i64::MAX, to_i64);
     let listed: Vec<(i64, String, String)> = conn
         .prepare_cached(
             "SELECT seq, sender_name, text FROM timeline
-             WHERE grp = ?1 AND seq >= ?2 AND kind NOT IN ('mls', 'warning', 'membership')
+             WHERE grp = ?1 AND seq >= ?2 AND seq < ?4
+               AND kind NOT IN ('mls', 'warning', 'membership')
              ORDER BY seq LIMIT ?3",
         )?
         .query_map(
-            params![group, from_i, i64::try_from(NOTICE_LISTS).unwrap_or(5)],
+            params![
+                group,
+                from_i,
+                i64::try_from(NOTICE_LISTS).unwrap_or(5),
+                until_i
+            ],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?
         .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -153,28 +172,28 @@ pub(crate) fn cut_fork(
         "INSERT INTO forked_rows
          (grp, seq, sender, sender_name, sent_at_ms, kind, text, forked_ms)
          SELECT grp, seq, sender, sender_name, sent_at_ms, kind, text, ?3
-         FROM timeline WHERE grp = ?1 AND seq >= ?2",
-        params![group, from_i, now_ms],
+         FROM timeline WHERE grp = ?1 AND seq >= ?2 AND seq < ?4",
+        params![group, from_i, now_ms, until_i],
     )?;
     conn.execute(
-        "DELETE FROM timeline WHERE grp = ?1 AND seq >= ?2",
-        params![group, from_i],
+        "DELETE FROM timeline WHERE grp = ?1 AND seq >= ?2 AND seq < ?3",
+        params![group, from_i, until_i],
     )?;
     // Entries this device wrote are skipped when fetched back; the seqs from `from` on
     // now belong to other entries.
     conn.execute(
-        "DELETE FROM mls_own_entries WHERE grp = ?1 AND seq >= ?2",
-        params![group, from_i],
+        "DELETE FROM mls_own_entries WHERE grp = ?1 AND seq >= ?2 AND seq < ?3",
+        params![group, from_i, until_i],
     )?;
     conn.execute(
-        "UPDATE trust_notices SET seq = ?2 - 1 WHERE grp = ?1 AND seq >= ?2",
-        params![group, from_i],
+        "UPDATE trust_notices SET seq = ?2 - 1 WHERE grp = ?1 AND seq >= ?2 AND seq < ?3",
+        params![group, from_i, until_i],
     )?;
     let requeued = if requeue_own {
         conn.execute(
             "UPDATE outbox SET state = 'queued', seq = NULL, attempts = 0, failure = NULL
-             WHERE grp = ?1 AND state = 'acked' AND seq >= ?2 AND failure IS NULL",
-            params![group, from_i],
+             WHERE grp = ?1 AND state = 'acked' AND seq >= ?2 AND seq < ?3 AND failure IS NULL",
+            params![group, from_i, until_i],
         )?
     } else {
         0
@@ -189,16 +208,28 @@ pub(crate) fn cut_fork(
         params![group, from_i - 1],
     )?;
     let cut = ForkCut { rows, requeued };
-    let text = notice_text(from, &cut, &listed);
+    let text = notice_text(from, until, &cut, &listed);
     crate::trust::add_notice(conn, group, from - 1, now_ms, "warning", &text)?;
     Ok(cut)
 }
 
-fn notice_text(from: u64, cut: &ForkCut, listed: &[(i64, String, String)]) -> String {
-    let mut text = format!(
-        "The server's history of this group ends before #{from}: it was restored from an \
-         older copy. From #{from} on, the numbers belong to the server's new posts."
-    );
+fn notice_text(
+    from: u64,
+    until: Option<u64>,
+    cut: &ForkCut,
+    listed: &[(i64, String, String)],
+) -> String {
+    let mut text = match until {
+        None => format!(
+            "The server's history of this group ends before #{from}: it was restored from \
+             an older copy. From #{from} on, the numbers belong to the server's new posts."
+        ),
+        Some(until) => format!(
+            "The server's history of this group lacks #{from} to #{}: it was restored from \
+             an older copy and forgot them. Its new posts are numbered from #{until} on.",
+            until - 1
+        ),
+    };
     if cut.rows > 0 {
         text.push_str(&format!(
             " {} entr{} this device had shown from #{from} on {} no longer on the server; \
@@ -227,6 +258,42 @@ fn notice_text(from: u64, cut: &ForkCut, listed: &[(i64, String, String)]) -> St
         ));
     }
     text
+}
+
+/// If the row about to be stored, at `seq`, follows `prev` (the entry fetched before it,
+/// or the cursor) in a later generation of the log (`rathaus_protocol::log`), rows this
+/// device holds between the two are entries the restored server forgot: within a
+/// generation a log has no gaps, and retention removes the oldest entries, never one
+/// between two it keeps. Sets those rows aside (and nothing else).
+pub(crate) fn cut_if_skipped(
+    conn: &Connection,
+    group: &str,
+    prev: u64,
+    seq: u64,
+    requeue_own: bool,
+    now_ms: i64,
+) -> Result<Option<ForkCut>> {
+    use rathaus_protocol::log::generation_of;
+    if generation_of(seq) <= generation_of(prev) {
+        return Ok(None);
+    }
+    let first: Option<i64> = conn
+        .prepare_cached(
+            "SELECT min(seq) FROM timeline
+             WHERE grp = ?1 AND seq > ?2 AND seq < ?3 AND kind NOT IN ('warning', 'membership')",
+        )?
+        .query_row(params![group, to_i64(prev), to_i64(seq)], |r| r.get(0))?;
+    match first {
+        Some(first) => Ok(Some(cut_range(
+            conn,
+            group,
+            to_u64(first),
+            Some(seq),
+            requeue_own,
+            now_ms,
+        )?)),
+        None => Ok(None),
+    }
 }
 
 /// If the row about to be stored takes a seq this device already holds for a different
@@ -319,5 +386,55 @@ mod tests {
         assert!(cut_if_taken(&s.db, "bauamt", 4, &other, true, 100)
             .unwrap()
             .is_some());
+    }
+
+    #[test]
+    fn rows_a_new_generation_skips_are_set_aside_and_nothing_else() {
+        use rathaus_protocol::log::first_seq;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ProfileStore::open(dir.path()).unwrap();
+        s.append_fetched("bauamt", &[row(1, "P1", 10, "post 1")], 1)
+            .unwrap();
+        // Own posts acknowledged at #2 and #3, never fetched; the restored server
+        // forgot them and goes on in the next generation.
+        for i in 2..=3 {
+            s.append_fetched("bauamt", &[row(i, "P1", 20, &format!("eigen {i}"))], 1)
+                .unwrap();
+        }
+        let next = first_seq(1);
+        s.append_fetched(
+            "bauamt",
+            &[row(1, "P1", 10, "post 1"), row(next, "P2", 30, "neu")],
+            next,
+        )
+        .unwrap();
+        let timeline = s.timeline("bauamt").unwrap();
+        let seqs: Vec<_> = timeline
+            .iter()
+            .filter(|r| r.kind == "text")
+            .map(|r| (r.seq, r.text.as_str()))
+            .collect();
+        assert_eq!(seqs, [(1, "post 1"), (next, "neu")]);
+        let notice = timeline.iter().find(|r| r.kind == "warning").unwrap();
+        assert!(
+            notice.text.contains("lacks #2") && notice.text.contains("eigen 3"),
+            "{}",
+            notice.text
+        );
+        assert_eq!(s.cursor("bauamt").unwrap(), next);
+
+        // Within a generation a gap is not a loss (nothing is cut), nor is the next
+        // generation without rows in between.
+        assert!(cut_if_skipped(&s.db, "bauamt", next, next + 2, true, 1)
+            .unwrap()
+            .is_none());
+        s.append_fetched("bauamt", &[row(next + 1, "P2", 40, "weiter")], next + 1)
+            .unwrap();
+        assert!(
+            cut_if_skipped(&s.db, "bauamt", next + 1, first_seq(2), true, 1)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(s.timeline("bauamt").unwrap().len(), 4);
     }
 }

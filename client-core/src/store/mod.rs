@@ -192,9 +192,18 @@ impl ProfileStore {
             let requeue_own =
                 rathaus_protocol::GroupHandle::parse(group).is_ok_and(|g| !g.is_secret());
             let now = crate::time_fmt::now_ms();
+            let mut prev: Option<u64> = tx
+                .prepare_cached("SELECT seq FROM cursors WHERE grp = ?1")?
+                .query_row([group], |r| r.get::<_, i64>(0))
+                .optional()?
+                .map(to_u64);
             for row in rows {
+                if let Some(prev) = prev.filter(|_| requeue_own) {
+                    fork::cut_if_skipped(&tx, group, prev, row.seq, requeue_own, now)?;
+                }
                 fork::cut_if_taken(&tx, group, row.seq, &row.mark(), requeue_own, now)?;
                 insert_row(&tx, row)?;
+                prev = Some(row.seq);
             }
             tx.prepare_cached(
                 "INSERT INTO cursors(grp, seq) VALUES (?1, ?2)

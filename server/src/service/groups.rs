@@ -1,9 +1,11 @@
 //! Groups and their logs: listing, posting, fetching, members.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
 use rathaus_protocol::limits::{MAX_CONTROL_FRAME, MAX_FETCH};
+use rathaus_protocol::log;
 use rathaus_protocol::{
     frame, ClientMsgId, DepartmentSlug, EntryBody, ErrorCode, Event, GroupHandle, GroupKind,
     GroupSummary, MemberInfo, PostBody, Response, Role,
@@ -249,13 +251,56 @@ impl Service {
         })
     }
 
-    /// The seq the next entry of `group` gets. Call with the log lock held.
+    /// The seq the next entry of `group` gets: the one after its head, or the first of
+    /// the data's generation if the head is from an earlier one (see
+    /// [`rathaus_protocol::log`]). Call with the log lock held.
     pub(super) fn next_seq(
         &self,
         heads: &HashMap<GroupHandle, Heads>,
         group: &GroupHandle,
     ) -> Result<u64, Refusal> {
-        Ok(self.written_head(heads, group)? + 1)
+        let generation = self.log_generation.load(Ordering::SeqCst);
+        Ok(log::next_seq(self.written_head(heads, group)?, generation))
+    }
+
+    /// A reader asking for the entries of `group` after `since` holds them up to at least
+    /// `since + 1`. If the seq the log would give next is among those, this server has
+    /// forgotten entries its readers have shown: its data was put back to an older copy
+    /// (copied back by hand rather than through `restore`, which moves the generation on
+    /// itself). From then on every log continues in the next generation, so none of the
+    /// numbers readers may hold is given to a new entry. At most once per run: a restore
+    /// happens before a start, and no peer can move the generation on at will.
+    pub(super) fn notice_reader_ahead(
+        &self,
+        group: &GroupHandle,
+        since: u64,
+    ) -> Result<(), Refusal> {
+        if since == 0 || self.generation_moved.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let heads = self.log_lock();
+        let generation = self.log_generation.load(Ordering::SeqCst);
+        let head = self.written_head(&heads, group)?;
+        if log::next_seq(head, generation) > since.saturating_add(1)
+            || self.generation_moved.swap(true, Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        let next = generation.max(self.db.log_generation()?) + 1;
+        let mut w = Writes::new();
+        w.put_log_generation(next)?;
+        self.db.apply(w)?;
+        self.log_generation.store(next, Ordering::SeqCst);
+        drop(heads);
+        tracing::warn!(
+            group = %group,
+            head,
+            reader_since = since,
+            generation = next,
+            "a reader holds entries beyond the log's head: this server's data is older than \
+             what its clients have seen; every log continues in a new generation"
+        );
+        Ok(())
     }
 
     /// The last seq of `group` allocated so far. Call with the log lock held. On a store
@@ -418,6 +463,7 @@ impl Service {
         since: u64,
         limit: u32,
     ) -> Result<Response, Refusal> {
+        let asked_since = since;
         let since = if group.is_secret() {
             // Only devices in the group read it, and a joiner nothing from before it
             // joined (DESIGN §5).
@@ -435,6 +481,8 @@ impl Service {
             self.ensure_readable(&group)?;
             since
         };
+        // What the reader asked for, not where a joiner's reading begins.
+        self.notice_reader_ahead(&group, asked_since)?;
         let limit = limit.min(MAX_FETCH) as usize;
         let head = self.head(&group)?;
         let mut entries = Vec::new();

@@ -91,6 +91,11 @@ pub struct Service {
     /// Held while seqs are allocated, duplicates checked and entries inserted, so those
     /// three are atomic; the value caches each group's heads. Never held across a flush.
     log: Mutex<HashMap<GroupHandle, Heads>>,
+    /// The generation new log entries are numbered in (`rathaus_protocol::log`); changed
+    /// only while `log` is held.
+    log_generation: std::sync::atomic::AtomicU64,
+    /// Whether this run moved `log_generation` on already (see `notice_reader_ahead`).
+    generation_moved: std::sync::atomic::AtomicBool,
     /// Posts queued for storage but not yet applied, so that a retry arriving meanwhile
     /// is recognised as a duplicate; taken only while `log` is held, or alone.
     in_flight: Mutex<HashMap<InFlightKey, InFlight>>,
@@ -284,6 +289,7 @@ impl Service {
                 "indexed personnel numbers for matching in any case"
             );
         }
+        let log_generation = db.log_generation()?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let mut throttle = Throttle::new(policy);
         throttle.restore(attempts::stored_counters(&db)?, clock.now_ms());
@@ -295,6 +301,8 @@ impl Service {
             throttle_counters: attempts::ThrottleCounters::default(),
             argon2: attempts::Argon2Pool::new(attempts::argon2_slots()),
             log: Mutex::new(HashMap::new()),
+            log_generation: std::sync::atomic::AtomicU64::new(log_generation),
+            generation_moved: std::sync::atomic::AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             directory: Mutex::new(()),
             durability: Durability::default(),

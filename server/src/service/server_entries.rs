@@ -41,7 +41,7 @@ impl Service {
     ) -> Result<Appended, Refusal> {
         let mut heads = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         let head = self.written_head(&heads, group)?;
-        let seq = head + 1;
+        let seq = self.next_seq(&heads, group)?;
         let (entry, mut w, audit) = build(seq)?;
         w.put_entry(group, seq, &entry)?;
         self.db.apply(w)?;

@@ -231,6 +231,88 @@ async fn fetch_is_incremental_and_capped() {
     assert_eq!(head, 5);
 }
 
+/// A colleague asking for entries after the head (as one who saw posts the server has
+/// forgotten would) moves every log on to the next generation, once: no peer can push
+/// the numbering further by asking again.
+#[tokio::test]
+async fn a_reader_ahead_of_the_log_moves_the_generation_on_once() {
+    use rathaus_protocol::log::first_seq;
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    add_bauamt(&f, &[]).await.unwrap();
+    let posted = |r: Response| match r {
+        Response::Posted { seq, .. } => seq,
+        other => panic!("unexpected {other:?}"),
+    };
+    let first = posted(
+        f.service
+            .handle(&anna, post(bauamt(), 1, "a"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(first, 1);
+    let fetch = |since| Request::Fetch {
+        group: bauamt(),
+        since,
+        limit: 10,
+    };
+    // A reader behind or at the head changes nothing.
+    f.service.handle(&anna, fetch(0)).await.unwrap();
+    assert_eq!(
+        posted(
+            f.service
+                .handle(&anna, post(bauamt(), 2, "b"))
+                .await
+                .unwrap()
+        ),
+        2
+    );
+    f.service.handle(&anna, fetch(1)).await.unwrap();
+    assert_eq!(
+        posted(
+            f.service
+                .handle(&anna, post(bauamt(), 3, "c"))
+                .await
+                .unwrap()
+        ),
+        3
+    );
+    // One ahead: the next entry starts the next generation, in this and every log.
+    f.service.handle(&anna, fetch(3)).await.unwrap();
+    f.service.handle(&anna, fetch(u64::MAX - 1)).await.unwrap();
+    assert_eq!(
+        posted(
+            f.service
+                .handle(&anna, post(bauamt(), 4, "d"))
+                .await
+                .unwrap()
+        ),
+        first_seq(1)
+    );
+    assert_eq!(f.service.db().log_generation().unwrap(), 1);
+    f.service.handle(&anna, fetch(u64::MAX - 1)).await.unwrap();
+    assert_eq!(
+        posted(
+            f.service
+                .handle(&anna, post(bauamt(), 5, "e"))
+                .await
+                .unwrap()
+        ),
+        first_seq(1) + 1
+    );
+    assert_eq!(f.service.db().log_generation().unwrap(), 1, "once");
+    // Both generations read as one log.
+    let Response::Entries { entries, head, .. } = f.service.handle(&anna, fetch(0)).await.unwrap()
+    else {
+        panic!("expected Entries");
+    };
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, first_seq(1), first_seq(1) + 1]
+    );
+    assert_eq!(head, first_seq(1) + 1);
+}
+
 #[tokio::test]
 async fn admin_requests_are_forbidden_to_members() {
     let f = Fixture::new().await;

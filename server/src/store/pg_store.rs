@@ -332,7 +332,14 @@ impl Plan {
                     plan.insert.1.push(v.clone());
                     if let Some((grp, seq)) = log_position(key) {
                         match appended.get_mut(grp) {
-                            Some((_, prev)) if *prev + 1 == seq => *prev = seq,
+                            Some((_, prev))
+                                if rathaus_protocol::log::follows(
+                                    u64::try_from(*prev).unwrap_or(u64::MAX),
+                                    u64::try_from(seq).unwrap_or(0),
+                                ) =>
+                            {
+                                *prev = seq
+                            }
                             Some((_, prev)) => {
                                 return Err(StoreError::Conflict(format!(
                                     "seq {seq} appended after {prev} in one write"
@@ -369,23 +376,35 @@ impl Plan {
         let mut client = pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(pg)?;
         if !self.heads.0.is_empty() {
-            // Moves each group's head from first-1 to last; a group whose head is
-            // elsewhere (another writer came first) is not returned.
+            // Moves each group's head from first-1 to last, or from below first to last
+            // where first begins a generation (rathaus_protocol::log); a group whose head
+            // is elsewhere (another writer came first) is not returned.
             let statement = tx
                 .prepare_cached(
                     "WITH want (grp, first, last) AS (
                         SELECT * FROM unnest($1::bytea[], $2::int8[], $3::int8[]))
                      INSERT INTO log_head (grp, head)
                      SELECT grp, last FROM want
-                      WHERE first = 1 OR EXISTS (SELECT 1 FROM log_head h WHERE h.grp = want.grp)
+                      WHERE (first - 1) % $4 = 0
+                         OR EXISTS (SELECT 1 FROM log_head h WHERE h.grp = want.grp)
                      ON CONFLICT (grp) DO UPDATE SET head = EXCLUDED.head
-                      WHERE log_head.head = (SELECT w.first - 1 FROM want w WHERE w.grp = log_head.grp)
+                      WHERE EXISTS (SELECT 1 FROM want w WHERE w.grp = log_head.grp
+                         AND (log_head.head = w.first - 1
+                              OR ((w.first - 1) % $4 = 0 AND log_head.head < w.first)))
                      RETURNING grp",
                 )
                 .await
                 .map_err(pg)?;
             let moved = tx
-                .query(&statement, &[&self.heads.0, &self.heads.1, &self.heads.2])
+                .query(
+                    &statement,
+                    &[
+                        &self.heads.0,
+                        &self.heads.1,
+                        &self.heads.2,
+                        &to_i64(rathaus_protocol::log::GENERATION_SPAN)?,
+                    ],
+                )
                 .await
                 .map_err(pg)?;
             if moved.len() != self.heads.0.len() {

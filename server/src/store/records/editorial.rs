@@ -11,6 +11,7 @@
 //! | `retention/<group>` | [`RetentionRecord`] |
 //! | `floor/<group>` | seq (u64): every entry up to it was deleted by retention |
 //! | `counter/announcement` | the last announcement id handed out (u64) |
+//! | `counter/log_generation` | the generation new log entries are numbered in (u64, see [`rathaus_protocol::log`]) |
 
 use rathaus_protocol::{AnnouncementState, AuditEntry, GroupHandle, UserId};
 use serde::{Deserialize, Serialize};
@@ -135,6 +136,12 @@ impl Db {
         Ok(self.get(&floor_key(group))?.unwrap_or(0))
     }
 
+    /// The generation new log entries are numbered in: 0 until the data is put back to
+    /// an older copy (a restore), then one more each time.
+    pub fn log_generation(&self) -> Result<u64, StoreError> {
+        Ok(self.get(LOG_GENERATION)?.unwrap_or(0))
+    }
+
     /// The entry `seq` of `group`.
     pub fn entry(&self, group: &GroupHandle, seq: u64) -> Result<Option<StoredEntry>, StoreError> {
         self.get(&log_key(group, seq))
@@ -212,6 +219,13 @@ impl Writes {
         self
     }
 
+    /// Records that new log entries are numbered in `generation`.
+    pub fn put_log_generation(&mut self, generation: u64) -> Result<&mut Self, StoreError> {
+        self.batch
+            .put(LOG_GENERATION.to_vec(), encode(&generation)?);
+        Ok(self)
+    }
+
     /// Records that every entry of `group` up to `seq` was deleted.
     pub fn put_log_floor(
         &mut self,
@@ -229,6 +243,7 @@ const AUDIT: &[u8] = b"audit/";
 const RETENTION: &[u8] = b"retention/";
 const FLOOR: &[u8] = b"floor/";
 const ANNOUNCEMENT_COUNTER: &[u8] = b"counter/announcement";
+const LOG_GENERATION: &[u8] = b"counter/log_generation";
 
 fn announcement_key(id: u64) -> Vec<u8> {
     key(ANN, &[&id.to_be_bytes()])
