@@ -97,6 +97,11 @@ pub enum ClientError {
     /// This device is not (yet) a member of the secret group.
     #[error("{0}")]
     NotMember(String),
+    /// This device is behind the secret group and the changes in between are gone from
+    /// the server (it was restored from an older copy): it cannot read or write there
+    /// until it is admitted again.
+    #[error("{0}")]
+    MissedChanges(String),
     /// The file is larger than the server accepts; nothing was sent.
     #[error("the file has {size} bytes, too large for this server: {message}")]
     TooLarge {
@@ -147,6 +152,7 @@ impl ClientError {
             ClientError::Mls(_) => "SecretGroupState",
             ClientError::NotOwner(_) => "NotOwner",
             ClientError::NotMember(_) => "NotMember",
+            ClientError::MissedChanges(_) => "MissedChanges",
             ClientError::Io { .. } => "LocalFile",
         }
     }

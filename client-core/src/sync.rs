@@ -154,6 +154,11 @@ impl Client {
         // Older queued messages go first, so order is kept.
         let report = self.flush_outbox().await?;
         if let Some(failure) = report.failed.iter().find(|f| f.client_id == client_id) {
+            if failure.code.is_none() && group.is_secret() {
+                if let Some(missed) = self.missed_lost_changes(group).await? {
+                    return Err(missed);
+                }
+            }
             return Err(match failure.code {
                 Some(code) => ClientError::Server {
                     code,
@@ -273,7 +278,13 @@ impl Client {
                     }
                 }
                 Ok(_) => return Err(ClientError::UnexpectedResponse("Post")),
-                Err(e) if is_permanent(&e) || matches!(e, ClientError::NotMember(_)) => {
+                Err(e)
+                    if is_permanent(&e)
+                        || matches!(
+                            e,
+                            ClientError::NotMember(_) | ClientError::MissedChanges(_)
+                        ) =>
+                {
                     let (code, reason) = match &e {
                         ClientError::Server { code, message } => (Some(*code), message.clone()),
                         other => (None, other.to_string()),

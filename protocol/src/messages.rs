@@ -956,7 +956,9 @@ pub struct SecretGroupInfo {
     pub members: Vec<(UserId, DeviceId)>,
     /// The server's removal key, the only entry of `external_senders`.
     pub removal_key: [u8; 32],
-    /// Revoked devices of rostered users still in the MLS group: their removal is due.
+    /// Revoked devices of rostered users: those still in the MLS group are due for
+    /// removal, and a member processing a removal proposal after it was committed still
+    /// finds the device here.
     pub revoked: Vec<(UserId, DeviceId)>,
     /// Number of entries in the group's log.
     pub head: u64,

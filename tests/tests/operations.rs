@@ -1026,3 +1026,126 @@ async fn a_copy_put_back_by_hand_moves_on_once_a_reader_is_ahead() {
     );
     backend.stop().await;
 }
+
+/// After a restore an owner repairs the secret group from its own state, but a member who
+/// had not yet processed the lost commit cannot catch up: the commit is gone. Their device
+/// says so (a `MissedChanges` error naming the way back, a warning), instead of failing
+/// with `StaleEpoch` for good, and the way back works: the administrator resets the
+/// member's devices, the old device's leaf is removed, the member enrolls again and an
+/// owner admits the new device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_missed_lost_changes_is_told_and_can_be_admitted_again() {
+    if rathaus_tests::skip_on_postgres("an older copy of the data directory put back") {
+        return;
+    }
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
+    let secret = group("bauamt/secret");
+    anna.send_text(&secret, "vor der Kopie").await.unwrap();
+    within("jonas sync", jonas.sync()).await.unwrap().unwrap();
+    let paul_code = backend
+        .provision(&mut admin, "P1004", "Paul Schmidt", &["bauamt"], &[])
+        .await
+        .unwrap();
+    let mut paul = backend.enroll("P1004", &paul_code).await.unwrap();
+    within("paul sync", paul.sync()).await.unwrap().unwrap();
+    for c in [&mut admin, &mut anna, &mut jonas, &mut paul] {
+        c.disconnect().await;
+    }
+    backend.stop().await;
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&backend.data_dir(), copy.path());
+    backend.run().await.unwrap();
+
+    // After the copy Paul is admitted; Jonas does not sync before the copy is put back.
+    backend.clock.advance(Duration::from_secs(5));
+    within("approve", anna.approve(&secret, &uid("P1004")))
+        .await
+        .unwrap()
+        .unwrap();
+    within("paul joins", paul.sync()).await.unwrap().unwrap();
+    for c in [&mut admin, &mut anna, &mut jonas, &mut paul] {
+        c.disconnect().await;
+    }
+    backend.stop().await;
+    std::fs::remove_dir_all(backend.data_dir()).unwrap();
+    copy_dir(copy.path(), &backend.data_dir());
+    backend.run().await.unwrap();
+    backend.clock.advance(Duration::from_secs(5));
+
+    // Anna, the owner, repairs the server's copy on her way.
+    within("anna sends", anna.send_text(&secret, "nach der Reparatur"))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Jonas is stuck behind the lost commit, and told so.
+    let refused = within("jonas sends", jonas.send_text(&secret, "von Jonas"))
+        .await
+        .unwrap();
+    match &refused {
+        Err(e @ rathaus_client::ClientError::MissedChanges(text)) => {
+            assert_eq!(e.code_name(), "MissedChanges");
+            assert!(
+                text.contains("rathaus admin user reset P1002")
+                    && text.contains("rathaus approve bauamt/secret P1002"),
+                "{text}"
+            );
+        }
+        other => panic!("expected MissedChanges: {other:?}"),
+    }
+    let rows = texts(&jonas.read(&secret).await.unwrap());
+    assert!(
+        rows.iter()
+            .any(|(_, k, t)| k == "warning" && t.contains("missed changes")),
+        "{rows:?}"
+    );
+
+    // The way back: reset, the old leaf removed, enroll again, admitted by Anna.
+    let (code, _) = admin.admin_reset_user(uid("P1002")).await.unwrap();
+    jonas.disconnect().await;
+    let mut removed = false;
+    for _ in 0..100 {
+        within("anna sync", anna.sync()).await.unwrap().unwrap();
+        let rows = anna.read(&secret).await.unwrap();
+        if rows.iter().any(|r| {
+            r.kind == "membership" && r.text.contains("removed Jonas Weber (P1002, device")
+        }) {
+            removed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(removed, "the old device's leaf is removed");
+    let mut phone = backend.enroll("P1002", &code).await.unwrap();
+    within("phone syncs", phone.sync()).await.unwrap().unwrap();
+    let approval = within("approve again", anna.approve(&secret, &uid("P1002")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(approval, Approval::Added { devices: 1, .. }),
+        "{approval:?}"
+    );
+    anna.send_text(&secret, "willkommen zurück").await.unwrap();
+    let rows = texts(
+        &within("phone reads", phone.read(&secret))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert!(
+        rows.iter().any(|(_, _, t)| t.contains("willkommen zurück")),
+        "{rows:?}"
+    );
+    within("phone sends", phone.send_text(&secret, "wieder da"))
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = texts(&paul.read(&secret).await.unwrap());
+    assert!(
+        rows.iter().any(|(_, _, t)| t.contains("wieder da")),
+        "{rows:?}"
+    );
+    backend.stop().await;
+}

@@ -5,10 +5,17 @@
 //! tree, which hold no secrets); the server checks it as it checks a commit's tree and
 //! takes it over (`RepairSecretGroup`). Members' own states are untouched: they judged
 //! those commits when they processed them.
+//!
+//! A member who had not processed the lost commits yet stays behind for good: the commits
+//! that would bring its device to the group's epoch are gone. Its device says so
+//! ([`Client::missed_lost_changes`], a `MissedChanges` error and a warning) and what
+//! brings it back: the path of a lost phone (an administrator resets the user's devices,
+//! the server has the old device's leaf removed, the user enrolls again and an owner
+//! admits the new device).
 
 use rathaus_protocol::{GroupHandle, Request, Response};
 
-use super::mls_group_id;
+use super::{memory, mls_group_id};
 use crate::error::{ClientError, Result};
 use crate::Client;
 
@@ -54,5 +61,41 @@ impl Client {
         )?;
         tracing::warn!(group = %handle, server = info.epoch, mine, "repaired the server's copy");
         Ok(true)
+    }
+}
+
+impl Client {
+    /// After this device fetched everything the server has of `group`: if the server's
+    /// copy is at a later epoch than this device, the commits in between are lost (the
+    /// owner's device repaired the server's copy from its own state after a restore) and
+    /// this device cannot catch up. Returns the error to give the user, and warns once in
+    /// the group's timeline.
+    pub(crate) async fn missed_lost_changes(
+        &mut self,
+        group: &GroupHandle,
+    ) -> Result<Option<ClientError>> {
+        let gid = mls_group_id(group);
+        if !self.mls.has_group(&gid)? {
+            return Ok(None);
+        }
+        let info = self.secret_info(group).await?;
+        let mine = self.mls.epoch(&gid)?;
+        if info.epoch <= mine {
+            return Ok(None);
+        }
+        let me = self.identity.user.clone();
+        let text = format!(
+            "This device missed changes to {group} that the server no longer holds (it was \
+             restored from an older copy; this device is at epoch {mine}, the group at {}). \
+             It can no longer read or write there. To be admitted again: an administrator \
+             resets your devices (rathaus admin user reset {me}), you enroll again with the \
+             new code, and an owner approves you (rathaus approve {group} {me}).",
+            info.epoch
+        );
+        if memory::first_warning(self.mls.connection(), &gid, "missed-changes")? {
+            self.local_warning(group, &text)?;
+        }
+        tracing::warn!(group = %group, server = info.epoch, mine, "missed lost changes");
+        Ok(Some(ClientError::MissedChanges(text)))
     }
 }

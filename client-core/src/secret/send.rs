@@ -99,6 +99,11 @@ impl Client {
                 other => return other,
             }
         }
+        // Every retry found the server at a later epoch: unless others kept committing,
+        // the commits in between are lost to this device.
+        if let Some(missed) = self.missed_lost_changes(group).await? {
+            return Err(missed);
+        }
         Err(last.unwrap_or(ClientError::UnexpectedResponse("Post")))
     }
 

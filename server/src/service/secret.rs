@@ -69,7 +69,7 @@ impl Service {
                 .filter(|u| !members.iter().any(|(m, _)| m == *u))
                 .cloned()
                 .collect();
-            let revoked = self.revoked_in_tree(&roster, &members)?;
+            let revoked = self.revoked_of(&roster)?;
             out.push(SecretGroupInfo {
                 group_id: group_id(&group),
                 born: record.is_some(),
@@ -431,6 +431,25 @@ impl Service {
             GroupHandle::Room(slug) => self.db.room(slug)?,
             _ => None,
         })
+    }
+
+    /// Every revoked device of the rostered users, in the tree or not: members judge a
+    /// removal proposal by it, also one they process after another member committed it
+    /// (when the device has left the tree).
+    pub(super) fn revoked_of(&self, roster: &[UserId]) -> Result<Vec<Device>, Refusal> {
+        let mut out = Vec::new();
+        for user in roster {
+            if let Some(record) = self.db.user(user)? {
+                out.extend(
+                    record
+                        .devices
+                        .iter()
+                        .filter(|d| d.revoked)
+                        .map(|d| (user.clone(), d.id)),
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// The devices in the tree of rostered users that were revoked: their removal is due.
