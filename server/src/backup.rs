@@ -96,6 +96,16 @@ pub struct Member {
 /// Writes a backup of the server in `data_dir` to `to` (refused if `to` exists). The
 /// file appears only when complete (written beside it, then renamed).
 pub fn backup(data_dir: &Path, to: &Path) -> Result<Manifest, ServerError> {
+    backup_with_files(data_dir, None, to)
+}
+
+/// [`backup`] of a server whose blob directory is `files_dir` (`[files] dir`; `None`:
+/// `DIR/blobs`). A running server names its own blob directory, which then wins.
+pub fn backup_with_files(
+    data_dir: &Path,
+    files_dir: Option<&Path>,
+    to: &Path,
+) -> Result<Manifest, ServerError> {
     let dir = DataDir::new(data_dir);
     let config = dir.read_config()?;
     if config.store.is_some() {
@@ -113,7 +123,7 @@ pub fn backup(data_dir: &Path, to: &Path) -> Result<Manifest, ServerError> {
         )));
     }
     let partial = partial_path(to);
-    let result = write_archive(&dir, &config.org, &partial);
+    let result = write_archive(&dir, files_dir, &config.org, &partial);
     match result {
         Ok(manifest) => {
             std::fs::rename(&partial, to).map_err(|e| {
@@ -214,6 +224,16 @@ pub fn verify(file: &Path) -> Result<Manifest, ServerError> {
 /// Rebuilds a data directory from a backup, after verifying it. `data_dir` must not exist
 /// or be empty.
 pub fn restore(from: &Path, data_dir: &Path) -> Result<Manifest, ServerError> {
+    restore_with_files(from, data_dir, None)
+}
+
+/// [`restore`] with the files going to `files_dir` (the server's `[files] dir`; `None`:
+/// `DIR/blobs`).
+pub fn restore_with_files(
+    from: &Path,
+    data_dir: &Path,
+    files_dir: Option<&Path>,
+) -> Result<Manifest, ServerError> {
     let manifest = verify(from)?;
     if data_dir.exists() {
         let empty = std::fs::read_dir(data_dir)
@@ -246,7 +266,7 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<Manifest, ServerError> {
             if !is_blob_name(name) {
                 return Err(bad(from, &format!("unexpected member {path}")));
             }
-            let blobs = dir.blobs();
+            let blobs = files_dir.map_or_else(|| dir.blobs(), Path::to_path_buf);
             std::fs::create_dir_all(&blobs)
                 .map_err(|e| ServerError::io(format!("cannot create {}", blobs.display()), e))?;
             let target = blobs.join(name);
@@ -381,7 +401,12 @@ pub async fn admin_code(data_dir: &Path, user: &UserId) -> Result<AdminCode, Ser
     Ok(code)
 }
 
-fn write_archive(dir: &DataDir, org: &str, partial: &Path) -> Result<Manifest, ServerError> {
+fn write_archive(
+    dir: &DataDir,
+    files_dir: Option<&Path>,
+    org: &str,
+    partial: &Path,
+) -> Result<Manifest, ServerError> {
     let file = socket::create_private(partial)
         .map_err(|e| ServerError::io(format!("cannot create {}", partial.display()), e))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
@@ -408,8 +433,12 @@ fn write_archive(dir: &DataDir, org: &str, partial: &Path) -> Result<Manifest, S
     }
 
     let request = OpsRequest::Backup;
+    let mut blobs_dir = files_dir.map_or_else(|| dir.blobs(), Path::to_path_buf);
     let (online, records, next_id) = match socket::request(dir.root(), &request)? {
         Some((answer, mut stream)) => {
+            if let Some(served) = &answer.files_dir {
+                blobs_dir.clone_from(served);
+            }
             if !answer.ok {
                 return Err(ServerError::Invalid(format!(
                     "the running server refused the backup: {}",
@@ -457,7 +486,6 @@ fn write_archive(dir: &DataDir, org: &str, partial: &Path) -> Result<Manifest, S
 
     // Blobs are immutable and named by their hash; those of the snapshot's records were
     // durable before it was taken. One removed since then is simply not in the backup.
-    let blobs_dir = dir.blobs();
     if blobs_dir.exists() {
         let listing = std::fs::read_dir(&blobs_dir)
             .map_err(|e| ServerError::io(format!("cannot read {}", blobs_dir.display()), e))?;
