@@ -780,18 +780,21 @@ struct Prepared {
     bytes: Option<Vec<u8>>,
 }
 
+/// The chunks of an upload as [`read_ahead`] prepares them.
+type ChunksAhead = tokio::sync::mpsc::Receiver<Result<Prepared>>;
+
+/// The file's SHA-256 and that of its stored bytes, once [`read_ahead`] read it all.
+type FileHashes = tokio::task::JoinHandle<Option<([u8; 32], [u8; 32])>>;
+
+/// The `.part` file's SHA-256 and length, once [`write_behind`] wrote and synced it.
+type PartWritten = tokio::task::JoinHandle<Result<([u8; 32], u64)>>;
+
 /// Reads, hashes and seals the chunks of `source` in order on a blocking thread, up to
 /// [`WINDOW`] ahead of the upload, so that sealing and hashing overlap with the network
 /// and the server. `received` is the server's bitmap of chunks it holds. The thread ends
 /// with the file's SHA-256 and that of the stored bytes; `None` if the upload stopped
 /// taking chunks (or a read failed, which it sent) before the end.
-fn read_ahead(
-    source: Arc<Source>,
-    received: Vec<u8>,
-) -> (
-    tokio::sync::mpsc::Receiver<Result<Prepared>>,
-    tokio::task::JoinHandle<Option<([u8; 32], [u8; 32])>>,
-) {
+fn read_ahead(source: Arc<Source>, received: Vec<u8>) -> (ChunksAhead, FileHashes) {
     let (tx, rx) = tokio::sync::mpsc::channel(WINDOW);
     let hashes = tokio::task::spawn_blocking(move || {
         let has = |i: u64| {
@@ -832,10 +835,7 @@ fn write_behind(
     mut out: File,
     mut hasher: Sha256,
     part: PathBuf,
-) -> (
-    tokio::sync::mpsc::Sender<Vec<u8>>,
-    tokio::task::JoinHandle<Result<([u8; 32], u64)>>,
-) {
+) -> (tokio::sync::mpsc::Sender<Vec<u8>>, PartWritten) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WINDOW);
     let written = tokio::task::spawn_blocking(move || {
         let io = |e| ClientError::io(format!("cannot write {}", part.display()), e);
