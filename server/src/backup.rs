@@ -96,6 +96,16 @@ pub struct Member {
 /// Writes a backup of the server in `data_dir` to `to` (refused if `to` exists). The
 /// file appears only when complete (written beside it, then renamed).
 pub fn backup(data_dir: &Path, to: &Path) -> Result<Manifest, ServerError> {
+    backup_with_files(data_dir, None, to)
+}
+
+/// [`backup`] of a server whose blob directory is `files_dir` (`[files] dir`; `None`:
+/// `DIR/blobs`). A running server names its own blob directory, which then wins.
+pub fn backup_with_files(
+    data_dir: &Path,
+    files_dir: Option<&Path>,
+    to: &Path,
+) -> Result<Manifest, ServerError> {
     let dir = DataDir::new(data_dir);
     let config = dir.read_config()?;
     if config.store.is_some() {
@@ -113,7 +123,7 @@ pub fn backup(data_dir: &Path, to: &Path) -> Result<Manifest, ServerError> {
         )));
     }
     let partial = partial_path(to);
-    let result = write_archive(&dir, &config.org, &partial);
+    let result = write_archive(&dir, files_dir, &config.org, &partial);
     match result {
         Ok(manifest) => {
             std::fs::rename(&partial, to).map_err(|e| {
@@ -218,7 +228,17 @@ pub fn verify(file: &Path) -> Result<Manifest, ServerError> {
 /// restored server continues in the next generation (`rathaus_protocol::log`), so that no
 /// seq a client holds is given to another entry.
 pub fn restore(from: &Path, data_dir: &Path) -> Result<Manifest, ServerError> {
-    let manifest = rebuild(from, data_dir)?;
+    restore_with_files(from, data_dir, None)
+}
+
+/// [`restore`] with the files going to `files_dir` (the server's `[files] dir`; `None`:
+/// `DIR/blobs`).
+pub fn restore_with_files(
+    from: &Path,
+    data_dir: &Path,
+    files_dir: Option<&Path>,
+) -> Result<Manifest, ServerError> {
+    let manifest = rebuild(from, data_dir, files_dir)?;
     let db = Db::new(Arc::new(SledStore::open(&DataDir::new(data_dir).db())?));
     let generation = db.log_generation()? + 1;
     let mut w = crate::store::Writes::new();
@@ -228,8 +248,12 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<Manifest, ServerError> {
     Ok(manifest)
 }
 
-/// [`restore`]'s rebuild of the data directory, records as they were.
-fn rebuild(from: &Path, data_dir: &Path) -> Result<Manifest, ServerError> {
+/// [`restore_with_files`]'s rebuild of the data directory, records as they were.
+fn rebuild(
+    from: &Path,
+    data_dir: &Path,
+    files_dir: Option<&Path>,
+) -> Result<Manifest, ServerError> {
     let manifest = verify(from)?;
     if data_dir.exists() {
         let empty = std::fs::read_dir(data_dir)
@@ -262,7 +286,7 @@ fn rebuild(from: &Path, data_dir: &Path) -> Result<Manifest, ServerError> {
             if !is_blob_name(name) {
                 return Err(bad(from, &format!("unexpected member {path}")));
             }
-            let blobs = dir.blobs();
+            let blobs = files_dir.map_or_else(|| dir.blobs(), Path::to_path_buf);
             std::fs::create_dir_all(&blobs)
                 .map_err(|e| ServerError::io(format!("cannot create {}", blobs.display()), e))?;
             let target = blobs.join(name);
@@ -335,7 +359,7 @@ pub fn compact(data_dir: &Path) -> Result<Manifest, ServerError> {
                 "the server is running; stop it before compacting its database".into(),
             ));
         }
-        rebuild(&archive, &fresh)?;
+        rebuild(&archive, &fresh, None)?;
         let io = |what: String| move |e| ServerError::io(what, e);
         // Everything but the database itself (e.g. stored files) moves over as it is. The
         // search index is derived from the records and keeps removed posts' words in its
@@ -397,7 +421,12 @@ pub async fn admin_code(data_dir: &Path, user: &UserId) -> Result<AdminCode, Ser
     Ok(code)
 }
 
-fn write_archive(dir: &DataDir, org: &str, partial: &Path) -> Result<Manifest, ServerError> {
+fn write_archive(
+    dir: &DataDir,
+    files_dir: Option<&Path>,
+    org: &str,
+    partial: &Path,
+) -> Result<Manifest, ServerError> {
     let file = socket::create_private(partial)
         .map_err(|e| ServerError::io(format!("cannot create {}", partial.display()), e))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
@@ -424,8 +453,12 @@ fn write_archive(dir: &DataDir, org: &str, partial: &Path) -> Result<Manifest, S
     }
 
     let request = OpsRequest::Backup;
+    let mut blobs_dir = files_dir.map_or_else(|| dir.blobs(), Path::to_path_buf);
     let (online, records, next_id) = match socket::request(dir.root(), &request)? {
         Some((answer, mut stream)) => {
+            if let Some(served) = &answer.files_dir {
+                blobs_dir.clone_from(served);
+            }
             if !answer.ok {
                 return Err(ServerError::Invalid(format!(
                     "the running server refused the backup: {}",
@@ -473,7 +506,6 @@ fn write_archive(dir: &DataDir, org: &str, partial: &Path) -> Result<Manifest, S
 
     // Blobs are immutable and named by their hash; those of the snapshot's records were
     // durable before it was taken. One removed since then is simply not in the backup.
-    let blobs_dir = dir.blobs();
     if blobs_dir.exists() {
         let listing = std::fs::read_dir(&blobs_dir)
             .map_err(|e| ServerError::io(format!("cannot read {}", blobs_dir.display()), e))?;

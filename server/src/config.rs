@@ -42,6 +42,9 @@ pub struct ConfigFile {
     /// `[metrics]`.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// `[files]`.
+    #[serde(default)]
+    pub files: FilesSection,
 }
 
 /// `[limits]`.
@@ -91,6 +94,15 @@ pub struct LogSection {
 pub struct MetricsSection {
     /// Address of the HTTP listener for `/metrics`, `/healthz`, `/readyz`; none: off.
     pub listen: Option<SocketAddr>,
+}
+
+/// `[files]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSection {
+    /// The blob directory: stored files and partial uploads (default `DIR/blobs`). The
+    /// nodes of one cluster point it at the same shared storage.
+    pub dir: Option<Spanned<PathBuf>>,
 }
 
 /// How log lines are written.
@@ -214,6 +226,15 @@ impl ConfigFile {
                 ));
             }
         }
+        if let Some(dir) = &file.files.dir {
+            if dir.get_ref().as_os_str().is_empty() {
+                return Err(refuse(
+                    "files.dir",
+                    dir.span(),
+                    "must name a directory".into(),
+                ));
+            }
+        }
         if let (Some(_), None) | (None, Some(_)) = (&file.cert, &file.key) {
             return Err(ConfigError::Value {
                 path: path.to_path_buf(),
@@ -265,6 +286,10 @@ mod tests {
             assert_eq!(file.metrics.listen.unwrap().to_string(), "127.0.0.1:9464");
             assert_eq!(file.log.format, Some(LogFormat::Text));
             assert!(file.limits.max_upload_bytes.is_some());
+            assert_eq!(
+                file.files.dir.map(|d| d.into_inner()),
+                store.map(|_| PathBuf::from("/srv/rathaus-files"))
+            );
         }
     }
 
@@ -306,6 +331,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("log.level") && err.contains("line 2"), "{err}");
+        let err = parse("[files]\ndir = \"\"\n").unwrap_err().to_string();
+        assert!(err.contains("files.dir") && err.contains("line 2"), "{err}");
+        let file = parse("[files]\ndir = \"/mnt/rathaus-files\"\n").unwrap();
+        assert_eq!(
+            file.files.dir.unwrap().into_inner(),
+            PathBuf::from("/mnt/rathaus-files")
+        );
         let err = parse("[udp]\n\nrecv_buffer_bytes = 0\n")
             .unwrap_err()
             .to_string();

@@ -82,6 +82,10 @@ enum Command {
         /// The records' store: sled or postgres://… (default: the one chosen at init).
         #[arg(long)]
         store: Option<String>,
+        /// Blob directory for files and partial uploads (default DIR/blobs); the nodes of
+        /// one cluster share it.
+        #[arg(long)]
+        files_dir: Option<PathBuf>,
     },
     /// Write a consistent backup of a server, running or stopped, to FILE.
     Backup {
@@ -91,6 +95,9 @@ enum Command {
         /// The backup file to create.
         #[arg(long)]
         to: PathBuf,
+        /// The server's blob directory, if not DIR/blobs (a running server names its own).
+        #[arg(long)]
+        files_dir: Option<PathBuf>,
         /// Print one JSON document (the manifest).
         #[arg(long)]
         json: bool,
@@ -113,6 +120,9 @@ enum Command {
         /// The new data directory (must not exist or be empty).
         #[arg(long)]
         data: PathBuf,
+        /// Where the files go, if not DIR/blobs (the restored server's `[files] dir`).
+        #[arg(long)]
+        files_dir: Option<PathBuf>,
         /// Print one JSON document (the manifest).
         #[arg(long)]
         json: bool,
@@ -175,9 +185,11 @@ fn main() -> ExitCode {
             metrics_listen,
             log_format,
             store,
+            files_dir,
         } => {
             let flags = RunFlags {
                 store,
+                files_dir,
                 data,
                 listen,
                 cert,
@@ -253,8 +265,13 @@ fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { .. } => unreachable!("handled by serve"),
-        Command::Backup { data, to, json } => {
-            let manifest = backup::backup(&data, &to)?;
+        Command::Backup {
+            data,
+            to,
+            files_dir,
+            json,
+        } => {
+            let manifest = backup::backup_with_files(&data, files_dir.as_deref(), &to)?;
             if json {
                 println!("{}", serde_json::to_string(&manifest)?);
             } else {
@@ -285,8 +302,13 @@ fn execute(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Restore { from, data, json } => {
-            let manifest = backup::restore(&from, &data)?;
+        Command::Restore {
+            from,
+            data,
+            files_dir,
+            json,
+        } => {
+            let manifest = backup::restore_with_files(&from, &data, files_dir.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string(&manifest)?);
             } else {
@@ -390,6 +412,7 @@ fn version() -> &'static str {
 /// The flags of `run` that may also come from the configuration file.
 struct RunFlags {
     store: Option<String>,
+    files_dir: Option<PathBuf>,
     data: Option<PathBuf>,
     listen: Option<SocketAddr>,
     cert: Option<PathBuf>,
@@ -418,6 +441,7 @@ fn settings(config: Option<&std::path::Path>, flags: RunFlags) -> anyhow::Result
     let mut opts = RunOptions::new(data);
     opts.listen = flags.listen.or(file.listen);
     opts.store = flags.store.or(file.store.map(|s| s.into_inner()));
+    opts.files_dir = flags.files_dir.or(file.files.dir.map(|d| d.into_inner()));
     if flags.cert.is_some() {
         (opts.cert, opts.key) = (flags.cert, flags.key);
     } else {

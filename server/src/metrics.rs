@@ -111,6 +111,8 @@ pub(crate) struct Gauges {
     pub(crate) connections: Family<ConnectionLabels, Gauge>,
     /// Bytes of the database directory on disk.
     pub(crate) store_bytes: Gauge,
+    /// Bytes of the blob directory (stored files and partial uploads), wherever it is.
+    pub(crate) files_bytes: Gauge,
     /// Secret-group removals the server waits to see committed.
     pub(crate) removals_pending: Gauge,
     /// Users with at least one authenticated connection.
@@ -209,6 +211,12 @@ pub(crate) fn registry(
         "Size of the database on disk",
         Unit::Bytes,
         gauges.store_bytes.clone(),
+    );
+    r.register_with_unit(
+        "files",
+        "Size of the stored files and partial uploads in the blob directory",
+        Unit::Bytes,
+        gauges.files_bytes.clone(),
     );
     r.register(
         "removal_proposals_pending",

@@ -36,6 +36,9 @@ pub struct TestBackend {
     /// A CA-issued certificate and its key (PEM files) the server serves instead of its
     /// self-signed one, if any (see [`TestBackend::start_with_certificate`]).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The blob directory the in-process server is started with ([`TestBackend::run`];
+    /// `[files] dir`), if not `DIR/blobs`.
+    pub files_dir: Option<PathBuf>,
     /// The bootstrap admin's id and one-time code (consumed by [`TestBackend::admin`]).
     admin_code: Option<(String, String)>,
     /// The server's PostgreSQL database under `RATHAUS_TEST_STORE` (dropped after the
@@ -93,6 +96,7 @@ impl TestBackend {
             addr: "127.0.0.1:0".parse()?,
             fingerprint: report.fingerprint.clone(),
             tls,
+            files_dir: None,
             admin_code: Some((report.admin_user, report.enrollment_code)),
             database,
         };
@@ -130,6 +134,7 @@ impl TestBackend {
             addr: "127.0.0.1:0".parse()?,
             fingerprint: report.fingerprint.clone(),
             tls: None,
+            files_dir: None,
             admin_code: Some((report.admin_user, report.enrollment_code)),
             database,
         };
@@ -208,6 +213,7 @@ impl TestBackend {
         let mut options = RunOptions::new(self.data_dir());
         options.listen = Some(self.addr);
         options.clock = self.clock.clone();
+        options.files_dir.clone_from(&self.files_dir);
         if let Some((cert, key)) = &self.tls {
             options.cert = Some(cert.clone());
             options.key = Some(key.clone());

@@ -602,3 +602,69 @@ async fn the_document_library_with_its_permissions_and_audit_trail() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_kept_outside_the_data_directory_are_stored_there_backed_up_and_restored() {
+    if rathaus_tests::testing_on_postgres() {
+        println!("skipped on PostgreSQL: backup and restore of the data directory");
+        return;
+    }
+    // `[files] dir`: the server keeps its files on another disk.
+    let mut backend = TestBackend::start().await.unwrap();
+    let elsewhere = backend.data.path().join("rathaus-files");
+    backend.stop().await;
+    backend.files_dir = Some(elsewhere.clone());
+    backend.run().await.unwrap();
+    let (_admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, sha) = file_with_canary(tmp.path(), "lageplan.pdf", 2 * MIB, b"lageplan");
+    let sent = transfer("send", anna.send_file(&secret(), &path, None, &mut |_| {}))
+        .await
+        .unwrap();
+    let blob = hex::encode(sent.attachment.blob);
+    assert!(elsewhere.join(&blob).is_file(), "stored where configured");
+    let data = backend.data_dir();
+    let in_data_dir: Vec<_> = std::fs::read_dir(data.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        in_data_dir,
+        ["partial"],
+        "DIR/blobs holds nothing but the empty partial/ of the first start"
+    );
+
+    // A backup of the running server holds the file (the server names its blob
+    // directory); restored with --files-dir, the file downloads as before.
+    let file = backend.data.path().join("nightly.rathaus-backup");
+    let (d, f) = (data.clone(), file.clone());
+    tokio::task::spawn_blocking(move || rathaus_server::backup::backup(&d, &f))
+        .await
+        .unwrap()
+        .unwrap();
+    let manifest = rathaus_server::backup::verify(&file).unwrap();
+    assert!(
+        manifest
+            .members
+            .iter()
+            .any(|m| m.path == format!("rathaus-backup/blobs/{blob}")),
+        "{manifest:?}"
+    );
+    backend.stop().await;
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::remove_dir_all(&elsewhere).unwrap();
+    rathaus_server::backup::restore_with_files(&file, &data, Some(&elsewhere)).unwrap();
+    assert!(elsewhere.join(&blob).is_file(), "restored where told");
+    backend.run().await.unwrap();
+    jonas.disconnect().await;
+    let out = tmp.path().join("lageplan-jonas.pdf");
+    let got = transfer(
+        "download",
+        jonas.download(&secret(), sent.receipt.seq, Some(&out), &mut |_| {}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.sha256, sha);
+    assert_eq!(sha_of(&out), sha);
+    backend.stop().await;
+}

@@ -455,3 +455,179 @@ async fn two_owners_on_two_nodes_commit_at_once_and_the_loser_retries_on_the_new
     node_b.shutdown().await;
     backend.stop().await;
 }
+
+/// `size` random bytes in `dir/name`; returns the path and their SHA-256.
+fn random_file(dir: &Path, name: &str, size: usize) -> (std::path::PathBuf, [u8; 32]) {
+    use rand::RngCore;
+    use sha2::Digest;
+    let mut bytes = vec![0u8; size];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let path = dir.join(name);
+    std::fs::write(&path, &bytes).unwrap();
+    (path, sha2::Sha256::digest(&bytes).into())
+}
+
+fn sha_of(path: &Path) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).into()
+}
+
+/// A bound for one transfer of a few MiB: generous, as the debug build on a busy machine
+/// is slow, but a hang still fails the test.
+async fn transfer<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(300), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// The stored blob files (not partial uploads) in blob directory `dir`.
+fn blob_names(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_through_one_node_downloads_through_another_and_an_interrupted_upload_finishes_there(
+) {
+    if skipped("files across nodes") {
+        return;
+    }
+    // Two nodes on one database and one blob directory (`[files] dir`), as a cluster's
+    // nodes share an NFS or CephFS mount.
+    let shared = tempfile::tempdir().unwrap();
+    let files = shared.path().join("rathaus-files");
+    let mut backend = TestBackend::start().await.unwrap();
+    backend.stop().await;
+    backend.files_dir = Some(files.clone());
+    backend.run().await.unwrap();
+    let other = node_dir(&backend.data_dir());
+    let mut options = rathaus_server::RunOptions::new(other.path());
+    options.listen = Some("127.0.0.1:0".parse().unwrap());
+    options.files_dir = Some(files.clone());
+    let node_b = rathaus_server::start(options).await.unwrap();
+    let (a, b) = (backend.addr.to_string(), node_b.local_addr().to_string());
+
+    let mut admin = backend.admin().await.unwrap();
+    let anna_code = backend
+        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
+        .await
+        .unwrap();
+    backend
+        .department(&mut admin, "bauamt", &["P1001"])
+        .await
+        .unwrap();
+    let jonas_code = backend
+        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
+        .await
+        .unwrap();
+    // Anna uses node A (first in her list, B after it); Jonas knows only node B.
+    let mut anna = enroll_at(&backend, &format!("{a},{b}"), "P1001", anna_code).await;
+    let mut jonas = enroll_at(&backend, &b, "P1002", jonas_code).await;
+    let secret = GroupHandle::parse("bauamt/secret").unwrap();
+    let public = GroupHandle::parse("bauamt").unwrap();
+    rathaus_tests::within("birth", anna.sync())
+        .await
+        .unwrap()
+        .unwrap();
+    let approval = anna
+        .approve(&secret, &UserId::parse("P1002").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(approval, rathaus_client::Approval::Added { .. }),
+        "{approval:?}"
+    );
+    jonas.sync().await.unwrap();
+
+    // A public and a secret file up through node A, down through node B.
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = rathaus_protocol::blobs::BLOB_CHUNK;
+    for (group, name) in [(&public, "aushang.pdf"), (&secret, "gutachten.pdf")] {
+        let (path, sha) = random_file(tmp.path(), name, 3 * chunk + 1234);
+        let sent = transfer(
+            "upload through A",
+            anna.send_file(group, &path, None, &mut |_| {}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(sent.attachment.sha256, sha);
+        let out = tmp.path().join(format!("jonas-{name}"));
+        let got = transfer(
+            "download through B",
+            jonas.download(group, sent.receipt.seq, Some(&out), &mut |_| {}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.sha256, sha, "{group}: the file arrives intact");
+        assert_eq!(sha_of(&out), sha, "{group}: the file arrives intact");
+        assert!(
+            blob_names(&files).contains(&hex::encode(sent.attachment.blob)),
+            "{group}: stored in the shared blob directory"
+        );
+    }
+    for node in [backend.data_dir(), other.path().to_path_buf()] {
+        assert!(
+            blob_names(&node.join("blobs")).is_empty(),
+            "no node keeps files in its own data directory"
+        );
+    }
+
+    // An upload begun through node A stops after ten chunks were acknowledged, and node
+    // A goes away; the same upload continues through node B where it stopped.
+    let (path, sha) = random_file(tmp.path(), "bauplan.dwg", 40 * chunk);
+    let reached = tokio::sync::Notify::new();
+    let mut progress = |p: rathaus_client::Progress| {
+        if p.done >= 10 * chunk as u64 {
+            reached.notify_one();
+        }
+    };
+    tokio::select! {
+        biased;
+        () = reached.notified() => {}
+        sent = anna.send_file(&secret, &path, None, &mut progress) => {
+            panic!("the upload finished before node A went away: {sent:?}")
+        }
+    }
+    backend.stop().await;
+    let sent = transfer(
+        "upload resumed through B",
+        anna.send_file(&secret, &path, None, &mut |_| {}),
+    )
+    .await
+    .unwrap();
+    let chunks = rathaus_protocol::blobs::chunk_count(rathaus_protocol::blobs::sealed_size(
+        40 * chunk as u64,
+    ));
+    assert!(
+        sent.stats.chunks_skipped >= 10 && sent.stats.chunks_moved <= chunks - 10,
+        "the chunks node A stored are not sent again: {:?}",
+        sent.stats
+    );
+    assert_eq!(sent.attachment.sha256, sha);
+    let out = tmp.path().join("bauplan-jonas.dwg");
+    transfer(
+        "download through B",
+        jonas.download(&secret, sent.receipt.seq, Some(&out), &mut |_| {}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sha_of(&out), sha, "the resumed upload arrives intact");
+    assert!(
+        std::fs::read_dir(files.join("partial"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no partial upload is left behind"
+    );
+
+    for c in [&mut anna, &mut jonas, &mut admin] {
+        c.disconnect().await;
+    }
+    node_b.shutdown().await;
+}

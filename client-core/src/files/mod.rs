@@ -20,6 +20,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rathaus_protocol::blobs::{
     chunk_count, chunk_len, sealed_size, FileKey, BLOB_CHUNK, SEALED_SEGMENT,
@@ -38,8 +39,11 @@ use crate::error::{ClientError, Result};
 use crate::net;
 use crate::sync::SendReceipt;
 
-/// Chunks in flight at once in each direction.
-const WINDOW: usize = 8;
+/// Chunks in flight at once in each direction. The server answers an upload's chunks
+/// after syncs they share, so more in flight means fewer syncs per file: 16 chunks (4
+/// MiB) fit the server's per-connection window of 8 MiB twice over and leave streams
+/// for the connection's other requests.
+const WINDOW: usize = 16;
 
 /// Attempts of one transfer before a transient failure is reported (each attempt
 /// reconnects and continues where the last one stopped).
@@ -277,7 +281,7 @@ impl Client {
         } else {
             None
         };
-        let source = Source::new(file, size, file_key.as_ref())?;
+        let source = Arc::new(Source::new(file, size, file_key.as_ref())?);
         let mut stats = TransferStats::default();
         let mut upload = resume;
         loop {
@@ -316,7 +320,7 @@ impl Client {
     async fn upload_attempt(
         &mut self,
         scope: &BlobScope,
-        source: &Source,
+        source: &Arc<Source>,
         source_key: &str,
         upload: &mut Option<u64>,
         stats: &mut TransferStats,
@@ -357,21 +361,12 @@ impl Client {
             )?;
         }
         let conn = self.connection().await?;
-        let has = |i: u64| {
-            received
-                .get((i / 8) as usize)
-                .is_some_and(|b| b & (1 << (i % 8)) != 0)
-        };
-        let n = chunk_count(stored);
-        let mut plain = Sha256::new();
-        let mut sealed = Sha256::new();
+        let (mut chunks, hashes) = read_ahead(source.clone(), received);
         let mut in_flight: tokio::task::JoinSet<Result<u64>> = tokio::task::JoinSet::new();
         let mut done = 0u64;
-        for index in 0..n {
-            let chunk = source.chunk(index, &mut plain)?;
-            sealed.update(&chunk);
-            let len = chunk.len() as u64;
-            if has(index) {
+        while let Some(prepared) = chunks.recv().await {
+            let Prepared { index, len, bytes } = prepared?;
+            let Some(chunk) = bytes else {
                 stats.chunks_skipped += 1;
                 done += len;
                 progress(Progress {
@@ -379,7 +374,7 @@ impl Client {
                     total: stored,
                 });
                 continue;
-            }
+            };
             while in_flight.len() >= WINDOW {
                 done += joined(in_flight.join_next().await)?;
                 stats.chunks_moved += 1;
@@ -411,11 +406,10 @@ impl Client {
                 total: stored,
             });
         }
-        let sha256: [u8; 32] = sealed.finalize().into();
-        let plain_sha: [u8; 32] = match &source.sealer {
-            Some(_) => plain.finalize().into(),
-            None => sha256,
-        };
+        let (plain_sha, sha256) = hashes
+            .await
+            .map_err(|e| ClientError::Invalid(format!("reading the file: {e}")))?
+            .ok_or_else(|| ClientError::Invalid("the file could not be read to its end".into()))?;
         match self
             .request(&Request::FinishUpload { upload: id, sha256 })
             .await?
@@ -439,7 +433,9 @@ impl Client {
         target: &Path,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<DownloadedFile> {
-        let sealer = key.map(|k| seal::Sealer::new(k, size)).transpose()?;
+        let sealer = key
+            .map(|k| seal::Sealer::new(k, size).map(Arc::new))
+            .transpose()?;
         let part = part_path(target);
         let mut stats = TransferStats::default();
         loop {
@@ -449,7 +445,7 @@ impl Client {
                     scope,
                     blob,
                     size,
-                    sealer.as_ref(),
+                    sealer.clone(),
                     &part,
                     &mut stats,
                     progress,
@@ -494,7 +490,7 @@ impl Client {
         scope: &BlobScope,
         blob: [u8; 32],
         size: u64,
-        sealer: Option<&seal::Sealer>,
+        sealer: Option<Arc<seal::Sealer>>,
         part: &Path,
         stats: &mut TransferStats,
         progress: &mut dyn FnMut(Progress),
@@ -533,59 +529,71 @@ impl Client {
         }
         let n = chunk_count(stored);
         stats.chunks_skipped = stats.chunks_skipped.max(start);
-        let conn = self.connection().await?;
-        let mut done = (start * BLOB_CHUNK as u64).min(stored);
-        let mut queue: VecDeque<tokio::task::JoinHandle<Result<Vec<u8>>>> = VecDeque::new();
-        let mut next = start;
-        while next < n || !queue.is_empty() {
-            while next < n && queue.len() < WINDOW {
-                let conn = conn.clone();
-                let request = Request::DownloadChunk {
-                    scope: scope.clone(),
-                    blob,
-                    index: u32::try_from(next)
-                        .map_err(|_| ClientError::Invalid("the file has too many chunks".into()))?,
+        // The chunks are fetched (and opened) up to WINDOW at once, in parallel; a thread
+        // of its own hashes and appends them in order, so neither waits for the other.
+        let (writes, written) = write_behind(out, hasher, part.to_path_buf());
+        let fetched = async {
+            let conn = self.connection().await?;
+            let mut done = (start * BLOB_CHUNK as u64).min(stored);
+            let mut queue: VecDeque<tokio::task::JoinHandle<Result<Vec<u8>>>> = VecDeque::new();
+            let mut next = start;
+            while next < n || !queue.is_empty() {
+                while next < n && queue.len() < WINDOW {
+                    let index = u32::try_from(next)
+                        .map_err(|_| ClientError::Invalid("the file has too many chunks".into()))?;
+                    let expected = chunk_len(stored, next).unwrap_or(0);
+                    queue.push_back(tokio::spawn(fetch_chunk(
+                        conn.clone(),
+                        Request::DownloadChunk {
+                            scope: scope.clone(),
+                            blob,
+                            index,
+                        },
+                        expected,
+                        sealer.clone(),
+                    )));
+                    next += 1;
+                }
+                let Some(handle) = queue.pop_front() else {
+                    break;
                 };
-                let expected = chunk_len(stored, next).unwrap_or(0);
-                queue.push_back(tokio::spawn(async move {
-                    match conn.request(&request).await? {
-                        Response::Chunk { bytes } if bytes.len() == expected => Ok(bytes),
-                        Response::Chunk { .. } => Err(ClientError::Invalid(
-                            "the server sent a chunk of the wrong size".into(),
-                        )),
-                        _ => Err(ClientError::UnexpectedResponse("DownloadChunk")),
+                let index = next - queue.len() as u64 - 1;
+                let bytes = match handle.await {
+                    Ok(result) => result?,
+                    Err(e) => {
+                        return Err(ClientError::ConnectionLost(format!("download task: {e}")))
                     }
-                }));
-                next += 1;
+                };
+                done += chunk_len(stored, index).unwrap_or(0) as u64;
+                if writes.send(bytes).await.is_err() {
+                    // The writer stopped on an error, which it reports.
+                    break;
+                }
+                stats.chunks_moved += 1;
+                progress(Progress {
+                    done,
+                    total: stored,
+                });
             }
-            let Some(handle) = queue.pop_front() else {
-                break;
-            };
-            let index = next - queue.len() as u64 - 1;
-            let mut bytes = match handle.await {
-                Ok(result) => result?,
-                Err(e) => return Err(ClientError::ConnectionLost(format!("download task: {e}"))),
-            };
-            done += bytes.len() as u64;
-            if let Some(sealer) = sealer {
-                sealer.open(index, &mut bytes)?;
-            }
-            hasher.update(&bytes);
-            out.write_all(&bytes).map_err(io)?;
-            stats.chunks_moved += 1;
-            progress(Progress {
-                done,
-                total: stored,
-            });
+            Ok(())
         }
-        out.sync_all().map_err(io)?;
-        let written = out.metadata().map_err(io)?.len();
-        if written != size {
+        .await;
+        // Whatever was fetched is written before this attempt ends, so that the next one
+        // continues after it.
+        drop(writes);
+        let written = written
+            .await
+            .map_err(|e| ClientError::Invalid(format!("writing {}: {e}", part.display())));
+        let (sha256, length) = match (fetched, written) {
+            (_, Err(e)) | (_, Ok(Err(e))) | (Err(e), _) => return Err(e),
+            (Ok(()), Ok(Ok(w))) => w,
+        };
+        if length != size {
             return Err(ClientError::Invalid(format!(
-                "the download has {written} bytes, its post says {size}"
+                "the download has {length} bytes, its post says {size}"
             )));
         }
-        Ok(hasher.finalize().into())
+        Ok(sha256)
     }
 
     /// A clone of the authenticated connection, for requests in flight at once.
@@ -761,6 +769,111 @@ fn joined(result: Option<std::result::Result<Result<u64>, tokio::task::JoinError
         Some(Err(e)) => Err(ClientError::ConnectionLost(format!("upload task: {e}"))),
         None => Ok(0),
     }
+}
+
+/// A chunk of an upload as read ahead: its bytes as stored, or `None` for one the server
+/// holds already (hashed all the same).
+struct Prepared {
+    index: u64,
+    /// Bytes of the chunk as stored.
+    len: u64,
+    bytes: Option<Vec<u8>>,
+}
+
+/// The chunks of an upload as [`read_ahead`] prepares them.
+type ChunksAhead = tokio::sync::mpsc::Receiver<Result<Prepared>>;
+
+/// The file's SHA-256 and that of its stored bytes, once [`read_ahead`] read it all.
+type FileHashes = tokio::task::JoinHandle<Option<([u8; 32], [u8; 32])>>;
+
+/// The `.part` file's SHA-256 and length, once [`write_behind`] wrote and synced it.
+type PartWritten = tokio::task::JoinHandle<Result<([u8; 32], u64)>>;
+
+/// Reads, hashes and seals the chunks of `source` in order on a blocking thread, up to
+/// [`WINDOW`] ahead of the upload, so that sealing and hashing overlap with the network
+/// and the server. `received` is the server's bitmap of chunks it holds. The thread ends
+/// with the file's SHA-256 and that of the stored bytes; `None` if the upload stopped
+/// taking chunks (or a read failed, which it sent) before the end.
+fn read_ahead(source: Arc<Source>, received: Vec<u8>) -> (ChunksAhead, FileHashes) {
+    let (tx, rx) = tokio::sync::mpsc::channel(WINDOW);
+    let hashes = tokio::task::spawn_blocking(move || {
+        let has = |i: u64| {
+            received
+                .get((i / 8) as usize)
+                .is_some_and(|b| b & (1 << (i % 8)) != 0)
+        };
+        let mut plain = Sha256::new();
+        let mut sealed = Sha256::new();
+        for index in 0..chunk_count(source.stored_size()) {
+            let prepared = source.chunk(index, &mut plain).map(|chunk| {
+                sealed.update(&chunk);
+                Prepared {
+                    index,
+                    len: chunk.len() as u64,
+                    bytes: (!has(index)).then_some(chunk),
+                }
+            });
+            let failed = prepared.is_err();
+            if tx.blocking_send(prepared).is_err() || failed {
+                return None;
+            }
+        }
+        let sealed: [u8; 32] = sealed.finalize().into();
+        let plain = match source.sealer {
+            Some(_) => plain.finalize().into(),
+            None => sealed,
+        };
+        Some((plain, sealed))
+    });
+    (rx, hashes)
+}
+
+/// Appends the chunks sent to it to `out` (the `.part` file, positioned at its end) on a
+/// blocking thread, hashing them into `hasher`; once the sender is dropped, syncs the
+/// file and ends with its SHA-256 and length.
+fn write_behind(
+    mut out: File,
+    mut hasher: Sha256,
+    part: PathBuf,
+) -> (tokio::sync::mpsc::Sender<Vec<u8>>, PartWritten) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WINDOW);
+    let written = tokio::task::spawn_blocking(move || {
+        let io = |e| ClientError::io(format!("cannot write {}", part.display()), e);
+        while let Some(bytes) = rx.blocking_recv() {
+            hasher.update(&bytes);
+            out.write_all(&bytes).map_err(io)?;
+        }
+        out.sync_all().map_err(io)?;
+        let length = out.metadata().map_err(io)?.len();
+        Ok((hasher.finalize().into(), length))
+    });
+    (tx, written)
+}
+
+/// Fetches one chunk (of `expected` bytes as stored) and opens it with `sealer`, off the
+/// async threads, so that the chunks in flight open in parallel.
+async fn fetch_chunk(
+    conn: net::Connection,
+    request: Request,
+    expected: usize,
+    sealer: Option<Arc<seal::Sealer>>,
+) -> Result<Vec<u8>> {
+    let mut bytes = match conn.request(&request).await? {
+        Response::Chunk { bytes } if bytes.len() == expected => bytes,
+        Response::Chunk { .. } => {
+            return Err(ClientError::Invalid(
+                "the server sent a chunk of the wrong size".into(),
+            ))
+        }
+        _ => return Err(ClientError::UnexpectedResponse("DownloadChunk")),
+    };
+    let (Some(sealer), Request::DownloadChunk { index, .. }) = (sealer, &request) else {
+        return Ok(bytes);
+    };
+    let index = u64::from(*index);
+    tokio::task::spawn_blocking(move || sealer.open(index, &mut bytes).map(|()| bytes))
+        .await
+        .map_err(|e| ClientError::Invalid(format!("opening a chunk: {e}")))?
 }
 
 fn part_path(target: &Path) -> PathBuf {

@@ -159,6 +159,13 @@ async fn update(ctx: &ServerCtx, gauges: &Gauges, db_dir: &Path) {
     gauges
         .store_bytes
         .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    let blobs = ctx.service.blob_dir().cloned();
+    let files = tokio::task::spawn_blocking(move || blobs.map_or(0, |b| b.size_bytes()))
+        .await
+        .unwrap_or(0);
+    gauges
+        .files_bytes
+        .set(i64::try_from(files).unwrap_or(i64::MAX));
 }
 
 /// The store is ready when a write becomes durable in time.

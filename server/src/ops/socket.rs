@@ -65,6 +65,10 @@ pub(crate) struct OpsAnswer {
     /// Backup: how long writes were held back for the snapshot, in ms.
     #[serde(default)]
     pub(crate) paused_ms: u64,
+    /// Backup: the server's blob directory, whose files go into the backup beside the
+    /// snapshot (it may be outside the data directory, `[files] dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) files_dir: Option<PathBuf>,
     /// Admin code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) admin_code: Option<crate::service::AdminCode>,
@@ -183,7 +187,8 @@ async fn answer(
             let result = snapshot_to(ctx, tmp.clone()).await;
             let outcome = match result {
                 Err(e) => send_line(&mut stream, &OpsAnswer::refused(e)).await,
-                Ok(answer) => {
+                Ok(mut answer) => {
+                    answer.files_dir = ctx.service.blob_dir().map(|d| d.root().to_path_buf());
                     send_line(&mut stream, &answer).await?;
                     let mut file = tokio::fs::File::open(&tmp).await?;
                     tokio::io::copy(&mut file, &mut stream).await?;

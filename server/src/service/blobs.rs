@@ -1,7 +1,8 @@
 //! Files: uploads in chunks, downloads, and the life of a stored blob.
 //!
-//! A blob's bytes live in the blob directory beside the database (`DIR/blobs/`, named by
-//! the SHA-256 of the bytes), its bookkeeping in the store (`store::records::blobs`):
+//! A blob's bytes live in the blob directory (`DIR/blobs/` unless `[files] dir` puts it
+//! elsewhere, e.g. on storage the nodes of a cluster share; named by the SHA-256 of the
+//! bytes), its bookkeeping in the store (`store::records::blobs`):
 //!
 //! - `BeginUpload` checks the per-file limit before any byte moves, bounds what one peer
 //!   can hold (a few unfinished uploads per user, a total of unfinished bytes), and
@@ -60,13 +61,18 @@ const PENDING_BYTES_FLOOR: u64 = 2 * 1024 * 1024 * 1024;
 /// refers to, is removed.
 const STALE_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// The start-up sweep leaves files no record names alone while they are younger than
+/// this: with the blob directory shared by the nodes of a cluster, another node may be
+/// between renaming a finished upload to its blob name and recording it.
+const SWEEP_GRACE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
 /// Partial files kept open between chunks (beyond this, a chunk opens its file alone).
 const OPEN_PARTIALS: usize = 64;
 
 /// The blob directory: stored blobs by name, partial uploads by id.
 #[derive(Debug, Clone)]
 pub struct BlobDir {
-    /// `DIR/blobs`.
+    /// `DIR/blobs`, or the configured `[files] dir`.
     root: PathBuf,
     /// The partial files of uploads under way, open so that their chunks share syncs.
     partials: Arc<Mutex<HashMap<u64, Arc<PartialFile>>>>,
@@ -248,24 +254,53 @@ impl BlobDir {
         }
     }
 
-    /// Names of the stored blob files and ids of the partial uploads.
-    fn listing(&self) -> io::Result<(Vec<[u8; 32]>, Vec<u64>)> {
+    /// Names of the stored blob files and ids of the partial uploads, of those last
+    /// changed (written, or renamed) before `before`.
+    fn listing(&self, before: std::time::SystemTime) -> io::Result<(Vec<[u8; 32]>, Vec<u64>)> {
+        let older = |entry: &fs::DirEntry| {
+            use std::os::unix::fs::MetadataExt;
+            entry.metadata().is_ok_and(|m| {
+                let changed = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(m.ctime().max(m.mtime()).max(0) as u64);
+                changed < before
+            })
+        };
         let mut blobs = Vec::new();
         for entry in fs::read_dir(&self.root)? {
-            let name = entry?.file_name();
+            let entry = entry?;
+            let name = entry.file_name();
             let name = name.to_string_lossy();
             let mut sha = [0u8; 32];
-            if hex::decode_to_slice(name.as_bytes(), &mut sha).is_ok() {
+            if hex::decode_to_slice(name.as_bytes(), &mut sha).is_ok() && older(&entry) {
                 blobs.push(sha);
             }
         }
         let mut partials = Vec::new();
         for entry in fs::read_dir(self.root.join(PARTIAL))? {
-            if let Ok(id) = entry?.file_name().to_string_lossy().parse::<u64>() {
-                partials.push(id);
+            let entry = entry?;
+            if let Ok(id) = entry.file_name().to_string_lossy().parse::<u64>() {
+                if older(&entry) {
+                    partials.push(id);
+                }
             }
         }
         Ok((blobs, partials))
+    }
+
+    /// Bytes of the stored blobs and partial uploads (for the metrics; 0 for what
+    /// cannot be read).
+    pub fn size_bytes(&self) -> u64 {
+        let sum = |dir: &Path| {
+            fs::read_dir(dir).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum::<u64>()
+            })
+        };
+        sum(&self.root) + sum(&self.root.join(PARTIAL))
     }
 }
 
@@ -732,7 +767,9 @@ impl Service {
     }
 
     /// Housekeeping: drops unfinished uploads and unposted blobs older than a day, and
-    /// (with `sweep`, at start when nothing is in flight) files no record names.
+    /// (with `sweep`, at start when nothing is in flight on this node) files no record
+    /// names that are older than [`SWEEP_GRACE`] (younger ones may be in flight on another
+    /// node sharing the blob directory).
     pub async fn clean_blobs(&self, sweep: bool) -> Result<(), StoreError> {
         let Some(dir) = self.blob_dir() else {
             return Ok(());
@@ -782,7 +819,10 @@ impl Service {
             );
         }
         if sweep {
-            let (files, partials) = dir.listing().map_err(|e| {
+            let before = std::time::SystemTime::now()
+                .checked_sub(SWEEP_GRACE)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let (files, partials) = dir.listing(before).map_err(|e| {
                 StoreError::Backend(format!("listing {}: {e}", dir.root().display()))
             })?;
             let _blobs = self.blob_lock();
@@ -1089,6 +1129,28 @@ mod tests {
         assert!(!blobs.join(PARTIAL).join(unfinished.to_string()).exists());
         assert!(f.service.db().blob(&sha).unwrap().is_none());
         assert!(f.service.db().uploads().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_start_sweep_leaves_fresh_unrecorded_files_to_the_node_storing_them() {
+        let (f, tmp) = fixture().await;
+        let blobs = tmp.path().join("blobs");
+        // As another node sharing the directory leaves them between its rename and its
+        // record: a blob file and a partial upload the store does not name (yet).
+        let name = hex::encode([7u8; 32]);
+        fs::write(blobs.join(&name), b"in flight elsewhere").unwrap();
+        fs::write(blobs.join(PARTIAL).join("424242"), b"chunk").unwrap();
+        f.service.clean_blobs(true).await.unwrap();
+        assert!(blobs.join(&name).exists());
+        assert!(blobs.join(PARTIAL).join("424242").exists());
+        let dir = f.service.blob_dir().unwrap();
+        assert_eq!(dir.size_bytes(), 19 + 5);
+        // Once old enough they are leftovers of a crash, and go.
+        let (files, partials) = dir
+            .listing(std::time::SystemTime::now() + Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(files, vec![[7u8; 32]]);
+        assert_eq!(partials, vec![424242]);
     }
 
     #[test]

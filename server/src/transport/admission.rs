@@ -32,7 +32,8 @@ pub(crate) const PRE_AUTH_RECEIVE_WINDOW: u32 = 64 * 1024;
 
 /// Streams an authenticated connection may have open at once (one request each). A
 /// device needs a handful: its subscription, a few requests, and a file transfer's chunks
-/// in flight (8 per direction); the peer gets a new stream for every one that ends.
+/// in flight (16 per direction; a transfer in each direction at once waits for streams
+/// to end); the peer gets a new stream for every one that ends.
 /// quinn keeps a slot in two hash maps for every stream the peer may open, whether it
 /// does or not, so this limit is memory that every idle connection holds: 256 cost about
 /// 16 KiB per connection, 32 about 2 KiB.

@@ -61,6 +61,10 @@ pub struct RunOptions {
     /// The records' store, overriding `config.json`: `"sled"` (the database in the data
     /// directory) or `postgres://…`; `None`: as `init` wrote it.
     pub store: Option<String>,
+    /// The blob directory (`[files] dir`, `--files-dir`): stored files and partial
+    /// uploads. The nodes of one cluster share it (an NFS or CephFS mount), so that a
+    /// file uploaded through one node downloads through any. `None`: `DIR/blobs`.
+    pub files_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -77,6 +81,7 @@ impl std::fmt::Debug for RunOptions {
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("default_retention_days", &self.default_retention_days)
             .field("store", &self.store.as_ref().map(|_| "…"))
+            .field("files_dir", &self.files_dir)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +106,7 @@ impl RunOptions {
             max_upload_bytes: crate::service::blobs::DEFAULT_MAX_UPLOAD as usize,
             default_retention_days: 0,
             store: None,
+            files_dir: None,
         }
     }
 }
@@ -187,11 +193,13 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
     service.set_search_index(Arc::new(index));
     service.set_max_post_bytes(opts.max_upload_bytes);
     service.set_max_upload_bytes(opts.max_upload_bytes as u64);
-    let blobs = crate::service::blobs::BlobDir::open(&dir.blobs())
-        .map_err(|e| ServerError::io(format!("cannot open {}", dir.blobs().display()), e))?;
+    let files_dir = opts.files_dir.clone().unwrap_or_else(|| dir.blobs());
+    let blobs = crate::service::blobs::BlobDir::open(&files_dir)
+        .map_err(|e| ServerError::io(format!("cannot open {}", files_dir.display()), e))?;
     service.set_blob_dir(blobs);
-    // Nothing is in flight yet: files no record names (a crash between a record's removal
-    // and its file's) can go.
+    // Nothing is in flight on this node yet: files no record names (a crash between a
+    // record's removal and its file's) can go, unless they are fresh (another node of the
+    // cluster may be storing them right now, see `clean_blobs`).
     service.clean_blobs(true).await?;
     service.set_default_retention_days(opts.default_retention_days);
     let leader = service.db().store().leadership();
