@@ -61,6 +61,13 @@ impl TestBackend {
         Self::start_serving_on(None, database).await
     }
 
+    /// Like [`TestBackend::start`], with the records in the (empty) PostgreSQL database
+    /// `store` names, exactly as given (e.g. with `sslmode` and `sslrootcert`); nothing is
+    /// created or dropped there.
+    pub async fn start_on_store(store: &str) -> Result<Self> {
+        Self::start_inner(None, None, Some(store.to_owned())).await
+    }
+
     /// Like [`TestBackend::start`], but the server presents `cert` (issued by a CA, e.g.
     /// [`TestCa::issue`]) with its private key `key`.
     pub async fn start_with_certificate(cert: &Path, key: &Path) -> Result<Self> {
@@ -75,6 +82,15 @@ impl TestBackend {
         tls: Option<(PathBuf, PathBuf)>,
         database: Option<TestDatabase>,
     ) -> Result<Self> {
+        let store = database.as_ref().map(|d| d.url().to_owned());
+        Self::start_inner(tls, database, store).await
+    }
+
+    async fn start_inner(
+        tls: Option<(PathBuf, PathBuf)>,
+        database: Option<TestDatabase>,
+        store: Option<String>,
+    ) -> Result<Self> {
         init_tracing();
         let data = tempfile::tempdir()?;
         let profiles = tempfile::tempdir()?;
@@ -85,7 +101,7 @@ impl TestBackend {
                 listen: Some("127.0.0.1:0".parse()?),
                 org: Some("Stadt Teststadt".into()),
                 admin_user: None,
-                store: database.as_ref().map(|d| d.url().to_owned()),
+                store,
             },
             clock.as_ref(),
         )?;

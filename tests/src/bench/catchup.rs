@@ -315,7 +315,9 @@ impl SecondNode {
     async fn start(backend: &TestBackend, nodes: usize) -> Result<Self> {
         ensure!(nodes <= 2, "catchup runs on one or two nodes");
         let mut node = Self {
-            dir: (nodes == 2).then(|| node_dir(&backend.data_dir())).transpose()?,
+            dir: (nodes == 2)
+                .then(|| node_dir(&backend.data_dir()))
+                .transpose()?,
             addr: None,
             server: None,
         };
@@ -332,8 +334,12 @@ impl SecondNode {
             return Ok(());
         };
         let listen = self.addr.unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
-        let server =
-            start_node_at(dir.path().to_path_buf(), listen, Some(backend.clock.clone())).await?;
+        let server = start_node_at(
+            dir.path().to_path_buf(),
+            listen,
+            Some(backend.clock.clone()),
+        )
+        .await?;
         self.addr = Some(server.local_addr());
         self.server = Some(server);
         Ok(())

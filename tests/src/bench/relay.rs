@@ -165,7 +165,9 @@ pub(crate) async fn fanout(
     let sender = users[0].connect(&endpoint, addrs[0], &fp).await?;
 
     let mut receivers = Receivers::default();
-    receivers.add(&users[1..2], &endpoint, &addrs[..1], &fp).await?;
+    receivers
+        .add(&users[1..2], &endpoint, &addrs[..1], &fp)
+        .await?;
     let one = measure_deliveries(&sender, &group, &mut receivers, posts).await?;
     receivers.add(&users[2..], &endpoint, &addrs, &fp).await?;
     let all = measure_deliveries(&sender, &group, &mut receivers, posts).await?;
