@@ -58,6 +58,19 @@ impl TestBackend {
         Self::start_serving_on(None, None).await
     }
 
+    /// Like [`TestBackend::start`], on `database` (`None`: sled in the data directory)
+    /// whatever `RATHAUS_TEST_STORE` says.
+    pub async fn start_on(database: Option<TestDatabase>) -> Result<Self> {
+        Self::start_serving_on(None, database).await
+    }
+
+    /// Like [`TestBackend::start`], with the records in the (empty) PostgreSQL database
+    /// `store` names, exactly as given (e.g. with `sslmode` and `sslrootcert`); nothing is
+    /// created or dropped there.
+    pub async fn start_on_store(store: &str) -> Result<Self> {
+        Self::start_inner(None, None, Some(store.to_owned())).await
+    }
+
     /// Like [`TestBackend::start`], but the server presents `cert` (issued by a CA, e.g.
     /// [`TestCa::issue`]) with its private key `key`.
     pub async fn start_with_certificate(cert: &Path, key: &Path) -> Result<Self> {
@@ -72,6 +85,15 @@ impl TestBackend {
         tls: Option<(PathBuf, PathBuf)>,
         database: Option<TestDatabase>,
     ) -> Result<Self> {
+        let store = database.as_ref().map(|d| d.url().to_owned());
+        Self::start_inner(tls, database, store).await
+    }
+
+    async fn start_inner(
+        tls: Option<(PathBuf, PathBuf)>,
+        database: Option<TestDatabase>,
+        store: Option<String>,
+    ) -> Result<Self> {
         init_tracing();
         let data = tempfile::tempdir()?;
         let profiles = tempfile::tempdir()?;
@@ -82,7 +104,7 @@ impl TestBackend {
                 listen: Some("127.0.0.1:0".parse()?),
                 org: Some("Stadt Teststadt".into()),
                 admin_user: None,
-                store: database.as_ref().map(|d| d.url().to_owned()),
+                store,
             },
             clock.as_ref(),
         )?;
@@ -251,13 +273,24 @@ impl TestBackend {
 
     /// Enrolls `user` with `code` into a fresh profile.
     pub async fn enroll(&self, user: &str, code: &str) -> rathaus_client::Result<Client> {
+        self.enroll_at(&self.addr.to_string(), user, code).await
+    }
+
+    /// Like [`TestBackend::enroll`], through (and afterwards connecting to) `server`: e.g.
+    /// another node on the same database, presenting the same certificate.
+    pub async fn enroll_at(
+        &self,
+        server: &str,
+        user: &str,
+        code: &str,
+    ) -> rathaus_client::Result<Client> {
         let dir = self.profile_dir(user);
         let user_id =
             UserId::parse(user).map_err(|e| rathaus_client::ClientError::Invalid(e.to_string()))?;
         Client::enroll(
             &dir,
             EnrollOptions {
-                server: self.addr.to_string(),
+                server: server.to_owned(),
                 trust: ServerTrust::Pinned(self.fingerprint.clone()),
                 user: user_id,
                 code: code.to_owned(),

@@ -44,7 +44,13 @@ impl TestDatabase {
         if !testing_on_postgres() {
             return Ok(None);
         }
-        let admin_url = std::env::var(TEST_STORE_VAR)?;
+        Self::create_on(&std::env::var(TEST_STORE_VAR)?).map(Some)
+    }
+
+    /// A fresh database on the PostgreSQL server `admin_url` names (any database there
+    /// the user may create databases from, e.g. `postgres`).
+    pub fn create_on(admin_url: &str) -> Result<Self> {
+        let admin_url = admin_url.to_owned();
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!(
             "t_{}_{}_{}",
@@ -58,12 +64,12 @@ impl TestDatabase {
             client.batch_execute(&statement).await?;
             Ok(())
         })
-        .with_context(|| format!("cannot create the test database on {TEST_STORE_VAR}"))?;
-        Ok(Some(Self {
+        .context("cannot create a database on the PostgreSQL server")?;
+        Ok(Self {
             url,
             admin_url,
             name,
-        }))
+        })
     }
 
     /// The URL to give the server.
@@ -105,7 +111,7 @@ fn with_database(url: &str, name: &str) -> Result<String> {
     };
     let scheme_end = base
         .find("://")
-        .ok_or_else(|| anyhow!("{TEST_STORE_VAR} is not a postgres:// URL"))?
+        .ok_or_else(|| anyhow!("{url:?} is not a postgres:// URL"))?
         + 3;
     let authority_end = base[scheme_end..]
         .find('/')

@@ -31,7 +31,9 @@ pub use measure::{
     contains, dir_size, files_containing, process_cpu_time, rss_kib, shared_endpoint, store_bytes,
 };
 pub use process::{parse_listening_line, sibling_bin, workspace_bin, ServerProcess};
-pub use provision::{init_data_dir, provision_users, ProvisionedUser, Provisioning};
+pub use provision::{
+    init_data_dir, init_data_dir_on, provision_users, ProvisionedUser, Provisioning,
+};
 pub use team::Secret;
 
 /// Password every fixture user enrolls with.

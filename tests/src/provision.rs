@@ -130,6 +130,12 @@ pub fn provision_users(data_dir: &Path, what: &Provisioning<'_>) -> Result<Vec<P
 /// Initialises a server data directory in `root` (no clients enrolled) and returns it;
 /// its records are in sled (for [`provision_users`], which writes them directly).
 pub fn init_data_dir(root: &Path) -> Result<PathBuf> {
+    init_data_dir_on(root, None)
+}
+
+/// Like [`init_data_dir`], with the records in the PostgreSQL database `store` names
+/// (`None`: sled in the data directory).
+pub fn init_data_dir_on(root: &Path, store: Option<&str>) -> Result<PathBuf> {
     let data = root.join("server");
     rathaus_server::init(
         &InitOptions {
@@ -137,7 +143,7 @@ pub fn init_data_dir(root: &Path) -> Result<PathBuf> {
             listen: Some("127.0.0.1:0".parse()?),
             org: Some("Stadt Teststadt".into()),
             admin_user: None,
-            store: None,
+            store: store.map(str::to_owned),
         },
         &rathaus_server::clock::SystemClock,
     )?;

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
+
+use super::pg_tls::PgTls;
 
 /// The advisory lock key of the background loops ("ratlead" in ASCII; the migration's
 /// key differs).
@@ -73,6 +74,7 @@ impl Leadership {
 pub(super) fn spawn_postgres(
     rt: &tokio::runtime::Runtime,
     config: tokio_postgres::Config,
+    tls: PgTls,
 ) -> Leadership {
     let (tx, now) = watch::channel(false);
     rt.spawn(async move {
@@ -80,7 +82,7 @@ pub(super) fn spawn_postgres(
             if tx.is_closed() {
                 return;
             }
-            if let Err(e) = lead_once(&config, &tx).await {
+            if let Err(e) = lead_once(&config, &tls, &tx).await {
                 tracing::warn!(error = %e, "the connection for the background loops' lock failed");
             }
             if tx.send_replace(false) {
@@ -99,9 +101,13 @@ pub(super) fn spawn_postgres(
 /// connection answers. Returns when the connection fails or nobody asks any more.
 async fn lead_once(
     config: &tokio_postgres::Config,
+    tls: &PgTls,
     tx: &watch::Sender<bool>,
 ) -> Result<(), String> {
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (client, connection) = config
+        .connect(tls.clone())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut driver = tokio::spawn(connection);
     loop {
         let won = tokio::select! {

@@ -12,6 +12,7 @@ mod leader;
 mod memory;
 mod pg_notify;
 mod pg_store;
+mod pg_tls;
 mod records;
 mod sled_store;
 mod snapshot;

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+
+use super::pg_tls::PgTls;
 
 /// The channel every node listens on.
 const CHANNEL: &str = "rathaus_log";
@@ -92,6 +94,7 @@ pub(super) fn spawn_sender(
 pub(super) fn spawn_listener(
     rt: &tokio::runtime::Runtime,
     config: tokio_postgres::Config,
+    tls: PgTls,
     node: u64,
 ) -> mpsc::Receiver<EntryNotice> {
     let (tx, rx) = mpsc::channel(INBOX);
@@ -100,7 +103,7 @@ pub(super) fn spawn_listener(
             if tx.is_closed() {
                 return;
             }
-            if let Err(e) = listen_once(&config, node, &tx).await {
+            if let Err(e) = listen_once(&config, &tls, node, &tx).await {
                 tracing::warn!(error = %e, "lost the connection for the other nodes' posts");
             }
             tokio::time::sleep(RECONNECT).await;
@@ -111,10 +114,11 @@ pub(super) fn spawn_listener(
 
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &PgTls,
     node: u64,
     tx: &mpsc::Sender<EntryNotice>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
     let (messages, mut incoming) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

@@ -27,15 +27,14 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 use super::combine::Combiner;
+use super::pg_tls::PgTls;
 use super::snapshot::{self, SnapshotInfo, SnapshotReader, INTERNAL_PREFIX};
 use super::{ApplyTicket, Batch, FlushFuture, KeyValue, Store, StoreError};
 
@@ -67,6 +66,8 @@ pub struct PgStore {
     writes: Arc<Combiner>,
     /// How to connect (for the listener's and the leader lock's connections of their own).
     config: tokio_postgres::Config,
+    /// The TLS of every connection (`sslmode`, `sslrootcert`).
+    tls: PgTls,
     /// This process among the nodes on the database (random, for telling its own
     /// notifications from the others').
     node: u64,
@@ -107,10 +108,10 @@ pub fn is_postgres_url(url: &str) -> bool {
 
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user@host/db`, or with
-    /// `?host=/run/postgresql` for a Unix socket) and brings its schema up to date.
+    /// `?host=/run/postgresql` for a Unix socket) and brings its schema up to date. Over
+    /// TCP the URL's `sslmode` and `sslrootcert` choose TLS as libpq does (see `pg_tls`).
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
+        let (mut config, tls) = super::pg_tls::settings(url)?;
         // Every COMMIT waits for the WAL flush: an acknowledged post survives a crash.
         config.options("-c synchronous_commit=on -c client_min_messages=warning");
         if config.get_connect_timeout().is_none() {
@@ -128,7 +129,7 @@ impl PgStore {
         let listen_config = config.clone();
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -147,6 +148,7 @@ impl PgStore {
             pool,
             writes: Arc::default(),
             config: listen_config,
+            tls,
             node,
             notices,
         };
@@ -499,12 +501,13 @@ impl Store for PgStore {
         Some(super::pg_notify::spawn_listener(
             self.rt.get(),
             self.config.clone(),
+            self.tls.clone(),
             self.node,
         ))
     }
 
     fn leadership(&self) -> super::Leadership {
-        super::leader::spawn_postgres(self.rt.get(), self.config.clone())
+        super::leader::spawn_postgres(self.rt.get(), self.config.clone(), self.tls.clone())
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

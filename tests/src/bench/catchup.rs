@@ -9,6 +9,10 @@
 //! KeyPackages come from a throwaway in-memory [`MlsEngine`] (they never read the group).
 //! The owner's client gives birth to the group and the owner admits all of them in one
 //! commit (`approve --all`).
+//!
+//! On two nodes the owner and the administrator work through the first and the offline
+//! member (and the baseline's bare member) through the second, so everything it catches
+//! up on was written by the other node.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,10 +21,12 @@ use anyhow::{anyhow, bail, ensure, Result};
 use rathaus_client::mls::{DeviceIdentity, MlsEngine};
 use rathaus_client::Client;
 use rathaus_protocol::{EntryBody, GroupHandle, Request, Response, UserId};
+use rathaus_server::RunningServer;
 use rathaus_tests::{provision_users, shared_endpoint, ProvisionedUser, Provisioning, TestBackend};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::cluster::{node_dir, start_node_at, Placement};
 use super::mls::Bare;
 use super::report::Row;
 
@@ -34,13 +40,15 @@ pub(crate) async fn catchup(
     members: usize,
     messages: usize,
     commits: usize,
+    placement: &Placement,
     suffix: &str,
 ) -> Result<Vec<Row>> {
     ensure!(
         members >= 3 + commits,
         "need room for {commits} removals among {members} members"
     );
-    let mut backend = TestBackend::start().await?;
+    let mut backend = TestBackend::start_on(placement.database()?).await?;
+    let mut second = SecondNode::start(&backend, placement.nodes()).await?;
     let mut admin = backend.admin().await?;
     let owner_code = backend
         .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
@@ -52,10 +60,14 @@ pub(crate) async fn catchup(
     // Enrolling publishes each device's KeyPackages; nobody syncs yet, so the group is
     // born only once everyone below has KeyPackages on the server.
     let mut owner = backend.enroll("P1001", &owner_code).await?;
-    let mut offline = backend.enroll("P1002", &offline_code).await?;
+    let offline_server = second.addr().unwrap_or(backend.addr).to_string();
+    let mut offline = backend
+        .enroll_at(&offline_server, "P1002", &offline_code)
+        .await?;
     for c in [&mut admin, &mut owner, &mut offline] {
         c.disconnect().await;
     }
+    second.stop().await;
     backend.stop().await;
     eprintln!("  catchup: provisioning {} members", members - 2);
     // `M0` is the bare openmls member of the baseline.
@@ -69,6 +81,8 @@ pub(crate) async fn catchup(
         },
     )?;
     backend.run().await?;
+    second.run(&backend).await?;
+    let offline_addr = second.addr().unwrap_or(backend.addr);
     let endpoint = shared_endpoint()?;
     let bare_user = others[0].clone();
     let bare = Bare::with_key(
@@ -76,7 +90,7 @@ pub(crate) async fn catchup(
         &DeviceIdentity::new(bare_user.id.as_str(), &bare_user.device.0.to_string())?,
     );
     let bare_conn = bare_user
-        .connect(&endpoint, backend.addr, &backend.fingerprint)
+        .connect(&endpoint, offline_addr, &backend.fingerprint)
         .await?;
     expect_status(
         bare_conn
@@ -198,6 +212,7 @@ pub(crate) async fn catchup(
         c.disconnect().await;
     }
     bare_conn.close().await;
+    second.stop().await;
     backend.stop().await;
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -210,7 +225,12 @@ pub(crate) async fn catchup(
     .bar(300.0)
     .note(format!(
         "offline member of a {members}-member secret group: sync + read of {messages} \
-             messages and {commits} removal commits (+ their proposals)"
+             messages and {commits} removal commits (+ their proposals){}",
+        match placement.nodes() {
+            1 if placement.tag().is_empty() => String::new(),
+            1 => " on PostgreSQL".into(),
+            n => format!(" on PostgreSQL, {n} nodes: written through one, read through another"),
+        }
     ))])
 }
 
@@ -279,6 +299,57 @@ async fn remove_and_commit(
         }
     }
     Ok(())
+}
+
+/// The second node on the backend's database, if the run has two: its own copy of the
+/// data directory, restarted on the same address (the offline member's profile names it).
+struct SecondNode {
+    /// Its data directory (`None`: one node only).
+    dir: Option<tempfile::TempDir>,
+    /// Where it listens, once started.
+    addr: Option<std::net::SocketAddr>,
+    server: Option<RunningServer>,
+}
+
+impl SecondNode {
+    async fn start(backend: &TestBackend, nodes: usize) -> Result<Self> {
+        ensure!(nodes <= 2, "catchup runs on one or two nodes");
+        let mut node = Self {
+            dir: (nodes == 2)
+                .then(|| node_dir(&backend.data_dir()))
+                .transpose()?,
+            addr: None,
+            server: None,
+        };
+        node.run(backend).await?;
+        Ok(node)
+    }
+
+    fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.addr
+    }
+
+    async fn run(&mut self, backend: &TestBackend) -> Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let listen = self.addr.unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+        let server = start_node_at(
+            dir.path().to_path_buf(),
+            listen,
+            Some(backend.clock.clone()),
+        )
+        .await?;
+        self.addr = Some(server.local_addr());
+        self.server = Some(server);
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
 }
 
 fn epoch(client: &Client, group: &GroupHandle) -> Result<u64> {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use quinn::{RecvStream, SendStream};
 use rand::RngCore;
 use rathaus_client::net::Connection;
@@ -14,14 +14,15 @@ use rathaus_protocol::{
     frame, ClientMsgId, Content, Event, GroupHandle, PostBody, Request, Response,
 };
 use rathaus_server::transport::tls::TlsIdentity;
-use rathaus_server::{RunOptions, RunningServer};
+use rathaus_server::RunningServer;
 use rathaus_tests::{
-    dir_size, init_data_dir, process_cpu_time, provision_users, shared_endpoint, store_bytes,
-    ProvisionedUser, Provisioning,
+    dir_size, init_data_dir, init_data_dir_on, process_cpu_time, provision_users, shared_endpoint,
+    store_bytes, ProvisionedUser, Provisioning, TestDatabase,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use super::cluster::{Cluster, Placement};
 use super::report::{Row, Samples};
 
 /// Bytes of text in every benchmark post ("1 KiB messages").
@@ -34,15 +35,24 @@ const INGEST_SHARE_OF_BARE: f64 = 0.5;
 const INGEST_P99_MS: f64 = 10.0;
 /// DESIGN §10: p99 of the delivery to 1,000 online members, ms.
 const FANOUT_P99_MS: f64 = 25.0;
+/// How often one post is sent again after a transient refusal before the run fails.
+const TRANSIENT_RETRIES: usize = 50;
 /// Upper bound for any single wait, so a broken server fails the run instead of hanging.
 const WAIT: Duration = Duration::from_secs(120);
 
 /// `ingest`: `senders` concurrent connections post `posts` 1 KiB messages each and wait
-/// for each acknowledgement (after the durable write). Baseline: the same request/response
-/// loop against a bare quinn server that answers without storing.
-pub(crate) async fn ingest(senders: usize, posts: usize, suffix: &str) -> Result<Vec<Row>> {
+/// for each acknowledgement (after the durable write); on several nodes the senders take
+/// turns between them. Baseline: the same request/response loop against a bare quinn
+/// server that answers without storing.
+pub(crate) async fn ingest(
+    senders: usize,
+    posts: usize,
+    placement: &Placement,
+    suffix: &str,
+) -> Result<Vec<Row>> {
     let tmp = tempfile::tempdir()?;
-    let data = init_data_dir(tmp.path())?;
+    let database = placement.database()?;
+    let data = init_data_dir_on(tmp.path(), database.as_ref().map(TestDatabase::url))?;
     let users = provision_users(
         &data,
         &Provisioning {
@@ -52,19 +62,14 @@ pub(crate) async fn ingest(senders: usize, posts: usize, suffix: &str) -> Result
             roles: &[],
         },
     )?;
-    let server = start_server(&data).await?;
+    let cluster = Cluster::start(&data, placement.nodes()).await?;
     let endpoint = shared_endpoint()?;
-    let conns = connect_all(
-        &users,
-        &endpoint,
-        server.local_addr(),
-        &server.fingerprint(),
-    )
-    .await?;
+    let conns = connect_spread(&users, &endpoint, &cluster.addrs(), &cluster.fingerprint()).await?;
     let cpu0 = process_cpu_time()?;
-    let (rathaus_rate, rathaus_lat) = drive_posts(conns, posts).await?;
+    let (rathaus_rate, rathaus_lat, retries) = drive_posts(conns, posts).await?;
     let rathaus_cpu = process_cpu_time()?.saturating_sub(cpu0);
-    server.shutdown().await;
+    cluster.shutdown().await;
+    drop(database);
 
     let bare = BareServer::start()?;
     let mut conns = Vec::new();
@@ -79,12 +84,20 @@ pub(crate) async fn ingest(senders: usize, posts: usize, suffix: &str) -> Result
         );
     }
     let cpu0 = process_cpu_time()?;
-    let (bare_rate, bare_lat) = drive_posts(conns, posts).await?;
+    let (bare_rate, bare_lat, _) = drive_posts(conns, posts).await?;
     let bare_cpu = process_cpu_time()?.saturating_sub(cpu0);
     let per_post = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (senders * posts) as f64;
     bare.endpoint.close(0u32.into(), b"done");
 
-    let what = format!("{senders} senders x {posts} posts of {POST_TEXT} B");
+    let what = format!(
+        "{senders} senders x {posts} posts of {POST_TEXT} B{}{}",
+        on_nodes(placement),
+        if retries > 0 {
+            format!(" ({retries} sends refused as transient and sent again)")
+        } else {
+            String::new()
+        }
+    );
     Ok(vec![
         Row::new(format!("ingest{suffix}"), rathaus_rate, "msg/s")
             .baseline(bare_rate)
@@ -116,18 +129,26 @@ pub(crate) async fn ingest(senders: usize, posts: usize, suffix: &str) -> Result
         )
         .baseline(per_post(bare_cpu))
         .note(
-            "CPU time (user + system, all threads: server and the 100 clients) per \
-                 acknowledged post; 10 ms resolution",
+            "CPU time (user + system, all threads of this process: server and the 100 \
+                 clients; not the PostgreSQL server's) per acknowledged post; 10 ms resolution",
         ),
     ])
 }
 
 /// `fanout`: one post to a group of `members`, all subscribed; delivery latency from
-/// sending the post to each member's event. Baseline: the same post with one member
-/// subscribed.
-pub(crate) async fn fanout(members: usize, posts: usize, suffix: &str) -> Result<Vec<Row>> {
+/// sending the post to each member's event. On several nodes the sender is on the first
+/// and the members take turns between the nodes (delivery to the others crosses the
+/// database's notifications). Baseline: the same post with one member subscribed, on the
+/// sender's node.
+pub(crate) async fn fanout(
+    members: usize,
+    posts: usize,
+    placement: &Placement,
+    suffix: &str,
+) -> Result<Vec<Row>> {
     let tmp = tempfile::tempdir()?;
-    let data = init_data_dir(tmp.path())?;
+    let database = placement.database()?;
+    let data = init_data_dir_on(tmp.path(), database.as_ref().map(TestDatabase::url))?;
     let users = provision_users(
         &data,
         &Provisioning {
@@ -137,21 +158,33 @@ pub(crate) async fn fanout(members: usize, posts: usize, suffix: &str) -> Result
             roles: &[],
         },
     )?;
-    let server = start_server(&data).await?;
-    let (addr, fp) = (server.local_addr(), server.fingerprint());
+    let cluster = Cluster::start(&data, placement.nodes()).await?;
+    let (addrs, fp) = (cluster.addrs(), cluster.fingerprint());
     let endpoint = shared_endpoint()?;
     let group = GroupHandle::parse("bauamt")?;
-    let sender = users[0].connect(&endpoint, addr, &fp).await?;
+    let sender = users[0].connect(&endpoint, addrs[0], &fp).await?;
 
     let mut receivers = Receivers::default();
-    receivers.add(&users[1..2], &endpoint, addr, &fp).await?;
+    receivers
+        .add(&users[1..2], &endpoint, &addrs[..1], &fp)
+        .await?;
     let one = measure_deliveries(&sender, &group, &mut receivers, posts).await?;
-    receivers.add(&users[2..], &endpoint, addr, &fp).await?;
+    receivers.add(&users[2..], &endpoint, &addrs, &fp).await?;
     let all = measure_deliveries(&sender, &group, &mut receivers, posts).await?;
     drop(receivers);
-    server.shutdown().await;
+    drop(sender);
+    cluster.shutdown().await;
+    drop(database);
 
-    let note = format!("{posts} posts, each to {members} subscribed members; baseline: 1 member");
+    let note = format!(
+        "{posts} posts, each to {members} subscribed members{}; baseline: 1 member{}",
+        on_nodes(placement),
+        if placement.nodes() > 1 {
+            ", on the sender's node"
+        } else {
+            ""
+        }
+    );
     Ok(vec![
         Row::new(format!("fanout-p50{suffix}"), all.quantile_ms(0.5), "ms")
             .baseline(one.quantile_ms(0.5))
@@ -201,10 +234,10 @@ pub(crate) async fn announce(
     let editor_conn = editor.connect(&endpoint, addr, &fp).await?;
 
     let mut receivers = Receivers::default();
-    receivers.add(&staff[..1], &endpoint, addr, &fp).await?;
+    receivers.add(&staff[..1], &endpoint, &[addr], &fp).await?;
     let one = all_have_it(&editor_conn, &announcements, &mut receivers, posts).await?;
     receivers
-        .add(&staff[1..connected], &endpoint, addr, &fp)
+        .add(&staff[1..connected], &endpoint, &[addr], &fp)
         .await?;
     let all = all_have_it(&editor_conn, &announcements, &mut receivers, posts).await?;
     drop(receivers);
@@ -257,9 +290,16 @@ pub(crate) async fn announce(
 
 /// Starts an in-process server on `127.0.0.1:0` over `data`.
 pub(crate) async fn start_server(data: &Path) -> Result<RunningServer> {
-    let mut options = RunOptions::new(data);
-    options.listen = Some("127.0.0.1:0".parse()?);
-    Ok(rathaus_server::start(options).await?)
+    super::cluster::start_node(data).await
+}
+
+/// What a note says of the store: nothing on sled, else the database and the nodes.
+fn on_nodes(placement: &Placement) -> String {
+    match (placement.tag().is_empty(), placement.nodes()) {
+        (true, _) => String::new(),
+        (false, 1) => " on PostgreSQL".into(),
+        (false, n) => format!(" on PostgreSQL, {n} nodes"),
+    }
 }
 
 /// Connects and authenticates every user over one shared endpoint, a few at a time.
@@ -269,9 +309,22 @@ pub(crate) async fn connect_all(
     addr: SocketAddr,
     fingerprint: &str,
 ) -> Result<Vec<Connection>> {
+    connect_spread(users, endpoint, &[addr], fingerprint).await
+}
+
+/// Like [`connect_all`], the users taking turns between the nodes at `addrs` (the i-th
+/// user to the node `i % addrs.len()`).
+async fn connect_spread(
+    users: &[ProvisionedUser],
+    endpoint: &quinn::Endpoint,
+    addrs: &[SocketAddr],
+    fingerprint: &str,
+) -> Result<Vec<Connection>> {
+    ensure!(!addrs.is_empty(), "no server to connect to");
     let limit = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = JoinSet::new();
     for (i, user) in users.iter().enumerate() {
+        let addr = addrs[i % addrs.len()];
         let (user, endpoint, fp, limit) = (
             user.clone(),
             endpoint.clone(),
@@ -311,8 +364,12 @@ fn post_text(i: usize) -> String {
 }
 
 /// Every connection posts `posts` times in sequence, all connections at once. Returns the
-/// throughput and the latency of each request.
-async fn drive_posts(conns: Vec<Connection>, posts: usize) -> Result<(f64, Samples)> {
+/// throughput, the latency of each post and how many sends were refused as transient
+/// and sent again. A post's latency runs from its first send to its acknowledgement:
+/// a post another node's write pushed back (the server's own retries used up) goes out
+/// again with the same client id, as a client's outbox sends it again, at most
+/// [`TRANSIENT_RETRIES`] times.
+async fn drive_posts(conns: Vec<Connection>, posts: usize) -> Result<(f64, Samples, usize)> {
     let group = GroupHandle::parse("bauamt")?;
     let total = conns.len() * posts;
     let start = Instant::now();
@@ -321,27 +378,41 @@ async fn drive_posts(conns: Vec<Connection>, posts: usize) -> Result<(f64, Sampl
         let group = group.clone();
         tasks.spawn(async move {
             let mut samples = Samples::default();
+            let mut retries = 0;
             for i in 0..posts {
                 let request = post_request(&group, &post_text(i));
                 let t0 = Instant::now();
-                match conn.request(&request).await? {
+                let mut attempt = 0;
+                let answer = loop {
+                    match conn.request(&request).await {
+                        Err(e) if e.is_transient() && attempt < TRANSIENT_RETRIES => {
+                            attempt += 1;
+                            retries += 1;
+                        }
+                        other => break other?,
+                    }
+                };
+                match answer {
                     Response::Posted { .. } => samples.push(t0.elapsed()),
                     other => bail!("unexpected answer to a post: {other:?}"),
                 }
             }
             conn.raw().close(0u32.into(), b"done");
-            anyhow::Ok(samples)
+            anyhow::Ok((samples, retries))
         });
     }
     let mut samples = Samples::default();
+    let mut retries = 0;
     while let Some(joined) = tasks.join_next().await {
-        samples.extend(joined??);
+        let (s, r) = joined??;
+        samples.extend(s);
+        retries += r;
     }
     let elapsed = start.elapsed();
     if samples.len() != total {
         bail!("{} of {total} posts acknowledged", samples.len());
     }
-    Ok((total as f64 / elapsed.as_secs_f64(), samples))
+    Ok((total as f64 / elapsed.as_secs_f64(), samples, retries))
 }
 
 async fn post_many(conn: &Connection, group: &GroupHandle, n: usize) -> Result<()> {
@@ -368,7 +439,7 @@ impl Receivers {
         &mut self,
         users: &[ProvisionedUser],
         endpoint: &quinn::Endpoint,
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         fp: &str,
     ) -> Result<()> {
         if self.tx.is_none() {
@@ -377,7 +448,7 @@ impl Receivers {
             self.rx = Some(rx);
         }
         let tx = self.tx.clone().context("receiver channel")?;
-        let conns = connect_all(users, endpoint, addr, fp).await?;
+        let conns = connect_spread(users, endpoint, addrs, fp).await?;
         // Subscribe on every connection (one round trip each) and start its reader.
         for conn in &conns {
             let mut sub = tokio::time::timeout(WAIT, conn.subscribe())

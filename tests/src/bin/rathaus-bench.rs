@@ -14,9 +14,17 @@
 //! cli-send, idle-connections, import, files, search). `--only peer-ingest` runs the
 //! Rathaus half of the side-by-side benchmark against Matrix Synapse
 //! (`tests/peers/synapse.py`); it is no DESIGN §10 bar and runs only when named.
+//!
+//! `--store postgres://… [--nodes 2]` runs ingest, fanout and catchup on PostgreSQL: each
+//! workload on a fresh database of its own (created on that server, dropped afterwards),
+//! served by one node or by two on the same database, next to the same baselines. Their
+//! names then carry the store and node count (`ingest-pg`, `fanout-p99-pg-2nodes`); the
+//! other workloads run on sled as without it.
 
 #[path = "../bench/catchup.rs"]
 mod catchup;
+#[path = "../bench/cluster.rs"]
+mod cluster;
 #[path = "../bench/e2e.rs"]
 mod e2e;
 #[path = "../bench/files.rs"]
@@ -126,6 +134,8 @@ fn main() -> Result<()> {
     let mut quick = false;
     let mut json = false;
     let mut only: Option<Vec<String>> = None;
+    let mut store: Option<String> = None;
+    let mut nodes = 1usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -135,9 +145,23 @@ fn main() -> Result<()> {
                 let list = args.next().unwrap_or_default();
                 only = Some(list.split(',').map(str::to_owned).collect());
             }
+            "--store" => match args.next() {
+                Some(url) if url == "sled" => store = None,
+                Some(url) if rathaus_server::store::is_postgres_url(&url) => store = Some(url),
+                other => bail!("--store takes sled or a postgres://… URL, not {other:?}"),
+            },
+            "--nodes" => {
+                let n = args.next().unwrap_or_default();
+                nodes = n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--nodes takes a number, not {n:?}"))?;
+                if !(1..=2).contains(&nodes) {
+                    bail!("--nodes is 1 or 2");
+                }
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: rathaus-bench [--quick] [--json] [--only ingest,fanout,announce,mls,catchup,e2e-secret,cli-send,idle-connections,import,files,search,peer-ingest]"
+                    "usage: rathaus-bench [--quick] [--json] [--store sled|postgres://… [--nodes 1|2]] [--only ingest,fanout,announce,mls,catchup,e2e-secret,cli-send,idle-connections,import,files,search,peer-ingest]"
                 );
                 return Ok(());
             }
@@ -145,6 +169,10 @@ fn main() -> Result<()> {
         }
     }
     let sizes = if quick { &QUICK } else { &FULL };
+    let placement = cluster::Placement::new(store, nodes)?;
+    // Ingest, fan-out and catch-up on the chosen store: their names say which.
+    let ps = format!("{}{}", placement.tag(), sizes.suffix);
+    let ps = ps.as_str();
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|w| w == name));
     // The peer benchmark's half is no DESIGN §10 bar: only when asked for by name.
     let named = |name: &str| only.as_ref().is_some_and(|o| o.iter().any(|w| w == name));
@@ -156,13 +184,13 @@ fn main() -> Result<()> {
     let s = sizes.suffix;
 
     if wanted("ingest") {
-        rows.extend(run_async(&runtime, "ingest", "msg/s", s, async {
-            relay::ingest(sizes.ingest_senders, sizes.ingest_posts, s).await
+        rows.extend(run_async(&runtime, "ingest", "msg/s", ps, async {
+            relay::ingest(sizes.ingest_senders, sizes.ingest_posts, &placement, ps).await
         }));
     }
     if wanted("fanout") {
-        rows.extend(run_async(&runtime, "fanout", "ms", s, async {
-            relay::fanout(sizes.fanout_members, sizes.fanout_posts, s).await
+        rows.extend(run_async(&runtime, "fanout", "ms", ps, async {
+            relay::fanout(sizes.fanout_members, sizes.fanout_posts, &placement, ps).await
         }));
     }
     if wanted("announce") {
@@ -198,12 +226,12 @@ fn main() -> Result<()> {
         // DESIGN §10: 1,000 messages + 10 commits at every size; only the group shrinks.
         let n = sizes.catchup_members;
         let name = if quick {
-            format!(" ({n} members, quick)")
+            format!("{} ({n} members, quick)", placement.tag())
         } else {
-            String::new()
+            placement.tag()
         };
         rows.extend(run_async(&runtime, "catchup", "ms", &name, async {
-            catchup::catchup(n, 1000, 10, &name).await
+            catchup::catchup(n, 1000, 10, &placement, &name).await
         }));
     }
     if wanted("e2e-secret") {
