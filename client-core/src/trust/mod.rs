@@ -58,6 +58,12 @@ impl Client {
     /// Pins the device keys of `group`'s MLS members and records a timeline row for every
     /// key change (a warning) and every new device of a known user (a notice). Called
     /// whenever this device's view of the group may have changed.
+    ///
+    /// A pass leaves every member pinned with the key its leaf shows, so another pass
+    /// over the same leaves finds nothing as long as no pin changed in between. That is
+    /// what the digest of the leaves and the pins' generation stored with each pass
+    /// show: when both are unchanged, the pass is skipped; any changed leaf (a new key, a
+    /// new device) or any pin written since, by whatever path, makes it run in full.
     pub(crate) fn pin_group_keys(&self, group: &GroupHandle) -> Result<()> {
         let gid = mls_group_id(group);
         if !self.mls.has_group(&gid)? {
@@ -65,9 +71,15 @@ impl Client {
         }
         let members = self.mls.members(&gid)?;
         let handle = group.to_string();
+        let digest = members_digest(&members);
+        let conn = self.store.connection();
+        if let Some((last, generation)) = pins::group_pass(conn, &handle)? {
+            if last == digest && generation == pins::generation(conn)? {
+                return Ok(());
+            }
+        }
         let seq = self.store.cursor(&handle)?;
         let now = crate::time_fmt::now_ms();
-        let conn = self.store.connection();
         let tx = conn.unchecked_transaction()?;
         let mut known_users = BTreeSet::new();
         for m in &members {
@@ -119,6 +131,8 @@ impl Client {
                 Some(_) => {}
             }
         }
+        let generation = pins::generation(&tx)?;
+        pins::set_group_pass(&tx, &handle, &digest, generation)?;
         tx.commit()?;
         Ok(())
     }
@@ -262,6 +276,25 @@ impl Client {
             .flatten()
             .unwrap_or_else(|| user.to_owned())
     }
+}
+
+/// SHA-256 over every leaf's (user, device, key), in tree order, each field
+/// length-prefixed.
+fn members_digest(members: &[crate::mls::GroupMember]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"rathaus trust pass v1");
+    for m in members {
+        for field in [
+            m.identity.user_id().as_bytes(),
+            m.identity.device_id().as_bytes(),
+            &m.signature_key,
+        ] {
+            hash.update((field.len() as u64).to_be_bytes());
+            hash.update(field);
+        }
+    }
+    hash.finalize().to_vec()
 }
 
 fn linked_key(device: &str) -> String {

@@ -36,8 +36,51 @@ pub(crate) fn create_tables(conn: &Connection) -> Result<()> {
          CREATE TABLE IF NOT EXISTS trust_notices (
              grp TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
              kind TEXT NOT NULL, text TEXT NOT NULL);
-         CREATE INDEX IF NOT EXISTS trust_notices_by_group ON trust_notices(grp, seq);",
+         CREATE INDEX IF NOT EXISTS trust_notices_by_group ON trust_notices(grp, seq);
+         CREATE TABLE IF NOT EXISTS trust_pins_generation (
+             id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
+         INSERT OR IGNORE INTO trust_pins_generation(id, n) VALUES (0, 0);
+         CREATE TRIGGER IF NOT EXISTS trust_pins_changed_insert AFTER INSERT ON trust_pins
+         BEGIN UPDATE trust_pins_generation SET n = n + 1 WHERE id = 0; END;
+         CREATE TRIGGER IF NOT EXISTS trust_pins_changed_update AFTER UPDATE ON trust_pins
+         BEGIN UPDATE trust_pins_generation SET n = n + 1 WHERE id = 0; END;
+         CREATE TRIGGER IF NOT EXISTS trust_pins_changed_delete AFTER DELETE ON trust_pins
+         BEGIN UPDATE trust_pins_generation SET n = n + 1 WHERE id = 0; END;
+         CREATE TABLE IF NOT EXISTS trust_group_pins (
+             grp TEXT PRIMARY KEY, members BLOB NOT NULL, generation INTEGER NOT NULL);",
     )?;
+    Ok(())
+}
+
+/// How often `trust_pins` changed: a counter the table's triggers raise with every
+/// insert, update and delete, whichever code path made it.
+pub(crate) fn generation(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT n FROM trust_pins_generation WHERE id = 0")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// The member digest and pins generation of `group`'s last full pinning pass.
+pub(crate) fn group_pass(conn: &Connection, group: &str) -> Result<Option<(Vec<u8>, i64)>> {
+    Ok(conn
+        .prepare_cached("SELECT members, generation FROM trust_group_pins WHERE grp = ?1")?
+        .query_row([group], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+/// Records a full pinning pass over `group`'s members.
+pub(crate) fn set_group_pass(
+    conn: &Connection,
+    group: &str,
+    members: &[u8],
+    generation: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO trust_group_pins(grp, members, generation) VALUES (?1, ?2, ?3)
+         ON CONFLICT(grp) DO UPDATE SET members = excluded.members,
+             generation = excluded.generation",
+    )?
+    .execute(params![group, members, generation])?;
     Ok(())
 }
 
@@ -200,5 +243,36 @@ mod tests {
         // Confirming the old key does not verify the new one.
         mark_verified(conn, "P1002", &[("7".to_owned(), vec![1; 32])]).unwrap();
         assert!(!pin(conn, "P1002", "7").unwrap().unwrap().verified);
+    }
+
+    #[test]
+    fn every_write_to_the_pins_raises_their_generation_whoever_makes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ProfileStore::open(dir.path()).unwrap();
+        let conn = store.connection();
+        let g0 = generation(conn).unwrap();
+        insert(conn, "P1002", "7", &[1; 32], 10).unwrap();
+        let g1 = generation(conn).unwrap();
+        assert!(g1 > g0);
+        // A pin that is already there is not written again.
+        insert(conn, "P1002", "7", &[2; 32], 11).unwrap();
+        assert_eq!(generation(conn).unwrap(), g1);
+        // A write through another connection to the same file counts too.
+        let other = Connection::open(dir.path().join("profile.sqlite")).unwrap();
+        other
+            .execute("UPDATE trust_pins SET key = x'00' WHERE user = 'P1002'", [])
+            .unwrap();
+        let g2 = generation(conn).unwrap();
+        assert!(g2 > g1);
+        other.execute("DELETE FROM trust_pins", []).unwrap();
+        assert!(generation(conn).unwrap() > g2);
+
+        set_group_pass(conn, "bauamt/secret", b"digest", 5).unwrap();
+        set_group_pass(conn, "bauamt/secret", b"other", 6).unwrap();
+        assert_eq!(
+            group_pass(conn, "bauamt/secret").unwrap(),
+            Some((b"other".to_vec(), 6))
+        );
+        assert_eq!(group_pass(conn, "bauamt/other").unwrap(), None);
     }
 }

@@ -30,14 +30,25 @@ pub(crate) const PRE_AUTH_FRAME: usize = 8 * 1024;
 /// has authenticated: its few small frames.
 pub(crate) const PRE_AUTH_RECEIVE_WINDOW: u32 = 64 * 1024;
 
-/// Streams an authenticated connection may have open at once (one request each). A
-/// device needs a handful: its subscription, a few requests, and a file transfer's chunks
-/// in flight (16 per direction; a transfer in each direction at once waits for streams
-/// to end); the peer gets a new stream for every one that ends.
-/// quinn keeps a slot in two hash maps for every stream the peer may open, whether it
-/// does or not, so this limit is memory that every idle connection holds: 256 cost about
-/// 16 KiB per connection, 32 about 2 KiB.
+/// Streams an authenticated connection may have open at once (one request each), once
+/// it has shown that it uses them ([`BUSY_STREAMS`] open at once). A device needs a
+/// handful: its subscription, a few requests, and a file transfer's chunks in flight (16
+/// per direction; a transfer in each direction at once waits for streams to end); the
+/// peer gets a new stream for every one that ends. quinn keeps a slot in two hash maps for
+/// every stream the peer may open, whether it does or not, so this limit is memory a
+/// connection holds: 256 cost about 16 KiB per connection, 32 about 2 KiB.
 pub(crate) const STREAMS_PER_CONNECTION: u32 = 32;
+
+/// Streams an authenticated connection may have open at once until it gets busy: what an
+/// idle device holds (its subscription and a request or two) with room to spare, at a
+/// quarter of [`STREAMS_PER_CONNECTION`]'s memory.
+pub(crate) const IDLE_STREAMS: u32 = 8;
+
+/// Streams open at once on an authenticated connection that raise its limit from
+/// [`IDLE_STREAMS`] to [`STREAMS_PER_CONNECTION`] for the rest of its life (QUIC limits
+/// only grow); the peer learns the new limit within a round trip, long before it has
+/// used the idle limit up.
+pub(crate) const BUSY_STREAMS: usize = IDLE_STREAMS as usize / 2;
 
 /// Bytes an authenticated connection may have in flight across all its streams.
 pub(crate) const RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;

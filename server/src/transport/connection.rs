@@ -2,7 +2,9 @@
 //!
 //! Until it authenticates, a connection holds a [`StrangerSlot`] of its network and must
 //! authenticate before [`ConnectionLimits::auth_deadline`](super::ConnectionLimits)
-//! passes; then its stream and window limits rise to those of a colleague.
+//! passes; then its stream and window limits rise to those of a colleague: first
+//! [`IDLE_STREAMS`] streams, [`STREAMS_PER_CONNECTION`] once it has [`BUSY_STREAMS`]
+//! open at once.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,7 +16,9 @@ use rathaus_protocol::close::{
 };
 use tokio::task::JoinSet;
 
-use super::admission::{self, StrangerSlot, RECEIVE_WINDOW, STREAMS_PER_CONNECTION};
+use super::admission::{
+    self, StrangerSlot, BUSY_STREAMS, IDLE_STREAMS, RECEIVE_WINDOW, STREAMS_PER_CONNECTION,
+};
 use super::{stream, ServerCtx};
 use crate::service::{LiveConnection, Session, SessionCache};
 
@@ -84,10 +88,11 @@ impl ConnectionCtx {
     }
 
     /// Marks the connection authenticated and registers it as live for the user; it is
-    /// no longer a stranger, so its limits rise.
+    /// no longer a stranger, so its limits rise (its streams to [`IDLE_STREAMS`] until it
+    /// gets busy).
     pub(crate) fn authenticate(&self, session: Session) {
         self.conn
-            .set_max_concurrent_bi_streams(quinn::VarInt::from_u32(STREAMS_PER_CONNECTION));
+            .set_max_concurrent_bi_streams(quinn::VarInt::from_u32(IDLE_STREAMS));
         self.conn
             .set_receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
         drop(
@@ -167,11 +172,18 @@ pub(crate) async fn serve(incoming: quinn::Incoming, slot: StrangerSlot, server:
     let auth_deadline = tokio::time::sleep_until(deadline);
     tokio::pin!(auth_deadline);
     let mut watching = true;
+    let mut busy = false;
     let reason = loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     streams.spawn(stream::serve(ctx.clone(), send, recv));
+                    if !busy && streams.len() >= BUSY_STREAMS && ctx.is_authenticated() {
+                        busy = true;
+                        conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(
+                            STREAMS_PER_CONNECTION,
+                        ));
+                    }
                 }
                 Err(e) => break e,
             },

@@ -250,6 +250,40 @@ async fn a_garbage_stream_gets_an_error_and_the_connection_lives_on() {
     h.server.shutdown().await;
 }
 
+/// An authenticated connection starts with few streams (an idle one holds little) and
+/// gets the full limit as soon as it uses them: more streams open at once than the idle
+/// limit allows are all served.
+#[tokio::test]
+async fn a_busy_connection_gets_more_streams_than_an_idle_one_holds() {
+    use super::admission::{IDLE_STREAMS, STREAMS_PER_CONNECTION};
+    let h = Harness::start().await;
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let conn = h.connect().await;
+    let device = enroll(&conn, "admin", &h.code, &key).await;
+    let r = authenticate(&conn, "admin", device, &key).await;
+    assert!(matches!(r, Response::Authenticated(_)), "{r:?}");
+
+    // Streams that stay open: each has sent the first byte of a request and waits.
+    let held = IDLE_STREAMS as usize * 2;
+    assert!(held < STREAMS_PER_CONNECTION as usize);
+    let mut open = Vec::new();
+    for i in 0..held {
+        let (mut send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.open_bi())
+            .await
+            .unwrap_or_else(|_| panic!("stream {} of {held} was never allowed", i + 1))
+            .unwrap();
+        send.write_all(&[0]).await.unwrap();
+        open.push((send, recv));
+    }
+    // And one more request is answered while they are open.
+    let pong = tokio::time::timeout(Duration::from_secs(10), exchange(&conn, &Request::Ping))
+        .await
+        .expect("no stream for a request");
+    assert_eq!(pong, Response::Pong);
+    drop(open);
+    h.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn enroll_authenticate_post_subscribe_offboard_and_shut_down() {
     let h = Harness::start().await;

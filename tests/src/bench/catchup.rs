@@ -154,10 +154,12 @@ pub(crate) async fn catchup(
     eprintln!("    {:.1} s", t.elapsed().as_secs_f64());
 
     // The offline member comes back.
+    perf_control("enable");
     let t = Instant::now();
     offline.sync().await?;
     let rows = offline.read(&group).await?;
     let elapsed = t.elapsed();
+    perf_control("disable");
     let read = rows
         .iter()
         .filter(|r| r.text.starts_with("Catch-up message "))
@@ -232,6 +234,16 @@ pub(crate) async fn catchup(
             n => format!(" on PostgreSQL, {n} nodes: written through one, read through another"),
         }
     ))])
+}
+
+/// Switches a `perf record --control fifo:PATH -D -1` recording on or off around the
+/// timed phase when `RATHAUS_BENCH_PERF_CTL` names that fifo (profiling only).
+fn perf_control(command: &str) {
+    if let Some(path) = std::env::var_os("RATHAUS_BENCH_PERF_CTL") {
+        if let Err(e) = std::fs::write(&path, format!("{command}\n")) {
+            eprintln!("  catchup: perf control {command}: {e}");
+        }
+    }
 }
 
 /// Every user publishes one one-time and one last-resort KeyPackage made by a throwaway
