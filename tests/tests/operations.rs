@@ -1149,3 +1149,70 @@ async fn a_member_who_missed_lost_changes_is_told_and_can_be_admitted_again() {
     );
     backend.stop().await;
 }
+
+/// A member who listens gets each secret message pushed, right after the one before: the
+/// device processes it as pushed, without asking the server for it again (`Fetch`, as
+/// `/metrics` counts requests by kind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_secret_messages_are_applied_without_fetching_them_again() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas) = backend.bauamt_team(Secret::Admitted).await.unwrap();
+    let metrics = restart_with_metrics(&mut backend).await;
+    for c in [&mut admin, &mut anna, &mut jonas] {
+        c.disconnect().await;
+    }
+    let secret = group("bauamt/secret");
+    within("anna sync", anna.sync()).await.unwrap().unwrap();
+    within("jonas sync", jonas.sync()).await.unwrap().unwrap();
+    let mut events = jonas.subscribe().await.unwrap();
+    let fetches = || {
+        let (status, body) = http_get(metrics, "/metrics");
+        assert_eq!(status, 200);
+        sample(
+            &body,
+            "rathaus_requests_total",
+            &["kind=\"Fetch\"", "code=\"ok\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = fetches();
+    for i in 0..5 {
+        anna.send_text(&secret, &format!("geheim {i}"))
+            .await
+            .unwrap();
+    }
+    let mut shown = Vec::new();
+    within("jonas listens", async {
+        while shown.len() < 5 {
+            let event = events.next().await.unwrap();
+            for row in jonas.apply_event(&event).await.unwrap() {
+                if row.text.starts_with("geheim ") {
+                    shown.push(row.text);
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        shown,
+        (0..5).map(|i| format!("geheim {i}")).collect::<Vec<_>>()
+    );
+    let fetched = fetches() - before;
+    assert_eq!(
+        fetched, 0.0,
+        "{fetched} Fetch requests for 5 pushed messages"
+    );
+    // What was shown is stored: the next read has it once each, and nothing is fetched
+    // twice.
+    let rows = texts(&jonas.read(&secret).await.unwrap());
+    for i in 0..5 {
+        let text = format!("geheim {i}");
+        assert_eq!(
+            rows.iter().filter(|(_, _, t)| *t == text).count(),
+            1,
+            "{rows:?}"
+        );
+    }
+    backend.stop().await;
+}

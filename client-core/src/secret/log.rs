@@ -117,6 +117,40 @@ impl Client {
         self.pin_group_keys(group)
     }
 
+    /// A pushed entry of `group`: if it is an application message directly after the
+    /// cursor (`cursor`) and this device is in the group, processes it as a fetched one
+    /// would be (same checks, state, rows and cursor in one transaction) and returns
+    /// true. Anything else (a commit or proposal, which is judged against the roster, or
+    /// an entry after a gap) is left to [`Client::fetch_secret_log`].
+    pub(super) fn process_pushed_message(
+        &mut self,
+        group: &GroupHandle,
+        entry: &LogEntry,
+        cursor: u64,
+    ) -> Result<bool> {
+        let gid = mls_group_id(group);
+        let follows = cursor.checked_add(1) == Some(entry.seq);
+        let message = matches!(&entry.body, EntryBody::Mls(bytes) if is_application_message(bytes));
+        if !follows || !message || !self.mls.has_group(&gid)? {
+            return Ok(false);
+        }
+        let sender = entry.sender.as_str();
+        if sender != SERVER_SENDER {
+            self.store
+                .set_user_names(vec![(sender, entry.sender_name.as_str())])?;
+        }
+        let conn = self.mls.connection();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let batch = Batch::default();
+        let result = self
+            .mls
+            .in_batch(|| self.process_entry(group, entry, &batch));
+        finish(conn, result)?;
+        let mark = crate::restore::mark_of(entry);
+        store::set_cursor_mark_on(self.mls.connection(), &group.to_string(), entry.seq, &mark)?;
+        Ok(true)
+    }
+
     /// Processes one log entry and stores its rows and the cursor in one transaction.
     fn process_entry(&self, group: &GroupHandle, entry: &LogEntry, batch: &Batch) -> Result<()> {
         let handle = group.to_string();

@@ -60,8 +60,13 @@ impl Client {
     ) -> Result<Vec<TimelineRow>> {
         use rathaus_protocol::Event;
         match event {
-            Event::Posted { group, .. } if group.is_secret() => {
+            Event::Posted { group, entry } if group.is_secret() => {
                 let before = self.store.cursor(&group.to_string())?;
+                // The message right after the cursor: processed as pushed, without
+                // asking for it again (a commit, a gap or anything else is fetched).
+                if self.process_pushed_message(group, entry, before)? {
+                    return self.rows_after(group, before);
+                }
                 self.fetch_secret_log(group).await?;
                 self.commit_pending_if_any(group).await?;
                 self.rows_after(group, before)
