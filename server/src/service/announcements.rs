@@ -105,9 +105,11 @@ impl Service {
     /// looks like the end of the log).
     pub(super) fn fetch_announcements(&self, since: u64, limit: u32) -> Result<Response, Refusal> {
         let group = GroupHandle::Announcements;
-        self.notice_reader_ahead(&group, since)?;
         let limit = limit.clamp(1, MAX_FETCH) as usize;
         let head = self.head(&group)?;
+        if since >= head {
+            self.notice_reader_ahead(&group, since)?;
+        }
         let now = self.now_ms();
         let mut entries = Vec::new();
         let mut budget = super::groups::FETCH_BUDGET;

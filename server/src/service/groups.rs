@@ -481,10 +481,13 @@ impl Service {
             self.ensure_readable(&group)?;
             since
         };
-        // What the reader asked for, not where a joiner's reading begins.
-        self.notice_reader_ahead(&group, asked_since)?;
         let limit = limit.min(MAX_FETCH) as usize;
         let head = self.head(&group)?;
+        // What the reader asked for, not where a joiner's reading begins. Only a reader
+        // at or beyond the head can hold more than the log (the check takes the log lock).
+        if asked_since >= head {
+            self.notice_reader_ahead(&group, asked_since)?;
+        }
         let mut entries = Vec::new();
         let mut budget = FETCH_BUDGET;
         for (seq, entry, size) in self.db.entries(&group, since, limit)? {
