@@ -579,6 +579,23 @@ fn assert_private(dir: &Path) {
     assert_eq!(mode, 0o600);
 }
 
+/// The operator copies the stopped server's data directory aside and starts it again.
+async fn take_copy(backend: &mut TestBackend) -> tempfile::TempDir {
+    backend.stop().await;
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&backend.data_dir(), copy.path());
+    backend.run().await.unwrap();
+    copy
+}
+
+/// The operator stops the server, puts the older copy back by hand and starts it.
+async fn put_back(backend: &mut TestBackend, copy: &tempfile::TempDir) {
+    backend.stop().await;
+    std::fs::remove_dir_all(backend.data_dir()).unwrap();
+    copy_dir(copy.path(), &backend.data_dir());
+    backend.run().await.unwrap();
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -623,10 +640,7 @@ async fn clients_notice_a_server_put_back_to_an_older_copy() {
     }
 
     // The copy.
-    backend.stop().await;
-    let copy = tempfile::tempdir().unwrap();
-    copy_dir(&backend.data_dir(), copy.path());
-    backend.run().await.unwrap();
+    let copy = take_copy(&mut backend).await;
 
     // Posts the copy does not hold, seen by everyone.
     backend.clock.advance(Duration::from_secs(5));
@@ -649,10 +663,7 @@ async fn clients_notice_a_server_put_back_to_an_older_copy() {
     }
 
     // The copy put back.
-    backend.stop().await;
-    std::fs::remove_dir_all(backend.data_dir()).unwrap();
-    copy_dir(copy.path(), &backend.data_dir());
-    backend.run().await.unwrap();
+    put_back(&mut backend, &copy).await;
 
     // A new post takes the number the forgotten one had.
     backend.clock.advance(Duration::from_secs(5));
@@ -756,10 +767,7 @@ async fn a_secret_group_behind_its_members_is_repaired_by_an_owner() {
         c.disconnect().await;
     }
 
-    backend.stop().await;
-    let copy = tempfile::tempdir().unwrap();
-    copy_dir(&backend.data_dir(), copy.path());
-    backend.run().await.unwrap();
+    let copy = take_copy(&mut backend).await;
 
     // After the copy: Paul is admitted (a commit the copy does not hold).
     backend.clock.advance(Duration::from_secs(5));
@@ -773,10 +781,7 @@ async fn a_secret_group_behind_its_members_is_repaired_by_an_owner() {
         c.disconnect().await;
     }
 
-    backend.stop().await;
-    std::fs::remove_dir_all(backend.data_dir()).unwrap();
-    copy_dir(copy.path(), &backend.data_dir());
-    backend.run().await.unwrap();
+    put_back(&mut backend, &copy).await;
     backend.clock.advance(Duration::from_secs(5));
 
     // Jonas is no owner: his message cannot go out, and he may not repair.
@@ -962,10 +967,7 @@ async fn a_copy_put_back_by_hand_moves_on_once_a_reader_is_ahead() {
     for c in [&mut admin, &mut anna, &mut jonas] {
         c.disconnect().await;
     }
-    backend.stop().await;
-    let copy = tempfile::tempdir().unwrap();
-    copy_dir(&backend.data_dir(), copy.path());
-    backend.run().await.unwrap();
+    let copy = take_copy(&mut backend).await;
 
     backend.clock.advance(Duration::from_secs(5));
     let lost = anna.send_text(&bauamt, "verloren").await.unwrap();
@@ -973,10 +975,7 @@ async fn a_copy_put_back_by_hand_moves_on_once_a_reader_is_ahead() {
     for c in [&mut admin, &mut anna, &mut jonas] {
         c.disconnect().await;
     }
-    backend.stop().await;
-    std::fs::remove_dir_all(backend.data_dir()).unwrap();
-    copy_dir(copy.path(), &backend.data_dir());
-    backend.run().await.unwrap();
+    put_back(&mut backend, &copy).await;
     backend.clock.advance(Duration::from_secs(5));
 
     // Jonas, who saw the lost post, is back first.
@@ -1052,10 +1051,7 @@ async fn a_member_who_missed_lost_changes_is_told_and_can_be_admitted_again() {
     for c in [&mut admin, &mut anna, &mut jonas, &mut paul] {
         c.disconnect().await;
     }
-    backend.stop().await;
-    let copy = tempfile::tempdir().unwrap();
-    copy_dir(&backend.data_dir(), copy.path());
-    backend.run().await.unwrap();
+    let copy = take_copy(&mut backend).await;
 
     // After the copy Paul is admitted; Jonas does not sync before the copy is put back.
     backend.clock.advance(Duration::from_secs(5));
@@ -1067,10 +1063,7 @@ async fn a_member_who_missed_lost_changes_is_told_and_can_be_admitted_again() {
     for c in [&mut admin, &mut anna, &mut jonas, &mut paul] {
         c.disconnect().await;
     }
-    backend.stop().await;
-    std::fs::remove_dir_all(backend.data_dir()).unwrap();
-    copy_dir(copy.path(), &backend.data_dir());
-    backend.run().await.unwrap();
+    put_back(&mut backend, &copy).await;
     backend.clock.advance(Duration::from_secs(5));
 
     // Anna, the owner, repairs the server's copy on her way.
