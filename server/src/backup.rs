@@ -416,7 +416,7 @@ pub async fn admin_code(data_dir: &Path, user: &UserId) -> Result<AdminCode, Ser
     let code = service
         .break_glass_admin_code(user)
         .await
-        .map_err(|r| ServerError::Invalid(r.detail.unwrap_or(r.message)))?;
+        .map_err(|r| ServerError::Invalid(r.detail.clone().unwrap_or_else(|| r.message())))?;
     service.flush().await?;
     Ok(code)
 }

@@ -175,7 +175,7 @@ async fn answer(
                         if let Some(detail) = &refusal.detail {
                             tracing::error!(%detail, "break-glass admin code failed");
                         }
-                        OpsAnswer::refused(refusal.message)
+                        OpsAnswer::refused(refusal.message())
                     }
                 },
             };

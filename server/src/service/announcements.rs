@@ -16,10 +16,11 @@ use std::sync::{MutexGuard, PoisonError};
 use rathaus_protocol::content::CONTENT_VERSION;
 use rathaus_protocol::limits::{MAX_CONTROL_FRAME, MAX_FETCH, MAX_TEXT};
 use rathaus_protocol::{
-    AnnouncementInfo, AnnouncementState, Content, ContentBody, EntryBody, ErrorCode, GroupHandle,
-    Request, Response, Role,
+    AnnouncementInfo, AnnouncementState, Content, ContentBody, EntryBody, GroupHandle, Request,
+    Response, Role,
 };
 
+use super::refused::{AnnouncementRefused, NotFound, SessionRefused};
 use super::server_entries::{server_client_id, Appended};
 use super::{Refusal, Service};
 use crate::store::{AckRecord, AnnouncementRecord, StoredEntry, UserRecord, Writes};
@@ -90,13 +91,9 @@ impl Service {
             Request::RemovePost { group, seq } => self.remove_post(me, group, seq).await,
             Request::AuditLog { since, limit } => self.audit_log(me, since, limit),
             Request::SetRetention { group, days } => self.set_retention(me, group, days).await,
-            other => Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!(
-                    "this server does not support {} yet",
-                    crate::transport::request_kind(&other)
-                ),
-            )),
+            other => {
+                Err(SessionRefused::Unsupported(crate::transport::request_kind(&other)).into())
+            }
         }
     }
 
@@ -153,8 +150,7 @@ impl Service {
         require_role(
             me,
             &[Role::Author, Role::Editor, Role::Admin],
-            "only authors, editors and administrators may write announcements; \
-             ask an administrator for the author role",
+            AnnouncementRefused::AuthorsOnly,
         )?;
         let mut record = self.new_announcement(me, proposal)?;
         let ticket = {
@@ -175,18 +171,15 @@ impl Service {
             let _editorial = self.editorial();
             let mut record = self.visible_announcement(me, id)?;
             if record.author != me.id {
-                return Err(Refusal::new(
-                    ErrorCode::Forbidden,
-                    format!("only its author may submit announcement {id}"),
-                ));
+                return Err(AnnouncementRefused::SubmitByAuthor(id).into());
             }
             match record.state {
                 AnnouncementState::Draft | AnnouncementState::Rejected { .. } => {}
                 AnnouncementState::Submitted => {
-                    return Err(invalid(format!("announcement {id} was submitted already")))
+                    return Err(AnnouncementRefused::SubmittedAlready(id).into())
                 }
                 AnnouncementState::Published => {
-                    return Err(invalid(format!("announcement {id} is published already")))
+                    return Err(AnnouncementRefused::PublishedAlready(id).into())
                 }
             }
             self.check_not_expired(&record)?;
@@ -207,10 +200,11 @@ impl Service {
             let _editorial = self.editorial();
             let record = self.visible_announcement(me, id)?;
             if record.state != AnnouncementState::Submitted {
-                return Err(invalid(format!(
-                    "announcement {id} is {}; only submitted announcements can be approved",
-                    record.state.as_str()
-                )));
+                return Err(AnnouncementRefused::ApproveUnsubmitted {
+                    id,
+                    state: record.state.as_str(),
+                }
+                .into());
             }
             self.check_not_expired(&record)?;
             self.publish_locked(me, record, "announcement.approve")?
@@ -251,18 +245,17 @@ impl Service {
         require_editor(me, "reject announcements")?;
         let comment = comment.trim().to_owned();
         if comment.is_empty() || comment.len() > MAX_TEXT {
-            return Err(invalid(
-                "a rejection needs a comment for the author (1 byte to 64 KiB)",
-            ));
+            return Err(AnnouncementRefused::RejectionComment.into());
         }
         let (record, ticket) = {
             let _editorial = self.editorial();
             let mut record = self.visible_announcement(me, id)?;
             if record.state != AnnouncementState::Submitted {
-                return Err(invalid(format!(
-                    "announcement {id} is {}; only submitted announcements can be rejected",
-                    record.state.as_str()
-                )));
+                return Err(AnnouncementRefused::RejectUnsubmitted {
+                    id,
+                    state: record.state.as_str(),
+                }
+                .into());
             }
             record.state = AnnouncementState::Rejected {
                 by: me.id.clone(),
@@ -293,14 +286,10 @@ impl Service {
             let _editorial = self.editorial();
             let record = self.visible_announcement(me, id)?;
             if record.state != AnnouncementState::Published {
-                return Err(invalid(format!(
-                    "announcement {id} is not published; only published ones are acknowledged"
-                )));
+                return Err(AnnouncementRefused::AckUnpublished(id).into());
             }
             if !record.requires_ack {
-                return Err(invalid(format!(
-                    "announcement {id} does not ask for acknowledgement"
-                )));
+                return Err(AnnouncementRefused::NoAckAsked(id).into());
             }
             self.check_not_expired(&record)?;
             let ticket = if self.db.acked(id, &me.id)? {
@@ -335,9 +324,7 @@ impl Service {
             let _editorial = self.editorial();
             let mut record = self.visible_announcement(me, id)?;
             if record.state != AnnouncementState::Published {
-                return Err(invalid(format!(
-                    "announcement {id} is not published; only published ones can be pinned"
-                )));
+                return Err(AnnouncementRefused::PinUnpublished(id).into());
             }
             if record.pinned == pinned {
                 (record, self.durability.latest())
@@ -411,7 +398,7 @@ impl Service {
     ) -> Result<AnnouncementRecord, Refusal> {
         let now = self.now_ms();
         if proposal.expires_at_ms.is_some_and(|e| e <= now) {
-            return Err(invalid("the expiry time lies in the past"));
+            return Err(AnnouncementRefused::ExpiryPast.into());
         }
         let record = AnnouncementRecord {
             // Allocated under the editorial lock when stored.
@@ -429,7 +416,7 @@ impl Service {
         };
         announcement_content(&record)
             .validate()
-            .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+            .map_err(|e| AnnouncementRefused::Content(e.to_string()))?;
         Ok(record)
     }
 
@@ -500,17 +487,12 @@ impl Service {
                     a.author == me.id || is_editor(me)
                 }
             })
-            .ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("announcement {id} does not exist"),
-                )
-            })
+            .ok_or_else(|| Refusal::from(NotFound::Announcement(id)))
     }
 
     fn check_not_expired(&self, record: &AnnouncementRecord) -> Result<(), Refusal> {
         if record.expired(self.now_ms()) {
-            return Err(invalid(format!("announcement {} has expired", record.id)));
+            return Err(AnnouncementRefused::Expired(record.id).into());
         }
         Ok(())
     }
@@ -576,23 +558,23 @@ pub(super) fn is_editor(me: &UserRecord) -> bool {
 }
 
 /// `Forbidden` unless `me` has one of `roles`.
-pub(super) fn require_role(me: &UserRecord, roles: &[Role], message: &str) -> Result<(), Refusal> {
+fn require_role(
+    me: &UserRecord,
+    roles: &[Role],
+    refusal: AnnouncementRefused,
+) -> Result<(), Refusal> {
     if roles.iter().any(|r| me.has_role(*r)) {
         return Ok(());
     }
-    Err(Refusal::new(ErrorCode::Forbidden, message))
+    Err(refusal.into())
 }
 
-fn require_editor(me: &UserRecord, what: &str) -> Result<(), Refusal> {
+fn require_editor(me: &UserRecord, what: &'static str) -> Result<(), Refusal> {
     require_role(
         me,
         &[Role::Editor, Role::Admin],
-        &format!("only editors and administrators may {what}"),
+        AnnouncementRefused::EditorsOnly(what),
     )
-}
-
-fn invalid(message: impl Into<String>) -> Refusal {
-    Refusal::new(ErrorCode::Invalid, message)
 }
 
 fn announcement_content(a: &AnnouncementRecord) -> Content {

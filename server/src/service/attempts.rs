@@ -6,9 +6,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rathaus_protocol::{ErrorCode, UserId};
+use rathaus_protocol::UserId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::refused::SessionRefused;
 use super::throttle::{network_of, Attempt, Factor, Failures, Outcome, Subject};
 use super::{Refusal, Service};
 use crate::store::{Db, StoreError, ThrottleRecord, Writes};
@@ -181,7 +182,7 @@ impl Service {
                         "attempt refused by the throttle without checking it"
                     );
                 }
-                Err(Refusal::new(ErrorCode::RateLimited, refused.message()))
+                Err(SessionRefused::Throttled(refused).into())
             }
         }
     }
@@ -220,10 +221,7 @@ impl Service {
                     "every password check slot is busy; refusing with Unavailable"
                 );
             }
-            Refusal::new(
-                ErrorCode::Unavailable,
-                "the server is busy checking other passwords; try again in a moment",
-            )
+            Refusal::from(SessionRefused::PasswordChecksBusy)
         })
     }
 

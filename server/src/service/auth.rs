@@ -15,9 +15,10 @@ use ed25519_dalek::{Signature as Ed25519Signature, VerifyingKey};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use rathaus_protocol::{
-    auth_transcript, DeviceId, ErrorCode, SessionInfo, Signature, UserId, PROTOCOL_VERSION,
+    auth_transcript, DeviceId, SessionInfo, Signature, UserId, PROTOCOL_VERSION,
 };
 
+use super::refused::SessionRefused;
 use super::{Refusal, Service, Session};
 
 /// An issued challenge, waiting for its proof on the same stream.
@@ -30,9 +31,6 @@ pub struct PendingAuth {
     /// The random nonce the device must sign.
     pub nonce: [u8; 32],
 }
-
-const AUTH_FAILED: &str =
-    "authentication failed: unknown user or device, revoked device, or bad signature";
 
 impl Service {
     /// Answers `Hello`: a fresh nonce, unless the protocol differs. Failed password or code
@@ -104,7 +102,7 @@ impl Service {
                         "device-key proof failed"
                     );
                 }
-                Err(Refusal::new(ErrorCode::Unauthenticated, AUTH_FAILED))
+                Err(SessionRefused::AuthFailed.into())
             }
         }
     }
@@ -114,8 +112,9 @@ pub(super) fn check_version(protocol: u16) -> Result<(), Refusal> {
     if protocol == PROTOCOL_VERSION {
         return Ok(());
     }
-    Err(Refusal::new(
-        ErrorCode::VersionMismatch,
-        format!("this server speaks protocol version {PROTOCOL_VERSION}, the client {protocol}"),
-    ))
+    Err(SessionRefused::VersionMismatch {
+        server: PROTOCOL_VERSION,
+        client: protocol,
+    }
+    .into())
 }

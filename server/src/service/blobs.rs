@@ -41,9 +41,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rathaus_protocol::blobs::{chunk_count, chunk_len, BLOB_CHUNK, MAX_UPLOAD_LIMIT};
-use rathaus_protocol::{BlobScope, ContentBody, EntryBody, ErrorCode, GroupHandle, Response, Role};
+use rathaus_protocol::{BlobScope, ContentBody, EntryBody, GroupHandle, Response, Role};
 use sha2::{Digest, Sha256};
 
+use super::refused::{BlobRefused, NotFound, PostRefused};
 use super::{Refusal, Service, Session};
 use crate::store::{BlobRecord, BlobRef, StoreError, UploadRecord, UserRecord, Writes};
 
@@ -414,10 +415,7 @@ impl Service {
         self.blob_dir_or_refuse()?;
         let limit = self.max_upload_bytes();
         if size > limit {
-            return Err(Refusal::new(
-                ErrorCode::TooLarge,
-                format!("this server accepts files of at most {limit} bytes; this one has {size}"),
-            ));
+            return Err(BlobRefused::TooLarge { limit, size }.into());
         }
         self.check_upload_scope(session, me, &scope)?;
         if let Some(id) = resume {
@@ -450,10 +448,7 @@ impl Service {
                 freed += oldest.size;
             }
             if pending - freed + size > cap {
-                return Err(Refusal::new(
-                    ErrorCode::Unavailable,
-                    "the server holds too many unfinished uploads right now; try again later",
-                ));
+                return Err(BlobRefused::TooManyUploads.into());
             }
             let id = self.db.store().next_id()?;
             w.put_upload(&UploadRecord {
@@ -489,19 +484,16 @@ impl Service {
     ) -> Result<Response, Refusal> {
         let up = self.own_upload(me, upload)?;
         let Some(expected) = chunk_len(up.size, u64::from(index)) else {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("upload {upload} has no chunk {index}"),
-            ));
+            return Err(BlobRefused::NoChunk { upload, index }.into());
         };
         if bytes.len() != expected {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!(
-                    "chunk {index} of upload {upload} must have {expected} bytes, not {}",
-                    bytes.len()
-                ),
-            ));
+            return Err(BlobRefused::ChunkLength {
+                upload,
+                index,
+                expected,
+                got: bytes.len(),
+            }
+            .into());
         }
         let dir = self.blob_dir_or_refuse()?.clone();
         tokio::task::spawn_blocking(move || dir.write_chunk(upload, index, &bytes))
@@ -527,13 +519,12 @@ impl Service {
         let chunks = self.db.upload_chunks(upload)?;
         let need = chunk_count(up.size);
         if (chunks.len() as u64) < need {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!(
-                    "upload {upload} has {} of its {need} chunks; send the others first",
-                    chunks.len()
-                ),
-            ));
+            return Err(BlobRefused::Incomplete {
+                upload,
+                have: chunks.len() as u64,
+                need,
+            }
+            .into());
         }
         let dir = self.blob_dir_or_refuse()?;
         let hasher = dir.clone();
@@ -553,10 +544,7 @@ impl Service {
             self.db.apply(w)?;
             self.durable(self.durability.written()).await?;
             dir.remove_partial(upload);
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "the uploaded bytes do not match their SHA-256; upload the file again",
-            ));
+            return Err(BlobRefused::Digest.into());
         }
         let now = self.now_ms();
         {
@@ -592,18 +580,13 @@ impl Service {
         blob: [u8; 32],
         index: u32,
     ) -> Result<Response, Refusal> {
-        let not_found = || Refusal::new(ErrorCode::NotFound, format!("{scope} has no such file"));
+        let not_found = || Refusal::from(BlobRefused::NoSuchFile(scope.clone()));
         let joined = match &scope {
             BlobScope::Group(group) if group.is_secret() => {
                 self.secret_department(group)?;
                 match self.secret_reader(session, group)? {
                     Some(joined) => Some(joined),
-                    None => {
-                        return Err(Refusal::new(
-                            ErrorCode::Forbidden,
-                            format!("only devices in {group} may download its files"),
-                        ))
-                    }
+                    None => return Err(BlobRefused::DownloadByMembers(group.clone()).into()),
                 }
             }
             BlobScope::Group(group) => {
@@ -625,10 +608,7 @@ impl Service {
             return Err(not_found());
         }
         let Some(len) = chunk_len(record.size, u64::from(index)) else {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("the file has {} chunks", chunk_count(record.size)),
-            ));
+            return Err(BlobRefused::ChunkCount(chunk_count(record.size)).into());
         };
         let dir = self.blob_dir_or_refuse()?.clone();
         let bytes = tokio::task::spawn_blocking(move || dir.read_chunk(&blob, index, len))
@@ -646,7 +626,12 @@ impl Service {
         group: GroupHandle,
         seq: u64,
     ) -> Result<Response, Refusal> {
-        let not_found = || Refusal::new(ErrorCode::NotFound, format!("{group} #{seq} has no file"));
+        let not_found = || {
+            Refusal::from(BlobRefused::PostWithoutFile {
+                group: group.clone(),
+                seq,
+            })
+        };
         let orphans = {
             let _log = self.log_lock();
             let _blobs = self.blob_lock();
@@ -673,10 +658,7 @@ impl Service {
                 _ => false,
             };
             if sender.as_ref() != Some(&me.id) && !moderator {
-                return Err(Refusal::new(
-                    ErrorCode::Forbidden,
-                    "only the author of a post may let go of its file",
-                ));
+                return Err(BlobRefused::ReleaseByAuthor.into());
             }
             let mut w = Writes::new();
             let mut changes = BlobChanges::default();
@@ -710,10 +692,7 @@ impl Service {
         if held {
             Ok(())
         } else {
-            Err(Refusal::new(
-                ErrorCode::NotFound,
-                format!("upload the file to {group} before posting it"),
-            ))
+            Err(BlobRefused::UploadFirst(group.clone()).into())
         }
     }
 
@@ -729,10 +708,7 @@ impl Service {
     ) -> Result<(), Refusal> {
         let _blobs = self.blob_lock();
         let Some(mut record) = self.db.blob(blob)? else {
-            return Err(Refusal::new(
-                ErrorCode::NotFound,
-                format!("upload the file to {group} before posting it"),
-            ));
+            return Err(BlobRefused::UploadFirst(group.clone()).into());
         };
         let scope = BlobScope::Group(group.clone());
         if let Some(at) = record.refs.iter().position(
@@ -854,12 +830,7 @@ impl Service {
     fn own_upload(&self, me: &UserRecord, upload: u64) -> Result<UploadRecord, Refusal> {
         match self.db.upload(upload)? {
             Some(up) if up.user == me.id => Ok(up),
-            _ => Err(Refusal::new(
-                ErrorCode::NotFound,
-                format!(
-                    "no unfinished upload {upload} of yours (finished, or too old); begin it again"
-                ),
-            )),
+            _ => Err(BlobRefused::NoUpload(upload).into()),
         }
     }
 
@@ -870,20 +841,14 @@ impl Service {
         scope: &BlobScope,
     ) -> Result<(), Refusal> {
         match scope {
-            BlobScope::Docs => Err(Refusal::new(
-                ErrorCode::Invalid,
-                "upload a library document for its path",
-            )),
+            BlobScope::Docs => Err(BlobRefused::DocsNeedPath.into()),
             BlobScope::Document(path) => self.check_doc_put(me, path),
             BlobScope::Group(group) if group.is_secret() => {
                 self.secret_department(group)?;
                 if self.secret_member_record(session, group)?.is_some() {
                     Ok(())
                 } else {
-                    Err(Refusal::new(
-                        ErrorCode::Forbidden,
-                        format!("only devices in {group} may post files to it"),
-                    ))
+                    Err(BlobRefused::UploadByMembers(group.clone()).into())
                 }
             }
             BlobScope::Group(group) => {
@@ -892,10 +857,7 @@ impl Service {
                 if *group == GroupHandle::Announcements
                     && !(me.has_role(Role::Editor) || me.has_role(Role::Admin))
                 {
-                    return Err(Refusal::new(
-                        ErrorCode::Forbidden,
-                        "only editors and administrators may post announcements",
-                    ));
+                    return Err(PostRefused::AnnouncementsByEditors.into());
                 }
                 Ok(())
             }
@@ -909,10 +871,7 @@ impl Service {
                 if self.db.department_exists(slug)? || self.is_retired(slug)? {
                     Ok(())
                 } else {
-                    Err(Refusal::new(
-                        ErrorCode::NotFound,
-                        format!("group {slug} does not exist"),
-                    ))
+                    Err(NotFound::PublicGroup(slug.clone()).into())
                 }
             }
             GroupHandle::Secret(_) | GroupHandle::Room(_) => Ok(()),
@@ -920,8 +879,7 @@ impl Service {
     }
 
     fn blob_dir_or_refuse(&self) -> Result<&BlobDir, Refusal> {
-        self.blob_dir()
-            .ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "this server does not store files"))
+        self.blob_dir().ok_or_else(|| BlobRefused::NoStorage.into())
     }
 
     pub(super) fn blob_lock(&self) -> MutexGuard<'_, ()> {
@@ -952,7 +910,10 @@ mod tests {
     use rathaus_protocol::Request;
 
     use super::*;
+    use crate::service::refused::BlobRefused;
     use crate::service::testing::Fixture;
+    use crate::service::Reason;
+    use rathaus_protocol::ErrorCode;
 
     async fn fixture() -> (Fixture, tempfile::TempDir) {
         let f = Fixture::new().await;
@@ -1038,9 +999,9 @@ mod tests {
         let size = BLOB_CHUNK as u64 + 5;
         let id = begin(&f, &f.admin, size).await.unwrap();
         let short = ask(&f, &f.admin, chunk(id, 0, 10)).await.unwrap_err();
-        assert_eq!(short.code, ErrorCode::Invalid, "{short:?}");
+        assert_eq!(short.code(), ErrorCode::Invalid, "{short:?}");
         let past = ask(&f, &f.admin, chunk(id, 2, 5)).await.unwrap_err();
-        assert_eq!(past.code, ErrorCode::Invalid, "{past:?}");
+        assert_eq!(past.code(), ErrorCode::Invalid, "{past:?}");
         ask(&f, &f.admin, chunk(id, 1, 5)).await.unwrap();
         let early = ask(
             &f,
@@ -1052,11 +1013,18 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(early.message.contains("1 of its 2 chunks"), "{early:?}");
+        assert_eq!(
+            early.reason,
+            Reason::Blob(BlobRefused::Incomplete {
+                upload: id,
+                have: 1,
+                need: 2
+            })
+        );
         // Someone else's upload does not exist for them.
         let other = f.user("P1001", &[]).await;
         let theirs = ask(&f, &other, chunk(id, 0, BLOB_CHUNK)).await.unwrap_err();
-        assert_eq!(theirs.code, ErrorCode::NotFound, "{theirs:?}");
+        assert_eq!(theirs.code(), ErrorCode::NotFound, "{theirs:?}");
         ask(&f, &f.admin, chunk(id, 0, BLOB_CHUNK)).await.unwrap();
         let wrong = ask(
             &f,
@@ -1068,12 +1036,12 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(wrong.code, ErrorCode::Invalid, "{wrong:?}");
+        assert_eq!(wrong.code(), ErrorCode::Invalid, "{wrong:?}");
         let gone = ask(&f, &f.admin, chunk(id, 0, BLOB_CHUNK))
             .await
             .unwrap_err();
         assert_eq!(
-            gone.code,
+            gone.code(),
             ErrorCode::NotFound,
             "the upload starts over: {gone:?}"
         );
@@ -1084,7 +1052,7 @@ mod tests {
         let (f, _tmp) = fixture().await;
         f.service.set_max_upload_bytes(1000);
         let big = begin(&f, &f.admin, 1001).await.unwrap_err();
-        assert_eq!(big.code, ErrorCode::TooLarge, "{big:?}");
+        assert_eq!(big.code(), ErrorCode::TooLarge, "{big:?}");
         // A fifth unfinished upload drops the oldest of the user's four.
         let mut ids = Vec::new();
         for _ in 0..=UPLOADS_PER_USER {
@@ -1092,7 +1060,7 @@ mod tests {
             f.clock.advance(Duration::from_millis(1));
         }
         let oldest = ask(&f, &f.admin, chunk(ids[0], 0, 10)).await.unwrap_err();
-        assert_eq!(oldest.code, ErrorCode::NotFound, "{oldest:?}");
+        assert_eq!(oldest.code(), ErrorCode::NotFound, "{oldest:?}");
         ask(&f, &f.admin, chunk(ids[1], 0, 10)).await.unwrap();
     }
 

@@ -10,10 +10,9 @@
 //! either group is refused with that reason. The slug is never handed out again: a new
 //! department under it would show its members the old one's history. Both are audited.
 
-use rathaus_protocol::{
-    Content, DepartmentSlug, EntryBody, ErrorCode, Event, GroupHandle, Response,
-};
+use rathaus_protocol::{Content, DepartmentSlug, EntryBody, Event, GroupHandle, Response};
 
+use super::refused::{NotFound, PostRefused};
 use super::{provisioning, server_entries, Broadcast, Refusal, Service};
 use crate::store::{RetiredDepartment, StoredEntry, UserRecord, Writes};
 
@@ -135,19 +134,14 @@ impl Service {
             return Ok(());
         }
         match self.db.retired_department(slug)? {
-            Some(r) => Err(Refusal::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "the department {} ({slug}) was retired by {}; its groups are closed to new \
-                     posts",
-                    r.name, r.by
-                ),
-            )),
+            Some(r) => Err(PostRefused::Retired {
+                slug: slug.clone(),
+                name: r.name,
+                by: r.by,
+            }
+            .into()),
             None if group.is_secret() => Ok(()),
-            None => Err(Refusal::new(
-                ErrorCode::NotFound,
-                format!("group {slug} does not exist"),
-            )),
+            None => Err(NotFound::PublicGroup(slug.clone()).into()),
         }
     }
 

@@ -3,10 +3,11 @@
 //! it), revoking one, and changing the password used to add devices.
 
 use rathaus_protocol::limits::{MAX_PASSWORD, MIN_PASSWORD};
-use rathaus_protocol::{DeviceId, DeviceInfo, ErrorCode, GroupHandle, Response};
+use rathaus_protocol::{DeviceId, DeviceInfo, GroupHandle, Response};
 use zeroize::Zeroizing;
 
 use super::enrollment::{hash_password, verify_password};
+use super::refused::{DirectoryRefused, NotFound};
 use super::secret::secret_handle;
 use super::throttle::Factor;
 use super::{Refusal, Service, Session};
@@ -36,10 +37,7 @@ impl Service {
         device: DeviceId,
     ) -> Result<Response, Refusal> {
         if device == session.device {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "this is the device you are using; remove it from another of your devices",
-            ));
+            return Err(DirectoryRefused::RemoveThisDevice.into());
         }
         let ticket = {
             let _dir = self.directory();
@@ -49,10 +47,7 @@ impl Service {
                 .iter_mut()
                 .find(|d| d.id == device && !d.revoked)
             else {
-                return Err(Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("you have no active device {device}"),
-                ));
+                return Err(NotFound::OwnDevice(device).into());
             };
             record.revoked = true;
             let name = record.name.clone();
@@ -87,18 +82,12 @@ impl Service {
         new: String,
     ) -> Result<Response, Refusal> {
         if new.chars().count() < MIN_PASSWORD || new.len() > MAX_PASSWORD {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!(
-                    "the password must have at least {MIN_PASSWORD} characters and at most \
-                     {MAX_PASSWORD} bytes"
-                ),
-            ));
+            return Err(DirectoryRefused::Password.into());
         }
         let phc = me
             .password_hash
             .clone()
-            .ok_or_else(|| Refusal::new(ErrorCode::Invalid, "this account has no password yet"))?;
+            .ok_or(DirectoryRefused::NoPassword)?;
         // A session (a device left unlocked) must not be a way to guess the password
         // quickly: the check is charged to the user's password counter like AddDevice.
         let attempt = self.begin_attempt(Factor::Password, &me.id, None)?;
@@ -114,10 +103,7 @@ impl Service {
             .argon2(slot, move || verify_password(&old, &phc))
             .await?;
         if !matches {
-            return Err(Refusal::new(
-                ErrorCode::Unauthenticated,
-                "the current password is wrong",
-            ));
+            return Err(DirectoryRefused::CurrentPasswordWrong.into());
         }
         attempt.succeeded();
         let slot = self.argon2_slot()?;
@@ -156,7 +142,7 @@ impl Service {
         for slug in departments {
             let group: GroupHandle = secret_handle(slug);
             if let Err(e) = self.drive_removal(&group).await {
-                tracing::error!(%group, error = ?e.detail, message = %e.message, "cannot propose removals yet");
+                tracing::error!(%group, error = ?e.detail, message = %e.message(), "cannot propose removals yet");
             }
         }
     }

@@ -5,9 +5,10 @@
 //! is a blob uploaded with scope `Docs` (the same chunked, resumable path as attachments)
 //! and then put at its path. Every change is audited in the same batch as the change.
 
-use rathaus_protocol::{BlobScope, DocEntry, DocKind, DocPath, ErrorCode, Response, Role};
+use rathaus_protocol::{BlobScope, DocEntry, DocKind, DocPath, Response, Role};
 
 use super::blobs::BlobChanges;
+use super::refused::DocsRefused;
 use super::{Refusal, Service};
 use crate::store::{BlobRef, UserRecord, Writes};
 
@@ -38,20 +39,14 @@ impl Service {
     ) -> Result<Response, Refusal> {
         self.require_doc_writer(me, &path)?;
         if path.is_root() {
-            return Err(Refusal::new(
-                ErrorCode::AlreadyExists,
-                "the library's root exists",
-            ));
+            return Err(DocsRefused::RootExists.into());
         }
         let now = self.now_ms();
         {
             let _log = self.log_lock();
             let _blobs = self.blob_lock();
             if self.db.doc(&path)?.is_some() {
-                return Err(Refusal::new(
-                    ErrorCode::AlreadyExists,
-                    format!("{path} exists already"),
-                ));
+                return Err(DocsRefused::Exists(path).into());
             }
             self.require_folder(path.parent().as_ref())?;
             let mut w = Writes::new();
@@ -79,7 +74,7 @@ impl Service {
     ) -> Result<Response, Refusal> {
         self.require_doc_writer(me, &path)?;
         if path.is_root() {
-            return Err(Refusal::new(ErrorCode::Invalid, "the root is a folder"));
+            return Err(DocsRefused::RootIsFolder.into());
         }
         let now = self.now_ms();
         let orphans = {
@@ -92,12 +87,7 @@ impl Service {
                 Some(DocEntry {
                     kind: DocKind::Folder,
                     ..
-                }) => {
-                    return Err(Refusal::new(
-                        ErrorCode::Invalid,
-                        format!("{path} is a folder"),
-                    ))
-                }
+                }) => return Err(DocsRefused::IsFolder(path).into()),
                 Some(DocEntry {
                     kind: DocKind::Document { blob: old, .. },
                     ..
@@ -151,7 +141,7 @@ impl Service {
     ) -> Result<Response, Refusal> {
         self.require_doc_writer(me, &path)?;
         if path.is_root() {
-            return Err(Refusal::new(ErrorCode::Invalid, "the library's root stays"));
+            return Err(DocsRefused::RootStays.into());
         }
         let now = self.now_ms();
         let orphans = {
@@ -163,10 +153,7 @@ impl Service {
             let detail = match entry.kind {
                 DocKind::Folder => {
                     if self.db.doc_has_children(&path)? {
-                        return Err(Refusal::new(
-                            ErrorCode::Invalid,
-                            format!("{path} is not empty; remove what it holds first"),
-                        ));
+                        return Err(DocsRefused::NotEmpty(path).into());
                     }
                     "folder".to_owned()
                 }
@@ -195,7 +182,7 @@ impl Service {
     pub(super) fn check_doc_put(&self, me: &UserRecord, path: &DocPath) -> Result<(), Refusal> {
         self.require_doc_writer(me, path)?;
         if path.is_root() {
-            return Err(Refusal::new(ErrorCode::Invalid, "the root is a folder"));
+            return Err(DocsRefused::RootIsFolder.into());
         }
         self.require_folder(path.parent().as_ref())?;
         if let Some(DocEntry {
@@ -203,10 +190,7 @@ impl Service {
             ..
         }) = self.db.doc(path)?
         {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("{path} is a folder"),
-            ));
+            return Err(DocsRefused::IsFolder(path.clone()).into());
         }
         Ok(())
     }
@@ -225,13 +209,7 @@ impl Service {
                 return Ok(());
             }
         }
-        Err(Refusal::new(
-            ErrorCode::Forbidden,
-            format!(
-                "only editors and administrators write anywhere in the library; a department's \
-                 owners write in its folder (not {path})"
-            ),
-        ))
+        Err(DocsRefused::NotAWriter(path.clone()).into())
     }
 
     fn require_folder(&self, path: Option<&DocPath>) -> Result<(), Refusal> {
@@ -246,28 +224,16 @@ impl Service {
                 kind: DocKind::Folder,
                 ..
             }) => Ok(()),
-            Some(_) => Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("{path} is a document, not a folder"),
-            )),
-            None => Err(Refusal::new(
-                ErrorCode::NotFound,
-                format!("folder {path} does not exist; create it with `docs mkdir` first"),
-            )),
+            Some(_) => Err(DocsRefused::NotAFolder(path.clone()).into()),
+            None => Err(DocsRefused::NoFolder(path.clone()).into()),
         }
     }
 }
 
 fn no_such(path: &DocPath) -> Refusal {
-    Refusal::new(
-        ErrorCode::NotFound,
-        format!("the library has nothing at {path}"),
-    )
+    DocsRefused::Nothing(path.clone()).into()
 }
 
 fn upload_first() -> Refusal {
-    Refusal::new(
-        ErrorCode::NotFound,
-        "upload the document to the library before putting it at a path",
-    )
+    DocsRefused::UploadFirst.into()
 }

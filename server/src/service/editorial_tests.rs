@@ -9,8 +9,9 @@ use rathaus_protocol::{
     DepartmentSlug, EntryBody, ErrorCode, GroupHandle, LogEntry, PostBody, Request, Response, Role,
 };
 
+use super::refused::AnnouncementRefused;
 use super::testing::{uid, Fixture, T0};
-use super::{Refusal, Service, Session};
+use super::{Reason, Refusal, Service, Session};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -105,7 +106,7 @@ async fn add_bauamt(f: &Fixture, owners: &[&str]) {
 }
 
 fn code(r: Result<Response, Refusal>) -> ErrorCode {
-    r.unwrap_err().code
+    r.unwrap_err().code()
 }
 
 #[tokio::test]
@@ -153,11 +154,18 @@ async fn the_announcement_workflow_follows_roles() {
         ),
     ] {
         let refusal = ask(&f, who, request).await.unwrap_err();
-        assert_eq!(refusal.code, ErrorCode::Forbidden, "{}", refusal.message);
-        assert!(
-            refusal.message.contains("only editors"),
+        assert_eq!(
+            refusal.code(),
+            ErrorCode::Forbidden,
             "{}",
-            refusal.message
+            refusal.message()
+        );
+        assert!(
+            matches!(
+                refusal.reason,
+                Reason::Announcement(AnnouncementRefused::EditorsOnly(_))
+            ),
+            "{refusal:?}"
         );
     }
 

@@ -8,10 +8,11 @@ use argon2::Argon2;
 use ed25519_dalek::VerifyingKey;
 use rand::rngs::OsRng;
 use rathaus_protocol::limits::{MAX_NAME, MAX_PASSWORD, MIN_PASSWORD};
-use rathaus_protocol::{DeviceId, DeviceKey, ErrorCode, Response, UserId};
+use rathaus_protocol::{DeviceId, DeviceKey, Response, UserId};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::auth::check_version;
+use super::refused::DirectoryRefused;
 use super::throttle::Factor;
 use super::{enrollment_codes, Refusal, Service};
 use crate::store::{DeviceRecord, Writes};
@@ -45,10 +46,6 @@ impl Drop for NewDevice {
     }
 }
 
-const CODE_INVALID: &str =
-    "this enrollment code is unknown, already used or expired; ask your administrator for a new one";
-const WRONG_PASSWORD: &str = "wrong user or password";
-
 impl Service {
     /// Answers `Enroll`: checks the one-time code, sets the password, creates the first
     /// device and burns the code. The attempt is charged to the throttle before the code
@@ -66,18 +63,13 @@ impl Service {
         let attempt = self.begin_attempt(Factor::EnrollmentCode, &device.user, Some(peer))?;
         let now = self.now_ms();
         if !self.code_matches(&device.user, code, now)? {
-            return Err(Refusal::new(ErrorCode::CodeInvalid, CODE_INVALID));
+            return Err(DirectoryRefused::CodeInvalid.into());
         }
         let chars = device.password.chars().count();
         if chars < MIN_PASSWORD || device.password.len() > MAX_PASSWORD {
             // The code was right; only the new password is not acceptable.
             attempt.succeeded();
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!(
-                    "the password must have at least {MIN_PASSWORD} characters and at most {MAX_PASSWORD} bytes"
-                ),
-            ));
+            return Err(DirectoryRefused::Password.into());
         }
         let (device_key, device_name) = match validate_device(&device) {
             Ok(v) => v,
@@ -102,12 +94,12 @@ impl Service {
             let _dir = self.directory();
             // Checked again under the lock: two concurrent uses of one code, one wins.
             if !self.code_matches(&device.user, code, now)? {
-                return Err(Refusal::new(ErrorCode::CodeInvalid, CODE_INVALID));
+                return Err(DirectoryRefused::CodeInvalid.into());
             }
             let mut user = self
                 .db
                 .user(&device.user)?
-                .ok_or_else(|| Refusal::new(ErrorCode::CodeInvalid, CODE_INVALID))?;
+                .ok_or(DirectoryRefused::CodeInvalid)?;
             let id = DeviceId(self.db.store().next_id()?);
             user.password_hash = Some(hash);
             user.devices.push(DeviceRecord {
@@ -157,7 +149,7 @@ impl Service {
         let attempt = self.begin_attempt(Factor::Password, &device.user, Some(peer))?;
         let now = self.now_ms();
         if device.password.len() > MAX_PASSWORD {
-            return Err(Refusal::new(ErrorCode::Unauthenticated, WRONG_PASSWORD));
+            return Err(DirectoryRefused::WrongPassword.into());
         }
         let stored_hash = self
             .db
@@ -186,7 +178,7 @@ impl Service {
             })
             .await?;
         if !ok {
-            return Err(Refusal::new(ErrorCode::Unauthenticated, WRONG_PASSWORD));
+            return Err(DirectoryRefused::WrongPassword.into());
         }
         attempt.succeeded();
         let (device_key, device_name) = validate_device(&device)?;
@@ -196,7 +188,7 @@ impl Service {
                 .db
                 .user(&device.user)?
                 .filter(|u| !u.removed)
-                .ok_or_else(|| Refusal::new(ErrorCode::Unauthenticated, WRONG_PASSWORD))?;
+                .ok_or(DirectoryRefused::WrongPassword)?;
             let id = DeviceId(self.db.store().next_id()?);
             user.devices.push(DeviceRecord {
                 id,
@@ -253,17 +245,11 @@ fn enrollment_detail(how: &str, name: &str, key: &DeviceKey, peer: IpAddr) -> St
 
 fn validate_device(device: &NewDevice) -> Result<(DeviceKey, String), Refusal> {
     if VerifyingKey::from_bytes(&device.device_key.0).is_err() {
-        return Err(Refusal::new(
-            ErrorCode::Invalid,
-            "the device key is not a valid Ed25519 public key",
-        ));
+        return Err(DirectoryRefused::DeviceKey.into());
     }
     let name = device.device_name.trim();
     if name.len() > MAX_NAME {
-        return Err(Refusal::new(
-            ErrorCode::Invalid,
-            format!("device names are at most {MAX_NAME} bytes"),
-        ));
+        return Err(DirectoryRefused::DeviceName.into());
     }
     let name = if name.is_empty() { "device" } else { name };
     Ok((device.device_key, name.to_owned()))

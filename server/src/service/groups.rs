@@ -7,10 +7,11 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 use rathaus_protocol::limits::{MAX_CONTROL_FRAME, MAX_FETCH};
 use rathaus_protocol::log;
 use rathaus_protocol::{
-    frame, ClientMsgId, DepartmentSlug, EntryBody, ErrorCode, Event, GroupHandle, GroupKind,
-    GroupSummary, MemberInfo, PostBody, Response, Role,
+    frame, ClientMsgId, DepartmentSlug, EntryBody, Event, GroupHandle, GroupKind, GroupSummary,
+    MemberInfo, PostBody, Response, Role,
 };
 
+use super::refused::{NotFound, PostRefused, SecretRefused};
 use super::{Broadcast, Heads, InFlight, InFlightKey, Refusal, Service, Session};
 
 /// How often a post is allocated a seq again after another node on a shared database
@@ -77,23 +78,17 @@ impl Service {
         if group == GroupHandle::Announcements
             && !(me.has_role(Role::Editor) || me.has_role(Role::Admin))
         {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "only editors and administrators may post announcements",
-            ));
+            return Err(PostRefused::AnnouncementsByEditors.into());
         }
         let content = match body {
             PostBody::Public(content) => content,
             PostBody::Mls(_) | PostBody::MlsAttachment { .. } => {
-                return Err(Refusal::new(
-                    ErrorCode::Invalid,
-                    format!("{group} is server-readable; MLS messages belong in secret groups"),
-                ))
+                return Err(PostRefused::MlsInPublic(group).into())
             }
         };
         content
             .validate()
-            .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+            .map_err(|e| PostRefused::Content(e.to_string()))?;
 
         let entry = StoredEntry {
             sender: me.id.clone(),
@@ -470,12 +465,7 @@ impl Service {
             self.secret_department(&group)?;
             match self.secret_reader(session, &group)? {
                 Some(joined_seq) => since.max(joined_seq),
-                None => {
-                    return Err(Refusal::new(
-                        ErrorCode::Forbidden,
-                        format!("only devices in {group} may read it"),
-                    ))
-                }
+                None => return Err(SecretRefused::NotAReader(group).into()),
             }
         } else {
             self.ensure_readable(&group)?;
@@ -544,10 +534,7 @@ impl Service {
                 if self.db.department_exists(slug)? || self.is_retired(slug)? {
                     Ok(())
                 } else {
-                    Err(Refusal::new(
-                        ErrorCode::NotFound,
-                        format!("group {slug} does not exist"),
-                    ))
+                    Err(NotFound::PublicGroup(slug.clone()).into())
                 }
             }
             GroupHandle::Secret(_) | GroupHandle::Room(_) => self.readable_group(group).map(|_| ()),
@@ -560,10 +547,9 @@ impl Service {
         match group {
             GroupHandle::Announcements => Ok(None),
             GroupHandle::Public(slug) => self.department_or_not_found(slug).map(Some),
-            GroupHandle::Secret(_) | GroupHandle::Room(_) => Err(Refusal::new(
-                ErrorCode::NotFound,
-                format!("secret group {group} does not exist yet"),
-            )),
+            GroupHandle::Secret(_) | GroupHandle::Room(_) => {
+                Err(NotFound::SecretGroup(group.clone()).into())
+            }
         }
     }
 
@@ -571,9 +557,9 @@ impl Service {
         &self,
         slug: &DepartmentSlug,
     ) -> Result<DepartmentRecord, Refusal> {
-        self.db.department(slug)?.ok_or_else(|| {
-            Refusal::new(ErrorCode::NotFound, format!("group {slug} does not exist"))
-        })
+        self.db
+            .department(slug)?
+            .ok_or_else(|| NotFound::PublicGroup(slug.clone()).into())
     }
 
     /// The group's durable head (what readers may see).

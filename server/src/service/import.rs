@@ -25,10 +25,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use rathaus_protocol::limits::{MAX_IMPORT_ROWS, MAX_LIST, MAX_NAME};
 use rathaus_protocol::{
-    DepartmentSlug, ErrorCode, ImportOutcome, ImportResult, ImportRow, Response, Role, UserId,
+    DepartmentSlug, ImportOutcome, ImportResult, ImportRow, Response, Role, UserId,
 };
 
 use super::provisioning::{code_record, ids};
+use super::refused::DirectoryRefused;
 use super::{enrollment_codes, Broadcast, Refusal, Service};
 use crate::store::{DepartmentRecord, UserRecord, Writes};
 
@@ -40,10 +41,7 @@ impl Service {
     ) -> Result<Response, Refusal> {
         self.require_admin(me, "import users")?;
         if rows.len() > MAX_IMPORT_ROWS {
-            return Err(Refusal::new(
-                ErrorCode::TooLarge,
-                format!("at most {MAX_IMPORT_ROWS} rows per import request"),
-            ));
+            return Err(DirectoryRefused::ImportTooLarge.into());
         }
         let now = self.now_ms();
         let (ticket, results, touched) = {

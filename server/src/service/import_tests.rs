@@ -5,7 +5,9 @@ use rathaus_protocol::{
     PostBody, Request, Response, Role,
 };
 
+use super::refused::PostRefused;
 use super::testing::{uid, Fixture};
+use super::Reason;
 
 fn slug(s: &str) -> DepartmentSlug {
     DepartmentSlug::parse(s).unwrap()
@@ -93,7 +95,7 @@ async fn only_admins_import_and_a_chunk_is_bounded() {
         )
         .await
         .unwrap_err();
-    assert_eq!(refused.code, ErrorCode::Forbidden);
+    assert_eq!(refused.code(), ErrorCode::Forbidden);
     let rows = (0..=rathaus_protocol::limits::MAX_IMPORT_ROWS as u32)
         .map(|i| row(i, &format!("Q{i}"), "X", &[]))
         .collect();
@@ -102,7 +104,7 @@ async fn only_admins_import_and_a_chunk_is_bounded() {
         .handle(&f.admin, Request::ImportUsers { rows })
         .await
         .unwrap_err();
-    assert_eq!(too_many.code, ErrorCode::TooLarge);
+    assert_eq!(too_many.code(), ErrorCode::TooLarge);
 }
 
 #[tokio::test]
@@ -134,8 +136,11 @@ async fn a_retired_department_takes_no_posts_and_its_slug_stays_taken() {
         )
         .await
         .unwrap_err();
-    assert_eq!(post.code, ErrorCode::Forbidden);
-    assert!(post.message.contains("retired"), "{}", post.message);
+    assert_eq!(post.code(), ErrorCode::Forbidden);
+    assert!(
+        matches!(post.reason, Reason::Post(PostRefused::Retired { .. })),
+        "{post:?}"
+    );
     // Still readable: the final entry is there.
     match f
         .service
@@ -165,7 +170,7 @@ async fn a_retired_department_takes_no_posts_and_its_slug_stays_taken() {
         )
         .await
         .unwrap_err();
-    assert_eq!(again.code, ErrorCode::AlreadyExists);
+    assert_eq!(again.code(), ErrorCode::AlreadyExists);
 }
 
 #[test]

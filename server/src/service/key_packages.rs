@@ -4,11 +4,10 @@
 use std::sync::{Arc, PoisonError};
 
 use openmls::prelude::KeyPackage;
-use rathaus_protocol::{
-    frame, ClaimedKeyPackage, DeviceId, ErrorCode, Event, GroupHandle, Response, UserId,
-};
+use rathaus_protocol::{frame, ClaimedKeyPackage, DeviceId, Event, GroupHandle, Response, UserId};
 
 use super::mls::{device_of, validate_key_package};
+use super::refused::{MlsRefused, NotFound, SecretRefused};
 use super::{Broadcast, Refusal, Service, Session};
 use crate::store::{KeyPackageRecord, UserRecord, Writes};
 
@@ -26,10 +25,7 @@ impl Service {
         last_resort: Option<Vec<u8>>,
     ) -> Result<Response, Refusal> {
         if one_time.len() > MAX_ONE_TIME {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("at most {MAX_ONE_TIME} KeyPackages at once"),
-            ));
+            return Err(SecretRefused::TooManyKeyPackages(MAX_ONE_TIME).into());
         }
         let device_key = self.device_key(&session.user, session.device)?;
         for bytes in one_time.iter().chain(last_resort.iter()) {
@@ -41,13 +37,11 @@ impl Service {
             let mut record = self.db.key_packages(&session.user, session.device)?;
             let room = MAX_ONE_TIME.saturating_sub(record.one_time.len());
             if one_time.len() > room {
-                return Err(Refusal::new(
-                    ErrorCode::Invalid,
-                    format!(
-                        "the server holds {} KeyPackages of this device; at most {room} more fit",
-                        record.one_time.len()
-                    ),
-                ));
+                return Err(SecretRefused::KeyPackagesFull {
+                    held: record.one_time.len(),
+                    room,
+                }
+                .into());
             }
             record.one_time.extend(one_time);
             if let Some(lr) = last_resort {
@@ -78,14 +72,13 @@ impl Service {
     ) -> Result<Response, Refusal> {
         let dept = self.secret_department(&group)?;
         if !super::secret::on_roster(&dept, &user) {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                format!("{user} is not on the roster of {group}"),
-            ));
+            return Err(SecretRefused::ClaimOffRoster { user, group }.into());
         }
-        let target = self.db.user(&user)?.filter(|u| !u.removed).ok_or_else(|| {
-            Refusal::new(ErrorCode::NotFound, format!("user {user} does not exist"))
-        })?;
+        let target = self
+            .db
+            .user(&user)?
+            .filter(|u| !u.removed)
+            .ok_or_else(|| Refusal::from(NotFound::User(user.clone())))?;
         let (packages, low, ticket) = {
             let _mls = self.mls_lock();
             // Authorised under the lock, so a claim never races a birth or a removal.
@@ -96,20 +89,12 @@ impl Service {
                         .iter()
                         .any(|m| m.user == me.id && m.device == session.device);
                     if !in_tree || !super::secret::on_roster(&dept, &me.id) {
-                        return Err(Refusal::new(
-                            ErrorCode::Forbidden,
-                            format!("only members of {group} may claim KeyPackages for it"),
-                        ));
+                        return Err(SecretRefused::ClaimByMembers(group).into());
                     }
                 }
                 None => {
                     if !dept.owners.contains(&me.id) {
-                        return Err(Refusal::new(
-                            ErrorCode::Forbidden,
-                            format!(
-                                "only owners of {group} may claim KeyPackages before it exists"
-                            ),
-                        ));
+                        return Err(SecretRefused::ClaimByOwners(group).into());
                     }
                 }
             }
@@ -165,10 +150,10 @@ impl Service {
             .filter(|u| !u.removed)
             .and_then(|u| u.active_devices().find(|d| d.id == device).map(|d| d.key.0))
             .ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("device {user}/{device} is not active"),
-                )
+                Refusal::from(NotFound::Device {
+                    user: user.clone(),
+                    device,
+                })
             })
     }
 
@@ -210,19 +195,14 @@ fn check_own_package(kp: &KeyPackage, session: &Session, key: &[u8; 32]) -> Resu
     let leaf = kp.leaf_node();
     let named = device_of(leaf.credential());
     if named.as_ref() != Some(&(session.user.clone(), session.device)) {
-        return Err(Refusal::new(
-            ErrorCode::Invalid,
-            format!(
-                "KeyPackage credentials must name this device ({}/{})",
-                session.user, session.device
-            ),
-        ));
+        return Err(MlsRefused::KeyPackageCredential {
+            user: session.user.clone(),
+            device: session.device,
+        }
+        .into());
     }
     if leaf.signature_key().as_slice() != key {
-        return Err(Refusal::new(
-            ErrorCode::Invalid,
-            "KeyPackages must be signed with this device's registered key",
-        ));
+        return Err(MlsRefused::KeyPackageKey.into());
     }
     Ok(())
 }

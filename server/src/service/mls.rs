@@ -21,8 +21,9 @@ use openmls_rust_crypto::RustCrypto;
 use openmls_traits::signatures::{Signer, SignerError};
 use openmls_traits::types::SignatureScheme;
 use rathaus_protocol::mls::DeviceCredential;
-use rathaus_protocol::{DeviceId, ErrorCode, GroupHandle, UserId};
+use rathaus_protocol::{DeviceId, GroupHandle, UserId};
 
+use super::refused::MlsRefused;
 use super::Refusal;
 use crate::store::PublicStateRecord;
 
@@ -93,9 +94,8 @@ pub(crate) fn device_of(credential: &Credential) -> Option<(UserId, DeviceId)> {
 }
 
 /// Parses MLS bytes; `Invalid` with `what` on garbage.
-pub(crate) fn parse_message(bytes: &[u8], what: &str) -> Result<MlsMessageIn, Refusal> {
-    MlsMessageIn::tls_deserialize_exact(bytes)
-        .map_err(|_| invalid(format!("{what} is not a valid MLS message")))
+pub(crate) fn parse_message(bytes: &[u8], what: &'static str) -> Result<MlsMessageIn, Refusal> {
+    MlsMessageIn::tls_deserialize_exact(bytes).map_err(|_| MlsRefused::Undecodable(what).into())
 }
 
 /// A KeyPackage `MLSMessage`, signature-checked, in Rathaus' ciphersuite.
@@ -105,15 +105,13 @@ pub(crate) fn validate_key_package(
 ) -> Result<KeyPackage, Refusal> {
     let key_package: KeyPackageIn = match parse_message(bytes, "a KeyPackage")?.extract() {
         MlsMessageBodyIn::KeyPackage(kp) => kp,
-        _ => return Err(invalid("expected a KeyPackage message")),
+        _ => return Err(MlsRefused::NotAKeyPackage.into()),
     };
     let key_package = key_package
         .validate(crypto, ProtocolVersion::Mls10)
-        .map_err(|e| invalid(format!("invalid KeyPackage: {e}")))?;
+        .map_err(|e| MlsRefused::KeyPackage(e.to_string()))?;
     if key_package.ciphersuite() != CIPHERSUITE {
-        return Err(invalid(
-            "KeyPackages must use MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519",
-        ));
+        return Err(MlsRefused::KeyPackageSuite.into());
     }
     Ok(key_package)
 }
@@ -122,14 +120,13 @@ pub(crate) fn validate_key_package(
 pub(crate) fn parse_group_info(bytes: &[u8]) -> Result<VerifiableGroupInfo, Refusal> {
     match parse_message(bytes, "the GroupInfo")?.extract() {
         MlsMessageBodyIn::GroupInfo(info) => Ok(info),
-        _ => Err(invalid("expected a GroupInfo message")),
+        _ => Err(MlsRefused::NotAGroupInfo.into()),
     }
 }
 
 /// A TLS-serialized ratchet tree.
 pub(crate) fn parse_ratchet_tree(bytes: &[u8]) -> Result<RatchetTreeIn, Refusal> {
-    RatchetTreeIn::tls_deserialize_exact(bytes)
-        .map_err(|_| invalid("the ratchet tree is not a valid TLS-serialized tree"))
+    RatchetTreeIn::tls_deserialize_exact(bytes).map_err(|_| MlsRefused::RatchetTree.into())
 }
 
 /// A secret group's public state, loaded for one operation.
@@ -156,11 +153,7 @@ impl PublicState {
             group_info,
             ProposalStore::new(),
         )
-        .map_err(|e| {
-            invalid(format!(
-                "GroupInfo and ratchet tree do not form a valid group: {e}"
-            ))
-        })?;
+        .map_err(|e| MlsRefused::Group(e.to_string()))?;
         Ok(Self { storage, group })
     }
 
@@ -208,8 +201,4 @@ impl PublicState {
             .tls_serialize_detached()
             .map_err(|e| Refusal::internal(format!("cannot export ratchet tree: {e}")))
     }
-}
-
-fn invalid(message: impl Into<String>) -> Refusal {
-    Refusal::new(ErrorCode::Invalid, message)
 }

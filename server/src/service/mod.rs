@@ -26,6 +26,7 @@ mod moderation;
 mod operations;
 mod posts;
 mod provisioning;
+pub mod refused;
 mod removal;
 mod retention;
 mod roles;
@@ -41,12 +42,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openmls_rust_crypto::RustCrypto;
 use rathaus_protocol::{
-    ClientMsgId, DeviceId, ErrorCode, GroupHandle, Request, Response, Role, SessionInfo, UserId,
+    ClientMsgId, DeviceId, GroupHandle, Request, Response, Role, SessionInfo, UserId,
 };
 use tokio::sync::broadcast;
 
 use crate::clock::Clock;
 use crate::store::{Db, StoreError, UserRecord};
+use refused::SessionRefused;
 
 pub(crate) use attempts::worth_logging;
 pub use attempts::ThrottleStats;
@@ -56,6 +58,7 @@ pub use events::{Broadcast, LiveConnection, LiveConnections, Readers};
 pub use mls::RemovalKey;
 pub use operations::AdminCode;
 pub use provisioning::bootstrap;
+pub use refused::{Reason, Refusal};
 pub use retention::RetentionRun;
 pub use throttle::{Throttle, ThrottlePolicy};
 
@@ -65,8 +68,6 @@ use durability::Durability;
 /// Organisation name used when the store has none (only in tests).
 const DEFAULT_ORG: &str = "Rathaus";
 
-/// What a client is told when another server node's write came first.
-const CONFLICT_MESSAGE: &str = "a concurrent write came first; retry";
 /// Searches run at once; more wait for a slot.
 const SEARCH_SLOTS: usize = 4;
 
@@ -205,63 +206,6 @@ impl SessionCache {
     fn kept(&self) -> MutexGuard<'_, Option<(u64, Arc<UserRecord>)>> {
         // Replaced in one assignment: a poisoned lock holds a whole value.
         self.kept.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A refused request: what the peer is told, plus (for internal failures) what only the
-/// log may see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// Stable reason sent to the peer.
-    pub code: ErrorCode,
-    /// Human message sent to the peer.
-    pub message: String,
-    /// Internal detail for the server log; never sent.
-    pub detail: Option<String>,
-}
-
-impl Refusal {
-    /// A refusal the peer may read in full.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            detail: None,
-        }
-    }
-
-    /// An internal failure: the peer sees a generic message, the log sees `detail`.
-    pub fn internal(detail: impl Into<String>) -> Self {
-        Self {
-            code: ErrorCode::Internal,
-            message: "internal server error; the operator can find details in the server log"
-                .into(),
-            detail: Some(detail.into()),
-        }
-    }
-
-    /// Whether another writer on a shared store came first (nothing was stored).
-    pub(crate) fn is_conflict(&self) -> bool {
-        self.code == ErrorCode::Unavailable && self.message == CONFLICT_MESSAGE
-    }
-
-    /// The wire response for this refusal.
-    pub fn to_response(&self) -> Response {
-        Response::error(self.code, self.message.clone())
-    }
-}
-
-impl From<StoreError> for Refusal {
-    fn from(e: StoreError) -> Self {
-        match e {
-            // Another server node on the same database wrote first; nothing was stored.
-            StoreError::Conflict(detail) => Self {
-                code: ErrorCode::Unavailable,
-                message: CONFLICT_MESSAGE.into(),
-                detail: Some(detail),
-            },
-            other => Self::internal(other.to_string()),
-        }
     }
 }
 
@@ -511,10 +455,7 @@ impl Service {
                 group,
                 limit,
             } => self.search(session, query, group, limit).await,
-            Request::Hello { .. } => Err(Refusal::new(
-                ErrorCode::Invalid,
-                "this connection is already authenticated",
-            )),
+            Request::Hello { .. } => Err(SessionRefused::AlreadyAuthenticated.into()),
             editorial @ (Request::SetRoles { .. }
             | Request::AnnouncementDraft { .. }
             | Request::AnnouncementSubmit { .. }
@@ -530,10 +471,7 @@ impl Service {
             Request::Enroll { .. }
             | Request::AddDevice { .. }
             | Request::Prove { .. }
-            | Request::Subscribe => Err(Refusal::new(
-                ErrorCode::Invalid,
-                "this request cannot be handled here",
-            )),
+            | Request::Subscribe => Err(SessionRefused::NotHere.into()),
         }
     }
 
@@ -625,10 +563,7 @@ impl Service {
     pub fn session_user(&self, session: &Session) -> Result<UserRecord, Refusal> {
         match self.db.user(&session.user)? {
             Some(u) if !u.removed && u.active_devices().any(|d| d.id == session.device) => Ok(u),
-            _ => Err(Refusal::new(
-                ErrorCode::Unauthenticated,
-                "this session is no longer valid; authenticate again",
-            )),
+            _ => Err(SessionRefused::Ended.into()),
         }
     }
 
@@ -665,14 +600,11 @@ impl Service {
         }
     }
 
-    fn require_admin(&self, me: &UserRecord, what: &str) -> Result<(), Refusal> {
+    fn require_admin(&self, me: &UserRecord, what: &'static str) -> Result<(), Refusal> {
         if me.has_role(Role::Admin) {
             return Ok(());
         }
-        Err(Refusal::new(
-            ErrorCode::Forbidden,
-            format!("only administrators may {what}"),
-        ))
+        Err(SessionRefused::AdminOnly(what).into())
     }
 
     fn now_ms(&self) -> i64 {

@@ -6,8 +6,9 @@
 //! and a [`EntryBody::Moderated`] entry is appended so clients that hold the post locally
 //! replace it too. Both, and the audit record, are one atomic batch.
 
-use rathaus_protocol::{EntryBody, ErrorCode, GroupHandle, Response, Role};
+use rathaus_protocol::{EntryBody, GroupHandle, Response, Role};
 
+use super::refused::{NotFound, PostRefused};
 use super::server_entries::server_client_id;
 use super::{Refusal, Service};
 use crate::store::{StoredEntry, UserRecord, Writes};
@@ -20,45 +21,36 @@ impl Service {
         seq: u64,
     ) -> Result<Response, Refusal> {
         let dept = match &group {
-            GroupHandle::Public(slug) => self.db.department(slug)?.ok_or_else(|| {
-                Refusal::new(ErrorCode::NotFound, format!("group {group} does not exist"))
-            })?,
+            GroupHandle::Public(slug) => self
+                .db
+                .department(slug)?
+                .ok_or_else(|| NotFound::Group(group.clone()))?,
             GroupHandle::Secret(_) | GroupHandle::Room(_) => {
-                return Err(Refusal::new(
-                    ErrorCode::Invalid,
-                    "secret groups are end-to-end encrypted; the server can neither read nor \
-                     remove their posts",
-                ))
+                return Err(PostRefused::ModerateSecret.into())
             }
-            GroupHandle::Announcements => {
-                return Err(Refusal::new(
-                    ErrorCode::Invalid,
-                    "announcements are not moderated; let them expire or ask an administrator \
-                     to set a retention period",
-                ))
-            }
+            GroupHandle::Announcements => return Err(PostRefused::ModerateAnnouncements.into()),
         };
         if !(me.has_role(Role::Admin) || dept.owners.contains(&me.id)) {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                format!("only the owners of {group} and administrators may remove its posts"),
-            ));
+            return Err(PostRefused::NotModerator(group).into());
         }
         let now = self.now_ms();
         let mut orphans = Vec::new();
         let appended = self.append_entry(&group, |_| {
-            let not_found =
-                || Refusal::new(ErrorCode::NotFound, format!("{group} has no post #{seq}"));
+            let not_found = || NotFound::Post {
+                group: group.clone(),
+                seq,
+            };
             let target = self.db.entry(&group, seq)?.ok_or_else(not_found)?;
             match &target.body {
                 EntryBody::Content(_) => {}
                 EntryBody::Removed { .. } => {
-                    return Err(Refusal::new(
-                        ErrorCode::Invalid,
-                        format!("post #{seq} of {group} was removed already"),
-                    ))
+                    return Err(PostRefused::RemovedAlready {
+                        group: group.clone(),
+                        seq,
+                    }
+                    .into())
                 }
-                EntryBody::Moderated { .. } | EntryBody::Mls(_) => return Err(not_found()),
+                EntryBody::Moderated { .. } | EntryBody::Mls(_) => return Err(not_found().into()),
             }
             let author = target.sender.clone();
             let tombstone = EntryBody::Removed { by: me.id.clone() };

@@ -5,10 +5,11 @@
 use std::sync::atomic::Ordering;
 
 use rathaus_protocol::limits::MAX_POST_PAYLOAD;
-use rathaus_protocol::{ErrorCode, Request, Response, Role, UserId};
+use rathaus_protocol::{Request, Response, Role, UserId};
 
 use rathaus_protocol::GroupHandle;
 
+use super::refused::{DirectoryRefused, PostRefused};
 use super::{enrollment_codes, removal, Refusal, Service};
 use crate::metrics::{FlushMetrics, RequestLabels, ServiceMetrics};
 use crate::store::{CodeRecord, RetentionRecord, StoreError, UserRecord, Writes};
@@ -99,10 +100,7 @@ impl Service {
         }
         let size = postcard::to_allocvec(body).map_or(usize::MAX, |v| v.len());
         if size > limit {
-            return Err(Refusal::new(
-                ErrorCode::TooLarge,
-                format!("this server accepts posts of at most {limit} bytes, this one has {size}"),
-            ));
+            return Err(PostRefused::TooLarge { limit, size }.into());
         }
         Ok(())
     }
@@ -117,7 +115,7 @@ impl Service {
         let code = match result {
             Ok(Response::Error { code, .. }) => code.as_str(),
             Ok(_) => "ok",
-            Err(refusal) => refusal.code.as_str(),
+            Err(refusal) => refusal.code().as_str(),
         };
         self.metrics
             .prelogin_requests
@@ -132,7 +130,7 @@ impl Service {
         let code = match result {
             Ok(Response::Error { code, .. }) => code.as_str(),
             Ok(_) => "ok",
-            Err(refusal) => refusal.code.as_str(),
+            Err(refusal) => refusal.code().as_str(),
         };
         self.metrics
             .requests
@@ -160,10 +158,7 @@ impl Service {
     /// one of them approved it).
     pub async fn break_glass_admin_code(&self, user: &UserId) -> Result<AdminCode, Refusal> {
         if user.as_str() == removal::SERVER_USER {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("{user} is reserved for the server's own log entries"),
-            ));
+            return Err(DirectoryRefused::ReservedUser(user.clone()).into());
         }
         let server =
             UserId::parse(removal::SERVER_USER).map_err(|e| Refusal::internal(e.to_string()))?;
@@ -180,10 +175,7 @@ impl Service {
             let _dir = self.directory();
             let (record_user, action) = match self.db.user(user)? {
                 Some(u) if u.removed => {
-                    return Err(Refusal::new(
-                        ErrorCode::Forbidden,
-                        format!("{user} was offboarded; choose another administrator"),
-                    ))
+                    return Err(DirectoryRefused::Offboarded(user.clone()).into())
                 }
                 Some(u) if u.has_role(Role::Admin) => (u, "issued"),
                 Some(mut u) => {

@@ -13,8 +13,9 @@
 //! follow): an edit is stored in [`Service::post_change`]'s edit branch, a delete or a
 //! moderator's removal goes through [`Service::retract_post`].
 
-use rathaus_protocol::{ContentBody, EntryBody, ErrorCode, GroupHandle, Response};
+use rathaus_protocol::{ContentBody, EntryBody, GroupHandle, Response};
 
+use super::refused::{NotFound, PostRefused};
 use super::server_entries::Built;
 use super::{Refusal, Service};
 use crate::store::{StoredEntry, Writes};
@@ -55,10 +56,11 @@ impl Service {
                 let to = *to;
                 return match self.db.entry(group, to) {
                     Ok(Some(e)) if is_post(&e.body) => None,
-                    Ok(_) => Some(Err(Refusal::new(
-                        ErrorCode::NotFound,
-                        format!("{group} has no post #{to} to reply to"),
-                    ))),
+                    Ok(_) => Some(Err(NotFound::ReplyTarget {
+                        group: group.clone(),
+                        seq: to,
+                    }
+                    .into())),
                     Err(e) => Some(Err(e.into())),
                 };
             }
@@ -90,7 +92,7 @@ impl Service {
                 .deduplicated(group, &entry.sender, &entry.client_id)?
             {
                 duplicate = Some(seq);
-                return Err(Refusal::new(ErrorCode::Internal, "duplicate"));
+                return Err(Refusal::internal("duplicate"));
             }
             self.changeable(group, &entry, change, target)?;
             let mut w = Writes::new();
@@ -140,7 +142,10 @@ impl Service {
         edit_tombstone: &EntryBody,
         w: &mut Writes,
     ) -> Result<usize, Refusal> {
-        let not_found = || Refusal::new(ErrorCode::NotFound, format!("{group} has no post #{seq}"));
+        let not_found = || NotFound::Post {
+            group: group.clone(),
+            seq,
+        };
         let mut target = self.db.entry(group, seq)?.ok_or_else(not_found)?;
         target.body = tombstone.clone();
         w.replace_entry(group, seq, &target)?;
@@ -173,31 +178,28 @@ impl Service {
         target: u64,
     ) -> Result<(), Refusal> {
         if *group == GroupHandle::Announcements {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "announcements are changed through `rathaus announce`, not by posts",
-            ));
+            return Err(PostRefused::AnnouncementChange.into());
         }
-        let not_found = || {
-            Refusal::new(
-                ErrorCode::NotFound,
-                format!("{group} has no post #{target}"),
-            )
+        let not_found = || NotFound::Post {
+            group: group.clone(),
+            seq: target,
         };
         let post = self.db.entry(group, target)?.ok_or_else(not_found)?;
         match &post.body {
             body if is_post(body) => {}
             EntryBody::Removed { .. } => {
-                return Err(Refusal::new(
-                    ErrorCode::Invalid,
-                    format!("post #{target} of {group} was deleted"),
-                ))
+                return Err(PostRefused::Deleted {
+                    group: group.clone(),
+                    seq: target,
+                }
+                .into())
             }
             _ => {
-                return Err(Refusal::new(
-                    ErrorCode::Invalid,
-                    format!("#{target} of {group} is not a post that can be changed"),
-                ))
+                return Err(PostRefused::NotAPost {
+                    group: group.clone(),
+                    seq: target,
+                }
+                .into())
             }
         }
         if change != Change::Reaction && post.sender != entry.sender {
@@ -206,13 +208,13 @@ impl Service {
             } else {
                 "delete"
             };
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "only its author may {verb} post #{target} of {group} (it is {}'s)",
-                    post.sender
-                ),
-            ));
+            return Err(PostRefused::NotAuthor {
+                verb,
+                group: group.clone(),
+                seq: target,
+                author: post.sender,
+            }
+            .into());
         }
         Ok(())
     }

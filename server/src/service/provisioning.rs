@@ -3,10 +3,9 @@
 use std::collections::BTreeSet;
 
 use rathaus_protocol::limits::{MAX_LIST, MAX_NAME};
-use rathaus_protocol::{
-    DepartmentInfo, DepartmentSlug, ErrorCode, Response, Role, UserId, UserSummary,
-};
+use rathaus_protocol::{DepartmentInfo, DepartmentSlug, Response, Role, UserId, UserSummary};
 
+use super::refused::{DirectoryRefused, NotFound};
 use super::{enrollment_codes, Broadcast, Refusal, Service};
 use crate::store::{CodeRecord, Db, DepartmentRecord, ServerMeta, StoreError, UserRecord, Writes};
 
@@ -51,13 +50,7 @@ impl Service {
     ) -> Result<Response, Refusal> {
         self.require_admin(me, "add departments")?;
         if slug.is_reserved_for_departments() {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!(
-                    "{slug} cannot name a department: rathaus://{slug}/ links name something \
-                     else; choose another short name"
-                ),
-            ));
+            return Err(DirectoryRefused::ReservedSlug(slug).into());
         }
         let name = valid_name(&name)?;
         if owners.len() > MAX_LIST {
@@ -71,19 +64,10 @@ impl Service {
         let (dept, ticket) = {
             let _dir = self.directory();
             if self.db.department(&slug)?.is_some() {
-                return Err(Refusal::new(
-                    ErrorCode::AlreadyExists,
-                    format!("department {slug} exists already"),
-                ));
+                return Err(DirectoryRefused::DepartmentExists(slug).into());
             }
             if self.is_retired(&slug)? {
-                return Err(Refusal::new(
-                    ErrorCode::AlreadyExists,
-                    format!(
-                        "department {slug} was retired; its groups keep their history, so the \
-                         name is not given out again"
-                    ),
-                ));
+                return Err(DirectoryRefused::DepartmentRetired(slug).into());
             }
             let mut w = Writes::new();
             for owner in &owners {
@@ -133,10 +117,7 @@ impl Service {
     ) -> Result<Response, Refusal> {
         self.require_admin(me, "add users")?;
         if id.as_str() == super::removal::SERVER_USER {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("{id} is reserved for the server's own log entries"),
-            ));
+            return Err(DirectoryRefused::ReservedUser(id).into());
         }
         let name = valid_name(&name)?;
         if departments.len() > MAX_LIST || roles.len() > MAX_LIST {
@@ -159,19 +140,14 @@ impl Service {
         let ticket = {
             let _dir = self.directory();
             if self.db.user(&id)?.is_some() {
-                return Err(Refusal::new(
-                    ErrorCode::AlreadyExists,
-                    format!("user {id} exists already"),
-                ));
+                return Err(DirectoryRefused::UserExists(id).into());
             }
             let mut w = Writes::new();
             for slug in &departments {
-                let mut dept = self.db.department(slug)?.ok_or_else(|| {
-                    Refusal::new(
-                        ErrorCode::NotFound,
-                        format!("department {slug} does not exist"),
-                    )
-                })?;
+                let mut dept = self
+                    .db
+                    .department(slug)?
+                    .ok_or_else(|| NotFound::Department(slug.clone()))?;
                 dept.members.push(id.clone());
                 w.put_department(&dept)?;
             }
@@ -219,19 +195,13 @@ impl Service {
     ) -> Result<Response, Refusal> {
         self.require_admin(me, "remove users")?;
         if *id == me.id {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "you cannot remove yourself; ask another administrator",
-            ));
+            return Err(DirectoryRefused::RemoveSelf.into());
         }
         let (ticket, left) = {
             let _dir = self.directory();
             let mut user = self.db.user(id)?.ok_or_else(|| no_such_user(id))?;
             if user.removed {
-                return Err(Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("{id} was offboarded already"),
-                ));
+                return Err(DirectoryRefused::OffboardedAlready(id.clone()).into());
             }
             let mut w = Writes::new();
             let mut left = Vec::new();
@@ -278,7 +248,7 @@ impl Service {
         for slug in left {
             let group = rathaus_protocol::GroupHandle::Secret(slug);
             if let Err(e) = self.drive_removal(&group).await {
-                tracing::error!(%group, error = ?e.detail, message = %e.message, "cannot propose removals yet");
+                tracing::error!(%group, error = ?e.detail, message = %e.message(), "cannot propose removals yet");
             }
         }
         self.publish(Broadcast::GroupsChanged);
@@ -300,10 +270,7 @@ impl Service {
             return Err(too_many("departments"));
         }
         if let Some(both) = add.iter().find(|a| remove.contains(a)) {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("{both} is both to join and to leave"),
-            ));
+            return Err(DirectoryRefused::JoinAndLeave(both.clone()).into());
         }
         let (ticket, user, joined, left) = {
             let _dir = self.directory();
@@ -311,12 +278,10 @@ impl Service {
             let mut w = Writes::new();
             let (mut joined, mut left) = (Vec::new(), Vec::new());
             for slug in add.iter().chain(&remove) {
-                let mut dept = self.db.department(slug)?.ok_or_else(|| {
-                    Refusal::new(
-                        ErrorCode::NotFound,
-                        format!("department {slug} does not exist"),
-                    )
-                })?;
+                let mut dept = self
+                    .db
+                    .department(slug)?
+                    .ok_or_else(|| NotFound::Department(slug.clone()))?;
                 let member = dept.members.contains(id) || dept.owners.contains(id);
                 if add.contains(slug) && !member {
                     dept.members.push(id.clone());
@@ -377,11 +342,7 @@ impl Service {
     ) -> Result<Response, Refusal> {
         self.require_admin(me, "reset users")?;
         if *id == me.id {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "you cannot reset yourself; ask another administrator (or use \
-                 `rathaus-server admin-code` on the server)",
-            ));
+            return Err(DirectoryRefused::ResetSelf.into());
         }
         let now = self.now_ms();
         let code = enrollment_codes::generate();
@@ -503,10 +464,7 @@ pub(super) fn code_record(code: &str, now_ms: i64) -> CodeRecord {
 pub(super) fn valid_name(name: &str) -> Result<String, Refusal> {
     let name = name.trim();
     if name.is_empty() || name.len() > MAX_NAME {
-        return Err(Refusal::new(
-            ErrorCode::Invalid,
-            format!("names must be 1 to {MAX_NAME} bytes"),
-        ));
+        return Err(DirectoryRefused::Name.into());
     }
     Ok(name.to_owned())
 }
@@ -519,13 +477,10 @@ pub(super) fn ids<T: std::fmt::Display>(list: &[T]) -> String {
     list.iter().map(T::to_string).collect::<Vec<_>>().join(", ")
 }
 
-fn too_many(what: &str) -> Refusal {
-    Refusal::new(
-        ErrorCode::Invalid,
-        format!("too many {what} (at most {MAX_LIST})"),
-    )
+fn too_many(what: &'static str) -> Refusal {
+    DirectoryRefused::TooMany(what).into()
 }
 
 fn no_such_user(id: &UserId) -> Refusal {
-    Refusal::new(ErrorCode::NotFound, format!("user {id} does not exist"))
+    NotFound::User(id.clone()).into()
 }

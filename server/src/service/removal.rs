@@ -100,7 +100,7 @@ impl Service {
                 Ok(())
             };
             if let Err(e) = step {
-                tracing::error!(%group, error = ?e.detail, message = %e.message, "removal step failed");
+                tracing::error!(%group, error = ?e.detail, message = %e.message(), "removal step failed");
             }
         }
     }

@@ -9,8 +9,9 @@
 
 use std::sync::PoisonError;
 
-use rathaus_protocol::{ContentBody, EntryBody, ErrorCode, GroupHandle, Response};
+use rathaus_protocol::{ContentBody, EntryBody, GroupHandle, Response};
 
+use super::refused::{NotFound, PostRefused};
 use super::{Refusal, Service};
 use crate::store::{RetentionRecord, StoreError, UserRecord, Writes};
 
@@ -41,26 +42,16 @@ impl Service {
             GroupHandle::Announcements => {}
             GroupHandle::Public(slug) => {
                 if self.db.department(slug)?.is_none() {
-                    return Err(Refusal::new(
-                        ErrorCode::NotFound,
-                        format!("group {group} does not exist"),
-                    ));
+                    return Err(NotFound::Group(group).into());
                 }
             }
             GroupHandle::Secret(_) | GroupHandle::Room(_) => {
-                return Err(Refusal::new(
-                    ErrorCode::Invalid,
-                    "retention applies to public groups and announcements; secret groups \
-                     hold only ciphertext the server cannot judge",
-                ))
+                return Err(PostRefused::RetentionSecret.into())
             }
         }
         let days = days.filter(|d| *d > 0);
         if days.is_some_and(|d| d > MAX_DAYS) {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("retention is at most {MAX_DAYS} days"),
-            ));
+            return Err(PostRefused::RetentionTooLong(MAX_DAYS).into());
         }
         let now = self.now_ms();
         let ticket = {

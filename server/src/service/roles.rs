@@ -6,8 +6,9 @@
 use std::collections::BTreeSet;
 
 use rathaus_protocol::limits::MAX_LIST;
-use rathaus_protocol::{ErrorCode, Response, Role, UserId, UserSummary};
+use rathaus_protocol::{Response, Role, UserId, UserSummary};
 
+use super::refused::{DirectoryRefused, NotFound};
 use super::{Refusal, Service};
 use crate::store::{UserRecord, Writes};
 
@@ -21,33 +22,26 @@ impl Service {
     ) -> Result<Response, Refusal> {
         self.require_admin(me, "change roles")?;
         if add.len() > MAX_LIST || remove.len() > MAX_LIST {
-            return Err(Refusal::new(ErrorCode::Invalid, "too many roles"));
+            return Err(DirectoryRefused::TooManyRoles.into());
         }
         let add: BTreeSet<Role> = add.into_iter().collect();
         let remove: BTreeSet<Role> = remove.into_iter().collect();
         if remove.contains(&Role::Member) {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "every colleague keeps the member role; offboard with `admin user remove`",
-            ));
+            return Err(DirectoryRefused::KeepMember.into());
         }
         if let Some(both) = add.intersection(&remove).next() {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("role {} is both added and removed", both.as_str()),
-            ));
+            return Err(DirectoryRefused::RoleBoth(both.as_str()).into());
         }
         if *id == me.id && remove.contains(&Role::Admin) {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "you cannot take away your own admin role; ask another administrator",
-            ));
+            return Err(DirectoryRefused::OwnAdminRole.into());
         }
         let (user, ticket) = {
             let _dir = self.directory();
-            let mut user = self.db.user(id)?.filter(|u| !u.removed).ok_or_else(|| {
-                Refusal::new(ErrorCode::NotFound, format!("user {id} does not exist"))
-            })?;
+            let mut user = self
+                .db
+                .user(id)?
+                .filter(|u| !u.removed)
+                .ok_or_else(|| Refusal::from(NotFound::User(id.clone())))?;
             let before: BTreeSet<Role> = user.roles.iter().copied().collect();
             let after: BTreeSet<Role> = before
                 .iter()

@@ -5,10 +5,9 @@
 //! room's record in place of the department's. Administrators see that a room exists and
 //! who is in it, never its content, and cannot add anyone.
 
-use rathaus_protocol::{
-    DepartmentSlug, ErrorCode, Event, GroupHandle, Response, RoomInvitation, UserId,
-};
+use rathaus_protocol::{DepartmentSlug, Event, GroupHandle, Response, RoomInvitation, UserId};
 
+use super::refused::{NotFound, SecretRefused};
 use super::secret::on_roster;
 use super::{Refusal, Service};
 use crate::store::{DepartmentRecord, UserRecord, Writes};
@@ -26,19 +25,13 @@ impl Service {
     ) -> Result<Response, Refusal> {
         let name = name.trim().to_owned();
         if name.is_empty() || name.len() > rathaus_protocol::limits::MAX_NAME {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "a room needs a name of at most 128 bytes",
-            ));
+            return Err(SecretRefused::RoomName.into());
         }
         let group = GroupHandle::Room(slug.clone());
         let ticket = {
             let _dir = self.directory();
             if self.db.room(&slug)?.is_some() {
-                return Err(Refusal::new(
-                    ErrorCode::AlreadyExists,
-                    format!("{group} exists already"),
-                ));
+                return Err(SecretRefused::Exists(group).into());
             }
             let room = DepartmentRecord {
                 slug: slug.clone(),
@@ -81,16 +74,10 @@ impl Service {
             let _dir = self.directory();
             let room = self.room_or_not_found(&group, slug)?;
             if !room.owners.contains(&me.id) {
-                return Err(Refusal::new(
-                    ErrorCode::Forbidden,
-                    format!("only owners of {group} invite colleagues"),
-                ));
+                return Err(SecretRefused::InviteByOwners(group).into());
             }
             if self.db.user(&user)?.is_none_or(|u| u.removed) {
-                return Err(Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("there is no colleague {user}"),
-                ));
+                return Err(NotFound::Colleague(user).into());
             }
             if on_roster(&room, &user) {
                 return Ok(Response::Done);
@@ -100,10 +87,11 @@ impl Service {
                 return Ok(Response::Done);
             }
             if invited.len() >= MAX_INVITED {
-                return Err(Refusal::new(
-                    ErrorCode::TooLarge,
-                    format!("{group} has {MAX_INVITED} open invitations already"),
-                ));
+                return Err(SecretRefused::TooManyInvitations {
+                    group,
+                    max: MAX_INVITED,
+                }
+                .into());
             }
             invited.push(user.clone());
             let mut w = Writes::new();
@@ -141,10 +129,7 @@ impl Service {
             }
             let mut invited = self.db.room_invitations(slug)?;
             if !invited.contains(&me.id) {
-                return Err(Refusal::new(
-                    ErrorCode::Forbidden,
-                    format!("nobody invited you to {group}; ask one of its owners"),
-                ));
+                return Err(SecretRefused::NotInvited(group).into());
             }
             invited.retain(|u| *u != me.id);
             room.members.push(me.id.clone());
@@ -197,7 +182,7 @@ impl Service {
             self.push_to_all(super::secret::roster(&room), Event::SecretGroupsChanged);
         }
         if let Err(e) = self.drive_removal(&group).await {
-            tracing::error!(%group, error = ?e.detail, message = %e.message, "cannot propose removals yet");
+            tracing::error!(%group, error = ?e.detail, message = %e.message(), "cannot propose removals yet");
         }
         Ok(Response::Done)
     }
@@ -224,15 +209,12 @@ impl Service {
     ) -> Result<DepartmentRecord, Refusal> {
         self.db
             .room(slug)?
-            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("{group} does not exist")))
+            .ok_or_else(|| NotFound::NoSuchRoom(group.clone()).into())
     }
 }
 
 fn room_slug(group: &GroupHandle) -> Result<&DepartmentSlug, Refusal> {
-    group.room().ok_or_else(|| {
-        Refusal::new(
-            ErrorCode::Invalid,
-            format!("{group} is not a room; rooms are named like room/sanierung"),
-        )
-    })
+    group
+        .room()
+        .ok_or_else(|| SecretRefused::NotARoom(group.clone()).into())
 }

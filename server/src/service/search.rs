@@ -14,10 +14,11 @@ use std::sync::Arc;
 
 use rathaus_protocol::limits::{DEFAULT_SEARCH_RESULTS, MAX_SEARCH_QUERY, MAX_SEARCH_RESULTS};
 use rathaus_protocol::{
-    ContentBody, DocEntry, DocKind, DocPath, EntryBody, ErrorCode, GroupHandle, Response,
-    SearchHit, SearchSource,
+    ContentBody, DocEntry, DocKind, DocPath, EntryBody, GroupHandle, Response, SearchHit,
+    SearchSource,
 };
 
+use super::refused::{NotFound, SearchRefused};
 use super::{Refusal, Service, Session};
 use crate::search::{IndexDoc, IndexHit, SearchIndex, SearchQuery};
 use crate::store::{StoredEntry, UserRecord};
@@ -53,34 +54,19 @@ impl Service {
         limit: u32,
     ) -> Result<Response, Refusal> {
         if query.len() > MAX_SEARCH_QUERY {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("a search query is at most {MAX_SEARCH_QUERY} bytes"),
-            ));
+            return Err(SearchRefused::QueryTooLong.into());
         }
         if query.trim().is_empty() {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "the search query is empty",
-            ));
+            return Err(SearchRefused::EmptyQuery.into());
         }
         if let Some(group) = &group {
             if group.is_secret() {
-                return Err(Refusal::new(
-                    ErrorCode::Invalid,
-                    format!(
-                        "{group} is end-to-end encrypted: it is searched on your device only, \
-                         never on the server"
-                    ),
-                ));
+                return Err(SearchRefused::SecretGroup(group.clone()).into());
             }
             self.ensure_searchable(group)?;
         }
         let Some(index) = self.search.get().cloned() else {
-            return Err(Refusal::new(
-                ErrorCode::Unavailable,
-                "search is not available on this server",
-            ));
+            return Err(SearchRefused::Unavailable.into());
         };
         let limit = match limit {
             0 => DEFAULT_SEARCH_RESULTS,
@@ -175,16 +161,10 @@ impl Service {
                 if self.db.department_exists(slug)? || self.is_retired(slug)? {
                     Ok(())
                 } else {
-                    Err(Refusal::new(
-                        ErrorCode::NotFound,
-                        format!("group {slug} does not exist"),
-                    ))
+                    Err(NotFound::PublicGroup(slug.clone()).into())
                 }
             }
-            GroupHandle::Secret(_) | GroupHandle::Room(_) => Err(Refusal::new(
-                ErrorCode::Invalid,
-                "secret groups are searched on the device only",
-            )),
+            GroupHandle::Secret(_) | GroupHandle::Room(_) => Err(SearchRefused::SecretScope.into()),
         }
     }
 

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use openmls::prelude::{GroupId, ProtocolMessage};
 use rathaus_protocol::messages::SecretGroupInfo;
 use rathaus_protocol::{
-    ClientMsgId, DepartmentSlug, DeviceId, EntryBody, ErrorCode, Event, GroupHandle, MemberInfo,
-    PostBody, Response, UserId,
+    ClientMsgId, DepartmentSlug, DeviceId, EntryBody, Event, GroupHandle, MemberInfo, PostBody,
+    Response, UserId,
 };
 use sha2::{Digest, Sha256};
 
@@ -20,6 +20,7 @@ use super::mls::{
     device_of, group_id, parse_group_info, parse_message, parse_ratchet_tree, PublicState,
     CIPHERSUITE,
 };
+use super::refused::{MlsRefused, NotFound, SecretRefused};
 use super::{Refusal, Service, Session};
 use crate::store::{
     DepartmentRecord, LeafRecord, SecretGroupRecord, StoredEntry, UserRecord, Writes,
@@ -97,10 +98,7 @@ impl Service {
     ) -> Result<Response, Refusal> {
         let dept = self.secret_department(&group)?;
         if !dept.owners.contains(&me.id) {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                format!("only owners of {group} may create it"),
-            ));
+            return Err(SecretRefused::CreateByOwners(group).into());
         }
         let info = parse_group_info(&group_info)?;
         let tree = parse_ratchet_tree(&ratchet_tree)?;
@@ -108,42 +106,31 @@ impl Service {
         let ticket = {
             let _mls = self.mls_lock();
             if self.db.secret_group(&group)?.is_some() {
-                return Err(Refusal::new(
-                    ErrorCode::AlreadyExists,
-                    format!("{group} exists already"),
-                ));
+                return Err(SecretRefused::Exists(group).into());
             }
             let state = PublicState::from_external(&self.crypto, tree, info)?;
             let context = state.group.group_context();
             if context.group_id() != &GroupId::from_slice(&group_id(&group)) {
-                return Err(invalid(format!(
-                    "the MLS group id of {group} must be \"rathaus:{group}\""
-                )));
+                return Err(MlsRefused::GroupId(group).into());
             }
             if context.ciphersuite() != CIPHERSUITE {
-                return Err(invalid(
-                    "secret groups use MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519",
-                ));
+                return Err(MlsRefused::GroupSuite.into());
             }
             if state.epoch() != 0 {
-                return Err(invalid("a new group starts at epoch 0"));
+                return Err(MlsRefused::NotEpochZero.into());
             }
             let expected = vec![self.removal_key.external_sender()];
             if context.extensions().external_senders() != Some(&expected) {
-                return Err(invalid(
-                    "external_senders must hold the server's removal key and nothing else",
-                ));
+                return Err(MlsRefused::ExternalSenders.into());
             }
             let members: Vec<_> = state.group.members().collect();
             let [creator] = members.as_slice() else {
-                return Err(invalid("a new group has exactly one member: its creator"));
+                return Err(MlsRefused::NotOnlyCreator.into());
             };
             if device_of(&creator.credential) != Some((me.id.clone(), session.device))
                 || creator.signature_key != device_key
             {
-                return Err(invalid(
-                    "the creator's leaf must be this device with its registered key",
-                ));
+                return Err(MlsRefused::CreatorLeaf.into());
             }
             let record = SecretGroupRecord {
                 epoch: 0,
@@ -185,12 +172,7 @@ impl Service {
         let dept = self.secret_department(&group)?;
         // An owner's member device only: a repair replaces the state every member's
         // commits are checked against, and owners already decide membership.
-        let forbidden = || {
-            Refusal::new(
-                ErrorCode::Forbidden,
-                format!("only an owner's member device of {group} may repair it"),
-            )
-        };
+        let forbidden = || Refusal::from(SecretRefused::RepairByOwners(group.clone()));
         if !dept.owners.contains(&me.id) {
             return Err(forbidden());
         }
@@ -202,7 +184,7 @@ impl Service {
             let before = self
                 .db
                 .secret_group(&group)?
-                .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("{group} is not born")))?;
+                .ok_or_else(|| NotFound::NotBorn(group.clone()))?;
             if !before
                 .members
                 .iter()
@@ -213,24 +195,18 @@ impl Service {
             let state = PublicState::from_external(&self.crypto, tree, info)?;
             let context = state.group.group_context();
             if context.group_id() != &GroupId::from_slice(&group_id(&group)) {
-                return Err(invalid(format!(
-                    "the MLS group id of {group} must be \"rathaus:{group}\""
-                )));
+                return Err(MlsRefused::GroupId(group).into());
             }
             let expected = vec![self.removal_key.external_sender()];
             if context.extensions().external_senders() != Some(&expected) {
-                return Err(invalid(
-                    "external_senders must hold the server's removal key and nothing else",
-                ));
+                return Err(MlsRefused::ExternalSenders.into());
             }
             if state.epoch() <= before.epoch {
-                return Err(Refusal::new(
-                    ErrorCode::StaleEpoch,
-                    format!(
-                        "{group} is at epoch {} here; a repair must be ahead of it",
-                        before.epoch
-                    ),
-                ));
+                return Err(SecretRefused::RepairBehind {
+                    group,
+                    epoch: before.epoch,
+                }
+                .into());
             }
             // openmls verified the GroupInfo's signature by one of the tree's leaves; the
             // repairing device must be one of them, with its registered key.
@@ -239,7 +215,7 @@ impl Service {
                     && m.signature_key == device_key
             });
             if !mine {
-                return Err(invalid("this device is not a member of the repaired tree"));
+                return Err(SecretRefused::RepairWithoutMe.into());
             }
             let head = self.db.head(&group)?;
             // Devices added by the lost commits read from the repair on.
@@ -280,10 +256,7 @@ impl Service {
         group: GroupHandle,
     ) -> Result<Response, Refusal> {
         if self.secret_reader(session, &group)?.is_none() {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                format!("only devices in {group} may read its tree"),
-            ));
+            return Err(SecretRefused::TreeByMembers(group).into());
         }
         let state = self
             .db
@@ -307,31 +280,24 @@ impl Service {
         body: PostBody,
     ) -> Result<Response, Refusal> {
         let Some(record) = self.secret_member_record(session, &group)? else {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                format!("only devices in {group} may post to it"),
-            ));
+            return Err(SecretRefused::NotAPoster(group).into());
         };
         let (bytes, blob) = match body {
             PostBody::Mls(bytes) => (bytes, None),
             PostBody::MlsAttachment { message, blob } => (message, Some(blob)),
-            PostBody::Public(_) => {
-                return Err(invalid(format!(
-                    "{group} is end-to-end encrypted; post MLS messages only"
-                )))
-            }
+            PostBody::Public(_) => return Err(MlsRefused::PlaintextPost(group).into()),
         };
         // A retry of a stored message is answered as a duplicate, whatever the epoch.
         let mut epoch = None;
         if self.db.deduplicated(&group, &me.id, &client_id)?.is_none() {
             let message = parse_message(&bytes, "the message")?
                 .try_into_protocol_message()
-                .map_err(|_| invalid("application messages must be PrivateMessages"))?;
+                .map_err(|_| MlsRefused::NotPrivate)?;
             if !matches!(message, ProtocolMessage::PrivateMessage(_)) {
-                return Err(invalid("application messages must be PrivateMessages"));
+                return Err(MlsRefused::NotPrivate.into());
             }
             if message.group_id().as_slice() != group_id(&group) {
-                return Err(invalid(format!("the message is not for {group}")));
+                return Err(MlsRefused::MessageElsewhere(group).into());
             }
             if message.epoch().as_u64() != record.epoch {
                 return Err(stale(&group, record.epoch));
@@ -397,10 +363,11 @@ impl Service {
     ) -> Result<DepartmentRecord, Refusal> {
         match group {
             GroupHandle::Secret(slug) => self.department_or_not_found(slug),
-            GroupHandle::Room(slug) => self.db.room(slug)?.ok_or_else(|| {
-                Refusal::new(ErrorCode::NotFound, format!("room {group} does not exist"))
-            }),
-            _ => Err(invalid(format!("{group} is not a secret group"))),
+            GroupHandle::Room(slug) => self
+                .db
+                .room(slug)?
+                .ok_or_else(|| NotFound::Room(group.clone()).into()),
+            _ => Err(SecretRefused::NotSecret(group.clone()).into()),
         }
     }
 
@@ -527,19 +494,17 @@ impl Service {
         let mut added = Vec::new();
         for member in state.group.members() {
             let leaf = member.index.u32();
-            let (user, device) = device_of(&member.credential)
-                .ok_or_else(|| invalid(format!("leaf {leaf} does not name a Rathaus device")))?;
+            let (user, device) =
+                device_of(&member.credential).ok_or(MlsRefused::LeafCredential(leaf))?;
             if members.iter().any(|m| m.user == user && m.device == device) {
-                return Err(invalid(format!("device {user}/{device} appears twice")));
+                return Err(MlsRefused::DeviceTwice { user, device }.into());
             }
             let record = self.db.user(&user)?;
             let known = record
                 .as_ref()
                 .and_then(|u| u.devices.iter().find(|d| d.id == device));
             if known.map(|d| d.key.0.as_slice()) != Some(member.signature_key.as_slice()) {
-                return Err(invalid(format!(
-                    "leaf {leaf} must carry the registered key of device {user}/{device}"
-                )));
+                return Err(MlsRefused::LeafKey { leaf, user, device }.into());
             }
             let previous = before
                 .members
@@ -551,10 +516,7 @@ impl Service {
                     let active = record.as_ref().is_some_and(|u| !u.removed)
                         && known.is_some_and(|d| !d.revoked);
                     if !active || !on_roster(dept, &user) {
-                        return Err(Refusal::new(
-                            ErrorCode::Forbidden,
-                            format!("{user} is not on the roster of this group"),
-                        ));
+                        return Err(SecretRefused::NotOnRoster(user).into());
                     }
                     added.push((user.clone(), device));
                     seq
@@ -597,19 +559,13 @@ pub(super) fn same_device(a: &LeafRecord, b: &LeafRecord) -> bool {
 }
 
 pub(super) fn stale(group: &GroupHandle, epoch: u64) -> Refusal {
-    Refusal::new(
-        ErrorCode::StaleEpoch,
-        format!("{group} moved to epoch {epoch}; fetch and retry"),
-    )
+    SecretRefused::Stale {
+        group: group.clone(),
+        epoch,
+    }
+    .into()
 }
 
 pub(super) fn not_on_roster(group: &GroupHandle) -> Refusal {
-    Refusal::new(
-        ErrorCode::Forbidden,
-        format!("you are not on the roster of {group}"),
-    )
-}
-
-pub(super) fn invalid(message: impl Into<String>) -> Refusal {
-    Refusal::new(ErrorCode::Invalid, message)
+    SecretRefused::YouAreNotOnRoster(group.clone()).into()
 }

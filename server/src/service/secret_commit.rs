@@ -12,11 +12,12 @@ use rathaus_protocol::messages::WelcomeInfo;
 use rathaus_protocol::mls::{
     judge_commit, CommitFacts, Committer, DeviceCredential, Leaf, Roster, GROUP_POLICY_EXTENSION,
 };
-use rathaus_protocol::{EntryBody, ErrorCode, Event, GroupHandle, Response, UserId};
+use rathaus_protocol::{EntryBody, Event, GroupHandle, Response, UserId};
 
 use super::mls::{group_id, parse_group_info, parse_message, PublicState};
+use super::refused::{MlsRefused, NotFound, SecretRefused};
 use super::secret::{
-    digest_id, invalid, not_on_roster, on_roster, roster, same_device, stale, Device, MAX_WELCOMES,
+    digest_id, not_on_roster, on_roster, roster, same_device, stale, Device, MAX_WELCOMES,
 };
 use super::{Refusal, Service, Session};
 use crate::store::{DepartmentRecord, SecretGroupRecord, StoredEntry, UserRecord, Writes};
@@ -43,22 +44,22 @@ impl CommitIn {
     ) -> Result<Self, Refusal> {
         let message = parse_message(commit, "the commit")?
             .try_into_protocol_message()
-            .map_err(|_| invalid("a commit must be a PublicMessage"))?;
+            .map_err(|_| MlsRefused::CommitNotPublic)?;
         if !matches!(message, ProtocolMessage::PublicMessage(_)) {
-            return Err(invalid("a commit must be a PublicMessage"));
+            return Err(MlsRefused::CommitNotPublic.into());
         }
         if message.content_type() != ContentType::Commit {
-            return Err(invalid("expected a commit"));
+            return Err(MlsRefused::NotACommit.into());
         }
         if message.group_id().as_slice() != group_id(group) {
-            return Err(invalid(format!("the commit is not for {group}")));
+            return Err(MlsRefused::CommitElsewhere(group.clone()).into());
         }
         if let Some(bytes) = &welcome {
             if !matches!(
                 parse_message(bytes, "the Welcome")?.extract(),
                 MlsMessageBodyIn::Welcome(_)
             ) {
-                return Err(invalid("expected a Welcome message"));
+                return Err(MlsRefused::NotAWelcome.into());
             }
         }
         if let Some(bytes) = &group_info {
@@ -105,12 +106,10 @@ impl Service {
         let commit_size = commit.len();
         let (seq, new_epoch, ticket, entry, touched) = {
             let _mls = self.mls_lock();
-            let mut record = self.db.secret_group(&group)?.ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("{group} has not been created yet"),
-                )
-            })?;
+            let mut record = self
+                .db
+                .secret_group(&group)?
+                .ok_or_else(|| NotFound::NotCreated(group.clone()))?;
             if epoch != record.epoch || message.epoch().as_u64() != record.epoch {
                 return Err(stale(&group, record.epoch));
             }
@@ -118,12 +117,7 @@ impl Service {
                 .members
                 .iter()
                 .find(|m| m.user == me.id && m.device == session.device)
-                .ok_or_else(|| {
-                    Refusal::new(
-                        ErrorCode::Forbidden,
-                        format!("only devices in {group} may commit to it"),
-                    )
-                })?
+                .ok_or_else(|| Refusal::from(SecretRefused::NotACommitter(group.clone())))?
                 .leaf;
             let state_record = self.db.public_state(&group)?.ok_or_else(|| {
                 Refusal::internal(format!("secret group {group} has no MLS state"))
@@ -135,7 +129,7 @@ impl Service {
             let seq = self.next_seq(&heads, &group)?;
             let (members, added) = self.check_tree(&dept, &record, &state, seq)?;
             if adds > 0 && welcome.is_none() {
-                return Err(invalid("a commit that adds devices needs its Welcome"));
+                return Err(MlsRefused::WelcomeMissing.into());
             }
             let new_epoch = state.epoch();
             let mut w = Writes::new();
@@ -225,16 +219,13 @@ impl Service {
         let processed = state
             .group
             .process_message(&self.crypto, message)
-            .map_err(|e| invalid(format!("commit rejected: {e}")))?;
+            .map_err(|e| MlsRefused::CommitRejected(e.to_string()))?;
         if !matches!(processed.sender(), Sender::Member(i) if i.u32() == committer) {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "a commit must come from the leaf of the device sending it",
-            ));
+            return Err(SecretRefused::ForeignLeaf.into());
         }
         let staged = match processed.into_content() {
             ProcessedMessageContent::StagedCommitMessage(staged) => *staged,
-            _ => return Err(invalid("expected a commit")),
+            _ => return Err(MlsRefused::NotACommit.into()),
         };
         let adds = staged.add_proposals().count();
         let vacated = staged
@@ -252,9 +243,7 @@ impl Service {
         // not take away the removal key that offboarding depends on (§5.5).
         let expected = vec![self.removal_key.external_sender()];
         if state.group.group_context().extensions().external_senders() != Some(&expected) {
-            return Err(invalid(
-                "external_senders must keep the server's removal key and nothing else",
-            ));
+            return Err(MlsRefused::ExternalSendersChanged.into());
         }
 
         // The members' rule, applied here as a courtesy (DESIGN §5.9): a commit every
@@ -284,9 +273,7 @@ impl Service {
                 .collect(),
             users,
         };
-        judge_commit(&facts, &judged_roster).map_err(|refusal| {
-            Refusal::new(ErrorCode::Forbidden, format!("commit refused: {refusal}"))
-        })?;
+        judge_commit(&facts, &judged_roster).map_err(SecretRefused::Judged)?;
         Ok(Accepted { state, adds })
     }
 }

@@ -7,8 +7,10 @@ use rathaus_protocol::{
     Role, PROTOCOL_VERSION,
 };
 
+use super::refused::{DirectoryRefused, SessionRefused};
 use super::testing::{addr, enroll, new_device, uid, Fixture, PASSWORD};
-use super::Session;
+use super::throttle::Refused as Throttled;
+use super::{Reason, Session};
 
 fn bauamt() -> GroupHandle {
     GroupHandle::parse("bauamt").unwrap()
@@ -42,7 +44,7 @@ async fn an_enrollment_code_works_once() {
     let first = enroll(&f.service, "P1001", &code.to_lowercase().replace('-', " ")).await;
     assert!(first.is_ok());
     let again = enroll(&f.service, "P1001", &code).await.unwrap_err();
-    assert_eq!(again.code, ErrorCode::CodeInvalid);
+    assert_eq!(again.code(), ErrorCode::CodeInvalid);
 }
 
 #[tokio::test]
@@ -51,7 +53,7 @@ async fn an_enrollment_code_expires_after_72_hours() {
     let code = f.add_user("P1001", &[]).await;
     f.clock.advance(Duration::from_secs(72 * 3600));
     let late = enroll(&f.service, "P1001", &code).await.unwrap_err();
-    assert_eq!(late.code, ErrorCode::CodeInvalid);
+    assert_eq!(late.code(), ErrorCode::CodeInvalid);
 
     let code = f.add_user("P1002", &[]).await;
     f.clock.advance(Duration::from_secs(72 * 3600 - 1));
@@ -72,13 +74,13 @@ async fn enrollment_checks_version_and_password_length() {
         )
         .await
         .unwrap_err();
-    assert_eq!(r.code, ErrorCode::VersionMismatch);
+    assert_eq!(r.code(), ErrorCode::VersionMismatch);
     let r = f
         .service
         .enroll(addr(), PROTOCOL_VERSION, &code, new_device("P1001", "kurz"))
         .await
         .unwrap_err();
-    assert_eq!(r.code, ErrorCode::Invalid);
+    assert_eq!(r.code(), ErrorCode::Invalid);
     // A too-short password does not burn the code.
     assert!(enroll(&f.service, "P1001", &code).await.is_ok());
 }
@@ -91,12 +93,19 @@ async fn wrong_codes_back_off_and_the_real_user_gets_back_in() {
         let r = enroll(&f.service, "P1001", "AAAA-AAAA-AAAA-AAAA")
             .await
             .unwrap_err();
-        assert_eq!(r.code, ErrorCode::CodeInvalid);
+        assert_eq!(r.code(), ErrorCode::CodeInvalid);
     }
     // Backed off: even the right code is not checked now.
     let r = enroll(&f.service, "P1001", &code).await.unwrap_err();
-    assert_eq!(r.code, ErrorCode::RateLimited);
-    assert!(r.message.contains("try again in 1 s"), "{}", r.message);
+    assert_eq!(r.code(), ErrorCode::RateLimited);
+    assert!(
+        matches!(
+            r.reason,
+            Reason::Session(SessionRefused::Throttled(Throttled::Backoff(b))) if b.retry_in_ms == 1000
+        ),
+        "{r:?}"
+    );
+    assert!(r.message().contains("try again in 1 s"), "{}", r.message());
     f.clock.advance(Duration::from_secs(1));
     assert!(enroll(&f.service, "P1001", &code).await.is_ok());
 }
@@ -112,7 +121,7 @@ async fn add_device_needs_the_password_and_is_throttled() {
             .add_device(addr(), PROTOCOL_VERSION, wrong.clone())
             .await
             .unwrap_err();
-        assert_eq!(r.code, ErrorCode::Unauthenticated);
+        assert_eq!(r.code(), ErrorCode::Unauthenticated);
     }
     let right = new_device("P1001", PASSWORD);
     let r = f
@@ -120,7 +129,7 @@ async fn add_device_needs_the_password_and_is_throttled() {
         .add_device(addr(), PROTOCOL_VERSION, right.clone())
         .await
         .unwrap_err();
-    assert_eq!(r.code, ErrorCode::RateLimited);
+    assert_eq!(r.code(), ErrorCode::RateLimited);
     f.clock.advance(Duration::from_secs(1));
     let r = f
         .service
@@ -334,8 +343,11 @@ async fn admin_requests_are_forbidden_to_members() {
         },
     ] {
         let r = f.service.handle(&anna, request).await.unwrap_err();
-        assert_eq!(r.code, ErrorCode::Forbidden);
-        assert!(r.message.contains("only administrators"));
+        assert_eq!(r.code(), ErrorCode::Forbidden);
+        assert!(
+            matches!(r.reason, Reason::Session(SessionRefused::AdminOnly(_))),
+            "{r:?}"
+        );
     }
 }
 
@@ -349,7 +361,7 @@ async fn only_editors_and_admins_post_announcements() {
         .handle(&anna, post(GroupHandle::Announcements, 1, "Wartung"))
         .await
         .unwrap_err();
-    assert_eq!(r.code, ErrorCode::Forbidden);
+    assert_eq!(r.code(), ErrorCode::Forbidden);
     let r = f
         .service
         .handle(&eva, post(GroupHandle::Announcements, 1, "Wartung"))
@@ -363,13 +375,13 @@ async fn provisioning_rules() {
     let f = Fixture::new().await;
     f.user("P1001", &[]).await;
     let r = add_bauamt(&f, &["P9999"]).await.unwrap_err();
-    assert_eq!(r.code, ErrorCode::NotFound);
+    assert_eq!(r.code(), ErrorCode::NotFound);
     let Response::Department(info) = add_bauamt(&f, &["P1001"]).await.unwrap() else {
         panic!("expected Department");
     };
     assert_eq!(info.members, 1);
     assert_eq!(
-        add_bauamt(&f, &[]).await.unwrap_err().code,
+        add_bauamt(&f, &[]).await.unwrap_err().code(),
         ErrorCode::AlreadyExists
     );
     // `rathaus://docs/PATH` is the document library: no department takes that name.
@@ -385,8 +397,16 @@ async fn provisioning_rules() {
         )
         .await
         .unwrap_err();
-    assert_eq!(docs.code, ErrorCode::Invalid);
-    assert!(docs.message.contains("rathaus://docs/"), "{}", docs.message);
+    assert_eq!(docs.code(), ErrorCode::Invalid);
+    assert!(
+        matches!(&docs.reason, Reason::Directory(DirectoryRefused::ReservedSlug(s)) if s.as_str() == "docs"),
+        "{docs:?}"
+    );
+    assert!(
+        docs.message().contains("rathaus://docs/"),
+        "{}",
+        docs.message()
+    );
     let dup = f
         .service
         .handle(
@@ -400,7 +420,7 @@ async fn provisioning_rules() {
         )
         .await
         .unwrap_err();
-    assert_eq!(dup.code, ErrorCode::AlreadyExists);
+    assert_eq!(dup.code(), ErrorCode::AlreadyExists);
     let unknown = f
         .service
         .handle(
@@ -414,7 +434,7 @@ async fn provisioning_rules() {
         )
         .await
         .unwrap_err();
-    assert_eq!(unknown.code, ErrorCode::NotFound);
+    assert_eq!(unknown.code(), ErrorCode::NotFound);
     let secret = f
         .service
         .handle(
@@ -428,7 +448,7 @@ async fn provisioning_rules() {
         .await
         .unwrap_err();
     // The administrator is not on the roster: never the log of a secret group.
-    assert_eq!(secret.code, ErrorCode::Forbidden);
+    assert_eq!(secret.code(), ErrorCode::Forbidden);
 }
 
 #[tokio::test]
@@ -452,15 +472,14 @@ async fn an_offboarded_user_is_refused_and_their_posts_remain() {
         .handle(&f.admin, Request::RemoveUser { user: uid("P1001") })
         .await
         .unwrap_err();
-    assert_eq!(again.code, ErrorCode::NotFound);
-    assert!(
-        again.message.contains("offboarded already"),
-        "{}",
-        again.message
+    assert_eq!(again.code(), ErrorCode::NotFound);
+    assert_eq!(
+        again.reason,
+        Reason::Directory(DirectoryRefused::OffboardedAlready(uid("P1001")))
     );
 
     let r = f.service.handle(&anna, Request::Whoami).await.unwrap_err();
-    assert_eq!(r.code, ErrorCode::Unauthenticated);
+    assert_eq!(r.code(), ErrorCode::Unauthenticated);
     let pending = f
         .service
         .challenge(addr(), PROTOCOL_VERSION, anna.user.clone(), anna.device)
@@ -480,7 +499,7 @@ async fn an_offboarded_user_is_refused_and_their_posts_remain() {
             &rathaus_protocol::Signature::new(sig.to_bytes()),
         )
         .unwrap_err();
-    assert_eq!(r.code, ErrorCode::Unauthenticated);
+    assert_eq!(r.code(), ErrorCode::Unauthenticated);
 
     let r = f
         .service
@@ -512,7 +531,7 @@ async fn an_offboarded_user_is_refused_and_their_posts_remain() {
         .handle(&f.admin, Request::RemoveUser { user: uid("admin") })
         .await
         .unwrap_err();
-    assert_eq!(me.code, ErrorCode::Invalid);
+    assert_eq!(me.code(), ErrorCode::Invalid);
 }
 
 #[tokio::test]
@@ -537,7 +556,7 @@ async fn a_device_proves_possession_of_its_key() {
         f.service
             .prove(addr(), &pending, &exporter, &other)
             .unwrap_err()
-            .code,
+            .code(),
         ErrorCode::Unauthenticated
     );
     let good = sign(&rathaus_protocol::auth_transcript(
@@ -749,7 +768,7 @@ async fn parallel_wrong_passwords_are_counted_before_their_check() {
                 )
                 .await
                 .unwrap_err()
-                .code
+                .code()
         });
     }
     let mut codes = Vec::new();
@@ -792,7 +811,7 @@ async fn argon2_checks_are_bounded_and_refused_beyond_with_unavailable() {
                 )
                 .await
                 .unwrap_err()
-                .code
+                .code()
         });
     }
     let mut codes = Vec::new();
@@ -816,7 +835,7 @@ async fn argon2_checks_are_bounded_and_refused_beyond_with_unavailable() {
         .add_device(ip(1000), PROTOCOL_VERSION, new_device("X99", "guess"))
         .await
         .unwrap_err();
-    assert_eq!(r.code, ErrorCode::Unauthenticated);
+    assert_eq!(r.code(), ErrorCode::Unauthenticated);
 }
 
 #[tokio::test]
@@ -839,7 +858,7 @@ async fn password_failures_never_refuse_the_device_key_or_the_code() {
         .add_device(addr(), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
         .await
         .unwrap_err();
-    assert_eq!(r.code, ErrorCode::RateLimited);
+    assert_eq!(r.code(), ErrorCode::RateLimited);
     // The device key still works, from the very address of the burst…
     assert_eq!(
         prove_device(&f.service, addr(), "P1001", anna.device),
@@ -852,7 +871,7 @@ async fn password_failures_never_refuse_the_device_key_or_the_code() {
     match r {
         Ok(_) => {}
         Err(e) => {
-            assert_eq!(e.code, ErrorCode::RateLimited);
+            assert_eq!(e.code(), ErrorCode::RateLimited);
             let device = f
                 .service
                 .enroll(
@@ -878,14 +897,14 @@ async fn throttle_counters_survive_a_restart() {
             .add_device(addr(), PROTOCOL_VERSION, new_device("P1001", "wrong"))
             .await
             .unwrap_err();
-        assert_eq!(r.code, ErrorCode::Unauthenticated);
+        assert_eq!(r.code(), ErrorCode::Unauthenticated);
     }
     let restarted = shared(&f);
     let r = restarted
         .add_device(ip(5), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
         .await
         .unwrap_err();
-    assert_eq!(r.code, ErrorCode::RateLimited, "{}", r.message);
+    assert_eq!(r.code(), ErrorCode::RateLimited, "{}", r.message());
     f.clock.advance(Duration::from_secs(1));
     assert!(restarted
         .add_device(ip(5), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
@@ -903,18 +922,18 @@ async fn a_session_cannot_guess_the_password_quickly() {
     };
     for _ in 0..5 {
         let r = f.service.handle(&anna, change("guess")).await.unwrap_err();
-        assert_eq!(r.code, ErrorCode::Unauthenticated);
+        assert_eq!(r.code(), ErrorCode::Unauthenticated);
     }
     // Backed off: not even the right password is checked now…
     let r = f.service.handle(&anna, change(PASSWORD)).await.unwrap_err();
-    assert_eq!(r.code, ErrorCode::RateLimited);
+    assert_eq!(r.code(), ErrorCode::RateLimited);
     // …and the same counter guards AddDevice.
     let r = f
         .service
         .add_device(addr(), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
         .await
         .unwrap_err();
-    assert_eq!(r.code, ErrorCode::RateLimited);
+    assert_eq!(r.code(), ErrorCode::RateLimited);
     f.clock.advance(Duration::from_secs(1));
     assert_eq!(
         f.service.handle(&anna, change(PASSWORD)).await.unwrap(),
@@ -946,7 +965,7 @@ async fn a_kept_session_record_follows_every_user_change() {
         .await
         .unwrap();
     let refused = handle(Request::ListUsers).await.unwrap_err();
-    assert_eq!(refused.code, ErrorCode::Forbidden);
+    assert_eq!(refused.code(), ErrorCode::Forbidden);
     match handle(Request::Whoami).await.unwrap() {
         Response::Me(me) => assert!(!me.roles.contains(&Role::Admin), "{me:?}"),
         other => panic!("unexpected {other:?}"),
@@ -959,7 +978,7 @@ async fn a_kept_session_record_follows_every_user_change() {
         .await
         .unwrap();
     let gone = handle(post(bauamt(), 2, "nachher")).await.unwrap_err();
-    assert_eq!(gone.code, ErrorCode::Unauthenticated);
+    assert_eq!(gone.code(), ErrorCode::Unauthenticated);
     let entries = f
         .service
         .handle(

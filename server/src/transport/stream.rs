@@ -15,6 +15,7 @@ use super::admission::{self, allowed_before_auth, PRE_AUTH_FRAME};
 use super::connection::ConnectionCtx;
 use super::frame_io::{write_frame, FrameReader, ReadFailure};
 use super::subscribe;
+use crate::service::refused::SessionRefused;
 use crate::service::{NewDevice, Refusal};
 
 /// How long a peer may take to send its request (and its proof, after a challenge).
@@ -90,10 +91,7 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
             device,
         } => {
             if ctx.session().is_some() {
-                Err(Refusal::new(
-                    ErrorCode::Invalid,
-                    "this connection is already authenticated",
-                ))
+                Err(SessionRefused::AlreadyAuthenticated.into())
             } else {
                 authenticate(
                     &ctx,
@@ -107,10 +105,7 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
                 .await
             }
         }
-        Request::Prove { .. } => Err(Refusal::new(
-            ErrorCode::Unauthenticated,
-            "send Hello first and the proof on the same stream",
-        )),
+        Request::Prove { .. } => Err(SessionRefused::HelloFirst.into()),
         Request::Subscribe => match ctx.session() {
             Some(session) => {
                 subscribe::run(&ctx, session, send).await;
@@ -229,45 +224,22 @@ async fn authenticate(
         nonce: pending.nonce,
     };
     if !write_frame(send, &challenge).await {
-        return Err(Refusal::new(ErrorCode::Invalid, "stream closed"));
+        return Err(SessionRefused::StreamClosed.into());
     }
     let signature = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read::<Request>(recv)).await
     {
         Ok(Ok(Some(Request::Prove { signature }))) => signature,
-        Ok(Ok(Some(_))) => {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "expected Prove after the challenge",
-            ))
-        }
-        Ok(Ok(None)) => {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "stream ended before Prove",
-            ))
-        }
+        Ok(Ok(Some(_))) => return Err(SessionRefused::ExpectedProve.into()),
+        Ok(Ok(None)) => return Err(SessionRefused::EndedBeforeProve.into()),
         Ok(Err(ReadFailure::Protocol(e))) => {
             refused_frame(ctx, "Prove", &e.to_string());
-            return Err(Refusal::new(e.code(), e.to_string()));
+            return Err(Refusal::frame(&e));
         }
-        Ok(Err(ReadFailure::OverBudget)) => {
-            return Err(Refusal::new(
-                ErrorCode::Unavailable,
-                "the server is receiving too many requests at once; try again in a moment",
-            ))
-        }
+        Ok(Err(ReadFailure::OverBudget)) => return Err(SessionRefused::Busy.into()),
         Ok(Err(ReadFailure::Stream(e))) => {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("stream broke: {e}"),
-            ))
+            return Err(SessionRefused::StreamBroke(e.to_string()).into())
         }
-        Err(_) => {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                "timed out waiting for Prove",
-            ))
-        }
+        Err(_) => return Err(SessionRefused::ProveTimeout.into()),
     };
     let mut exporter = [0u8; 32];
     ctx.conn
@@ -282,10 +254,7 @@ async fn authenticate(
 }
 
 fn unauthenticated() -> Refusal {
-    Refusal::new(
-        ErrorCode::Unauthenticated,
-        "authenticate first (Hello), or enroll",
-    )
+    SessionRefused::Unauthenticated.into()
 }
 
 fn log_refusal(ctx: &ConnectionCtx, kind: &str, refusal: &Refusal) {
@@ -296,8 +265,8 @@ fn log_refusal(ctx: &ConnectionCtx, kind: &str, refusal: &Refusal) {
         None => tracing::debug!(
             peer = %ctx.peer,
             request = kind,
-            code = %refusal.code,
-            message = %refusal.message,
+            code = %refusal.code(),
+            message = %refusal.message(),
             "refused"
         ),
     }

@@ -253,7 +253,7 @@ async fn queries_are_plain_words_and_bounded() {
         ),
     ] {
         assert_eq!(
-            f.service.handle(&anna, request).await.unwrap_err().code,
+            f.service.handle(&anna, request).await.unwrap_err().code(),
             code
         );
     }
