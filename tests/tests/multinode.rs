@@ -631,3 +631,60 @@ async fn a_file_sent_through_one_node_downloads_through_another_and_an_interrupt
     }
     node_b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_published_through_one_node_is_pushed_to_a_colleague_on_another() {
+    if skipped("announcement push across nodes") {
+        return;
+    }
+    let mut backend = TestBackend::start().await.unwrap();
+    let other = node_dir(&backend.data_dir());
+    let mut options = rathaus_server::RunOptions::new(other.path());
+    options.listen = Some("127.0.0.1:0".parse().unwrap());
+    let node_b = rathaus_server::start(options).await.unwrap();
+    let b = node_b.local_addr().to_string();
+
+    let mut admin = backend.admin().await.unwrap();
+    let anna_code = backend
+        .provision(&mut admin, "P1001", "Anna Berg", &[], &[])
+        .await
+        .unwrap();
+    let mut anna = enroll_at(&backend, &b, "P1001", anna_code).await;
+    let mut pushed = anna.subscribe().await.unwrap();
+
+    // The administrator (on node A) publishes; Anna is connected to node B only. The
+    // entry is written by the server itself, not posted, and still reaches her at once,
+    // without a fetch.
+    admin
+        .announce_publish(rathaus_client::AnnouncementDraft {
+            title: "Wartung heute Abend".into(),
+            text: "Ab 18 Uhr ist das Netz eine Stunde lang weg.".into(),
+            requires_ack: false,
+            expires_at_ms: None,
+        })
+        .await
+        .unwrap();
+    let rows = rathaus_tests::within("the announcement pushed through node B", async {
+        loop {
+            let event = pushed.next().await.unwrap();
+            let rows = anna.apply_event(&event).await.unwrap();
+            if !rows.is_empty() {
+                return rows;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(rows[0].group, "announcements");
+    assert!(
+        rows[0].text.starts_with("Wartung heute Abend"),
+        "{}",
+        rows[0].text
+    );
+    drop(pushed);
+    for c in [&mut anna, &mut admin] {
+        c.disconnect().await;
+    }
+    node_b.shutdown().await;
+    backend.stop().await;
+}

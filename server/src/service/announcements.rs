@@ -20,8 +20,8 @@ use rathaus_protocol::{
     Response, Role,
 };
 
+use super::group_log::{server_client_id, Appended};
 use super::refused::{AnnouncementRefused, NotFound, SessionRefused};
-use super::server_entries::{server_client_id, Appended};
 use super::{Refusal, Service};
 use crate::store::{AckRecord, AnnouncementRecord, StoredEntry, UserRecord, Writes};
 

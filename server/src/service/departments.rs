@@ -13,7 +13,7 @@
 use rathaus_protocol::{Content, DepartmentSlug, EntryBody, Event, GroupHandle, Response};
 
 use super::refused::{NotFound, PostRefused};
-use super::{provisioning, server_entries, Broadcast, Refusal, Service};
+use super::{group_log, provisioning, Broadcast, Refusal, Service};
 use crate::store::{RetiredDepartment, StoredEntry, UserRecord, Writes};
 
 impl Service {
@@ -91,7 +91,7 @@ impl Service {
                 sender: me.id.clone(),
                 sender_name: me.name.clone(),
                 sent_at_ms: now,
-                client_id: server_entries::server_client_id(),
+                client_id: group_log::server_client_id(),
                 body: EntryBody::Content(Content::text(&text)),
             };
             let detail = format!(

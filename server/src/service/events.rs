@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rathaus_protocol::{DeviceId, GroupHandle, UserId};
+use rathaus_protocol::{frame, DeviceId, Event, GroupHandle, Response, UserId};
+
+use super::Service;
 
 /// Something to push to subscribers.
 #[derive(Debug, Clone)]
@@ -182,5 +184,41 @@ impl LiveConnections {
         // consistent map.
         let mut m = self.by_user.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut m)
+    }
+}
+
+impl Service {
+    /// Pushes `event` to the live subscriptions of `user` (or one device of theirs).
+    pub(super) fn push_to(&self, user: &UserId, device: Option<DeviceId>, event: Event) {
+        match frame::encode(&Response::Event(event)) {
+            Ok(bytes) => self.publish(Broadcast::Direct {
+                user: user.clone(),
+                device,
+                frame: Arc::new(bytes),
+            }),
+            Err(e) => tracing::error!(%user, error = %e, "cannot encode event"),
+        }
+    }
+
+    /// Pushes `event` to every device of every user in `users`, as one broadcast.
+    pub(super) fn push_to_all(&self, users: impl IntoIterator<Item = UserId>, event: Event) {
+        let users: std::collections::HashSet<UserId> = users.into_iter().collect();
+        if users.is_empty() {
+            return;
+        }
+        match frame::encode(&Response::Event(event)) {
+            Ok(bytes) => self.publish(Broadcast::Users {
+                users: Arc::new(users),
+                frame: Arc::new(bytes),
+            }),
+            Err(e) => tracing::error!(error = %e, "cannot encode event"),
+        }
+    }
+
+    /// Hands `event` to every subscription task; each decides whether its connection
+    /// may see it.
+    pub(super) fn publish(&self, event: Broadcast) {
+        // No subscribers is fine.
+        let _ = self.events.send(event);
     }
 }

@@ -1,14 +1,14 @@
 //! KeyPackages (DESIGN §5.3): devices upload them, owners claim one per device of a user
 //! they add; each one-time package is handed out once, then the last-resort one.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::PoisonError;
 
 use openmls::prelude::KeyPackage;
-use rathaus_protocol::{frame, ClaimedKeyPackage, DeviceId, Event, GroupHandle, Response, UserId};
+use rathaus_protocol::{ClaimedKeyPackage, DeviceId, Event, GroupHandle, Response, UserId};
 
 use super::mls::{device_of, validate_key_package};
 use super::refused::{MlsRefused, NotFound, SecretRefused};
-use super::{Broadcast, Refusal, Service, Session};
+use super::{Refusal, Service, Session};
 use crate::store::{KeyPackageRecord, UserRecord, Writes};
 
 /// One-time packages kept per device; more are refused.
@@ -155,33 +155,6 @@ impl Service {
                     device,
                 })
             })
-    }
-
-    /// Pushes `event` to the live subscriptions of `user` (or one device of theirs).
-    pub(super) fn push_to(&self, user: &UserId, device: Option<DeviceId>, event: Event) {
-        match frame::encode(&Response::Event(event)) {
-            Ok(bytes) => self.publish(Broadcast::Direct {
-                user: user.clone(),
-                device,
-                frame: Arc::new(bytes),
-            }),
-            Err(e) => tracing::error!(%user, error = %e, "cannot encode event"),
-        }
-    }
-
-    /// Pushes `event` to every device of every user in `users`, as one broadcast.
-    pub(super) fn push_to_all(&self, users: impl IntoIterator<Item = UserId>, event: Event) {
-        let users: std::collections::HashSet<UserId> = users.into_iter().collect();
-        if users.is_empty() {
-            return;
-        }
-        match frame::encode(&Response::Event(event)) {
-            Ok(bytes) => self.publish(Broadcast::Users {
-                users: Arc::new(users),
-                frame: Arc::new(bytes),
-            }),
-            Err(e) => tracing::error!(error = %e, "cannot encode event"),
-        }
     }
 
     pub(super) fn mls_lock(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -18,6 +18,7 @@ mod durability;
 mod enrollment;
 pub mod enrollment_codes;
 mod events;
+mod group_log;
 mod groups;
 mod import;
 mod key_packages;
@@ -34,16 +35,13 @@ mod rooms;
 mod search;
 mod secret;
 mod secret_commit;
-mod server_entries;
 pub mod throttle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openmls_rust_crypto::RustCrypto;
-use rathaus_protocol::{
-    ClientMsgId, DeviceId, GroupHandle, Request, Response, Role, SessionInfo, UserId,
-};
+use rathaus_protocol::{DeviceId, GroupHandle, Request, Response, Role, SessionInfo, UserId};
 use tokio::sync::broadcast;
 
 use crate::clock::Clock;
@@ -64,6 +62,7 @@ pub use throttle::{Throttle, ThrottlePolicy};
 
 use audit::AuditChain;
 use durability::Durability;
+use group_log::GroupLog;
 
 /// Organisation name used when the store has none (only in tests).
 const DEFAULT_ORG: &str = "Rathaus";
@@ -89,17 +88,8 @@ pub struct Service {
     /// Argon2 checks running at once (each holds ~19 MiB and a core): bounded, and
     /// refused beyond that rather than queued.
     argon2: attempts::Argon2Pool,
-    /// Held while seqs are allocated, duplicates checked and entries inserted, so those
-    /// three are atomic; the value caches each group's heads. Never held across a flush.
-    log: Mutex<HashMap<GroupHandle, Heads>>,
-    /// The generation new log entries are numbered in (`rathaus_protocol::log`); changed
-    /// only while `log` is held.
-    log_generation: std::sync::atomic::AtomicU64,
-    /// Whether this run moved `log_generation` on already (see `notice_reader_ahead`).
-    generation_moved: std::sync::atomic::AtomicBool,
-    /// Posts queued for storage but not yet applied, so that a retry arriving meanwhile
-    /// is recognised as a duplicate; taken only while `log` is held, or alone.
-    in_flight: Mutex<HashMap<InFlightKey, InFlight>>,
+    /// The groups' logs: heads, seq allocation, posts in flight (see [`GroupLog`]).
+    log: GroupLog,
     /// Held across read-modify-write of users and departments.
     directory: Mutex<()>,
     /// Which writes are durable.
@@ -152,32 +142,6 @@ impl std::fmt::Debug for Service {
             .field("org", &self.org)
             .finish_non_exhaustive()
     }
-}
-
-/// The two heads of a group's log.
-#[derive(Debug, Clone, Copy)]
-struct Heads {
-    /// The last seq allocated (inserted, maybe not yet on disk).
-    written: u64,
-    /// The last seq known durable: the only one readers see, so nobody ever learns of a
-    /// seq that a crash could take back.
-    durable: u64,
-}
-
-/// Identifies a post for deduplication.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct InFlightKey {
-    group: GroupHandle,
-    sender: UserId,
-    client_id: ClientMsgId,
-}
-
-/// A post whose write is queued but not yet applied.
-#[derive(Debug, Clone, Copy)]
-struct InFlight {
-    seq: u64,
-    sent_at_ms: i64,
-    applied: crate::store::ApplyTicket,
 }
 
 /// The identity of an authenticated connection.
@@ -244,10 +208,7 @@ impl Service {
             throttle: Mutex::new(throttle),
             throttle_counters: attempts::ThrottleCounters::default(),
             argon2: attempts::Argon2Pool::new(attempts::argon2_slots()),
-            log: Mutex::new(HashMap::new()),
-            log_generation: std::sync::atomic::AtomicU64::new(log_generation),
-            generation_moved: std::sync::atomic::AtomicBool::new(false),
-            in_flight: Mutex::new(HashMap::new()),
+            log: GroupLog::new(log_generation),
             directory: Mutex::new(()),
             durability: Durability::default(),
             events,
@@ -627,11 +588,6 @@ impl Service {
             .durable(self.db.store().as_ref(), ticket)
             .await
             .map_err(Refusal::from)
-    }
-
-    fn publish(&self, event: Broadcast) {
-        // No subscribers is fine.
-        let _ = self.events.send(event);
     }
 }
 

@@ -8,8 +8,8 @@
 
 use rathaus_protocol::{EntryBody, GroupHandle, Response, Role};
 
+use super::group_log::server_client_id;
 use super::refused::{NotFound, PostRefused};
-use super::server_entries::server_client_id;
 use super::{Refusal, Service};
 use crate::store::{StoredEntry, UserRecord, Writes};
 

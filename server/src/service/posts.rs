@@ -15,8 +15,8 @@
 
 use rathaus_protocol::{ContentBody, EntryBody, GroupHandle, Response};
 
+use super::group_log::Built;
 use super::refused::{NotFound, PostRefused};
-use super::server_entries::Built;
 use super::{Refusal, Service};
 use crate::store::{StoredEntry, Writes};
 

@@ -7,8 +7,6 @@
 //! moving a manual clock. Deleted seqs are never reused (the log's floor keeps the head),
 //! and the cursor model of clients copes with old seqs that are gone.
 
-use std::sync::PoisonError;
-
 use rathaus_protocol::{ContentBody, EntryBody, GroupHandle, Response};
 
 use super::refused::{NotFound, PostRefused};
@@ -154,7 +152,7 @@ impl Service {
         // Lock order: editorial, log, audit. Holding the log lock keeps moderation from
         // rewriting an entry this batch deletes.
         let _editorial = self.editorial();
-        let _log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let _log = self.log_lock();
         let page = self.db.entries(group, 0, DELETE_PAGE)?;
         let full = page.len() == DELETE_PAGE;
         let mut w = Writes::new();
