@@ -20,6 +20,8 @@ use rathaus_protocol::{
     Response, Role,
 };
 
+pub(super) use super::editorial::is_editor;
+use super::editorial::{judge_step, Step};
 use super::group_log::{server_client_id, Appended};
 use super::refused::{AnnouncementRefused, NotFound, SessionRefused};
 use super::{Refusal, Service};
@@ -170,19 +172,7 @@ impl Service {
         let (record, ticket) = {
             let _editorial = self.editorial();
             let mut record = self.visible_announcement(me, id)?;
-            if record.author != me.id {
-                return Err(AnnouncementRefused::SubmitByAuthor(id).into());
-            }
-            match record.state {
-                AnnouncementState::Draft | AnnouncementState::Rejected { .. } => {}
-                AnnouncementState::Submitted => {
-                    return Err(AnnouncementRefused::SubmittedAlready(id).into())
-                }
-                AnnouncementState::Published => {
-                    return Err(AnnouncementRefused::PublishedAlready(id).into())
-                }
-            }
-            self.check_not_expired(&record)?;
+            judge_step(me, &record, Step::Submit, self.now_ms())?;
             record.state = AnnouncementState::Submitted;
             let mut w = Writes::new();
             w.put_announcement(&record)?;
@@ -195,18 +185,12 @@ impl Service {
     }
 
     async fn announcement_approve(&self, me: &UserRecord, id: u64) -> Result<Response, Refusal> {
+        // Roles first, before anything is looked up (the decision checks them again).
         require_editor(me, "approve announcements")?;
         let (record, appended) = {
             let _editorial = self.editorial();
             let record = self.visible_announcement(me, id)?;
-            if record.state != AnnouncementState::Submitted {
-                return Err(AnnouncementRefused::ApproveUnsubmitted {
-                    id,
-                    state: record.state.as_str(),
-                }
-                .into());
-            }
-            self.check_not_expired(&record)?;
+            judge_step(me, &record, Step::Approve, self.now_ms())?;
             self.publish_locked(me, record, "announcement.approve")?
         };
         self.deliver(appended).await?;
@@ -250,13 +234,7 @@ impl Service {
         let (record, ticket) = {
             let _editorial = self.editorial();
             let mut record = self.visible_announcement(me, id)?;
-            if record.state != AnnouncementState::Submitted {
-                return Err(AnnouncementRefused::RejectUnsubmitted {
-                    id,
-                    state: record.state.as_str(),
-                }
-                .into());
-            }
+            judge_step(me, &record, Step::Reject, self.now_ms())?;
             record.state = AnnouncementState::Rejected {
                 by: me.id.clone(),
                 comment: comment.clone(),
@@ -285,13 +263,7 @@ impl Service {
         let (record, ticket) = {
             let _editorial = self.editorial();
             let record = self.visible_announcement(me, id)?;
-            if record.state != AnnouncementState::Published {
-                return Err(AnnouncementRefused::AckUnpublished(id).into());
-            }
-            if !record.requires_ack {
-                return Err(AnnouncementRefused::NoAckAsked(id).into());
-            }
-            self.check_not_expired(&record)?;
+            judge_step(me, &record, Step::Acknowledge, self.now_ms())?;
             let ticket = if self.db.acked(id, &me.id)? {
                 // Acknowledging twice changes nothing.
                 self.durability.latest()
@@ -323,9 +295,7 @@ impl Service {
         let (record, ticket) = {
             let _editorial = self.editorial();
             let mut record = self.visible_announcement(me, id)?;
-            if record.state != AnnouncementState::Published {
-                return Err(AnnouncementRefused::PinUnpublished(id).into());
-            }
+            judge_step(me, &record, Step::Pin, self.now_ms())?;
             if record.pinned == pinned {
                 (record, self.durability.latest())
             } else {
@@ -490,13 +460,6 @@ impl Service {
             .ok_or_else(|| Refusal::from(NotFound::Announcement(id)))
     }
 
-    fn check_not_expired(&self, record: &AnnouncementRecord) -> Result<(), Refusal> {
-        if record.expired(self.now_ms()) {
-            return Err(AnnouncementRefused::Expired(record.id).into());
-        }
-        Ok(())
-    }
-
     fn announcement_answer(
         &self,
         me: &UserRecord,
@@ -550,11 +513,6 @@ impl Service {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Whether `me` is an editor or administrator (sees submissions and who acknowledged).
-pub(super) fn is_editor(me: &UserRecord) -> bool {
-    me.has_role(Role::Editor) || me.has_role(Role::Admin)
 }
 
 /// `Forbidden` unless `me` has one of `roles`.

@@ -9,7 +9,7 @@ use rathaus_protocol::{ClaimedKeyPackage, DeviceId, Event, GroupHandle, Response
 use super::mls::{device_of, validate_key_package};
 use super::refused::{MlsRefused, NotFound, SecretRefused};
 use super::{Refusal, Service, Session};
-use crate::store::{KeyPackageRecord, UserRecord, Writes};
+use crate::store::{DepartmentRecord, KeyPackageRecord, SecretGroupRecord, UserRecord, Writes};
 
 /// One-time packages kept per device; more are refused.
 pub(crate) const MAX_ONE_TIME: usize = 100;
@@ -82,22 +82,8 @@ impl Service {
         let (packages, low, ticket) = {
             let _mls = self.mls_lock();
             // Authorised under the lock, so a claim never races a birth or a removal.
-            match self.db.secret_group(&group)? {
-                Some(record) => {
-                    let in_tree = record
-                        .members
-                        .iter()
-                        .any(|m| m.user == me.id && m.device == session.device);
-                    if !in_tree || !super::secret::on_roster(&dept, &me.id) {
-                        return Err(SecretRefused::ClaimByMembers(group).into());
-                    }
-                }
-                None => {
-                    if !dept.owners.contains(&me.id) {
-                        return Err(SecretRefused::ClaimByOwners(group).into());
-                    }
-                }
-            }
+            let record = self.db.secret_group(&group)?;
+            judge_claim(&group, &dept, record.as_ref(), &me.id, session.device)?;
             let mut w = Writes::new();
             let mut packages = Vec::new();
             let mut low = Vec::new();
@@ -161,6 +147,36 @@ impl Service {
         // Guards no data of its own; a poisoned lock is as good as a clean one.
         self.mls.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether the device `(me, device)` may claim KeyPackages for `group`, whose department
+/// is `dept` and whose MLS state the server holds as `record` (`None` before its birth):
+/// a member device on the roster once the group is born, an owner before. Claiming
+/// takes packages nobody else can then use, so strangers must not drain them.
+fn judge_claim(
+    group: &GroupHandle,
+    dept: &DepartmentRecord,
+    record: Option<&SecretGroupRecord>,
+    me: &UserId,
+    device: DeviceId,
+) -> Result<(), SecretRefused> {
+    match record {
+        Some(record) => {
+            let in_tree = record
+                .members
+                .iter()
+                .any(|m| m.user == *me && m.device == device);
+            if !in_tree || !super::secret::on_roster(dept, me) {
+                return Err(SecretRefused::ClaimByMembers(group.clone()));
+            }
+        }
+        None => {
+            if !dept.owners.contains(me) {
+                return Err(SecretRefused::ClaimByOwners(group.clone()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A KeyPackage a device uploads must name that device and carry its registered key.

@@ -15,6 +15,7 @@ mod departments;
 mod devices;
 mod docs;
 mod durability;
+mod editorial;
 mod enrollment;
 pub mod enrollment_codes;
 mod events;

@@ -13,7 +13,7 @@
 //! follow): an edit is stored in [`Service::post_change`]'s edit branch, a delete or a
 //! moderator's removal goes through [`Service::retract_post`].
 
-use rathaus_protocol::{ContentBody, EntryBody, GroupHandle, Response};
+use rathaus_protocol::{ContentBody, EntryBody, GroupHandle, Response, UserId};
 
 use super::group_log::Built;
 use super::refused::{NotFound, PostRefused};
@@ -177,47 +177,63 @@ impl Service {
         change: Change,
         target: u64,
     ) -> Result<(), Refusal> {
-        if *group == GroupHandle::Announcements {
-            return Err(PostRefused::AnnouncementChange.into());
-        }
-        let not_found = || NotFound::Post {
-            group: group.clone(),
-            seq: target,
+        let post = match group {
+            GroupHandle::Announcements => None,
+            _ => self.db.entry(group, target)?,
         };
-        let post = self.db.entry(group, target)?.ok_or_else(not_found)?;
-        match &post.body {
-            body if is_post(body) => {}
-            EntryBody::Removed { .. } => {
-                return Err(PostRefused::Deleted {
-                    group: group.clone(),
-                    seq: target,
-                }
-                .into())
-            }
-            _ => {
-                return Err(PostRefused::NotAPost {
-                    group: group.clone(),
-                    seq: target,
-                }
-                .into())
-            }
-        }
-        if change != Change::Reaction && post.sender != entry.sender {
-            let verb = if change == Change::Edit {
-                "edit"
-            } else {
-                "delete"
-            };
-            return Err(PostRefused::NotAuthor {
-                verb,
+        judge_change(group, target, post.as_ref(), change, &entry.sender)
+    }
+}
+
+/// Whether `sender` may make `change` to post `target` of `group`, which the log holds
+/// as `post`: a post of a public group that is still there, edited or deleted by its
+/// author only (anyone may react). Announcements change through the editorial workflow.
+fn judge_change(
+    group: &GroupHandle,
+    target: u64,
+    post: Option<&StoredEntry>,
+    change: Change,
+    sender: &UserId,
+) -> Result<(), Refusal> {
+    if *group == GroupHandle::Announcements {
+        return Err(PostRefused::AnnouncementChange.into());
+    }
+    let post = post.ok_or_else(|| NotFound::Post {
+        group: group.clone(),
+        seq: target,
+    })?;
+    match &post.body {
+        body if is_post(body) => {}
+        EntryBody::Removed { .. } => {
+            return Err(PostRefused::Deleted {
                 group: group.clone(),
                 seq: target,
-                author: post.sender,
             }
-            .into());
+            .into())
         }
-        Ok(())
+        _ => {
+            return Err(PostRefused::NotAPost {
+                group: group.clone(),
+                seq: target,
+            }
+            .into())
+        }
     }
+    if change != Change::Reaction && post.sender != *sender {
+        let verb = if change == Change::Edit {
+            "edit"
+        } else {
+            "delete"
+        };
+        return Err(PostRefused::NotAuthor {
+            verb,
+            group: group.clone(),
+            seq: target,
+            author: post.sender.clone(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Whether a log entry is a post (text or file) that replies, changes and reactions may
