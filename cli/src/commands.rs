@@ -425,7 +425,7 @@ fn print_enrolled(out: &Output, client: &Client) {
 
 pub(crate) fn row_json(row: &TimelineRow) -> Value {
     json!({"seq": row.seq, "sender": row.sender, "sender_name": row.sender_name,
-           "sent_at": rfc3339(row.sent_at_ms), "kind": row.kind, "text": row.text})
+           "sent_at": rfc3339(row.sent_at_ms), "kind": row.kind.as_str(), "text": row.text})
 }
 
 pub(crate) fn row_text(row: &TimelineRow) -> String {

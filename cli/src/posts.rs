@@ -167,7 +167,7 @@ pub(crate) fn post_json(p: &Post) -> Value {
     let r = &p.row;
     let mut doc = json!({
         "seq": r.seq, "sender": r.sender, "sender_name": r.sender_name,
-        "sent_at": rfc3339(r.sent_at_ms), "kind": r.kind, "text": r.text,
+        "sent_at": rfc3339(r.sent_at_ms), "kind": r.kind.as_str(), "text": r.text,
         "reply_to": p.reply_to, "edited": p.edited, "deleted": p.deleted,
         "reactions": p.reactions, "mentions": p.mentions, "links": p.links,
     });

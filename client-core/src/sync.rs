@@ -9,7 +9,7 @@ use rathaus_protocol::{
 
 use crate::client::Client;
 use crate::error::{ClientError, Result};
-use crate::store::TimelineRow;
+use crate::store::{RowKind, TimelineRow};
 use crate::time_fmt::now_ms;
 
 /// The server's acknowledgement of a send.
@@ -245,9 +245,9 @@ impl Client {
                     let me = self.identity.user.to_string();
                     let name = self.display_name();
                     let (kind, text, content) = match &body {
-                        PostBody::Public(c) => (c.kind().to_owned(), c.summary(), Some(c.clone())),
+                        PostBody::Public(c) => (RowKind::of(c), c.summary(), Some(c.clone())),
                         PostBody::Mls(_) | PostBody::MlsAttachment { .. } => {
-                            ("mls".to_owned(), "(encrypted)".to_owned(), None)
+                            (RowKind::Mls, "(encrypted)".to_owned(), None)
                         }
                     };
                     let row = TimelineRow {
@@ -478,16 +478,16 @@ pub(crate) fn timeline_row(group: &GroupHandle, entry: &LogEntry) -> TimelineRow
                 expires_at_ms = *e;
             }
             content = Some(c.clone());
-            (c.kind().to_owned(), c.summary())
+            (RowKind::of(c), c.summary())
         }
-        EntryBody::Mls(_) => ("mls".to_owned(), "(encrypted)".to_owned()),
+        EntryBody::Mls(_) => (RowKind::Mls, "(encrypted)".to_owned()),
         // Withdrawn by its author (see the server's `retract_post`): a deleted post.
-        EntryBody::Removed { by } if *by == entry.sender => ("deleted".to_owned(), String::new()),
-        EntryBody::Removed { by } => ("removed".to_owned(), format!("(removed by moderator {by})")),
+        EntryBody::Removed { by } if *by == entry.sender => (RowKind::Deleted, String::new()),
+        EntryBody::Removed { by } => (RowKind::Removed, format!("(removed by moderator {by})")),
         EntryBody::Moderated { target } => {
             removes = Some(*target);
             (
-                "moderation".to_owned(),
+                RowKind::Moderation,
                 format!("{} removed post #{target}", entry.sender_name),
             )
         }

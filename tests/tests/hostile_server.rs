@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rathaus_client::mls::{DeviceIdentity, MlsEngine};
-use rathaus_client::{Approval, Client, GroupPolicy, TimelineRow};
+use rathaus_client::{Approval, Client, GroupPolicy, RowKind, TimelineRow};
 use rathaus_protocol::{ErrorCode, GroupHandle, Request, Response, UserId};
 use rathaus_tests::operator::Operator;
 use rathaus_tests::{within, Secret, TestBackend};
@@ -44,7 +44,7 @@ fn texts(rows: &[TimelineRow]) -> Vec<String> {
 
 fn warnings(rows: &[TimelineRow]) -> Vec<String> {
     rows.iter()
-        .filter(|r| r.kind == "warning")
+        .filter(|r| r.kind == RowKind::Warning)
         .map(|r| r.text.clone())
         .collect()
 }

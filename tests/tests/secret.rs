@@ -8,7 +8,7 @@
 
 use rand::RngCore;
 use rathaus_client::mls::{DeviceIdentity, MlsEngine};
-use rathaus_client::{Approval, Client, ClientError, PolicyOutcome, TimelineRow};
+use rathaus_client::{Approval, Client, ClientError, PolicyOutcome, RowKind, TimelineRow};
 use rathaus_protocol::{EntryBody, ErrorCode, GroupHandle, Request, Response, UserId};
 use rathaus_tests::{contains, files_containing, within, TestBackend};
 
@@ -227,7 +227,7 @@ async fn a_rostered_user_sees_nothing_until_an_owner_approves() {
     let rows = jonas.read(&secret()).await.unwrap();
     let added = rows
         .iter()
-        .find(|r| r.kind == "membership" && r.text.contains("Lena Koch"))
+        .find(|r| r.kind == RowKind::Membership && r.text.contains("Lena Koch"))
         .unwrap_or_else(|| panic!("no membership row: {rows:?}"));
     assert!(
         added
@@ -236,7 +236,7 @@ async fn a_rostered_user_sees_nothing_until_an_owner_approves() {
         "{}",
         added.text
     );
-    assert!(!rows.iter().any(|r| r.kind == "warning"), "{rows:?}");
+    assert!(!rows.iter().any(|r| r.kind == RowKind::Warning), "{rows:?}");
     assert_same_group(&[&anna, &jonas, &lena]).await;
 }
 
@@ -316,14 +316,14 @@ async fn an_offboarded_user_is_cut_off_and_cannot_decrypt_what_follows() {
     .unwrap();
     let rows = anna.read(&secret()).await.unwrap();
     assert!(
-        rows.iter().any(|r| r.kind == "membership"
+        rows.iter().any(|r| r.kind == RowKind::Membership
             && r.text
                 .contains("Rathaus server proposed removing Jonas Weber")),
         "{rows:?}"
     );
     assert!(
         rows.iter()
-            .any(|r| r.kind == "membership" && r.text.contains("removed Jonas Weber")),
+            .any(|r| r.kind == RowKind::Membership && r.text.contains("removed Jonas Weber")),
         "{rows:?}"
     );
 
@@ -498,7 +498,7 @@ async fn an_add_forged_with_the_servers_removal_key_is_refused() {
         let rows = within("read", c.read(&secret())).await.unwrap().unwrap();
         assert!(
             rows.iter()
-                .any(|r| r.kind == "warning" && r.text.contains("refused")),
+                .any(|r| r.kind == RowKind::Warning && r.text.contains("refused")),
             "{rows:?}"
         );
     }
@@ -512,7 +512,7 @@ async fn an_add_forged_with_the_servers_removal_key_is_refused() {
 
 fn membership_texts(rows: &[TimelineRow]) -> Vec<String> {
     rows.iter()
-        .filter(|r| r.kind == "membership")
+        .filter(|r| r.kind == RowKind::Membership)
         .map(|r| r.text.clone())
         .collect()
 }
@@ -568,7 +568,7 @@ async fn with_auto_admit_on_an_owners_next_sync_admits_a_new_colleague() {
                 .any(|t| t.starts_with("Anna Berg (P1001) added Lena Koch (P1003, device ")),
             "{membership:?}"
         );
-        assert!(!rows.iter().any(|r| r.kind == "warning"), "{rows:?}");
+        assert!(!rows.iter().any(|r| r.kind == RowKind::Warning), "{rows:?}");
     }
     let view = jonas.secret_group(&secret()).await.unwrap();
     assert!(view.auto_admit, "{view:?}");
@@ -621,7 +621,7 @@ async fn a_member_an_owner_promotes_can_approve() {
             .any(|t| t.starts_with("Jonas Weber (P1002) added Lena Koch (P1003, device ")),
         "{membership:?}"
     );
-    assert!(!rows.iter().any(|r| r.kind == "warning"), "{rows:?}");
+    assert!(!rows.iter().any(|r| r.kind == RowKind::Warning), "{rows:?}");
     let membership = membership_texts(&jonas.read(&secret()).await.unwrap());
     assert!(
         membership.contains(&"Anna Berg (P1001) made Jonas Weber (P1002) an owner".to_owned()),

@@ -28,6 +28,7 @@ use rathaus_protocol::{GroupHandle, UserId};
 use crate::client::Client;
 use crate::error::Result;
 use crate::secret::{key_fingerprint, mls_group_id};
+use crate::store::RowKind;
 
 pub use codes::{
     group_code, safety_number, DeviceKeyEntry, GroupCode, GroupLeafEntry, SafetyNumber,
@@ -36,10 +37,6 @@ pub use pins::DevicePin;
 
 pub(crate) use pins::{add_notice, create_tables};
 
-/// Timeline kind of a changed key.
-pub const WARNING_KIND: &str = "warning";
-/// Timeline kind of a new device of a user already known.
-pub const NOTICE_KIND: &str = "notice";
 /// The sender of trust rows: this client's own finding, not a message.
 pub const TRUST_SENDER: &str = "rathaus";
 
@@ -103,7 +100,7 @@ impl Client {
                          tell the group's owners",
                         key_fingerprint(&m.signature_key)
                     );
-                    pins::add_notice(&tx, &handle, seq, now, WARNING_KIND, &text)?;
+                    pins::add_notice(&tx, &handle, seq, now, RowKind::Warning, &text)?;
                 }
                 None => {
                     pins::insert(&tx, user, device, &m.signature_key, now)?;
@@ -114,7 +111,7 @@ impl Client {
                             self.user_label(user),
                             key_fingerprint(&m.signature_key)
                         );
-                        pins::add_notice(&tx, &handle, seq, now, NOTICE_KIND, &text)?;
+                        pins::add_notice(&tx, &handle, seq, now, RowKind::Notice, &text)?;
                     }
                 }
                 Some(pin) if pin.key != m.signature_key => {
@@ -126,7 +123,7 @@ impl Client {
                         key_fingerprint(&pin.key),
                         key_fingerprint(&m.signature_key)
                     );
-                    pins::add_notice(&tx, &handle, seq, now, WARNING_KIND, &text)?;
+                    pins::add_notice(&tx, &handle, seq, now, RowKind::Warning, &text)?;
                 }
                 Some(_) => {}
             }
@@ -147,7 +144,7 @@ impl Client {
             &handle,
             seq,
             crate::time_fmt::now_ms(),
-            WARNING_KIND,
+            RowKind::Warning,
             text,
         )
     }

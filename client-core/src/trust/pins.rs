@@ -6,6 +6,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::Result;
+use crate::store::RowKind;
 
 /// A pinned device key (trust on first use).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +162,7 @@ pub(crate) fn add_notice(
     group: &str,
     seq: u64,
     at_ms: i64,
-    kind: &str,
+    kind: RowKind,
     text: &str,
 ) -> Result<()> {
     conn.prepare_cached(
@@ -200,7 +201,7 @@ mod tests {
             sender: "P1001".into(),
             sender_name: "Anna Berg".into(),
             sent_at_ms: 0,
-            kind: "text".into(),
+            kind: RowKind::Text,
             text: format!("m{seq}"),
             expires_at_ms: None,
             removes: None,
@@ -216,8 +217,8 @@ mod tests {
             .append_fetched("bauamt/secret", &[row(1), row(2)], 2)
             .unwrap();
         let conn = store.connection();
-        add_notice(conn, "bauamt/secret", 1, 5, "warning", "key changed").unwrap();
-        let kinds: Vec<(u64, String)> = store
+        add_notice(conn, "bauamt/secret", 1, 5, RowKind::Warning, "key changed").unwrap();
+        let kinds: Vec<(u64, RowKind)> = store
             .timeline("bauamt/secret")
             .unwrap()
             .into_iter()
@@ -226,9 +227,9 @@ mod tests {
         assert_eq!(
             kinds,
             vec![
-                (1, "text".to_owned()),
-                (1, "warning".to_owned()),
-                (2, "text".to_owned())
+                (1, RowKind::Text),
+                (1, RowKind::Warning),
+                (2, RowKind::Text)
             ]
         );
 
