@@ -119,7 +119,7 @@ async fn a_transfer_cuts_the_old_secret_group_off_and_leaves_the_new_one_pending
     // In the Kämmerei Jonas is a pending invitation until an owner admits him.
     let kaemmerei = GroupHandle::parse("kaemmerei/secret").unwrap();
     let view = anna.secret_group(&kaemmerei).await.unwrap();
-    assert_eq!(view.pending, vec!["P1002".to_owned()]);
+    assert_eq!(view.pending, vec![uid("P1002")]);
     within("jonas syncs", jonas.sync()).await.unwrap().unwrap();
     assert!(jonas.group_code(&kaemmerei).unwrap().is_none());
 
@@ -159,7 +159,7 @@ async fn a_lost_phone_is_locked_out_and_the_new_device_needs_an_owner() {
     within("phone syncs", phone.sync()).await.unwrap().unwrap();
     assert!(phone.group_code(&bauamt()).unwrap().is_none());
     let view = anna.secret_group(&bauamt()).await.unwrap();
-    assert_eq!(view.pending, vec!["P1002".to_owned()]);
+    assert_eq!(view.pending, vec![uid("P1002")]);
     let approval = within("approve", anna.approve(&bauamt(), &uid("P1002")))
         .await
         .unwrap()
@@ -343,7 +343,7 @@ async fn a_group_outlives_its_only_owner_by_a_visible_claim() {
     );
     let view = lena.secret_group(&bauamt()).await.unwrap();
     // The offboarded Anna is no longer listed as an owner.
-    assert_eq!(view.owners, vec!["P1002".to_owned()], "{view:?}");
+    assert_eq!(view.owners, vec![uid("P1002")], "{view:?}");
     let rows = jonas.read(&bauamt()).await.unwrap();
     assert!(
         rows.iter().any(|r| r.kind == RowKind::Membership

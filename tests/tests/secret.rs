@@ -197,8 +197,8 @@ async fn a_rostered_user_sees_nothing_until_an_owner_approves() {
     assert!(lena.read(&secret()).await.unwrap().is_empty());
     assert!(lena.group_code(&secret()).unwrap().is_none());
     let view = anna.secret_group(&secret()).await.unwrap();
-    assert_eq!(view.pending, vec!["P1003".to_owned()]);
-    assert!(view.owners.contains(&"P1001".to_owned()));
+    assert_eq!(view.pending, vec![uid("P1003")]);
+    assert!(view.owners.contains(&uid("P1001")));
 
     // A non-owner cannot approve.
     match jonas.approve(&secret(), &uid("P1003")).await {
@@ -506,7 +506,10 @@ async fn an_add_forged_with_the_servers_removal_key_is_refused() {
     assert!(texts(&jonas.read(&secret()).await.unwrap()).contains(&"nachher".to_owned()));
     assert_same_group(&[&anna, &jonas]).await;
     let view = anna.secret_group(&secret()).await.unwrap();
-    assert!(view.members.iter().all(|m| m.user != "P6666"), "{view:?}");
+    assert!(
+        view.members.iter().all(|m| m.user.as_str() != "P6666"),
+        "{view:?}"
+    );
     assert_eq!(anna.group_code(&secret()).unwrap().unwrap().0, epoch);
 }
 
@@ -572,7 +575,7 @@ async fn with_auto_admit_on_an_owners_next_sync_admits_a_new_colleague() {
     }
     let view = jonas.secret_group(&secret()).await.unwrap();
     assert!(view.auto_admit, "{view:?}");
-    assert_eq!(view.owners, vec!["P1001".to_owned()]);
+    assert_eq!(view.owners, vec![uid("P1001")]);
     assert_same_group(&[&anna, &jonas, &lena]).await;
 }
 
@@ -635,7 +638,7 @@ async fn a_member_an_owner_promotes_can_approve() {
         other => panic!("expected Invalid, got {other:?}"),
     }
     let view = lena.secret_group(&secret()).await.unwrap();
-    assert_eq!(view.owners, vec!["P1002".to_owned()]);
+    assert_eq!(view.owners, vec![uid("P1002")]);
     let membership = membership_texts(&anna.read(&secret()).await.unwrap());
     assert!(
         membership

@@ -187,7 +187,12 @@ async fn a_substituted_key_is_flagged_in_the_timeline_and_in_members() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(anna.device_pin("P1002", &device).unwrap().unwrap().verified);
+    assert!(
+        anna.device_pin(&uid("P1002"), &device)
+            .unwrap()
+            .unwrap()
+            .verified
+    );
 
     // Anna's pinned key differs from the one in the group from now on, as if the server
     // had handed her another key for Jonas' device; the next sync must say so.
@@ -230,7 +235,7 @@ async fn a_substituted_key_is_flagged_in_the_timeline_and_in_members() {
     // Checking again in person and confirming clears the mark.
     let verified = rathaus_json(anna_dir.clone(), &["verify", "P1002", "--confirm"]).await;
     assert_eq!(verified["devices"][0]["verified"], true);
-    let pin = anna.device_pin("P1002", &device).unwrap().unwrap();
+    let pin = anna.device_pin(&uid("P1002"), &device).unwrap().unwrap();
     assert!(pin.verified && pin.changed_ms.is_none(), "{pin:?}");
 }
 

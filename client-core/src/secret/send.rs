@@ -422,7 +422,7 @@ impl Client {
                 String::from_utf8_lossy(&identity)
             )));
         }
-        if let Some(pin) = self.device_pin(user.as_str(), &package.device.to_string())? {
+        if let Some(pin) = self.device_pin(user, &package.device.to_string())? {
             if pin.key != key {
                 return Ok(Some(format!(
                     "WARNING: the KeyPackage for {expected} carries key {}, not the key this \

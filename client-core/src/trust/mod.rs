@@ -44,7 +44,7 @@ pub const TRUST_SENDER: &str = "rathaus";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SafetyReport {
     /// The other user.
-    pub user: String,
+    pub user: UserId,
     /// The number to compare in person.
     pub number: SafetyNumber,
     /// That user's pinned devices.
@@ -172,7 +172,7 @@ impl Client {
         let mine = self.own_devices()?;
         let number = safety_number((me, &entries(&mine)), (user.as_str(), &entries(&theirs)));
         Ok(Some(SafetyReport {
-            user: user.to_string(),
+            user: user.clone(),
             number,
             devices: theirs,
         }))
@@ -186,12 +186,12 @@ impl Client {
             .iter()
             .map(|d| (d.device.clone(), d.key.clone()))
             .collect();
-        pins::mark_verified(self.store.connection(), &report.user, &keys)
+        pins::mark_verified(self.store.connection(), report.user.as_str(), &keys)
     }
 
     /// The pin of one device, if this client has seen it.
-    pub fn device_pin(&self, user: &str, device: &str) -> Result<Option<DevicePin>> {
-        pins::pin(self.store.connection(), user, device)
+    pub fn device_pin(&self, user: &UserId, device: &str) -> Result<Option<DevicePin>> {
+        pins::pin(self.store.connection(), user.as_str(), device)
     }
 
     /// The group code of a secret group this device is a member of: over every leaf of
@@ -206,7 +206,7 @@ impl Client {
             .members(&gid)?
             .into_iter()
             .map(|m| GroupLeafEntry {
-                user: m.identity.user_id().to_owned(),
+                user: m.identity.user().clone(),
                 device: m.identity.device_id().to_owned(),
                 key: m.signature_key,
             })

@@ -3,6 +3,8 @@
 //! The tables are created with `IF NOT EXISTS` when the profile opens rather than by a
 //! schema version step: they are self-contained, and older builds simply ignore them.
 
+use rathaus_protocol::UserId;
+use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::Result;
@@ -12,7 +14,7 @@ use crate::store::RowKind;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevicePin {
     /// Personnel number.
-    pub user: String,
+    pub user: UserId,
     /// Device id.
     pub device: String,
     /// The device's Ed25519 public key as last seen.
@@ -180,13 +182,21 @@ pub(crate) fn add_notice(
 
 fn read_pin(r: &rusqlite::Row<'_>) -> rusqlite::Result<DevicePin> {
     Ok(DevicePin {
-        user: r.get(0)?,
+        user: user_column(r, 0)?,
         device: r.get(1)?,
         key: r.get(2)?,
         first_seen_ms: r.get(3)?,
         verified: r.get::<_, i64>(4)? != 0,
         changed_ms: r.get(5)?,
     })
+}
+
+/// A personnel number stored in column `idx`: written from a [`UserId`], so one that
+/// does not parse (the file was edited) is a store error, not a pin of nobody.
+fn user_column(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<UserId> {
+    let text: String = r.get(idx)?;
+    UserId::parse(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
 }
 
 #[cfg(test)]
