@@ -763,7 +763,7 @@ fn post(group: &GroupHandle, id: ClientMsgId, text: &str) -> Request {
     Request::Post {
         group: group.clone(),
         client_id: id,
-        body: PostBody::Public(Content::text(text)),
+        body: PostBody::Public(Content::text(text).into()),
     }
 }
 

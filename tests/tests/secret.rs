@@ -9,7 +9,10 @@
 use rand::RngCore;
 use rathaus_client::mls::{DeviceIdentity, MlsEngine};
 use rathaus_client::{Approval, Client, ClientError, PolicyOutcome, RowKind, TimelineRow};
-use rathaus_protocol::{EntryBody, ErrorCode, GroupHandle, Request, Response, UserId};
+use rathaus_protocol::{
+    ClientMsgId, ContentBody, ContentIn, EntryBody, ErrorCode, GroupHandle, PostBody, Request,
+    Response, UserId,
+};
 use rathaus_tests::{contains, files_containing, within, TestBackend};
 
 fn secret() -> GroupHandle {
@@ -701,4 +704,51 @@ async fn an_approval_made_while_the_server_is_down_is_carried_out_on_the_next_sy
     assert_eq!(anna.group_code(&secret()).unwrap().unwrap().0, epoch);
     within("jonas syncs", jonas.sync()).await.unwrap().unwrap();
     assert_same_group(&[&anna, &jonas, &lena]).await;
+}
+
+#[tokio::test]
+async fn a_colleagues_message_that_breaks_a_content_rule_is_shown_as_not_understood() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (_admin, mut anna, mut jonas) = team(&mut backend, false).await;
+    // What a modified client could send: encrypted for the group like any message, but
+    // its content breaks a rule. Anna's client checks content when it is written, so it
+    // is put into her outbox directly here; sending does not judge it again.
+    let broken = PostBody::Public(ContentIn {
+        version: 1,
+        body: ContentBody::Reaction {
+            target: 1,
+            emoji: "sehr gut gemacht".into(),
+        },
+        mentions: Vec::new(),
+    });
+    let bytes = postcard::to_allocvec(&broken).unwrap();
+    anna.store()
+        .enqueue(ClientMsgId([5; 16]), &secret().to_string(), &bytes, 0)
+        .unwrap();
+    let report = within("flush", anna.flush_outbox()).await.unwrap().unwrap();
+    assert_eq!(report.sent, 1, "{report:?}");
+    anna.send_text(&secret(), "Danach geht es weiter")
+        .await
+        .unwrap();
+
+    let rows = within("jonas reads", jonas.read(&secret()))
+        .await
+        .unwrap()
+        .unwrap();
+    let not_understood: Vec<&TimelineRow> = rows
+        .iter()
+        .filter(|r| r.kind == RowKind::Undecryptable)
+        .collect();
+    assert_eq!(not_understood.len(), 1, "{rows:?}");
+    assert!(
+        not_understood[0].text.contains("does not understand"),
+        "{rows:?}"
+    );
+    assert_eq!(not_understood[0].sender, "P1001");
+    // The message after it arrives as usual.
+    let last = rows.last().unwrap();
+    assert_eq!(
+        (last.kind, last.text.as_str()),
+        (RowKind::Text, "Danach geht es weiter")
+    );
 }

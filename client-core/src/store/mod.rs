@@ -10,7 +10,7 @@ mod row_kind;
 
 use std::path::Path;
 
-use rathaus_protocol::{ClientMsgId, Content};
+use rathaus_protocol::{ClientMsgId, Content, ContentIn};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub(crate) use fork::{
@@ -916,9 +916,12 @@ pub(crate) fn retract_post(
 }
 
 /// Content as stored in the timeline; a row whose bytes this build cannot read (none
-/// should exist: only this code writes them) is shown without it.
+/// should exist: only this code writes them) is shown without it. Recorded content is
+/// not judged again: a row written under older, looser rules still folds as it did.
 fn decode_content(bytes: Option<Vec<u8>>) -> Option<Content> {
-    postcard::from_bytes(&bytes?).ok()
+    postcard::from_bytes::<ContentIn>(&bytes?)
+        .ok()
+        .map(ContentIn::into_recorded)
 }
 
 /// SQLite integers are signed; seqs never reach 2^63 in practice, and clamping keeps the

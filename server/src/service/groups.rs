@@ -91,7 +91,7 @@ impl Service {
                 ))
             }
         };
-        content
+        let content = content
             .validate()
             .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
 

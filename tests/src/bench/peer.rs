@@ -394,7 +394,7 @@ async fn drive(
                         let request = Request::Post {
                             group: wire_group.clone(),
                             client_id: ClientMsgId(id),
-                            body: PostBody::Public(Content::text(text)),
+                            body: PostBody::Public(Content::text(text).into()),
                         };
                         match client.request(&request).await? {
                             Response::Posted { .. } => {}
