@@ -105,15 +105,6 @@ impl From<Content> for ContentIn {
     }
 }
 
-/// Decodes recorded content (see [`ContentIn::into_recorded`]); for
-/// `#[serde(deserialize_with)]` on the records that hold it.
-pub(crate) fn deserialize_recorded<'de, D>(deserializer: D) -> Result<Content, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    ContentIn::deserialize(deserializer).map(ContentIn::into_recorded)
-}
-
 /// The kinds of message content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContentBody {
@@ -466,6 +457,15 @@ pub fn parse_links(text: &str) -> Vec<Link> {
         }
     }
     out
+}
+
+/// Decodes recorded content (see [`ContentIn::into_recorded`]); for
+/// `#[serde(deserialize_with)]` on the records that hold it.
+pub(crate) fn deserialize_recorded<'de, D>(deserializer: D) -> Result<Content, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    ContentIn::deserialize(deserializer).map(ContentIn::into_recorded)
 }
 
 fn is_id_byte(b: u8) -> bool {
