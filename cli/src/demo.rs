@@ -12,8 +12,8 @@ use rathaus_server::clock::SystemClock;
 use rathaus_server::{InitOptions, RunOptions};
 use serde_json::json;
 
-use crate::commands::{row_json, row_text};
 use crate::output::Output;
+use crate::posts::{row_json, row_text};
 
 pub(crate) async fn run(out: &Output) -> Result<()> {
     let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;

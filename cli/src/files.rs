@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use rathaus_client::{Attachment, Client, DownloadedFile, Progress, TimelineRow};
+use rathaus_client::{Attachment, Client, DownloadedFile, Progress, RowKind, TimelineRow};
 use rathaus_protocol::GroupHandle;
 use serde_json::{json, Value};
 
@@ -85,7 +85,7 @@ pub(crate) fn annotate(
     docs: &mut [Value],
 ) -> Result<()> {
     for (row, doc) in rows.iter().zip(docs.iter_mut()) {
-        if row.kind != "attachment" {
+        if row.kind != RowKind::Attachment {
             continue;
         }
         if let Some(a) = client.attachment(group, row.seq)? {

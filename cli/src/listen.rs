@@ -8,8 +8,9 @@ use rathaus_client::{ClientError, TimelineRow};
 use rathaus_protocol::Event;
 use serde_json::{json, Value};
 
-use crate::commands::{open, row_json, row_text};
+use crate::commands::open;
 use crate::output::Output;
+use crate::posts::{row_json, row_text};
 
 /// `listen`: subscribe, catch up, then print every new message; reconnects with backoff
 /// when the connection drops, and stops for good when the account was removed.

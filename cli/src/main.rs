@@ -8,6 +8,7 @@ mod commands;
 mod demo;
 mod devices;
 mod docs;
+mod enroll;
 mod files;
 mod import;
 mod letters;
@@ -19,6 +20,7 @@ mod posts;
 mod progress;
 mod rooms;
 mod search;
+mod sync;
 mod verify;
 
 use std::path::PathBuf;

@@ -251,7 +251,7 @@ fn print_secret_members(out: &Output, view: &SecretGroupView, client: &Client) -
             for m in &view.members {
                 lines.push(format!(
                     "{:<16} {}{}",
-                    m.user,
+                    m.user.as_str(),
                     m.name,
                     if m.owner { " [owner]" } else { "" }
                 ));
@@ -268,7 +268,7 @@ fn print_secret_members(out: &Output, view: &SecretGroupView, client: &Client) -
                     "group code: {code}  (everybody in the meeting should see the same)"
                 ));
             }
-            lines.push(format!("owners: {}", view.owners.join(", ")));
+            lines.push(format!("owners: {}", join_users(&view.owners)));
             lines.push(format!(
                 "auto-admit: {}",
                 if view.auto_admit { "on" } else { "off" }
@@ -278,7 +278,7 @@ fn print_secret_members(out: &Output, view: &SecretGroupView, client: &Client) -
             } else {
                 lines.push(format!(
                     "pending invitations: {} (an owner runs `rathaus approve {} USER`)",
-                    view.pending.join(", "),
+                    join_users(&view.pending),
                     view.group
                 ));
             }
@@ -328,4 +328,13 @@ fn approval_row(
                "seq": seq, "devices": devices}),
         text,
     )
+}
+
+/// Personnel numbers as a comma-separated list, for people.
+fn join_users(users: &[UserId]) -> String {
+    users
+        .iter()
+        .map(UserId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use rathaus_client::posts::{Page, Post};
 use rathaus_client::time_fmt::rfc3339;
-use rathaus_client::{Client, SendOutcome};
+use rathaus_client::{Client, SendOutcome, TimelineRow};
 use rathaus_protocol::GroupHandle;
 use serde_json::{json, Value};
 
@@ -167,7 +167,7 @@ pub(crate) fn post_json(p: &Post) -> Value {
     let r = &p.row;
     let mut doc = json!({
         "seq": r.seq, "sender": r.sender, "sender_name": r.sender_name,
-        "sent_at": rfc3339(r.sent_at_ms), "kind": r.kind, "text": r.text,
+        "sent_at": rfc3339(r.sent_at_ms), "kind": r.kind.as_str(), "text": r.text,
         "reply_to": p.reply_to, "edited": p.edited, "deleted": p.deleted,
         "reactions": p.reactions, "mentions": p.mentions, "links": p.links,
     });
@@ -279,6 +279,34 @@ async fn finish(
     );
     client.disconnect().await;
     Ok(())
+}
+
+/// `moderate GROUP SEQ`: an owner or admin removes a post.
+pub(crate) async fn moderate(
+    profile: Option<PathBuf>,
+    group: &str,
+    seq: u64,
+    out: &Output,
+) -> Result<()> {
+    let group = GroupHandle::parse(group)?;
+    let mut client = open(profile)?;
+    client.remove_post(&group, seq).await?;
+    out.print(json!({"group": group.to_string(), "removed": seq}), || {
+        format!("removed post #{seq} from {group}")
+    });
+    client.disconnect().await;
+    Ok(())
+}
+
+/// A timeline row for `--json` (`read`, `listen`, `demo`).
+pub(crate) fn row_json(row: &TimelineRow) -> Value {
+    json!({"seq": row.seq, "sender": row.sender, "sender_name": row.sender_name,
+           "sent_at": rfc3339(row.sent_at_ms), "kind": row.kind.as_str(), "text": row.text})
+}
+
+/// A timeline row for people.
+pub(crate) fn row_text(row: &TimelineRow) -> String {
+    line(row.seq, row.sent_at_ms, &row.sender_name, &row.text)
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ pub(crate) struct DeviceMarks {
 
 impl DeviceMarks {
     /// The suffix of the device's line in human output.
-    pub(crate) fn human(&self, user: &str) -> String {
+    pub(crate) fn human(&self, user: &UserId) -> String {
         if self.key_changed {
             format!("  KEY CHANGED — verify with `rathaus verify {user}`")
         } else if self.verified {
@@ -106,7 +106,7 @@ impl DeviceMarks {
 /// The trust marks of one device of `user`, from this device's pins.
 pub(crate) fn device_marks(
     client: &Client,
-    user: &str,
+    user: &UserId,
     device: &SecretDevice,
 ) -> Result<DeviceMarks> {
     let pin = client.device_pin(user, &device.device)?;

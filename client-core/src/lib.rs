@@ -51,5 +51,5 @@ pub use secret::{
     key_fingerprint, mls_group_id, Approval, GroupPolicy, PolicyOutcome, SecretDevice,
     SecretGroupView, SecretMember, KEY_PACKAGE_LOW, KEY_PACKAGE_TARGET,
 };
-pub use store::{LocalHit, TimelineRow};
+pub use store::{LocalHit, RowKind, TimelineRow};
 pub use sync::{QueuedMessage, SendFailure, SendOutcome, SendReceipt, SyncReport};

@@ -9,7 +9,7 @@ use rathaus_protocol::{
 
 use crate::client::Client;
 use crate::error::{ClientError, Result};
-use crate::store::TimelineRow;
+use crate::store::{RowKind, TimelineRow};
 use crate::time_fmt::now_ms;
 
 /// The server's acknowledgement of a send.
@@ -109,7 +109,7 @@ impl Client {
             .into_iter()
             .map(|item| {
                 let text = match postcard::from_bytes::<PostBody>(&item.body) {
-                    Ok(PostBody::Public(content)) => content.summary(),
+                    Ok(PostBody::Public(content)) => content.into_recorded().summary(),
                     _ => String::new(),
                 };
                 QueuedMessage {
@@ -146,7 +146,7 @@ impl Client {
         let mut id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut id);
         let client_id = ClientMsgId(id);
-        let body = postcard::to_allocvec(&PostBody::Public(content))
+        let body = postcard::to_allocvec(&PostBody::Public(content.into()))
             .map_err(|e| ClientError::Invalid(format!("cannot encode message: {e}")))?;
         self.store
             .enqueue(client_id, &group.to_string(), &body, now_ms())?;
@@ -218,17 +218,20 @@ impl Client {
                     continue;
                 }
             };
+            // This device's own record, checked before it was queued (`send_inner`).
+            let content = match &body {
+                PostBody::Public(c) => Some(c.clone().into_recorded()),
+                PostBody::Mls(_) | PostBody::MlsAttachment { .. } => None,
+            };
             // Connect first: a message is `sent` (perhaps delivered) only once a request can
             // carry it; until then it stays merely queued and may be withdrawn.
             self.connect().await?;
             self.store.mark_sent(item.client_id)?;
-            let response = match (&body, group.is_secret()) {
+            let response = match (&content, group.is_secret()) {
                 // Secret content waits in the outbox as plaintext (it never leaves this
                 // device so) and is encrypted for the epoch current at send time, so a
                 // retry after a lost epoch re-encrypts (DESIGN §8).
-                (PostBody::Public(content), true) => {
-                    self.post_secret(&group, item.client_id, content).await
-                }
+                (Some(content), true) => self.post_secret(&group, item.client_id, content).await,
                 _ => {
                     let request = Request::Post {
                         group: group.clone(),
@@ -244,11 +247,9 @@ impl Client {
                 }) => {
                     let me = self.identity.user.to_string();
                     let name = self.display_name();
-                    let (kind, text, content) = match &body {
-                        PostBody::Public(c) => (c.kind().to_owned(), c.summary(), Some(c.clone())),
-                        PostBody::Mls(_) | PostBody::MlsAttachment { .. } => {
-                            ("mls".to_owned(), "(encrypted)".to_owned(), None)
-                        }
+                    let (kind, text) = match &content {
+                        Some(c) => (RowKind::of(c), c.summary()),
+                        None => (RowKind::Mls, "(encrypted)".to_owned()),
                     };
                     let row = TimelineRow {
                         group: group.to_string(),
@@ -260,7 +261,7 @@ impl Client {
                         text,
                         expires_at_ms: None,
                         removes: None,
-                        content,
+                        content: content.clone(),
                     };
                     if group.is_secret() {
                         self.store.mark_acked_own_mls(item.client_id, &row)?;
@@ -273,7 +274,7 @@ impl Client {
                         self.store.mark_read(&row.group, seq)?;
                     }
                     report.sent += 1;
-                    if let PostBody::Public(content) = &body {
+                    if let Some(content) = &content {
                         self.release_deleted_file(&group, content).await?;
                     }
                 }
@@ -478,16 +479,16 @@ pub(crate) fn timeline_row(group: &GroupHandle, entry: &LogEntry) -> TimelineRow
                 expires_at_ms = *e;
             }
             content = Some(c.clone());
-            (c.kind().to_owned(), c.summary())
+            (RowKind::of(c), c.summary())
         }
-        EntryBody::Mls(_) => ("mls".to_owned(), "(encrypted)".to_owned()),
+        EntryBody::Mls(_) => (RowKind::Mls, "(encrypted)".to_owned()),
         // Withdrawn by its author (see the server's `retract_post`): a deleted post.
-        EntryBody::Removed { by } if *by == entry.sender => ("deleted".to_owned(), String::new()),
-        EntryBody::Removed { by } => ("removed".to_owned(), format!("(removed by moderator {by})")),
+        EntryBody::Removed { by } if *by == entry.sender => (RowKind::Deleted, String::new()),
+        EntryBody::Removed { by } => (RowKind::Removed, format!("(removed by moderator {by})")),
         EntryBody::Moderated { target } => {
             removes = Some(*target);
             (
-                "moderation".to_owned(),
+                RowKind::Moderation,
                 format!("{} removed post #{target}", entry.sender_name),
             )
         }

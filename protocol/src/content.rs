@@ -29,8 +29,19 @@ pub const LINK_SCHEME: &str = "rathaus://";
 /// Current content format version.
 pub const CONTENT_VERSION: u8 = 1;
 
-/// One message's content.
+/// One message's content, valid by the rules of [`Content::validate`].
+///
+/// Decoding goes through [`ContentIn`] and its checks (`#[serde(try_from)]`), so a
+/// `Content` decoded from a peer's bytes is always valid; one built in code through its
+/// public fields is checked with [`Content::validate`] before it is sent. Encoded, it is
+/// exactly a [`ContentIn`].
+///
+/// One exception, on purpose: content *recorded* earlier (a log entry the server accepted
+/// when it was posted, a row of the device's own history) is not judged again when read
+/// back, so a log stays readable when the rules become stricter (see
+/// [`ContentIn::into_recorded`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ContentIn")]
 pub struct Content {
     /// Format version ([`CONTENT_VERSION`] when written by this build).
     pub version: u8,
@@ -38,6 +49,60 @@ pub struct Content {
     pub body: ContentBody,
     /// Colleagues mentioned (`@P1001`).
     pub mentions: Vec<UserId>,
+}
+
+/// Message content as it arrives, not yet checked: the plain wire shape of [`Content`]
+/// (the same fields, the same bytes). A request carries this; the server turns it into a
+/// [`Content`] with [`ContentIn::validate`] at the edge of its handler, so a refusal
+/// names the rule that was broken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentIn {
+    /// Format version.
+    pub version: u8,
+    /// What the message is.
+    pub body: ContentBody,
+    /// Colleagues mentioned.
+    pub mentions: Vec<UserId>,
+}
+
+impl ContentIn {
+    /// Checks the rules of [`Content::validate`] and gives the valid content.
+    pub fn validate(self) -> Result<Content, InvalidContent> {
+        let content = self.into_recorded();
+        content.validate()?;
+        Ok(content)
+    }
+
+    /// The content without judging it again: only for content this system recorded
+    /// after it was accepted (a log entry read back from the store or fetched from the
+    /// server, a row of the local history), which may predate a stricter rule (release
+    /// 0.1.0 took reactions of up to 32 bytes, spaces included). Never for a peer's
+    /// new input.
+    pub fn into_recorded(self) -> Content {
+        Content {
+            version: self.version,
+            body: self.body,
+            mentions: self.mentions,
+        }
+    }
+}
+
+impl TryFrom<ContentIn> for Content {
+    type Error = InvalidContent;
+
+    fn try_from(content: ContentIn) -> Result<Self, Self::Error> {
+        content.validate()
+    }
+}
+
+impl From<Content> for ContentIn {
+    fn from(content: Content) -> Self {
+        Self {
+            version: content.version,
+            body: content.body,
+            mentions: content.mentions,
+        }
+    }
 }
 
 /// The kinds of message content.
@@ -394,6 +459,15 @@ pub fn parse_links(text: &str) -> Vec<Link> {
     out
 }
 
+/// Decodes recorded content (see [`ContentIn::into_recorded`]); for
+/// `#[serde(deserialize_with)]` on the records that hold it.
+pub(crate) fn deserialize_recorded<'de, D>(deserializer: D) -> Result<Content, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    ContentIn::deserialize(deserializer).map(ContentIn::into_recorded)
+}
+
 fn is_id_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
 }
@@ -527,6 +601,55 @@ mod tests {
                     links: link.into_iter().collect(),
                 }
             );
+        }
+    }
+
+    #[test]
+    fn invalid_content_does_not_decode_but_its_wire_shape_does() {
+        let broken = [
+            Content::text("   "),
+            Content::reaction(1, "sehr gut gemacht"),
+            Content::edit(1, ""),
+        ];
+        for content in broken {
+            let bytes = postcard::to_allocvec(&content).unwrap();
+            assert!(
+                postcard::from_bytes::<Content>(&bytes).is_err(),
+                "{content:?}"
+            );
+            // The same bytes as the unchecked wire shape, which names the broken rule.
+            let wire: ContentIn = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(postcard::to_allocvec(&wire).unwrap(), bytes);
+            assert_eq!(
+                wire.clone().validate(),
+                Err(content.validate().unwrap_err())
+            );
+            assert_eq!(
+                Content::try_from(wire),
+                Err(content.validate().unwrap_err())
+            );
+        }
+        let fine = Content::post("Hallo @P1001, siehe rathaus://bauamt/3", Some(2));
+        let bytes = postcard::to_allocvec(&fine).unwrap();
+        assert_eq!(postcard::from_bytes::<Content>(&bytes).unwrap(), fine);
+        let wire: ContentIn = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(wire.validate().unwrap(), fine);
+    }
+
+    #[test]
+    fn a_recorded_log_entry_reads_back_under_the_rules_it_was_accepted_by() {
+        use crate::messages::{EntryBody, PostBody};
+        // Release 0.1.0 accepted reactions of up to 32 bytes, spaces included.
+        let old = Content::reaction(4, "sehr gut");
+        let entry = EntryBody::Content(old.clone());
+        let bytes = postcard::to_allocvec(&entry).unwrap();
+        assert_eq!(postcard::from_bytes::<EntryBody>(&bytes).unwrap(), entry);
+        // A new post carries the unchecked shape; the server's check refuses it.
+        let post = PostBody::Public(old.clone().into());
+        let bytes = postcard::to_allocvec(&post).unwrap();
+        match postcard::from_bytes::<PostBody>(&bytes).unwrap() {
+            PostBody::Public(content) => assert!(content.validate().is_err()),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -356,7 +356,7 @@ mod tests {
             let post = Request::Post {
                 group: crate::GroupHandle::parse("bauamt").unwrap(),
                 client_id: crate::ClientMsgId([7; 16]),
-                body: crate::PostBody::Public(content),
+                body: crate::PostBody::Public(content.into()),
             };
             let mut stream = encode(&req).unwrap();
             stream.extend(encode(&post).unwrap());

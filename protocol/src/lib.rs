@@ -37,7 +37,7 @@ pub mod messages;
 pub mod mls;
 
 pub use blobs::{BlobScope, DocEntry, DocKind, DocPath, FileKey};
-pub use content::{Content, ContentBody};
+pub use content::{Content, ContentBody, ContentIn};
 pub use error::{ErrorCode, ProtocolError};
 pub use ids::{
     ClientMsgId, DepartmentSlug, DeviceId, DeviceKey, GroupHandle, Role, Signature, UserId,

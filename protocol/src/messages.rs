@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::blobs::{BlobScope, DocEntry, DocPath};
-use crate::content::Content;
+use crate::content::{Content, ContentIn};
 use crate::error::ErrorCode;
 use crate::ids::{
     ClientMsgId, DepartmentSlug, DeviceId, DeviceKey, GroupHandle, Role, Signature, UserId,
@@ -516,8 +516,10 @@ pub struct ImportResult {
 /// What is posted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PostBody {
-    /// Server-readable content, for public groups and announcements.
-    Public(Content),
+    /// Server-readable content, for public groups and announcements (and the plaintext
+    /// of a secret post waiting in a device's outbox). Checked by the server's handler,
+    /// which answers a broken rule with `Invalid` and the rule.
+    Public(ContentIn),
     /// An MLS message (opaque to the server's log), for secret groups.
     Mls(Vec<u8>),
     /// An MLS message carrying an attachment, for secret groups: the server learns which
@@ -862,8 +864,9 @@ pub struct LogEntry {
 /// What a log entry holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryBody {
-    /// Readable content.
-    Content(Content),
+    /// Readable content, as the server accepted it when it was posted: read back without
+    /// being judged again (see [`ContentIn::into_recorded`]).
+    Content(#[serde(deserialize_with = "crate::content::deserialize_recorded")] Content),
     /// An MLS message, opaque to the server.
     Mls(Vec<u8>),
     /// A post removed by a moderator; its content is gone from the server.

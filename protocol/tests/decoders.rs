@@ -102,7 +102,7 @@ fn valid_frames() -> Vec<Vec<u8>> {
         frame::encode(&Request::Post {
             group: group.clone(),
             client_id: ClientMsgId([7; 16]),
-            body: PostBody::Public(Content::text("Hallo Bauamt")),
+            body: PostBody::Public(Content::text("Hallo Bauamt").into()),
         }),
         frame::encode(&Request::Post {
             group: GroupHandle::parse("bauamt/secret").expect("valid handle"),

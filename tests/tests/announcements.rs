@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use rathaus_client::{AnnouncementDraft, Client, ClientError};
+use rathaus_client::{AnnouncementDraft, Client, ClientError, RowKind};
 use rathaus_protocol::{AnnouncementState, ErrorCode, GroupHandle, Role, UserId};
 use rathaus_server::clock::Clock;
 use rathaus_server::store::{Db, Writes};
@@ -116,7 +116,7 @@ async fn a_department_proposes_and_the_editor_approves() {
     })
     .await
     .unwrap();
-    assert_eq!(rows[0].kind, "announcement");
+    assert_eq!(rows[0].kind, RowKind::Announcement);
     assert_eq!(rows[0].sender, "P1001");
     assert!(
         rows[0].text.starts_with("Sperrung Rathausplatz"),
@@ -188,9 +188,9 @@ async fn roles_are_enforced_with_forbidden() {
     author.remove_post(&bauamt(), seq).await.unwrap();
     // The poster's own copy becomes a tombstone too.
     let rows = member.read(&bauamt()).await.unwrap();
-    assert_eq!(rows[0].kind, "removed");
+    assert_eq!(rows[0].kind, RowKind::Removed);
     assert!(!rows[0].text.contains("Kanone"), "{}", rows[0].text);
-    assert_eq!(rows[1].kind, "moderation");
+    assert_eq!(rows[1].kind, RowKind::Moderation);
 
     // Admin-only requests.
     forbidden(editor.admin_audit().await);

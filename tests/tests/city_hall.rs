@@ -5,7 +5,9 @@
 // Test code: a failed unwrap is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use rathaus_client::{Approval, Client, ClientError, PolicyOutcome, ServerTrust, TimelineRow};
+use rathaus_client::{
+    Approval, Client, ClientError, PolicyOutcome, RowKind, ServerTrust, TimelineRow,
+};
 use rathaus_protocol::{DepartmentSlug, ErrorCode, GroupHandle, Request, UserId};
 use rathaus_tests::{within, TestBackend, PASSWORD};
 
@@ -25,7 +27,7 @@ fn texts(rows: &[TimelineRow]) -> Vec<String> {
     rows.iter().map(|r| r.text.clone()).collect()
 }
 
-fn of_kind(rows: &[TimelineRow], kind: &str) -> Vec<String> {
+fn of_kind(rows: &[TimelineRow], kind: RowKind) -> Vec<String> {
     rows.iter()
         .filter(|r| r.kind == kind)
         .map(|r| r.text.clone())
@@ -106,7 +108,7 @@ async fn a_transfer_cuts_the_old_secret_group_off_and_leaves_the_new_one_pending
     assert_eq!(refused.code(), Some(ErrorCode::Forbidden), "{refused}");
     // The server proposes the removal and Anna's client commits it, visibly.
     sync_until(&mut anna, &bauamt(), |r| {
-        r.kind == "membership" && r.text.contains("removed Jonas Weber (P1002, device")
+        r.kind == RowKind::Membership && r.text.contains("removed Jonas Weber (P1002, device")
     })
     .await;
     anna.send_text(&bauamt(), "nach dem Wechsel").await.unwrap();
@@ -117,7 +119,7 @@ async fn a_transfer_cuts_the_old_secret_group_off_and_leaves_the_new_one_pending
     // In the Kämmerei Jonas is a pending invitation until an owner admits him.
     let kaemmerei = GroupHandle::parse("kaemmerei/secret").unwrap();
     let view = anna.secret_group(&kaemmerei).await.unwrap();
-    assert_eq!(view.pending, vec!["P1002".to_owned()]);
+    assert_eq!(view.pending, vec![uid("P1002")]);
     within("jonas syncs", jonas.sync()).await.unwrap().unwrap();
     assert!(jonas.group_code(&kaemmerei).unwrap().is_none());
 
@@ -147,7 +149,7 @@ async fn a_lost_phone_is_locked_out_and_the_new_device_needs_an_owner() {
     );
     // Its leaf is removed from the group although Jonas stays on the roster.
     sync_until(&mut anna, &bauamt(), |r| {
-        r.kind == "membership" && r.text.contains("removed Jonas Weber (P1002, device")
+        r.kind == RowKind::Membership && r.text.contains("removed Jonas Weber (P1002, device")
     })
     .await;
     anna.send_text(&bauamt(), "nach dem Verlust").await.unwrap();
@@ -157,7 +159,7 @@ async fn a_lost_phone_is_locked_out_and_the_new_device_needs_an_owner() {
     within("phone syncs", phone.sync()).await.unwrap().unwrap();
     assert!(phone.group_code(&bauamt()).unwrap().is_none());
     let view = anna.secret_group(&bauamt()).await.unwrap();
-    assert_eq!(view.pending, vec!["P1002".to_owned()]);
+    assert_eq!(view.pending, vec![uid("P1002")]);
     let approval = within("approve", anna.approve(&bauamt(), &uid("P1002")))
         .await
         .unwrap()
@@ -244,14 +246,14 @@ async fn a_second_device_reads_nothing_secret_until_the_first_approves_it() {
         !texts(&rows).contains(&"vor der Freigabe".to_owned()),
         "{rows:?}"
     );
-    assert!(of_kind(&rows, "warning").is_empty(), "{rows:?}");
+    assert!(of_kind(&rows, RowKind::Warning).is_empty(), "{rows:?}");
     let rows = jonas.read(&bauamt()).await.unwrap();
-    assert!(of_kind(&rows, "warning").is_empty(), "{rows:?}");
+    assert!(of_kind(&rows, RowKind::Warning).is_empty(), "{rows:?}");
     // Everybody sees who added the device, and the numbers still match on all sides.
     let rows = anna.read(&bauamt()).await.unwrap();
     let phone_id = phone.identity().device;
     assert!(
-        rows.iter().any(|r| r.kind == "membership"
+        rows.iter().any(|r| r.kind == RowKind::Membership
             && r.text.starts_with(&format!(
                 "Jonas Weber (P1002) added Jonas Weber (P1002, device {phone_id}, key"
             ))),
@@ -286,7 +288,7 @@ async fn a_second_device_reads_nothing_secret_until_the_first_approves_it() {
     // Revoking the phone from the laptop takes it out of the group again.
     jonas.remove_device(phone_id).await.unwrap();
     sync_until(&mut anna, &bauamt(), |r| {
-        r.kind == "membership"
+        r.kind == RowKind::Membership
             && r.text
                 .contains(&format!("removed Jonas Weber (P1002, device {phone_id})"))
     })
@@ -305,7 +307,7 @@ async fn a_group_outlives_its_only_owner_by_a_visible_claim() {
     }
     admin.admin_remove_user(uid("P1001")).await.unwrap();
     sync_until(&mut jonas, &bauamt(), |r| {
-        r.kind == "warning" && r.text.contains("no owner of bauamt/secret is left")
+        r.kind == RowKind::Warning && r.text.contains("no owner of bauamt/secret is left")
     })
     .await;
     let outcome = within("claim", jonas.claim_ownership(&bauamt()))
@@ -341,10 +343,10 @@ async fn a_group_outlives_its_only_owner_by_a_visible_claim() {
     );
     let view = lena.secret_group(&bauamt()).await.unwrap();
     // The offboarded Anna is no longer listed as an owner.
-    assert_eq!(view.owners, vec!["P1002".to_owned()], "{view:?}");
+    assert_eq!(view.owners, vec![uid("P1002")], "{view:?}");
     let rows = jonas.read(&bauamt()).await.unwrap();
     assert!(
-        rows.iter().any(|r| r.kind == "membership"
+        rows.iter().any(|r| r.kind == RowKind::Membership
             && r.text == "Jonas Weber (P1002) made Jonas Weber (P1002) an owner"),
         "{rows:?}"
     );
@@ -408,7 +410,7 @@ async fn a_project_room_across_two_departments_works_and_the_admin_sees_only_who
     );
     let rows = anna.read(&room).await.unwrap();
     assert!(
-        rows.iter().any(|r| r.kind == "membership"
+        rows.iter().any(|r| r.kind == RowKind::Membership
             && r.text
                 .starts_with("Anna Berg (P1001) added Eva Klein (P2001, device")),
         "{rows:?}"
@@ -431,7 +433,7 @@ async fn a_project_room_across_two_departments_works_and_the_admin_sees_only_who
     let refused = eva.request(&fetch).await.unwrap_err();
     assert_eq!(refused.code(), Some(ErrorCode::Forbidden), "{refused}");
     sync_until(&mut anna, &room, |r| {
-        r.kind == "membership" && r.text.contains("removed Eva Klein (P2001, device")
+        r.kind == RowKind::Membership && r.text.contains("removed Eva Klein (P2001, device")
     })
     .await;
 }

@@ -117,7 +117,7 @@ async fn sigkill_after_acknowledged_posts_loses_and_duplicates_nothing() {
     let retry = Request::Post {
         group: bauamt.clone(),
         client_id,
-        body: rathaus_protocol::PostBody::Public(rathaus_protocol::Content::text(text)),
+        body: rathaus_protocol::PostBody::Public(rathaus_protocol::Content::text(text).into()),
     };
     let mut writer0 = Client::open(&dirs[0]).unwrap();
     match writer0.request(&retry).await {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rand::RngCore;
-use rathaus_client::ClientError;
+use rathaus_client::{ClientError, RowKind};
 use rathaus_protocol::blobs::{chunk_count, sealed_size, BLOB_CHUNK};
 use rathaus_protocol::{BlobScope, ErrorCode, GroupHandle, Request, Response, Role};
 use rathaus_tests::{files_containing, within, workspace_bin, Secret, TestBackend};
@@ -127,7 +127,7 @@ async fn a_secret_file_arrives_intact_and_the_server_holds_only_ciphertext() {
         .unwrap()
         .unwrap();
     let row = rows.iter().find(|r| r.seq == sent.receipt.seq).unwrap();
-    assert_eq!(row.kind, "attachment");
+    assert_eq!(row.kind, RowKind::Attachment);
     assert!(row.text.contains("bauplan.pdf"), "{}", row.text);
     let out = tmp.path().join("jonas-bauplan.pdf");
     let got = transfer(

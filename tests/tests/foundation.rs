@@ -10,8 +10,8 @@ use std::time::Duration;
 use rathaus_client::net::Connection;
 use rathaus_client::{CaTrust, Client, ClientError, EnrollOptions, ServerTrust};
 use rathaus_protocol::{
-    frame, ClientMsgId, Content, ErrorCode, Event, GroupHandle, PostBody, Request, Response, Role,
-    UserId,
+    frame, ClientMsgId, Content, ContentBody, ContentIn, ErrorCode, Event, GroupHandle, PostBody,
+    Request, Response, Role, UserId,
 };
 use rathaus_tests::{within, TestBackend, TestCa, PASSWORD};
 
@@ -351,7 +351,7 @@ async fn a_retried_post_is_stored_once() {
     let post = Request::Post {
         group: bauamt(),
         client_id: ClientMsgId([9; 16]),
-        body: PostBody::Public(Content::text("einmal")),
+        body: PostBody::Public(Content::text("einmal").into()),
     };
     let first = anna.request(&post).await.unwrap();
     let second = anna.request(&post).await.unwrap();
@@ -371,6 +371,68 @@ async fn a_retried_post_is_stored_once() {
         other => panic!("unexpected answers {other:?}"),
     }
     assert_eq!(anna.read(&bauamt()).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_post_that_breaks_a_content_rule_is_refused_with_the_rule() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let first = anna
+        .send_text(&bauamt(), "Baustelle Hauptstraße")
+        .await
+        .unwrap();
+    // What a modified client could send; this client checks before sending.
+    let broken = |n: u8, body: ContentBody| Request::Post {
+        group: bauamt(),
+        client_id: ClientMsgId([n; 16]),
+        body: PostBody::Public(ContentIn {
+            version: 1,
+            body,
+            mentions: Vec::new(),
+        }),
+    };
+    let cases = [
+        (
+            broken(
+                1,
+                ContentBody::Reaction {
+                    target: first.seq,
+                    emoji: "sehr gut gemacht".into(),
+                },
+            ),
+            "a reaction is one emoji",
+        ),
+        (
+            broken(
+                2,
+                ContentBody::Text {
+                    text: "   ".into(),
+                    reply_to: None,
+                    links: Vec::new(),
+                },
+            ),
+            "empty text",
+        ),
+    ];
+    for (request, rule) in cases {
+        // Refused by the handler with the rule that was broken, not as a malformed frame.
+        match anna.request(&request).await {
+            Err(ClientError::Server { code, message }) => {
+                assert_eq!(code, ErrorCode::Invalid, "{message}");
+                assert!(message.contains(rule), "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // Nothing was stored, and the connection works on.
+    let rows = anna.read(&bauamt()).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(anna.send_text(&bauamt(), "weiter").await.is_ok());
 }
 
 #[tokio::test]

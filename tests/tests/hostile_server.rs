@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rathaus_client::mls::{DeviceIdentity, MlsEngine};
-use rathaus_client::{Approval, Client, GroupPolicy, TimelineRow};
+use rathaus_client::{Approval, Client, GroupPolicy, RowKind, TimelineRow};
 use rathaus_protocol::{ErrorCode, GroupHandle, Request, Response, UserId};
 use rathaus_tests::operator::Operator;
 use rathaus_tests::{within, Secret, TestBackend};
@@ -44,7 +44,7 @@ fn texts(rows: &[TimelineRow]) -> Vec<String> {
 
 fn warnings(rows: &[TimelineRow]) -> Vec<String> {
     rows.iter()
-        .filter(|r| r.kind == "warning")
+        .filter(|r| r.kind == RowKind::Warning)
         .map(|r| r.text.clone())
         .collect()
 }
@@ -94,7 +94,11 @@ async fn an_external_commit_of_a_ghost_device_is_refused_and_the_ghost_reads_not
         );
         shown.push(warning);
         let view = c.secret_group(&secret()).await.unwrap();
-        let anna_row = view.members.iter().find(|m| m.user == "P1001").unwrap();
+        let anna_row = view
+            .members
+            .iter()
+            .find(|m| m.user.as_str() == "P1001")
+            .unwrap();
         assert_eq!(anna_row.devices.len(), 1, "{view:?}");
     }
     assert_eq!(shown[0], shown[1], "members show different warnings");
@@ -251,7 +255,10 @@ async fn a_substituted_key_package_is_never_added() {
     );
     for c in [&mut anna, &mut jonas] {
         let view = c.secret_group(&secret()).await.unwrap();
-        assert!(view.members.iter().all(|m| m.user != "P1003"), "{view:?}");
+        assert!(
+            view.members.iter().all(|m| m.user.as_str() != "P1003"),
+            "{view:?}"
+        );
     }
     group_keeps_working(&mut anna, &mut jonas, epoch).await;
 }
@@ -304,7 +311,7 @@ async fn a_policy_change_by_a_non_owner_is_refused_by_the_server_and_by_every_me
         "{rows:?}"
     );
     let view = anna.secret_group(&secret()).await.unwrap();
-    assert_eq!(view.owners, vec!["P1001".to_owned()]);
+    assert_eq!(view.owners, vec![uid("P1001")]);
     assert!(!view.auto_admit);
     within("jonas reads", jonas.read(&secret()))
         .await
@@ -319,7 +326,7 @@ async fn a_policy_change_by_a_non_owner_is_refused_by_the_server_and_by_every_me
         .unwrap();
     within("owner syncs", anna.sync()).await.unwrap().unwrap();
     let view = anna.secret_group(&secret()).await.unwrap();
-    assert!(view.pending.contains(&"P1004".to_owned()), "{view:?}");
+    assert!(view.pending.contains(&uid("P1004")), "{view:?}");
 }
 
 #[tokio::test]
@@ -354,7 +361,10 @@ async fn a_removal_the_server_drops_is_shown_to_every_member() {
             .collect();
         assert_eq!(due.len(), 1, "{rows:?}");
         let view = c.secret_group(&secret()).await.unwrap();
-        assert!(view.members.iter().any(|m| m.user == "P1003"), "{view:?}");
+        assert!(
+            view.members.iter().any(|m| m.user.as_str() == "P1003"),
+            "{view:?}"
+        );
     }
 }
 
@@ -384,8 +394,11 @@ async fn a_colleague_the_operator_puts_on_a_room_roster_is_not_admitted() {
     within("anna syncs", anna.sync()).await.unwrap().unwrap();
     anna.send_text(&room, "nur fuer Eingeladene").await.unwrap();
     let view = anna.secret_group(&room).await.unwrap();
-    assert!(view.members.iter().all(|m| m.user != "P6666"), "{view:?}");
-    assert_eq!(view.pending, vec!["P6666".to_owned()]);
+    assert!(
+        view.members.iter().all(|m| m.user.as_str() != "P6666"),
+        "{view:?}"
+    );
+    assert_eq!(view.pending, vec![uid("P6666")]);
     within("mallory syncs", mallory.sync())
         .await
         .unwrap()

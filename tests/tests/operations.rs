@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngCore;
-use rathaus_client::Approval;
+use rathaus_client::{Approval, RowKind};
 use rathaus_protocol::{ErrorCode, GroupHandle, Request, UserId};
 use rathaus_server::{backup, RunOptions};
 use rathaus_tests::{contains, within, workspace_bin, Secret, TestBackend};
@@ -612,7 +612,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// Texts of the timeline rows, by seq (notices have the seq they follow).
 fn texts(rows: &[rathaus_client::store::TimelineRow]) -> Vec<(u64, String, String)> {
     rows.iter()
-        .map(|r| (r.seq, r.kind.clone(), r.text.clone()))
+        .map(|r| (r.seq, r.kind.as_str().to_owned(), r.text.clone()))
         .collect()
 }
 
@@ -1102,7 +1102,7 @@ async fn a_member_who_missed_lost_changes_is_told_and_can_be_admitted_again() {
         within("anna sync", anna.sync()).await.unwrap().unwrap();
         let rows = anna.read(&secret).await.unwrap();
         if rows.iter().any(|r| {
-            r.kind == "membership" && r.text.contains("removed Jonas Weber (P1002, device")
+            r.kind == RowKind::Membership && r.text.contains("removed Jonas Weber (P1002, device")
         }) {
             removed = true;
             break;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use rand::RngCore;
 use rathaus_client::posts::Post;
-use rathaus_client::{Client, SendOutcome};
+use rathaus_client::{Client, RowKind, SendOutcome};
 use rathaus_protocol::{Content, ErrorCode, GroupHandle};
 use rathaus_tests::{files_containing, within, workspace_bin, Secret, TestBackend};
 use serde_json::Value;
@@ -108,7 +108,10 @@ async fn posts_fold_in(handle: &str) {
             .map(|p| p.row.seq)
             .collect();
         assert_eq!(seqs, vec![first, reply, doomed], "{who}: {posts:?}");
-        assert!(posts.iter().all(|p| p.row.kind != "warning"), "{posts:?}");
+        assert!(
+            posts.iter().all(|p| p.row.kind != RowKind::Warning),
+            "{posts:?}"
+        );
 
         let p = post(&posts, first);
         assert_eq!(
@@ -244,7 +247,7 @@ async fn in_a_secret_group_every_member_ignores_changes_of_someone_elses_post() 
         assert!(!p.edited && !p.deleted);
         let warnings: Vec<&str> = posts
             .iter()
-            .filter(|p| p.row.kind == "warning")
+            .filter(|p| p.row.kind == RowKind::Warning)
             .map(|p| p.row.text.as_str())
             .collect();
         assert_eq!(warnings.len(), 2, "{posts:?}");

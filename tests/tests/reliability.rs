@@ -22,7 +22,7 @@ use quinn::{AsyncUdpSocket, Runtime as _, UdpPoller};
 use rand::{Rng, RngCore};
 use rathaus_client::mls::{DeviceIdentity, MlsEngine};
 use rathaus_client::net::Connection;
-use rathaus_client::{Client, TimelineRow};
+use rathaus_client::{Client, RowKind, TimelineRow};
 use rathaus_protocol::{
     ClientMsgId, Content, EntryBody, Event, GroupHandle, LogEntry, PostBody, Request, Response,
 };
@@ -230,7 +230,7 @@ async fn secret_and_public_posts_of_clients_survive_repeated_sigkill() -> Result
     }
     ensure!(total_acked > 0, "no post was acknowledged at all");
     ensure!(
-        !secret_rows.iter().any(|r| r.kind == "undecryptable"),
+        !secret_rows.iter().any(|r| r.kind == RowKind::Undecryptable),
         "undecryptable rows after the crashes"
     );
 
@@ -723,7 +723,7 @@ async fn members_posting_to_a_secret_group_all_read_once_and_in_order() -> Resul
     }
     let rows = tokio::time::timeout(Duration::from_secs(600), owner.read(&secret)).await??;
     ensure!(
-        !rows.iter().any(|r| r.kind == "undecryptable"),
+        !rows.iter().any(|r| r.kind == RowKind::Undecryptable),
         "undecryptable rows"
     );
     let by_text: HashMap<&str, Vec<&TimelineRow>> =
@@ -763,7 +763,7 @@ fn post(group: &GroupHandle, id: ClientMsgId, text: &str) -> Request {
     Request::Post {
         group: group.clone(),
         client_id: id,
-        body: PostBody::Public(Content::text(text)),
+        body: PostBody::Public(Content::text(text).into()),
     }
 }
 

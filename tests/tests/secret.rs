@@ -8,8 +8,11 @@
 
 use rand::RngCore;
 use rathaus_client::mls::{DeviceIdentity, MlsEngine};
-use rathaus_client::{Approval, Client, ClientError, PolicyOutcome, TimelineRow};
-use rathaus_protocol::{EntryBody, ErrorCode, GroupHandle, Request, Response, UserId};
+use rathaus_client::{Approval, Client, ClientError, PolicyOutcome, RowKind, TimelineRow};
+use rathaus_protocol::{
+    ClientMsgId, ContentBody, ContentIn, EntryBody, ErrorCode, GroupHandle, PostBody, Request,
+    Response, UserId,
+};
 use rathaus_tests::{contains, files_containing, within, TestBackend};
 
 fn secret() -> GroupHandle {
@@ -197,8 +200,8 @@ async fn a_rostered_user_sees_nothing_until_an_owner_approves() {
     assert!(lena.read(&secret()).await.unwrap().is_empty());
     assert!(lena.group_code(&secret()).unwrap().is_none());
     let view = anna.secret_group(&secret()).await.unwrap();
-    assert_eq!(view.pending, vec!["P1003".to_owned()]);
-    assert!(view.owners.contains(&"P1001".to_owned()));
+    assert_eq!(view.pending, vec![uid("P1003")]);
+    assert!(view.owners.contains(&uid("P1001")));
 
     // A non-owner cannot approve.
     match jonas.approve(&secret(), &uid("P1003")).await {
@@ -227,7 +230,7 @@ async fn a_rostered_user_sees_nothing_until_an_owner_approves() {
     let rows = jonas.read(&secret()).await.unwrap();
     let added = rows
         .iter()
-        .find(|r| r.kind == "membership" && r.text.contains("Lena Koch"))
+        .find(|r| r.kind == RowKind::Membership && r.text.contains("Lena Koch"))
         .unwrap_or_else(|| panic!("no membership row: {rows:?}"));
     assert!(
         added
@@ -236,7 +239,7 @@ async fn a_rostered_user_sees_nothing_until_an_owner_approves() {
         "{}",
         added.text
     );
-    assert!(!rows.iter().any(|r| r.kind == "warning"), "{rows:?}");
+    assert!(!rows.iter().any(|r| r.kind == RowKind::Warning), "{rows:?}");
     assert_same_group(&[&anna, &jonas, &lena]).await;
 }
 
@@ -316,14 +319,14 @@ async fn an_offboarded_user_is_cut_off_and_cannot_decrypt_what_follows() {
     .unwrap();
     let rows = anna.read(&secret()).await.unwrap();
     assert!(
-        rows.iter().any(|r| r.kind == "membership"
+        rows.iter().any(|r| r.kind == RowKind::Membership
             && r.text
                 .contains("Rathaus server proposed removing Jonas Weber")),
         "{rows:?}"
     );
     assert!(
         rows.iter()
-            .any(|r| r.kind == "membership" && r.text.contains("removed Jonas Weber")),
+            .any(|r| r.kind == RowKind::Membership && r.text.contains("removed Jonas Weber")),
         "{rows:?}"
     );
 
@@ -498,7 +501,7 @@ async fn an_add_forged_with_the_servers_removal_key_is_refused() {
         let rows = within("read", c.read(&secret())).await.unwrap().unwrap();
         assert!(
             rows.iter()
-                .any(|r| r.kind == "warning" && r.text.contains("refused")),
+                .any(|r| r.kind == RowKind::Warning && r.text.contains("refused")),
             "{rows:?}"
         );
     }
@@ -506,13 +509,16 @@ async fn an_add_forged_with_the_servers_removal_key_is_refused() {
     assert!(texts(&jonas.read(&secret()).await.unwrap()).contains(&"nachher".to_owned()));
     assert_same_group(&[&anna, &jonas]).await;
     let view = anna.secret_group(&secret()).await.unwrap();
-    assert!(view.members.iter().all(|m| m.user != "P6666"), "{view:?}");
+    assert!(
+        view.members.iter().all(|m| m.user.as_str() != "P6666"),
+        "{view:?}"
+    );
     assert_eq!(anna.group_code(&secret()).unwrap().unwrap().0, epoch);
 }
 
 fn membership_texts(rows: &[TimelineRow]) -> Vec<String> {
     rows.iter()
-        .filter(|r| r.kind == "membership")
+        .filter(|r| r.kind == RowKind::Membership)
         .map(|r| r.text.clone())
         .collect()
 }
@@ -568,11 +574,11 @@ async fn with_auto_admit_on_an_owners_next_sync_admits_a_new_colleague() {
                 .any(|t| t.starts_with("Anna Berg (P1001) added Lena Koch (P1003, device ")),
             "{membership:?}"
         );
-        assert!(!rows.iter().any(|r| r.kind == "warning"), "{rows:?}");
+        assert!(!rows.iter().any(|r| r.kind == RowKind::Warning), "{rows:?}");
     }
     let view = jonas.secret_group(&secret()).await.unwrap();
     assert!(view.auto_admit, "{view:?}");
-    assert_eq!(view.owners, vec!["P1001".to_owned()]);
+    assert_eq!(view.owners, vec![uid("P1001")]);
     assert_same_group(&[&anna, &jonas, &lena]).await;
 }
 
@@ -621,7 +627,7 @@ async fn a_member_an_owner_promotes_can_approve() {
             .any(|t| t.starts_with("Jonas Weber (P1002) added Lena Koch (P1003, device ")),
         "{membership:?}"
     );
-    assert!(!rows.iter().any(|r| r.kind == "warning"), "{rows:?}");
+    assert!(!rows.iter().any(|r| r.kind == RowKind::Warning), "{rows:?}");
     let membership = membership_texts(&jonas.read(&secret()).await.unwrap());
     assert!(
         membership.contains(&"Anna Berg (P1001) made Jonas Weber (P1002) an owner".to_owned()),
@@ -635,7 +641,7 @@ async fn a_member_an_owner_promotes_can_approve() {
         other => panic!("expected Invalid, got {other:?}"),
     }
     let view = lena.secret_group(&secret()).await.unwrap();
-    assert_eq!(view.owners, vec!["P1002".to_owned()]);
+    assert_eq!(view.owners, vec![uid("P1002")]);
     let membership = membership_texts(&anna.read(&secret()).await.unwrap());
     assert!(
         membership
@@ -698,4 +704,51 @@ async fn an_approval_made_while_the_server_is_down_is_carried_out_on_the_next_sy
     assert_eq!(anna.group_code(&secret()).unwrap().unwrap().0, epoch);
     within("jonas syncs", jonas.sync()).await.unwrap().unwrap();
     assert_same_group(&[&anna, &jonas, &lena]).await;
+}
+
+#[tokio::test]
+async fn a_colleagues_message_that_breaks_a_content_rule_is_shown_as_not_understood() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (_admin, mut anna, mut jonas) = team(&mut backend, false).await;
+    // What a modified client could send: encrypted for the group like any message, but
+    // its content breaks a rule. Anna's client checks content when it is written, so it
+    // is put into her outbox directly here; sending does not judge it again.
+    let broken = PostBody::Public(ContentIn {
+        version: 1,
+        body: ContentBody::Reaction {
+            target: 1,
+            emoji: "sehr gut gemacht".into(),
+        },
+        mentions: Vec::new(),
+    });
+    let bytes = postcard::to_allocvec(&broken).unwrap();
+    anna.store()
+        .enqueue(ClientMsgId([5; 16]), &secret().to_string(), &bytes, 0)
+        .unwrap();
+    let report = within("flush", anna.flush_outbox()).await.unwrap().unwrap();
+    assert_eq!(report.sent, 1, "{report:?}");
+    anna.send_text(&secret(), "Danach geht es weiter")
+        .await
+        .unwrap();
+
+    let rows = within("jonas reads", jonas.read(&secret()))
+        .await
+        .unwrap()
+        .unwrap();
+    let not_understood: Vec<&TimelineRow> = rows
+        .iter()
+        .filter(|r| r.kind == RowKind::Undecryptable)
+        .collect();
+    assert_eq!(not_understood.len(), 1, "{rows:?}");
+    assert!(
+        not_understood[0].text.contains("does not understand"),
+        "{rows:?}"
+    );
+    assert_eq!(not_understood[0].sender, "P1001");
+    // The message after it arrives as usual.
+    let last = rows.last().unwrap();
+    assert_eq!(
+        (last.kind, last.text.as_str()),
+        (RowKind::Text, "Danach geht es weiter")
+    );
 }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rathaus_client::{Approval, Client, ServerTrust, TimelineRow};
+use rathaus_client::{Approval, Client, RowKind, ServerTrust, TimelineRow};
 use rathaus_protocol::{GroupHandle, UserId};
 use rathaus_tests::{within, workspace_bin, Secret, TestBackend, PASSWORD};
 use serde_json::Value;
@@ -39,7 +39,7 @@ fn code(client: &Client, group: &GroupHandle) -> String {
         .to_string()
 }
 
-fn rows_of_kind<'a>(rows: &'a [TimelineRow], kind: &str) -> Vec<&'a TimelineRow> {
+fn rows_of_kind(rows: &[TimelineRow], kind: RowKind) -> Vec<&TimelineRow> {
     rows.iter().filter(|r| r.kind == kind).collect()
 }
 
@@ -113,14 +113,14 @@ async fn both_sides_see_the_same_safety_number_and_a_new_device_changes_it() {
     within("join", jonas.sync()).await.unwrap().unwrap();
 
     let rows = anna.read(&ordnungsamt).await.unwrap();
-    let notices = rows_of_kind(&rows, "notice");
+    let notices = rows_of_kind(&rows, RowKind::Notice);
     assert_eq!(notices.len(), 1, "{rows:?}");
     assert!(
         notices[0].text.starts_with("Jonas Weber has a new device"),
         "{}",
         notices[0].text
     );
-    assert!(rows_of_kind(&rows, "warning").is_empty(), "{rows:?}");
+    assert!(rows_of_kind(&rows, RowKind::Warning).is_empty(), "{rows:?}");
 
     let anna_now = number(&mut anna, "P1002").await;
     assert_ne!(anna_now, anna_sees, "a new device must change the number");
@@ -128,7 +128,7 @@ async fn both_sides_see_the_same_safety_number_and_a_new_device_changes_it() {
     // his laptop never approved makes the numbers differ, and his laptop warns.
     assert_ne!(anna_now, number(&mut jonas, "P1001").await);
     let rows = jonas.read(&ordnungsamt).await.unwrap();
-    let warnings = rows_of_kind(&rows, "warning");
+    let warnings = rows_of_kind(&rows, RowKind::Warning);
     assert_eq!(warnings.len(), 1, "{rows:?}");
     assert!(
         warnings[0].text.contains("under your own id P1002"),
@@ -165,8 +165,8 @@ async fn all_members_see_one_group_code_until_the_membership_changes() {
     assert_eq!(after, code(&lena, &secret()));
     // Colleagues met for the first time are no reason for a notice or a warning.
     let rows = jonas.read(&secret()).await.unwrap();
-    assert!(rows_of_kind(&rows, "notice").is_empty(), "{rows:?}");
-    assert!(rows_of_kind(&rows, "warning").is_empty(), "{rows:?}");
+    assert!(rows_of_kind(&rows, RowKind::Notice).is_empty(), "{rows:?}");
+    assert!(rows_of_kind(&rows, RowKind::Warning).is_empty(), "{rows:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,14 +187,19 @@ async fn a_substituted_key_is_flagged_in_the_timeline_and_in_members() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(anna.device_pin("P1002", &device).unwrap().unwrap().verified);
+    assert!(
+        anna.device_pin(&uid("P1002"), &device)
+            .unwrap()
+            .unwrap()
+            .verified
+    );
 
     // Anna's pinned key differs from the one in the group from now on, as if the server
     // had handed her another key for Jonas' device; the next sync must say so.
     rewrite_pin(&anna_dir, "P1002", &[0x42; 32]);
     within("sync", anna.sync()).await.unwrap().unwrap();
     let rows = anna.read(&secret()).await.unwrap();
-    let warnings = rows_of_kind(&rows, "warning");
+    let warnings = rows_of_kind(&rows, RowKind::Warning);
     assert_eq!(warnings.len(), 1, "{rows:?}");
     assert!(
         warnings[0]
@@ -207,7 +212,7 @@ async fn a_substituted_key_is_flagged_in_the_timeline_and_in_members() {
     // Syncing again does not repeat the warning.
     within("sync", anna.sync()).await.unwrap().unwrap();
     assert_eq!(
-        rows_of_kind(&anna.read(&secret()).await.unwrap(), "warning").len(),
+        rows_of_kind(&anna.read(&secret()).await.unwrap(), RowKind::Warning).len(),
         1
     );
 
@@ -230,7 +235,7 @@ async fn a_substituted_key_is_flagged_in_the_timeline_and_in_members() {
     // Checking again in person and confirming clears the mark.
     let verified = rathaus_json(anna_dir.clone(), &["verify", "P1002", "--confirm"]).await;
     assert_eq!(verified["devices"][0]["verified"], true);
-    let pin = anna.device_pin("P1002", &device).unwrap().unwrap();
+    let pin = anna.device_pin(&uid("P1002"), &device).unwrap().unwrap();
     assert!(pin.verified && pin.changed_ms.is_none(), "{pin:?}");
 }
 

@@ -621,6 +621,8 @@ pub(crate) fn create_tables(db: &Connection) -> Result<()> {
 /// Remembers the attachment of entry `seq` of `group` if `content` is one (inside the
 /// caller's transaction, for secret groups beside the history row).
 pub(crate) fn remember(conn: &Connection, group: &str, seq: u64, content: &Content) -> Result<()> {
+    // Checked here although decoded content is valid: a fetched log entry's content is
+    // read as recorded (`EntryBody::Content`), and the file name is used on disk.
     if !matches!(content.body, ContentBody::Attachment { .. }) || content.validate().is_err() {
         return Ok(());
     }

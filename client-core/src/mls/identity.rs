@@ -9,6 +9,7 @@ use openmls_traits::signatures::{Signer, SignerError};
 use openmls_traits::types::SignatureScheme;
 
 use rathaus_protocol::mls::DeviceCredential;
+use rathaus_protocol::UserId;
 
 use super::MlsError;
 
@@ -61,6 +62,11 @@ impl DeviceIdentity {
     /// The personnel number of the user owning the device.
     pub fn user_id(&self) -> &str {
         &self.user_id
+    }
+
+    /// The personnel number of the user owning the device, typed.
+    pub fn user(&self) -> &UserId {
+        &self.credential.user
     }
 
     /// The device id, unique per user.

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use rathaus_protocol::content::parse_links;
 use rathaus_protocol::{Content, ContentBody};
 
-use crate::store::TimelineRow;
+use crate::store::{RowKind, TimelineRow};
 
 pub use actions::{GroupOverview, Page};
 
@@ -51,8 +51,8 @@ impl Post {
     /// Whether this is a post a colleague wrote (not a row the system made).
     pub fn is_post(&self) -> bool {
         matches!(
-            self.row.kind.as_str(),
-            "text" | "attachment" | "announcement" | "deleted"
+            self.row.kind,
+            RowKind::Text | RowKind::Attachment | RowKind::Announcement | RowKind::Deleted
         )
     }
 
@@ -88,7 +88,7 @@ pub fn fold(rows: Vec<TimelineRow>) -> Vec<Post> {
             }
             continue;
         }
-        if row.kind == "edit" || row.kind == "delete" || row.kind == "reaction" {
+        if row.kind.is_change() {
             // A change whose text its author withdrew with the post (content gone).
             continue;
         }
@@ -120,7 +120,7 @@ fn apply(
     // A change of a post this device never held (from before it joined, or aged out by
     // retention) has nothing to change.
     let post = &mut out[*index.get(&target)?];
-    if post.row.kind == "announcement" {
+    if post.row.kind == RowKind::Announcement {
         return None;
     }
     let verb = match &change {
@@ -135,7 +135,7 @@ fn apply(
     };
     if post.row.sender != row.sender {
         let mut warning = row.clone();
-        warning.kind = "warning".to_owned();
+        warning.kind = RowKind::Warning;
         warning.content = None;
         warning.text = format!(
             "WARNING: {} ({}) tried to {verb} post #{target} by {}; only its author may, so \
@@ -175,7 +175,7 @@ fn toggle(reactions: &mut BTreeMap<String, Vec<String>>, emoji: String, sender: 
 
 fn withdraw(post: &mut Post) {
     post.deleted = true;
-    post.row.kind = "text".to_owned();
+    post.row.kind = RowKind::Text;
     post.row.text = String::new();
     post.row.content = None;
     post.reactions.clear();
@@ -217,7 +217,7 @@ fn post_of(row: TimelineRow) -> Post {
         }) => post.announcement = Some(*id),
         _ => {}
     }
-    if post.row.kind == "deleted" {
+    if post.row.kind == RowKind::Deleted {
         withdraw(&mut post);
     }
     post
@@ -234,7 +234,7 @@ mod tests {
             sender: sender.into(),
             sender_name: format!("Name of {sender}"),
             sent_at_ms: seq as i64,
-            kind: content.kind().into(),
+            kind: RowKind::of(&content),
             text: content.summary(),
             expires_at_ms: None,
             removes: None,
@@ -280,7 +280,7 @@ mod tests {
         assert_eq!(posts[0].row.text, "Original");
         assert!(!posts[0].edited && !posts[0].deleted);
         for (w, verb) in [(&posts[1], "edit"), (&posts[2], "delete")] {
-            assert_eq!(w.row.kind, "warning");
+            assert_eq!(w.row.kind, RowKind::Warning);
             assert!(
                 w.row.text.contains(&format!("tried to {verb} post #1")),
                 "{}",
@@ -306,11 +306,11 @@ mod tests {
     #[test]
     fn a_post_withdrawn_on_the_server_is_deleted() {
         let mut r = row(3, "P1", Content::post("weg", None));
-        r.kind = "deleted".into();
+        r.kind = RowKind::Deleted;
         r.text = String::new();
         r.content = None;
         let posts = fold(vec![r]);
         assert!(posts[0].deleted);
-        assert_eq!(posts[0].row.kind, "text");
+        assert_eq!(posts[0].row.kind, RowKind::Text);
     }
 }

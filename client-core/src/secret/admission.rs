@@ -11,7 +11,7 @@ use super::{memory, mls_group_id, SERVER_SENDER};
 use crate::client::Client;
 use crate::error::{ClientError, Result};
 use crate::mls::MlsError;
-use crate::store::{self, TimelineRow};
+use crate::store::{self, RowKind, TimelineRow};
 
 /// What `approve` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,7 +259,7 @@ impl Client {
                     sender: SERVER_SENDER.to_owned(),
                     sender_name: "Rathaus".to_owned(),
                     sent_at_ms: crate::time_fmt::now_ms(),
-                    kind: "membership".to_owned(),
+                    kind: RowKind::Membership,
                     text: format!(
                         "This device joined {group} at epoch {}; messages from before are not \
                          readable here",

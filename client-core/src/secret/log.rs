@@ -13,7 +13,7 @@ use crate::error::{ClientError, Result};
 use crate::mls::{
     is_application_message, DeviceIdentity, Incoming, MlsError, ProposalKind, ProposalSender,
 };
-use crate::store::{self, TimelineRow};
+use crate::store::{self, RowKind, TimelineRow};
 
 /// Context while processing a batch of log entries.
 #[derive(Default)]
@@ -219,7 +219,7 @@ impl Client {
                                 let mut row = blank_row(group, entry);
                                 row.sender = verdict.committer.user.to_string();
                                 row.sender_name = self.name_of(verdict.committer.user.as_str());
-                                row.kind = "membership".to_owned();
+                                row.kind = RowKind::Membership;
                                 row.text = format!(
                                     "{} {change}",
                                     self.person(verdict.committer.user.as_str())
@@ -250,7 +250,7 @@ impl Client {
                     row.sender_name = "Rathaus server".to_owned();
                     if still_rostered {
                         self.mls.clear_pending_proposals(&gid)?;
-                        row.kind = "warning".to_owned();
+                        row.kind = RowKind::Warning;
                         row.text = format!(
                             "WARNING: the Rathaus server proposed removing {} (device {}), \
                              who is still on the roster with that device; refused",
@@ -258,7 +258,7 @@ impl Client {
                             target.device_id()
                         );
                     } else {
-                        row.kind = "membership".to_owned();
+                        row.kind = RowKind::Membership;
                         row.text = format!(
                             "Rathaus server proposed removing {} (device {}): no longer on the \
                              roster, or the device was revoked",
@@ -272,7 +272,7 @@ impl Client {
                     // Only the server's removals are expected as separate proposals.
                     self.mls.clear_pending_proposals(&gid)?;
                     let mut row = blank_row(group, entry);
-                    row.kind = "warning".to_owned();
+                    row.kind = RowKind::Warning;
                     row.text =
                         format!("WARNING: ignored an unexpected proposal {kind:?} from {sender:?}");
                     Some(row)
@@ -320,7 +320,7 @@ impl Client {
         let mut row = blank_row(group, entry);
         match error {
             MlsError::ExternalAdd { .. } => {
-                row.kind = "warning".to_owned();
+                row.kind = RowKind::Warning;
                 row.text =
                     "WARNING: refused an attempt by the server to add a member to this group"
                         .to_owned();
@@ -328,7 +328,7 @@ impl Client {
             MlsError::Refused(refusal) => {
                 // Every honest member refuses the same commit: the group stays at its
                 // epoch for all of them.
-                row.kind = "warning".to_owned();
+                row.kind = RowKind::Warning;
                 row.text = format!(
                     "WARNING: refused a change of {group} ({refusal}); the group stays at \
                      epoch {}",
@@ -336,7 +336,7 @@ impl Client {
                 );
             }
             other => {
-                row.kind = "undecryptable".to_owned();
+                row.kind = RowKind::Undecryptable;
                 row.text = format!("(this message could not be decrypted on this device: {other})");
             }
         }
@@ -358,14 +358,17 @@ impl Client {
         } else {
             self.name_of(sender.user_id())
         };
+        // Decoding checks the content's rules (`Content` parses through `ContentIn`): a
+        // colleague's message that breaks one is shown as not understood, like one in an
+        // unknown format.
         match postcard::from_bytes::<Content>(plaintext) {
-            Ok(content) if content.validate().is_ok() => {
-                row.kind = content.kind().to_owned();
+            Ok(content) => {
+                row.kind = RowKind::of(&content);
                 row.text = content.summary();
                 row.content = Some(content);
             }
             _ => {
-                row.kind = "undecryptable".to_owned();
+                row.kind = RowKind::Undecryptable;
                 row.text = "(a message in a format this version does not understand)".to_owned();
             }
         }

@@ -56,7 +56,7 @@ impl Client {
             &handle,
             at,
             crate::time_fmt::now_ms(),
-            crate::trust::WARNING_KIND,
+            crate::store::RowKind::Warning,
             &notice,
         )?;
         tracing::warn!(group = %handle, server = info.epoch, mine, "repaired the server's copy");

@@ -6,7 +6,7 @@ use rathaus_protocol::{GroupHandle, LogEntry};
 use crate::client::Client;
 use crate::error::Result;
 use crate::mls::GroupMember;
-use crate::store::TimelineRow;
+use crate::store::{RowKind, TimelineRow};
 
 impl Client {
     /// The membership row of an accepted commit, from the tree's difference: the
@@ -40,7 +40,7 @@ impl Client {
         let mut row = blank_row(group, entry);
         row.sender = committer.user.to_string();
         row.sender_name = self.name_of(committer.user.as_str());
-        row.kind = "membership".to_owned();
+        row.kind = RowKind::Membership;
         row.text = format!(
             "{} {}",
             self.person(committer.user.as_str()),
@@ -161,7 +161,7 @@ pub(super) fn blank_row(group: &GroupHandle, entry: &LogEntry) -> TimelineRow {
         sender: entry.sender.to_string(),
         sender_name: entry.sender_name.clone(),
         sent_at_ms: entry.sent_at_ms,
-        kind: "mls".to_owned(),
+        kind: RowKind::Mls,
         text: String::new(),
         expires_at_ms: None,
         removes: None,

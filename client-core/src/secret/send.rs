@@ -15,7 +15,7 @@ use super::{finish, key_fingerprint, mls_group_id};
 use crate::client::Client;
 use crate::error::{ClientError, Result};
 use crate::mls::{CommitOutput, MlsError};
-use crate::store::{self, TimelineRow};
+use crate::store::{self, RowKind, TimelineRow};
 
 /// How often an intent (commit or send) is retried after losing its epoch.
 const MAX_EPOCH_RETRIES: usize = 5;
@@ -249,7 +249,7 @@ impl Client {
                         );
                         if let Some(change) = policy_row {
                             let mut policy = blank_row(group, &entry);
-                            policy.kind = "membership".to_owned();
+                            policy.kind = RowKind::Membership;
                             policy.text =
                                 format!("{} {change}", self.person(self.identity.user.as_str()));
                             row = Some(policy);
@@ -422,7 +422,7 @@ impl Client {
                 String::from_utf8_lossy(&identity)
             )));
         }
-        if let Some(pin) = self.device_pin(user.as_str(), &package.device.to_string())? {
+        if let Some(pin) = self.device_pin(user, &package.device.to_string())? {
             if pin.key != key {
                 return Ok(Some(format!(
                     "WARNING: the KeyPackage for {expected} carries key {}, not the key this \

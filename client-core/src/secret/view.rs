@@ -1,7 +1,7 @@
 //! A secret group as this device sees it: members with device fingerprints, owners,
 //! pending users, and the group code's epoch authenticator.
 
-use rathaus_protocol::GroupHandle;
+use rathaus_protocol::{GroupHandle, UserId};
 
 use super::{key_fingerprint, mls_group_id, GroupPolicy};
 use crate::client::Client;
@@ -20,7 +20,7 @@ pub struct SecretDevice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretMember {
     /// Personnel number.
-    pub user: String,
+    pub user: UserId,
     /// Display name.
     pub name: String,
     /// Whether the user is an owner per the group's policy.
@@ -44,11 +44,11 @@ pub struct SecretGroupView {
     pub members: Vec<SecretMember>,
     /// Owners per the group's policy who are still on the roster (the server's seed while
     /// not joined).
-    pub owners: Vec<String>,
+    pub owners: Vec<UserId>,
     /// Whether owners admit pending users automatically.
     pub auto_admit: bool,
     /// Rostered users waiting for an owner's approval.
-    pub pending: Vec<String>,
+    pub pending: Vec<UserId>,
 }
 
 impl Client {
@@ -68,12 +68,12 @@ impl Client {
                     device: m.identity.device_id().to_owned(),
                     fingerprint: key_fingerprint(&m.signature_key),
                 };
-                let user = m.identity.user_id().to_owned();
+                let user = m.identity.user().clone();
                 match by_user.iter_mut().find(|s| s.user == user) {
                     Some(s) => s.devices.push(device),
                     None => by_user.push(SecretMember {
-                        name: self.name_of(&user),
-                        owner: policy.owners.iter().any(|o| o.as_str() == user),
+                        name: self.name_of(user.as_str()),
+                        owner: policy.is_owner(&user),
                         user,
                         devices: vec![device],
                     }),
@@ -91,12 +91,12 @@ impl Client {
                     device: device.0.to_string(),
                     fingerprint: String::new(),
                 };
-                match by_user.iter_mut().find(|s| s.user == user.as_str()) {
+                match by_user.iter_mut().find(|s| &s.user == user) {
                     Some(s) => s.devices.push(device),
                     None => by_user.push(SecretMember {
                         name: self.name_of(user.as_str()),
                         owner: policy.is_owner(user),
-                        user: user.to_string(),
+                        user: user.clone(),
                         devices: vec![device],
                     }),
                 }
@@ -115,10 +115,10 @@ impl Client {
                 .owners
                 .iter()
                 .filter(|o| info.roster.contains(o))
-                .map(|o| o.to_string())
+                .cloned()
                 .collect(),
             auto_admit: policy.auto_admit,
-            pending: info.pending.iter().map(|u| u.to_string()).collect(),
+            pending: info.pending.clone(),
         })
     }
 

@@ -16,7 +16,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{to_i64, to_u64};
+use super::{to_i64, to_u64, RowKind};
 use crate::error::Result;
 
 /// What identifies a stored log entry across copies of the server's data: who sent it
@@ -209,7 +209,7 @@ fn cut_range(
     )?;
     let cut = ForkCut { rows, requeued };
     let text = notice_text(from, until, &cut, &listed);
-    crate::trust::add_notice(conn, group, from - 1, now_ms, "warning", &text)?;
+    crate::trust::add_notice(conn, group, from - 1, now_ms, RowKind::Warning, &text)?;
     Ok(cut)
 }
 
@@ -326,7 +326,7 @@ mod tests {
             sender: sender.into(),
             sender_name: sender.into(),
             sent_at_ms: at,
-            kind: "text".into(),
+            kind: RowKind::Text,
             text: text.into(),
             expires_at_ms: None,
             removes: None,
@@ -359,7 +359,7 @@ mod tests {
         let texts: Vec<_> = timeline.iter().map(|r| r.text.as_str()).collect();
         assert_eq!(&texts[..3], ["post 1", "post 2", "post 3"]);
         let notice = timeline.last().unwrap();
-        assert_eq!(notice.kind, "warning");
+        assert_eq!(notice.kind, RowKind::Warning);
         assert!(notice.text.contains("#4") && notice.text.contains("post 5"));
 
         // The server's new #4 is stored, not ignored as already held.
@@ -411,11 +411,14 @@ mod tests {
         let timeline = s.timeline("bauamt").unwrap();
         let seqs: Vec<_> = timeline
             .iter()
-            .filter(|r| r.kind == "text")
+            .filter(|r| r.kind == RowKind::Text)
             .map(|r| (r.seq, r.text.as_str()))
             .collect();
         assert_eq!(seqs, [(1, "post 1"), (next, "neu")]);
-        let notice = timeline.iter().find(|r| r.kind == "warning").unwrap();
+        let notice = timeline
+            .iter()
+            .find(|r| r.kind == RowKind::Warning)
+            .unwrap();
         assert!(
             notice.text.contains("lacks #2") && notice.text.contains("eigen 3"),
             "{}",

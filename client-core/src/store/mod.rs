@@ -6,10 +6,11 @@
 
 mod fork;
 mod keyfile;
+mod row_kind;
 
 use std::path::Path;
 
-use rathaus_protocol::{ClientMsgId, Content};
+use rathaus_protocol::{ClientMsgId, Content, ContentIn};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub(crate) use fork::{
@@ -18,6 +19,7 @@ pub(crate) use fork::{
 };
 pub use fork::{EntryMark, ForkCut};
 pub use keyfile::{load_device_key, write_device_key, KEY_FILE};
+pub use row_kind::{RowKind, UnknownRowKind};
 
 use crate::error::{ClientError, Result};
 
@@ -47,8 +49,8 @@ pub struct TimelineRow {
     pub sender_name: String,
     /// Server receive time, Unix milliseconds.
     pub sent_at_ms: i64,
-    /// Kind: `text`, `edit`, `delete`, `reaction`, `attachment`, `removed`, `membership`…
-    pub kind: String,
+    /// What the row shows: a post, a change of one, or a row this device wrote itself.
+    pub kind: RowKind,
     /// Text for display.
     pub text: String,
     /// When the entry stops being shown (announcements with an expiry), Unix ms.
@@ -296,7 +298,7 @@ impl ProfileStore {
             group,
             to,
             crate::time_fmt::now_ms(),
-            crate::trust::WARNING_KIND,
+            RowKind::Warning,
             notice,
         )?;
         tx.commit()?;
@@ -914,9 +916,12 @@ pub(crate) fn retract_post(
 }
 
 /// Content as stored in the timeline; a row whose bytes this build cannot read (none
-/// should exist: only this code writes them) is shown without it.
+/// should exist: only this code writes them) is shown without it. Recorded content is
+/// not judged again: a row written under older, looser rules still folds as it did.
 fn decode_content(bytes: Option<Vec<u8>>) -> Option<Content> {
-    postcard::from_bytes(&bytes?).ok()
+    postcard::from_bytes::<ContentIn>(&bytes?)
+        .ok()
+        .map(ContentIn::into_recorded)
 }
 
 /// SQLite integers are signed; seqs never reach 2^63 in practice, and clamping keeps the
@@ -957,7 +962,7 @@ mod tests {
             sender: "P1".into(),
             sender_name: "Anna".into(),
             sent_at_ms: 0,
-            kind: "text".into(),
+            kind: RowKind::Text,
             text: format!("m{seq}"),
             expires_at_ms: None,
             removes: None,
@@ -982,6 +987,39 @@ mod tests {
             .map(|r| r.seq)
             .collect();
         assert_eq!(seqs, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn kinds_are_stored_as_their_names_and_an_unknown_one_is_a_store_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ProfileStore::open(dir.path()).unwrap();
+        let mut warning = row(2);
+        warning.kind = RowKind::Warning;
+        s.append_fetched("bauamt", &[row(1), warning], 2).unwrap();
+        // The column holds the same strings as profiles written before `RowKind`.
+        let stored: Vec<String> =
+            s.db.prepare("SELECT kind FROM timeline WHERE grp = 'bauamt' ORDER BY seq")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<std::result::Result<_, _>>()
+                .unwrap();
+        assert_eq!(stored, ["text", "warning"]);
+        let kinds: Vec<RowKind> = s
+            .timeline("bauamt")
+            .unwrap()
+            .iter()
+            .map(|r| r.kind)
+            .collect();
+        assert_eq!(kinds, [RowKind::Text, RowKind::Warning]);
+
+        // A kind this build does not know (a newer Rathaus wrote it) is refused, not
+        // guessed at and not a panic.
+        s.db.execute("UPDATE timeline SET kind = 'poll' WHERE seq = 2", [])
+            .unwrap();
+        let err = s.timeline("bauamt").unwrap_err();
+        assert!(matches!(err, ClientError::Store(_)), "{err:?}");
+        assert!(err.to_string().contains("\"poll\""), "{err}");
     }
 
     #[test]
@@ -1135,7 +1173,7 @@ mod tests {
         );
         // A moderator's removal takes the words out.
         let mut note = row(2);
-        note.kind = "moderation".into();
+        note.kind = RowKind::Moderation;
         note.removes = Some(1);
         s.append_fetched("bauamt", &[note], 2).unwrap();
         let left = s

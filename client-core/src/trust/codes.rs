@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use rathaus_protocol::UserId;
 use sha2::{Digest, Sha256, Sha512};
 
 /// Domain separation of the per-user half of a safety number (format version 1).
@@ -75,7 +76,7 @@ pub fn safety_number(a: (&str, &[DeviceKeyEntry]), b: (&str, &[DeviceKeyEntry]))
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GroupLeafEntry {
     /// Personnel number.
-    pub user: String,
+    pub user: UserId,
     /// Device id.
     pub device: String,
     /// The leaf's signature key.
@@ -104,7 +105,7 @@ pub fn group_code(
     hash.update(epoch.to_be_bytes());
     put_len(&mut hash, leaves.len());
     for leaf in &leaves {
-        put_bytes(&mut hash, leaf.user.as_bytes());
+        put_bytes(&mut hash, leaf.user.as_str().as_bytes());
         put_bytes(&mut hash, leaf.device.as_bytes());
         put_bytes(&mut hash, &leaf.key);
     }
@@ -205,7 +206,7 @@ mod tests {
 
     fn leaf(user: &str, device: &str, key: u8) -> GroupLeafEntry {
         GroupLeafEntry {
-            user: user.into(),
+            user: UserId::parse(user).unwrap(),
             device: device.into(),
             key: vec![key; 32],
         }

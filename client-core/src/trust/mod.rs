@@ -28,6 +28,7 @@ use rathaus_protocol::{GroupHandle, UserId};
 use crate::client::Client;
 use crate::error::Result;
 use crate::secret::{key_fingerprint, mls_group_id};
+use crate::store::RowKind;
 
 pub use codes::{
     group_code, safety_number, DeviceKeyEntry, GroupCode, GroupLeafEntry, SafetyNumber,
@@ -36,10 +37,6 @@ pub use pins::DevicePin;
 
 pub(crate) use pins::{add_notice, create_tables};
 
-/// Timeline kind of a changed key.
-pub const WARNING_KIND: &str = "warning";
-/// Timeline kind of a new device of a user already known.
-pub const NOTICE_KIND: &str = "notice";
 /// The sender of trust rows: this client's own finding, not a message.
 pub const TRUST_SENDER: &str = "rathaus";
 
@@ -47,7 +44,7 @@ pub const TRUST_SENDER: &str = "rathaus";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SafetyReport {
     /// The other user.
-    pub user: String,
+    pub user: UserId,
     /// The number to compare in person.
     pub number: SafetyNumber,
     /// That user's pinned devices.
@@ -103,7 +100,7 @@ impl Client {
                          tell the group's owners",
                         key_fingerprint(&m.signature_key)
                     );
-                    pins::add_notice(&tx, &handle, seq, now, WARNING_KIND, &text)?;
+                    pins::add_notice(&tx, &handle, seq, now, RowKind::Warning, &text)?;
                 }
                 None => {
                     pins::insert(&tx, user, device, &m.signature_key, now)?;
@@ -114,7 +111,7 @@ impl Client {
                             self.user_label(user),
                             key_fingerprint(&m.signature_key)
                         );
-                        pins::add_notice(&tx, &handle, seq, now, NOTICE_KIND, &text)?;
+                        pins::add_notice(&tx, &handle, seq, now, RowKind::Notice, &text)?;
                     }
                 }
                 Some(pin) if pin.key != m.signature_key => {
@@ -126,7 +123,7 @@ impl Client {
                         key_fingerprint(&pin.key),
                         key_fingerprint(&m.signature_key)
                     );
-                    pins::add_notice(&tx, &handle, seq, now, WARNING_KIND, &text)?;
+                    pins::add_notice(&tx, &handle, seq, now, RowKind::Warning, &text)?;
                 }
                 Some(_) => {}
             }
@@ -147,7 +144,7 @@ impl Client {
             &handle,
             seq,
             crate::time_fmt::now_ms(),
-            WARNING_KIND,
+            RowKind::Warning,
             text,
         )
     }
@@ -175,7 +172,7 @@ impl Client {
         let mine = self.own_devices()?;
         let number = safety_number((me, &entries(&mine)), (user.as_str(), &entries(&theirs)));
         Ok(Some(SafetyReport {
-            user: user.to_string(),
+            user: user.clone(),
             number,
             devices: theirs,
         }))
@@ -189,12 +186,12 @@ impl Client {
             .iter()
             .map(|d| (d.device.clone(), d.key.clone()))
             .collect();
-        pins::mark_verified(self.store.connection(), &report.user, &keys)
+        pins::mark_verified(self.store.connection(), report.user.as_str(), &keys)
     }
 
     /// The pin of one device, if this client has seen it.
-    pub fn device_pin(&self, user: &str, device: &str) -> Result<Option<DevicePin>> {
-        pins::pin(self.store.connection(), user, device)
+    pub fn device_pin(&self, user: &UserId, device: &str) -> Result<Option<DevicePin>> {
+        pins::pin(self.store.connection(), user.as_str(), device)
     }
 
     /// The group code of a secret group this device is a member of: over every leaf of
@@ -209,7 +206,7 @@ impl Client {
             .members(&gid)?
             .into_iter()
             .map(|m| GroupLeafEntry {
-                user: m.identity.user_id().to_owned(),
+                user: m.identity.user().clone(),
                 device: m.identity.device_id().to_owned(),
                 key: m.signature_key,
             })

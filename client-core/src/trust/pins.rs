@@ -3,15 +3,18 @@
 //! The tables are created with `IF NOT EXISTS` when the profile opens rather than by a
 //! schema version step: they are self-contained, and older builds simply ignore them.
 
+use rathaus_protocol::UserId;
+use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::Result;
+use crate::store::RowKind;
 
 /// A pinned device key (trust on first use).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevicePin {
     /// Personnel number.
-    pub user: String,
+    pub user: UserId,
     /// Device id.
     pub device: String,
     /// The device's Ed25519 public key as last seen.
@@ -161,7 +164,7 @@ pub(crate) fn add_notice(
     group: &str,
     seq: u64,
     at_ms: i64,
-    kind: &str,
+    kind: RowKind,
     text: &str,
 ) -> Result<()> {
     conn.prepare_cached(
@@ -179,13 +182,21 @@ pub(crate) fn add_notice(
 
 fn read_pin(r: &rusqlite::Row<'_>) -> rusqlite::Result<DevicePin> {
     Ok(DevicePin {
-        user: r.get(0)?,
+        user: user_column(r, 0)?,
         device: r.get(1)?,
         key: r.get(2)?,
         first_seen_ms: r.get(3)?,
         verified: r.get::<_, i64>(4)? != 0,
         changed_ms: r.get(5)?,
     })
+}
+
+/// A personnel number stored in column `idx`: written from a [`UserId`], so one that
+/// does not parse (the file was edited) is a store error, not a pin of nobody.
+fn user_column(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<UserId> {
+    let text: String = r.get(idx)?;
+    UserId::parse(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
 }
 
 #[cfg(test)]
@@ -200,7 +211,7 @@ mod tests {
             sender: "P1001".into(),
             sender_name: "Anna Berg".into(),
             sent_at_ms: 0,
-            kind: "text".into(),
+            kind: RowKind::Text,
             text: format!("m{seq}"),
             expires_at_ms: None,
             removes: None,
@@ -216,8 +227,8 @@ mod tests {
             .append_fetched("bauamt/secret", &[row(1), row(2)], 2)
             .unwrap();
         let conn = store.connection();
-        add_notice(conn, "bauamt/secret", 1, 5, "warning", "key changed").unwrap();
-        let kinds: Vec<(u64, String)> = store
+        add_notice(conn, "bauamt/secret", 1, 5, RowKind::Warning, "key changed").unwrap();
+        let kinds: Vec<(u64, RowKind)> = store
             .timeline("bauamt/secret")
             .unwrap()
             .into_iter()
@@ -226,9 +237,9 @@ mod tests {
         assert_eq!(
             kinds,
             vec![
-                (1, "text".to_owned()),
-                (1, "warning".to_owned()),
-                (2, "text".to_owned())
+                (1, RowKind::Text),
+                (1, RowKind::Warning),
+                (2, RowKind::Text)
             ]
         );
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rathaus_protocol::audit::verify_chain;
 use rathaus_protocol::{
-    AnnouncementInfo, AnnouncementState, AuditEntry, ClientMsgId, Content, ContentBody,
+    AnnouncementInfo, AnnouncementState, AuditEntry, ClientMsgId, Content, ContentBody, ContentIn,
     DepartmentSlug, EntryBody, ErrorCode, GroupHandle, LogEntry, PostBody, Request, Response, Role,
 };
 
@@ -88,7 +88,7 @@ async fn post(f: &Fixture, who: &Session, id: u8, text: &str) -> u64 {
     let request = Request::Post {
         group: bauamt(),
         client_id: ClientMsgId([id; 16]),
-        body: PostBody::Public(Content::text(text)),
+        body: PostBody::Public(Content::text(text).into()),
     };
     match ask(f, who, request).await.unwrap() {
         Response::Posted { seq, .. } => seq,
@@ -311,7 +311,7 @@ async fn owners_and_admins_remove_posts_and_the_text_is_gone() {
     let edit = Request::Post {
         group: bauamt(),
         client_id: ClientMsgId([2; 16]),
-        body: PostBody::Public(Content {
+        body: PostBody::Public(ContentIn {
             version: 1,
             body: ContentBody::Edit {
                 target: seq,

@@ -78,7 +78,7 @@ impl Service {
                 return Err(PostRefused::MlsInPublic(group).into())
             }
         };
-        content
+        let content = content
             .validate()
             .map_err(|e| PostRefused::Content(e.to_string()))?;
 

@@ -131,7 +131,7 @@ async fn a_retired_department_takes_no_posts_and_its_slug_stays_taken() {
             Request::Post {
                 group: group.clone(),
                 client_id: ClientMsgId([1; 16]),
-                body: PostBody::Public(Content::text("hallo")),
+                body: PostBody::Public(Content::text("hallo").into()),
             },
         )
         .await

@@ -831,7 +831,7 @@ async fn only_devices_in_the_group_post_and_read_and_joiners_see_nothing_older()
         Request::Post {
             group: secret(),
             client_id: ClientMsgId([4; 16]),
-            body: PostBody::Public(Content::text("Klartext")),
+            body: PostBody::Public(Content::text("Klartext").into()),
         },
     )
     .await

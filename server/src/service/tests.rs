@@ -20,7 +20,7 @@ fn post(group: GroupHandle, id: u8, text: &str) -> Request {
     Request::Post {
         group,
         client_id: ClientMsgId([id; 16]),
-        body: PostBody::Public(Content::text(text)),
+        body: PostBody::Public(Content::text(text).into()),
     }
 }
 

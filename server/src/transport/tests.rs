@@ -346,7 +346,7 @@ async fn enroll_authenticate_post_subscribe_offboard_and_shut_down() {
         &Request::Post {
             group: group.clone(),
             client_id: ClientMsgId([9; 16]),
-            body: PostBody::Public(Content::text("Guten Morgen")),
+            body: PostBody::Public(Content::text("Guten Morgen").into()),
         },
     )
     .await;

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use rand::RngCore;
-use rathaus_client::{Client, ClientError, EnrollOptions, ServerTrust};
+use rathaus_client::{Client, ClientError, EnrollOptions, RowKind, ServerTrust};
 use rathaus_protocol::{
     ClientMsgId, Content, DepartmentSlug, ErrorCode, GroupHandle, PostBody, Request, Response,
     UserId,
@@ -190,7 +190,7 @@ pub(crate) async fn peer_ingest(load: &PeerLoad, suffix: &str) -> Result<Vec<Row
         let texts = page
             .posts
             .iter()
-            .filter(|p| p.row.kind == "text" && p.row.text.len() == POST_TEXT)
+            .filter(|p| p.row.kind == RowKind::Text && p.row.text.len() == POST_TEXT)
             .count();
         ensure!(
             texts == expected,
@@ -394,7 +394,7 @@ async fn drive(
                         let request = Request::Post {
                             group: wire_group.clone(),
                             client_id: ClientMsgId(id),
-                            body: PostBody::Public(Content::text(text)),
+                            body: PostBody::Public(Content::text(text).into()),
                         };
                         match client.request(&request).await? {
                             Response::Posted { .. } => {}

@@ -353,7 +353,7 @@ fn post_request(group: &GroupHandle, text: &str) -> Request {
     Request::Post {
         group: group.clone(),
         client_id: ClientMsgId(id),
-        body: PostBody::Public(Content::text(text)),
+        body: PostBody::Public(Content::text(text).into()),
     }
 }
 

@@ -40,7 +40,7 @@ async fn post(f: &Fixture, who: &Session, id: u8, text: &str) -> u64 {
     let request = Request::Post {
         group: bauamt(),
         client_id: ClientMsgId([id; 16]),
-        body: PostBody::Public(Content::text(text)),
+        body: PostBody::Public(Content::text(text).into()),
     };
     match f.service.handle(who, request).await.unwrap() {
         Response::Posted { seq, .. } => seq,
