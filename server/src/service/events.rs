@@ -71,8 +71,10 @@ pub trait LiveConnection: Send + Sync + 'static {
     fn end_account_removed(&self);
 }
 
-/// connection id → (device, connection), for one user.
-type UserConnections = HashMap<u64, (DeviceId, Arc<dyn LiveConnection>)>;
+/// (connection id, device, connection) of one user's connections. A user has a few at
+/// most, so a list: one small allocation where a map took a table of ~200 bytes for one
+/// connection, at every idle connection the server holds.
+type UserConnections = Vec<(u64, DeviceId, Arc<dyn LiveConnection>)>;
 
 /// The live authenticated connections per user: offboarding ends them, and "who is online"
 /// is read from here.
@@ -98,9 +100,12 @@ impl LiveConnections {
         conn: Arc<dyn LiveConnection>,
     ) {
         self.with(|m| {
-            m.entry(user.clone())
-                .or_default()
-                .insert(id, (device, conn));
+            let conns = m
+                .entry(user.clone())
+                .or_insert_with(|| Vec::with_capacity(1));
+            // A connection authenticates once; should it ever again, it is listed once.
+            conns.retain(|(known, _, _)| *known != id);
+            conns.push((id, device, conn));
         });
     }
 
@@ -108,7 +113,7 @@ impl LiveConnections {
     pub fn unregister(&self, user: &UserId, id: u64) {
         self.with(|m| {
             if let Some(conns) = m.get_mut(user) {
-                conns.remove(&id);
+                conns.retain(|(known, _, _)| *known != id);
                 if conns.is_empty() {
                     m.remove(user);
                 }
@@ -119,7 +124,7 @@ impl LiveConnections {
     /// Ends every connection of `user`; returns how many there were.
     pub fn end_all(&self, user: &UserId) -> usize {
         let conns = self.with(|m| m.remove(user)).unwrap_or_default();
-        for (_, conn) in conns.values() {
+        for (_, _, conn) in &conns {
             conn.end_account_removed();
         }
         conns.len()
@@ -131,15 +136,13 @@ impl LiveConnections {
             let Some(conns) = m.get_mut(user) else {
                 return Vec::new();
             };
-            let ids: Vec<u64> = conns
-                .iter()
-                .filter(|(_, (d, _))| *d == device)
-                .map(|(id, _)| *id)
-                .collect();
-            let ended = ids
-                .iter()
-                .filter_map(|id| conns.remove(id).map(|(_, c)| c))
-                .collect();
+            let mut ended = Vec::new();
+            conns.retain(|(_, d, conn)| {
+                if *d == device {
+                    ended.push(conn.clone());
+                }
+                *d != device
+            });
             if conns.is_empty() {
                 m.remove(user);
             }
@@ -165,7 +168,7 @@ impl LiveConnections {
     pub fn is_device_online(&self, user: &UserId, device: DeviceId) -> bool {
         self.with(|m| {
             m.get(user)
-                .is_some_and(|conns| conns.values().any(|(d, _)| *d == device))
+                .is_some_and(|conns| conns.iter().any(|(_, d, _)| *d == device))
         })
     }
 
@@ -176,7 +179,7 @@ impl LiveConnections {
 
     /// Number of authenticated connections.
     pub fn connections(&self) -> usize {
-        self.with(|m| m.values().map(HashMap::len).sum())
+        self.with(|m| m.values().map(Vec::len).sum())
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<UserId, UserConnections>) -> R) -> R {
@@ -220,5 +223,49 @@ impl Service {
     pub(super) fn publish(&self, event: Broadcast) {
         // No subscribers is fine.
         let _ = self.events.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    struct Counted(Arc<AtomicUsize>);
+
+    impl LiveConnection for Counted {
+        fn end_account_removed(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn connections_are_ended_per_device_and_per_user() {
+        let live = LiveConnections::default();
+        let anna = UserId::parse("anna").unwrap();
+        let ended = Arc::new(AtomicUsize::new(0));
+        let conn = || -> Arc<dyn LiveConnection> { Arc::new(Counted(ended.clone())) };
+        live.register(&anna, DeviceId(1), 10, conn());
+        live.register(&anna, DeviceId(1), 11, conn());
+        live.register(&anna, DeviceId(2), 12, conn());
+        // Registered again, still one connection.
+        live.register(&anna, DeviceId(2), 12, conn());
+        assert_eq!(live.connections(), 3);
+        assert_eq!(live.users_online(), 1);
+
+        assert_eq!(live.end_device(&anna, DeviceId(1)), 2);
+        assert_eq!(ended.load(Ordering::SeqCst), 2);
+        assert!(!live.is_device_online(&anna, DeviceId(1)));
+        assert!(live.is_device_online(&anna, DeviceId(2)));
+
+        live.unregister(&anna, 12);
+        assert!(!live.is_online(&anna));
+        assert_eq!(live.end_all(&anna), 0);
+
+        live.register(&anna, DeviceId(3), 13, conn());
+        assert_eq!(live.end_all(&anna), 1);
+        assert_eq!(ended.load(Ordering::SeqCst), 3);
+        assert_eq!(live.connections(), 0);
     }
 }

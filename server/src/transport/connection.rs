@@ -7,6 +7,7 @@
 //! open at once.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -137,26 +138,21 @@ impl Drop for Slot {
 }
 
 /// Serves one incoming connection until it closes.
-pub(crate) async fn serve(incoming: quinn::Incoming, slot: StrangerSlot, server: Arc<ServerCtx>) {
+///
+/// The task keeps its future, sized for the largest state it may reach, for the whole life
+/// of the connection, which is mostly idle: so the handshake (the `Incoming`, its timeout)
+/// and the authentication deadline live on the heap only while they are needed, and what
+/// stays is the accept loop's few hundred bytes.
+pub(crate) async fn serve(
+    incoming: Box<quinn::Incoming>,
+    slot: StrangerSlot,
+    server: Arc<ServerCtx>,
+) {
     let _slot = Slot(server.clone());
     let peer = incoming.remote_address();
     let deadline = tokio::time::Instant::now() + server.admission.limits.auth_deadline;
-    let conn = match incoming.accept() {
-        Ok(connecting) => match tokio::time::timeout_at(deadline, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "handshake failed");
-                return;
-            }
-            Err(_) => {
-                auth_timeout(&server, peer);
-                return;
-            }
-        },
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "cannot accept connection");
-            return;
-        }
+    let Some(conn) = Box::pin(handshake(incoming, deadline, &server)).await else {
+        return;
     };
     tracing::debug!(%peer, "connection open");
     let ctx = Arc::new(ConnectionCtx {
@@ -169,9 +165,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, slot: StrangerSlot, server:
         server,
     });
     let mut streams = JoinSet::new();
-    let auth_deadline = tokio::time::sleep_until(deadline);
-    tokio::pin!(auth_deadline);
-    let mut watching = true;
+    let mut auth_deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
     let mut busy = false;
     let reason = loop {
         tokio::select! {
@@ -188,8 +182,8 @@ pub(crate) async fn serve(incoming: quinn::Incoming, slot: StrangerSlot, server:
                 Err(e) => break e,
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
-            () = &mut auth_deadline, if watching => {
-                watching = false;
+            () = fired(&mut auth_deadline), if auth_deadline.is_some() => {
+                auth_deadline = None;
                 if !ctx.is_authenticated() {
                     auth_timeout(&ctx.server, peer);
                     conn.close(
@@ -210,6 +204,40 @@ pub(crate) async fn serve(incoming: quinn::Incoming, slot: StrangerSlot, server:
         tracing::debug!(%peer, reason = %reason, "connection closed");
     }
     streams.shutdown().await;
+}
+
+/// The QUIC handshake of `incoming`, if it completes before `deadline`.
+async fn handshake(
+    incoming: Box<quinn::Incoming>,
+    deadline: tokio::time::Instant,
+    server: &ServerCtx,
+) -> Option<quinn::Connection> {
+    let peer = incoming.remote_address();
+    match incoming.accept() {
+        Ok(connecting) => match tokio::time::timeout_at(deadline, connecting).await {
+            Ok(Ok(conn)) => Some(conn),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "handshake failed");
+                None
+            }
+            Err(_) => {
+                auth_timeout(server, peer);
+                None
+            }
+        },
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot accept connection");
+            None
+        }
+    }
+}
+
+/// Completes when the deadline in `sleep` passes; never while there is none.
+async fn fired(sleep: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match sleep {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
 }
 
 fn auth_timeout(server: &ServerCtx, peer: SocketAddr) {

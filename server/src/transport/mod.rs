@@ -399,7 +399,7 @@ async fn accept_loop(
                 if let Some(incoming) = admit(&ctx, incoming) {
                     let (incoming, slot) = incoming;
                     ctx.connections.fetch_add(1, Ordering::SeqCst);
-                    connections.spawn(connection::serve(incoming, slot, ctx.clone()));
+                    connections.spawn(connection::serve(Box::new(incoming), slot, ctx.clone()));
                 }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -120,6 +120,10 @@ impl TlsIdentity {
             )
             .map_err(|e| ServerError::Tls(format!("certificate and key do not fit: {e}")))?;
         tls.alpn_protocols = vec![rathaus_protocol::ALPN.to_vec()];
+        // No TLS session tickets: clients do not resume sessions (each connection makes
+        // a fresh TLS configuration), and every ticket issued would be work, bytes on the
+        // wire and an entry in the server's session cache for nothing.
+        tls.send_tls13_tickets = 0;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| ServerError::Tls(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
