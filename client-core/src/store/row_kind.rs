@@ -160,4 +160,54 @@ mod tests {
         let edit = Content::edit(1, "neu");
         assert_eq!(RowKind::of(&edit).as_str(), edit.kind());
     }
+
+    /// The kinds the store's SQL names by their strings (`kind IN ('text', …)`), taken
+    /// from its source outside the tests.
+    fn kinds_named_in_sql(source: &str) -> Vec<String> {
+        let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+        let mut names = Vec::new();
+        for line in code.lines().filter(|l| l.contains("kind")) {
+            let Some(at) = line.find("kind") else {
+                continue;
+            };
+            // Every quoted word after `kind` on the line: `kind = 'x'`, `kind IN ('x', 'y')`.
+            let mut rest = &line[at..];
+            while let Some(open) = rest.find('\'') {
+                let Some(len) = rest[open + 1..].find('\'') else {
+                    break;
+                };
+                let word = &rest[open + 1..open + 1 + len];
+                if !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase()) {
+                    names.push(word.to_owned());
+                }
+                rest = &rest[open + len + 2..];
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn every_kind_the_store_names_in_sql_is_a_row_kind() {
+        let mut named = kinds_named_in_sql(include_str!("mod.rs"));
+        named.extend(kinds_named_in_sql(include_str!("fork.rs")));
+        for kind in [
+            "text",
+            "announcement",
+            "removed",
+            "deleted",
+            "edit",
+            "warning",
+        ] {
+            assert!(
+                named.iter().any(|n| n == kind),
+                "{kind} not found in {named:?}"
+            );
+        }
+        for name in named {
+            assert!(
+                RowKind::parse(&name).is_ok(),
+                "the store's SQL names a kind {name:?} that RowKind does not know"
+            );
+        }
+    }
 }

@@ -33,11 +33,7 @@ mod throttle;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rathaus_protocol::messages::WelcomeInfo;
-use rathaus_protocol::{
-    ClientMsgId, DepartmentSlug, DeviceId, DeviceKey, EntryBody, GroupHandle, LogEntry, Role,
-    UserId,
-};
+use rathaus_protocol::{ClientMsgId, DepartmentSlug, DeviceId, GroupHandle, UserId};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
@@ -281,7 +277,7 @@ fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
-    use rathaus_protocol::Content;
+    use rathaus_protocol::{Content, EntryBody};
 
     fn entry(sender: &str, id: u8) -> StoredEntry {
         StoredEntry {

@@ -3,7 +3,10 @@
 //! Keys: `dept/<slug>`, `room/<slug>`, `roominv/<slug>` (see the table in the parent
 //! module).
 
-use super::*;
+use rathaus_protocol::{DepartmentSlug, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::{department_key, encode, key, Db, StoreError, Writes, DEPT, ROOM, ROOM_INVITED};
 
 /// A department with its public group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

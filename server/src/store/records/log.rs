@@ -3,7 +3,10 @@
 //! Keys: `log/<group>\0<seq>`, `dedup/<group>\0<sender>\0<client id>` (see the table
 //! in the parent module).
 
-use super::*;
+use rathaus_protocol::{ClientMsgId, EntryBody, GroupHandle, LogEntry, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::{decode, dedup_key, encode, log_bounds, log_key, seq_of, Db, StoreError, Writes};
 
 /// A log entry as stored (its seq is in the key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,10 @@
 //! Keys: `user/<id>`, `userfold/<lower-case id>` (finds a personnel number typed in
 //! any case), `code/<user>` (see the table in the parent module).
 
-use super::*;
+use rathaus_protocol::{DepartmentSlug, DeviceId, DeviceKey, Role, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::{code_key, encode, user_fold_key, user_key, Db, StoreError, Writes, USER};
 
 /// A user (a colleague, identified by personnel number).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

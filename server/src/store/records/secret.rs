@@ -5,7 +5,11 @@
 //! Keys: `kp/…`, `secret/<group>`, `mls/<group>`, `welcome/…`, `commit/<group>\0<epoch>`
 //! (see the table in the parent module).
 
-use super::*;
+use rathaus_protocol::messages::WelcomeInfo;
+use rathaus_protocol::{DeviceId, GroupHandle, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::{device_key, encode, key, Db, StoreError, Writes, COMMIT, KP, MLS, SECRET, WELCOME};
 
 /// The MLS KeyPackages a device uploaded (DESIGN §5.3), as `MLSMessage` bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
