@@ -32,6 +32,7 @@ pub mod config;
 mod data_dir;
 mod error;
 mod inspect;
+pub mod memory;
 mod metrics;
 pub mod migrate;
 mod ops;

@@ -173,6 +173,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    rathaus_server::memory::no_transparent_huge_pages();
     let cli = Cli::parse();
     let run = match cli.command {
         Command::Run {

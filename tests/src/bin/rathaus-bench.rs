@@ -131,6 +131,9 @@ const QUICK: Sizes = Sizes {
 };
 
 fn main() -> Result<()> {
+    // The server runs in this process (and the baselines beside it): the same memory
+    // policy as the `rathaus-server` binary.
+    rathaus_server::memory::no_transparent_huge_pages();
     let mut quick = false;
     let mut json = false;
     let mut only: Option<Vec<String>> = None;

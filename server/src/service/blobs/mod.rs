@@ -12,9 +12,10 @@
 //!   is durable: after a dropped connection or a restart the client asks which chunks
 //!   arrived and sends only the others. The chunks of an upload in flight at once share
 //!   the `fdatasync`s of its partial file as writes share the store's flushes (group
-//!   commit, see [`PartialFile`]): each chunk is answered after a sync that began after
+//!   commit, see `dir`): each chunk is answered after a sync that began after
 //!   its write.
-//! - `FinishUpload` hashes the partial file, compares with the client's SHA-256, syncs,
+//! - `FinishUpload` closes the partial file to writes, takes its SHA-256 (hashed as the
+//!   chunks arrived, see `dir`), compares with the client's, syncs,
 //!   renames it to its name, syncs the directory and records the blob as *pending* for
 //!   its uploader, until a post or a library document refers to it.
 //! - A blob is kept while anything refers to it (posts, documents, a fresh pending
@@ -33,16 +34,17 @@
 //! always has its file.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{MutexGuard, PoisonError};
 
-use rathaus_protocol::blobs::{chunk_count, chunk_len, BLOB_CHUNK, MAX_UPLOAD_LIMIT};
+use rathaus_protocol::blobs::{chunk_count, chunk_len, MAX_UPLOAD_LIMIT};
 use rathaus_protocol::{BlobScope, ContentBody, EntryBody, GroupHandle, Response, Role};
 use sha2::{Digest, Sha256};
+
+mod dir;
+
+pub use dir::BlobDir;
+use dir::ChunkWrite;
 
 use super::refused::{BlobRefused, NotFound, PostRefused};
 use super::{Refusal, Service, Session};
@@ -66,247 +68,6 @@ const STALE_MS: i64 = 24 * 60 * 60 * 1000;
 /// this: with the blob directory shared by the nodes of a cluster, another node may be
 /// between renaming a finished upload to its blob name and recording it.
 const SWEEP_GRACE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
-
-/// Partial files kept open between chunks (beyond this, a chunk opens its file alone).
-const OPEN_PARTIALS: usize = 64;
-
-/// The blob directory: stored blobs by name, partial uploads by id.
-#[derive(Debug, Clone)]
-pub struct BlobDir {
-    /// `DIR/blobs`, or the configured `[files] dir`.
-    root: PathBuf,
-    /// The partial files of uploads under way, open so that their chunks share syncs.
-    partials: Arc<Mutex<HashMap<u64, Arc<PartialFile>>>>,
-}
-
-/// An upload's partial file while its chunks arrive, with a group sync: every chunk
-/// write takes a ticket after it is written; a writer whose ticket is not yet synced
-/// waits for the gate, and whoever holds it notes the newest ticket, runs one
-/// `fdatasync` and marks everything up to that ticket synced. Chunks in flight together
-/// thus share a sync instead of queueing one each on the same file.
-#[derive(Debug)]
-struct PartialFile {
-    file: File,
-    /// Tickets handed out (= chunk writes completed).
-    written: AtomicU64,
-    /// Every write up to this ticket is on disk.
-    synced: AtomicU64,
-    /// Serialises the syncs; held across one `fdatasync`, never anything else.
-    gate: Mutex<()>,
-}
-
-impl PartialFile {
-    /// Writes `bytes` at `offset`; returns once a sync that began after the write ended.
-    fn write_synced(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(bytes, offset)?;
-        let ticket = self.written.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.synced.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
-        }
-        // Guards no data of its own; a poisoned gate is as good as a fresh one.
-        let _gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.synced.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
-        }
-        // Every ticket up to `target` belongs to a write that had completed.
-        let target = self.written.load(Ordering::SeqCst);
-        self.file.sync_data()?;
-        self.synced.fetch_max(target, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-impl BlobDir {
-    /// Opens (creating if needed) the blob directory `root`.
-    pub fn open(root: &Path) -> io::Result<Self> {
-        fs::create_dir_all(root.join(PARTIAL))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
-        }
-        Ok(Self {
-            root: root.to_path_buf(),
-            partials: Arc::default(),
-        })
-    }
-
-    /// The directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Where the blob named `sha256` is stored.
-    pub fn blob_path(&self, sha256: &[u8; 32]) -> PathBuf {
-        self.root.join(hex::encode(sha256))
-    }
-
-    fn partial_path(&self, upload: u64) -> PathBuf {
-        self.root.join(PARTIAL).join(upload.to_string())
-    }
-
-    /// Writes one chunk at its offset of the partial file and syncs it.
-    fn write_chunk(&self, upload: u64, index: u32, bytes: &[u8]) -> io::Result<()> {
-        self.partial_file(upload)?
-            .write_synced(bytes, u64::from(index) * BLOB_CHUNK as u64)
-    }
-
-    /// The open partial file of `upload`, opened (and created) if need be.
-    fn partial_file(&self, upload: u64) -> io::Result<Arc<PartialFile>> {
-        let mut open = self.partials.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(partial) = open.get(&upload) {
-            return Ok(partial.clone());
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.partial_path(upload))?;
-        let partial = Arc::new(PartialFile {
-            file,
-            written: AtomicU64::new(0),
-            synced: AtomicU64::new(0),
-            gate: Mutex::new(()),
-        });
-        if open.len() < OPEN_PARTIALS {
-            open.insert(upload, partial.clone());
-        }
-        Ok(partial)
-    }
-
-    /// Closes the partial file of `upload` if it is open (it is finished or dropped).
-    fn close_partial(&self, upload: u64) {
-        self.partials
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&upload);
-    }
-
-    /// The SHA-256 of the first `size` bytes of the partial file (which must have them).
-    fn hash_partial(&self, upload: u64, size: u64) -> io::Result<[u8; 32]> {
-        // Every chunk is stored: no write needs the open file any more.
-        self.close_partial(upload);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.partial_path(upload))?;
-        if file.metadata()?.len() < size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the partial file is shorter than the upload",
-            ));
-        }
-        file.set_len(size)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1024 * 1024];
-        let mut left = size;
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            file.read_exact(&mut buf[..want])?;
-            hasher.update(&buf[..want]);
-            left -= want as u64;
-        }
-        file.sync_all()?;
-        Ok(hasher.finalize().into())
-    }
-
-    /// Makes the partial file the blob `sha256` (dropping it if that blob exists) and
-    /// syncs the directory, so the name survives a crash.
-    fn promote(&self, upload: u64, sha256: &[u8; 32]) -> io::Result<()> {
-        self.close_partial(upload);
-        let partial = self.partial_path(upload);
-        let target = self.blob_path(sha256);
-        if target.exists() {
-            fs::remove_file(&partial)?;
-        } else {
-            if !partial.exists() {
-                // An empty blob never had chunks written.
-                File::create(&partial)?.sync_all()?;
-            }
-            fs::rename(&partial, &target)?;
-        }
-        File::open(&self.root)?.sync_all()
-    }
-
-    /// Chunk `index` of the blob `sha256`, `len` bytes.
-    fn read_chunk(&self, sha256: &[u8; 32], index: u32, len: usize) -> io::Result<Vec<u8>> {
-        let file = File::open(self.blob_path(sha256))?;
-        let mut bytes = vec![0u8; len];
-        file.read_exact_at(&mut bytes, u64::from(index) * BLOB_CHUNK as u64)?;
-        Ok(bytes)
-    }
-
-    fn remove_partial(&self, upload: u64) {
-        self.close_partial(upload);
-        match fs::remove_file(self.partial_path(upload)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(upload, error = %e, "cannot remove a partial upload"),
-        }
-    }
-
-    fn remove_blob(&self, sha256: &[u8; 32]) {
-        match fs::remove_file(self.blob_path(sha256)) {
-            Ok(()) => tracing::debug!(blob = %hex::encode(sha256), "blob removed"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(blob = %hex::encode(sha256), error = %e, "cannot remove a blob")
-            }
-        }
-    }
-
-    /// Names of the stored blob files and ids of the partial uploads, of those last
-    /// changed (written, or renamed) before `before`.
-    fn listing(&self, before: std::time::SystemTime) -> io::Result<(Vec<[u8; 32]>, Vec<u64>)> {
-        let older = |entry: &fs::DirEntry| {
-            use std::os::unix::fs::MetadataExt;
-            entry.metadata().is_ok_and(|m| {
-                let changed = std::time::UNIX_EPOCH
-                    + std::time::Duration::from_secs(m.ctime().max(m.mtime()).max(0) as u64);
-                changed < before
-            })
-        };
-        let mut blobs = Vec::new();
-        for entry in fs::read_dir(&self.root)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let mut sha = [0u8; 32];
-            if hex::decode_to_slice(name.as_bytes(), &mut sha).is_ok() && older(&entry) {
-                blobs.push(sha);
-            }
-        }
-        let mut partials = Vec::new();
-        for entry in fs::read_dir(self.root.join(PARTIAL))? {
-            let entry = entry?;
-            if let Ok(id) = entry.file_name().to_string_lossy().parse::<u64>() {
-                if older(&entry) {
-                    partials.push(id);
-                }
-            }
-        }
-        Ok((blobs, partials))
-    }
-
-    /// Bytes of the stored blobs and partial uploads (for the metrics; 0 for what
-    /// cannot be read).
-    pub fn size_bytes(&self) -> u64 {
-        let sum = |dir: &Path| {
-            fs::read_dir(dir).map_or(0, |entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .filter(|m| m.is_file())
-                    .map(|m| m.len())
-                    .sum::<u64>()
-            })
-        };
-        sum(&self.root) + sum(&self.root.join(PARTIAL))
-    }
-}
-
-/// Subdirectory of partial uploads.
-const PARTIAL: &str = "partial";
 
 /// Blob records changed by one batch, read once and written once, so that two posts of
 /// one batch that share a blob update the same record.
@@ -496,11 +257,15 @@ impl Service {
             .into());
         }
         let dir = self.blob_dir_or_refuse()?.clone();
-        tokio::task::spawn_blocking(move || dir.write_chunk(upload, index, &bytes))
+        let size = up.size;
+        tokio::task::spawn_blocking(move || dir.write_chunk(upload, size, index, &bytes))
             .await
             .map_err(|e| Refusal::internal(format!("chunk writer: {e}")))?
-            .map_err(|e| {
-                Refusal::internal(format!("writing chunk {index} of upload {upload}: {e}"))
+            .map_err(|e| match e {
+                ChunkWrite::Finishing => Refusal::from(BlobRefused::NoUpload(upload)),
+                ChunkWrite::Io(e) => Refusal::internal(format!(
+                    "writing chunk {index} of upload {upload}: {e}"
+                )),
             })?;
         let mut w = Writes::new();
         w.put_upload_chunk(upload, index);
@@ -532,7 +297,7 @@ impl Service {
         let actual = if size == 0 {
             Sha256::digest([]).into()
         } else {
-            tokio::task::spawn_blocking(move || hasher.hash_partial(upload, size))
+            tokio::task::spawn_blocking(move || hasher.finish_partial(upload, size))
                 .await
                 .map_err(|e| Refusal::internal(format!("upload hasher: {e}")))?
                 .map_err(|e| Refusal::internal(format!("reading upload {upload}: {e}")))?
@@ -905,10 +670,13 @@ fn bitmap(chunks: &[u32], size: u64) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::time::Duration;
 
+    use rathaus_protocol::blobs::BLOB_CHUNK;
     use rathaus_protocol::Request;
 
+    use super::dir::PARTIAL;
     use super::*;
     use crate::service::refused::BlobRefused;
     use crate::service::testing::Fixture;
@@ -945,52 +713,6 @@ mod tests {
             index,
             bytes: vec![index as u8; len],
         }
-    }
-
-    #[test]
-    fn chunks_written_at_once_share_the_partial_file_and_finishing_closes_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = BlobDir::open(tmp.path()).unwrap();
-        let chunks = 6u8;
-        std::thread::scope(|s| {
-            for i in 0..chunks {
-                let dir = &dir;
-                s.spawn(move || {
-                    dir.write_chunk(9, u32::from(i), &vec![i + 1; BLOB_CHUNK])
-                        .unwrap()
-                });
-            }
-        });
-        assert_eq!(dir.partials.lock().unwrap().len(), 1);
-        let expected: Vec<u8> = (0..chunks)
-            .flat_map(|i| std::iter::repeat_n(i + 1, BLOB_CHUNK))
-            .collect();
-        let size = expected.len() as u64;
-        let sha = dir.hash_partial(9, size).unwrap();
-        assert_eq!(sha, <[u8; 32]>::from(Sha256::digest(&expected)));
-        assert!(dir.partials.lock().unwrap().is_empty());
-        dir.promote(9, &sha).unwrap();
-        assert_eq!(fs::read(dir.blob_path(&sha)).unwrap(), expected);
-        assert!(!dir.partial_path(9).exists());
-    }
-
-    #[test]
-    fn uploads_beyond_the_open_files_kept_still_store_their_chunks() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = BlobDir::open(tmp.path()).unwrap();
-        let uploads = OPEN_PARTIALS as u64 + 2;
-        for upload in 0..uploads {
-            dir.write_chunk(upload, 1, &[upload as u8; 10]).unwrap();
-        }
-        assert_eq!(dir.partials.lock().unwrap().len(), OPEN_PARTIALS);
-        for upload in 0..uploads {
-            let bytes = fs::read(dir.partial_path(upload)).unwrap();
-            assert_eq!(bytes.len(), BLOB_CHUNK + 10);
-            assert_eq!(&bytes[BLOB_CHUNK..], &[upload as u8; 10]);
-        }
-        dir.remove_partial(3);
-        assert!(!dir.partials.lock().unwrap().contains_key(&3));
-        assert!(!dir.partial_path(3).exists());
     }
 
     #[tokio::test]
