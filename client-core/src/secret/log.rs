@@ -104,6 +104,7 @@ impl Client {
                     .filter(|entry| wanted(entry.seq))
                     .try_for_each(|entry| self.process_entry(group, entry, &batch))
             });
+            let result = result.and_then(|()| store::index_queued(conn));
             finish(conn, result)?;
             if let Some(entry) = entries.last() {
                 let mark = crate::restore::mark_of(entry);
@@ -145,6 +146,7 @@ impl Client {
         let result = self
             .mls
             .in_batch(|| self.process_entry(group, entry, &batch));
+        let result = result.and_then(|()| store::index_queued(conn));
         finish(conn, result)?;
         let mark = crate::restore::mark_of(entry);
         store::set_cursor_mark_on(self.mls.connection(), &group.to_string(), entry.seq, &mark)?;

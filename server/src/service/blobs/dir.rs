@@ -103,7 +103,10 @@ impl PrefixHash {
             } else {
                 let len = chunk_len(size, self.next).unwrap_or(0);
                 buf.resize(len, 0);
-                if file.read_exact_at(&mut buf, self.next * BLOB_CHUNK as u64).is_err() {
+                if file
+                    .read_exact_at(&mut buf, self.next * BLOB_CHUNK as u64)
+                    .is_err()
+                {
                     self.spoilt = true;
                     return;
                 }
@@ -124,7 +127,10 @@ impl PartialFile {
     /// Writes chunk `index`; returns once a sync that began after the write ended.
     fn write_synced(&self, index: u64, bytes: &[u8]) -> Result<(), ChunkWrite> {
         {
-            let finishing = self.finishing.read().unwrap_or_else(PoisonError::into_inner);
+            let finishing = self
+                .finishing
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
             if *finishing {
                 return Err(ChunkWrite::Finishing);
             }
@@ -153,7 +159,10 @@ impl PartialFile {
     /// Closes the file to writes (waiting for those under way); returns the hash of the
     /// whole upload if the chunks written through this file make it up.
     fn finish(&self) -> Option<[u8; 32]> {
-        *self.finishing.write().unwrap_or_else(PoisonError::into_inner) = true;
+        *self
+            .finishing
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = true;
         self.hash
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -304,7 +313,12 @@ impl BlobDir {
     }
 
     /// Chunk `index` of the blob `sha256`, `len` bytes.
-    pub(super) fn read_chunk(&self, sha256: &[u8; 32], index: u32, len: usize) -> io::Result<Vec<u8>> {
+    pub(super) fn read_chunk(
+        &self,
+        sha256: &[u8; 32],
+        index: u32,
+        len: usize,
+    ) -> io::Result<Vec<u8>> {
         let file = File::open(self.blob_path(sha256))?;
         let mut bytes = vec![0u8; len];
         file.read_exact_at(&mut bytes, u64::from(index) * BLOB_CHUNK as u64)?;
@@ -332,7 +346,10 @@ impl BlobDir {
 
     /// Names of the stored blob files and ids of the partial uploads, of those last
     /// changed (written, or renamed) before `before`.
-    pub(super) fn listing(&self, before: std::time::SystemTime) -> io::Result<(Vec<[u8; 32]>, Vec<u64>)> {
+    pub(super) fn listing(
+        &self,
+        before: std::time::SystemTime,
+    ) -> io::Result<(Vec<[u8; 32]>, Vec<u64>)> {
         let older = |entry: &fs::DirEntry| {
             use std::os::unix::fs::MetadataExt;
             entry.metadata().is_ok_and(|m| {
@@ -382,7 +399,6 @@ impl BlobDir {
 
 /// Subdirectory of partial uploads.
 pub(super) const PARTIAL: &str = "partial";
-
 
 #[cfg(test)]
 mod tests {
@@ -446,8 +462,16 @@ mod tests {
             dir.write_chunk(5, size, u32::from(i), &expected[at..end])
                 .unwrap();
         }
-        let arrived = dir.partials.lock().unwrap()[&5].hash.lock().unwrap().whole(size);
-        assert_eq!(arrived, Some(sha(&expected)), "hashed as the chunks arrived");
+        let arrived = dir.partials.lock().unwrap()[&5]
+            .hash
+            .lock()
+            .unwrap()
+            .whole(size);
+        assert_eq!(
+            arrived,
+            Some(sha(&expected)),
+            "hashed as the chunks arrived"
+        );
         assert_eq!(dir.finish_partial(5, size).unwrap(), sha(&expected));
     }
 
@@ -500,7 +524,8 @@ mod tests {
         let uploads = OPEN_PARTIALS as u64 + 2;
         let size = BLOB_CHUNK as u64 + 10;
         for upload in 0..uploads {
-            dir.write_chunk(upload, size, 1, &[upload as u8; 10]).unwrap();
+            dir.write_chunk(upload, size, 1, &[upload as u8; 10])
+                .unwrap();
         }
         // Idle files were closed to make room.
         assert!(dir.partials.lock().unwrap().len() <= OPEN_PARTIALS);

@@ -263,9 +263,9 @@ impl Service {
             .map_err(|e| Refusal::internal(format!("chunk writer: {e}")))?
             .map_err(|e| match e {
                 ChunkWrite::Finishing => Refusal::from(BlobRefused::NoUpload(upload)),
-                ChunkWrite::Io(e) => Refusal::internal(format!(
-                    "writing chunk {index} of upload {upload}: {e}"
-                )),
+                ChunkWrite::Io(e) => {
+                    Refusal::internal(format!("writing chunk {index} of upload {upload}: {e}"))
+                }
             })?;
         let mut w = Writes::new();
         w.put_upload_chunk(upload, index);
