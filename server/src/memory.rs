@@ -11,21 +11,13 @@
 /// Databases with the same allocation pattern recommend the same (Redis, MongoDB).
 /// Returns whether huge pages are off now.
 pub fn no_transparent_huge_pages() -> bool {
-    transparent_huge_pages(false)
-}
-
-/// Allows (`true`) or forbids (`false`) transparent huge pages for what this process
-/// touches from now on; returns whether the policy is now as asked. The benchmark runs
-/// its bare-quinn baselines with them allowed, where they are the faster choice.
-pub fn transparent_huge_pages(allowed: bool) -> bool {
     #[cfg(target_os = "linux")]
     {
-        rustix::thread::disable_transparent_huge_pages(!allowed).is_ok()
-            && rustix::thread::transparent_huge_pages_are_disabled().is_ok_and(|off| off != allowed)
+        rustix::thread::disable_transparent_huge_pages(true).is_ok()
+            && rustix::thread::transparent_huge_pages_are_disabled().unwrap_or(false)
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = allowed;
         false
     }
 }
@@ -34,11 +26,8 @@ pub fn transparent_huge_pages(allowed: bool) -> bool {
 mod tests {
     #[test]
     #[cfg(target_os = "linux")]
-    fn huge_pages_are_off_after_the_call_and_on_again_when_allowed() {
+    fn huge_pages_are_off_after_the_call() {
         assert!(super::no_transparent_huge_pages());
         assert!(rustix::thread::transparent_huge_pages_are_disabled().unwrap());
-        assert!(super::transparent_huge_pages(true));
-        assert!(!rustix::thread::transparent_huge_pages_are_disabled().unwrap());
-        assert!(super::no_transparent_huge_pages());
     }
 }

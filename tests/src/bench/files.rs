@@ -67,11 +67,7 @@ pub(crate) async fn transfer(mib: usize, suffix: &str) -> Result<Vec<Row>> {
     backend.stop().await;
 
     // Bare quinn: the same bytes up and down one stream, nothing stored or sealed.
-    // Each side with the huge-page policy it runs best with (see relay.rs `ingest`).
-    rathaus_server::memory::transparent_huge_pages(true);
-    let bare = bare_stream(&bytes).await;
-    rathaus_server::memory::no_transparent_huge_pages();
-    let (bare_up, bare_down) = bare?;
+    let (bare_up, bare_down) = bare_stream(&bytes).await?;
 
     let mb = size as f64 / 1e6;
     let rate = |d: Duration| mb / d.as_secs_f64();

@@ -71,9 +71,6 @@ pub(crate) async fn ingest(
     cluster.shutdown().await;
     drop(database);
 
-    // Bare quinn runs faster with transparent huge pages (its few large buffers), the
-    // relay without them (rathaus-server turns them off): each side as it runs best.
-    rathaus_server::memory::transparent_huge_pages(true);
     let bare = BareServer::start()?;
     let mut conns = Vec::new();
     for _ in 0..senders {
@@ -89,7 +86,6 @@ pub(crate) async fn ingest(
     let cpu0 = process_cpu_time()?;
     let (bare_rate, bare_lat, _) = drive_posts(conns, posts).await?;
     let bare_cpu = process_cpu_time()?.saturating_sub(cpu0);
-    rathaus_server::memory::no_transparent_huge_pages();
     let per_post = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (senders * posts) as f64;
     bare.endpoint.close(0u32.into(), b"done");
 

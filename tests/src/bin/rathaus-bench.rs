@@ -131,8 +131,8 @@ const QUICK: Sizes = Sizes {
 };
 
 fn main() -> Result<()> {
-    // The server runs in this process: the same memory policy as the `rathaus-server`
-    // binary (the bare-quinn baselines allow huge pages while they run, see `ingest`).
+    // The server runs in this process (and the baselines beside it): the same memory
+    // policy as the `rathaus-server` binary.
     rathaus_server::memory::no_transparent_huge_pages();
     let mut quick = false;
     let mut json = false;
