@@ -504,13 +504,23 @@ async fn measure_deliveries(
     posts: usize,
 ) -> Result<Samples> {
     let mut samples = Samples::default();
+    let mut last = Vec::with_capacity(posts);
     for i in 0..posts {
         let t0 = Instant::now();
         sender.request(&post_request(group, &post_text(i))).await?;
+        let mut post = Duration::ZERO;
         for t in receivers.collect(receivers.count()).await? {
+            post = post.max(t.saturating_duration_since(t0));
             samples.push(t.saturating_duration_since(t0));
         }
+        last.push(format!("{:.1}", post.as_secs_f64() * 1e3));
     }
+    // Which posts make the tail: the time until the last receiver had each one.
+    eprintln!(
+        "   to {} receivers, last delivery per post (ms): {}",
+        receivers.count(),
+        last.join(" ")
+    );
     Ok(samples)
 }
 
