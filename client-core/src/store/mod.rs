@@ -841,9 +841,8 @@ pub(crate) fn index_queued(conn: &Connection) -> Result<()> {
          DELETE FROM timeline_fts_queue;
          RELEASE rathaus_index;",
     )
-    .or_else(|e| {
+    .inspect_err(|_| {
         let _ = conn.execute_batch("ROLLBACK TO rathaus_index; RELEASE rathaus_index;");
-        Err(e)
     })?;
     Ok(())
 }
