@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use super::cluster::{node_dir, start_node_at, Placement};
 use super::mls::Bare;
-use super::report::Row;
+use super::report::{perf_control, Row};
 
 /// KeyPackage publications in flight at once.
 const PUBLISH_CONCURRENCY: usize = 32;
@@ -154,12 +154,12 @@ pub(crate) async fn catchup(
     eprintln!("    {:.1} s", t.elapsed().as_secs_f64());
 
     // The offline member comes back.
-    perf_control("enable");
+    perf_control("catchup", "enable");
     let t = Instant::now();
     offline.sync().await?;
     let rows = offline.read(&group).await?;
     let elapsed = t.elapsed();
-    perf_control("disable");
+    perf_control("catchup", "disable");
     let read = rows
         .iter()
         .filter(|r| r.text.starts_with("Catch-up message "))
@@ -234,16 +234,6 @@ pub(crate) async fn catchup(
             n => format!(" on PostgreSQL, {n} nodes: written through one, read through another"),
         }
     ))])
-}
-
-/// Switches a `perf record --control fifo:PATH -D -1` recording on or off around the
-/// timed phase when `RATHAUS_BENCH_PERF_CTL` names that fifo (profiling only).
-fn perf_control(command: &str) {
-    if let Some(path) = std::env::var_os("RATHAUS_BENCH_PERF_CTL") {
-        if let Err(e) = std::fs::write(&path, format!("{command}\n")) {
-            eprintln!("  catchup: perf control {command}: {e}");
-        }
-    }
 }
 
 /// Every user publishes one one-time and one last-resort KeyPackage made by a throwaway

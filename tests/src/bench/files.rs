@@ -13,7 +13,7 @@ use rathaus_protocol::{GroupHandle, UserId};
 use rathaus_server::transport::tls::TlsIdentity;
 use rathaus_tests::TestBackend;
 
-use super::report::Row;
+use super::report::{perf_control, Row};
 
 /// Upper bound for any single wait, so a broken server fails the run instead of hanging.
 const WAIT: Duration = Duration::from_secs(300);
@@ -46,13 +46,16 @@ pub(crate) async fn transfer(mib: usize, suffix: &str) -> Result<Vec<Row>> {
     }
     jonas.sync().await?;
 
+    perf_control("upload", "enable");
     let t = Instant::now();
     let sent = tokio::time::timeout(WAIT, anna.send_file(&group, &path, None, &mut |_| {}))
         .await
         .context("upload timed out")??;
     let up = t.elapsed();
+    perf_control("upload", "disable");
     jonas.read(&group).await?;
     let out = tmp.path().join("bauplan-jonas.bin");
+    perf_control("download", "enable");
     let t = Instant::now();
     let got = tokio::time::timeout(
         WAIT,
@@ -61,6 +64,7 @@ pub(crate) async fn transfer(mib: usize, suffix: &str) -> Result<Vec<Row>> {
     .await
     .context("download timed out")??;
     let down = t.elapsed();
+    perf_control("download", "disable");
     if got.sha256 != sent.attachment.sha256 {
         return Err(anyhow!("the file did not arrive intact"));
     }

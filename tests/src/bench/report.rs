@@ -191,3 +191,15 @@ impl Samples {
         self.quantile_ms(0.5)
     }
 }
+
+/// Switches a `perf record --control fifo:PATH -D -1` recording on or off around the
+/// timed phase `phase` when `RATHAUS_BENCH_PERF_CTL` names that fifo (profiling only);
+/// `RATHAUS_BENCH_PERF_PHASE`, if set, names the one phase to record.
+pub(crate) fn perf_control(phase: &str, command: &str) {
+    let wanted = std::env::var("RATHAUS_BENCH_PERF_PHASE").map_or(true, |p| p == phase);
+    if let (Some(path), true) = (std::env::var_os("RATHAUS_BENCH_PERF_CTL"), wanted) {
+        if let Err(e) = std::fs::write(&path, format!("{command}\n")) {
+            eprintln!("  {phase}: perf control {command}: {e}");
+        }
+    }
+}
