@@ -45,6 +45,11 @@ use crate::sync::SendReceipt;
 /// for the connection's other requests.
 const WINDOW: usize = 16;
 
+/// Bytes a download appends to its `.part` file between syncs: the disk writes them back
+/// while the next chunks arrive, so that the sync at the end waits for the last few MiB,
+/// not for the whole file (50 ms of a 50 MiB download when synced only at the end).
+const SYNC_EVERY: usize = 4 << 20;
+
 /// Attempts of one transfer before a transient failure is reported (each attempt
 /// reconnects and continues where the last one stopped).
 const MAX_ATTEMPTS: u32 = 6;
@@ -831,8 +836,8 @@ fn read_ahead(source: Arc<Source>, received: Vec<u8>) -> (ChunksAhead, FileHashe
 }
 
 /// Appends the chunks sent to it to `out` (the `.part` file, positioned at its end) on a
-/// blocking thread, hashing them into `hasher`; once the sender is dropped, syncs the
-/// file and ends with its SHA-256 and length.
+/// blocking thread, hashing them into `hasher` and syncing every [`SYNC_EVERY`] bytes;
+/// once the sender is dropped, syncs the file and ends with its SHA-256 and length.
 fn write_behind(
     mut out: File,
     mut hasher: Sha256,
@@ -841,9 +846,15 @@ fn write_behind(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WINDOW);
     let written = tokio::task::spawn_blocking(move || {
         let io = |e| ClientError::io(format!("cannot write {}", part.display()), e);
+        let mut unsynced = 0usize;
         while let Some(bytes) = rx.blocking_recv() {
             hasher.update(&bytes);
             out.write_all(&bytes).map_err(io)?;
+            unsynced += bytes.len();
+            if unsynced >= SYNC_EVERY {
+                out.sync_data().map_err(io)?;
+                unsynced = 0;
+            }
         }
         out.sync_all().map_err(io)?;
         let length = out.metadata().map_err(io)?.len();
