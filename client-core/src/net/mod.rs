@@ -247,9 +247,11 @@ impl Connection {
     /// `Response::Error` becomes [`ClientError::Server`].
     pub async fn request(&self, request: &Request) -> Result<Response> {
         let (mut send, mut recv) = self.open().await?;
-        write_frame(&mut send, request)
-            .await
-            .map_err(|e| self.map(e))?;
+        let written = match request {
+            Request::UploadChunk { .. } => write_bulk_frame(&mut send, request).await,
+            _ => write_frame(&mut send, request).await,
+        };
+        written.map_err(|e| self.map(e))?;
         let _ = send.finish();
         let response = self.read_response(&mut recv).await?;
         Ok(response)
@@ -424,6 +426,19 @@ pub(crate) async fn write_frame<T: serde::Serialize>(
 ) -> Result<(), FrameIoError> {
     let bytes = zeroize::Zeroizing::new(frame::encode(value).map_err(FrameIoError::Protocol)?);
     send.write_all(&bytes)
+        .await
+        .map_err(|e| FrameIoError::Stream(e.to_string()))
+}
+
+/// Writes one frame that holds no secret of the device's (a file's chunk, sealed in a
+/// secret group): the stream takes the encoded bytes themselves, without a copy, and they
+/// are not wiped afterwards as [`write_frame`] wipes every other request.
+async fn write_bulk_frame<T: serde::Serialize>(
+    send: &mut SendStream,
+    value: &T,
+) -> Result<(), FrameIoError> {
+    let bytes = frame::encode(value).map_err(FrameIoError::Protocol)?;
+    send.write_chunk(bytes.into())
         .await
         .map_err(|e| FrameIoError::Stream(e.to_string()))
 }

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
+
 use rathaus_protocol::{frame, DeviceId, Event, GroupHandle, Response, UserId};
 
 use super::Service;
@@ -11,12 +13,12 @@ use super::Service;
 #[derive(Debug, Clone)]
 pub enum Broadcast {
     /// A durable entry; `frame` is the encoded `Response::Event(Event::Posted{..})`, built
-    /// once and shared by every subscriber.
+    /// once and shared by every subscriber (each stream holds a reference, not a copy).
     Posted {
         /// Its group.
         group: GroupHandle,
         /// The ready-to-send frame.
-        frame: Arc<Vec<u8>>,
+        frame: Bytes,
         /// Who may receive it, decided once for every subscriber.
         readers: Readers,
     },
@@ -30,7 +32,7 @@ pub enum Broadcast {
         /// Only this device of the user; `None`: all of them.
         device: Option<DeviceId>,
         /// The ready-to-send frame.
-        frame: Arc<Vec<u8>>,
+        frame: Bytes,
     },
     /// The same event for several users (all their devices): one broadcast instead of one
     /// per user, e.g. `SecretGroupsChanged` for everyone a commit touched.
@@ -38,7 +40,7 @@ pub enum Broadcast {
         /// The users.
         users: Arc<std::collections::HashSet<UserId>>,
         /// The ready-to-send frame.
-        frame: Arc<Vec<u8>>,
+        frame: Bytes,
     },
     /// The server is going down.
     ShuttingDown,
@@ -197,7 +199,7 @@ impl Service {
             Ok(bytes) => self.publish(Broadcast::Direct {
                 user: user.clone(),
                 device,
-                frame: Arc::new(bytes),
+                frame: Bytes::from(bytes),
             }),
             Err(e) => tracing::error!(%user, error = %e, "cannot encode event"),
         }
@@ -212,7 +214,7 @@ impl Service {
         match frame::encode(&Response::Event(event)) {
             Ok(bytes) => self.publish(Broadcast::Users {
                 users: Arc::new(users),
-                frame: Arc::new(bytes),
+                frame: Bytes::from(bytes),
             }),
             Err(e) => tracing::error!(error = %e, "cannot encode event"),
         }

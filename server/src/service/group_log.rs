@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rand::rngs::OsRng;
 use rand::RngCore;
@@ -424,7 +424,7 @@ impl Service {
         match frame::encode(&event) {
             Ok(bytes) => self.publish(Broadcast::Posted {
                 group: group.clone(),
-                frame: Arc::new(bytes),
+                frame: bytes::Bytes::from(bytes),
                 readers: self.readers_of(group),
             }),
             Err(e) => tracing::error!(%group, seq, error = %e, "cannot encode event"),

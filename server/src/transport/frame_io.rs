@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use rathaus_protocol::frame::{self, FrameDecoder};
 use rathaus_protocol::ProtocolError;
@@ -140,7 +141,7 @@ impl FrameReader {
 /// Writes one frame. Returns `false` if the stream is gone.
 pub(crate) async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T) -> bool {
     match frame::encode(value) {
-        Ok(bytes) => write_bytes(send, &bytes).await,
+        Ok(bytes) => write_bytes(send, Bytes::from(bytes)).await,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a response frame");
             let fallback = rathaus_protocol::Response::error(
@@ -148,16 +149,18 @@ pub(crate) async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T) 
                 "the answer could not be encoded",
             );
             match frame::encode(&fallback) {
-                Ok(bytes) => write_bytes(send, &bytes).await,
+                Ok(bytes) => write_bytes(send, Bytes::from(bytes)).await,
                 Err(_) => false,
             }
         }
     }
 }
 
-/// Writes already-encoded frame bytes. Returns `false` if the stream is gone.
-pub(crate) async fn write_bytes(send: &mut SendStream, bytes: &[u8]) -> bool {
-    send.write_all(bytes).await.is_ok()
+/// Writes already-encoded frame bytes. Returns `false` if the stream is gone. The stream
+/// keeps `bytes` (a reference to them) until the peer has them, so a frame is not copied
+/// again: not a file's chunk, not an event shared by a thousand subscribers.
+pub(crate) async fn write_bytes(send: &mut SendStream, bytes: Bytes) -> bool {
+    send.write_chunk(bytes).await.is_ok()
 }
 
 #[cfg(test)]

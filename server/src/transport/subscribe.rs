@@ -34,7 +34,7 @@ pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStr
             Ok(Broadcast::Posted { frame, readers, .. }) => {
                 if readers.admits(&session.user, session.device) {
                     let taken = std::time::Instant::now();
-                    let ok = write_bytes(&mut send, &frame).await;
+                    let ok = write_bytes(&mut send, frame).await;
                     service
                         .metrics()
                         .fanout_seconds
@@ -50,14 +50,14 @@ pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStr
                 frame,
             }) => {
                 if user == session.user && device.is_none_or(|d| d == session.device) {
-                    write_bytes(&mut send, &frame).await
+                    write_bytes(&mut send, frame).await
                 } else {
                     true
                 }
             }
             Ok(Broadcast::Users { users, frame }) => {
                 if users.contains(&session.user) {
-                    write_bytes(&mut send, &frame).await
+                    write_bytes(&mut send, frame).await
                 } else {
                     true
                 }
