@@ -28,6 +28,10 @@ const LAST_ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// Application error code for streams the server stops reading.
 const STOP_DONE: u32 = 0;
 
+/// A subscription stream lives as long as the phone stays connected, in a task sized for
+/// the largest state this function reaches; so reading the request and answering every
+/// other kind (the service's dispatch: KiBs of state) are boxed and live on the heap only
+/// while they are worked on, and a subscribed phone's stream task stays small.
 pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut recv: RecvStream) {
     let limit = if ctx.is_authenticated() {
         MAX_CONTROL_FRAME
@@ -36,12 +40,30 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
     };
     // Holds the request's bytes against the server's budget until the stream is done.
     let mut reader = FrameReader::new(limit, ctx.server.budget.clone());
-    let Some(request) = read_request(&ctx, &mut reader, &mut send, &mut recv).await else {
+    let Some(request) = Box::pin(read_request(&ctx, &mut reader, &mut send, &mut recv)).await
+    else {
         return;
     };
+    if let (Request::Subscribe, Some(session)) = (&request, ctx.session()) {
+        tracing::debug!(peer = %ctx.peer, request = "Subscribe", "request");
+        subscribe::run(&ctx, session, send).await;
+        return;
+    }
+    Box::pin(answer(&ctx, &mut reader, send, recv, request)).await;
+}
+
+/// Answers `request`, read from the stream `send`/`recv` through `reader`, and finishes
+/// the stream.
+async fn answer(
+    ctx: &Arc<ConnectionCtx>,
+    reader: &mut FrameReader,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    request: Request,
+) {
     let kind = request_kind(&request);
     if !ctx.is_authenticated() && !allowed_before_auth(&request) {
-        refused_frame(&ctx, kind, "not allowed before authentication");
+        refused_frame(ctx, kind, "not allowed before authentication");
         ctx.server
             .service
             .count_prelogin_request(kind, &Err(unauthenticated()));
@@ -68,7 +90,7 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
                 device_key,
                 device_name,
             };
-            service.enroll(ctx.peer_ip(), protocol, &code, device).await
+            Box::pin(service.enroll(ctx.peer_ip(), protocol, &code, device)).await
         }
         Request::AddDevice {
             protocol,
@@ -83,7 +105,7 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
                 device_key,
                 device_name,
             };
-            service.add_device(ctx.peer_ip(), protocol, device).await
+            Box::pin(service.add_device(ctx.peer_ip(), protocol, device)).await
         }
         Request::Hello {
             protocol,
@@ -93,22 +115,17 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
             if ctx.session().is_some() {
                 Err(SessionRefused::AlreadyAuthenticated.into())
             } else {
-                authenticate(
-                    &ctx,
-                    &mut reader,
-                    &mut send,
-                    &mut recv,
-                    protocol,
-                    user,
-                    device,
-                )
+                Box::pin(authenticate(
+                    ctx, reader, &mut send, &mut recv, protocol, user, device,
+                ))
                 .await
             }
         }
         Request::Prove { .. } => Err(SessionRefused::HelloFirst.into()),
         Request::Subscribe => match ctx.session() {
             Some(session) => {
-                subscribe::run(&ctx, session, send).await;
+                // Authenticated on another stream since `serve` looked.
+                subscribe::run(ctx, session, send).await;
                 return;
             }
             None => Err(unauthenticated()),
@@ -116,9 +133,7 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
         other => match ctx.session() {
             Some(session) => {
                 in_session = true;
-                service
-                    .handle_cached(&session, &ctx.user_cache, other)
-                    .await
+                Box::pin(service.handle_cached(&session, &ctx.user_cache, other)).await
             }
             None => Err(unauthenticated()),
         },
@@ -129,7 +144,7 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
     let response = match answer {
         Ok(r) => r,
         Err(refusal) => {
-            log_refusal(&ctx, kind, &refusal);
+            log_refusal(ctx, kind, &refusal);
             refusal.to_response()
         }
     };

@@ -99,6 +99,17 @@ pub(crate) async fn idle_connections(n: usize, suffix: &str) -> Result<Vec<Row>>
     // Let handshake buffers and per-connection tasks settle into their idle state.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss_kib(pid)?;
+    // Then as phones are when their app is in the background: each also subscribed to
+    // its events, a stream held open on both sides.
+    let mut subscriptions = Vec::with_capacity(conns.len());
+    for conn in &conns {
+        let sub = tokio::time::timeout(Duration::from_secs(60), conn.subscribe())
+            .await
+            .map_err(|_| anyhow::anyhow!("subscribing timed out"))??;
+        subscriptions.push(sub);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let subscribed = rss_kib(pid)?;
     let alive = conns
         .iter()
         .filter(|c| c.raw().close_reason().is_none())
@@ -110,7 +121,9 @@ pub(crate) async fn idle_connections(n: usize, suffix: &str) -> Result<Vec<Row>>
     if alive != n {
         bail!("only {alive} of {n} connections still open at the measurement");
     }
+    drop(subscriptions);
     let per_conn = after.saturating_sub(before) as f64 / n as f64;
+    let per_subscribed = subscribed.saturating_sub(before) as f64 / n as f64;
     let mib = |kib: u64| kib as f64 / 1024.0;
     // DESIGN §10: 10,000 connections within 1 GiB of server RSS, at most 32 KiB each.
     let bar_per_conn = 32.0;
@@ -120,6 +133,16 @@ pub(crate) async fn idle_connections(n: usize, suffix: &str) -> Result<Vec<Row>>
             .note(format!(
                 "server RSS growth per authenticated idle connection, {n} connections"
             )),
+        Row::new(
+            format!("idle-subscribed{suffix}"),
+            per_subscribed,
+            "KiB/conn",
+        )
+        .bar(bar_per_conn)
+        .note(format!(
+            "the same, each connection also subscribed to its events (a phone in the \
+             background), {n} connections"
+        )),
         Row::new(format!("idle-connections-rss{suffix}"), mib(after), "MiB")
             .baseline(mib(before))
             .bar(1024.0)
