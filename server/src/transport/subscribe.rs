@@ -16,12 +16,15 @@ use crate::service::{Broadcast, Session};
 /// How long the last frame (`ShuttingDown`) may take to be acknowledged.
 const LAST_FRAME_GRACE: Duration = Duration::from_secs(1);
 
+/// Runs for as long as the phone stays subscribed, in its stream's task: the frames it
+/// encodes itself (`Subscribed`, the rare `GroupsChanged` and `ShuttingDown`) are written
+/// from a box, so the task is sized for the event loop and the shared frames' writes.
 pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStream) {
     let service = &ctx.server.service;
     // Subscribe before answering so nothing published after `Subscribed` is missed.
     let mut events = service.subscribe();
     let _count = Counted::new(&ctx.server);
-    if !write_frame(&mut send, &Response::Subscribed).await {
+    if !Box::pin(write_frame(&mut send, &Response::Subscribed)).await {
         return;
     }
     loop {
@@ -63,10 +66,19 @@ pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStr
                 }
             }
             Ok(Broadcast::GroupsChanged) => {
-                write_frame(&mut send, &Response::Event(Event::GroupsChanged)).await
+                Box::pin(write_frame(
+                    &mut send,
+                    &Response::Event(Event::GroupsChanged),
+                ))
+                .await
             }
             Ok(Broadcast::ShuttingDown) => {
-                if write_frame(&mut send, &Response::Event(Event::ShuttingDown)).await {
+                if Box::pin(write_frame(
+                    &mut send,
+                    &Response::Event(Event::ShuttingDown),
+                ))
+                .await
+                {
                     let _ = send.finish();
                     let _ = tokio::time::timeout(LAST_FRAME_GRACE, send.stopped()).await;
                 }
@@ -74,7 +86,11 @@ pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStr
             }
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(peer = %ctx.peer, missed, "subscriber lagged; asking it to re-fetch");
-                write_frame(&mut send, &Response::Event(Event::GroupsChanged)).await
+                Box::pin(write_frame(
+                    &mut send,
+                    &Response::Event(Event::GroupsChanged),
+                ))
+                .await
             }
             Err(RecvError::Closed) => {
                 let _ = send.finish();
