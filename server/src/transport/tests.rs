@@ -465,3 +465,12 @@ fn the_connection_task_future_stays_small() {
     let size = future_size(super::connection::serve);
     assert!(size <= 512, "connection task future is {size} bytes");
 }
+
+/// A subscription keeps its stream's task for as long as the phone stays connected: the
+/// answers to other requests are boxed so that this task is sized for the subscription
+/// (it was 6.6 KB in a debug build with the service's dispatch inline).
+#[test]
+fn a_subscriptions_stream_task_stays_small() {
+    let size = future_size(super::stream::serve);
+    assert!(size <= 1536, "stream task future is {size} bytes");
+}
