@@ -64,6 +64,18 @@ pub(super) struct Heads {
     durable: u64,
 }
 
+/// Where a new entry's seq comes from on a shared store (on sled this node's cached head
+/// is the head).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Head {
+    /// The head in the database, or this node's if it is further on: for appends that
+    /// must not meet a conflict (commits, the server's own entries).
+    Read,
+    /// This node's cached head where it has one, without asking the database: for appends
+    /// that allocate again when the database refuses their seq (posts).
+    Cached,
+}
+
 /// Identifies a post for deduplication.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct InFlightKey {
@@ -130,7 +142,7 @@ impl Service {
         let mut attempt = 1;
         loop {
             match self
-                .append_post_once(group, entry.clone(), epoch, attachment)
+                .append_post_once(group, entry.clone(), epoch, attachment, attempt == 1)
                 .await
             {
                 // On a database shared with other nodes, one of them took the seq first:
@@ -146,13 +158,21 @@ impl Service {
         }
     }
 
+    /// One attempt at storing a post. On a shared store the first attempt reads nothing
+    /// from the database under the log lock (a round trip each, which serialised every
+    /// post of the node): it takes the seq after this node's cached head, and leaves a
+    /// retry to the deduplication record's primary key. Where another node appended first,
+    /// or the post is a retry already stored, the database refuses the batch as a
+    /// conflict, and the next attempt reads the head and the deduplication record.
     async fn append_post_once(
         &self,
         group: &GroupHandle,
         entry: StoredEntry,
         epoch: Option<u64>,
         attachment: Option<(&UserRecord, [u8; 32])>,
+        first_attempt: bool,
     ) -> Result<Response, Refusal> {
+        let optimistic = first_attempt && self.db.store().shared();
         let now = entry.sent_at_ms;
         let key = InFlightKey {
             group: group.clone(),
@@ -166,10 +186,12 @@ impl Service {
                 // The same post is being stored right now (a retry that overtook its
                 // original): answer as a duplicate once the original is applied.
                 (f.seq, f.sent_at_ms, true, Some(f.applied), None)
-            } else if let Some(seq) =
-                self.db
-                    .deduplicated(group, &entry.sender, &entry.client_id)?
-            {
+            } else if let Some(seq) = match optimistic {
+                true => None,
+                false => self
+                    .db
+                    .deduplicated(group, &entry.sender, &entry.client_id)?,
+            } {
                 let sent_at = self
                     .db
                     .entries(group, seq - 1, 1)?
@@ -184,12 +206,21 @@ impl Service {
                     }
                 }
                 let mut extra = Writes::new();
+                let head = match optimistic {
+                    true => Head::Cached,
+                    false => Head::Read,
+                };
                 if let Some((me, blob)) = &attachment {
-                    let seq = self.next_seq(&heads, group)?;
+                    let seq = self.next_seq_from(&heads, group, head)?;
                     self.attach_post(&mut extra, me, group, seq, blob)?;
                 }
-                let (seq, applied) =
-                    self.enqueue_locked(&mut heads, group, std::slice::from_ref(&entry), extra)?;
+                let (seq, applied) = self.enqueue_locked(
+                    &mut heads,
+                    group,
+                    std::slice::from_ref(&entry),
+                    extra,
+                    head,
+                )?;
                 if attachment.is_some() {
                     // Blob records are read-modify-written under the log lock: the next
                     // writer must see this one.
@@ -240,8 +271,22 @@ impl Service {
         heads: &HashMap<GroupHandle, Heads>,
         group: &GroupHandle,
     ) -> Result<u64, Refusal> {
+        self.next_seq_from(heads, group, Head::Read)
+    }
+
+    /// [`Self::next_seq`] from the head `head` says.
+    fn next_seq_from(
+        &self,
+        heads: &HashMap<GroupHandle, Heads>,
+        group: &GroupHandle,
+        head: Head,
+    ) -> Result<u64, Refusal> {
         let generation = self.log.generation.load(Ordering::SeqCst);
-        Ok(log::next_seq(self.written_head(heads, group)?, generation))
+        let written = match (head, heads.get(group)) {
+            (Head::Cached, Some(h)) => h.written,
+            _ => self.written_head(heads, group)?,
+        };
+        Ok(log::next_seq(written, generation))
     }
 
     /// A reader asking for the entries of `group` after `since` holds them up to at least
@@ -309,7 +354,7 @@ impl Service {
         extra: Writes,
     ) -> Result<u64, Refusal> {
         let before = heads.get(group).copied();
-        let (first, applied) = self.enqueue_locked(heads, group, entries, extra)?;
+        let (first, applied) = self.enqueue_locked(heads, group, entries, extra, Head::Read)?;
         if let Err(e) = self.db.wait_applied_blocking(applied) {
             // Nobody could queue behind it while the lock is held: take the seqs back.
             match before {
@@ -330,8 +375,9 @@ impl Service {
         group: &GroupHandle,
         entries: &[StoredEntry],
         mut extra: Writes,
+        head: Head,
     ) -> Result<(u64, ApplyTicket), Refusal> {
-        let first = self.next_seq(heads, group)?;
+        let first = self.next_seq_from(heads, group, head)?;
         let mut last = first - 1;
         for entry in entries {
             last += 1;
