@@ -8,8 +8,8 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use rathaus_protocol::{ClientMsgId, Content, EntryBody, GroupHandle, UserId};
-use rathaus_server::store::{Db, PgStore, StoreError, StoredEntry, Writes};
+use rathaus_protocol::{ClientMsgId, Content, EntryBody, GroupHandle, Role, UserId};
+use rathaus_server::store::{Db, PgStore, StoreError, StoredEntry, UserRecord, Writes};
 use rathaus_tests::{testing_on_postgres, workspace_bin, TestBackend, TestDatabase};
 
 /// A fresh database, or `None` (with a printed line) when no PostgreSQL is configured.
@@ -105,6 +105,51 @@ fn two_processes_on_one_database_cannot_take_one_seq_skip_one_or_commit_an_epoch
         .map(|s| s.next_id().unwrap())
         .collect();
     assert_eq!(ids.len(), 20);
+}
+
+#[test]
+fn a_roster_of_users_is_read_in_its_order_across_pages() {
+    let Some(database) = database("users by id") else {
+        return;
+    };
+    let db = Db::new(Arc::new(PgStore::open(database.url()).unwrap()));
+    let user = |n: usize| UserRecord {
+        id: UserId::parse(&format!("P{n}")).unwrap(),
+        name: format!("Kollegin {n}"),
+        roles: vec![Role::Member],
+        departments: Vec::new(),
+        password_hash: None,
+        devices: Vec::new(),
+        removed: n.is_multiple_of(7),
+        created_ms: n as i64,
+    };
+    // More than one page of the database's answer (1,000 keys per query).
+    let mut w = Writes::new();
+    for n in 1..=1500 {
+        w.put_user(&user(n)).unwrap();
+    }
+    db.apply(w).unwrap();
+    // Newest first, with a personnel number that does not exist and one asked twice.
+    let mut ids: Vec<UserId> = (1..=1500)
+        .rev()
+        .map(|n| UserId::parse(&format!("P{n}")).unwrap())
+        .collect();
+    ids.insert(700, UserId::parse("P9999").unwrap());
+    ids.push(UserId::parse("P1200").unwrap());
+    let got = db.users_by_id(&ids).unwrap();
+    assert_eq!(got.len(), ids.len());
+    for (id, record) in ids.iter().zip(&got) {
+        assert_eq!(record, &db.user(id).unwrap(), "{id}");
+    }
+    assert_eq!(got[700], None, "an unknown personnel number has no record");
+    assert_eq!(
+        got[0].as_ref().map(|u| u.name.as_str()),
+        Some("Kollegin 1500")
+    );
+    assert_eq!(
+        got.last().unwrap().as_ref().map(|u| u.created_ms),
+        Some(1200)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

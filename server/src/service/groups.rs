@@ -158,13 +158,15 @@ impl Service {
         }
         let members = match self.readable_group(&group)? {
             Some(dept) => {
-                let mut out = Vec::new();
-                for id in &dept.members {
-                    if let Some(u) = self.db.user(id)?.filter(|u| !u.removed) {
-                        out.push(member_info(&u, dept.owners.contains(id)));
-                    }
-                }
-                out
+                let users = self.db.users_by_id(&dept.members)?;
+                dept.members
+                    .iter()
+                    .zip(users)
+                    .filter_map(|(id, u)| {
+                        let u = u.filter(|u| !u.removed)?;
+                        Some(member_info(&u, dept.owners.contains(id)))
+                    })
+                    .collect()
             }
             None => self
                 .db

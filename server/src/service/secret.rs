@@ -65,9 +65,11 @@ impl Service {
                 })
                 .unwrap_or_default();
             let roster = roster(&dept);
+            let in_tree: std::collections::HashSet<&UserId> =
+                members.iter().map(|(m, _)| m).collect();
             let pending = roster
                 .iter()
-                .filter(|u| !members.iter().any(|(m, _)| m == *u))
+                .filter(|u| !in_tree.contains(u))
                 .cloned()
                 .collect();
             let revoked = self.revoked_of(&roster)?;
@@ -336,8 +338,10 @@ impl Service {
         }
         let record = self.db.secret_group(&group)?;
         let mut members = Vec::new();
-        for id in roster(&dept) {
-            let Some(user) = self.db.user(&id)?.filter(|u| !u.removed) else {
+        let ids = roster(&dept);
+        let users = self.db.users_by_id(&ids)?;
+        for (id, user) in ids.into_iter().zip(users) {
+            let Some(user) = user.filter(|u| !u.removed) else {
                 continue;
             };
             let devices = record
@@ -405,16 +409,14 @@ impl Service {
     /// (when the device has left the tree).
     pub(super) fn revoked_of(&self, roster: &[UserId]) -> Result<Vec<Device>, Refusal> {
         let mut out = Vec::new();
-        for user in roster {
-            if let Some(record) = self.db.user(user)? {
-                out.extend(
-                    record
-                        .devices
-                        .iter()
-                        .filter(|d| d.revoked)
-                        .map(|d| (user.clone(), d.id)),
-                );
-            }
+        for record in self.db.users_by_id(roster)?.into_iter().flatten() {
+            out.extend(
+                record
+                    .devices
+                    .iter()
+                    .filter(|d| d.revoked)
+                    .map(|d| (record.id.clone(), d.id)),
+            );
         }
         Ok(out)
     }
@@ -425,20 +427,20 @@ impl Service {
         roster: &[UserId],
         in_tree: &[Device],
     ) -> Result<Vec<Device>, Refusal> {
-        let mut out = Vec::new();
-        for (user, device) in in_tree {
-            if !roster.contains(user) {
-                continue;
-            }
-            let active = self
-                .db
-                .user(user)?
-                .is_some_and(|u| u.active_devices().any(|d| d.id == *device));
-            if !active {
-                out.push((user.clone(), *device));
-            }
-        }
-        Ok(out)
+        let roster: std::collections::HashSet<&UserId> = roster.iter().collect();
+        let rostered: Vec<&Device> = in_tree.iter().filter(|(u, _)| roster.contains(u)).collect();
+        let users: Vec<UserId> = rostered.iter().map(|(u, _)| u.clone()).collect();
+        let records = self.db.users_by_id(&users)?;
+        Ok(rostered
+            .into_iter()
+            .zip(records)
+            .filter(|((_, device), record)| {
+                !record
+                    .as_ref()
+                    .is_some_and(|u| u.active_devices().any(|d| d.id == *device))
+            })
+            .map(|(device, _)| device.clone())
+            .collect())
     }
 
     /// The devices that may read secret `group`: those in its tree whose users are on the

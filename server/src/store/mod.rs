@@ -41,6 +41,11 @@ pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> +
 pub trait Store: Send + Sync + 'static {
     /// The value under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The values under `keys`, in their order: one round trip where the store is a
+    /// database elsewhere, for reads of a whole roster.
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Applies all puts and removes of `batch` atomically.
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
     /// Queues `batch` to be applied atomically after every batch queued or applied before

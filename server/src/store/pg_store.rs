@@ -523,6 +523,27 @@ impl Store for PgStore {
         })
     }
 
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(PAGE) {
+            let chunk = chunk.to_vec();
+            let found: std::collections::HashMap<Vec<u8>, Vec<u8>> = self.run(|pool| {
+                let chunk = chunk.clone();
+                async move {
+                    let client = pool.get().await.map_err(pool_error)?;
+                    let statement = client
+                        .prepare_cached("SELECT k, v FROM kv WHERE k = ANY($1)")
+                        .await
+                        .map_err(pg)?;
+                    let rows = client.query(&statement, &[&chunk]).await.map_err(pg)?;
+                    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+                }
+            })?;
+            out.extend(chunk.iter().map(|k| found.get(k).cloned()));
+        }
+        Ok(out)
+    }
+
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         let ticket = self.writes.enqueue(batch);
         self.writes.wait(ticket, |batch| self.apply_now(batch))

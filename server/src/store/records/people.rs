@@ -6,7 +6,7 @@
 use rathaus_protocol::{DepartmentSlug, DeviceId, DeviceKey, Role, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::{code_key, encode, user_fold_key, user_key, Db, StoreError, Writes, USER};
+use super::{code_key, decode, encode, user_fold_key, user_key, Db, StoreError, Writes, USER};
 
 /// A user (a colleague, identified by personnel number).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +71,18 @@ impl Db {
     /// A user.
     pub fn user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
         self.get(&user_key(id))
+    }
+
+    /// The users `ids`, in their order (`None` where there is none): a roster's records
+    /// in one read of the store.
+    pub fn users_by_id(&self, ids: &[UserId]) -> Result<Vec<Option<UserRecord>>, StoreError> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(user_key).collect();
+        self.kv
+            .get_many(&keys)?
+            .into_iter()
+            .zip(&keys)
+            .map(|(value, key)| value.map(|v| decode(key, &v)).transpose())
+            .collect()
     }
 
     /// The personnel number as stored, for one typed in any case (`p1001` → `P1001`);
