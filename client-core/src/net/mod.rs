@@ -300,9 +300,11 @@ impl Connection {
         write_frame(&mut send, &Request::Subscribe)
             .await
             .map_err(|e| self.map(e))?;
+        // Nothing more goes this way: the server lets go of its receiving half, and quinn
+        // reuses that state for the connection's next stream instead of keeping it.
+        let _ = send.finish();
         match self.read_response(&mut recv).await? {
             Response::Subscribed => Ok(Subscription {
-                _send: send,
                 recv,
                 conn: self.conn.clone(),
             }),
@@ -351,8 +353,6 @@ impl Connection {
 /// A stream of pushed events.
 #[derive(Debug)]
 pub struct Subscription {
-    /// Kept open: finishing it would end the subscription.
-    _send: SendStream,
     /// Where events arrive.
     recv: RecvStream,
     /// For the close reason when the stream ends.

@@ -16,7 +16,7 @@ use super::connection::ConnectionCtx;
 use super::frame_io::{write_frame, FrameReader, ReadFailure};
 use super::subscribe;
 use crate::service::refused::SessionRefused;
-use crate::service::{NewDevice, Refusal};
+use crate::service::{NewDevice, Refusal, Session};
 
 /// How long a peer may take to send its request (and its proof, after a challenge).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,10 +29,25 @@ const LAST_ANSWER_GRACE: Duration = Duration::from_secs(1);
 const STOP_DONE: u32 = 0;
 
 /// A subscription stream lives as long as the phone stays connected, in a task sized for
-/// the largest state this function reaches; so reading the request and answering every
-/// other kind (the service's dispatch: KiBs of state) are boxed and live on the heap only
-/// while they are worked on, and a subscribed phone's stream task stays small.
-pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut recv: RecvStream) {
+/// the largest state this function reaches; so everything before a subscription's event
+/// loop (reading the request, answering every other kind: the service's dispatch, KiBs of
+/// state) is boxed and lives on the heap only while it is worked on, and a subscribed
+/// phone's stream task holds the event loop and little else.
+pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, send: SendStream, recv: RecvStream) {
+    if let Some((session, send)) = Box::pin(first_request(&ctx, send, recv)).await {
+        subscribe::run(&ctx, session, send).await;
+    }
+}
+
+/// Reads the stream's request and answers it; for a subscription, hands back its session
+/// and sending half, having let go of the receiving half (the phone sends nothing more;
+/// where it finished its side, quinn keeps that state for the connection's next stream)
+/// and the request's buffer and budget.
+async fn first_request(
+    ctx: &Arc<ConnectionCtx>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Option<(Session, SendStream)> {
     let limit = if ctx.is_authenticated() {
         MAX_CONTROL_FRAME
     } else {
@@ -40,16 +55,13 @@ pub(crate) async fn serve(ctx: Arc<ConnectionCtx>, mut send: SendStream, mut rec
     };
     // Holds the request's bytes against the server's budget until the stream is done.
     let mut reader = FrameReader::new(limit, ctx.server.budget.clone());
-    let Some(request) = Box::pin(read_request(&ctx, &mut reader, &mut send, &mut recv)).await
-    else {
-        return;
-    };
+    let request = read_request(ctx, &mut reader, &mut send, &mut recv).await?;
     if let (Request::Subscribe, Some(session)) = (&request, ctx.session()) {
         tracing::debug!(peer = %ctx.peer, request = "Subscribe", "request");
-        subscribe::run(&ctx, session, send).await;
-        return;
+        return Some((session, send));
     }
-    Box::pin(answer(&ctx, &mut reader, send, recv, request)).await;
+    Box::pin(answer(ctx, &mut reader, send, recv, request)).await;
+    None
 }
 
 /// Answers `request`, read from the stream `send`/`recv` through `reader`, and finishes

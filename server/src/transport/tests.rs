@@ -472,5 +472,5 @@ fn the_connection_task_future_stays_small() {
 #[test]
 fn a_subscriptions_stream_task_stays_small() {
     let size = future_size(super::stream::serve);
-    assert!(size <= 1536, "stream task future is {size} bytes");
+    assert!(size <= 640, "stream task future is {size} bytes");
 }
