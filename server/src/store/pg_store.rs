@@ -525,21 +525,20 @@ impl Store for PgStore {
 
     fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(PAGE) {
-            let chunk = chunk.to_vec();
-            let found: std::collections::HashMap<Vec<u8>, Vec<u8>> = self.run(|pool| {
-                let chunk = chunk.clone();
-                async move {
+        for page in keys.chunks(PAGE) {
+            let asked = page.to_vec();
+            let found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+                self.run(|pool| async move {
                     let client = pool.get().await.map_err(pool_error)?;
                     let statement = client
                         .prepare_cached("SELECT k, v FROM kv WHERE k = ANY($1)")
                         .await
                         .map_err(pg)?;
-                    let rows = client.query(&statement, &[&chunk]).await.map_err(pg)?;
+                    let rows = client.query(&statement, &[&asked]).await.map_err(pg)?;
                     Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
-                }
-            })?;
-            out.extend(chunk.iter().map(|k| found.get(k).cloned()));
+                })?;
+            // In the order asked, a key asked twice answered twice.
+            out.extend(page.iter().map(|k| found.get(k).cloned()));
         }
         Ok(out)
     }

@@ -136,7 +136,7 @@ async fn answer(
         Request::Prove { .. } => Err(SessionRefused::HelloFirst.into()),
         Request::Subscribe => match ctx.session() {
             Some(session) => {
-                // Authenticated on another stream since `serve` looked.
+                // Authenticated on another stream since `first_request` looked.
                 subscribe::run(ctx, session, send).await;
                 return;
             }
