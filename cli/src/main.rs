@@ -23,6 +23,7 @@ mod search;
 mod sync;
 mod verify;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -668,11 +669,16 @@ impl std::fmt::Display for QueuedSend {
 impl std::error::Error for QueuedSend {}
 
 fn init_logging() {
-    // Quiet by default: the CLI's output is its stdout; RUST_LOG turns on diagnostics.
+    // Silent by default: the CLI's output is its stdout, and stderr carries its own one
+    // line on failure (DESIGN §9). Libraries log what they refuse, e.g. openmls an
+    // `ERROR` for every message of another epoch, which the client meets by design and
+    // handles; every failure that matters reaches the user as Rathaus' own error.
+    // RUST_LOG turns on diagnostics.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

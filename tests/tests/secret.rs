@@ -752,3 +752,66 @@ async fn a_colleagues_message_that_breaks_a_content_rule_is_shown_as_not_underst
         (RowKind::Text, "Danach geht es weiter")
     );
 }
+
+/// `rathaus read GROUP` run as a process on a member's profile, with its default logging.
+async fn cli_read(profile: &std::path::Path, group: &str) -> std::process::Output {
+    let mut command = std::process::Command::new(rathaus_tests::workspace_bin("rathaus").unwrap());
+    command
+        .arg("--profile")
+        .arg(profile)
+        .args(["read", group])
+        .env_remove("RUST_LOG");
+    // The server runs on this test's runtime: wait for the process off it.
+    within(
+        "rathaus read",
+        tokio::task::spawn_blocking(move || command.output()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_approval_owner_and_newcomer_read_through_the_cli_with_nothing_on_stderr() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (mut admin, mut anna, mut jonas) = team(&mut backend, false).await;
+    anna.send_text(&secret(), "vor Lena").await.unwrap();
+    let lena = backend
+        .user(&mut admin, "P1003", "Lena Koch", &["bauamt"])
+        .await
+        .unwrap();
+    let lena_dir = lena.dir().to_path_buf();
+    drop(lena);
+    within("approve", anna.approve(&secret(), &uid("P1003")))
+        .await
+        .unwrap()
+        .unwrap();
+    jonas.sync().await.unwrap();
+    jonas
+        .send_text(&secret(), "willkommen, Lena")
+        .await
+        .unwrap();
+
+    // Lena joins from the Welcome and reads through the CLI. She joined after the commit
+    // that added her, and her device meets it in the log: that is Rathaus' business, not
+    // a line on her terminal. stderr carries Rathaus' own errors and nothing else.
+    let out = cli_read(&lena_dir, "bauamt/secret").await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    assert!(stdout.contains("willkommen, Lena"), "{stdout}");
+    assert!(!stdout.contains("vor Lena"), "{stdout}");
+    assert_eq!(stderr, "", "a successful read prints nothing on stderr");
+
+    // Anna, who approved Lena, meets her own commit in the log as she reads on.
+    let anna_dir = anna.dir().to_path_buf();
+    anna.disconnect().await;
+    drop(anna);
+    let out = cli_read(&anna_dir, "bauamt/secret").await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    assert!(stdout.contains("willkommen, Lena"), "{stdout}");
+    assert_eq!(stderr, "", "a successful read prints nothing on stderr");
+}
