@@ -1,7 +1,8 @@
 //! `files`: a 50 MiB file up to a secret group and down again at another member (sealed,
 //! chunked, every chunk durable before its acknowledgement), against bare quinn streaming
 //! the same bytes up and down on one stream of a connection with Rathaus' TLS and
-//! transport settings, in the same run.
+//! transport settings, in the same run: three rounds of each, alternating, and the
+//! median of each direction.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,15 @@ use super::report::{perf_control, Row};
 
 /// Upper bound for any single wait, so a broken server fails the run instead of hanging.
 const WAIT: Duration = Duration::from_secs(300);
+
+/// Transfers each way, for Rathaus and bare quinn alike; the figures are their medians.
+const ROUNDS: usize = 3;
+
+/// The median of `times` (sorted in place; the upper middle for an even count).
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
 
 pub(crate) async fn transfer(mib: usize, suffix: &str) -> Result<Vec<Row>> {
     let size = mib * 1024 * 1024;
@@ -46,44 +56,63 @@ pub(crate) async fn transfer(mib: usize, suffix: &str) -> Result<Vec<Row>> {
     }
     jonas.sync().await?;
 
-    perf_control("upload", "enable");
-    let t = Instant::now();
-    let sent = tokio::time::timeout(WAIT, anna.send_file(&group, &path, None, &mut |_| {}))
+    // Rounds of Rathaus and bare quinn alternate, so that both meet the same moments of
+    // a shared machine; each figure is the median of its rounds.
+    let mut ups = Vec::new();
+    let mut downs = Vec::new();
+    let mut bare_ups = Vec::new();
+    let mut bare_downs = Vec::new();
+    for round in 0..ROUNDS {
+        perf_control("upload", "enable");
+        let t = Instant::now();
+        let sent = tokio::time::timeout(WAIT, anna.send_file(&group, &path, None, &mut |_| {}))
+            .await
+            .context("upload timed out")??;
+        ups.push(t.elapsed());
+        perf_control("upload", "disable");
+        jonas.read(&group).await?;
+        let out = tmp.path().join(format!("bauplan-jonas-{round}.bin"));
+        perf_control("download", "enable");
+        let t = Instant::now();
+        let got = tokio::time::timeout(
+            WAIT,
+            jonas.download(&group, sent.receipt.seq, Some(&out), &mut |_| {}),
+        )
         .await
-        .context("upload timed out")??;
-    let up = t.elapsed();
-    perf_control("upload", "disable");
-    jonas.read(&group).await?;
-    let out = tmp.path().join("bauplan-jonas.bin");
-    perf_control("download", "enable");
-    let t = Instant::now();
-    let got = tokio::time::timeout(
-        WAIT,
-        jonas.download(&group, sent.receipt.seq, Some(&out), &mut |_| {}),
-    )
-    .await
-    .context("download timed out")??;
-    let down = t.elapsed();
-    perf_control("download", "disable");
-    if got.sha256 != sent.attachment.sha256 {
-        return Err(anyhow!("the file did not arrive intact"));
+        .context("download timed out")??;
+        downs.push(t.elapsed());
+        perf_control("download", "disable");
+        if got.sha256 != sent.attachment.sha256 {
+            return Err(anyhow!("the file did not arrive intact"));
+        }
+        std::fs::remove_file(&out)?;
+
+        // Bare quinn: the same bytes up and down one stream, nothing stored or sealed.
+        let (bare_up, bare_down) = bare_stream(&bytes).await?;
+        bare_ups.push(bare_up);
+        bare_downs.push(bare_down);
     }
     backend.stop().await;
-
-    // Bare quinn: the same bytes up and down one stream, nothing stored or sealed.
-    let (bare_up, bare_down) = bare_stream(&bytes).await?;
+    let ms = |ds: &[Duration]| {
+        ds.iter()
+            .map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    eprintln!(
+        "   ms per round: rathaus up {}, down {}; bare quinn up {}, down {}",
+        ms(&ups),
+        ms(&downs),
+        ms(&bare_ups),
+        ms(&bare_downs)
+    );
+    let (up, down) = (median(&mut ups), median(&mut downs));
+    let (bare_up, bare_down) = (median(&mut bare_ups), median(&mut bare_downs));
 
     let mb = size as f64 / 1e6;
     let rate = |d: Duration| mb / d.as_secs_f64();
     let total = rate(up + down) * 2.0;
     let bare_total = rate(bare_up + bare_down) * 2.0;
-    eprintln!(
-        "   rathaus up {:.0} ms, down {:.0} ms; bare quinn up {:.0} ms, down {:.0} ms",
-        up.as_secs_f64() * 1e3,
-        down.as_secs_f64() * 1e3,
-        bare_up.as_secs_f64() * 1e3,
-        bare_down.as_secs_f64() * 1e3
-    );
     Ok(vec![
         Row::new(format!("file-{mib}mib-secret{suffix}"), total, "MB/s")
             .baseline(bare_total)
@@ -92,7 +121,7 @@ pub(crate) async fn transfer(mib: usize, suffix: &str) -> Result<Vec<Row>> {
             .note(
                 "upload + download of one file in a secret group (sealed, chunks durable \
                  before ack, SHA-256 checked); baseline: bare quinn streaming the same bytes \
-                 up and down",
+                 up and down; medians of 3 alternating rounds",
             ),
         Row::new(format!("file-{mib}mib-upload{suffix}"), rate(up), "MB/s")
             .baseline(rate(bare_up))
