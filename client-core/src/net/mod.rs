@@ -460,7 +460,11 @@ pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
         }
         let want = decoder.wanted().clamp(1, READ_CHUNK);
         match recv.read_chunk(want, true).await {
-            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                decoder.push(&chunk.bytes);
+                // The server's answer, a file's chunk among them, goes into place once.
+                decoder.reserve_announced();
+            }
             Ok(None) => {
                 decoder.finish().map_err(FrameIoError::Protocol)?;
                 return Ok(None);
