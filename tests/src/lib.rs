@@ -51,7 +51,9 @@ pub fn now_ms() -> i64 {
     rathaus_client::time_fmt::now_ms()
 }
 
-/// Logs to the test output when `RUST_LOG` is set.
+/// Logs warnings and errors (or what `RUST_LOG` selects) to the test output, which the
+/// test harness shows for a failing test. A process that installed its own subscriber
+/// first keeps it (`rathaus-bench`, whose standard output is its report).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

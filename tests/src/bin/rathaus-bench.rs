@@ -134,6 +134,17 @@ fn main() -> Result<()> {
     // The server runs in this process (and the baselines beside it): the same memory
     // policy as the `rathaus-server` binary.
     rathaus_server::memory::no_transparent_huge_pages();
+    // Standard output carries the table or the JSON alone. Diagnostics go to stderr, and
+    // only when RUST_LOG asks: the workloads provoke library log lines by design (the
+    // catch-up's members meet commits of epochs they have left behind).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
     let mut quick = false;
     let mut json = false;
     let mut only: Option<Vec<String>> = None;
