@@ -92,7 +92,7 @@ const FULL: Sizes = Sizes {
     mls_reps: 3,
     mls_messages: 300,
     catchup_members: 1000,
-    e2e_messages: 200,
+    e2e_messages: 1_000,
     cli_runs: 30,
     idle_connections: 10_000,
     import_rows: 5_000,
