@@ -6,11 +6,14 @@
 
 mod fork;
 mod keyfile;
+mod outbox;
 mod row_kind;
+mod schema;
+mod search;
 
 use std::path::Path;
 
-use rathaus_protocol::{ClientMsgId, Content, ContentIn};
+use rathaus_protocol::{Content, ContentIn};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub(crate) use fork::{
@@ -19,15 +22,15 @@ pub(crate) use fork::{
 };
 pub use fork::{EntryMark, ForkCut};
 pub use keyfile::{load_device_key, write_device_key, KEY_FILE};
+pub use outbox::{OutboxItem, UnacknowledgedItem};
 pub use row_kind::{RowKind, UnknownRowKind};
+pub(crate) use search::index_queued;
+pub use search::LocalHit;
 
 use crate::error::{ClientError, Result};
 
 /// File name of the SQLite database inside a profile directory.
 pub const DB_FILE: &str = "profile.sqlite";
-
-/// Schema version written by this build (in SQLite's `user_version`).
-const SCHEMA_VERSION: i64 = 7;
 
 /// The profile's SQLite database.
 #[derive(Debug)]
@@ -71,34 +74,6 @@ impl TimelineRow {
             sent_at_ms: self.sent_at_ms,
         }
     }
-}
-
-/// A message waiting in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxItem {
-    /// The client id that makes retries idempotent.
-    pub client_id: ClientMsgId,
-    /// Target group handle.
-    pub group: String,
-    /// Encoded `PostBody`.
-    pub body: Vec<u8>,
-    /// How often sending was attempted.
-    pub attempts: u32,
-}
-
-/// A message of the outbox the server has not acknowledged.
-#[derive(Debug, Clone)]
-pub struct UnacknowledgedItem {
-    /// The client id.
-    pub client_id: ClientMsgId,
-    /// Target group handle.
-    pub group: String,
-    /// Encoded `PostBody`.
-    pub body: Vec<u8>,
-    /// When it was written, Unix ms.
-    pub created_ms: i64,
-    /// Whether it was handed to the server already (then it may have arrived).
-    pub attempted: bool,
 }
 
 impl ProfileStore {
@@ -364,143 +339,6 @@ impl ProfileStore {
         Ok(seqs)
     }
 
-    /// Puts a message into the outbox (state `queued`).
-    pub fn enqueue(
-        &self,
-        client_id: ClientMsgId,
-        group: &str,
-        body: &[u8],
-        now_ms: i64,
-    ) -> Result<()> {
-        self.db
-            .prepare_cached(
-                "INSERT INTO outbox(client_id, grp, body, state, created_ms, attempts)
-             VALUES (?1, ?2, ?3, 'queued', ?4, 0)",
-            )?
-            .execute(params![client_id.0.as_slice(), group, body, now_ms])?;
-        Ok(())
-    }
-
-    /// Messages not yet acknowledged, oldest first.
-    pub fn unacknowledged(&self) -> Result<Vec<UnacknowledgedItem>> {
-        let mut stmt = self.db.prepare_cached(
-            "SELECT client_id, grp, body, created_ms, state FROM outbox
-             WHERE state != 'acked' ORDER BY created_ms, rowid",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, String>(4)?,
-                ))
-            })?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(id, group, body, created, state)| {
-                let id: [u8; 16] = id.try_into().ok()?;
-                Some(UnacknowledgedItem {
-                    client_id: ClientMsgId(id),
-                    group,
-                    body,
-                    created_ms: created,
-                    attempted: state != "queued",
-                })
-            })
-            .collect())
-    }
-
-    /// Withdraws a queued message that no send has been attempted for; `false` if there
-    /// is none (unknown, acknowledged, or possibly on its way already).
-    pub fn cancel_queued(&self, client_id: ClientMsgId) -> Result<bool> {
-        let n = self
-            .db
-            .prepare_cached("DELETE FROM outbox WHERE client_id = ?1 AND state = 'queued'")?
-            .execute(params![client_id.0.as_slice()])?;
-        Ok(n > 0)
-    }
-
-    /// Messages not yet acknowledged, oldest first.
-    pub fn pending(&self) -> Result<Vec<OutboxItem>> {
-        let mut stmt = self.db.prepare_cached(
-            "SELECT client_id, grp, body, attempts FROM outbox
-             WHERE state != 'acked' ORDER BY created_ms, rowid",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                let id: Vec<u8> = r.get(0)?;
-                Ok((id, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?))
-            })?
-            .collect::<std::result::Result<Vec<(Vec<u8>, String, Vec<u8>, i64)>, _>>()?;
-        rows.into_iter()
-            .map(|(id, group, body, attempts)| {
-                let id: [u8; 16] = id
-                    .try_into()
-                    .map_err(|_| ClientError::Invalid("corrupt outbox entry".into()))?;
-                Ok(OutboxItem {
-                    client_id: ClientMsgId(id),
-                    group,
-                    body,
-                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                })
-            })
-            .collect()
-    }
-
-    /// Records a send attempt (state `sent`).
-    pub fn mark_sent(&self, client_id: ClientMsgId) -> Result<()> {
-        self.db
-            .prepare_cached(
-                "UPDATE outbox SET state = 'sent', attempts = attempts + 1 WHERE client_id = ?1",
-            )?
-            .execute([client_id.0.as_slice()])?;
-        Ok(())
-    }
-
-    /// Records the server's acknowledgement and the resulting timeline row, in one
-    /// transaction.
-    pub fn mark_acked(&mut self, client_id: ClientMsgId, row: &TimelineRow) -> Result<()> {
-        let tx = self.db.transaction()?;
-        // Public groups: the outbox holds the plaintext post, which can be sent again.
-        let requeue_own =
-            rathaus_protocol::GroupHandle::parse(&row.group).is_ok_and(|g| !g.is_secret());
-        fork::cut_if_taken(
-            &tx,
-            &row.group,
-            row.seq,
-            &row.mark(),
-            requeue_own,
-            crate::time_fmt::now_ms(),
-        )?;
-        tx.prepare_cached("UPDATE outbox SET state = 'acked', seq = ?2 WHERE client_id = ?1")?
-            .execute(params![client_id.0.as_slice(), to_i64(row.seq)])?;
-        insert_row(&tx, row)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Like [`ProfileStore::mark_acked`] for an MLS application message of this device,
-    /// which is also remembered as its own, so that fetching it back skips it.
-    pub fn mark_acked_own_mls(&mut self, client_id: ClientMsgId, row: &TimelineRow) -> Result<()> {
-        let tx = self.db.transaction()?;
-        // The seq of a row held from before a restore of the server (received at another
-        // time): set aside from there, kept on this device, so the own message shows.
-        if fork::row_mark(&tx, &row.group, row.seq)?
-            .is_some_and(|held| held.sent_at_ms != row.sent_at_ms)
-        {
-            fork::cut_fork(&tx, &row.group, row.seq, false, crate::time_fmt::now_ms())?;
-        }
-        tx.prepare_cached("UPDATE outbox SET state = 'acked', seq = ?2 WHERE client_id = ?1")?
-            .execute(params![client_id.0.as_slice(), to_i64(row.seq)])?;
-        insert_row(&tx, row)?;
-        record_own_entry(&tx, &row.group, row.seq)?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Whether the entry `seq` of `group` was written by this device.
     pub fn is_own_entry(&self, group: &str, seq: u64) -> Result<bool> {
         Ok(self
@@ -546,265 +384,6 @@ impl ProfileStore {
             .query_row([user], |r| r.get(0))
             .optional()?)
     }
-
-    /// The seq and server time of an acknowledged message, if it was acknowledged.
-    pub fn receipt(&self, client_id: ClientMsgId) -> Result<Option<(u64, i64)>> {
-        let row: Option<(i64, i64)> = self
-            .db
-            .prepare_cached(
-                "SELECT o.seq, t.sent_at_ms FROM outbox o
-                 JOIN timeline t ON t.grp = o.grp AND t.seq = o.seq
-                 WHERE o.client_id = ?1 AND o.state = 'acked' AND o.failure IS NULL",
-            )?
-            .query_row([client_id.0.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        Ok(row.map(|(seq, at)| (to_u64(seq), at)))
-    }
-
-    /// Drops an outbox entry the server refused for good (e.g. `Forbidden`).
-    pub fn mark_failed(&self, client_id: ClientMsgId, reason: &str) -> Result<()> {
-        self.db
-            .prepare_cached("UPDATE outbox SET state = 'acked', failure = ?2 WHERE client_id = ?1")?
-            .execute(params![client_id.0.as_slice(), reason])?;
-        Ok(())
-    }
-
-    fn migrate(&self) -> Result<()> {
-        let version: i64 = self
-            .db
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(ClientError::Invalid(format!(
-                "this profile was written by a newer Rathaus (schema {version}); update rathaus"
-            )));
-        }
-        if version < 1 {
-            self.db.execute_batch(
-                "BEGIN;
-                 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                 CREATE TABLE cursors (grp TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-                 CREATE TABLE read_marks (grp TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-                 CREATE TABLE timeline (
-                     grp TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
-                     sender_name TEXT NOT NULL, sent_at_ms INTEGER NOT NULL,
-                     kind TEXT NOT NULL, text TEXT NOT NULL,
-                     expires_at_ms INTEGER, removes INTEGER,
-                     PRIMARY KEY (grp, seq));
-                 CREATE TABLE outbox (
-                     client_id BLOB PRIMARY KEY, grp TEXT NOT NULL, body BLOB NOT NULL,
-                     state TEXT NOT NULL, created_ms INTEGER NOT NULL,
-                     attempts INTEGER NOT NULL, seq INTEGER, failure TEXT);
-                 PRAGMA user_version = 1;
-                 COMMIT;",
-            )?;
-        }
-        if version < 2 {
-            // Secret groups: log entries this device wrote itself (MLS cannot process its own
-            // messages, so they are skipped when fetched back) and the display names learned
-            // from the server, for membership rows.
-            self.db.execute_batch(
-                "BEGIN;
-                 CREATE TABLE mls_own_entries (
-                     grp TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (grp, seq));
-                 CREATE TABLE user_names (user TEXT PRIMARY KEY, name TEXT NOT NULL);
-                 PRAGMA user_version = 2;
-                 COMMIT;",
-            )?;
-        }
-        if version < 3 {
-            // CA validation of the server (DESIGN §3): the CA certificates given at
-            // enrollment, kept as DER in the profile rather than as a path to a file that
-            // could change. Empty for profiles that pin a fingerprint.
-            self.db.execute_batch(
-                "BEGIN;
-                 CREATE TABLE server_ca (pos INTEGER PRIMARY KEY, der BLOB NOT NULL);
-                 PRAGMA user_version = 3;
-                 COMMIT;",
-            )?;
-        }
-        if version < 4 {
-            // Membership intents of secret groups (an approval, a policy change, a linked
-            // device): kept until committed, so one made while the server was unreachable
-            // is carried out on a later sync (DESIGN §8).
-            self.db.execute_batch(
-                "BEGIN;
-                 CREATE TABLE mls_intents (
-                     id INTEGER PRIMARY KEY, grp TEXT NOT NULL, intent BLOB NOT NULL,
-                     state TEXT NOT NULL, created_ms INTEGER NOT NULL,
-                     updated_ms INTEGER NOT NULL, seq INTEGER, error TEXT);
-                 PRAGMA user_version = 4;
-                 COMMIT;",
-            )?;
-        }
-        if version < 5 {
-            // Posts that change posts (edits, deletes, reactions): the content as written,
-            // to fold the timeline; the post a change names, so a delete finds the edits
-            // whose text goes with it; and which rows were shown (by `listen`) though not
-            // read in order.
-            self.db.execute_batch(
-                "BEGIN;
-                 ALTER TABLE timeline ADD COLUMN content BLOB;
-                 ALTER TABLE timeline ADD COLUMN target INTEGER;
-                 ALTER TABLE timeline ADD COLUMN seen INTEGER NOT NULL DEFAULT 0;
-                 CREATE INDEX timeline_target ON timeline(grp, target);
-                 PRAGMA user_version = 5;
-                 COMMIT;",
-            )?;
-        }
-        if version < 6 {
-            // Local full-text search (DESIGN §2): an FTS5 index over the timeline's text,
-            // kept in step by triggers, so every row stored by any path (fetch, send,
-            // the MLS engine's own connection) is searchable, and a moderated or replaced
-            // row's old words leave the index with it. FTS5 has no German stemmer:
-            // `unicode61 remove_diacritics 2` folds case and accents, and queries match
-            // word prefixes (see `search_timeline`). Existing rows are indexed once here.
-            self.db.execute_batch(
-                "BEGIN;
-                 CREATE VIRTUAL TABLE timeline_fts USING fts5(
-                     text, content='timeline', content_rowid='rowid',
-                     tokenize='unicode61 remove_diacritics 2');
-                 CREATE TRIGGER timeline_fts_insert AFTER INSERT ON timeline BEGIN
-                     INSERT INTO timeline_fts(rowid, text) VALUES (new.rowid, new.text);
-                 END;
-                 CREATE TRIGGER timeline_fts_delete AFTER DELETE ON timeline BEGIN
-                     INSERT INTO timeline_fts(timeline_fts, rowid, text)
-                     VALUES ('delete', old.rowid, old.text);
-                 END;
-                 CREATE TRIGGER timeline_fts_update AFTER UPDATE OF text ON timeline BEGIN
-                     INSERT INTO timeline_fts(timeline_fts, rowid, text)
-                     VALUES ('delete', old.rowid, old.text);
-                     INSERT INTO timeline_fts(rowid, text) VALUES (new.rowid, new.text);
-                 END;
-                 INSERT INTO timeline_fts(timeline_fts) VALUES ('rebuild');
-                 PRAGMA user_version = 6;
-                 COMMIT;",
-            )?;
-        }
-        if version < 7 {
-            // The triggers queue their changes to the index instead of making them
-            // (see `index_queued`): FTS5 writes its pending changes out as a new segment
-            // at every savepoint, and a page of secret entries runs one savepoint per
-            // entry (and the engine more inside), so a page of 100 messages made 100
-            // one-row segments and merged them again: 11 % of a catch-up's CPU.
-            self.db.execute_batch(
-                "BEGIN;
-                 CREATE TABLE timeline_fts_queue (
-                     id INTEGER PRIMARY KEY, command TEXT,
-                     rid INTEGER NOT NULL, text TEXT NOT NULL);
-                 DROP TRIGGER timeline_fts_insert;
-                 DROP TRIGGER timeline_fts_delete;
-                 DROP TRIGGER timeline_fts_update;
-                 CREATE TRIGGER timeline_fts_insert AFTER INSERT ON timeline BEGIN
-                     INSERT INTO timeline_fts_queue(command, rid, text)
-                     VALUES (NULL, new.rowid, new.text);
-                 END;
-                 CREATE TRIGGER timeline_fts_delete AFTER DELETE ON timeline BEGIN
-                     INSERT INTO timeline_fts_queue(command, rid, text)
-                     VALUES ('delete', old.rowid, old.text);
-                 END;
-                 CREATE TRIGGER timeline_fts_update AFTER UPDATE OF text ON timeline BEGIN
-                     INSERT INTO timeline_fts_queue(command, rid, text)
-                     VALUES ('delete', old.rowid, old.text);
-                     INSERT INTO timeline_fts_queue(command, rid, text)
-                     VALUES (NULL, new.rowid, new.text);
-                 END;
-                 PRAGMA user_version = 7;
-                 COMMIT;",
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Searches the local timeline: rows of `kind` text or announcement whose words
-    /// start with every word of `query` (prefix match: FTS5 has no German stemmer, so
-    /// "Baustelle" also finds "Baustellen"). Anything in `query` that is not a letter or
-    /// digit only separates words, so FTS5 syntax in it is never interpreted. `group`:
-    /// only that group; `secret_only`: only secret groups and rooms. Best first (FTS5's
-    /// BM25, then newest); expired announcements are left out.
-    pub fn search_timeline(
-        &self,
-        query: &str,
-        group: Option<&str>,
-        secret_only: bool,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<LocalHit>> {
-        let Some(expression) = fts_expression(query) else {
-            return Ok(Vec::new());
-        };
-        index_queued(&self.db)?;
-        let mut stmt = self.db.prepare_cached(
-            "SELECT t.grp, t.seq, t.sender, t.sender_name, t.sent_at_ms,
-                    snippet(timeline_fts, 0, '', '', '…', 24), bm25(timeline_fts) AS rank
-             FROM timeline_fts JOIN timeline t ON t.rowid = timeline_fts.rowid
-             WHERE timeline_fts MATCH ?1
-               AND t.kind IN ('text', 'announcement')
-               AND (?2 IS NULL OR t.grp = ?2)
-               AND (?3 = 0 OR t.grp LIKE '%/secret' OR t.grp LIKE 'room/%')
-               AND (t.expires_at_ms IS NULL OR t.expires_at_ms > ?4)
-             ORDER BY rank, t.sent_at_ms DESC, t.seq DESC
-             LIMIT ?5",
-        )?;
-        let rows = stmt
-            .query_map(
-                params![
-                    expression,
-                    group,
-                    secret_only,
-                    now_ms,
-                    i64::try_from(limit).unwrap_or(i64::MAX)
-                ],
-                |r| {
-                    Ok(LocalHit {
-                        group: r.get(0)?,
-                        seq: to_u64(r.get(1)?),
-                        sender: r.get(2)?,
-                        sender_name: r.get(3)?,
-                        sent_at_ms: r.get(4)?,
-                        snippet: r.get(5)?,
-                        // bm25() is lower for better matches.
-                        score: -r.get::<_, f64>(6)?,
-                    })
-                },
-            )?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-}
-
-/// A row found by [`ProfileStore::search_timeline`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct LocalHit {
-    /// Group handle.
-    pub group: String,
-    /// Server sequence number.
-    pub seq: u64,
-    /// Sender's personnel number.
-    pub sender: String,
-    /// Sender's display name.
-    pub sender_name: String,
-    /// Server receive time, Unix ms.
-    pub sent_at_ms: i64,
-    /// Excerpt around the words found.
-    pub snippet: String,
-    /// Relevance (FTS5 BM25, higher is better).
-    pub score: f64,
-}
-
-/// Most words of a local query that are looked for.
-const MAX_LOCAL_TERMS: usize = rathaus_protocol::limits::MAX_SEARCH_TERMS;
-
-/// The FTS5 expression for a user's words: each word a quoted prefix query (`"bau"*`), all
-/// of them required. Words are runs of letters and digits, so quotes, operators and
-/// column filters in the input are never FTS5 syntax. `None` if there is no word.
-fn fts_expression(query: &str) -> Option<String> {
-    let words: Vec<String> = query
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .take(MAX_LOCAL_TERMS)
-        .map(|w| format!("\"{w}\"*"))
-        .collect();
-    (!words.is_empty()).then(|| words.join(" "))
 }
 
 /// Stores timeline rows and advances the group's cursor to at least `cursor`, on any
@@ -826,24 +405,6 @@ pub(crate) fn append_rows(
         )?
         .execute(params![group, to_i64(cursor)])?;
     }
-    Ok(())
-}
-
-/// Makes the changes the timeline's triggers queued in the full-text index, in the order
-/// they were made, and empties the queue: atomically, inside the caller's transaction or
-/// one of its own. Called at the end of a page of entries (one index segment for the
-/// page) and before every search (so a search always sees every stored row).
-pub(crate) fn index_queued(conn: &Connection) -> Result<()> {
-    conn.execute_batch(
-        "SAVEPOINT rathaus_index;
-         INSERT INTO timeline_fts(timeline_fts, rowid, text)
-             SELECT command, rid, text FROM timeline_fts_queue ORDER BY id;
-         DELETE FROM timeline_fts_queue;
-         RELEASE rathaus_index;",
-    )
-    .inspect_err(|_| {
-        let _ = conn.execute_batch("ROLLBACK TO rathaus_index; RELEASE rathaus_index;");
-    })?;
     Ok(())
 }
 
@@ -1006,6 +567,7 @@ pub(crate) fn restrict_permissions(_path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rathaus_protocol::ClientMsgId;
 
     fn row(seq: u64) -> TimelineRow {
         TimelineRow {

@@ -189,7 +189,14 @@ mod tests {
     #[test]
     fn every_kind_the_store_names_in_sql_is_a_row_kind() {
         let mut named = kinds_named_in_sql(include_str!("mod.rs"));
-        named.extend(kinds_named_in_sql(include_str!("fork.rs")));
+        for source in [
+            include_str!("fork.rs"),
+            include_str!("outbox.rs"),
+            include_str!("schema.rs"),
+            include_str!("search.rs"),
+        ] {
+            named.extend(kinds_named_in_sql(source));
+        }
         for kind in [
             "text",
             "announcement",
