@@ -34,6 +34,51 @@ pub fn encode_with_limit<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8
     Ok(out)
 }
 
+/// Encodes the message `with(tail)` as one frame of two parts: the frame up to its last
+/// field, and `tail`, that field's bytes, untouched, so that a stream can send a file's
+/// chunk without copying it into the frame. `with` must build a message whose last field
+/// is a byte string holding what it is given (`Response::Chunk`, `Request::UploadChunk`);
+/// that is checked, and anything else fails. The two parts are, end to end, the bytes of
+/// [`encode_with_limit`]`(&with(tail), limit)`.
+pub fn encode_split<T: Serialize>(
+    with: impl Fn(Vec<u8>) -> T,
+    tail: Vec<u8>,
+    limit: usize,
+) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
+    let body = |bytes: Vec<u8>| {
+        postcard::to_allocvec(&with(bytes)).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    };
+    // Empty, the byte string is its length alone: a single 0 at the very end. With one
+    // byte it is 1 and that byte, at the same place.
+    let mut head = body(Vec::new())?;
+    let probe = body(vec![0xa5])?;
+    let fits = head.last() == Some(&0)
+        && probe.len() == head.len() + 1
+        && probe[..head.len() - 1] == head[..head.len() - 1]
+        && probe[head.len() - 1..] == [1, 0xa5];
+    if !fits {
+        return Err(ProtocolError::Malformed(
+            "a split frame needs a message whose last field is a byte string".into(),
+        ));
+    }
+    head.pop();
+    let mut n = tail.len();
+    while n >= 0x80 {
+        head.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    head.push(n as u8);
+    let len = head.len() + tail.len();
+    if len > limit {
+        return Err(ProtocolError::FrameTooLarge { len, limit });
+    }
+    let len32 = u32::try_from(len).map_err(|_| ProtocolError::FrameTooLarge { len, limit })?;
+    let mut frame = Vec::with_capacity(HEADER_LEN + head.len());
+    frame.extend_from_slice(&len32.to_be_bytes());
+    frame.extend_from_slice(&head);
+    Ok((frame, tail))
+}
+
 /// Decodes a whole frame body (without header) into `T`. Trailing bytes are an error.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
     let (value, rest) =
@@ -183,6 +228,48 @@ mod tests {
     use super::*;
     use crate::{Event, Request, Response};
     use proptest::prelude::*;
+
+    /// A chunk's frame in two parts is, end to end, the frame encoded whole, for every
+    /// length's varint (one to three bytes) and both messages that carry chunks; a
+    /// message whose last field is not a byte string is refused.
+    #[test]
+    fn a_split_frame_is_the_whole_frame_in_two_parts() {
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, 256 * 1024] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let (head, tail) = encode_split(
+                |bytes| Response::Chunk { bytes },
+                bytes.clone(),
+                MAX_CONTROL_FRAME,
+            )
+            .unwrap();
+            assert_eq!(tail, bytes);
+            let whole = encode(&Response::Chunk {
+                bytes: bytes.clone(),
+            })
+            .unwrap();
+            assert_eq!([head, tail].concat(), whole, "Chunk of {len} bytes");
+
+            let upload = |bytes| Request::UploadChunk {
+                upload: 300,
+                index: 7,
+                bytes,
+            };
+            let (head, tail) = encode_split(upload, bytes.clone(), MAX_CONTROL_FRAME).unwrap();
+            assert_eq!(
+                [head, tail].concat(),
+                encode(&upload(bytes)).unwrap(),
+                "UploadChunk of {len} bytes"
+            );
+        }
+        assert!(matches!(
+            encode_split(|_| Request::Subscribe, vec![1, 2, 3], MAX_CONTROL_FRAME),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            encode_split(|bytes| Response::Chunk { bytes }, vec![0; 100], 50),
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
+    }
 
     /// A frame announced within the limit gets its whole room at once and decodes as
     /// before; one announced over the limit gets none, and is refused.

@@ -392,12 +392,7 @@ impl Client {
             let index32 = u32::try_from(index)
                 .map_err(|_| ClientError::Invalid("the file has too many chunks".into()))?;
             in_flight.spawn(async move {
-                let request = Request::UploadChunk {
-                    upload: id,
-                    index: index32,
-                    bytes: chunk,
-                };
-                match conn.request(&request).await? {
+                match conn.upload_chunk(id, index32, chunk).await? {
                     Response::ChunkStored { .. } => Ok(len),
                     _ => Err(ClientError::UnexpectedResponse("UploadChunk")),
                 }

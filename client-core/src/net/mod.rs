@@ -257,6 +257,30 @@ impl Connection {
         Ok(response)
     }
 
+    /// Sends chunk `index` of upload `upload` on a new stream, its bytes handed to the
+    /// stream as they are (not copied into the frame), and returns the server's answer.
+    pub async fn upload_chunk(&self, upload: u64, index: u32, bytes: Vec<u8>) -> Result<Response> {
+        let (mut send, mut recv) = self.open().await?;
+        let chunk = |bytes| Request::UploadChunk {
+            upload,
+            index,
+            bytes,
+        };
+        let (head, tail) = frame::encode_split(chunk, bytes, limits::MAX_CONTROL_FRAME)
+            .map_err(|e| self.map(FrameIoError::Protocol(e)))?;
+        let mut parts = [head.into(), tail.into()];
+        let mut rest = &mut parts[..];
+        while !rest.is_empty() {
+            let written = send
+                .write_chunks(rest)
+                .await
+                .map_err(|e| self.map(FrameIoError::Stream(e.to_string())))?;
+            rest = &mut rest[written.chunks..];
+        }
+        let _ = send.finish();
+        self.read_response(&mut recv).await
+    }
+
     /// Authenticates this connection as `user`'s device `device` by signing the server's
     /// challenge, bound to this TLS session (DESIGN §3).
     pub async fn authenticate(

@@ -156,14 +156,36 @@ pub(crate) async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T) 
     }
 }
 
+/// Writes the answer to `DownloadChunk`: the frame's head, then the chunk's bytes as read
+/// from the blob, not copied into the frame. Returns `false` if the stream is gone.
+pub(crate) async fn write_chunk_response(send: &mut SendStream, bytes: Vec<u8>) -> bool {
+    let chunk = |bytes| rathaus_protocol::Response::Chunk { bytes };
+    match frame::encode_split(chunk, bytes, rathaus_protocol::limits::MAX_CONTROL_FRAME) {
+        Ok((head, tail)) => write_parts(send, [Bytes::from(head), Bytes::from(tail)]).await,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a chunk's frame");
+            let fallback = rathaus_protocol::Response::error(
+                rathaus_protocol::ErrorCode::Internal,
+                "the answer could not be encoded",
+            );
+            write_frame(send, &fallback).await
+        }
+    }
+}
+
 /// Writes already-encoded frame bytes. Returns `false` if the stream is gone. The stream
 /// keeps `bytes` (a reference to them) until the peer has them, so a frame is not copied
 /// again: not a file's chunk, not an event shared by a thousand subscribers.
+pub(crate) async fn write_bytes(send: &mut SendStream, bytes: Bytes) -> bool {
+    write_parts(send, [bytes]).await
+}
+
+/// Writes the parts of a frame one after another (see [`write_bytes`]).
 ///
 /// The loop is quinn's `write_chunk` written out: its nested futures took 192 bytes of
 /// every subscription's task, `write_chunks` alone takes a few dozen.
-pub(crate) async fn write_bytes(send: &mut SendStream, bytes: Bytes) -> bool {
-    let mut chunks = [bytes];
+async fn write_parts<const N: usize>(send: &mut SendStream, parts: [Bytes; N]) -> bool {
+    let mut chunks = parts;
     let mut rest: &mut [Bytes] = &mut chunks;
     while !rest.is_empty() {
         match send.write_chunks(rest).await {

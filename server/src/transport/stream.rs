@@ -13,7 +13,7 @@ use rathaus_protocol::{ErrorCode, Request, Response, AUTH_EXPORTER_LABEL};
 
 use super::admission::{self, allowed_before_auth, PRE_AUTH_FRAME};
 use super::connection::ConnectionCtx;
-use super::frame_io::{write_frame, FrameReader, ReadFailure};
+use super::frame_io::{write_chunk_response, write_frame, FrameReader, ReadFailure};
 use super::subscribe;
 use crate::service::refused::SessionRefused;
 use crate::service::{NewDevice, Refusal, Session};
@@ -160,7 +160,11 @@ async fn answer(
             refusal.to_response()
         }
     };
-    if write_frame(&mut send, &response).await {
+    let written = match response {
+        Response::Chunk { bytes } => write_chunk_response(&mut send, bytes).await,
+        other => write_frame(&mut send, &other).await,
+    };
+    if written {
         let _ = send.finish();
         if kind == "Hello" && !ctx.is_authenticated() {
             // Let the refusal arrive before a connection that keeps failing is closed.
