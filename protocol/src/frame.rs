@@ -45,23 +45,7 @@ pub fn encode_split<T: Serialize>(
     tail: Vec<u8>,
     limit: usize,
 ) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
-    let body = |bytes: Vec<u8>| {
-        postcard::to_allocvec(&with(bytes)).map_err(|e| ProtocolError::Malformed(e.to_string()))
-    };
-    // Empty, the byte string is its length alone: a single 0 at the very end. With one
-    // byte it is 1 and that byte, at the same place.
-    let mut head = body(Vec::new())?;
-    let probe = body(vec![0xa5])?;
-    let fits = head.last() == Some(&0)
-        && probe.len() == head.len() + 1
-        && probe[..head.len() - 1] == head[..head.len() - 1]
-        && probe[head.len() - 1..] == [1, 0xa5];
-    if !fits {
-        return Err(ProtocolError::Malformed(
-            "a split frame needs a message whose last field is a byte string".into(),
-        ));
-    }
-    head.pop();
+    let mut head = split_head(&with)?;
     let mut n = tail.len();
     while n >= 0x80 {
         head.push((n as u8) | 0x80);
@@ -77,6 +61,47 @@ pub fn encode_split<T: Serialize>(
     frame.extend_from_slice(&len32.to_be_bytes());
     frame.extend_from_slice(&head);
     Ok((frame, tail))
+}
+
+/// Where the byte string of `body` begins, if `body` encodes `with(bytes)` for some
+/// bytes (see [`encode_split`]): so that a receiver can take a file's chunk out of the
+/// frame it arrived in instead of copying it. `None` for any other body (an error
+/// answer, say), which the receiver decodes as usual.
+pub fn split_offset<T: Serialize>(with: impl Fn(Vec<u8>) -> T, body: &[u8]) -> Option<usize> {
+    let head = split_head(&with).ok()?;
+    let rest = body.strip_prefix(head.as_slice())?;
+    // The length as postcard writes it: LEB128, at most ten bytes for a u64.
+    let mut len: u64 = 0;
+    for (i, &b) in rest.iter().enumerate().take(10) {
+        len |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            let offset = head.len() + i + 1;
+            return (body.len().checked_sub(offset)? as u64 == len).then_some(offset);
+        }
+    }
+    None
+}
+
+/// The body of `with(empty)` up to its last field's length, checked to be a message
+/// whose last field is a byte string: empty, that field is its length alone, a single 0
+/// at the very end; with one byte it is 1 and that byte, at the same place.
+fn split_head<T: Serialize>(with: &impl Fn(Vec<u8>) -> T) -> Result<Vec<u8>, ProtocolError> {
+    let body = |bytes: Vec<u8>| {
+        postcard::to_allocvec(&with(bytes)).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    };
+    let mut head = body(Vec::new())?;
+    let probe = body(vec![0xa5])?;
+    let fits = head.last() == Some(&0)
+        && probe.len() == head.len() + 1
+        && probe[..head.len() - 1] == head[..head.len() - 1]
+        && probe[head.len() - 1..] == [1, 0xa5];
+    if !fits {
+        return Err(ProtocolError::Malformed(
+            "a split frame needs a message whose last field is a byte string".into(),
+        ));
+    }
+    head.pop();
+    Ok(head)
 }
 
 /// Decodes a whole frame body (without header) into `T`. Trailing bytes are an error.
@@ -202,6 +227,32 @@ impl FrameDecoder {
         value.map(Some)
     }
 
+    /// The next complete frame as it arrived, header included (its body from
+    /// [`HEADER_LEN`] on), undecoded; `Ok(None)` if more bytes are needed, an error as for
+    /// [`FrameDecoder::next_frame`]. A buffer holding exactly the frame is handed over
+    /// as it is, without a copy.
+    pub fn next_raw_frame(&mut self) -> Result<Option<Vec<u8>>, ProtocolError> {
+        let Some(len) = self.announced() else {
+            return Ok(None);
+        };
+        if len > self.limit {
+            return Err(ProtocolError::FrameTooLarge {
+                len,
+                limit: self.limit,
+            });
+        }
+        let total = HEADER_LEN + len;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        if self.buf.len() == total {
+            return Ok(Some(std::mem::take(&mut self.buf)));
+        }
+        let frame = self.buf[..total].to_vec();
+        self.buf.drain(..total);
+        Ok(Some(frame))
+    }
+
     /// Call when the stream has ended: an error if a partial frame is left over.
     pub fn finish(&self) -> Result<(), ProtocolError> {
         if self.buf.is_empty() {
@@ -226,7 +277,7 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Event, Request, Response};
+    use crate::{ErrorCode, Event, Request, Response};
     use proptest::prelude::*;
 
     /// A chunk's frame in two parts is, end to end, the frame encoded whole, for every
@@ -269,6 +320,40 @@ mod tests {
             encode_split(|bytes| Response::Chunk { bytes }, vec![0; 100], 50),
             Err(ProtocolError::FrameTooLarge { .. })
         ));
+    }
+
+    /// A receiver finds a chunk's bytes where they start in the frame it got, for every
+    /// length's varint, straight from the decoder's buffer; an error answer, a cut or
+    /// padded chunk, or another message is not taken for a chunk.
+    #[test]
+    fn a_chunk_is_found_in_its_frame_and_nothing_else_is() {
+        let chunk = |bytes| Response::Chunk { bytes };
+        for len in [0usize, 1, 127, 128, 16_384, 256 * 1024] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut decoder = FrameDecoder::new(MAX_CONTROL_FRAME);
+            decoder.push(&encode(&chunk(bytes.clone())).unwrap());
+            let frame = decoder.next_raw_frame().unwrap().unwrap();
+            assert_eq!(decoder.buffered(), 0);
+            let body = &frame[HEADER_LEN..];
+            let at = split_offset(chunk, body).unwrap();
+            assert_eq!(&body[at..], &bytes[..], "{len} bytes");
+            // One byte short or one too many: not a chunk of that length.
+            assert_eq!(split_offset(chunk, &body[..body.len() - 1]), None);
+            assert_eq!(split_offset(chunk, &[body, &[0]].concat()), None);
+        }
+        let error = encode(&Response::error(ErrorCode::Forbidden, "no")).unwrap();
+        assert_eq!(split_offset(chunk, &error[HEADER_LEN..]), None);
+        assert_eq!(split_offset(chunk, &[]), None);
+        assert_eq!(split_offset(|_| Request::Subscribe, &[0, 0]), None);
+        // An endless length varint is no chunk either.
+        let head = split_head(&chunk).unwrap();
+        assert_eq!(split_offset(chunk, &[head, vec![0xff; 16]].concat()), None);
+        // Two frames buffered: the first is handed out, the second stays.
+        let mut decoder = FrameDecoder::new(MAX_CONTROL_FRAME);
+        let one = encode(&chunk(vec![1, 2, 3])).unwrap();
+        decoder.push(&[one.clone(), one.clone()].concat());
+        assert_eq!(decoder.next_raw_frame().unwrap().unwrap(), one);
+        assert_eq!(decoder.buffered(), one.len());
     }
 
     /// A frame announced within the limit gets its whole room at once and decodes as
@@ -431,7 +516,12 @@ mod tests {
                 let mut d = FrameDecoder::new(limit);
                 d.push(&bytes);
                 let _ = d.next_frame::<Event>();
+                let mut d = FrameDecoder::new(limit);
+                d.push(&bytes);
+                let _ = d.next_raw_frame();
             }
+            let at = split_offset(|bytes| Response::Chunk { bytes }, &bytes);
+            prop_assert!(at.is_none_or(|at| at <= bytes.len()));
             let _ = decode_body::<Request>(&bytes);
             let _ = decode_body::<Response>(&bytes);
             let _ = decode_body::<Event>(&bytes);

@@ -535,7 +535,7 @@ impl Client {
         let fetched = async {
             let conn = self.connection().await?;
             let mut done = (start * BLOB_CHUNK as u64).min(stored);
-            let mut queue: VecDeque<tokio::task::JoinHandle<Result<Vec<u8>>>> = VecDeque::new();
+            let mut queue: VecDeque<tokio::task::JoinHandle<Result<Piece>>> = VecDeque::new();
             let mut next = start;
             while next < n || !queue.is_empty() {
                 while next < n && queue.len() < WINDOW {
@@ -837,15 +837,15 @@ fn write_behind(
     mut out: File,
     mut hasher: Sha256,
     part: PathBuf,
-) -> (tokio::sync::mpsc::Sender<Vec<u8>>, PartWritten) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WINDOW);
+) -> (tokio::sync::mpsc::Sender<Piece>, PartWritten) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(WINDOW);
     let written = tokio::task::spawn_blocking(move || {
         let io = |e| ClientError::io(format!("cannot write {}", part.display()), e);
         let mut unsynced = 0usize;
-        while let Some(bytes) = rx.blocking_recv() {
-            hasher.update(&bytes);
-            out.write_all(&bytes).map_err(io)?;
-            unsynced += bytes.len();
+        while let Some(piece) = rx.blocking_recv() {
+            hasher.update(piece.bytes());
+            out.write_all(piece.bytes()).map_err(io)?;
+            unsynced += piece.bytes().len();
             if unsynced >= SYNC_EVERY {
                 out.sync_data().map_err(io)?;
                 unsynced = 0;
@@ -859,29 +859,51 @@ fn write_behind(
 }
 
 /// Fetches one chunk (of `expected` bytes as stored) and opens it with `sealer`, off the
-/// async threads, so that the chunks in flight open in parallel.
+/// async threads, so that the chunks in flight open in parallel. The chunk stays in the
+/// frame it arrived in: the answer is that frame and where in it the file's bytes are.
 async fn fetch_chunk(
     conn: net::Connection,
     request: Request,
     expected: usize,
     sealer: Option<Arc<seal::Sealer>>,
-) -> Result<Vec<u8>> {
-    let mut bytes = match conn.request(&request).await? {
-        Response::Chunk { bytes } if bytes.len() == expected => bytes,
-        Response::Chunk { .. } => {
-            return Err(ClientError::Invalid(
-                "the server sent a chunk of the wrong size".into(),
-            ))
-        }
-        _ => return Err(ClientError::UnexpectedResponse("DownloadChunk")),
-    };
+) -> Result<Piece> {
+    let (mut frame, start) = conn.download_chunk(&request).await?;
+    if frame.len() - start != expected {
+        return Err(ClientError::Invalid(
+            "the server sent a chunk of the wrong size".into(),
+        ));
+    }
     let (Some(sealer), Request::DownloadChunk { index, .. }) = (sealer, &request) else {
-        return Ok(bytes);
+        return Ok(Piece {
+            end: frame.len(),
+            frame,
+            start,
+        });
     };
     let index = u64::from(*index);
-    tokio::task::spawn_blocking(move || sealer.open(index, &mut bytes).map(|()| bytes))
-        .await
-        .map_err(|e| ClientError::Invalid(format!("opening a chunk: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        let plain = sealer.open_slice(index, &mut frame[start..])?;
+        Ok(Piece {
+            frame,
+            start,
+            end: start + plain,
+        })
+    })
+    .await
+    .map_err(|e| ClientError::Invalid(format!("opening a chunk: {e}")))?
+}
+
+/// A file's bytes as fetched: `frame[start..end]`, inside the frame they arrived in.
+struct Piece {
+    frame: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Piece {
+    fn bytes(&self) -> &[u8] {
+        &self.frame[self.start..self.end]
+    }
 }
 
 fn part_path(target: &Path) -> PathBuf {

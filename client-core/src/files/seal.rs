@@ -63,9 +63,18 @@ impl Sealer {
             .map_err(|_| ClientError::Invalid("cannot seal the file".into()))
     }
 
-    /// Opens chunk `index` in place (the buffer shrinks by the tag). A chunk that was
-    /// changed, cut off or moved fails.
+    /// [`Sealer::open_slice`] on a buffer of its own, which shrinks by the tag.
+    #[cfg(test)]
     pub(crate) fn open(&self, index: u64, chunk: &mut Vec<u8>) -> Result<()> {
+        let plain = self.open_slice(index, chunk)?;
+        chunk.truncate(plain);
+        Ok(())
+    }
+
+    /// Opens chunk `index` in place in `chunk` and returns the length of its plaintext,
+    /// which begins where the chunk did (the tag's bytes after it are left as they were).
+    /// A chunk that was changed, cut off or moved fails.
+    pub(crate) fn open_slice(&self, index: u64, chunk: &mut [u8]) -> Result<usize> {
         let nonce = self.nonce(index)?;
         let plain = self
             .key
@@ -77,8 +86,7 @@ impl Sealer {
                 ))
             })?
             .len();
-        chunk.truncate(plain);
-        Ok(())
+        Ok(plain)
     }
 
     /// The nonce of segment `index`: prefix, big-endian counter, last-segment flag.

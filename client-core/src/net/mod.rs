@@ -281,6 +281,33 @@ impl Connection {
         self.read_response(&mut recv).await
     }
 
+    /// Sends `request` (a `DownloadChunk`) on a new stream and returns the chunk in the
+    /// frame it arrived in, with where its bytes start: taken out of the frame without a
+    /// copy. `Response::Error` becomes [`ClientError::Server`].
+    pub async fn download_chunk(&self, request: &Request) -> Result<(Vec<u8>, usize)> {
+        let (mut send, mut recv) = self.open().await?;
+        write_frame(&mut send, request)
+            .await
+            .map_err(|e| self.map(e))?;
+        let _ = send.finish();
+        let read = tokio::time::timeout(REQUEST_TIMEOUT, read_raw_frame(&mut recv)).await;
+        let frame = match read {
+            Err(_) => return Err(ClientError::Timeout(REQUEST_TIMEOUT.as_secs())),
+            Ok(Err(e)) => return Err(self.map(e)),
+            Ok(Ok(None)) => return Err(self.map(FrameIoError::Closed)),
+            Ok(Ok(Some(frame))) => frame,
+        };
+        let body = &frame[frame::HEADER_LEN..];
+        if let Some(at) = frame::split_offset(|bytes| Response::Chunk { bytes }, body) {
+            return Ok((frame, frame::HEADER_LEN + at));
+        }
+        match frame::decode_body::<Response>(body) {
+            Ok(Response::Error { code, message }) => Err(ClientError::Server { code, message }),
+            Ok(_) => Err(ClientError::UnexpectedResponse("DownloadChunk")),
+            Err(e) => Err(self.map(FrameIoError::Protocol(e))),
+        }
+    }
+
     /// Authenticates this connection as `user`'s device `device` by signing the server's
     /// challenge, bound to this TLS session (DESIGN §3).
     pub async fn authenticate(
@@ -477,10 +504,20 @@ const READ_CHUNK: usize = 64 * 1024;
 pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
     recv: &mut RecvStream,
 ) -> Result<Option<T>, FrameIoError> {
+    match read_raw_frame(recv).await? {
+        Some(frame) => frame::decode_body(&frame[frame::HEADER_LEN..])
+            .map(Some)
+            .map_err(FrameIoError::Protocol),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame as it arrived, header included, undecoded (see [`read_frame`]).
+async fn read_raw_frame(recv: &mut RecvStream) -> Result<Option<Vec<u8>>, FrameIoError> {
     let mut decoder = frame::FrameDecoder::new(limits::MAX_CONTROL_FRAME);
     loop {
-        if let Some(value) = decoder.next_frame().map_err(FrameIoError::Protocol)? {
-            return Ok(Some(value));
+        if let Some(frame) = decoder.next_raw_frame().map_err(FrameIoError::Protocol)? {
+            return Ok(Some(frame));
         }
         let want = decoder.wanted().clamp(1, READ_CHUNK);
         match recv.read_chunk(want, true).await {
