@@ -70,9 +70,13 @@ pub fn encode_split<T: Serialize>(
 pub fn split_offset<T: Serialize>(with: impl Fn(Vec<u8>) -> T, body: &[u8]) -> Option<usize> {
     let head = split_head(&with).ok()?;
     let rest = body.strip_prefix(head.as_slice())?;
-    // The length as postcard writes it: LEB128, at most ten bytes for a u64.
+    // The length as postcard writes it: LEB128, at most ten bytes for a u64, the tenth
+    // holding its top bit only (more would overflow, which postcard refuses too).
     let mut len: u64 = 0;
     for (i, &b) in rest.iter().enumerate().take(10) {
+        if i == 9 && b > 1 {
+            return None;
+        }
         len |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             let offset = head.len() + i + 1;
@@ -347,7 +351,13 @@ mod tests {
         assert_eq!(split_offset(|_| Request::Subscribe, &[0, 0]), None);
         // An endless length varint is no chunk either.
         let head = split_head(&chunk).unwrap();
-        assert_eq!(split_offset(chunk, &[head, vec![0xff; 16]].concat()), None);
+        assert_eq!(
+            split_offset(chunk, &[head.clone(), vec![0xff; 16]].concat()),
+            None
+        );
+        // Nor one that overflows a u64 in its tenth byte.
+        let overflow = [head, vec![0x80; 9], vec![0x02]].concat();
+        assert_eq!(split_offset(chunk, &overflow), None);
         // Two frames buffered: the first is handed out, the second stays.
         let mut decoder = FrameDecoder::new(MAX_CONTROL_FRAME);
         let one = encode(&chunk(vec![1, 2, 3])).unwrap();
