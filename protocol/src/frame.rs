@@ -210,19 +210,9 @@ impl FrameDecoder {
     /// buffered bytes can never form a valid frame (after an error, the stream must be
     /// abandoned: frame boundaries are lost).
     pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtocolError> {
-        let Some(len) = self.announced() else {
+        let Some(total) = self.complete_frame()? else {
             return Ok(None);
         };
-        if len > self.limit {
-            return Err(ProtocolError::FrameTooLarge {
-                len,
-                limit: self.limit,
-            });
-        }
-        let total = HEADER_LEN + len;
-        if self.buf.len() < total {
-            return Ok(None);
-        }
         let value = decode_body(&self.buf[HEADER_LEN..total]);
         self.buf.drain(..total);
         if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
@@ -236,6 +226,20 @@ impl FrameDecoder {
     /// [`FrameDecoder::next_frame`]. A buffer holding exactly the frame is handed over
     /// as it is, without a copy.
     pub fn next_raw_frame(&mut self) -> Result<Option<Vec<u8>>, ProtocolError> {
+        let Some(total) = self.complete_frame()? else {
+            return Ok(None);
+        };
+        if self.buf.len() == total {
+            return Ok(Some(std::mem::take(&mut self.buf)));
+        }
+        let frame = self.buf[..total].to_vec();
+        self.buf.drain(..total);
+        Ok(Some(frame))
+    }
+
+    /// The length (header included) of the frame at the front of the buffer once it is
+    /// all there, `Ok(None)` before, an error if its announced length is over the limit.
+    fn complete_frame(&self) -> Result<Option<usize>, ProtocolError> {
         let Some(len) = self.announced() else {
             return Ok(None);
         };
@@ -246,15 +250,7 @@ impl FrameDecoder {
             });
         }
         let total = HEADER_LEN + len;
-        if self.buf.len() < total {
-            return Ok(None);
-        }
-        if self.buf.len() == total {
-            return Ok(Some(std::mem::take(&mut self.buf)));
-        }
-        let frame = self.buf[..total].to_vec();
-        self.buf.drain(..total);
-        Ok(Some(frame))
+        Ok((self.buf.len() >= total).then_some(total))
     }
 
     /// Call when the stream has ended: an error if a partial frame is left over.
