@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use rathaus_protocol::limits::MAX_SEARCH_TERMS;
 use rathaus_protocol::{ContentBody, DocPath, EntryBody, GroupHandle, SearchSource, UserId};
 use tantivy::collector::TopDocs;
+use tantivy::indexer::UserOperation;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING,
@@ -66,6 +67,15 @@ const SNIPPET_CHARS: usize = 160;
 
 /// Memory the writer buffers before it writes a segment.
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+
+/// How long the writer thread lets changes gather after one wakes it. A sender wakes the
+/// thread only while it waits on the queue, so under a stream of posts one wake-up (and
+/// one hand-over to tantivy's indexing thread) serves every change of this span, not
+/// each post; a search waits at most this much longer.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// Most index operations handed to tantivy at once (a rebuild hands over many).
+const MAX_BATCH: usize = 256;
 
 /// The name of the German analyzer in tantivy's tokenizer registry.
 const GERMAN: &str = "rathaus_de";
@@ -269,6 +279,7 @@ impl SearchIndex {
             fields,
             progress: progress.clone(),
             pending: HashMap::new(),
+            batch: Vec::new(),
             applied: 0,
             dirty_since: None,
         };
@@ -703,6 +714,8 @@ struct Worker {
     /// Documents put since the last commit (not yet visible to a searcher), so that an
     /// edit right after its post finds it.
     pending: HashMap<String, Option<IndexDoc>>,
+    /// Index operations not yet handed to tantivy (at most [`MAX_BATCH`]), in order.
+    batch: Vec<UserOperation>,
     /// The number of the last change applied.
     applied: u64,
     /// When the first uncommitted change was applied.
@@ -735,6 +748,19 @@ impl Worker {
                     if !self.apply(op) {
                         self.commit();
                         return self.stop();
+                    }
+                    std::thread::sleep(GATHER);
+                    let mut urged = false;
+                    while let Ok(op) = rx.try_recv() {
+                        urged |= matches!(op, Op::Urge);
+                        if !self.apply(op) {
+                            self.commit();
+                            return self.stop();
+                        }
+                    }
+                    self.hand_over();
+                    if urged {
+                        self.commit();
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => self.commit(),
@@ -779,8 +805,10 @@ impl Worker {
                 n
             }
             Op::Remove(n, key) => {
-                self.writer
-                    .delete_term(Term::from_field_text(self.fields.key, &key));
+                self.queue(UserOperation::Delete(Term::from_field_text(
+                    self.fields.key,
+                    &key,
+                )));
                 self.pending.insert(key, None);
                 n
             }
@@ -798,7 +826,7 @@ impl Worker {
             SearchSource::Post { group, seq } => post_key(group, *seq),
             SearchSource::Document { path } => document_key(path),
         };
-        self.writer.delete_term(Term::from_field_text(f.key, &key));
+        self.queue(UserOperation::Delete(Term::from_field_text(f.key, &key)));
         let mut d = TantivyDocument::default();
         d.add_text(f.key, &key);
         match &doc.source {
@@ -812,10 +840,7 @@ impl Worker {
         d.add_text(f.sender_name, &doc.sender_name);
         d.add_i64(f.sent_at, doc.sent_at_ms);
         d.add_text(f.text, &doc.text);
-        if let Err(e) = self.writer.add_document(d) {
-            tracing::error!(error = %e, "cannot index a document");
-            self.progress.state().failed = true;
-        }
+        self.queue(UserOperation::Add(d));
         if remember {
             self.pending.insert(key, Some(doc));
         }
@@ -858,7 +883,27 @@ impl Worker {
         })
     }
 
+    /// Queues an index operation for tantivy, handing the queue over once it is full.
+    fn queue(&mut self, op: UserOperation) {
+        self.batch.push(op);
+        if self.batch.len() >= MAX_BATCH {
+            self.hand_over();
+        }
+    }
+
+    /// Hands the queued index operations to tantivy's indexing thread in one message.
+    fn hand_over(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.writer.run(std::mem::take(&mut self.batch)) {
+            tracing::error!(error = %e, "cannot index a document");
+            self.progress.state().failed = true;
+        }
+    }
+
     fn commit(&mut self) {
+        self.hand_over();
         if self.dirty_since.is_some() || self.progress.state().committed < self.applied {
             if let Err(e) = self.writer.commit() {
                 tracing::error!(error = %e, "search index commit failed");

@@ -69,6 +69,31 @@ fn replace_and_remove_change_what_is_found() {
 }
 
 #[test]
+fn a_burst_larger_than_one_hand_over_keeps_its_order() {
+    let index = SearchIndex::in_memory(None).unwrap();
+    let bauamt = GroupHandle::parse("bauamt").unwrap();
+    let n = u64::try_from(super::MAX_BATCH).unwrap() * 3 + 7;
+    for seq in 1..=n {
+        index.put(doc("bauamt", seq, 1, &format!("Sitzung Nummer{seq}")));
+        if seq % 100 == 0 {
+            // A change right behind its post, in the same burst.
+            index.replace(&bauamt, seq, "Sitzung verschoben");
+        }
+        if seq % 150 == 0 {
+            index.remove(&bauamt, seq);
+        }
+    }
+    let edited: Vec<u64> = (1..=n).filter(|s| s % 100 == 0 && s % 150 != 0).collect();
+    let mut found = find(&index, "verschoben");
+    found.sort_unstable();
+    assert_eq!(found, edited);
+    assert_eq!(find(&index, &format!("Nummer{n}")), vec![n]);
+    assert!(find(&index, "Nummer300").is_empty(), "edited, then removed");
+    assert!(find(&index, "Nummer200").is_empty(), "edited");
+    assert_eq!(find(&index, "Nummer201"), vec![201]);
+}
+
+#[test]
 fn secret_groups_never_enter_the_index() {
     let index = SearchIndex::in_memory(None).unwrap();
     index.put(doc("bauamt/secret", 1, 1, "Geheimsache"));

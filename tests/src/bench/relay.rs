@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::cluster::{Cluster, Placement};
-use super::report::{Row, Samples};
+use super::report::{perf_control, Row, Samples};
 
 /// Bytes of text in every benchmark post ("1 KiB messages").
 const POST_TEXT: usize = 1024;
@@ -66,7 +66,10 @@ pub(crate) async fn ingest(
     let endpoint = shared_endpoint()?;
     let conns = connect_spread(&users, &endpoint, &cluster.addrs(), &cluster.fingerprint()).await?;
     let cpu0 = process_cpu_time()?;
-    let (rathaus_rate, rathaus_lat, retries) = drive_posts(conns, posts).await?;
+    perf_control("ingest", "enable");
+    let driven = drive_posts(conns, posts).await;
+    perf_control("ingest", "disable");
+    let (rathaus_rate, rathaus_lat, retries) = driven?;
     let rathaus_cpu = process_cpu_time()?.saturating_sub(cpu0);
     cluster.shutdown().await;
     drop(database);
