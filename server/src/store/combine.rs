@@ -9,6 +9,12 @@
 //! applier, takes everything queued so far, applies it as one batch and wakes the rest;
 //! batches queued meanwhile form the next round.
 //!
+//! While the storage engine flushes, async writers do not start a round (see
+//! [`Combiner::flushing`]): a post queued during a flush has to wait for the next flush
+//! anyway, so it is applied right after this one ends, together with everything else
+//! queued meanwhile. One round per flush instead of several halves sled's IO-buffer
+//! writes; a blocking writer (one holding the log lock) never waits for a flush.
+//!
 //! Guarantees: a batch is applied atomically; batches are applied in the order they were
 //! queued (a later batch never becomes visible, or survives a crash, without every earlier
 //! one); a failing round is retried batch by batch so that each waiter gets its own batch's
@@ -34,6 +40,8 @@ struct Queue {
     applied: u64,
     /// Whether a thread is applying a round right now.
     applying: bool,
+    /// Flushes running now: async writers wait until none is.
+    flushing: usize,
     /// Tickets whose batch failed, with the reason, until their waiter collects it.
     failed: Vec<(u64, StoreError)>,
 }
@@ -102,13 +110,21 @@ impl Combiner {
                 if let Some(result) = Self::outcome(&mut q, ticket) {
                     return result;
                 }
-                if !q.applying {
+                if !q.applying && q.flushing == 0 {
                     drop(self.run_round(q, &apply));
                     continue;
                 }
             }
             round_done.await;
         }
+    }
+
+    /// Runs the flush `f`; async writers that wait meanwhile start their round once it
+    /// ends (however it ends, a cancelled future included).
+    pub(crate) async fn flushing<R>(&self, f: impl std::future::Future<Output = R>) -> R {
+        self.lock().flushing += 1;
+        let _done = FlushDone(self);
+        f.await
     }
 
     /// Runs `f` while no round is applied: it waits for a running round to end and keeps
@@ -195,6 +211,18 @@ impl Drop for Resume<'_> {
         q.applying = false;
         drop(q);
         self.0.round_done.notify_all();
+        self.0.round_done_async.notify_waiters();
+    }
+}
+
+/// Ends a [`Combiner::flushing`] section and wakes the async writers that waited for it.
+struct FlushDone<'a>(&'a Combiner);
+
+impl Drop for FlushDone<'_> {
+    fn drop(&mut self) {
+        let mut q = self.0.lock();
+        q.flushing = q.flushing.saturating_sub(1);
+        drop(q);
         self.0.round_done_async.notify_waiters();
     }
 }
@@ -328,6 +356,62 @@ mod tests {
             joined.unwrap();
         }
         assert_eq!(target.map.lock().unwrap().len(), TASKS * EACH);
+    }
+
+    /// Runs a flush in the background that lasts until the returned sender fires.
+    async fn hold_flush(combiner: &Arc<Combiner>) -> tokio::sync::oneshot::Sender<()> {
+        let (end, ended) = tokio::sync::oneshot::channel::<()>();
+        let (started, has_started) = tokio::sync::oneshot::channel::<()>();
+        let combiner = combiner.clone();
+        tokio::spawn(async move {
+            combiner
+                .flushing(async move {
+                    let _ = started.send(());
+                    let _ = ended.await;
+                })
+                .await;
+        });
+        has_started.await.unwrap();
+        end
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_writers_wait_out_a_flush_and_then_share_one_round() {
+        let combiner = Arc::new(Combiner::default());
+        let target = Arc::new(Target::default());
+        let end_flush = hold_flush(&combiner).await;
+        let mut writers = tokio::task::JoinSet::new();
+        for key in ["a", "b"] {
+            let (combiner, target) = (combiner.clone(), target.clone());
+            let ticket = combiner.enqueue(batch(&[(key, Some("v"))]));
+            writers.spawn(async move { combiner.wait_async(ticket, |b| target.apply(b)).await });
+        }
+        // The writers have had every chance to apply; the flush keeps them out.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            target.rounds.lock().unwrap().is_empty(),
+            "no round during the flush"
+        );
+        end_flush.send(()).unwrap();
+        while let Some(joined) = writers.join_next().await {
+            joined.unwrap().unwrap();
+        }
+        assert_eq!(
+            *target.rounds.lock().unwrap(),
+            vec![2],
+            "one round for both"
+        );
+
+        // A blocking writer (it may hold the log lock) is never held back by a flush.
+        let end_flush = hold_flush(&combiner).await;
+        let ticket = combiner.enqueue(batch(&[("c", Some("v"))]));
+        let (c, t) = (combiner.clone(), target.clone());
+        tokio::task::spawn_blocking(move || c.wait(ticket, |b| t.apply(b)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(target.map.lock().unwrap().contains_key(&b"c"[..]));
+        end_flush.send(()).unwrap();
     }
 
     #[test]

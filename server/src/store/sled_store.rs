@@ -221,14 +221,14 @@ impl Store for SledStore {
     /// still take back an acknowledged write. An `fdatasync` of the log file after each
     /// (batched) flush makes the acknowledgement hold across power loss too.
     fn flush(&self) -> FlushFuture<'_> {
-        Box::pin(async move {
+        Box::pin(self.writes.flushing(async move {
             self.db.flush_async().await.map_err(backend)?;
             let log = self.log.clone();
             tokio::task::spawn_blocking(move || log.sync_data())
                 .await
                 .map_err(|e| StoreError::Backend(format!("fdatasync task: {e}")))?
                 .map_err(|e| StoreError::Backend(format!("fdatasync of sled's log: {e}")))
-        })
+        }))
     }
 }
 
