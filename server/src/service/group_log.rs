@@ -142,7 +142,7 @@ impl Service {
         let mut attempt = 1;
         loop {
             match self
-                .append_post_once(group, entry.clone(), epoch, attachment, attempt == 1)
+                .append_post_once(group, &entry, epoch, attachment, attempt == 1)
                 .await
             {
                 // On a database shared with other nodes, one of them took the seq first:
@@ -167,7 +167,7 @@ impl Service {
     async fn append_post_once(
         &self,
         group: &GroupHandle,
-        entry: StoredEntry,
+        entry: &StoredEntry,
         epoch: Option<u64>,
         attachment: Option<(&UserRecord, [u8; 32])>,
         first_attempt: bool,
@@ -217,7 +217,7 @@ impl Service {
                 let (seq, applied) = self.enqueue_locked(
                     &mut heads,
                     group,
-                    std::slice::from_ref(&entry),
+                    std::slice::from_ref(entry),
                     extra,
                     head,
                 )?;
@@ -254,7 +254,7 @@ impl Service {
         self.durable(ticket).await?;
         self.mark_durable(group, seq);
         if let Some(entry) = stored {
-            self.publish_entry(group, seq, &entry);
+            self.publish_entry(group, seq, entry);
         }
         Ok(Response::Posted {
             seq,

@@ -89,7 +89,7 @@ impl Service {
             client_id,
             body: EntryBody::Content(content),
         };
-        if let Some(changed) = self.post_change(&group, entry.clone()).await {
+        if let Some(changed) = self.post_change(&group, &entry).await {
             return changed;
         }
         match Self::attachment_of(&entry.body) {

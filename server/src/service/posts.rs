@@ -40,7 +40,7 @@ impl Service {
     pub(super) async fn post_change(
         &self,
         group: &GroupHandle,
-        entry: StoredEntry,
+        entry: &StoredEntry,
     ) -> Option<Result<Response, Refusal>> {
         let EntryBody::Content(content) = &entry.body else {
             return None;
@@ -66,7 +66,10 @@ impl Service {
             }
             _ => return None,
         };
-        Some(self.store_change(group, entry, change, target).await)
+        Some(
+            self.store_change(group, entry.clone(), change, target)
+                .await,
+        )
     }
 
     async fn store_change(
