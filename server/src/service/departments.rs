@@ -12,6 +12,7 @@
 
 use rathaus_protocol::{Content, DepartmentSlug, EntryBody, Event, GroupHandle, Response};
 
+use super::open_departments::Look;
 use super::refused::{NotFound, PostRefused};
 use super::{group_log, provisioning, Broadcast, Refusal, Service};
 use crate::store::{RetiredDepartment, StoredEntry, UserRecord, Writes};
@@ -113,6 +114,8 @@ impl Service {
             })?;
             (appended, roster)
         };
+        // Applied: from here on every post looks the department up (and finds it gone).
+        self.open_departments.forget(slug);
         self.deliver(appended).await?;
         tracing::info!(department = %slug, by = %me.id, "department retired");
         // Their clients re-read the secret groups and stop showing this one.
@@ -130,8 +133,20 @@ impl Service {
             // Rooms are not departments: the secret path checks them.
             GroupHandle::Announcements | GroupHandle::Room(_) => return Ok(()),
         };
-        if self.db.department_exists(slug)? {
-            return Ok(());
+        if self.db.store().shared() {
+            if self.db.department_exists(slug)? {
+                return Ok(());
+            }
+        } else {
+            match self.open_departments.look(slug) {
+                Look::Open => return Ok(()),
+                Look::Unknown(generation) => {
+                    if self.db.department_exists(slug)? {
+                        self.open_departments.found(slug, generation);
+                        return Ok(());
+                    }
+                }
+            }
         }
         match self.db.retired_department(slug)? {
             Some(r) => Err(PostRefused::Retired {

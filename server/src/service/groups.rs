@@ -62,7 +62,8 @@ impl Service {
         client_id: ClientMsgId,
         body: PostBody,
     ) -> Result<Response, Refusal> {
-        // One key lookup for a live department; a retired one is refused with its reason.
+        // A live department is known or looked up once; a retired one is refused with its
+        // reason.
         self.ensure_open(&group)?;
         if group.is_secret() {
             return self.post_secret(session, me, group, client_id, body).await;

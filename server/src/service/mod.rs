@@ -25,6 +25,7 @@ mod import;
 mod key_packages;
 mod mls;
 mod moderation;
+mod open_departments;
 mod operations;
 mod posts;
 mod provisioning;
@@ -93,6 +94,9 @@ pub struct Service {
     log: GroupLog,
     /// Held across read-modify-write of users and departments.
     directory: Mutex<()>,
+    /// Departments known to exist, so a post need not look its department up (only on
+    /// a store no other node writes).
+    open_departments: open_departments::OpenDepartments,
     /// Which writes are durable.
     durability: Durability,
     /// Pushed events.
@@ -211,6 +215,7 @@ impl Service {
             argon2: attempts::Argon2Pool::new(attempts::argon2_slots()),
             log: GroupLog::new(log_generation),
             directory: Mutex::new(()),
+            open_departments: open_departments::OpenDepartments::default(),
             durability: Durability::default(),
             events,
             live: LiveConnections::default(),
