@@ -557,16 +557,10 @@ impl Store for PgStore {
     }
 
     fn wait_applied(&self, ticket: ApplyTicket) -> FlushFuture<'_> {
-        // A round is one transaction with its commit's WAL flush: the worker that applies
-        // it hands its other tasks over meanwhile (rounds run one at a time, so this
-        // takes at most one more thread), rather than leaving them waiting for the disk.
-        Box::pin(self.writes.wait_async(ticket, move |batch| {
-            if on_multi_thread_runtime() {
-                tokio::task::block_in_place(|| self.apply_now(batch))
-            } else {
-                self.apply_now(batch)
-            }
-        }))
+        Box::pin(
+            self.writes
+                .wait_async(ticket, move |batch| self.apply_now(batch)),
+        )
     }
 
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
@@ -717,14 +711,6 @@ impl Store for PgStore {
         info.next_id = self.next_id()?;
         Ok(info)
     }
-}
-
-/// Whether the caller runs on a multi-threaded tokio runtime (the server's), where
-/// `block_in_place` may hand the worker's tasks over; a current-thread runtime (some
-/// tests) cannot.
-fn on_multi_thread_runtime() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
