@@ -128,25 +128,55 @@ impl Service {
     /// that exists. A retired department's groups are refused with the reason; an unknown
     /// public group is `NotFound` (an unknown secret group is left to the secret path).
     pub(super) fn ensure_open(&self, group: &GroupHandle) -> Result<(), Refusal> {
+        let Some((slug, look)) = self.look_open(group) else {
+            return Ok(());
+        };
+        let exists = self.db.department_exists(slug)?;
+        self.found_open(group, slug, look, exists)
+    }
+
+    /// [`Service::ensure_open`] for an async caller: on a store shared with other nodes
+    /// (where every post asks) the lookup does not hold this thread for the database's
+    /// round trip.
+    pub(super) async fn ensure_open_async(&self, group: &GroupHandle) -> Result<(), Refusal> {
+        let Some((slug, look)) = self.look_open(group) else {
+            return Ok(());
+        };
+        let exists = self.db.department_exists_async(slug).await?;
+        self.found_open(group, slug, look, exists)
+    }
+
+    /// The department `group` belongs to, if it has to be looked up, with what this
+    /// server remembers of it (`None` on a shared store, where nothing is remembered).
+    fn look_open<'g>(&self, group: &'g GroupHandle) -> Option<(&'g DepartmentSlug, Option<u64>)> {
         let slug = match group {
             GroupHandle::Public(slug) | GroupHandle::Secret(slug) => slug,
             // Rooms are not departments: the secret path checks them.
-            GroupHandle::Announcements | GroupHandle::Room(_) => return Ok(()),
+            GroupHandle::Announcements | GroupHandle::Room(_) => return None,
         };
         if self.db.store().shared() {
-            if self.db.department_exists(slug)? {
-                return Ok(());
+            return Some((slug, None));
+        }
+        match self.open_departments.look(slug) {
+            Look::Open => None,
+            Look::Unknown(generation) => Some((slug, Some(generation))),
+        }
+    }
+
+    /// Decides on a department looked up in the store (`exists`); remembers one that
+    /// exists where [`Service::look_open`] gave a generation.
+    fn found_open(
+        &self,
+        group: &GroupHandle,
+        slug: &DepartmentSlug,
+        generation: Option<u64>,
+        exists: bool,
+    ) -> Result<(), Refusal> {
+        if exists {
+            if let Some(generation) = generation {
+                self.open_departments.found(slug, generation);
             }
-        } else {
-            match self.open_departments.look(slug) {
-                Look::Open => return Ok(()),
-                Look::Unknown(generation) => {
-                    if self.db.department_exists(slug)? {
-                        self.open_departments.found(slug, generation);
-                        return Ok(());
-                    }
-                }
-            }
+            return Ok(());
         }
         match self.db.retired_department(slug)? {
             Some(r) => Err(PostRefused::Retired {

@@ -64,7 +64,7 @@ impl Service {
     ) -> Result<Response, Refusal> {
         // A live department is known or looked up once; a retired one is refused with its
         // reason.
-        self.ensure_open(&group)?;
+        self.ensure_open_async(&group).await?;
         if group.is_secret() {
             return self.post_secret(session, me, group, client_id, body).await;
         }

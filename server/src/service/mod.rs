@@ -301,7 +301,7 @@ impl Service {
         cache: &SessionCache,
         request: Request,
     ) -> Result<Response, Refusal> {
-        let me = self.cached_session_user(session, cache)?;
+        let me = self.cached_session_user(session, cache).await?;
         let request = self.canonical_request(request)?;
         match request {
             Request::Ping => Ok(Response::Pong),
@@ -509,13 +509,16 @@ impl Service {
 
     /// [`Service::session_user`], from `cache` while no user record changed since it was
     /// filled.
-    fn cached_session_user(
+    async fn cached_session_user(
         &self,
         session: &Session,
         cache: &SessionCache,
     ) -> Result<Arc<UserRecord>, Refusal> {
         let Some(generation) = self.db.users_generation() else {
-            return self.session_user(session).map(Arc::new);
+            // Other nodes change user records: every request reads the record, without
+            // holding this thread for the database's round trip.
+            let user = self.db.user_async(&session.user).await?;
+            return session_user_of(session, user).map(Arc::new);
         };
         if let Some((kept, user)) = cache.kept().as_ref() {
             if *kept == generation {
@@ -528,10 +531,7 @@ impl Service {
     }
 
     pub fn session_user(&self, session: &Session) -> Result<UserRecord, Refusal> {
-        match self.db.user(&session.user)? {
-            Some(u) if !u.removed && u.active_devices().any(|d| d.id == session.device) => Ok(u),
-            _ => Err(SessionRefused::Ended.into()),
-        }
+        session_user_of(session, self.db.user(&session.user)?)
     }
 
     /// Whether the device of `session` may read `group` (and so receive its events).
@@ -594,6 +594,15 @@ impl Service {
             .durable(self.db.store().as_ref(), ticket)
             .await
             .map_err(Refusal::from)
+    }
+}
+
+/// The user of `session`, given their stored record: refused once the user is offboarded
+/// or the session's device is no longer active.
+fn session_user_of(session: &Session, user: Option<UserRecord>) -> Result<UserRecord, Refusal> {
+    match user {
+        Some(u) if !u.removed && u.active_devices().any(|d| d.id == session.device) => Ok(u),
+        _ => Err(SessionRefused::Ended.into()),
     }
 }
 

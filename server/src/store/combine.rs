@@ -20,7 +20,7 @@
 //! one); a failing round is retried batch by batch so that each waiter gets its own batch's
 //! result.
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -114,6 +114,45 @@ impl Combiner {
                     drop(self.run_round(q, &apply));
                     continue;
                 }
+            }
+            round_done.await;
+        }
+    }
+
+    /// [`Combiner::wait_async`] for a store whose round is a round trip to a database
+    /// elsewhere: the waiter that finds no round running hands the queued batches to
+    /// `start` as a [`Round`] (which runs it as a task of its own) and, like every other
+    /// waiter, waits without holding its thread. A writer that gives up waiting leaves
+    /// its round running; a round dropped before it ends fails its batches.
+    pub(crate) async fn wait_spawned(
+        self: &Arc<Self>,
+        ticket: ApplyTicket,
+        start: impl Fn(Round),
+    ) -> Result<(), StoreError> {
+        // Let the other ready tasks queue their writes first, so this round takes them too.
+        tokio::task::yield_now().await;
+        loop {
+            let round_done = self.round_done_async.notified();
+            tokio::pin!(round_done);
+            round_done.as_mut().enable();
+            let round = {
+                let mut q = self.lock();
+                if let Some(result) = Self::outcome(&mut q, ticket) {
+                    return result;
+                }
+                if q.applying || q.flushing > 0 {
+                    None
+                } else {
+                    q.applying = true;
+                    Some(std::mem::take(&mut q.waiting))
+                }
+            };
+            if let Some(batches) = round {
+                start(Round {
+                    combiner: self.clone(),
+                    batches,
+                    ended: false,
+                });
             }
             round_done.await;
         }
@@ -224,6 +263,72 @@ impl Drop for FlushDone<'_> {
         q.flushing = q.flushing.saturating_sub(1);
         drop(q);
         self.0.round_done_async.notify_waiters();
+    }
+}
+
+/// A round taken by [`Combiner::wait_spawned`]: the batches to apply, in order, and the
+/// duty to report how it ended. Dropped before [`Round::apply`] has ended (its task
+/// panicked, or was dropped with its runtime), it fails every one of its batches, so no
+/// writer waits forever and the next round can start.
+pub(crate) struct Round {
+    combiner: Arc<Combiner>,
+    batches: Vec<(u64, Batch)>,
+    ended: bool,
+}
+
+impl Round {
+    /// Applies the round with `apply` (one atomic write of the batches given; retried
+    /// batch by batch if the round fails) and wakes every waiter.
+    pub(crate) async fn apply<F, Fut>(mut self, apply: F)
+    where
+        F: Fn(&[&Batch]) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let all: Vec<&Batch> = self.batches.iter().map(|(_, b)| b).collect();
+        let failures = match apply(&all).await {
+            Ok(()) => Vec::new(),
+            Err(e) if self.batches.len() == 1 => vec![(self.batches[0].0, e)],
+            Err(_) => {
+                let mut failures = Vec::new();
+                for (ticket, batch) in &self.batches {
+                    if let Err(e) = apply(&[batch]).await {
+                        failures.push((*ticket, e));
+                    }
+                }
+                failures
+            }
+        };
+        self.end(failures);
+    }
+
+    fn end(&mut self, failures: Vec<(u64, StoreError)>) {
+        self.ended = true;
+        let last = self.batches.last().map_or(0, |(t, _)| *t);
+        let mut q = self.combiner.lock();
+        q.applied = q.applied.max(last);
+        q.failed.extend(failures);
+        q.applying = false;
+        drop(q);
+        self.combiner.round_done.notify_all();
+        self.combiner.round_done_async.notify_waiters();
+    }
+}
+
+impl Drop for Round {
+    fn drop(&mut self) {
+        if !self.ended {
+            let failures = self
+                .batches
+                .iter()
+                .map(|(t, _)| {
+                    (
+                        *t,
+                        StoreError::Backend("the write to the database was abandoned".to_owned()),
+                    )
+                })
+                .collect();
+            self.end(failures);
+        }
     }
 }
 
@@ -356,6 +461,115 @@ mod tests {
             joined.unwrap();
         }
         assert_eq!(target.map.lock().unwrap().len(), TASKS * EACH);
+    }
+
+    /// A runtime of its own for the rounds, as a database store has: a blocking writer
+    /// waits on a worker of the caller's runtime, never on one a round needs.
+    fn round_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap()
+    }
+
+    /// Starts a round as its own task on `rt`, as a database store does.
+    fn spawn_round(rt: &tokio::runtime::Runtime, target: &Arc<Target>) -> impl Fn(Round) {
+        let target = target.clone();
+        let rt = rt.handle().clone();
+        move |round| {
+            let target = target.clone();
+            rt.spawn(round.apply(move |b| {
+                let applied = target.apply(b);
+                async move {
+                    tokio::task::yield_now().await;
+                    applied
+                }
+            }));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spawned_rounds_apply_everything_in_order_beside_blocking_writers() {
+        const TASKS: usize = 16;
+        const EACH: usize = 100;
+        let rt = Arc::new(round_runtime());
+        let combiner = Arc::new(Combiner::default());
+        let target = Arc::new(Target::default());
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..TASKS {
+            let (combiner, target, rt) = (combiner.clone(), target.clone(), rt.clone());
+            tasks.spawn(async move {
+                for i in 0..EACH {
+                    let key = format!("{t}/{i}");
+                    // Each task writes its previous key again: a later batch must win.
+                    let mut b = batch(&[(&key, Some("v"))]);
+                    if i > 0 {
+                        b.put(format!("{t}/{}", i - 1).into_bytes(), b"w".to_vec());
+                    }
+                    let ticket = combiner.enqueue(b);
+                    if i % 3 == 0 {
+                        combiner.wait(ticket, |b| target.apply(b)).unwrap();
+                    } else {
+                        combiner
+                            .wait_spawned(ticket, spawn_round(&rt, &target))
+                            .await
+                            .unwrap();
+                    }
+                    let map = target.map.lock().unwrap();
+                    assert!(map.contains_key(key.as_bytes()), "{key} not applied");
+                }
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap();
+        }
+        let map = target.map.lock().unwrap();
+        assert_eq!(map.len(), TASKS * EACH);
+        for t in 0..TASKS {
+            for i in 0..EACH - 1 {
+                assert_eq!(map[format!("{t}/{i}").as_bytes()], b"w", "{t}/{i}");
+            }
+        }
+        let rounds = target.rounds.lock().unwrap();
+        assert_eq!(rounds.iter().sum::<usize>(), TASKS * (2 * EACH - 1));
+        if let Ok(rt) = Arc::try_unwrap(rt) {
+            rt.shutdown_background();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spawned_round_that_fails_or_is_dropped_fails_only_its_own_batches() {
+        let rt = round_runtime();
+        let combiner = Arc::new(Combiner::default());
+        let target = Arc::new(Target::default());
+        let good = combiner.enqueue(batch(&[("a", Some("1"))]));
+        let bad = combiner.enqueue(batch(&[("bad", Some("1"))]));
+        // One round for both: it fails as a whole, then each batch is tried alone.
+        combiner
+            .wait_spawned(good, spawn_round(&rt, &target))
+            .await
+            .unwrap();
+        let err = combiner
+            .wait_spawned(bad, |_| panic!("no second round"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+
+        // A round whose task goes away before it ends (a panic, a runtime shutting
+        // down) fails its batches, and the next writer gets a round of its own.
+        let lost = combiner.enqueue(batch(&[("c", Some("1"))]));
+        let err = combiner.wait_spawned(lost, drop).await.unwrap_err();
+        assert!(err.to_string().contains("abandoned"), "{err}");
+        let next = combiner.enqueue(batch(&[("d", Some("1"))]));
+        combiner
+            .wait_spawned(next, spawn_round(&rt, &target))
+            .await
+            .unwrap();
+        let map = target.map.lock().unwrap();
+        assert!(map.contains_key(&b"a"[..]) && map.contains_key(&b"d"[..]));
+        assert!(!map.contains_key(&b"bad"[..]) && !map.contains_key(&b"c"[..]));
+        drop(map);
+        rt.shutdown_background();
     }
 
     /// Runs a flush in the background that lasts until the returned sender fires.

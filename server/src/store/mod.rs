@@ -37,10 +37,19 @@ pub use snapshot::{SnapshotInfo, SnapshotReader};
 /// A future that resolves once everything written before it was created is on disk.
 pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
 
+/// A future that resolves to the value under a key (see [`Store::get_async`]).
+pub type ReadFuture = Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send>>;
+
 /// An ordered key-value store with atomic batches.
 pub trait Store: Send + Sync + 'static {
     /// The value under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// [`Store::get`] for an async caller: where the store is a database elsewhere, the
+    /// round trip runs while the caller's thread does other work instead of waiting for
+    /// it. By default the read is made at once (an embedded store reads from its cache).
+    fn get_async(&self, key: &[u8]) -> ReadFuture {
+        Box::pin(std::future::ready(self.get(key)))
+    }
     /// The values under `keys`, in their order: one round trip where the store is a
     /// database elsewhere, for reads of a whole roster.
     fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {

@@ -512,14 +512,18 @@ impl Store for PgStore {
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_vec();
-        self.run(|pool| async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let statement = client
-                .prepare_cached("SELECT v FROM kv WHERE k = $1")
-                .await
-                .map_err(pg)?;
-            let row = client.query_opt(&statement, &[&key]).await.map_err(pg)?;
-            Ok(row.map(|r| r.get(0)))
+        self.run(|pool| read_one(pool, key))
+    }
+
+    fn get_async(&self, key: &[u8]) -> super::ReadFuture {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let read = read_one(self.pool.clone(), key.to_vec());
+        self.rt.get().spawn(async move {
+            let _ = tx.send(read.await);
+        });
+        Box::pin(async move {
+            rx.await
+                .map_err(|_| StoreError::Backend("the database task ended early".into()))?
         })
     }
 
@@ -557,10 +561,19 @@ impl Store for PgStore {
     }
 
     fn wait_applied(&self, ticket: ApplyTicket) -> FlushFuture<'_> {
-        Box::pin(
-            self.writes
-                .wait_async(ticket, move |batch| self.apply_now(batch)),
-        )
+        // A round's transaction, its commit waiting for the WAL flush, runs on the
+        // store's runtime: the worker of the writer that started it goes on with other
+        // requests meanwhile.
+        let pool = self.pool.clone();
+        let rt = self.rt.get().handle().clone();
+        Box::pin(self.writes.wait_spawned(ticket, move |round| {
+            let pool = pool.clone();
+            rt.spawn(round.apply(move |batches| {
+                let plan = Plan::of(batches);
+                let pool = pool.clone();
+                async move { plan?.execute(&pool).await }
+            }));
+        }))
     }
 
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
@@ -711,6 +724,17 @@ impl Store for PgStore {
         info.next_id = self.next_id()?;
         Ok(info)
     }
+}
+
+/// The value under `key`, read through `pool`.
+async fn read_one(pool: Pool, key: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let statement = client
+        .prepare_cached("SELECT v FROM kv WHERE k = $1")
+        .await
+        .map_err(pg)?;
+    let row = client.query_opt(&statement, &[&key]).await.map_err(pg)?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 fn pg(e: tokio_postgres::Error) -> StoreError {

@@ -149,6 +149,18 @@ impl Db {
         self.kv.get(key)?.map(|v| decode(key, &v)).transpose()
     }
 
+    /// [`Db::get`] through [`Store::get_async`].
+    async fn get_async<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        self.kv
+            .get_async(key)
+            .await?
+            .map(|v| decode(key, &v))
+            .transpose()
+    }
+
     fn all_under<T: serde::de::DeserializeOwned>(
         &self,
         prefix: &[u8],

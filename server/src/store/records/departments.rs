@@ -38,6 +38,12 @@ impl Db {
         Ok(self.kv.get(&department_key(slug))?.is_some())
     }
 
+    /// [`Db::department_exists`] without holding the caller's thread for a database's
+    /// round trip.
+    pub async fn department_exists_async(&self, slug: &DepartmentSlug) -> Result<bool, StoreError> {
+        Ok(self.kv.get_async(&department_key(slug)).await?.is_some())
+    }
+
     /// All departments, ordered by slug.
     pub fn departments(&self) -> Result<Vec<DepartmentRecord>, StoreError> {
         self.all_under(DEPT)

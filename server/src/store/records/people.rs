@@ -73,6 +73,11 @@ impl Db {
         self.get(&user_key(id))
     }
 
+    /// [`Db::user`] without holding the caller's thread for a database's round trip.
+    pub async fn user_async(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.get_async(&user_key(id)).await
+    }
+
     /// The users `ids`, in their order (`None` where there is none): a roster's records
     /// in one read of the store.
     pub fn users_by_id(&self, ids: &[UserId]) -> Result<Vec<Option<UserRecord>>, StoreError> {
