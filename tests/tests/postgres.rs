@@ -240,14 +240,33 @@ async fn two_nodes_on_one_database_take_posts_at_once_into_one_dense_log() {
     let mut backend = TestBackend::start().await.unwrap();
     let mut admin = backend.admin().await.unwrap();
     backend.department(&mut admin, "bauamt", &[]).await.unwrap();
-    let anna = backend
-        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
-        .await
-        .unwrap();
-    let code = backend
-        .provision(&mut admin, "P1002", "Jonas Weber", &["bauamt"], &[])
-        .await
-        .unwrap();
+    // Three colleagues post through node A, three through node B.
+    let mut on_a = Vec::new();
+    for (user, name) in [
+        ("P1001", "Anna Berg"),
+        ("P1003", "Carla Diaz"),
+        ("P1005", "Emil Frank"),
+    ] {
+        on_a.push((
+            user,
+            backend
+                .user(&mut admin, user, name, &["bauamt"])
+                .await
+                .unwrap(),
+        ));
+    }
+    let mut codes = Vec::new();
+    for (user, name) in [
+        ("P1002", "Jonas Weber"),
+        ("P1004", "Dora Engel"),
+        ("P1006", "Fritz Graf"),
+    ] {
+        let code = backend
+            .provision(&mut admin, user, name, &["bauamt"], &[])
+            .await
+            .unwrap();
+        codes.push((user, code));
+    }
 
     // Node B: a copy of the data directory (certificate, keys, config.json naming the
     // database) serving on a port of its own.
@@ -266,64 +285,74 @@ async fn two_nodes_on_one_database_take_posts_at_once_into_one_dense_log() {
     let node_b = rathaus_server::start(options).await.unwrap();
     assert_eq!(node_b.fingerprint(), backend.fingerprint, "one certificate");
     assert_ne!(node_b.local_addr(), backend.addr);
-    let jonas = rathaus_client::Client::enroll(
-        &backend.profile_dir("P1002"),
-        rathaus_client::EnrollOptions {
-            server: node_b.local_addr().to_string(),
-            trust: rathaus_client::ServerTrust::Pinned(node_b.fingerprint()),
-            user: UserId::parse("P1002").unwrap(),
-            code,
-            password: rathaus_tests::PASSWORD.to_owned(),
-            device_name: "Jonas' phone".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let mut on_b = Vec::new();
+    for (user, code) in codes {
+        on_b.push((
+            user,
+            rathaus_client::Client::enroll(
+                &backend.profile_dir(user),
+                rathaus_client::EnrollOptions {
+                    server: node_b.local_addr().to_string(),
+                    trust: rathaus_client::ServerTrust::Pinned(node_b.fingerprint()),
+                    user: UserId::parse(user).unwrap(),
+                    code,
+                    password: rathaus_tests::PASSWORD.to_owned(),
+                    device_name: format!("{user}'s phone"),
+                },
+            )
+            .await
+            .unwrap(),
+        ));
+    }
 
-    // Both post at once, each through their own node.
+    // All six post at once, each through their own node, so the two nodes keep taking
+    // the same seqs of one group: every refused write is allocated again (after reading
+    // the head back) until it is stored, and acknowledged once.
     const EACH: usize = 20;
     let bau = GroupHandle::parse("bauamt").unwrap();
-    let post = |mut client: rathaus_client::Client, who: &'static str| {
+    let post = |(who, mut client): (&'static str, rathaus_client::Client)| {
         let bau = bau.clone();
         tokio::spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..EACH {
-                seqs.push(
-                    client
-                        .send_text(&bau, &format!("{who} {i}"))
-                        .await
-                        .unwrap()
-                        .seq,
-                );
+                let receipt = client.send_text(&bau, &format!("{who} {i}")).await.unwrap();
+                seqs.push(receipt.seq);
             }
-            (client, seqs)
+            ((who, client), seqs)
         })
     };
-    let (a, b) = (post(anna, "Anna"), post(jonas, "Jonas"));
-    let (mut anna, anna_seqs) = a.await.unwrap();
-    let (mut jonas, jonas_seqs) = b.await.unwrap();
-    let mut all: Vec<u64> = anna_seqs.into_iter().chain(jonas_seqs).collect();
+    let senders: Vec<_> = on_a.into_iter().chain(on_b).map(post).collect();
+    let mut all = Vec::new();
+    let mut clients = Vec::new();
+    for sender in senders {
+        let (client, seqs) = sender.await.unwrap();
+        all.extend(seqs);
+        clients.push(client);
+    }
     all.sort_unstable();
+    let everyone = clients.len();
     assert_eq!(
         all,
-        (1..=2 * EACH as u64).collect::<Vec<_>>(),
+        (1..=(everyone * EACH) as u64).collect::<Vec<_>>(),
         "every post got its own seq, with no gap"
     );
 
     // Each reads the whole log from their own node: every post once.
-    let expected: std::collections::BTreeSet<String> = ["Anna", "Jonas"]
+    let expected: std::collections::BTreeSet<String> = clients
         .iter()
-        .flat_map(|w| (0..EACH).map(move |i| format!("{w} {i}")))
+        .flat_map(|(who, _)| (0..EACH).map(move |i| format!("{who} {i}")))
         .collect();
-    for client in [&mut anna, &mut jonas] {
+    for (_, client) in &mut clients {
         let rows = client.read(&bau).await.unwrap();
         let texts: Vec<String> = rows.iter().map(|r| r.text.clone()).collect();
-        assert_eq!(texts.len(), 2 * EACH, "{texts:?}");
+        assert_eq!(texts.len(), everyone * EACH, "{texts:?}");
         assert_eq!(
             texts.into_iter().collect::<std::collections::BTreeSet<_>>(),
             expected
         );
     }
+    let (_, mut jonas) = clients.remove(3);
+    let (_, mut anna) = clients.remove(0);
     // A post accepted on node A is pushed to a subscriber on node B (LISTEN/NOTIFY
     // wakes B, which reads the entry from the log).
     let mut sub = jonas.subscribe().await.unwrap();
@@ -348,6 +377,9 @@ async fn two_nodes_on_one_database_take_posts_at_once_into_one_dense_log() {
 
     anna.disconnect().await;
     jonas.disconnect().await;
+    for (_, mut client) in clients {
+        client.disconnect().await;
+    }
     admin.disconnect().await;
     node_b.shutdown().await;
     backend.stop().await;

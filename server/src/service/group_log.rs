@@ -24,7 +24,7 @@ use crate::store::{ApplyTicket, StoredEntry, UserRecord, Writes};
 
 /// How often a post is allocated a seq again after another node on a shared database
 /// took the one it had (each retry reads the stored head afresh).
-const MAX_CONFLICT_RETRIES: u32 = 8;
+const MAX_CONFLICT_RETRIES: u32 = 32;
 
 /// What this node knows of the groups' logs between requests.
 #[derive(Debug)]
@@ -40,6 +40,9 @@ pub(super) struct GroupLog {
     /// Posts queued for storage but not yet applied, so that a retry arriving meanwhile
     /// is recognised as a duplicate; taken only while `heads` is held, or alone.
     in_flight: Mutex<HashMap<InFlightKey, InFlight>>,
+    /// Held while a cached head is read back from a shared store after a conflict, so
+    /// that the posts of one refused round read it once, not once each.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl GroupLog {
@@ -50,6 +53,7 @@ impl GroupLog {
             generation: AtomicU64::new(generation),
             generation_moved: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -62,6 +66,9 @@ pub(super) struct Heads {
     /// The last seq known durable: the only one readers see, so nobody ever learns of a
     /// seq that a crash could take back.
     durable: u64,
+    /// How often `written` was put back to the stored head after another node on a
+    /// shared store appended first (see [`Service::refresh_head`]).
+    refreshes: u64,
 }
 
 /// Where a new entry's seq comes from on a shared store (on sled this node's cached head
@@ -141,8 +148,9 @@ impl Service {
     ) -> Result<Response, Refusal> {
         let mut attempt = 1;
         loop {
+            let mut allocated = None;
             match self
-                .append_post_once(group, &entry, epoch, attachment, attempt == 1)
+                .append_post_once(group, &entry, epoch, attachment, attempt, &mut allocated)
                 .await
             {
                 // On a database shared with other nodes, one of them took the seq first:
@@ -151,33 +159,69 @@ impl Service {
                 Err(refusal) if refusal.is_conflict() && attempt < MAX_CONFLICT_RETRIES => {
                     attempt += 1;
                     tracing::debug!(%group, attempt, "another node wrote first; allocating again");
-                    self.log_lock().remove(group);
+                    if let Some(seen) = allocated {
+                        self.refresh_head(group, seen).await?;
+                    }
                 }
                 other => return other,
             }
         }
     }
 
-    /// One attempt at storing a post. On a shared store the first attempt reads nothing
-    /// from the database under the log lock (a round trip each, which serialised every
-    /// post of the node): it takes the seq after this node's cached head, and leaves a
-    /// retry to the deduplication record's primary key. Where another node appended first,
-    /// or the post is a retry already stored, the database refuses the batch as a
-    /// conflict, and the next attempt reads the head and the deduplication record.
+    /// After another node on a shared store appended to `group` first: puts this node's
+    /// cached head back to the stored one, unless that was done since the refused post
+    /// took its seq (`seen`: the cache's refresh count then). The posts of one refused
+    /// round come here together; the first reads the head, the others wait for it and
+    /// allocate after it. Reads outside the log lock, so this node's other posts go on.
+    async fn refresh_head(&self, group: &GroupHandle, seen: u64) -> Result<(), Refusal> {
+        let _one = self.log.refreshing.lock().await;
+        let refreshes = |heads: &HashMap<GroupHandle, Heads>| heads.get(group).map(|h| h.refreshes);
+        if refreshes(&self.log_lock()) != Some(seen) {
+            return Ok(());
+        }
+        let stored = self.db.head_async(group).await?;
+        let mut heads = self.log_lock();
+        if let Some(h) = heads.get_mut(group).filter(|h| h.refreshes == seen) {
+            h.written = stored;
+            h.refreshes += 1;
+        }
+        Ok(())
+    }
+
+    /// One attempt at storing a post. On a shared store no attempt reads the database
+    /// under the log lock (a round trip each, which serialised every post of the node):
+    /// it takes the seq after this node's cached head, and the first leaves a retry to the
+    /// deduplication record's primary key. Where another node appended first, or the post
+    /// is a retry already stored, the database refuses the batch as a conflict; the cached
+    /// head is then read back ([`Service::refresh_head`]), and the next attempt reads the
+    /// deduplication record first. `allocated`: set to the cache's refresh count when this
+    /// attempt takes a seq.
     async fn append_post_once(
         &self,
         group: &GroupHandle,
         entry: &StoredEntry,
         epoch: Option<u64>,
         attachment: Option<(&UserRecord, [u8; 32])>,
-        first_attempt: bool,
+        attempt: u32,
+        allocated: &mut Option<u64>,
     ) -> Result<Response, Refusal> {
-        let optimistic = first_attempt && self.db.store().shared();
+        let shared = self.db.store().shared();
         let now = entry.sent_at_ms;
         let key = InFlightKey {
             group: group.clone(),
             sender: entry.sender.clone(),
             client_id: entry.client_id,
+        };
+        // Where the record can only be there from an earlier attempt, it is read before
+        // the lock: on a shared store without holding it for the round trip.
+        let stored_before = match (shared, attempt) {
+            (true, 1) => None,
+            (true, _) => {
+                self.db
+                    .deduplicated_async(group, &entry.sender, &entry.client_id)
+                    .await?
+            }
+            (false, _) => None,
         };
         let (seq, sent_at_ms, duplicate, applying, stored) = {
             let mut heads = self.log_lock();
@@ -186,8 +230,8 @@ impl Service {
                 // The same post is being stored right now (a retry that overtook its
                 // original): answer as a duplicate once the original is applied.
                 (f.seq, f.sent_at_ms, true, Some(f.applied), None)
-            } else if let Some(seq) = match optimistic {
-                true => None,
+            } else if let Some(seq) = match shared {
+                true => stored_before,
                 false => self
                     .db
                     .deduplicated(group, &entry.sender, &entry.client_id)?,
@@ -206,7 +250,7 @@ impl Service {
                     }
                 }
                 let mut extra = Writes::new();
-                let head = match optimistic {
+                let head = match shared {
                     true => Head::Cached,
                     false => Head::Read,
                 };
@@ -221,6 +265,7 @@ impl Service {
                     extra,
                     head,
                 )?;
+                *allocated = heads.get(group).map(|h| h.refreshes);
                 if attachment.is_some() {
                     // Blob records are read-modify-written under the log lock: the next
                     // writer must see this one.
@@ -384,12 +429,15 @@ impl Service {
             extra.put_entry(group, last, entry)?;
         }
         let applied = self.db.enqueue(extra)?;
-        let durable = heads.get(group).map_or(first - 1, |h| h.durable);
+        let (durable, refreshes) = heads
+            .get(group)
+            .map_or((first - 1, 0), |h| (h.durable, h.refreshes));
         heads.insert(
             group.clone(),
             Heads {
                 written: last,
                 durable,
+                refreshes,
             },
         );
         Ok((first, applied))
@@ -429,6 +477,7 @@ impl Service {
             let Ok(group) = GroupHandle::parse(&notice.group) else {
                 continue;
             };
+            self.notice_other_node(&group, notice.to);
             let service = self.clone();
             // Reads are blocking store calls.
             let _ = tokio::task::spawn_blocking(move || {
@@ -456,6 +505,17 @@ impl Service {
                 }
             })
             .await;
+        }
+    }
+
+    /// Another node made `group`'s entries up to `seq` durable: this node's next post
+    /// there takes a seq after them instead of learning of them from a refused write.
+    fn notice_other_node(&self, group: &GroupHandle, seq: u64) {
+        let mut heads = self.log_lock();
+        if let Some(h) = heads.get_mut(group).filter(|h| h.written < seq) {
+            h.written = seq;
+            // Posts that took a seq before this need not read the head back.
+            h.refreshes += 1;
         }
     }
 
@@ -540,6 +600,7 @@ impl Service {
             Heads {
                 written: on_disk,
                 durable: on_disk,
+                refreshes: 0,
             },
         );
         Ok(on_disk)

@@ -40,6 +40,9 @@ pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> +
 /// A future that resolves to the value under a key (see [`Store::get_async`]).
 pub type ReadFuture = Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send>>;
 
+/// A future that resolves to the last pair in a range (see [`Store::last_in_async`]).
+pub type LastFuture = Pin<Box<dyn Future<Output = Result<Option<KeyValue>, StoreError>> + Send>>;
+
 /// An ordered key-value store with atomic batches.
 pub trait Store: Send + Sync + 'static {
     /// The value under `key`.
@@ -82,6 +85,11 @@ pub trait Store: Send + Sync + 'static {
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
     /// The pair with the greatest key in `start <= key < end`.
     fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StoreError>;
+    /// [`Store::last_in`] for an async caller, as [`Store::get_async`] is for
+    /// [`Store::get`].
+    fn last_in_async(&self, start: &[u8], end: &[u8]) -> LastFuture {
+        Box::pin(std::future::ready(self.last_in(start, end)))
+    }
     /// A fresh id, unique and increasing over the life of the store (also across restarts).
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every write applied so far durable.

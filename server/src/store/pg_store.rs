@@ -175,10 +175,26 @@ impl PgStore {
             .map_err(|_| StoreError::Backend("the database task ended early".into()))?
     }
 
+    /// Runs `task` on the store's runtime; the caller awaits its result without holding
+    /// a thread of its own runtime for the round trip.
+    fn spawned<T: Send + 'static>(
+        &self,
+        task: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.rt.get().spawn(async move {
+            let _ = tx.send(task.await);
+        });
+        async move {
+            rx.await
+                .map_err(|_| StoreError::Backend("the database task ended early".into()))?
+        }
+    }
+
     /// Applies `batches`, in order, as one transaction.
     fn apply_now(&self, batches: &[&Batch]) -> Result<(), StoreError> {
         let plan = Plan::of(batches)?;
-        self.run(|pool| async move { plan.execute(&pool).await })
+        self.run(|pool| async move { plan.execute(&pool, &HeadsMoved::default()).await })
     }
 
     /// Whether the database holds no record yet.
@@ -306,6 +322,31 @@ fn to_i64(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::Encode(format!("{n} exceeds PostgreSQL's bigint")))
 }
 
+/// The groups whose head another writer moved, as found by a round: when the round is
+/// tried again batch by batch, a batch appending to one of them would fail the same way
+/// (its first seq follows one of the round's, which were not stored), so it is refused
+/// at once instead of in a transaction of its own, and the next round can start sooner.
+#[derive(Debug, Default)]
+struct HeadsMoved(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl HeadsMoved {
+    fn add<'a>(&self, groups: impl Iterator<Item = &'a Vec<u8>>) {
+        self.lock().extend(groups.cloned());
+    }
+
+    fn any_of(&self, groups: &[Vec<u8>]) -> bool {
+        let moved = self.lock();
+        !moved.is_empty() && groups.iter().any(|g| moved.contains(g))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        // A list of groups, changed in single statements: a poisoned lock holds one.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The statements of one round.
 #[derive(Debug, Default)]
 struct Plan {
@@ -374,7 +415,14 @@ impl Plan {
         Ok(plan)
     }
 
-    async fn execute(self, pool: &Pool) -> Result<(), StoreError> {
+    async fn execute(self, pool: &Pool, moved: &HeadsMoved) -> Result<(), StoreError> {
+        if moved.any_of(&self.heads.0) {
+            // Its seqs follow ones that cannot be stored any more: refused without a
+            // transaction, and allocated again from the stored head.
+            return Err(StoreError::Conflict(
+                "another writer appended to the group first".into(),
+            ));
+        }
         let mut client = pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(pg)?;
         if !self.heads.0.is_empty() {
@@ -397,7 +445,7 @@ impl Plan {
                 )
                 .await
                 .map_err(pg)?;
-            let moved = tx
+            let rows = tx
                 .query(
                     &statement,
                     &[
@@ -409,7 +457,9 @@ impl Plan {
                 )
                 .await
                 .map_err(pg)?;
-            if moved.len() != self.heads.0.len() {
+            if rows.len() != self.heads.0.len() {
+                let took: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+                moved.add(self.heads.0.iter().filter(|g| !took.contains(g)));
                 return Err(StoreError::Conflict(
                     "another writer appended to the group first".into(),
                 ));
@@ -516,15 +566,7 @@ impl Store for PgStore {
     }
 
     fn get_async(&self, key: &[u8]) -> super::ReadFuture {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let read = read_one(self.pool.clone(), key.to_vec());
-        self.rt.get().spawn(async move {
-            let _ = tx.send(read.await);
-        });
-        Box::pin(async move {
-            rx.await
-                .map_err(|_| StoreError::Backend("the database task ended early".into()))?
-        })
+        Box::pin(self.spawned(read_one(self.pool.clone(), key.to_vec())))
     }
 
     fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
@@ -568,10 +610,11 @@ impl Store for PgStore {
         let rt = self.rt.get().handle().clone();
         Box::pin(self.writes.wait_spawned(ticket, move |round| {
             let pool = pool.clone();
+            let moved = Arc::new(HeadsMoved::default());
             rt.spawn(round.apply(move |batches| {
                 let plan = Plan::of(batches);
-                let pool = pool.clone();
-                async move { plan?.execute(&pool).await }
+                let (pool, moved) = (pool.clone(), moved.clone());
+                async move { plan?.execute(&pool, &moved).await }
             }));
         }))
     }
@@ -597,24 +640,12 @@ impl Store for PgStore {
     }
 
     fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StoreError> {
-        if start >= end {
-            return Ok(None);
-        }
         let (start, end) = (start.to_vec(), end.to_vec());
-        self.run(|pool| async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k DESC LIMIT 1",
-                )
-                .await
-                .map_err(pg)?;
-            let row = client
-                .query_opt(&statement, &[&start, &end])
-                .await
-                .map_err(pg)?;
-            Ok(row.map(|r| (r.get(0), r.get(1))))
-        })
+        self.run(|pool| read_last(pool, start, end))
+    }
+
+    fn last_in_async(&self, start: &[u8], end: &[u8]) -> super::LastFuture {
+        Box::pin(self.spawned(read_last(self.pool.clone(), start.to_vec(), end.to_vec())))
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
@@ -724,6 +755,27 @@ impl Store for PgStore {
         info.next_id = self.next_id()?;
         Ok(info)
     }
+}
+
+/// The pair with the greatest key in `start <= key < end`, read through `pool`.
+async fn read_last(
+    pool: Pool,
+    start: Vec<u8>,
+    end: Vec<u8>,
+) -> Result<Option<KeyValue>, StoreError> {
+    if start >= end {
+        return Ok(None);
+    }
+    let client = pool.get().await.map_err(pool_error)?;
+    let statement = client
+        .prepare_cached("SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k DESC LIMIT 1")
+        .await
+        .map_err(pg)?;
+    let row = client
+        .query_opt(&statement, &[&start, &end])
+        .await
+        .map_err(pg)?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
 /// The value under `key`, read through `pool`.

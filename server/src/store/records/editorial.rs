@@ -136,6 +136,11 @@ impl Db {
         Ok(self.get(&floor_key(group))?.unwrap_or(0))
     }
 
+    /// [`Db::log_floor`] for an async caller.
+    pub(super) async fn log_floor_async(&self, group: &GroupHandle) -> Result<u64, StoreError> {
+        Ok(self.get_async(&floor_key(group)).await?.unwrap_or(0))
+    }
+
     /// The generation new log entries are numbered in: 0 until the data is put back to
     /// an older copy (a restore), then one more each time.
     pub fn log_generation(&self) -> Result<u64, StoreError> {

@@ -49,6 +49,31 @@ impl Db {
         Ok(last.max(self.log_floor(group)?))
     }
 
+    /// [`Db::head`] for an async caller: on a database elsewhere both reads run while the
+    /// caller's thread serves other requests.
+    pub async fn head_async(&self, group: &GroupHandle) -> Result<u64, StoreError> {
+        let (start, end) = log_bounds(group, 0);
+        let (last, floor) = tokio::join!(
+            self.kv.last_in_async(&start, &end),
+            self.log_floor_async(group)
+        );
+        let last = match last? {
+            Some((key, _)) => seq_of(&key)?,
+            None => 0,
+        };
+        Ok(last.max(floor?))
+    }
+
+    /// [`Db::deduplicated`] for an async caller.
+    pub async fn deduplicated_async(
+        &self,
+        group: &GroupHandle,
+        sender: &UserId,
+        client_id: &ClientMsgId,
+    ) -> Result<Option<u64>, StoreError> {
+        self.get_async(&dedup_key(group, sender, client_id)).await
+    }
+
     /// Up to `limit` entries of `group` with `seq > since`, oldest first, with the size
     /// of each stored value.
     pub fn entries(
