@@ -107,6 +107,81 @@ fn two_processes_on_one_database_cannot_take_one_seq_skip_one_or_commit_an_epoch
     assert_eq!(ids.len(), 20);
 }
 
+/// Appends a post that the store may move; returns the seq it was stored at.
+fn append_movable(
+    db: &Db,
+    group: &GroupHandle,
+    seq: u64,
+    e: &StoredEntry,
+) -> Result<u64, StoreError> {
+    let mut w = Writes::new();
+    let shift = w.put_movable_entry(group, seq, e).unwrap();
+    db.apply(w)?;
+    shift.of(seq)
+}
+
+#[test]
+fn a_post_given_a_seq_another_process_took_is_stored_after_it_and_found_there() {
+    let Some(database) = database("movable posts") else {
+        return;
+    };
+    let a = Db::new(Arc::new(PgStore::open(database.url()).unwrap()));
+    let b = Db::new(Arc::new(PgStore::open(database.url()).unwrap()));
+    let bau = GroupHandle::parse("bauamt").unwrap();
+
+    // Both processes believe the log is empty and give their posts seq 1.
+    assert_eq!(
+        append_movable(&a, &bau, 1, &entry("P1", 1, "von A")).unwrap(),
+        1
+    );
+    assert_eq!(
+        append_movable(&b, &bau, 1, &entry("P2", 2, "von B")).unwrap(),
+        2,
+        "stored after A's post, not refused"
+    );
+    // One that believes itself ahead is put right after the head: no gap.
+    assert_eq!(
+        append_movable(&a, &bau, 7, &entry("P1", 3, "zu weit")).unwrap(),
+        3
+    );
+    // An entry that may not move is still refused where its seq is taken.
+    let fixed = append(&b, &bau, 3, &entry("P2", 4, "fest"));
+    assert!(matches!(fixed, Err(StoreError::Conflict(_))), "{fixed:?}");
+    // A post stored before is refused, not stored twice.
+    let twice = append_movable(&b, &bau, 4, &entry("P1", 1, "von A, noch mal"));
+    assert!(matches!(twice, Err(StoreError::Conflict(_))), "{twice:?}");
+
+    let stored: Vec<(u64, String)> = b
+        .entries(&bau, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, e, _)| match e.body {
+            EntryBody::Content(c) => (seq, c.summary()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            (1, "von A".to_owned()),
+            (2, "von B".to_owned()),
+            (3, "zu weit".to_owned())
+        ]
+    );
+    // The deduplication records name the seqs the posts were stored at.
+    for (sender, id, seq) in [("P1", 1, 1), ("P2", 2, 2), ("P1", 3, 3)] {
+        let found = a
+            .deduplicated(
+                &bau,
+                &UserId::parse(sender).unwrap(),
+                &ClientMsgId([id; 16]),
+            )
+            .unwrap();
+        assert_eq!(found, Some(seq), "{sender} {id}");
+    }
+    assert_eq!(a.head(&bau).unwrap(), 3);
+}
+
 #[test]
 fn a_roster_of_users_is_read_in_its_order_across_pages() {
     let Some(database) = database("users by id") else {

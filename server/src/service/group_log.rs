@@ -20,7 +20,7 @@ use rathaus_protocol::{frame, ClientMsgId, Event, GroupHandle, Response, UserId}
 
 use super::audit::AuditAppend;
 use super::{Broadcast, Refusal, Service};
-use crate::store::{ApplyTicket, StoredEntry, UserRecord, Writes};
+use crate::store::{ApplyTicket, Shift, StoredEntry, UserRecord, Writes};
 
 /// How often a post is allocated a seq again after another node on a shared database
 /// took the one it had (each retry reads the stored head afresh).
@@ -92,11 +92,13 @@ pub(super) struct InFlightKey {
 }
 
 /// A post whose write is queued but not yet applied.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct InFlight {
     seq: u64,
     sent_at_ms: i64,
     applied: crate::store::ApplyTicket,
+    /// Where a shared store may move it to.
+    shift: Option<Shift>,
 }
 
 /// An entry applied to the store, not yet known durable.
@@ -223,13 +225,13 @@ impl Service {
             }
             (false, _) => None,
         };
-        let (seq, sent_at_ms, duplicate, applying, stored) = {
+        let (seq, sent_at_ms, duplicate, applying, stored, shift) = {
             let mut heads = self.log_lock();
-            let in_flight = self.in_flight().get(&key).copied();
+            let in_flight = self.in_flight().get(&key).cloned();
             if let Some(f) = in_flight {
                 // The same post is being stored right now (a retry that overtook its
                 // original): answer as a duplicate once the original is applied.
-                (f.seq, f.sent_at_ms, true, Some(f.applied), None)
+                (f.seq, f.sent_at_ms, true, Some(f.applied), None, f.shift)
             } else if let Some(seq) = match shared {
                 true => stored_before,
                 false => self
@@ -241,7 +243,7 @@ impl Service {
                     .entries(group, seq - 1, 1)?
                     .first()
                     .map_or(now, |(_, e, _)| e.sent_at_ms);
-                (seq, sent_at, true, None, None)
+                (seq, sent_at, true, None, None, None)
             } else {
                 if let Some(epoch) = epoch {
                     let current = self.db.secret_group(group)?.map_or(0, |r| r.epoch);
@@ -258,12 +260,17 @@ impl Service {
                     let seq = self.next_seq_from(&heads, group, head)?;
                     self.attach_post(&mut extra, me, group, seq, blob)?;
                 }
-                let (seq, applied) = self.enqueue_locked(
+                // A public post on a shared store may be stored after whatever another
+                // node appended first. An MLS message may not (it must not move behind the
+                // commit that ends its epoch), nor a post a blob record names by seq.
+                let movable = shared && epoch.is_none() && attachment.is_none();
+                let (seq, applied, shift) = self.enqueue_locked(
                     &mut heads,
                     group,
                     std::slice::from_ref(entry),
                     extra,
                     head,
+                    movable,
                 )?;
                 *allocated = heads.get(group).map(|h| h.refreshes);
                 if attachment.is_some() {
@@ -277,9 +284,10 @@ impl Service {
                         seq,
                         sent_at_ms: now,
                         applied,
+                        shift: shift.clone(),
                     },
                 );
-                (seq, now, false, Some(applied), Some(entry))
+                (seq, now, false, Some(applied), Some(entry), shift)
             }
         };
         let ticket = match applying {
@@ -295,6 +303,16 @@ impl Service {
                 self.durability.written()
             }
             None => self.durability.latest(),
+        };
+        let seq = match shift {
+            Some(shift) => {
+                let placed = shift.of(seq)?;
+                if placed != seq && stored.is_some() {
+                    self.note_moved(group, placed);
+                }
+                placed
+            }
+            None => seq,
         };
         self.durable(ticket).await?;
         self.mark_durable(group, seq);
@@ -399,7 +417,8 @@ impl Service {
         extra: Writes,
     ) -> Result<u64, Refusal> {
         let before = heads.get(group).copied();
-        let (first, applied) = self.enqueue_locked(heads, group, entries, extra, Head::Read)?;
+        let (first, applied, _) =
+            self.enqueue_locked(heads, group, entries, extra, Head::Read, false)?;
         if let Err(e) = self.db.wait_applied_blocking(applied) {
             // Nobody could queue behind it while the lock is held: take the seqs back.
             match before {
@@ -412,8 +431,9 @@ impl Service {
     }
 
     /// Allocates seqs for `entries` and queues them with `extra` writes as one atomic
-    /// batch; returns the seq of the first and the batch's ticket. Call with the log lock
-    /// held; wait for the ticket, then take a commit ticket.
+    /// batch; returns the seq of the first, the batch's ticket, and for `movable` entries
+    /// (nothing in `extra`; see [`Shift`]) where the store reports that it moved them.
+    /// Call with the log lock held; wait for the ticket, then take a commit ticket.
     fn enqueue_locked(
         &self,
         heads: &mut HashMap<GroupHandle, Heads>,
@@ -421,12 +441,19 @@ impl Service {
         entries: &[StoredEntry],
         mut extra: Writes,
         head: Head,
-    ) -> Result<(u64, ApplyTicket), Refusal> {
+        movable: bool,
+    ) -> Result<(u64, ApplyTicket, Option<Shift>), Refusal> {
         let first = self.next_seq_from(heads, group, head)?;
         let mut last = first - 1;
+        let mut shift = None;
         for entry in entries {
             last += 1;
-            extra.put_entry(group, last, entry)?;
+            match movable {
+                true => shift = Some(extra.put_movable_entry(group, last, entry)?),
+                false => {
+                    extra.put_entry(group, last, entry)?;
+                }
+            }
         }
         let applied = self.db.enqueue(extra)?;
         let (durable, refreshes) = heads
@@ -440,7 +467,7 @@ impl Service {
                 refreshes,
             },
         );
-        Ok((first, applied))
+        Ok((first, applied, shift))
     }
 
     fn in_flight(&self) -> MutexGuard<'_, HashMap<InFlightKey, InFlight>> {
@@ -505,6 +532,16 @@ impl Service {
                 }
             })
             .await;
+        }
+    }
+
+    /// The store put a post of `group` at `seq`, after entries another node appended:
+    /// this node's next posts there follow it.
+    fn note_moved(&self, group: &GroupHandle, seq: u64) {
+        let mut heads = self.log_lock();
+        if let Some(h) = heads.get_mut(group).filter(|h| h.written < seq) {
+            h.written = seq;
+            h.refreshes += 1;
         }
     }
 

@@ -19,6 +19,8 @@ mod snapshot;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 pub use combine::ApplyTicket;
 pub use leader::Leadership;
@@ -156,6 +158,40 @@ pub struct Batch {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Indices into `ops` of the puts made by [`Batch::append`], ascending.
     appends: Vec<usize>,
+    /// Set by [`Batch::append_movable_entry`]: log entries a shared store may place
+    /// after what another process appended first.
+    movable: Option<Movable>,
+}
+
+/// Log entries of one group, with their deduplication records, that a store shared by
+/// several processes may store at later (or earlier) seqs than the ones they were given,
+/// all shifted alike, right after the group's stored head: instead of refusing the batch
+/// because another process took those seqs first. Only a batch of nothing but such
+/// entries is moved; a store of one process stores them where they were given.
+#[derive(Debug, Default)]
+struct Movable {
+    /// `(op index of the entry, op index of its deduplication record, its seq)`.
+    entries: Vec<(usize, usize, u64)>,
+    /// Where the store reports the shift.
+    shift: Shift,
+}
+
+/// By how much a store moved a batch's entries (see [`Batch::append_movable_entry`]):
+/// read once the batch is applied; `0` where it was stored as given.
+#[derive(Debug, Clone, Default)]
+pub struct Shift(Arc<AtomicI64>);
+
+impl Shift {
+    /// The seq an entry given `seq` was stored at.
+    pub fn of(&self, seq: u64) -> Result<u64, StoreError> {
+        let shift = self.0.load(Ordering::Acquire);
+        seq.checked_add_signed(shift)
+            .ok_or_else(|| StoreError::Backend(format!("seq {seq} moved by {shift}")))
+    }
+
+    fn set(&self, shift: i64) {
+        self.0.store(shift, Ordering::Release);
+    }
 }
 
 impl Batch {
@@ -171,6 +207,30 @@ impl Batch {
     pub fn append(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.appends.push(self.ops.len());
         self.ops.push((key, Some(value)));
+    }
+
+    /// Appends a log entry at `seq` (`entry`: its `log/` key and value) with its
+    /// deduplication record (`dedup`: key, and the value encoding `seq`), which a shared
+    /// store may move (see [`Shift`]); the returned handle says where it went.
+    pub fn append_movable_entry(
+        &mut self,
+        entry: (Vec<u8>, Vec<u8>),
+        dedup: (Vec<u8>, Vec<u8>),
+        seq: u64,
+    ) -> Shift {
+        let at = self.ops.len();
+        self.append(entry.0, entry.1);
+        self.append(dedup.0, dedup.1);
+        let movable = self.movable.get_or_insert_with(Movable::default);
+        movable.entries.push((at, at + 1, seq));
+        movable.shift.clone()
+    }
+
+    /// The movable entries, where the batch holds nothing else.
+    fn movable(&self) -> Option<&Movable> {
+        self.movable
+            .as_ref()
+            .filter(|m| m.entries.len() * 2 == self.ops.len())
     }
 
     /// Removes `key`.

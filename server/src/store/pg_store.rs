@@ -7,7 +7,11 @@
 //!
 //! - **Log seqs are dense.** `log_head (grp, head)` holds the last seq appended per group;
 //!   the transaction that inserts `log/<group>\0<seq>` moves it from `seq - 1` to `seq`,
-//!   or fails. Two writers that picked the same seq cannot both succeed.
+//!   or fails. Two writers that picked the same seq cannot both succeed. A public post
+//!   ([`Batch::append_movable_entry`]) is not refused for that: its round locks the
+//!   group's `log_head` row and numbers it on from the stored head, so two nodes posting
+//!   into one group take turns at that row instead of refusing each other's rounds, and
+//!   the post's [`Shift`] tells the server where it went.
 //! - **Insert-only records** ([`Batch::append`]: log entries, their deduplication records,
 //!   the claim of a commit on its epoch) are plain `INSERT`s: the primary key refuses a
 //!   second one, so a client id is stored once and an epoch has one accepted commit.
@@ -25,7 +29,7 @@
 //! The schema is versioned in `schema_version` and migrated at open, under an advisory
 //! lock so that nodes starting together migrate once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +40,7 @@ use tokio_postgres::error::SqlState;
 use super::combine::Combiner;
 use super::pg_tls::PgTls;
 use super::snapshot::{self, SnapshotInfo, SnapshotReader, INTERNAL_PREFIX};
-use super::{ApplyTicket, Batch, FlushFuture, KeyValue, Store, StoreError};
+use super::{ApplyTicket, Batch, FlushFuture, KeyValue, Shift, Store, StoreError};
 
 /// Connections in the pool of one server process.
 const POOL_SIZE: usize = 16;
@@ -358,6 +362,17 @@ struct Plan {
     delete: Vec<Vec<u8>>,
     /// Per group: the first and last seq appended in the round.
     heads: (Vec<Vec<u8>>, Vec<i64>, Vec<i64>),
+    /// Per group whose every entry in the round is movable ([`Batch::append_movable_entry`]):
+    /// where in `insert` its entries and their deduplication records are.
+    moves: BTreeMap<Vec<u8>, Moves>,
+}
+
+/// The movable entries of one group in a round.
+#[derive(Debug, Default)]
+struct Moves {
+    /// In round order: the index in `insert` of the entry and of its deduplication
+    /// record, the seq it was given, and its batch's handle, told where it went.
+    entries: Vec<(usize, usize, u64, Shift)>,
 }
 
 impl Plan {
@@ -366,35 +381,53 @@ impl Plan {
         let mut plan = Self::default();
         // key → (final value, whether that final write is the insert-only one)
         let mut last: BTreeMap<&[u8], (Option<&[u8]>, bool)> = BTreeMap::new();
-        let mut appended: BTreeMap<&[u8], (i64, i64)> = BTreeMap::new();
+        // Every log entry appended, in order.
+        let mut logged: Vec<(&[u8], i64)> = Vec::new();
+        // Groups that an entry which may not move is appended to.
+        let mut fixed: BTreeSet<&[u8]> = BTreeSet::new();
         for batch in batches {
+            let movable = batch.movable();
+            // Index in `insert` of each op of a movable batch.
+            let mut inserted_at = vec![usize::MAX; batch.ops.len()];
             for (i, (key, value)) in batch.ops.iter().enumerate() {
                 let insert_only = batch.appends.binary_search(&i).is_ok();
                 if let (true, Some(v)) = (insert_only, value) {
+                    inserted_at[i] = plan.insert.0.len();
                     plan.insert.0.push(key.clone());
                     plan.insert.1.push(v.clone());
                     if let Some((grp, seq)) = log_position(key) {
-                        match appended.get_mut(grp) {
-                            Some((_, prev))
-                                if rathaus_protocol::log::follows(
-                                    u64::try_from(*prev).unwrap_or(u64::MAX),
-                                    u64::try_from(seq).unwrap_or(0),
-                                ) =>
-                            {
-                                *prev = seq
-                            }
-                            Some((_, prev)) => {
-                                return Err(StoreError::Conflict(format!(
-                                    "seq {seq} appended after {prev} in one write"
-                                )))
-                            }
-                            None => {
-                                appended.insert(grp, (seq, seq));
-                            }
+                        if movable.is_none() {
+                            fixed.insert(grp);
                         }
+                        logged.push((grp, seq));
                     }
                 }
                 last.insert(key.as_slice(), (value.as_deref(), insert_only));
+            }
+            if let Some(movable) = movable {
+                // Stored as given unless the round moves it.
+                movable.shift.set(0);
+                let groups: BTreeSet<&[u8]> = movable
+                    .entries
+                    .iter()
+                    .filter_map(|(e, _, _)| log_position(&batch.ops[*e].0).map(|(g, _)| g))
+                    .collect();
+                match (groups.len(), groups.first()) {
+                    (1, Some(grp)) => {
+                        let moves = plan.moves.entry(grp.to_vec()).or_default();
+                        moves
+                            .entries
+                            .extend(movable.entries.iter().map(|(e, d, seq)| {
+                                (
+                                    inserted_at[*e],
+                                    inserted_at[*d],
+                                    *seq,
+                                    movable.shift.clone(),
+                                )
+                            }));
+                    }
+                    _ => fixed.extend(groups),
+                }
             }
         }
         for (key, (value, insert_only)) in last {
@@ -407,6 +440,35 @@ impl Plan {
                 (None, _) => plan.delete.push(key.to_vec()),
             }
         }
+        // A group moves as a whole: where any of its entries may not, none does.
+        plan.moves.retain(|grp, _| !fixed.contains(grp.as_slice()));
+        // Per group: the first and last seq appended, each following the one before
+        // (a moving group's are set where it is placed).
+        let mut appended: BTreeMap<&[u8], (i64, i64)> = BTreeMap::new();
+        for (grp, seq) in logged {
+            if plan.moves.contains_key(grp) {
+                appended.entry(grp).or_insert((0, 0));
+                continue;
+            }
+            match appended.get_mut(grp) {
+                Some((_, prev))
+                    if rathaus_protocol::log::follows(
+                        u64::try_from(*prev).unwrap_or(u64::MAX),
+                        u64::try_from(seq).unwrap_or(0),
+                    ) =>
+                {
+                    *prev = seq
+                }
+                Some((_, prev)) => {
+                    return Err(StoreError::Conflict(format!(
+                        "seq {seq} appended after {prev} in one write"
+                    )))
+                }
+                None => {
+                    appended.insert(grp, (seq, seq));
+                }
+            }
+        }
         for (grp, (first, last)) in appended {
             plan.heads.0.push(grp.to_vec());
             plan.heads.1.push(first);
@@ -415,7 +477,49 @@ impl Plan {
         Ok(plan)
     }
 
-    async fn execute(self, pool: &Pool, moved: &HeadsMoved) -> Result<(), StoreError> {
+    /// Locks the head of every group the round appends to (in one pass, in key order, so
+    /// two rounds never wait for each other crosswise) and numbers each group's movable
+    /// entries on from its stored head, in round order: two nodes appending to one group
+    /// take turns at the database instead of refusing each other's rounds.
+    async fn place_movable(
+        &mut self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<(), StoreError> {
+        let statement = tx
+            .prepare_cached(
+                "SELECT grp, head FROM log_head WHERE grp = ANY($1) ORDER BY grp FOR UPDATE",
+            )
+            .await
+            .map_err(pg)?;
+        let rows = tx.query(&statement, &[&self.heads.0]).await.map_err(pg)?;
+        let stored: BTreeMap<Vec<u8>, i64> =
+            rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        for (grp, moves) in &self.moves {
+            let Some(i) = self.heads.0.iter().position(|g| g == grp) else {
+                continue;
+            };
+            // No row yet: nothing was ever appended to the group.
+            let head = u64::try_from(stored.get(grp).copied().unwrap_or(0)).unwrap_or(0);
+            let given = moves.entries.first().map_or(1, |(_, _, seq, _)| *seq);
+            let first =
+                rathaus_protocol::log::next_seq(head, rathaus_protocol::log::generation_of(given));
+            self.heads.1[i] = to_i64(first)?;
+            for (next, (entry, dedup, seq, shift)) in (first..).zip(&moves.entries) {
+                let mut key = Vec::with_capacity(LOG.len() + grp.len() + 9);
+                key.extend_from_slice(LOG);
+                key.extend_from_slice(grp);
+                key.push(0);
+                key.extend_from_slice(&next.to_be_bytes());
+                self.insert.0[*entry] = key;
+                self.insert.1[*dedup] = super::codec::encode(&next)?;
+                shift.set(to_i64(next)? - to_i64(*seq)?);
+                self.heads.2[i] = to_i64(next)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn execute(mut self, pool: &Pool, moved: &HeadsMoved) -> Result<(), StoreError> {
         if moved.any_of(&self.heads.0) {
             // Its seqs follow ones that cannot be stored any more: refused without a
             // transaction, and allocated again from the stored head.
@@ -425,6 +529,9 @@ impl Plan {
         }
         let mut client = pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(pg)?;
+        if !self.moves.is_empty() {
+            self.place_movable(&tx).await?;
+        }
         if !self.heads.0.is_empty() {
             // Moves each group's head from first-1 to last, or from below first to last
             // where first begins a generation (rathaus_protocol::log); a group whose head

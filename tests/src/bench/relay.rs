@@ -173,7 +173,10 @@ pub(crate) async fn fanout(
         .await?;
     let one = measure_deliveries(&sender, &group, &mut receivers, posts).await?;
     receivers.add(&users[2..], &endpoint, &addrs, &fp).await?;
-    let all = measure_deliveries(&sender, &group, &mut receivers, posts).await?;
+    perf_control("fanout", "enable");
+    let all = measure_deliveries(&sender, &group, &mut receivers, posts).await;
+    perf_control("fanout", "disable");
+    let all = all?;
     drop(receivers);
     drop(sender);
     cluster.shutdown().await;

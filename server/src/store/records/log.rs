@@ -7,6 +7,7 @@ use rathaus_protocol::{ClientMsgId, EntryBody, GroupHandle, LogEntry, UserId};
 use serde::{Deserialize, Serialize};
 
 use super::{decode, dedup_key, encode, log_bounds, log_key, seq_of, Db, StoreError, Writes};
+use crate::store::Shift;
 
 /// A log entry as stored (its seq is in the key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +106,24 @@ impl Db {
 }
 
 impl Writes {
+    /// [`Writes::put_entry`] for a post that may be stored at another seq than `seq` on
+    /// a shared store (see [`Shift`]); nothing else may go into the same batch.
+    pub fn put_movable_entry(
+        &mut self,
+        group: &GroupHandle,
+        seq: u64,
+        entry: &StoredEntry,
+    ) -> Result<Shift, StoreError> {
+        Ok(self.batch.append_movable_entry(
+            (log_key(group, seq), encode(entry)?),
+            (
+                dedup_key(group, &entry.sender, &entry.client_id),
+                encode(&seq)?,
+            ),
+            seq,
+        ))
+    }
+
     /// Appends an entry and its deduplication record.
     pub fn put_entry(
         &mut self,
