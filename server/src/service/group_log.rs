@@ -216,14 +216,13 @@ impl Service {
         };
         // Where the record can only be there from an earlier attempt, it is read before
         // the lock: on a shared store without holding it for the round trip.
-        let stored_before = match (shared, attempt) {
-            (true, 1) => None,
-            (true, _) => {
+        let stored_before = match shared && attempt > 1 {
+            true => {
                 self.db
                     .deduplicated_async(group, &entry.sender, &entry.client_id)
                     .await?
             }
-            (false, _) => None,
+            false => None,
         };
         let (seq, sent_at_ms, duplicate, applying, stored, shift) = {
             let mut heads = self.log_lock();
@@ -308,7 +307,7 @@ impl Service {
             Some(shift) => {
                 let placed = shift.of(seq)?;
                 if placed != seq && stored.is_some() {
-                    self.note_moved(group, placed);
+                    self.cached_head_reaches(group, placed);
                 }
                 placed
             }
@@ -504,7 +503,7 @@ impl Service {
             let Ok(group) = GroupHandle::parse(&notice.group) else {
                 continue;
             };
-            self.notice_other_node(&group, notice.to);
+            self.cached_head_reaches(&group, notice.to);
             let service = self.clone();
             // Reads are blocking store calls.
             let _ = tokio::task::spawn_blocking(move || {
@@ -535,23 +534,14 @@ impl Service {
         }
     }
 
-    /// The store put a post of `group` at `seq`, after entries another node appended:
-    /// this node's next posts there follow it.
-    fn note_moved(&self, group: &GroupHandle, seq: u64) {
+    /// `group`'s log reaches `seq` on a shared store, through entries of another node
+    /// (the store moved this node's post there, or the other node's notice said so): this
+    /// node's next posts there take seqs after it instead of learning of it from a refused
+    /// write, and posts that took a seq before need not read the head back.
+    fn cached_head_reaches(&self, group: &GroupHandle, seq: u64) {
         let mut heads = self.log_lock();
         if let Some(h) = heads.get_mut(group).filter(|h| h.written < seq) {
             h.written = seq;
-            h.refreshes += 1;
-        }
-    }
-
-    /// Another node made `group`'s entries up to `seq` durable: this node's next post
-    /// there takes a seq after them instead of learning of them from a refused write.
-    fn notice_other_node(&self, group: &GroupHandle, seq: u64) {
-        let mut heads = self.log_lock();
-        if let Some(h) = heads.get_mut(group).filter(|h| h.written < seq) {
-            h.written = seq;
-            // Posts that took a seq before this need not read the head back.
             h.refreshes += 1;
         }
     }
