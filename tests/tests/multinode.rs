@@ -688,3 +688,110 @@ async fn an_announcement_published_through_one_node_is_pushed_to_a_colleague_on_
     node_b.shutdown().await;
     backend.stop().await;
 }
+
+/// Waits for `sub`'s connection to end, skipping the events that come before; the error
+/// it ended with.
+async fn ended(
+    what: &str,
+    sub: &mut rathaus_client::net::Subscription,
+) -> rathaus_client::ClientError {
+    // Far below the nodes' periodic sweep of their sessions, so it is the other node's
+    // notice that ends the session, not the sweep.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Err(e) = sub.next().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the session on the other node is still open"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offboarding_and_a_reset_through_one_node_end_the_sessions_on_another_at_once() {
+    if skipped("sessions ended across nodes") {
+        return;
+    }
+    let mut backend = TestBackend::start().await.unwrap();
+    let other = node_dir(&backend.data_dir());
+    let mut options = rathaus_server::RunOptions::new(other.path());
+    options.listen = Some("127.0.0.1:0".parse().unwrap());
+    let node_b = rathaus_server::start(options).await.unwrap();
+    let b = node_b.local_addr().to_string();
+
+    let mut admin = backend.admin().await.unwrap();
+    backend.department(&mut admin, "bauamt", &[]).await.unwrap();
+    let mut anna = backend
+        .user(&mut admin, "P1001", "Anna Berg", &["bauamt"])
+        .await
+        .unwrap();
+    let mut phones = BTreeMap::new();
+    for (user, name) in [("P1002", "Jonas Weber"), ("P1003", "Lena Roth")] {
+        let code = backend
+            .provision(&mut admin, user, name, &["bauamt"], &[])
+            .await
+            .unwrap();
+        let mut phone = enroll_at(&backend, &b, user, code).await;
+        let sub = phone.subscribe().await.unwrap();
+        phones.insert(user, (phone, sub));
+    }
+    // Both read the department's posts through node B.
+    anna.send_text(&GroupHandle::parse("bauamt").unwrap(), "Guten Morgen")
+        .await
+        .unwrap();
+    for (user, (phone, sub)) in &mut phones {
+        let rows = rathaus_tests::within("the post pushed through node B", async {
+            loop {
+                let event = sub.next().await.unwrap();
+                let rows = phone.apply_event(&event).await.unwrap();
+                if !rows.is_empty() {
+                    return rows;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(rows[0].text, "Guten Morgen", "{user}");
+    }
+
+    // The administrator works through node A; the sessions on node B end all the same,
+    // with the reason a phone shows.
+    admin
+        .admin_remove_user(UserId::parse("P1002").unwrap())
+        .await
+        .unwrap();
+    let (mut jonas, mut sub) = phones.remove("P1002").unwrap();
+    let e = ended("offboarding", &mut sub).await;
+    assert!(
+        matches!(e, rathaus_client::ClientError::AccountRemoved),
+        "{e}"
+    );
+    drop(sub);
+    jonas.disconnect().await;
+    let e = jonas.whoami().await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(rathaus_protocol::ErrorCode::Unauthenticated),
+        "{e}"
+    );
+
+    admin
+        .admin_reset_user(UserId::parse("P1003").unwrap())
+        .await
+        .unwrap();
+    let (mut lena, mut sub) = phones.remove("P1003").unwrap();
+    let e = ended("a reset", &mut sub).await;
+    assert!(
+        matches!(e, rathaus_client::ClientError::AccountRemoved),
+        "{e}"
+    );
+    drop(sub);
+    lena.disconnect().await;
+
+    for c in [&mut anna, &mut admin] {
+        c.disconnect().await;
+    }
+    node_b.shutdown().await;
+    backend.stop().await;
+}

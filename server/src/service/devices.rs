@@ -68,6 +68,7 @@ impl Service {
         };
         self.durable(ticket).await?;
         self.live.end_device(&me.id, device);
+        self.db.store().notify_sessions(me.id.as_str());
         tracing::info!(user = %me.id, %device, "device revoked by its user");
         self.remove_revoked_devices(&me.departments).await;
         Ok(Response::Done)

@@ -134,16 +134,46 @@ impl LiveConnections {
 
     /// Ends every connection of one device of `user` (revoked); returns how many.
     pub fn end_device(&self, user: &UserId, device: DeviceId) -> usize {
+        self.end_where(user, |_, d| d == device)
+    }
+
+    /// The connections open now, as (user, connection id, device): `users`' only, or
+    /// everyone's.
+    pub fn listed(&self, users: Option<&[UserId]>) -> Vec<(UserId, u64, DeviceId)> {
+        let list = |user: &UserId, conns: &UserConnections| {
+            conns
+                .iter()
+                .map(|(id, device, _)| (user.clone(), *id, *device))
+                .collect::<Vec<_>>()
+        };
+        self.with(|m| match users {
+            Some(users) => users
+                .iter()
+                .filter_map(|u| m.get(u).map(|conns| list(u, conns)))
+                .flatten()
+                .collect(),
+            None => m.iter().flat_map(|(u, conns)| list(u, conns)).collect(),
+        })
+    }
+
+    /// Ends the connections `ids` of `user`; returns how many were still open.
+    pub fn end_connections(&self, user: &UserId, ids: &[u64]) -> usize {
+        self.end_where(user, |id, _| ids.contains(&id))
+    }
+
+    /// Ends the connections of `user` that `ends` picks by (connection id, device).
+    fn end_where(&self, user: &UserId, ends: impl Fn(u64, DeviceId) -> bool) -> usize {
         let ended: Vec<Arc<dyn LiveConnection>> = self.with(|m| {
             let Some(conns) = m.get_mut(user) else {
                 return Vec::new();
             };
             let mut ended = Vec::new();
-            conns.retain(|(_, d, conn)| {
-                if *d == device {
+            conns.retain(|(id, d, conn)| {
+                let end = ends(*id, *d);
+                if end {
                     ended.push(conn.clone());
                 }
-                *d != device
+                !end
             });
             if conns.is_empty() {
                 m.remove(user);

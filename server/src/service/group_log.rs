@@ -484,54 +484,46 @@ impl Service {
         self.db.store().notify_entry(&group.to_string(), seq);
     }
 
-    /// Pushes the entries other nodes on the store made durable to this node's
-    /// subscribers, until `stop`. A notice says where to read; the entries come from the
-    /// log, so a lost notice only delays (the clients fetch the gap).
-    pub async fn relay_other_nodes(
-        self: std::sync::Arc<Self>,
-        mut notices: tokio::sync::mpsc::Receiver<crate::store::EntryNotice>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+    /// Pushes entries another node on the store made durable to this node's subscribers.
+    /// A notice says where to read; the entries come from the log, so a lost notice only
+    /// delays (the clients fetch the gap).
+    pub(super) async fn relay_entries(
+        self: &std::sync::Arc<Self>,
+        notice: crate::store::EntryNotice,
     ) {
-        loop {
-            let notice = tokio::select! {
-                _ = stop.changed() => return,
-                n = notices.recv() => match n {
-                    Some(n) => n,
-                    None => return,
-                },
-            };
-            let Ok(group) = GroupHandle::parse(&notice.group) else {
-                continue;
-            };
-            self.cached_head_reaches(&group, notice.to);
-            let service = self.clone();
-            // Reads are blocking store calls.
-            let _ = tokio::task::spawn_blocking(move || {
-                let mut since = notice.from - 1;
-                // Bounded: each round moves `since` forward or ends.
-                for _ in 0..1000 {
-                    let want = usize::try_from(notice.to - since).unwrap_or(usize::MAX).min(1000);
-                    let entries = match service.db.entries(&group, since, want) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            tracing::warn!(%group, error = %e, "cannot read another node's entries");
-                            return;
-                        }
-                    };
-                    let Some(last) = entries.last().map(|(seq, _, _)| *seq) else {
-                        return;
-                    };
-                    for (seq, entry, _) in entries.iter().filter(|(s, _, _)| *s <= notice.to) {
-                        service.publish_entry_here(&group, *seq, entry);
-                    }
-                    if last >= notice.to {
+        let Ok(group) = GroupHandle::parse(&notice.group) else {
+            return;
+        };
+        self.cached_head_reaches(&group, notice.to);
+        let service = self.clone();
+        // Reads are blocking store calls.
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut since = notice.from - 1;
+            // Bounded: each round moves `since` forward or ends.
+            for _ in 0..1000 {
+                let want = usize::try_from(notice.to - since)
+                    .unwrap_or(usize::MAX)
+                    .min(1000);
+                let entries = match service.db.entries(&group, since, want) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(%group, error = %e, "cannot read another node's entries");
                         return;
                     }
-                    since = last;
+                };
+                let Some(last) = entries.last().map(|(seq, _, _)| *seq) else {
+                    return;
+                };
+                for (seq, entry, _) in entries.iter().filter(|(s, _, _)| *s <= notice.to) {
+                    service.publish_entry_here(&group, *seq, entry);
                 }
-            })
-            .await;
-        }
+                if last >= notice.to {
+                    return;
+                }
+                since = last;
+            }
+        })
+        .await;
     }
 
     /// `group`'s log reaches `seq` on a shared store, through entries of another node

@@ -27,6 +27,7 @@ mod mls;
 mod moderation;
 mod open_departments;
 mod operations;
+mod other_nodes;
 mod posts;
 mod provisioning;
 pub mod refused;
@@ -601,9 +602,15 @@ impl Service {
 /// or the session's device is no longer active.
 fn session_user_of(session: &Session, user: Option<UserRecord>) -> Result<UserRecord, Refusal> {
     match user {
-        Some(u) if !u.removed && u.active_devices().any(|d| d.id == session.device) => Ok(u),
+        Some(u) if admits_device(Some(&u), session.device) => Ok(u),
         _ => Err(SessionRefused::Ended.into()),
     }
+}
+
+/// Whether `user`'s record admits a session of `device`: the user exists and is not
+/// offboarded, and the device is not revoked.
+fn admits_device(user: Option<&UserRecord>, device: DeviceId) -> bool {
+    user.is_some_and(|u| !u.removed && u.active_devices().any(|d| d.id == device))
 }
 
 #[cfg(test)]

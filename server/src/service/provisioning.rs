@@ -240,6 +240,7 @@ impl Service {
         };
         self.durable(ticket).await?;
         let ended = self.live.end_all(id);
+        self.db.store().notify_sessions(id.as_str());
         tracing::info!(user = %id, by = %me.id, connections_ended = ended, "user offboarded");
         // The roster check already keeps the user out of every secret group; now take
         // their devices out of the MLS groups too (DESIGN §5.5). A failure here is
@@ -372,6 +373,7 @@ impl Service {
         };
         self.durable(ticket).await?;
         let ended = self.live.end_all(id);
+        self.db.store().notify_sessions(id.as_str());
         tracing::info!(user = %id, by = %me.id, connections_ended = ended, "user reset");
         self.secret_groups_changed(&departments);
         self.remove_revoked_devices(&departments).await;

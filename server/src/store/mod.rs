@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub use combine::ApplyTicket;
 pub use leader::Leadership;
 pub use memory::MemoryStore;
-pub use pg_notify::EntryNotice;
+pub use pg_notify::{EntryNotice, NodeNotice};
 pub use pg_store::{is_postgres_url, PgStore};
 pub use records::{
     AckRecord, AnnouncementRecord, BlobRecord, BlobRef, CodeRecord, Db, DepartmentRecord,
@@ -106,10 +106,17 @@ pub trait Store: Send + Sync + 'static {
     fn notify_entry(&self, group: &str, seq: u64) {
         let _ = (group, seq);
     }
-    /// Where the other nodes' [`Store::notify_entry`] arrive, for this process to push
-    /// their entries to its own subscribers; `None` where no other node can be. Called
-    /// once per running server.
-    fn other_nodes_entries(&self) -> Option<tokio::sync::mpsc::Receiver<EntryNotice>> {
+    /// Tells the other server nodes on this store that sessions of `user` ended
+    /// (offboarding, a reset, a revoked device), so they end theirs; nothing where no
+    /// other node can be.
+    fn notify_sessions(&self, user: &str) {
+        let _ = user;
+    }
+    /// Where the other nodes' [`Store::notify_entry`] and [`Store::notify_sessions`]
+    /// arrive, for this process to push their entries to its own subscribers and end the
+    /// sessions they ended; `None` where no other node can be. Called once per running
+    /// server.
+    fn other_nodes_notices(&self) -> Option<tokio::sync::mpsc::Receiver<NodeNotice>> {
         None
     }
     /// Whether this process runs the background loops (retention, upload cleanup, removal

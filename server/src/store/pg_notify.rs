@@ -7,10 +7,18 @@
 //! full queue, a dropped listener connection) only delays delivery until the subscriber's
 //! client notices the gap and fetches by seq, as it does after any gap.
 //!
-//! Notifications from one node are coalesced per group while the previous `NOTIFY` is on
-//! its way, so a burst of posts costs one statement per group and round, not one per post.
+//! When a node has ended a user's sessions (offboarding, a reset, a revoked device) it
+//! names the user; every other node reads the user's record and ends the connections it
+//! no longer admits. Here too the notification says only whom to look at. What a lost one
+//! would leave open, the nodes' periodic check of their sessions ends (see
+//! `Service::end_sessions_ended_elsewhere`), and a listener connection made again is
+//! announced ([`NodeNotice::Listening`]) so the node checks them at once.
+//!
+//! Notifications from one node are coalesced per group (and per user) while the previous
+//! `NOTIFY` is on its way, so a burst of posts costs one statement per group and round,
+//! not one per post.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -38,22 +46,63 @@ pub struct EntryNotice {
     pub to: u64,
 }
 
-/// The payload of one notification: `<node> <from> <to> <group>`.
+/// What another node told this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeNotice {
+    /// It made entries durable.
+    Entries(EntryNotice),
+    /// It ended sessions of this user (the personnel number as stored).
+    Sessions(String),
+    /// The listening connection was made (again): notices sent while it was down are
+    /// lost, so every session this node holds is to be checked.
+    Listening,
+}
+
+/// What this node tells the others.
+#[derive(Debug)]
+pub(super) enum Outgoing {
+    /// Entry `seq` of the group is durable.
+    Entry(String, u64),
+    /// Sessions of the user ended.
+    Sessions(String),
+}
+
+/// Which word of a payload names a user whose sessions ended, where an entry notice has
+/// its first seq (a node that does not know it ignores the notice).
+const SESSIONS: &str = "sessions";
+
+/// The payload of one entry notification: `<node> <from> <to> <group>`.
 fn payload(node: u64, group: &str, from: u64, to: u64) -> String {
     format!("{node:016x} {from} {to} {group}")
 }
 
+/// The payload of one session notification: `<node> sessions <user>`.
+fn sessions_payload(node: u64, user: &str) -> String {
+    format!("{node:016x} {SESSIONS} {user}")
+}
+
 /// Parses a payload; `None` for one of this node or one that is not ours.
-fn parse(payload: &str, own_node: u64) -> Option<EntryNotice> {
+fn parse(payload: &str, own_node: u64) -> Option<NodeNotice> {
     let mut parts = payload.splitn(4, ' ');
     let node = u64::from_str_radix(parts.next()?, 16).ok()?;
-    let from = parts.next()?.parse().ok()?;
-    let to = parts.next()?.parse().ok()?;
-    let group = parts.next()?.to_owned();
-    if node == own_node || from == 0 || to < from || group.is_empty() {
+    if node == own_node {
         return None;
     }
-    Some(EntryNotice { group, from, to })
+    let second = parts.next()?;
+    if second == SESSIONS {
+        let user = parts.next()?;
+        if user.is_empty() || parts.next().is_some() {
+            return None;
+        }
+        return Some(NodeNotice::Sessions(user.to_owned()));
+    }
+    let from = second.parse().ok()?;
+    let to = parts.next()?.parse().ok()?;
+    let group = parts.next()?.to_owned();
+    if from == 0 || to < from || group.is_empty() {
+        return None;
+    }
+    Some(NodeNotice::Entries(EntryNotice { group, from, to }))
 }
 
 /// Sends this node's notifications, coalesced, through the pool.
@@ -61,22 +110,40 @@ pub(super) fn spawn_sender(
     rt: &tokio::runtime::Runtime,
     pool: deadpool_postgres::Pool,
     node: u64,
-) -> mpsc::Sender<(String, u64)> {
-    let (tx, mut rx) = mpsc::channel::<(String, u64)>(OUTBOX);
+) -> mpsc::Sender<Outgoing> {
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOX);
     rt.spawn(async move {
-        while let Some((group, seq)) = rx.recv().await {
+        while let Some(first) = rx.recv().await {
             let mut ranges: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-            ranges.insert(group, (seq, seq));
-            while let Ok((group, seq)) = rx.try_recv() {
-                let range = ranges.entry(group).or_insert((seq, seq));
-                range.0 = range.0.min(seq);
-                range.1 = range.1.max(seq);
+            let mut users = BTreeSet::new();
+            let mut next = Some(first);
+            while let Some(outgoing) = next.take().or_else(|| rx.try_recv().ok()) {
+                match outgoing {
+                    Outgoing::Entry(group, seq) => {
+                        let range = ranges.entry(group).or_insert((seq, seq));
+                        range.0 = range.0.min(seq);
+                        range.1 = range.1.max(seq);
+                    }
+                    Outgoing::Sessions(user) => {
+                        users.insert(user);
+                    }
+                }
             }
             let Ok(client) = pool.get().await else {
+                if !users.is_empty() {
+                    tracing::warn!(
+                        users = users.len(),
+                        "cannot tell the other nodes of ended sessions; their periodic check ends them"
+                    );
+                }
                 continue;
             };
-            for (group, (from, to)) in ranges {
-                let text = payload(node, &group, from, to);
+            let texts = users.iter().map(|user| sessions_payload(node, user)).chain(
+                ranges
+                    .iter()
+                    .map(|(group, (from, to))| payload(node, group, *from, *to)),
+            );
+            for text in texts {
                 if let Err(e) = client
                     .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &text])
                     .await
@@ -96,7 +163,7 @@ pub(super) fn spawn_listener(
     config: tokio_postgres::Config,
     tls: PgTls,
     node: u64,
-) -> mpsc::Receiver<EntryNotice> {
+) -> mpsc::Receiver<NodeNotice> {
     let (tx, rx) = mpsc::channel(INBOX);
     rt.spawn(async move {
         loop {
@@ -116,7 +183,7 @@ async fn listen_once(
     config: &tokio_postgres::Config,
     tls: &PgTls,
     node: u64,
-    tx: &mpsc::Sender<EntryNotice>,
+    tx: &mpsc::Sender<NodeNotice>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tls.clone()).await?;
     let (messages, mut incoming) = mpsc::unbounded_channel();
@@ -134,12 +201,22 @@ async fn listen_once(
         }
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    while let Some(text) = incoming.recv().await {
+    // Whatever was sent while no connection listened is lost: the sessions are checked.
+    let mut open = !matches!(
+        tx.try_send(NodeNotice::Listening),
+        Err(mpsc::error::TrySendError::Closed(_))
+    );
+    while open {
+        let Some(text) = incoming.recv().await else {
+            break;
+        };
         if let Some(notice) = parse(&text, node) {
-            // A full inbox drops the notice: the subscribers' clients fetch the gap.
-            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(notice) {
-                break;
-            }
+            // A full inbox drops the notice: the subscribers' clients fetch the gap, and
+            // the periodic check ends the sessions a dropped one named.
+            open = !matches!(
+                tx.try_send(notice),
+                Err(mpsc::error::TrySendError::Closed(_))
+            );
         }
     }
     driver.abort();
@@ -156,18 +233,24 @@ mod tests {
         let text = payload(7, "bauamt/secret", 3, 9);
         assert_eq!(
             parse(&text, 8),
-            Some(EntryNotice {
+            Some(NodeNotice::Entries(EntryNotice {
                 group: "bauamt/secret".into(),
                 from: 3,
                 to: 9
-            })
+            }))
         );
+        assert_eq!(parse(&text, 7), None, "this node's own");
+        let text = sessions_payload(7, "P1002");
+        assert_eq!(parse(&text, 8), Some(NodeNotice::Sessions("P1002".into())));
         assert_eq!(parse(&text, 7), None, "this node's own");
         for bad in [
             "",
             "zz 1 2 g",
             "0000000000000007 0 2 g",
             "0000000000000007 5 2 g",
+            "0000000000000007 sessions",
+            "0000000000000007 sessions ",
+            "0000000000000007 sessions P1 P2",
         ] {
             assert_eq!(parse(bad, 8), None, "{bad:?}");
         }

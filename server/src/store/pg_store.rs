@@ -76,7 +76,7 @@ pub struct PgStore {
     /// notifications from the others').
     node: u64,
     /// This node's notifications to the others (`pg_notify`).
-    notices: tokio::sync::mpsc::Sender<(String, u64)>,
+    notices: tokio::sync::mpsc::Sender<super::pg_notify::Outgoing>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -651,10 +651,27 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 impl Store for PgStore {
     fn notify_entry(&self, group: &str, seq: u64) {
         // A full queue drops it: the other nodes' subscribers fetch the gap.
-        let _ = self.notices.try_send((group.to_owned(), seq));
+        let _ = self
+            .notices
+            .try_send(super::pg_notify::Outgoing::Entry(group.to_owned(), seq));
     }
 
-    fn other_nodes_entries(&self) -> Option<tokio::sync::mpsc::Receiver<super::EntryNotice>> {
+    fn notify_sessions(&self, user: &str) {
+        // A full queue drops it: the other nodes' periodic check of their sessions ends
+        // them.
+        if self
+            .notices
+            .try_send(super::pg_notify::Outgoing::Sessions(user.to_owned()))
+            .is_err()
+        {
+            tracing::warn!(
+                user,
+                "cannot tell the other nodes of ended sessions now; their periodic check ends them"
+            );
+        }
+    }
+
+    fn other_nodes_notices(&self) -> Option<tokio::sync::mpsc::Receiver<super::NodeNotice>> {
         Some(super::pg_notify::spawn_listener(
             self.rt.get(),
             self.config.clone(),

@@ -236,12 +236,13 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
             .clone()
             .run_removals(ctx.leader.clone(), stop_rx.clone()),
     );
-    // Several nodes on one database: their posts reach this node's subscribers too.
-    if let Some(notices) = ctx.service.db().store().other_nodes_entries() {
+    // Several nodes on one database: their posts reach this node's subscribers too, and
+    // the sessions they end, end here.
+    if let Some(notices) = ctx.service.db().store().other_nodes_notices() {
         tokio::spawn(
             ctx.service
                 .clone()
-                .relay_other_nodes(notices, stop_rx.clone()),
+                .follow_other_nodes(notices, stop_rx.clone()),
         );
     }
     let operations = crate::ops::Operations::start(
