@@ -44,6 +44,20 @@ fn node_dir(data: &Path) -> tempfile::TempDir {
     dir
 }
 
+/// A second node in this process on `backend`'s database (and blob directory `files`, if
+/// given), on a copy of its data directory (kept as long as the node runs).
+async fn second_node(
+    backend: &TestBackend,
+    files: Option<std::path::PathBuf>,
+) -> (tempfile::TempDir, rathaus_server::RunningServer) {
+    let other = node_dir(&backend.data_dir());
+    let mut options = rathaus_server::RunOptions::new(other.path());
+    options.listen = Some("127.0.0.1:0".parse().unwrap());
+    options.files_dir = files;
+    let node = rathaus_server::start(options).await.unwrap();
+    (other, node)
+}
+
 fn leads(node: &ServerProcess) -> bool {
     node.metric("rathaus_background_leader").unwrap() == Some(1.0)
 }
@@ -363,10 +377,7 @@ async fn two_owners_on_two_nodes_commit_at_once_and_the_loser_retries_on_the_new
         return;
     }
     let mut backend = TestBackend::start().await.unwrap();
-    let other = node_dir(&backend.data_dir());
-    let mut options = rathaus_server::RunOptions::new(other.path());
-    options.listen = Some("127.0.0.1:0".parse().unwrap());
-    let node_b = rathaus_server::start(options).await.unwrap();
+    let (_other, node_b) = second_node(&backend, None).await;
     let (a, b) = (backend.addr.to_string(), node_b.local_addr().to_string());
 
     let mut admin = backend.admin().await.unwrap();
@@ -506,11 +517,7 @@ async fn a_file_sent_through_one_node_downloads_through_another_and_an_interrupt
     backend.stop().await;
     backend.files_dir = Some(files.clone());
     backend.run().await.unwrap();
-    let other = node_dir(&backend.data_dir());
-    let mut options = rathaus_server::RunOptions::new(other.path());
-    options.listen = Some("127.0.0.1:0".parse().unwrap());
-    options.files_dir = Some(files.clone());
-    let node_b = rathaus_server::start(options).await.unwrap();
+    let (other, node_b) = second_node(&backend, Some(files.clone())).await;
     let (a, b) = (backend.addr.to_string(), node_b.local_addr().to_string());
 
     let mut admin = backend.admin().await.unwrap();
@@ -638,10 +645,7 @@ async fn an_announcement_published_through_one_node_is_pushed_to_a_colleague_on_
         return;
     }
     let mut backend = TestBackend::start().await.unwrap();
-    let other = node_dir(&backend.data_dir());
-    let mut options = rathaus_server::RunOptions::new(other.path());
-    options.listen = Some("127.0.0.1:0".parse().unwrap());
-    let node_b = rathaus_server::start(options).await.unwrap();
+    let (_other, node_b) = second_node(&backend, None).await;
     let b = node_b.local_addr().to_string();
 
     let mut admin = backend.admin().await.unwrap();
@@ -714,10 +718,7 @@ async fn offboarding_and_a_reset_through_one_node_end_the_sessions_on_another_at
         return;
     }
     let mut backend = TestBackend::start().await.unwrap();
-    let other = node_dir(&backend.data_dir());
-    let mut options = rathaus_server::RunOptions::new(other.path());
-    options.listen = Some("127.0.0.1:0".parse().unwrap());
-    let node_b = rathaus_server::start(options).await.unwrap();
+    let (_other, node_b) = second_node(&backend, None).await;
     let b = node_b.local_addr().to_string();
 
     let mut admin = backend.admin().await.unwrap();
