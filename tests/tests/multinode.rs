@@ -796,3 +796,58 @@ async fn offboarding_and_a_reset_through_one_node_end_the_sessions_on_another_at
     node_b.shutdown().await;
     backend.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_taken_through_one_node_is_refused_on_another_whose_session_kept_the_record() {
+    if skipped("role change across nodes") {
+        return;
+    }
+    let mut backend = TestBackend::start().await.unwrap();
+    let (_other, node_b) = second_node(&backend, None).await;
+    let b = node_b.local_addr().to_string();
+    let mut admin = backend.admin().await.unwrap();
+    let code = backend
+        .provision(
+            &mut admin,
+            "P1001",
+            "Anna Berg",
+            &[],
+            &[rathaus_protocol::Role::Admin],
+        )
+        .await
+        .unwrap();
+    let mut anna = enroll_at(&backend, &b, "P1001", code).await;
+    // Her session on node B has read (and keeps) her record with the role.
+    assert!(anna.admin_users().await.is_ok());
+
+    admin
+        .admin_set_roles(
+            UserId::parse("P1001").unwrap(),
+            vec![],
+            vec![rathaus_protocol::Role::Admin],
+        )
+        .await
+        .unwrap();
+    // Node B hears of the change and reads her record again; a lost notice would still
+    // be bounded by how long node B keeps a record (one second).
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match anna.admin_users().await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("node B still lets her list the users");
+    assert_eq!(
+        refused.code(),
+        Some(rathaus_protocol::ErrorCode::Forbidden),
+        "{refused}"
+    );
+    for c in [&mut anna, &mut admin] {
+        c.disconnect().await;
+    }
+    node_b.shutdown().await;
+    backend.stop().await;
+}

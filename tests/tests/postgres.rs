@@ -459,3 +459,47 @@ async fn two_nodes_on_one_database_take_posts_at_once_into_one_dense_log() {
     node_b.shutdown().await;
     backend.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_hears_another_write_user_records_and_end_sessions() {
+    use rathaus_server::store::{NodeNotice, Store};
+    let Some(database) = database("notices of records and sessions") else {
+        return;
+    };
+    let a = Db::new(Arc::new(PgStore::open(database.url()).unwrap()));
+    let b: Arc<dyn Store> = Arc::new(PgStore::open(database.url()).unwrap());
+    let mut heard = b.other_nodes_notices().unwrap();
+    // The listening connection is there (and says so) before anything is sent.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), heard.recv())
+        .await
+        .unwrap();
+    assert_eq!(first, Some(NodeNotice::Listening));
+
+    let mut w = Writes::new();
+    w.put_user(&UserRecord {
+        id: UserId::parse("P1001").unwrap(),
+        name: "Anna Berg".into(),
+        roles: vec![Role::Member],
+        departments: Vec::new(),
+        password_hash: None,
+        devices: Vec::new(),
+        removed: true,
+        created_ms: 1,
+    })
+    .unwrap();
+    a.apply(w).unwrap();
+    a.store().notify_sessions("P1001");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let notice = tokio::time::timeout(std::time::Duration::from_secs(30), heard.recv())
+            .await
+            .expect("no notice from the other process")
+            .unwrap();
+        got.push(notice);
+    }
+    got.sort_by_key(|n| format!("{n:?}"));
+    assert_eq!(
+        got,
+        vec![NodeNotice::Records, NodeNotice::Sessions("P1001".into())]
+    );
+}

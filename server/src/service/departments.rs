@@ -12,7 +12,7 @@
 
 use rathaus_protocol::{Content, DepartmentSlug, EntryBody, Event, GroupHandle, Response};
 
-use super::open_departments::Look;
+use super::open_departments::{Look, Lookup};
 use super::refused::{NotFound, PostRefused};
 use super::{group_log, provisioning, Broadcast, Refusal, Service};
 use crate::store::{RetiredDepartment, StoredEntry, UserRecord, Writes};
@@ -136,8 +136,7 @@ impl Service {
     }
 
     /// [`Service::ensure_open`] for an async caller: on a store shared with other nodes
-    /// (where every post asks) the lookup does not hold this thread for the database's
-    /// round trip.
+    /// the lookup does not hold this thread for the database's round trip.
     pub(super) async fn ensure_open_async(&self, group: &GroupHandle) -> Result<(), Refusal> {
         let Some((slug, look)) = self.look_open(group) else {
             return Ok(());
@@ -146,36 +145,31 @@ impl Service {
         self.found_open(group, slug, look, exists)
     }
 
-    /// The department `group` belongs to, if it has to be looked up, with what this
-    /// server remembers of it (`None` on a shared store, where nothing is remembered).
-    fn look_open<'g>(&self, group: &'g GroupHandle) -> Option<(&'g DepartmentSlug, Option<u64>)> {
+    /// The department `group` belongs to, if it has to be looked up, with the lookup
+    /// to remember its answer by.
+    fn look_open<'g>(&self, group: &'g GroupHandle) -> Option<(&'g DepartmentSlug, Lookup)> {
         let slug = match group {
             GroupHandle::Public(slug) | GroupHandle::Secret(slug) => slug,
             // Rooms are not departments: the secret path checks them.
             GroupHandle::Announcements | GroupHandle::Room(_) => return None,
         };
-        if self.db.store().shared() {
-            return Some((slug, None));
-        }
-        match self.open_departments.look(slug) {
+        match self.open_departments.look(slug, self.db.records_kept_for()) {
             Look::Open => None,
-            Look::Unknown(generation) => Some((slug, Some(generation))),
+            Look::Unknown(lookup) => Some((slug, lookup)),
         }
     }
 
     /// Decides on a department looked up in the store (`exists`); remembers one that
-    /// exists where [`Service::look_open`] gave a generation.
+    /// exists.
     fn found_open(
         &self,
         group: &GroupHandle,
         slug: &DepartmentSlug,
-        generation: Option<u64>,
+        lookup: Lookup,
         exists: bool,
     ) -> Result<(), Refusal> {
         if exists {
-            if let Some(generation) = generation {
-                self.open_departments.found(slug, generation);
-            }
+            self.open_departments.found(slug, lookup);
             return Ok(());
         }
         match self.db.retired_department(slug)? {

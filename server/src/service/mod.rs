@@ -165,15 +165,26 @@ pub struct Session {
 /// read and decode of the user's record. Any write of any user record (offboarding, a
 /// role or department change, a revoked device) makes every cache re-read before its
 /// next request is decided, so a change applies to open connections at once. On a store
-/// that other server nodes write too nothing is kept.
+/// that other server nodes write too, their changes count as soon as their notice
+/// arrives (`NOTIFY`, within milliseconds), and a record is kept for at most
+/// [`crate::store::SHARED_RECORDS_KEPT`] in case a notice is lost.
 #[derive(Debug, Default)]
 pub struct SessionCache {
+    kept: Mutex<Option<Kept>>,
+}
+
+/// The session's user record, as a request read it.
+#[derive(Debug)]
+struct Kept {
     /// The generation of [`Db::users_generation`] read before the record was.
-    kept: Mutex<Option<(u64, Arc<UserRecord>)>>,
+    generation: u64,
+    /// When the read began.
+    at: std::time::Instant,
+    user: Arc<UserRecord>,
 }
 
 impl SessionCache {
-    fn kept(&self) -> MutexGuard<'_, Option<(u64, Arc<UserRecord>)>> {
+    fn kept(&self) -> MutexGuard<'_, Option<Kept>> {
         // Replaced in one assignment: a poisoned lock holds a whole value.
         self.kept.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -509,25 +520,35 @@ impl Service {
     }
 
     /// [`Service::session_user`], from `cache` while no user record changed since it was
-    /// filled.
+    /// filled (and on a store other nodes write too, for at most
+    /// [`Db::records_kept_for`]).
     async fn cached_session_user(
         &self,
         session: &Session,
         cache: &SessionCache,
     ) -> Result<Arc<UserRecord>, Refusal> {
-        let Some(generation) = self.db.users_generation() else {
-            // Other nodes change user records: every request reads the record, without
-            // holding this thread for the database's round trip.
-            let user = self.db.user_async(&session.user).await?;
-            return session_user_of(session, user).map(Arc::new);
-        };
-        if let Some((kept, user)) = cache.kept().as_ref() {
-            if *kept == generation {
-                return Ok(user.clone());
+        let generation = self.db.users_generation();
+        let kept_for = self.db.records_kept_for();
+        if let Some(kept) = cache.kept().as_ref() {
+            if kept.generation == generation && kept_for.is_none_or(|k| kept.at.elapsed() < k) {
+                return Ok(kept.user.clone());
             }
         }
-        let user = Arc::new(self.session_user(session)?);
-        *cache.kept() = Some((generation, user.clone()));
+        let at = std::time::Instant::now();
+        let user = match kept_for {
+            // Other nodes write the store: read without holding this thread for the
+            // database's round trip.
+            Some(_) => Arc::new(session_user_of(
+                session,
+                self.db.user_async(&session.user).await?,
+            )?),
+            None => Arc::new(self.session_user(session)?),
+        };
+        *cache.kept() = Some(Kept {
+            generation,
+            at,
+            user: user.clone(),
+        });
         Ok(user)
     }
 

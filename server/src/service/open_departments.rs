@@ -1,17 +1,19 @@
 //! Which departments a post may go to, remembered between posts.
 //!
 //! Every post checks that its department exists (`Service::ensure_open`): one store
-//! lookup per post. On a store only this server writes, the answer changes only when this
-//! server retires the department, so a department found once is remembered until then.
-//! (On a store shared with other nodes, another node may retire it: nothing is
-//! remembered there.)
+//! lookup per post. The answer changes only when a department is retired, so a
+//! department found once is remembered until this server retires it, or, on a store
+//! shared with other nodes, until another node says it wrote department records (its
+//! `NOTIFY`), and there for at most [`crate::store::SHARED_RECORDS_KEPT`] in case that
+//! notice is lost.
 //!
 //! A lookup that started before a retirement was applied must not put the department
 //! back after [`OpenDepartments::forget`]: every forget moves a generation on, and a
 //! lookup remembers its answer only if the generation is still the one it started in.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use rathaus_protocol::DepartmentSlug;
 
@@ -24,7 +26,8 @@ pub(super) struct OpenDepartments {
 #[derive(Debug, Default)]
 struct Known {
     generation: u64,
-    open: HashSet<DepartmentSlug>,
+    /// Each with the time its lookup began.
+    open: HashMap<DepartmentSlug, Instant>,
 }
 
 /// What [`OpenDepartments::look`] found: known open, or where a lookup starts.
@@ -33,26 +36,36 @@ pub(super) enum Look {
     /// Known to exist.
     Open,
     /// Not known: look it up in the store, then [`OpenDepartments::found`] with this.
-    Unknown(u64),
+    Unknown(Lookup),
+}
+
+/// A lookup in the store: the generation it started in, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Lookup {
+    generation: u64,
+    at: Instant,
 }
 
 impl OpenDepartments {
-    /// Whether `slug` is known to exist; otherwise the generation a lookup starts in.
-    pub(super) fn look(&self, slug: &DepartmentSlug) -> Look {
+    /// Whether `slug` is known to exist, from a lookup at most `kept_for` ago (any time
+    /// for `None`); otherwise where a lookup starts.
+    pub(super) fn look(&self, slug: &DepartmentSlug, kept_for: Option<Duration>) -> Look {
         let known = self.known();
-        if known.open.contains(slug) {
-            Look::Open
-        } else {
-            Look::Unknown(known.generation)
+        match known.open.get(slug) {
+            Some(at) if kept_for.is_none_or(|k| at.elapsed() < k) => Look::Open,
+            _ => Look::Unknown(Lookup {
+                generation: known.generation,
+                at: Instant::now(),
+            }),
         }
     }
 
-    /// Remembers that the store held `slug` in a lookup started in `generation`, unless
-    /// a department was forgotten since.
-    pub(super) fn found(&self, slug: &DepartmentSlug, generation: u64) {
+    /// Remembers that the store held `slug` in `lookup`, unless a department was
+    /// forgotten since it started.
+    pub(super) fn found(&self, slug: &DepartmentSlug, lookup: Lookup) {
         let mut known = self.known();
-        if known.generation == generation {
-            known.open.insert(slug.clone());
+        if known.generation == lookup.generation {
+            known.open.insert(slug.clone(), lookup.at);
         }
     }
 
@@ -63,8 +76,15 @@ impl OpenDepartments {
         known.open.remove(slug);
     }
 
+    /// Forgets every department: another node may have retired any of them.
+    pub(super) fn forget_all(&self) {
+        let mut known = self.known();
+        known.generation += 1;
+        known.open.clear();
+    }
+
     fn known(&self) -> MutexGuard<'_, Known> {
-        // Single statements on a set and a counter: a poisoned lock holds valid ones.
+        // Single statements on a map and a counter: a poisoned lock holds valid ones.
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -80,29 +100,63 @@ mod tests {
     #[test]
     fn a_department_found_is_known_until_forgotten() {
         let open = OpenDepartments::default();
-        let Look::Unknown(g) = open.look(&slug("bauamt")) else {
+        let Look::Unknown(g) = open.look(&slug("bauamt"), None) else {
             panic!("known before any lookup");
         };
         open.found(&slug("bauamt"), g);
-        assert_eq!(open.look(&slug("bauamt")), Look::Open);
-        assert!(matches!(open.look(&slug("kaemmerei")), Look::Unknown(_)));
+        assert_eq!(open.look(&slug("bauamt"), None), Look::Open);
+        assert!(matches!(
+            open.look(&slug("kaemmerei"), None),
+            Look::Unknown(_)
+        ));
         open.forget(&slug("bauamt"));
-        assert!(matches!(open.look(&slug("bauamt")), Look::Unknown(_)));
+        assert!(matches!(open.look(&slug("bauamt"), None), Look::Unknown(_)));
     }
 
     #[test]
     fn a_lookup_from_before_a_retirement_does_not_bring_it_back() {
         let open = OpenDepartments::default();
         // A post looks the department up; the store still holds it...
-        let Look::Unknown(g) = open.look(&slug("bauamt")) else {
+        let Look::Unknown(g) = open.look(&slug("bauamt"), None) else {
             panic!("known before any lookup");
         };
         // ...then the retirement is applied and forgotten before the post remembers.
         open.forget(&slug("bauamt"));
         open.found(&slug("bauamt"), g);
         assert!(
-            matches!(open.look(&slug("bauamt")), Look::Unknown(_)),
+            matches!(open.look(&slug("bauamt"), None), Look::Unknown(_)),
             "a retired department must be looked up again"
         );
+    }
+
+    #[test]
+    fn on_a_shared_store_a_department_is_kept_for_a_while_and_until_another_node_writes() {
+        let open = OpenDepartments::default();
+        let kept_for = Some(Duration::from_secs(3600));
+        let Look::Unknown(g) = open.look(&slug("bauamt"), kept_for) else {
+            panic!("known before any lookup");
+        };
+        open.found(&slug("bauamt"), g);
+        assert_eq!(open.look(&slug("bauamt"), kept_for), Look::Open);
+        // Found longer ago than it may be kept: looked up again.
+        assert!(matches!(
+            open.look(&slug("bauamt"), Some(Duration::ZERO)),
+            Look::Unknown(_)
+        ));
+        // Another node wrote department records: every one is looked up again, and a
+        // lookup from before does not bring one back.
+        let Look::Unknown(before) = open.look(&slug("kaemmerei"), kept_for) else {
+            panic!("known before any lookup");
+        };
+        open.forget_all();
+        open.found(&slug("kaemmerei"), before);
+        assert!(matches!(
+            open.look(&slug("bauamt"), kept_for),
+            Look::Unknown(_)
+        ));
+        assert!(matches!(
+            open.look(&slug("kaemmerei"), kept_for),
+            Look::Unknown(_)
+        ));
     }
 }

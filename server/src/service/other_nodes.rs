@@ -2,6 +2,10 @@
 //! (pushed to this node's subscribers, see `group_log`) and the users whose sessions they
 //! ended (offboarding, a reset, a revoked device), whose connections here end too.
 //!
+//! Other nodes also say when they wrote user or department records: the ones this node
+//! keeps between requests (a connection's user record, the departments known to exist)
+//! are then read again.
+//!
 //! A notice only says whom to look at: the user's record, read fresh, decides which of
 //! this node's connections it still admits. Notices can be lost (a node dying between
 //! its commit and its `NOTIFY`, a full queue, a dropped listening connection), so every
@@ -37,7 +41,10 @@ impl Service {
         loop {
             let notice = tokio::select! {
                 _ = stop.changed() => return,
-                _ = check.tick() => NodeNotice::Listening,
+                _ = check.tick() => {
+                    self.end_sessions_ended_elsewhere(None).await;
+                    continue;
+                }
                 n = notices.recv() => match n {
                     Some(n) => n,
                     None => return,
@@ -50,11 +57,21 @@ impl Service {
                         self.end_sessions_ended_elsewhere(Some(vec![user])).await;
                     }
                 }
+                NodeNotice::Records => self.others_changed_records(),
                 NodeNotice::Listening => {
+                    // What was said while nobody listened is lost: nothing kept counts.
+                    self.others_changed_records();
                     self.end_sessions_ended_elsewhere(None).await;
                 }
             }
         }
+    }
+
+    /// Another node wrote user or department records (or may have, unheard): the ones
+    /// this node keeps are read again before the next request relies on them.
+    fn others_changed_records(&self) {
+        self.db.others_changed_records();
+        self.open_departments.forget_all();
     }
 
     /// Ends this node's connections of `users` (of everyone connected, for `None`) whose

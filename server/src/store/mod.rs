@@ -31,7 +31,7 @@ pub use records::{
     AckRecord, AnnouncementRecord, BlobRecord, BlobRef, CodeRecord, Db, DepartmentRecord,
     DeviceRecord, KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord,
     RetiredDepartment, SecretGroupRecord, ServerMeta, StoredEntry, ThrottleRecord, UploadRecord,
-    UserRecord, Writes,
+    UserRecord, Writes, SHARED_RECORDS_KEPT,
 };
 pub use sled_store::SledStore;
 pub use snapshot::{SnapshotInfo, SnapshotReader};
@@ -112,7 +112,12 @@ pub trait Store: Send + Sync + 'static {
     fn notify_sessions(&self, user: &str) {
         let _ = user;
     }
-    /// Where the other nodes' [`Store::notify_entry`] and [`Store::notify_sessions`]
+    /// Tells the other server nodes on this store that user or department records
+    /// changed, so they read again the ones they keep; nothing where no other node can
+    /// be.
+    fn notify_records(&self) {}
+    /// Where the other nodes' [`Store::notify_entry`], [`Store::notify_sessions`] and
+    /// [`Store::notify_records`]
     /// arrive, for this process to push their entries to its own subscribers and end the
     /// sessions they ended; `None` where no other node can be. Called once per running
     /// server.

@@ -53,6 +53,8 @@ pub enum NodeNotice {
     Entries(EntryNotice),
     /// It ended sessions of this user (the personnel number as stored).
     Sessions(String),
+    /// It wrote user or department records: the ones this node keeps are read again.
+    Records,
     /// The listening connection was made (again): notices sent while it was down are
     /// lost, so every session this node holds is to be checked.
     Listening,
@@ -65,11 +67,17 @@ pub(super) enum Outgoing {
     Entry(String, u64),
     /// Sessions of the user ended.
     Sessions(String),
+    /// User or department records were written.
+    Records,
 }
 
 /// Which word of a payload names a user whose sessions ended, where an entry notice has
 /// its first seq (a node that does not know it ignores the notice).
 const SESSIONS: &str = "sessions";
+
+/// The payload of a notification that records changed, as the second word (nothing
+/// follows it).
+const RECORDS: &str = "records";
 
 /// The payload of one entry notification: `<node> <from> <to> <group>`.
 fn payload(node: u64, group: &str, from: u64, to: u64) -> String {
@@ -89,6 +97,9 @@ fn parse(payload: &str, own_node: u64) -> Option<NodeNotice> {
         return None;
     }
     let second = parts.next()?;
+    if second == RECORDS {
+        return parts.next().is_none().then_some(NodeNotice::Records);
+    }
     if second == SESSIONS {
         let user = parts.next()?;
         if user.is_empty() || parts.next().is_some() {
@@ -116,6 +127,7 @@ pub(super) fn spawn_sender(
         while let Some(first) = rx.recv().await {
             let mut ranges: BTreeMap<String, (u64, u64)> = BTreeMap::new();
             let mut users = BTreeSet::new();
+            let mut records = false;
             let mut next = Some(first);
             while let Some(outgoing) = next.take().or_else(|| rx.try_recv().ok()) {
                 match outgoing {
@@ -127,6 +139,7 @@ pub(super) fn spawn_sender(
                     Outgoing::Sessions(user) => {
                         users.insert(user);
                     }
+                    Outgoing::Records => records = true,
                 }
             }
             let Ok(client) = pool.get().await else {
@@ -138,7 +151,11 @@ pub(super) fn spawn_sender(
                 }
                 continue;
             };
-            let texts = users.iter().map(|user| sessions_payload(node, user)).chain(
+            let records = records.then(|| format!("{node:016x} {RECORDS}"));
+            let texts = records
+                .into_iter()
+                .chain(users.iter().map(|user| sessions_payload(node, user)))
+                .chain(
                 ranges
                     .iter()
                     .map(|(group, (from, to))| payload(node, group, *from, *to)),
@@ -243,7 +260,13 @@ mod tests {
         let text = sessions_payload(7, "P1002");
         assert_eq!(parse(&text, 8), Some(NodeNotice::Sessions("P1002".into())));
         assert_eq!(parse(&text, 7), None, "this node's own");
+        assert_eq!(
+            parse("0000000000000007 records", 8),
+            Some(NodeNotice::Records)
+        );
+        assert_eq!(parse("0000000000000007 records", 7), None);
         for bad in [
+            "0000000000000007 records extra",
             "",
             "zz 1 2 g",
             "0000000000000007 0 2 g",

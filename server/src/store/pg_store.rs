@@ -671,6 +671,12 @@ impl Store for PgStore {
         }
     }
 
+    fn notify_records(&self) {
+        // A full queue drops it: the other nodes read their kept records again within
+        // `SHARED_RECORDS_KEPT`.
+        let _ = self.notices.try_send(super::pg_notify::Outgoing::Records);
+    }
+
     fn other_nodes_notices(&self) -> Option<tokio::sync::mpsc::Receiver<super::NodeNotice>> {
         Some(super::pg_notify::spawn_listener(
             self.rt.get(),

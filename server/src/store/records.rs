@@ -64,7 +64,15 @@ pub struct Db {
     kv: Arc<dyn Store>,
     /// Counts applied batches that wrote a user record (see [`Db::users_generation`]).
     users_generation: Arc<AtomicU64>,
+    /// Counts the other nodes' word that they wrote user or department records, or that
+    /// this node may have missed such word (see [`Db::others_changed_records`]).
+    others_changed: Arc<AtomicU64>,
 }
+
+/// How long a user or department record read from a store other nodes write too may be
+/// kept at most while no other node has said it changed records: the bound for a change
+/// whose notice was lost. Normally another node's change is heard within milliseconds.
+pub const SHARED_RECORDS_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,26 +86,51 @@ impl Db {
         Self {
             kv,
             users_generation: Arc::new(AtomicU64::new(0)),
+            others_changed: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// A number that changes after every applied batch that wrote a user record through
-    /// this `Db` (or a clone of it); `None` when other processes write the store too, so
-    /// that no number can say a user record is unchanged.
+    /// this `Db` (or a clone of it), and whenever another node on a shared store says it
+    /// wrote records ([`Db::others_changed_records`]).
     ///
     /// A reader that loads the number *before* reading a user record may keep the record
-    /// for as long as the number stays the same: the number moves only after the write
-    /// became visible, so a record read before a change is never kept past it.
-    pub fn users_generation(&self) -> Option<u64> {
-        if self.kv.shared() {
-            return None;
-        }
-        Some(self.users_generation.load(Ordering::SeqCst))
+    /// for as long as the number stays the same, and on a store other nodes write too at
+    /// most [`Db::records_kept_for`]: the number moves only after the write became
+    /// visible, so a record read before a change is never kept past it.
+    pub fn users_generation(&self) -> u64 {
+        self.users_generation
+            .load(Ordering::SeqCst)
+            .wrapping_add(self.others_changed.load(Ordering::SeqCst))
+    }
+
+    /// How long a user or department record may be kept besides its generation: no
+    /// bound where this process is the only writer; [`SHARED_RECORDS_KEPT`] where other
+    /// nodes write too, in case their notice of a change is lost.
+    pub fn records_kept_for(&self) -> Option<std::time::Duration> {
+        self.kv.shared().then_some(SHARED_RECORDS_KEPT)
+    }
+
+    /// Another node said it wrote user or department records, or its word may have been
+    /// lost: every record kept is read again.
+    pub fn others_changed_records(&self) {
+        self.others_changed.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Records that a batch writing user records was applied.
     fn users_changed(&self) {
         self.users_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A batch writing user or department records was applied: the other nodes, which
+    /// keep such records, are told.
+    fn records_written(&self, writes: Records) {
+        if writes.users {
+            self.users_changed();
+        }
+        if writes.users || writes.departments {
+            self.kv.notify_records();
+        }
     }
 
     /// The underlying store.
@@ -112,12 +145,10 @@ impl Db {
 
     /// Applies `writes` atomically.
     pub fn apply(&self, writes: Writes) -> Result<(), StoreError> {
-        let users = writes.users;
+        let records = writes.records;
         // Bumped even when the apply fails: the engine may have written part of it.
         let result = self.kv.apply(writes.batch);
-        if users {
-            self.users_changed();
-        }
+        self.records_written(records);
         result
     }
 
@@ -125,11 +156,11 @@ impl Db {
     /// batch that writes user records is waited for here, so that
     /// [`Db::users_generation`] moves only once the records are visible.
     pub fn enqueue(&self, writes: Writes) -> Result<ApplyTicket, StoreError> {
-        let users = writes.users;
+        let records = writes.records;
         let ticket = self.kv.enqueue(writes.batch)?;
-        if users {
+        if records.users || records.departments {
             let result = self.kv.wait_applied_blocking(ticket);
-            self.users_changed();
+            self.records_written(records);
             result?;
         }
         Ok(ticket)
@@ -179,8 +210,17 @@ impl Db {
 pub struct Writes {
     /// The encoded operations.
     batch: Batch,
-    /// Whether a user record is among them.
+    /// Which kept records are among them.
+    records: Records,
+}
+
+/// Which records that servers keep between requests a batch writes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Records {
+    /// A user record.
     users: bool,
+    /// A department record (written or retired).
+    departments: bool,
 }
 
 impl Writes {

@@ -71,6 +71,7 @@ impl Db {
 impl Writes {
     /// Stores a department.
     pub fn put_department(&mut self, dept: &DepartmentRecord) -> Result<&mut Self, StoreError> {
+        self.records.departments = true;
         self.batch.put(department_key(&dept.slug), encode(dept)?);
         Ok(self)
     }

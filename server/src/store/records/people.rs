@@ -138,7 +138,7 @@ impl Db {
 impl Writes {
     /// Stores a user.
     pub fn put_user(&mut self, user: &UserRecord) -> Result<&mut Self, StoreError> {
-        self.users = true;
+        self.records.users = true;
         self.batch.put(user_key(&user.id), encode(user)?);
         // Personnel numbers are matched ignoring case: the folded form names the stored one.
         self.batch.put(

@@ -50,6 +50,7 @@ impl Writes {
         &mut self,
         retired: &RetiredDepartment,
     ) -> Result<&mut Self, StoreError> {
+        self.records.departments = true;
         self.batch.remove(super::department_key(&retired.slug));
         self.batch.put(retired_key(&retired.slug), encode(retired)?);
         Ok(self)
