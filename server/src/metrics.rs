@@ -52,6 +52,9 @@ pub(crate) struct ServiceMetrics {
     /// Housekeeping runs (retention, stale uploads) on this node: only the node that runs
     /// the background loops counts any.
     pub(crate) housekeeping_runs: Counter,
+    /// Connections this node ended because another node on the shared store ended their
+    /// session (offboarding, a reset, a revoked device).
+    pub(crate) sessions_ended_by_other_nodes: Counter,
 }
 
 impl Default for ServiceMetrics {
@@ -63,6 +66,7 @@ impl Default for ServiceMetrics {
             commits: Counter::default(),
             throttled: Counter::default(),
             housekeeping_runs: Counter::default(),
+            sessions_ended_by_other_nodes: Counter::default(),
             // 50 µs … ~1.6 s
             fanout_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
         }
@@ -227,6 +231,11 @@ pub(crate) fn registry(
         "housekeeping_runs",
         "Housekeeping runs (retention, stale uploads) on this node",
         service.housekeeping_runs.clone(),
+    );
+    r.register(
+        "sessions_ended_by_other_nodes",
+        "Connections ended here because another node ended their session (offboarding, a reset, a revoked device)",
+        service.sessions_ended_by_other_nodes.clone(),
     );
     r.register(
         "background_leader",

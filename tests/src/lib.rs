@@ -30,7 +30,7 @@ pub use database::{skip_on_postgres, testing_on_postgres, TestDatabase, TEST_STO
 pub use measure::{
     contains, dir_size, files_containing, process_cpu_time, rss_kib, shared_endpoint, store_bytes,
 };
-pub use process::{parse_listening_line, sibling_bin, workspace_bin, ServerProcess};
+pub use process::{metric_at, parse_listening_line, sibling_bin, workspace_bin, ServerProcess};
 pub use provision::{
     init_data_dir, init_data_dir_on, provision_users, ProvisionedUser, Provisioning,
 };

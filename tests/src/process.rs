@@ -145,19 +145,10 @@ impl ServerProcess {
     /// The value of the unlabelled sample `metric` on `/metrics` (`None`: not served, or
     /// no such sample).
     pub fn metric(&self, metric: &str) -> Result<Option<f64>> {
-        use std::io::{Read, Write};
         let addr = self
             .metrics
             .ok_or_else(|| anyhow!("this server serves no metrics"))?;
-        let mut stream = std::net::TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-        write!(stream, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer.lines().find_map(|l| {
-            let (name, value) = l.split_once(' ')?;
-            (name == metric).then(|| value.trim().parse().ok())?
-        }))
+        metric_at(addr, metric)
     }
 
     /// SIGKILL: no shutdown handler runs, nothing is flushed beyond what was acknowledged.
@@ -241,4 +232,19 @@ pub fn sibling_bin(name: &str) -> Result<PathBuf> {
         }
     }
     Ok(path)
+}
+
+/// The value of the unlabelled sample `metric` on the `/metrics` of the listener at
+/// `addr` (`None`: no such sample).
+pub fn metric_at(addr: std::net::SocketAddr, metric: &str) -> Result<Option<f64>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer.lines().find_map(|l| {
+        let (name, value) = l.split_once(' ')?;
+        (name == metric).then(|| value.trim().parse().ok())?
+    }))
 }

@@ -54,6 +54,7 @@ async fn second_node(
     let mut options = rathaus_server::RunOptions::new(other.path());
     options.listen = Some("127.0.0.1:0".parse().unwrap());
     options.files_dir = files;
+    options.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let node = rathaus_server::start(options).await.unwrap();
     (other, node)
 }
@@ -789,6 +790,23 @@ async fn offboarding_and_a_reset_through_one_node_end_the_sessions_on_another_at
     );
     drop(sub);
     lena.disconnect().await;
+    // Node B counts the two sessions it ended for the other node, for its operator.
+    let metrics = node_b.metrics_addr().unwrap();
+    let counted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n =
+                rathaus_tests::metric_at(metrics, "rathaus_sessions_ended_by_other_nodes_total")
+                    .unwrap()
+                    .unwrap_or(0.0);
+            if n >= 2.0 {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("node B did not count the sessions it ended");
+    assert_eq!(counted, 2.0);
 
     for c in [&mut anna, &mut admin] {
         c.disconnect().await;

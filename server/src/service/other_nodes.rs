@@ -110,6 +110,7 @@ impl Service {
         let mut ended = 0;
         for (user, connections) in ended_elsewhere(&listed, &records) {
             let n = self.live.end_connections(&user, &connections);
+            self.metrics.sessions_ended_by_other_nodes.inc_by(n as u64);
             tracing::info!(%user, connections_ended = n, "sessions ended on another node");
             ended += n;
         }
