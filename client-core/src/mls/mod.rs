@@ -628,6 +628,20 @@ impl MlsEngine {
         }
         self.atomically(|provider| {
             let mut group = self.load(provider, &group_id)?;
+            if message.content_type() != ContentType::Application
+                && message.epoch() < group.epoch()
+            {
+                // A handshake message of an epoch this group has left: a joiner meets the
+                // commit its Welcome already took it past, a returning member the ones
+                // before its own. openmls refuses it the same way but logs an error for
+                // it; catching up meets such entries in the normal course.
+                return Err(MlsError::protocol(
+                    "process message",
+                    openmls::prelude::ProcessMessageError::<std::convert::Infallible>::ValidationError(
+                        openmls::prelude::ValidationError::WrongEpoch,
+                    ),
+                ));
+            }
             let processed = group
                 .process_message(provider, message)
                 .map_err(|e| MlsError::protocol("process message", e))?;

@@ -382,6 +382,88 @@ fn group_policy_travels_in_the_group_context() -> TestResult {
     Ok(())
 }
 
+/// Errors logged through `log` (openmls' logging), with the thread that logged them.
+static LOGGED: std::sync::Mutex<Vec<(std::thread::ThreadId, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+struct Captured;
+
+impl log::Log for Captured {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Error
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            if let Ok(mut logged) = LOGGED.lock() {
+                logged.push((std::thread::current().id(), record.args().to_string()));
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn errors_logged_here() -> Vec<String> {
+    let here = std::thread::current().id();
+    LOGGED
+        .lock()
+        .map(|l| {
+            l.iter()
+                .filter(|(t, _)| *t == here)
+                .map(|(_, m)| m.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Catching up, a joiner meets the commit its Welcome already took it past: refused as
+/// openmls refuses it (the caller shows nothing for it), and without an error in the log
+/// of an app that bridges `log`.
+#[test]
+fn a_commit_of_an_epoch_left_behind_is_refused_without_an_error_logged() -> TestResult {
+    static LOGGER: Captured = Captured;
+    // Another test of this binary may have set it first; it is the same logger.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Error);
+
+    let dir = tempfile::tempdir()?;
+    let owner = Device::new(dir.path(), "P1001", 1)?;
+    let anna = Device::new(dir.path(), "P2002", 2)?;
+    let server = DeviceSigner::new(server_key());
+    owner.engine()?.create_group(GROUP, &server.public_key())?;
+    let kps = anna.engine()?.generate_key_packages(1)?;
+    let out = owner
+        .engine()?
+        .add_members(GROUP, &[kps.one_time[0].clone()])?;
+    owner.engine()?.merge_pending_commit(GROUP)?;
+    let tree = owner.engine()?.ratchet_tree(GROUP)?;
+    anna.engine()?
+        .join(&out.welcome.ok_or("no welcome")?, &tree)?;
+    assert_eq!(anna.engine()?.epoch(GROUP)?, 1);
+
+    match anna
+        .engine()?
+        .process_message(&out.commit, &Default::default())
+    {
+        Err(MlsError::Protocol { operation, detail }) => {
+            assert_eq!(operation, "process message");
+            assert_eq!(detail, "ValidationError(WrongEpoch)");
+        }
+        other => return Err(format!("expected a refusal, got {other:?}").into()),
+    }
+    assert_eq!(anna.engine()?.epoch(GROUP)?, 1);
+    assert_eq!(errors_logged_here(), Vec::<String>::new());
+
+    // A message of the epoch the group is in still goes through openmls.
+    let ct = owner.engine()?.encrypt(GROUP, b"Willkommen")?;
+    assert!(matches!(
+        anna.engine()?.process_message(&ct, &Default::default())?,
+        Incoming::Application { .. }
+    ));
+    Ok(())
+}
+
 /// The group kept in memory never outlives the file's state: a message processed inside a
 /// transaction the caller rolls back can be processed again, and a change made through a
 /// second connection is seen.
