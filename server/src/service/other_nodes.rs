@@ -89,6 +89,7 @@ impl Service {
             return 0;
         }
         let mut ids: Vec<UserId> = listed.iter().map(|(user, _, _)| user.clone()).collect();
+        // `listed` gives each user's connections together.
         ids.dedup();
         let service = self.clone();
         let read = tokio::task::spawn_blocking(move || {

@@ -14,6 +14,10 @@
 //! `Service::end_sessions_ended_elsewhere`), and a listener connection made again is
 //! announced ([`NodeNotice::Listening`]) so the node checks them at once.
 //!
+//! When a node has written user or department records it says so, without naming them;
+//! every other node reads again the ones it keeps between requests. A lost one is bounded
+//! by how long such a record is kept (`SHARED_RECORDS_KEPT`).
+//!
 //! Notifications from one node are coalesced per group (and per user) while the previous
 //! `NOTIFY` is on its way, so a burst of posts costs one statement per group and round,
 //! not one per post.
@@ -71,8 +75,8 @@ pub(super) enum Outgoing {
     Records,
 }
 
-/// Which word of a payload names a user whose sessions ended, where an entry notice has
-/// its first seq (a node that does not know it ignores the notice).
+/// The second word of a session notification, where an entry notification has its first
+/// seq (a node that does not know the word ignores the notice).
 const SESSIONS: &str = "sessions";
 
 /// The payload of a notification that records changed, as the second word (nothing
