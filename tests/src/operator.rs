@@ -178,6 +178,38 @@ impl Operator {
         })
     }
 
+    /// Enrolls a device of the operator's making under `user` (its public `key`), with
+    /// `package` as every KeyPackage the server holds for it: the server then lists it
+    /// among `user`'s devices and hands the package out when a member claims for `user`.
+    pub fn enroll_ghost_device(
+        &self,
+        user: &UserId,
+        device: DeviceId,
+        key: [u8; 32],
+        package: Vec<u8>,
+    ) -> Result<()> {
+        self.write(|db, writes| {
+            let mut record = db.user(user)?.ok_or_else(|| anyhow!("no user {user}"))?;
+            record.devices.push(rathaus_server::store::DeviceRecord {
+                id: device,
+                key: rathaus_protocol::DeviceKey(key),
+                name: "Telefon".to_owned(),
+                created_ms: crate::now_ms(),
+                revoked: false,
+            });
+            writes.put_user(&record)?;
+            writes.put_key_packages(
+                user,
+                device,
+                &KeyPackageRecord {
+                    one_time: vec![package.clone()],
+                    last_resort: Some(package),
+                },
+            )?;
+            Ok(())
+        })
+    }
+
     /// Takes `user` off a department's roster (as a transfer or offboarding would) and
     /// marks the removal of their leaves as already proposed in this epoch, so the
     /// server never proposes it: a dropped removal.

@@ -405,3 +405,65 @@ async fn a_colleague_the_operator_puts_on_a_room_roster_is_not_admitted() {
         .unwrap();
     assert!(mallory.group_code(&room).unwrap().is_none());
 }
+
+/// The owner's client claims for the owner's own id when it approves the owner, which a
+/// server lists as pending (or an approval queued offline names): what the server then
+/// hands out under that id must have been linked by one of the owner's devices. Here the
+/// operator's phone under Anna's id would otherwise be added, and be an owner too.
+#[tokio::test]
+async fn a_ghost_device_under_the_owners_own_id_is_not_added() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (_admin, mut anna, mut jonas, _lena) = team(&mut backend).await;
+    let epoch = anna.group_code(&secret()).unwrap().unwrap().0;
+
+    backend.stop().await;
+    // Anna approves herself while the server is away (the approval is queued).
+    let queued = within("approve", anna.approve(&secret(), &uid("P1001")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(queued, Approval::Queued);
+    // The operator enrolls a phone of their own under Anna's id.
+    let ghost_dir = tempfile::tempdir().unwrap();
+    let ghost_key = ed25519_dalek::SigningKey::from_bytes(&[0x67; 32]);
+    let ghost = MlsEngine::open(
+        &ghost_dir.path().join("ghost.sqlite"),
+        ghost_key.clone(),
+        DeviceIdentity::new("P1001", "4242").unwrap(),
+    )
+    .unwrap();
+    let package = ghost.generate_key_packages(0).unwrap().last_resort;
+    Operator::new(&backend.data_dir())
+        .enroll_ghost_device(
+            &uid("P1001"),
+            rathaus_protocol::DeviceId(4242),
+            ghost_key.verifying_key().to_bytes(),
+            package,
+        )
+        .unwrap();
+    backend.run().await.unwrap();
+
+    // The queued approval is carried out at the next sync.
+    within("anna", anna.sync()).await.unwrap().unwrap();
+    within("jonas", jonas.sync()).await.unwrap().unwrap();
+    for c in [&mut anna, &mut jonas] {
+        let view = c.secret_group(&secret()).await.unwrap();
+        assert!(
+            view.members
+                .iter()
+                .flat_map(|m| &m.devices)
+                .all(|d| d.device != "4242"),
+            "{view:?}"
+        );
+    }
+    let rows = anna.read(&secret()).await.unwrap();
+    assert_eq!(
+        warnings(&rows)
+            .iter()
+            .filter(|w| w.contains("P1001/4242") && w.contains("not added"))
+            .count(),
+        1,
+        "{rows:?}"
+    );
+    group_keeps_working(&mut anna, &mut jonas, epoch).await;
+}

@@ -25,8 +25,9 @@ const MAX_EPOCH_RETRIES: usize = 5;
 /// ever appended.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) enum Intent {
-    /// Add every device of these users (and this user's other devices) that is not yet
-    /// in the group.
+    /// Add every device of these users that is not yet in the group; of this user's own
+    /// devices only those linked with this device (DESIGN §5.9: a further device joins only
+    /// after one of the user's devices approved it).
     Add(Vec<UserId>),
     /// Commit the stored (already checked) server proposals.
     PendingProposals,
@@ -341,7 +342,7 @@ impl Client {
                 for user in users {
                     // Someone already in the group was admitted (maybe by another owner
                     // who won the race): claiming would only use up their KeyPackages.
-                    // This user's own other devices are the exception (birth).
+                    // This user's own linked devices are the exception.
                     if *user != self.identity.user
                         && present
                             .iter()
@@ -381,6 +382,12 @@ impl Client {
                             self.local_warning(group, &refusal)?;
                             continue;
                         }
+                        if *user == self.identity.user
+                            && !self.is_linked(&package.device.0.to_string())?
+                        {
+                            self.unlinked_own_device(group, &package)?;
+                            continue;
+                        }
                         packages.push(package);
                     }
                 }
@@ -391,6 +398,27 @@ impl Client {
                 Ok(Some(self.mls.add_members(gid, &bytes)?))
             }
         }
+    }
+
+    /// The server offered a device under this user's own id that none of this user's
+    /// devices linked (DESIGN §5.9): it is not added, and the user is warned once per
+    /// device and group, as an owner with auto-admit would otherwise be at every sync.
+    fn unlinked_own_device(&self, group: &GroupHandle, package: &ClaimedKeyPackage) -> Result<()> {
+        let device = DeviceCredential {
+            user: self.identity.user.clone(),
+            device: package.device,
+        };
+        let gid = mls_group_id(group);
+        let what = format!("unlinked-{}", package.device.0);
+        if super::memory::first_warning(self.mls.connection(), &gid, &what)? {
+            self.local_warning(
+                group,
+                &format!(
+                    "WARNING: the server offered a device {device} under your own id that none                      of your devices approved; not added. If it is yours, approve it from this                      device (`rathaus devices approve CODE`); if not, tell IT"
+                ),
+            )?;
+        }
+        Ok(())
     }
 
     /// Why a claimed KeyPackage must not be used, if it must not (DESIGN §5.9): its
