@@ -102,6 +102,22 @@ impl Operator {
         Ok(())
     }
 
+    /// Replaces the server's MLS state of a secret group with `state` (garbage, say, so
+    /// that the server fails every commit it is sent with an internal error, which
+    /// clients take as transient); returns what was there.
+    pub fn replace_public_state(&self, group: &GroupHandle, state: Vec<u8>) -> Result<Vec<u8>> {
+        let (store, _db) = self.open()?;
+        let key = format!("mls/{group}").into_bytes();
+        let old = store
+            .get(&key)?
+            .ok_or_else(|| anyhow!("{group} has no MLS state"))?;
+        let mut batch = Batch::default();
+        batch.put(key, state);
+        store.apply(batch)?;
+        store.flush_blocking()?;
+        Ok(old)
+    }
+
     /// The KeyPackages the server holds for a device.
     pub fn key_packages(&self, user: &UserId, device: DeviceId) -> Result<KeyPackageRecord> {
         Ok(self.open()?.1.key_packages(user, device)?)

@@ -467,3 +467,53 @@ async fn a_ghost_device_under_the_owners_own_id_is_not_added() {
     );
     group_keeps_working(&mut anna, &mut jonas, epoch).await;
 }
+
+/// A commit the server failed with an internal error stays staged on its maker's device
+/// (it may have arrived). The operator then labels an entry of their own with the maker's
+/// id: were the label proof, the maker would merge a commit the log never held and leave
+/// the others behind, at an epoch where the server lets another commit win.
+#[tokio::test]
+async fn an_entry_labelled_as_ones_own_does_not_merge_a_commit_the_log_never_held() {
+    let mut backend = TestBackend::start().await.unwrap();
+    let (_admin, mut anna, mut jonas, _lena) = team(&mut backend).await;
+    let epoch = anna.group_code(&secret()).unwrap().unwrap().0;
+
+    backend.stop().await;
+    let operator = Operator::new(&backend.data_dir());
+    let state = operator
+        .replace_public_state(&secret(), b"kaputt".to_vec())
+        .unwrap();
+    backend.run().await.unwrap();
+    // Anna's approval of Lena: staged, sent, failed by the server as transient.
+    let failed = within("approve", anna.approve(&secret(), &uid("P1003")))
+        .await
+        .unwrap();
+    assert!(
+        failed.as_ref().is_err_and(|e| e.is_transient()),
+        "{failed:?}"
+    );
+
+    backend.stop().await;
+    operator.replace_public_state(&secret(), state).unwrap();
+    let forged = operator
+        .append_entry(&secret(), "P1001", b"not a commit".to_vec())
+        .unwrap();
+    backend.run().await.unwrap();
+
+    // Anna's next sync carries the approval out again, this time for real.
+    within("anna", anna.sync()).await.unwrap().unwrap();
+    within("jonas", jonas.sync()).await.unwrap().unwrap();
+    let rows = anna.read(&secret()).await.unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r.seq == forged && r.kind != RowKind::Membership),
+        "{rows:?}"
+    );
+    // Both at the same epoch, with the same members: the group did not fork.
+    let view = jonas.secret_group(&secret()).await.unwrap();
+    assert!(
+        view.members.iter().any(|m| m.user.as_str() == "P1003"),
+        "{view:?}"
+    );
+    group_keeps_working(&mut anna, &mut jonas, epoch + 1).await;
+}

@@ -298,14 +298,18 @@ impl Client {
         gid: &[u8],
         error: MlsError,
     ) -> Result<TimelineRow> {
-        // Only a commit openmls could not process because it is this device's own (the
-        // server's label says so, and a staged commit waits); never a refused one.
+        // Only a commit openmls could not process because it is this device's own: the
+        // entry's bytes are exactly the staged commit's (the server's sender label alone
+        // could make this device merge a commit the log never held, and fork the group).
+        let conn = self.mls.connection();
         let own_commit = entry.sender == self.identity.user
             && !matches!(error, MlsError::Refused(_) | MlsError::ExternalAdd { .. })
-            && self.mls.has_pending_commit(gid)?;
+            && self.mls.has_pending_commit(gid)?
+            && matches!(&entry.body, EntryBody::Mls(bytes) if memory::is_staged_commit(conn, gid, bytes)?);
         if own_commit {
             let before = self.mls.members(gid)?;
             if self.mls.merge_pending_commit(gid).is_ok() {
+                memory::forget_staged_commit(conn, gid)?;
                 let after = self.mls.members(gid)?;
                 let (added, removed) = diff(&before, &after);
                 return Ok(self

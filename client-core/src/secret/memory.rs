@@ -47,6 +47,32 @@ pub(super) fn clear_warning(conn: &Connection, gid: &[u8], what: &str) -> Result
     store::set_setting_on(conn, &key, None)
 }
 
+/// Records the commit this device staged for the group and is about to send, by its
+/// digest: only the log entry with exactly these bytes is this device's own commit (the
+/// server's sender label is not proof; DESIGN §5.9). Forgotten before the next is staged.
+pub(super) fn remember_staged_commit(conn: &Connection, gid: &[u8], commit: &[u8]) -> Result<()> {
+    store::set_setting_on(conn, &staged_key(gid), Some(&digest(commit)))
+}
+
+/// Forgets the staged commit's digest (before another is staged, or once it is merged).
+pub(super) fn forget_staged_commit(conn: &Connection, gid: &[u8]) -> Result<()> {
+    store::set_setting_on(conn, &staged_key(gid), None)
+}
+
+/// Whether `bytes` are exactly the commit this device staged for the group.
+pub(super) fn is_staged_commit(conn: &Connection, gid: &[u8], bytes: &[u8]) -> Result<bool> {
+    Ok(store::setting_on(conn, &staged_key(gid))?.is_some_and(|d| d == digest(bytes)))
+}
+
+fn digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn staged_key(gid: &[u8]) -> String {
+    format!("staged_commit:{}", String::from_utf8_lossy(gid))
+}
+
 /// When this device first saw `device` (e.g. `P1003/4`) in the group's tree after its
 /// user had left the roster; recorded now if this is the first time.
 pub(super) fn off_roster_since(

@@ -199,9 +199,11 @@ impl Client {
             }
             // A commit staged before a crash or a lost connection is not ours to reuse.
             self.mls.discard_pending_commit(&gid)?;
+            super::memory::forget_staged_commit(self.mls.connection(), &gid)?;
             let Some(out) = self.stage_intent(group, &gid, intent).await? else {
                 return Ok(None);
             };
+            super::memory::remember_staged_commit(self.mls.connection(), &gid, &out.commit)?;
             intents::set_state(
                 self.mls.connection(),
                 id,
