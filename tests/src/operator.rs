@@ -25,7 +25,9 @@ use rathaus_client::mls::DeviceSigner;
 use rathaus_protocol::messages::WelcomeInfo;
 use rathaus_protocol::mls::{group_id, GroupPolicy, GROUP_POLICY_EXTENSION, SERVER_IDENTITY};
 use rathaus_protocol::{ClientMsgId, DeviceId, EntryBody, GroupHandle, UserId};
-use rathaus_server::store::{Batch, Db, KeyPackageRecord, LeafRecord, Store, StoredEntry, Writes};
+use rathaus_server::store::{
+    Batch, Db, KeyPackageRecord, LeafRecord, QueuedWelcome, Store, StoredEntry, WelcomeBody, Writes,
+};
 
 /// The operator of a stopped server.
 pub struct Operator {
@@ -151,7 +153,25 @@ impl Operator {
         welcome: WelcomeInfo,
     ) -> Result<()> {
         self.write(|_, writes| {
-            writes.put_welcomes(user, device, &[welcome])?;
+            writes
+                .put_welcome_body(
+                    &welcome.group,
+                    welcome.seq,
+                    &WelcomeBody {
+                        welcome: welcome.welcome.clone(),
+                        ratchet_tree: welcome.ratchet_tree.clone(),
+                    },
+                )?
+                .queue_welcome(
+                    user,
+                    device,
+                    &QueuedWelcome {
+                        group: welcome.group.clone(),
+                        seq: welcome.seq,
+                        epoch: welcome.epoch,
+                        queued_ms: crate::now_ms(),
+                    },
+                )?;
             Ok(())
         })
     }

@@ -119,7 +119,12 @@ impl Service {
             // joined (DESIGN §5).
             self.secret_department(&group)?;
             match self.secret_reader(session, &group)? {
-                Some(joined_seq) => since.max(joined_seq),
+                Some(joined_seq) => {
+                    if since > 0 {
+                        self.welcome_taken(session, &group, since)?;
+                    }
+                    since.max(joined_seq)
+                }
                 None => return Err(SecretRefused::NotAReader(group).into()),
             }
         } else {

@@ -39,6 +39,7 @@ mod search;
 mod secret;
 mod secret_commit;
 pub mod throttle;
+mod welcomes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

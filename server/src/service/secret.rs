@@ -240,17 +240,6 @@ impl Service {
         Ok(Response::Done)
     }
 
-    pub(super) fn fetch_welcomes(&self, session: &Session) -> Result<Response, Refusal> {
-        let mut out = Vec::new();
-        for welcome in self.db.welcomes(&session.user, session.device)? {
-            // Only for groups the user is still rostered in.
-            if self.secret_reader(session, &welcome.group)?.is_some() {
-                out.push(welcome);
-            }
-        }
-        Ok(Response::Welcomes(out))
-    }
-
     pub(super) fn ratchet_tree(
         &self,
         session: &Session,

@@ -8,7 +8,6 @@ use openmls::prelude::{
     BasicCredential, ContentType, MlsMessageBodyIn, ProcessedMessageContent, Proposal,
     ProtocolMessage, Sender,
 };
-use rathaus_protocol::messages::WelcomeInfo;
 use rathaus_protocol::mls::{
     judge_commit, CommitFacts, Committer, DeviceCredential, Leaf, Roster, GROUP_POLICY_EXTENSION,
 };
@@ -16,11 +15,11 @@ use rathaus_protocol::{EntryBody, Event, GroupHandle, Response, UserId};
 
 use super::mls::{group_id, parse_group_info, parse_message, PublicState};
 use super::refused::{MlsRefused, NotFound, SecretRefused};
-use super::secret::{
-    digest_id, not_on_roster, on_roster, roster, same_device, stale, Device, MAX_WELCOMES,
-};
+use super::secret::{digest_id, not_on_roster, on_roster, roster, same_device, stale, Device};
 use super::{Refusal, Service, Session};
-use crate::store::{DepartmentRecord, SecretGroupRecord, StoredEntry, UserRecord, Writes};
+use crate::store::{
+    DepartmentRecord, SecretGroupRecord, StoredEntry, UserRecord, WelcomeBody, Writes,
+};
 
 /// A commit request as the delivery service takes it: a PublicMessage commit for this
 /// group, with a well-formed Welcome and GroupInfo if given. Built before any lock or
@@ -133,23 +132,12 @@ impl Service {
             }
             let new_epoch = state.epoch();
             let mut w = Writes::new();
-            if let Some(welcome) = &welcome {
-                let ratchet_tree = state.ratchet_tree()?;
-                for (user, device) in &added {
-                    let mut waiting = self.db.welcomes(user, *device)?;
-                    waiting.retain(|w| w.group != group);
-                    if waiting.len() >= MAX_WELCOMES {
-                        waiting.remove(0);
-                    }
-                    waiting.push(WelcomeInfo {
-                        group: group.clone(),
-                        welcome: welcome.clone(),
-                        ratchet_tree: ratchet_tree.clone(),
-                        seq,
-                        epoch: new_epoch,
-                    });
-                    w.put_welcomes(user, *device, &waiting)?;
-                }
+            if let Some(welcome) = welcome {
+                let body = WelcomeBody {
+                    welcome,
+                    ratchet_tree: state.ratchet_tree()?,
+                };
+                self.queue_welcomes(&mut w, &group, seq, new_epoch, &body, &added)?;
             }
             let removed: Vec<UserId> = record
                 .members

@@ -1061,3 +1061,107 @@ async fn the_public_state_survives_a_reopen_of_the_store() {
     };
     assert_eq!(epoch, 2);
 }
+
+/// A commit's Welcome and ratchet tree are stored once for every device it adds, and a
+/// device's Welcome leaves its queue once the device reads the log from it on; one an
+/// earlier release stored whole is handed out and taken the same way.
+#[tokio::test]
+async fn a_welcome_is_stored_once_per_commit_and_leaves_the_queue_once_taken() {
+    let f = Fixture::new().await;
+    let (mut anna, ben) = group_of_two(&f).await;
+    let carl = user(&f, "P3003", 3, &["bauamt"]).await;
+    let dora = user(&f, "P4004", 4, &["bauamt"]).await;
+    let mut packages = Vec::new();
+    for c in [&carl, &dora] {
+        publish(&f.service, c, 1).await;
+        let Response::KeyPackages { packages: p, .. } = claim(&f.service, &anna, c).await.unwrap()
+        else {
+            panic!("no packages")
+        };
+        packages.push(p[0].key_package.clone());
+    }
+    let (c, w) = anna.add(&packages);
+    let Response::Committed { seq, .. } = commit(&f.service, &mut anna, c, Some(w)).await.unwrap()
+    else {
+        panic!("not committed")
+    };
+    anna.merge();
+    let db = &f.service.db;
+    for c in [&carl, &dora] {
+        let queued = db
+            .queued_welcomes(&c.session.user, c.session.device)
+            .unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!((queued[0].group.clone(), queued[0].seq), (secret(), seq));
+    }
+    let body = db.welcome_body(&secret(), seq).unwrap().expect("one body");
+    assert!(!body.welcome.is_empty() && !body.ratchet_tree.is_empty());
+
+    // Ben joined from his Welcome (at seq 1); reading from there on takes it.
+    let ben_seq = db
+        .queued_welcomes(&ben.session.user, ben.session.device)
+        .unwrap()[0]
+        .seq;
+    let read = Request::Fetch {
+        group: secret(),
+        since: ben_seq,
+        limit: 100,
+    };
+    call(&f.service, &ben, read.clone()).await.unwrap();
+    assert!(db
+        .queued_welcomes(&ben.session.user, ben.session.device)
+        .unwrap()
+        .is_empty());
+    let Response::Welcomes(left) = call(&f.service, &ben, Request::FetchWelcomes)
+        .await
+        .unwrap()
+    else {
+        panic!("no answer")
+    };
+    assert!(left.is_empty(), "{left:?}");
+
+    // Reading from before it keeps Carl's (he has not joined yet).
+    let early = Request::Fetch {
+        group: secret(),
+        since: seq - 1,
+        limit: 100,
+    };
+    let _ = call(&f.service, &carl, early).await;
+    assert_eq!(
+        db.queued_welcomes(&carl.session.user, carl.session.device)
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Dora's as an earlier release stored it: whole, under her device.
+    let Response::Welcomes(mut hers) = call(&f.service, &dora, Request::FetchWelcomes)
+        .await
+        .unwrap()
+    else {
+        panic!("no answer")
+    };
+    assert_eq!(hers.len(), 1);
+    let mut w = crate::store::Writes::new();
+    w.unqueue_welcome(&dora.session.user, dora.session.device, &secret())
+        .put_legacy_welcomes(&dora.session.user, dora.session.device, &hers)
+        .unwrap();
+    db.apply(w).unwrap();
+    let Response::Welcomes(legacy) = call(&f.service, &dora, Request::FetchWelcomes)
+        .await
+        .unwrap()
+    else {
+        panic!("no answer")
+    };
+    assert_eq!(legacy, hers);
+    let taken = Request::Fetch {
+        group: secret(),
+        since: hers.remove(0).seq,
+        limit: 100,
+    };
+    call(&f.service, &dora, taken).await.unwrap();
+    assert!(db
+        .legacy_welcomes(&dora.session.user, dora.session.device)
+        .unwrap()
+        .is_empty());
+}

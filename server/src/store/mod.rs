@@ -29,9 +29,9 @@ pub use pg_notify::{EntryNotice, NodeNotice};
 pub use pg_store::{is_postgres_url, PgStore};
 pub use records::{
     AckRecord, AnnouncementRecord, BlobRecord, BlobRef, CodeRecord, Db, DepartmentRecord,
-    DeviceRecord, KeyPackageRecord, LeafRecord, PublicStateRecord, RetentionRecord,
+    DeviceRecord, KeyPackageRecord, LeafRecord, PublicStateRecord, QueuedWelcome, RetentionRecord,
     RetiredDepartment, SecretGroupRecord, ServerMeta, StoredEntry, ThrottleRecord, UploadRecord,
-    UserRecord, Writes, SHARED_RECORDS_KEPT,
+    UserRecord, WelcomeBody, Writes, SHARED_RECORDS_KEPT,
 };
 pub use sled_store::SledStore;
 pub use snapshot::{SnapshotInfo, SnapshotReader};

@@ -13,7 +13,9 @@
 //! | `kp/<user>\0<device u64 BE>` | [`KeyPackageRecord`] |
 //! | `secret/<group>` | [`SecretGroupRecord`] (present once the group is born) |
 //! | `mls/<group>` | [`PublicStateRecord`] (openmls' public group state) |
-//! | `welcome/<user>\0<device u64 BE>` | `Vec<WelcomeInfo>` waiting for the device |
+//! | `welcome/<user>\0<device u64 BE>` | `Vec<WelcomeInfo>` waiting for the device (written by earlier releases; read until the device's next Welcome) |
+//! | `welcomeq/<user>\0<device u64 BE>\0<group>` | [`QueuedWelcome`]: the device's Welcome to the group |
+//! | `welcomeb/<group>\0<seq u64 BE>` | [`WelcomeBody`] of the commit at that seq, once for every device it adds |
 //! | `commit/<group>\0<epoch u64 BE>` | seq (u64) of the commit accepted in that epoch |
 //!
 //! Announcements, acknowledgements, the audit log and retention: see [`editorial`];
@@ -45,7 +47,9 @@ pub use editorial::{AckRecord, AnnouncementRecord, RetentionRecord};
 pub use log::StoredEntry;
 pub use people::{CodeRecord, DeviceRecord, UserRecord};
 pub use retired::RetiredDepartment;
-pub use secret::{KeyPackageRecord, LeafRecord, PublicStateRecord, SecretGroupRecord};
+pub use secret::{
+    KeyPackageRecord, LeafRecord, PublicStateRecord, QueuedWelcome, SecretGroupRecord, WelcomeBody,
+};
 pub use throttle::ThrottleRecord;
 
 /// Server-wide settings fixed at `init`.
@@ -247,6 +251,8 @@ const KP: &[u8] = b"kp/";
 const SECRET: &[u8] = b"secret/";
 const MLS: &[u8] = b"mls/";
 const WELCOME: &[u8] = b"welcome/";
+const WELCOME_QUEUE: &[u8] = b"welcomeq/";
+const WELCOME_BODY: &[u8] = b"welcomeb/";
 const ROOM: &[u8] = b"room/";
 const ROOM_INVITED: &[u8] = b"roominv/";
 const COMMIT: &[u8] = b"commit/";

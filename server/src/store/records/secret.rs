@@ -2,14 +2,23 @@
 //! members and epoch, openmls' public state, Welcomes waiting for devices, and the one
 //! accepted commit per epoch.
 //!
-//! Keys: `kp/…`, `secret/<group>`, `mls/<group>`, `welcome/…`, `commit/<group>\0<epoch>`
-//! (see the table in the parent module).
+//! Keys: `kp/…`, `secret/<group>`, `mls/<group>`, `welcomeq/…` and `welcomeb/…` (and the
+//! earlier releases' `welcome/…`), `commit/<group>\0<epoch>` (see the table in the parent
+//! module).
+//!
+//! A commit that adds N devices has one Welcome and one ratchet tree for all of them:
+//! they are stored once ([`WelcomeBody`]) and each device's queue names them
+//! ([`QueuedWelcome`]). Stored per device, a group of 1,000 admitted in one commit wrote
+//! about 450 MB.
 
 use rathaus_protocol::messages::WelcomeInfo;
 use rathaus_protocol::{DeviceId, GroupHandle, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::{device_key, encode, key, Db, StoreError, Writes, COMMIT, KP, MLS, SECRET, WELCOME};
+use super::{
+    decode, device_key, encode, key, prefix_end, Db, StoreError, Writes, COMMIT, KP, MLS, SECRET,
+    WELCOME, WELCOME_BODY, WELCOME_QUEUE,
+};
 
 /// The MLS KeyPackages a device uploaded (DESIGN §5.3), as `MLSMessage` bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +57,28 @@ pub struct LeafRecord {
     pub joined_seq: u64,
 }
 
+/// A Welcome waiting for a device: the one of the commit at `seq` of `group`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedWelcome {
+    /// The group.
+    pub group: GroupHandle,
+    /// Seq of the commit that added the device.
+    pub seq: u64,
+    /// The epoch that commit created.
+    pub epoch: u64,
+    /// When it was queued, Unix ms: the queue's order.
+    pub queued_ms: i64,
+}
+
+/// The Welcome of one commit and the ratchet tree of the epoch it creates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WelcomeBody {
+    /// The Welcome `MLSMessage`.
+    pub welcome: Vec<u8>,
+    /// The ratchet tree.
+    pub ratchet_tree: Vec<u8>,
+}
+
 /// openmls' public group state of a secret group: the key-value pairs its storage
 /// provider wrote, sorted by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,8 +113,8 @@ impl Db {
         self.get(&key(MLS, &[group.to_string().as_bytes()]))
     }
 
-    /// The Welcomes waiting for a device.
-    pub fn welcomes(
+    /// The Welcomes an earlier release queued for a device, whole.
+    pub fn legacy_welcomes(
         &self,
         user: &UserId,
         device: DeviceId,
@@ -92,6 +123,62 @@ impl Db {
             .get(&device_key(WELCOME, user, device))?
             .unwrap_or_default())
     }
+
+    /// The Welcomes queued for a device, oldest first.
+    pub fn queued_welcomes(
+        &self,
+        user: &UserId,
+        device: DeviceId,
+    ) -> Result<Vec<QueuedWelcome>, StoreError> {
+        let mut prefix = device_key(WELCOME_QUEUE, user, device);
+        prefix.push(0);
+        let end = prefix_end(&prefix);
+        let mut queued = self
+            .kv
+            .range(&prefix, &end, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| decode::<QueuedWelcome>(&k, &v))
+            .collect::<Result<Vec<_>, _>>()?;
+        queued.sort_by_key(|q| (q.queued_ms, q.seq));
+        Ok(queued)
+    }
+
+    /// A device's queued Welcome to `group`, if one waits.
+    pub fn queued_welcome(
+        &self,
+        user: &UserId,
+        device: DeviceId,
+        group: &GroupHandle,
+    ) -> Result<Option<QueuedWelcome>, StoreError> {
+        self.get(&welcome_queue_key(user, device, group))
+    }
+
+    /// The Welcome and ratchet tree of the commit at `seq` of `group`.
+    pub fn welcome_body(
+        &self,
+        group: &GroupHandle,
+        seq: u64,
+    ) -> Result<Option<WelcomeBody>, StoreError> {
+        self.get(&welcome_body_key(group, seq))
+    }
+}
+
+fn welcome_queue_key(user: &UserId, device: DeviceId, group: &GroupHandle) -> Vec<u8> {
+    key(
+        WELCOME_QUEUE,
+        &[
+            user.as_str().as_bytes(),
+            &device.0.to_be_bytes(),
+            group.to_string().as_bytes(),
+        ],
+    )
+}
+
+fn welcome_body_key(group: &GroupHandle, seq: u64) -> Vec<u8> {
+    key(
+        WELCOME_BODY,
+        &[group.to_string().as_bytes(), &seq.to_be_bytes()],
+    )
 }
 
 impl Writes {
@@ -150,15 +237,56 @@ impl Writes {
         Ok(self)
     }
 
-    /// Stores the Welcomes waiting for a device.
-    pub fn put_welcomes(
+    /// Stores the Welcome and ratchet tree of the commit at `seq` of `group`.
+    pub fn put_welcome_body(
+        &mut self,
+        group: &GroupHandle,
+        seq: u64,
+        body: &WelcomeBody,
+    ) -> Result<&mut Self, StoreError> {
+        self.batch.put(welcome_body_key(group, seq), encode(body)?);
+        Ok(self)
+    }
+
+    /// Queues a Welcome for a device, in place of any earlier one to the same group.
+    pub fn queue_welcome(
+        &mut self,
+        user: &UserId,
+        device: DeviceId,
+        queued: &QueuedWelcome,
+    ) -> Result<&mut Self, StoreError> {
+        self.batch.put(
+            welcome_queue_key(user, device, &queued.group),
+            encode(queued)?,
+        );
+        Ok(self)
+    }
+
+    /// Takes a device's Welcome to `group` out of its queue.
+    pub fn unqueue_welcome(
+        &mut self,
+        user: &UserId,
+        device: DeviceId,
+        group: &GroupHandle,
+    ) -> &mut Self {
+        self.batch.remove(welcome_queue_key(user, device, group));
+        self
+    }
+
+    /// Stores what is left of the Welcomes an earlier release queued for a device whole
+    /// (nothing: the record goes).
+    pub fn put_legacy_welcomes(
         &mut self,
         user: &UserId,
         device: DeviceId,
         welcomes: &[WelcomeInfo],
     ) -> Result<&mut Self, StoreError> {
-        self.batch
-            .put(device_key(WELCOME, user, device), encode(&welcomes)?);
+        let key = device_key(WELCOME, user, device);
+        if welcomes.is_empty() {
+            self.batch.remove(key);
+        } else {
+            self.batch.put(key, encode(&welcomes)?);
+        }
         Ok(self)
     }
 }
