@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use rathaus_protocol::limits::MAX_POST_PAYLOAD;
-use rathaus_protocol::{Request, Response, Role, UserId};
+use rathaus_protocol::{PostBody, Request, Response, Role, UserId};
 
 use rathaus_protocol::GroupHandle;
 
@@ -94,11 +94,16 @@ impl Service {
         let Request::Post { body, .. } = request else {
             return Ok(());
         };
-        // Only a configured limit below the protocol's costs an encoding per post.
-        if limit >= MAX_POST_PAYLOAD {
-            return Ok(());
-        }
-        let size = postcard::to_allocvec(body).map_or(usize::MAX, |v| v.len());
+        let size = match body {
+            // Opaque bytes, bounded here alone: larger, the stored entry would not fit in
+            // a `Fetch` answer, and every member's reading would stop at it.
+            PostBody::Mls(message) | PostBody::MlsAttachment { message, .. } => message.len(),
+            // Content is bounded by its validation (64 KiB of text and small fields), far
+            // below the protocol's limit: only a configured limit below it costs an
+            // encoding per post.
+            PostBody::Public(_) if limit >= MAX_POST_PAYLOAD => return Ok(()),
+            PostBody::Public(_) => postcard::to_allocvec(body).map_or(usize::MAX, |v| v.len()),
+        };
         if size > limit {
             return Err(PostRefused::TooLarge { limit, size }.into());
         }

@@ -13,6 +13,7 @@ use rathaus_protocol::mls::{
 };
 use rathaus_protocol::{EntryBody, Event, GroupHandle, Response, UserId};
 
+use super::groups::FETCH_BUDGET;
 use super::mls::{group_id, parse_group_info, parse_message, PublicState};
 use super::refused::{MlsRefused, NotFound, SecretRefused};
 use super::secret::{digest_id, not_on_roster, on_roster, roster, same_device, stale, Device};
@@ -96,13 +97,21 @@ impl Service {
         if !on_roster(&dept, &me.id) {
             return Err(not_on_roster(&group));
         }
+        let commit_size = commit.len();
+        // Stored in the log, it must fit in a `Fetch` answer (and an event) on its own.
+        if commit_size > FETCH_BUDGET {
+            return Err(SecretRefused::CommitTooLarge {
+                limit: FETCH_BUDGET,
+                size: commit_size,
+            }
+            .into());
+        }
         let CommitIn {
             message,
             welcome,
             group_info,
         } = CommitIn::parse(&group, &commit, welcome, group_info)?;
         let now = self.now_ms();
-        let commit_size = commit.len();
         let (seq, new_epoch, ticket, entry, touched) = {
             let _mls = self.mls_lock();
             let mut record = self

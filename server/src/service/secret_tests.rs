@@ -1165,3 +1165,44 @@ async fn a_welcome_is_stored_once_per_commit_and_leaves_the_queue_once_taken() {
         .unwrap()
         .is_empty());
 }
+
+/// A member's MLS message larger than the protocol's post limit is refused before it is
+/// stored: one that filled a frame would make every later `Fetch` answer from before it
+/// too large to send, and no member could read past it. A commit is held to what one
+/// answer can carry.
+#[tokio::test]
+async fn an_oversized_mls_message_or_commit_is_refused_and_the_log_stays_readable() {
+    use rathaus_protocol::limits::{MAX_CONTROL_FRAME, MAX_POST_PAYLOAD};
+    let f = Fixture::new().await;
+    let (mut anna, mut ben) = group_of_two(&f).await;
+    let overhead = ben.encrypt(&[0; 1000]).len() - 1000;
+
+    let filling = ben.encrypt(&vec![0; MAX_CONTROL_FRAME - 64 - overhead]);
+    let r = call(&f.service, &ben, mls_post(8, filling))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), ErrorCode::TooLarge, "{r:?}");
+
+    // (The length prefixes grow with the message by a few bytes.)
+    let largest = ben.encrypt(&vec![0; MAX_POST_PAYLOAD - overhead - 8]);
+    assert!(largest.len() <= MAX_POST_PAYLOAD && largest.len() > MAX_POST_PAYLOAD - 16);
+    call(&f.service, &ben, mls_post(9, largest.clone()))
+        .await
+        .unwrap();
+    let answer = call(&f.service, &anna, fetch()).await.unwrap();
+    assert!(frame::encode(&answer).is_ok(), "the answer fits in a frame");
+    let read = entries(answer);
+    assert_eq!(read.last().map(|e| &e.body), Some(&EntryBody::Mls(largest)));
+
+    let epoch = anna.epoch();
+    let r = commit_at(
+        &f.service,
+        &anna.session,
+        epoch,
+        vec![0; super::groups::FETCH_BUDGET + 1],
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(r.code(), ErrorCode::TooLarge, "{r:?}");
+}

@@ -109,6 +109,17 @@ pub enum SecretRefused {
     /// Joining a room needs an invitation.
     #[error("nobody invited you to {0}; ask one of its owners")]
     NotInvited(GroupHandle),
+    /// A commit too large to be read back from the log in one answer.
+    #[error(
+        "this server accepts commits of at most {limit} bytes, this one has {size}; add fewer \
+         colleagues at once"
+    )]
+    CommitTooLarge {
+        /// The limit.
+        limit: usize,
+        /// The commit's size.
+        size: usize,
+    },
     /// The MLS bytes are malformed or of the wrong shape.
     #[error(transparent)]
     Mls(#[from] MlsRefused),
@@ -135,7 +146,7 @@ impl SecretRefused {
             | Self::NotInvited(_) => ErrorCode::Forbidden,
             Self::Exists(_) => ErrorCode::AlreadyExists,
             Self::RepairBehind { .. } | Self::Stale { .. } => ErrorCode::StaleEpoch,
-            Self::TooManyInvitations { .. } => ErrorCode::TooLarge,
+            Self::TooManyInvitations { .. } | Self::CommitTooLarge { .. } => ErrorCode::TooLarge,
             Self::NotSecret(_)
             | Self::RepairWithoutMe
             | Self::TooManyKeyPackages(_)
