@@ -76,6 +76,10 @@ pub struct ConnectionLimits {
     pub retry_above: usize,
     /// Bytes of all requests being received or handled at once, server-wide.
     pub request_bytes: usize,
+    /// Of those, what connections that have not authenticated may hold, in a budget of
+    /// their own: strangers who spend it delay other strangers (logins among them), never
+    /// the requests of colleagues who are logged in.
+    pub prelogin_request_bytes: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -85,6 +89,8 @@ impl Default for ConnectionLimits {
             unauthenticated_per_addr: 128,
             retry_above: 256,
             request_bytes: 128 * 1024 * 1024,
+            // 2,000 strangers' 8 KiB frames at once.
+            prelogin_request_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -109,6 +115,8 @@ pub struct DefenceStats {
     pub unauthenticated_now: usize,
     /// Request bytes held right now.
     pub request_bytes_now: usize,
+    /// Of those, held by connections that had not authenticated.
+    pub prelogin_request_bytes_now: usize,
 }
 
 /// Counters shared by the transport tasks (exported at `/metrics` too).

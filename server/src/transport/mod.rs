@@ -147,8 +147,10 @@ pub(crate) struct ServerCtx {
     pub(crate) subscribers: AtomicUsize,
     /// Unauthenticated connections per source network, and the limits on them.
     pub(crate) admission: Arc<admission::Admission>,
-    /// The bytes of all requests in flight.
+    /// The bytes of all requests in flight on authenticated connections.
     pub(crate) budget: Arc<frame_io::ByteBudget>,
+    /// The bytes of all requests in flight on connections not authenticated yet.
+    pub(crate) prelogin_budget: Arc<frame_io::ByteBudget>,
     /// What the defences refused.
     pub(crate) counters: admission::Counters,
     /// Whether this node runs the background loops (one node of a shared database at a
@@ -222,6 +224,11 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         subscribers: AtomicUsize::new(0),
         admission: Arc::new(admission::Admission::new(opts.limits)),
         budget: Arc::new(frame_io::ByteBudget::new(opts.limits.request_bytes)),
+        prelogin_budget: Arc::new(frame_io::ByteBudget::new(
+            opts.limits
+                .prelogin_request_bytes
+                .min(opts.limits.request_bytes),
+        )),
         counters: admission::Counters::default(),
         leader,
     });
@@ -287,13 +294,14 @@ impl RunningServer {
         let get = |a: &prometheus_client::metrics::counter::Counter| a.get();
         DefenceStats {
             refused_frames: get(&c.refused_frames),
-            over_budget: self.ctx.budget.refused(),
+            over_budget: self.ctx.budget.refused() + self.ctx.prelogin_budget.refused(),
             auth_timeouts: get(&c.auth_timeouts),
             per_addr_refusals: get(&c.per_addr_refusals),
             retries: get(&c.retries),
             failed_proof_closes: get(&c.failed_proof_closes),
             unauthenticated_now: self.ctx.admission.unauthenticated(),
-            request_bytes_now: self.ctx.budget.in_use(),
+            request_bytes_now: self.ctx.budget.in_use() + self.ctx.prelogin_budget.in_use(),
+            prelogin_request_bytes_now: self.ctx.prelogin_budget.in_use(),
         }
     }
 

@@ -48,13 +48,15 @@ async fn first_request(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Option<(Session, SendStream)> {
-    let limit = if ctx.is_authenticated() {
-        MAX_CONTROL_FRAME
+    // A stranger's stream reads within the strangers' budget (and limit) even once its
+    // connection authenticates, so strangers never hold what colleagues' requests need.
+    let (limit, budget) = if ctx.is_authenticated() {
+        (MAX_CONTROL_FRAME, &ctx.server.budget)
     } else {
-        PRE_AUTH_FRAME
+        (PRE_AUTH_FRAME, &ctx.server.prelogin_budget)
     };
-    // Holds the request's bytes against the server's budget until the stream is done.
-    let mut reader = FrameReader::new(limit, ctx.server.budget.clone());
+    // Holds the request's bytes against the budget until the stream is done.
+    let mut reader = FrameReader::new(limit, budget.clone());
     let request = read_request(ctx, &mut reader, &mut send, &mut recv).await?;
     if let (Request::Subscribe, Some(session)) = (&request, ctx.session()) {
         tracing::debug!(peer = %ctx.peer, request = "Subscribe", "request");

@@ -82,6 +82,10 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(crate::ConnectionLimits::default()).await
+    }
+
+    async fn start_with(limits: crate::ConnectionLimits) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         let report = init(
@@ -97,6 +101,7 @@ impl Harness {
         .unwrap();
         let mut opts = RunOptions::new(&data);
         opts.listen = Some("127.0.0.1:0".parse().unwrap());
+        opts.limits = limits;
         let server = start(opts).await.unwrap();
         assert_eq!(server.fingerprint(), report.fingerprint);
 
@@ -282,6 +287,64 @@ async fn a_busy_connection_gets_more_streams_than_an_idle_one_holds() {
     assert_eq!(pong, Response::Pong);
     drop(open);
     h.server.shutdown().await;
+}
+
+/// Strangers who send the first bytes of requests and stall hold at most the strangers'
+/// budget: a colleague who is logged in is still answered.
+#[tokio::test]
+async fn strangers_spending_their_budget_leave_colleagues_requests_alone() {
+    let h = Harness::start_with(crate::ConnectionLimits {
+        request_bytes: 64 * 1024,
+        prelogin_request_bytes: 16 * 1024,
+        ..crate::ConnectionLimits::default()
+    })
+    .await;
+    let admin_key = SigningKey::from_bytes(&[1; 32]);
+    let admin = h.connect().await;
+    let device = enroll(&admin, "admin", &h.code, &admin_key).await;
+    let r = authenticate(&admin, "admin", device, &admin_key).await;
+    assert!(matches!(r, Response::Authenticated(_)), "{r:?}");
+
+    // Three strangers, four streams each: 8,000-byte frames of which 7,999 bytes arrive
+    // (96 KB in all, more than the whole budget of 64 KiB).
+    let mut strangers = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let conn = h.connect().await;
+        for _ in 0..4 {
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            send.write_all(&8000u32.to_be_bytes()).await.unwrap();
+            send.write_all(&[0u8; 7999]).await.unwrap();
+            held.push((send, recv));
+        }
+        strangers.push(conn);
+    }
+    // Bounded: until the server refused a stranger's read for want of budget.
+    let mut spent = false;
+    for _ in 0..200 {
+        if h.server.defence_stats().over_budget > 0 {
+            spent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(spent, "{:?}", h.server.defence_stats());
+    let stats = h.server.defence_stats();
+    assert!(stats.prelogin_request_bytes_now <= 16 * 1024, "{stats:?}");
+    // 20 KB: more than the strangers left of the whole budget, had they shared it.
+    let post = Request::Post {
+        group: GroupHandle::parse("bauamt").unwrap(),
+        client_id: ClientMsgId([3; 16]),
+        body: PostBody::Public(Content::text("x".repeat(20_000)).into()),
+    };
+    let r = exchange(&admin, &post).await;
+    assert_eq!(error_code(&r), Some(ErrorCode::NotFound), "{r:?}");
+    let r = exchange(&admin, &Request::Whoami).await;
+    assert!(
+        matches!(r, Response::Me(ref info) if info.user.as_str() == "admin"),
+        "{r:?}"
+    );
+    drop(held);
 }
 
 #[tokio::test]
