@@ -55,6 +55,9 @@ pub(crate) struct ServiceMetrics {
     /// Connections this node ended because another node on the shared store ended their
     /// session (offboarding, a reset, a revoked device).
     pub(crate) sessions_ended_by_other_nodes: Counter,
+    /// Entries stored but not pushed because the frames pushed before were still held
+    /// (a subscriber that stopped reading): subscribers fetch them.
+    pub(crate) pushes_skipped: Counter,
 }
 
 impl Default for ServiceMetrics {
@@ -67,6 +70,7 @@ impl Default for ServiceMetrics {
             throttled: Counter::default(),
             housekeeping_runs: Counter::default(),
             sessions_ended_by_other_nodes: Counter::default(),
+            pushes_skipped: Counter::default(),
             // 50 µs … ~1.6 s
             fanout_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
         }
@@ -236,6 +240,11 @@ pub(crate) fn registry(
         "sessions_ended_by_other_nodes",
         "Connections ended here because another node ended their session (offboarding, a reset, a revoked device)",
         service.sessions_ended_by_other_nodes.clone(),
+    );
+    r.register(
+        "pushes_skipped",
+        "Entries stored but not pushed while the pushed frames held reached their bound (subscribers fetch them)",
+        service.pushes_skipped.clone(),
     );
     r.register(
         "background_leader",

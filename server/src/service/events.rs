@@ -1,6 +1,7 @@
 //! What the service tells connected clients, and which clients are connected.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -64,6 +65,77 @@ impl Readers {
             Readers::Everyone => true,
             Readers::Devices(devices) => devices.get(user).is_some_and(|d| d.contains(&device)),
         }
+    }
+}
+
+/// The bytes of pushed entry frames that the event buffer or a subscriber still holds.
+///
+/// A frame stays in the buffer until every subscriber has taken it, so one subscriber that
+/// stops reading (its phone accepts nothing, its connection stays open) would hold every
+/// frame published after it, up to the buffer's 4,096 of up to 512 KiB each. Past the
+/// bound, entries are stored as always but not pushed: subscribers see the gap at the next
+/// event, or at their next sync, and fetch.
+#[derive(Debug)]
+pub(crate) struct PushedFrames {
+    /// Bytes held now.
+    held: Arc<AtomicUsize>,
+    /// The bound.
+    max: AtomicUsize,
+}
+
+/// Bytes of pushed frames held at most, by default.
+pub(crate) const PUSHED_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+impl PushedFrames {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            held: Arc::new(AtomicUsize::new(0)),
+            max: AtomicUsize::new(max),
+        }
+    }
+
+    /// `bytes` as a frame whose release is counted; `None` past the bound (a frame alone
+    /// larger than the bound still goes out when nothing else is held).
+    pub(crate) fn frame(&self, bytes: Vec<u8>) -> Option<Bytes> {
+        let n = bytes.len();
+        let before = self.held.fetch_add(n, Ordering::AcqRel);
+        if before > 0 && before + n > self.max.load(Ordering::Relaxed) {
+            self.held.fetch_sub(n, Ordering::AcqRel);
+            return None;
+        }
+        Some(Bytes::from_owner(HeldFrame {
+            bytes,
+            held: self.held.clone(),
+        }))
+    }
+
+    /// Bytes held now.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Sets the bound (for tests).
+    #[cfg(test)]
+    pub(crate) fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+}
+
+/// A pushed frame's bytes, counted in [`PushedFrames`] until the last reference goes.
+struct HeldFrame {
+    bytes: Vec<u8>,
+    held: Arc<AtomicUsize>,
+}
+
+impl AsRef<[u8]> for HeldFrame {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for HeldFrame {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes.len(), Ordering::AcqRel);
     }
 }
 

@@ -547,11 +547,26 @@ impl Service {
             entry: entry.to_log_entry(seq),
         });
         match frame::encode(&event) {
-            Ok(bytes) => self.publish(Broadcast::Posted {
-                group: group.clone(),
-                frame: bytes::Bytes::from(bytes),
-                readers: self.readers_of(group),
-            }),
+            Ok(bytes) => match self.pushed.frame(bytes) {
+                Some(frame) => self.publish(Broadcast::Posted {
+                    group: group.clone(),
+                    frame,
+                    readers: self.readers_of(group),
+                }),
+                None => {
+                    let skipped = self.metrics.pushes_skipped.inc() + 1;
+                    if super::worth_logging(skipped) {
+                        tracing::warn!(
+                            %group,
+                            seq,
+                            held = self.pushed.held(),
+                            skipped,
+                            "pushed frames held reach their bound (a subscriber stopped \
+                             reading); stored, not pushed"
+                        );
+                    }
+                }
+            },
             Err(e) => tracing::error!(%group, seq, error = %e, "cannot encode event"),
         }
     }

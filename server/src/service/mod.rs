@@ -103,6 +103,8 @@ pub struct Service {
     durability: Durability,
     /// Pushed events.
     events: broadcast::Sender<Broadcast>,
+    /// The bytes of pushed entry frames still held, bounded.
+    pushed: events::PushedFrames,
     /// Live authenticated connections per user.
     live: LiveConnections,
     /// The end of the audit log's hash chain.
@@ -231,6 +233,7 @@ impl Service {
             open_departments: open_departments::OpenDepartments::default(),
             durability: Durability::default(),
             events,
+            pushed: events::PushedFrames::new(events::PUSHED_BYTES_MAX),
             live: LiveConnections::default(),
             audit: AuditChain::default(),
             editorial: Mutex::new(()),

@@ -996,3 +996,52 @@ async fn a_kept_session_record_follows_every_user_change() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// A subscriber that stops reading holds at most the bound of pushed frames: past it,
+/// posts are stored and answered as always, but not pushed, and a subscriber that reads
+/// finds them by the gap. Once the stuck one is gone, pushes resume.
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_holds_only_so_many_pushed_frames() {
+    let f = Fixture::new().await;
+    f.service.pushed.set_max(256 * 1024);
+    let anna = f.user("P1001", &[]).await;
+    add_bauamt(&f, &[]).await.unwrap();
+    let stuck = f.service.subscribe();
+    let text = "x".repeat(60 * 1024);
+    for i in 0..10u8 {
+        let r = f.service.handle(&anna, post(bauamt(), i, &text)).await;
+        assert!(matches!(r, Ok(Response::Posted { .. })), "{r:?}");
+    }
+    // Four frames of ~60 KiB fit in 256 KiB; the other six were stored, not pushed.
+    assert_eq!(stuck.len(), 4);
+    assert!(f.service.pushed.held() <= 256 * 1024);
+    assert_eq!(f.service.metrics.pushes_skipped.get(), 6);
+    let r = f
+        .service
+        .handle(
+            &anna,
+            Request::Fetch {
+                group: bauamt(),
+                since: 0,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    let Response::Entries { entries, .. } = r else {
+        panic!("expected Entries")
+    };
+    assert_eq!(entries.len(), 10);
+
+    drop(stuck);
+    assert_eq!(f.service.pushed.held(), 0);
+    let mut live = f.service.subscribe();
+    f.service
+        .handle(&anna, post(bauamt(), 11, "wieder da"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        live.try_recv(),
+        Ok(super::Broadcast::Posted { .. })
+    ));
+}

@@ -16,6 +16,21 @@ use crate::service::{Broadcast, Session};
 /// How long the last frame (`ShuttingDown`) may take to be acknowledged.
 const LAST_FRAME_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a pushed frame may wait for the phone to take it. A subscriber that takes
+/// nothing for this long has stopped reading: its subscription ends (the phone subscribes
+/// again and fetches), so it no longer holds the frames published since
+/// (`service::events::PushedFrames`).
+const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes a shared frame within [`PUSH_TIMEOUT`]; whether it was written. Boxed by the
+/// caller: the timer lives on the heap only while a frame is written, not in every
+/// subscribed phone's task.
+async fn push(send: &mut SendStream, frame: bytes::Bytes) -> bool {
+    tokio::time::timeout(PUSH_TIMEOUT, write_bytes(send, frame))
+        .await
+        .unwrap_or(false)
+}
+
 /// Runs for as long as the phone stays subscribed, in its stream's task: the frames it
 /// encodes itself (`Subscribed`, the rare `GroupsChanged` and `ShuttingDown`) are written
 /// from a box, so the task is sized for the event loop and the shared frames' writes.
@@ -37,7 +52,7 @@ pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStr
             Ok(Broadcast::Posted { frame, readers, .. }) => {
                 if readers.admits(&session.user, session.device) {
                     let taken = std::time::Instant::now();
-                    let ok = write_bytes(&mut send, frame).await;
+                    let ok = Box::pin(push(&mut send, frame)).await;
                     service
                         .metrics()
                         .fanout_seconds
@@ -53,14 +68,14 @@ pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStr
                 frame,
             }) => {
                 if user == session.user && device.is_none_or(|d| d == session.device) {
-                    write_bytes(&mut send, frame).await
+                    Box::pin(push(&mut send, frame)).await
                 } else {
                     true
                 }
             }
             Ok(Broadcast::Users { users, frame }) => {
                 if users.contains(&session.user) {
-                    write_bytes(&mut send, frame).await
+                    Box::pin(push(&mut send, frame)).await
                 } else {
                     true
                 }
