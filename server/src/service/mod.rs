@@ -217,6 +217,13 @@ impl Service {
                 "indexed personnel numbers for matching in any case"
             );
         }
+        let edits = db.index_edits()?;
+        if edits > 0 {
+            tracing::info!(
+                edits,
+                "indexed the edits of posts stored before the edit index"
+            );
+        }
         let log_generation = db.log_generation()?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let mut throttle = Throttle::new(policy);

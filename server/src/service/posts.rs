@@ -20,8 +20,8 @@ use super::refused::{NotFound, PostRefused};
 use super::{Refusal, Service};
 use crate::store::{StoredEntry, Writes};
 
-/// Entries read per step while looking for edits of a withdrawn post.
-const SCAN_PAGE: usize = 1000;
+/// Edits one post may have: each is a row its delete rewrites in one batch.
+pub(super) const MAX_EDITS: usize = 100;
 
 /// What a public post's change does to the post it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,16 @@ impl Service {
                 return Err(Refusal::internal("duplicate"));
             }
             self.changeable(group, &entry, change, target)?;
+            if change == Change::Edit
+                && self.db.edits_of(group, target, MAX_EDITS)?.len() >= MAX_EDITS
+            {
+                return Err(PostRefused::TooManyEdits {
+                    group: group.clone(),
+                    seq: target,
+                    max: MAX_EDITS,
+                }
+                .into());
+            }
             let mut w = Writes::new();
             if change == Change::Delete {
                 let tombstone = EntryBody::Removed {
@@ -153,20 +163,16 @@ impl Service {
         target.body = tombstone.clone();
         w.replace_entry(group, seq, &target)?;
         let mut edits = 0usize;
-        let mut since = seq;
-        // Bounded: each page advances `since` past entries that exist.
-        loop {
-            let page = self.db.entries(group, since, SCAN_PAGE)?;
-            let Some((last, _, _)) = page.last() else {
-                break;
-            };
-            since = *last;
-            for (s, mut entry, _) in page {
-                if is_edit_of(&entry, seq) {
+        // The edit index names them (at most MAX_EDITS, more only from before the cap).
+        for s in self.db.edits_of(group, seq, usize::MAX)? {
+            match self.db.entry(group, s)? {
+                Some(mut entry) if is_edit_of(&entry, seq) => {
                     entry.body = edit_tombstone.clone();
                     w.replace_entry(group, s, &entry)?;
                     edits += 1;
                 }
+                // Aged out by retention meanwhile, or a tombstone already.
+                _ => {}
             }
         }
         Ok(edits)

@@ -1045,3 +1045,59 @@ async fn a_subscriber_that_stops_reading_holds_only_so_many_pushed_frames() {
         Ok(super::Broadcast::Posted { .. })
     ));
 }
+
+/// A post takes at most `MAX_EDITS` edits; its delete finds them by the edit index and
+/// takes every one's text off the server, however far back in the log the post is.
+#[tokio::test]
+async fn a_post_takes_only_so_many_edits_and_its_delete_withdraws_them_all() {
+    use super::posts::MAX_EDITS;
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    add_bauamt(&f, &[]).await.unwrap();
+    f.service
+        .handle(&anna, post(bauamt(), 0, "Plan"))
+        .await
+        .unwrap();
+    let edit = |i: u16| {
+        let mut id = [9u8; 16];
+        id[..2].copy_from_slice(&i.to_be_bytes());
+        Request::Post {
+            group: bauamt(),
+            client_id: ClientMsgId(id),
+            body: PostBody::Public(Content::edit(1, format!("Plan, Fassung {i}")).into()),
+        }
+    };
+    for i in 0..MAX_EDITS as u16 {
+        let r = f.service.handle(&anna, edit(i)).await;
+        assert!(matches!(r, Ok(Response::Posted { .. })), "{i}: {r:?}");
+        // Other posts between, as in a busy group.
+        f.service
+            .handle(&anna, post(bauamt(), 1 + (i % 200) as u8, "anderes"))
+            .await
+            .unwrap();
+    }
+    let r = f.service.handle(&anna, edit(MAX_EDITS as u16)).await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::TooLarge);
+
+    let delete = Request::Post {
+        group: bauamt(),
+        client_id: ClientMsgId([0xde; 16]),
+        body: PostBody::Public(Content::delete(1).into()),
+    };
+    f.service.handle(&anna, delete).await.unwrap();
+    let db = &f.service.db;
+    let mut withdrawn = 0;
+    for seq in db.edits_of(&bauamt(), 1, usize::MAX).unwrap() {
+        let entry = db.entry(&bauamt(), seq).unwrap().unwrap();
+        let rathaus_protocol::EntryBody::Content(c) = &entry.body else {
+            panic!("{entry:?}")
+        };
+        assert_eq!(c.body, rathaus_protocol::ContentBody::Delete { target: 1 });
+        withdrawn += 1;
+    }
+    assert_eq!(withdrawn, MAX_EDITS);
+    assert!(matches!(
+        db.entry(&bauamt(), 1).unwrap().unwrap().body,
+        rathaus_protocol::EntryBody::Removed { .. }
+    ));
+}

@@ -10,6 +10,8 @@
 //! | `code/<user>` | [`CodeRecord`] (the user's open enrollment code) |
 //! | `log/<group>\0<seq u64 BE>` | [`StoredEntry`] |
 //! | `dedup/<group>\0<sender>\0<client id>` | seq (u64) of the entry stored for it |
+//! | `edit/<group>\0<post seq u64 BE>\0<edit seq u64 BE>` | empty: an edit of the post |
+//! | `editsidx` | present once every edit stored before the edit index is in it |
 //! | `kp/<user>\0<device u64 BE>` | [`KeyPackageRecord`] |
 //! | `secret/<group>` | [`SecretGroupRecord`] (present once the group is born) |
 //! | `mls/<group>` | [`PublicStateRecord`] (openmls' public group state) |
@@ -247,6 +249,8 @@ const USER_FOLD: &[u8] = b"userfold/";
 const CODE: &[u8] = b"code/";
 const LOG: &[u8] = b"log/";
 const DEDUP: &[u8] = b"dedup/";
+const EDIT: &[u8] = b"edit/";
+const EDITS_INDEXED: &[u8] = b"editsidx";
 const KP: &[u8] = b"kp/";
 const SECRET: &[u8] = b"secret/";
 const MLS: &[u8] = b"mls/";

@@ -24,6 +24,16 @@ pub enum PostRefused {
         /// The post's encoded size.
         size: usize,
     },
+    /// A post edited as often as a post may be.
+    #[error("{group}/{seq} was edited {max} times already; post a new message instead")]
+    TooManyEdits {
+        /// The group.
+        group: GroupHandle,
+        /// The post.
+        seq: u64,
+        /// The limit.
+        max: usize,
+    },
     /// The department was retired; its groups take no new posts.
     #[error(
         "the department {name} ({slug}) was retired by {by}; its groups are closed to new posts"
@@ -109,7 +119,7 @@ impl PostRefused {
             | Self::Retired { .. }
             | Self::NotAuthor { .. }
             | Self::NotModerator(_) => ErrorCode::Forbidden,
-            Self::TooLarge { .. } => ErrorCode::TooLarge,
+            Self::TooLarge { .. } | Self::TooManyEdits { .. } => ErrorCode::TooLarge,
             Self::MlsInPublic(_)
             | Self::Content(_)
             | Self::AnnouncementChange

@@ -221,6 +221,9 @@ impl Writes {
         self.batch.remove(log_key(group, seq));
         self.batch
             .remove(super::dedup_key(group, &entry.sender, &entry.client_id));
+        if let Some(post) = super::log::edit_target(entry) {
+            self.remove_edit(group, post, seq);
+        }
         self
     }
 
