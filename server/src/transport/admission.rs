@@ -80,6 +80,9 @@ pub struct ConnectionLimits {
     /// their own: strangers who spend it delay other strangers (logins among them), never
     /// the requests of colleagues who are logged in.
     pub prelogin_request_bytes: usize,
+    /// Of those, what one colleague's connections may hold together: a colleague who
+    /// spends it waits for their own requests, never for others'.
+    pub user_request_bytes: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -91,6 +94,8 @@ impl Default for ConnectionLimits {
             request_bytes: 128 * 1024 * 1024,
             // 2,000 strangers' 8 KiB frames at once.
             prelogin_request_bytes: 16 * 1024 * 1024,
+            // Sixteen 1 MiB requests at once.
+            user_request_bytes: 16 * 1024 * 1024,
         }
     }
 }

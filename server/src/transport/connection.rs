@@ -40,6 +40,8 @@ pub(crate) struct ConnectionCtx {
     failed_proofs: AtomicU32,
     /// The session's user record between requests.
     pub(crate) user_cache: SessionCache,
+    /// The user's share of the request budget, once authenticated.
+    pub(crate) user_budget: std::sync::OnceLock<Arc<super::frame_io::ByteBudget>>,
     /// The server.
     pub(crate) server: Arc<ServerCtx>,
 }
@@ -102,6 +104,9 @@ impl ConnectionCtx {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(),
         );
+        let _ = self
+            .user_budget
+            .set(self.server.user_budgets.of(&session.user));
         let id = self.id();
         let live: Arc<dyn LiveConnection> = Arc::new(Live(self.conn.clone()));
         self.server
@@ -162,6 +167,7 @@ pub(crate) async fn serve(
         stranger: Mutex::new(Some(slot)),
         failed_proofs: AtomicU32::new(0),
         user_cache: SessionCache::default(),
+        user_budget: std::sync::OnceLock::new(),
         server,
     });
     let mut streams = JoinSet::new();

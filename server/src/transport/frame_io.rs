@@ -31,25 +31,29 @@ pub(crate) enum ReadFailure {
     Stream(String),
 }
 
-/// The bytes of all requests being received or handled, bounded server-wide.
+/// The bytes of requests being received or handled, bounded: server-wide, for strangers,
+/// and per user.
 #[derive(Debug)]
 pub(crate) struct ByteBudget {
     /// One permit per byte.
     permits: Arc<Semaphore>,
     /// The size of the budget, for logs.
     total: usize,
+    /// Whose budget it is, for logs.
+    whose: &'static str,
     /// How often a read was refused because the budget was spent.
     refused: AtomicU64,
 }
 
 impl ByteBudget {
-    /// A budget of `total` bytes.
-    pub(crate) fn new(total: usize) -> Self {
+    /// A budget of `total` bytes for `whose` requests.
+    pub(crate) fn new(total: usize, whose: &'static str) -> Self {
         // tokio caps a semaphore's permits; a budget beyond that is no budget anyway.
         let total = total.min(Semaphore::MAX_PERMITS);
         Self {
             permits: Arc::new(Semaphore::new(total)),
             total,
+            whose,
             refused: AtomicU64::new(0),
         }
     }
@@ -74,6 +78,7 @@ impl ByteBudget {
                 if before.is_multiple_of(1000) {
                     tracing::warn!(
                         budget = self.total,
+                        whose = self.whose,
                         refused = before + 1,
                         "request byte budget spent; refusing reads with Unavailable"
                     );
@@ -84,23 +89,41 @@ impl ByteBudget {
     }
 }
 
+fn merge(held: &mut Option<OwnedSemaphorePermit>, permit: OwnedSemaphorePermit) {
+    match held {
+        Some(held) => held.merge(permit),
+        None => *held = Some(permit),
+    }
+}
+
 /// Reads frames from one stream, holding the budget for what it read until dropped.
 pub(crate) struct FrameReader {
     /// The incremental decoder (its limit is the stream's current frame limit).
     decoder: FrameDecoder,
     /// Where the bytes are accounted.
     budget: Arc<ByteBudget>,
+    /// The share of the budget the connection's user may hold, if it is a colleague's.
+    user_budget: Option<Arc<ByteBudget>>,
     /// The budget held for the bytes read so far on this stream.
     held: Option<OwnedSemaphorePermit>,
+    /// The user's share held for them.
+    user_held: Option<OwnedSemaphorePermit>,
 }
 
 impl FrameReader {
-    /// A reader accepting bodies of at most `limit` bytes.
-    pub(crate) fn new(limit: usize, budget: Arc<ByteBudget>) -> Self {
+    /// A reader accepting bodies of at most `limit` bytes, accounted in `budget` and, for
+    /// a colleague's connection, in their share `user_budget` too.
+    pub(crate) fn new(
+        limit: usize,
+        budget: Arc<ByteBudget>,
+        user_budget: Option<Arc<ByteBudget>>,
+    ) -> Self {
         Self {
             decoder: FrameDecoder::new(limit),
             budget,
+            user_budget,
             held: None,
+            user_held: None,
         }
     }
 
@@ -118,14 +141,13 @@ impl FrameReader {
             let want = self.decoder.wanted().clamp(1, READ_CHUNK);
             match recv.read_chunk(want, true).await {
                 Ok(Some(chunk)) => {
-                    let permit = self
-                        .budget
-                        .take(chunk.bytes.len())
-                        .ok_or(ReadFailure::OverBudget)?;
-                    match &mut self.held {
-                        Some(held) => held.merge(permit),
-                        None => self.held = Some(permit),
+                    let n = chunk.bytes.len();
+                    if let Some(user) = &self.user_budget {
+                        let permit = user.take(n).ok_or(ReadFailure::OverBudget)?;
+                        merge(&mut self.user_held, permit);
                     }
+                    let permit = self.budget.take(n).ok_or(ReadFailure::OverBudget)?;
+                    merge(&mut self.held, permit);
                     self.decoder.push(&chunk.bytes);
                 }
                 Ok(None) => {
@@ -204,7 +226,7 @@ mod tests {
 
     #[test]
     fn the_budget_refuses_beyond_its_size_and_gets_bytes_back() {
-        let budget = ByteBudget::new(10);
+        let budget = ByteBudget::new(10, "test");
         let a = budget.take(6).unwrap();
         assert_eq!(budget.in_use(), 6);
         assert!(budget.take(5).is_none());

@@ -14,11 +14,14 @@ mod subscribe;
 pub mod tls;
 pub mod udp;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+use rathaus_protocol::UserId;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -151,11 +154,49 @@ pub(crate) struct ServerCtx {
     pub(crate) budget: Arc<frame_io::ByteBudget>,
     /// The bytes of all requests in flight on connections not authenticated yet.
     pub(crate) prelogin_budget: Arc<frame_io::ByteBudget>,
+    /// Each colleague's share, while one of their connections lives.
+    pub(crate) user_budgets: UserBudgets,
     /// What the defences refused.
     pub(crate) counters: admission::Counters,
     /// Whether this node runs the background loops (one node of a shared database at a
     /// time).
     pub(crate) leader: Leadership,
+}
+
+/// Each colleague's share of the request budget, one for all of their connections.
+#[derive(Debug)]
+pub(crate) struct UserBudgets {
+    /// The share's size.
+    bytes: usize,
+    /// Per user, while one of their connections holds it.
+    shares: std::sync::Mutex<HashMap<UserId, Weak<frame_io::ByteBudget>>>,
+}
+
+impl UserBudgets {
+    fn new(bytes: usize) -> Self {
+        Self {
+            bytes,
+            shares: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `user`'s share, for a connection of theirs to hold.
+    pub(crate) fn of(&self, user: &UserId) -> Arc<frame_io::ByteBudget> {
+        let mut shares = self
+            .shares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(share) = shares.get(user).and_then(Weak::upgrade) {
+            return share;
+        }
+        // Shares whose connections all ended go when the map has doubled.
+        if shares.len() >= 1024 && shares.len().is_power_of_two() {
+            shares.retain(|_, s| s.strong_count() > 0);
+        }
+        let share = Arc::new(frame_io::ByteBudget::new(self.bytes, "one colleague"));
+        shares.insert(user.clone(), Arc::downgrade(&share));
+        share
+    }
 }
 
 impl ServerCtx {
@@ -223,12 +264,17 @@ pub async fn start(opts: RunOptions) -> Result<RunningServer, ServerError> {
         connections: AtomicUsize::new(0),
         subscribers: AtomicUsize::new(0),
         admission: Arc::new(admission::Admission::new(opts.limits)),
-        budget: Arc::new(frame_io::ByteBudget::new(opts.limits.request_bytes)),
+        budget: Arc::new(frame_io::ByteBudget::new(
+            opts.limits.request_bytes,
+            "everyone",
+        )),
         prelogin_budget: Arc::new(frame_io::ByteBudget::new(
             opts.limits
                 .prelogin_request_bytes
                 .min(opts.limits.request_bytes),
+            "strangers",
         )),
+        user_budgets: UserBudgets::new(opts.limits.user_request_bytes),
         counters: admission::Counters::default(),
         leader,
     });

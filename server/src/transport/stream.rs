@@ -50,13 +50,19 @@ async fn first_request(
 ) -> Option<(Session, SendStream)> {
     // A stranger's stream reads within the strangers' budget (and limit) even once its
     // connection authenticates, so strangers never hold what colleagues' requests need.
-    let (limit, budget) = if ctx.is_authenticated() {
-        (MAX_CONTROL_FRAME, &ctx.server.budget)
+    // A colleague's stream reads within their share too, so that one colleague's many
+    // connections and streams never hold what the others' requests need.
+    let (limit, budget, share) = if ctx.is_authenticated() {
+        (
+            MAX_CONTROL_FRAME,
+            &ctx.server.budget,
+            ctx.user_budget.get().cloned(),
+        )
     } else {
-        (PRE_AUTH_FRAME, &ctx.server.prelogin_budget)
+        (PRE_AUTH_FRAME, &ctx.server.prelogin_budget, None)
     };
     // Holds the request's bytes against the budget until the stream is done.
-    let mut reader = FrameReader::new(limit, budget.clone());
+    let mut reader = FrameReader::new(limit, budget.clone(), share);
     let request = read_request(ctx, &mut reader, &mut send, &mut recv).await?;
     if let (Request::Subscribe, Some(session)) = (&request, ctx.session()) {
         tracing::debug!(peer = %ctx.peer, request = "Subscribe", "request");

@@ -347,6 +347,81 @@ async fn strangers_spending_their_budget_leave_colleagues_requests_alone() {
     drop(held);
 }
 
+/// One colleague whose connections send the first bytes of large requests and stall
+/// holds at most their share: another colleague is still answered.
+#[tokio::test]
+async fn a_colleague_spending_their_share_leaves_the_others_requests_alone() {
+    let h = Harness::start_with(crate::ConnectionLimits {
+        request_bytes: 64 * 1024,
+        user_request_bytes: 24 * 1024,
+        ..crate::ConnectionLimits::default()
+    })
+    .await;
+    let admin_key = SigningKey::from_bytes(&[1; 32]);
+    let admin = h.connect().await;
+    let device = enroll(&admin, "admin", &h.code, &admin_key).await;
+    let r = authenticate(&admin, "admin", device, &admin_key).await;
+    assert!(matches!(r, Response::Authenticated(_)), "{r:?}");
+    let Response::UserAdded {
+        enrollment_code, ..
+    } = exchange(
+        &admin,
+        &Request::AddUser {
+            user: UserId::parse("P1001").unwrap(),
+            name: "Anna Berg".into(),
+            departments: vec![],
+            roles: vec![],
+        },
+    )
+    .await
+    else {
+        panic!("expected UserAdded");
+    };
+    let anna_key = SigningKey::from_bytes(&[2; 32]);
+    let anna = h.connect().await;
+    let anna_device = enroll(&anna, "P1001", &enrollment_code, &anna_key).await;
+    let r = authenticate(&anna, "P1001", anna_device, &anna_key).await;
+    assert!(matches!(r, Response::Authenticated(_)), "{r:?}");
+    // A second connection of Anna's device shares her share.
+    let anna2 = h.connect().await;
+    let r = authenticate(&anna2, "P1001", anna_device, &anna_key).await;
+    assert!(matches!(r, Response::Authenticated(_)), "{r:?}");
+
+    // Two connections, three streams each: 16,000-byte frames of which 15,999 bytes
+    // arrive (96 KB in all, more than the whole budget of 64 KiB).
+    let before = h.server.defence_stats().request_bytes_now;
+    let mut held = Vec::new();
+    for conn in [&anna, &anna2] {
+        for _ in 0..3 {
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            send.write_all(&16_000u32.to_be_bytes()).await.unwrap();
+            send.write_all(&[0u8; 15_999]).await.unwrap();
+            held.push((send, recv));
+        }
+    }
+    // Bounded: until Anna's reads are refused (her streams are answered `Unavailable`).
+    let mut refused = 0;
+    for (_, recv) in held.iter_mut() {
+        let answer = tokio::time::timeout(Duration::from_millis(300), read_one(recv)).await;
+        if let Ok(r) = answer {
+            assert_eq!(error_code(&r), Some(ErrorCode::Unavailable), "{r:?}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1, "none of Anna's 96 KB was refused");
+    let stats = h.server.defence_stats();
+    assert!(stats.request_bytes_now <= before + 24 * 1024, "{stats:?}");
+    // 20 KB from the administrator: more than Anna left of the budget, had she no share.
+    let post = Request::Post {
+        group: GroupHandle::parse("bauamt").unwrap(),
+        client_id: ClientMsgId([3; 16]),
+        body: PostBody::Public(Content::text("x".repeat(20_000)).into()),
+    };
+    let r = exchange(&admin, &post).await;
+    assert_eq!(error_code(&r), Some(ErrorCode::NotFound), "{r:?}");
+    drop(held);
+}
+
 #[tokio::test]
 async fn enroll_authenticate_post_subscribe_offboard_and_shut_down() {
     let h = Harness::start().await;
