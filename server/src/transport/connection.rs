@@ -40,8 +40,6 @@ pub(crate) struct ConnectionCtx {
     failed_proofs: AtomicU32,
     /// The session's user record between requests.
     pub(crate) user_cache: SessionCache,
-    /// The user's share of the request budget, once authenticated.
-    pub(crate) user_budget: std::sync::OnceLock<Arc<super::frame_io::ByteBudget>>,
     /// The server.
     pub(crate) server: Arc<ServerCtx>,
 }
@@ -58,6 +56,16 @@ impl ConnectionCtx {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The user's share of the request budget, if the connection has authenticated.
+    /// Taken per stream, not kept: an idle connection holds none.
+    pub(crate) fn user_share(&self) -> Option<Arc<super::frame_io::ByteBudget>> {
+        self.session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| self.server.user_budgets.of(&s.user))
     }
 
     /// Whether the connection has authenticated.
@@ -104,9 +112,6 @@ impl ConnectionCtx {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(),
         );
-        let _ = self
-            .user_budget
-            .set(self.server.user_budgets.of(&session.user));
         let id = self.id();
         let live: Arc<dyn LiveConnection> = Arc::new(Live(self.conn.clone()));
         self.server
@@ -167,7 +172,6 @@ pub(crate) async fn serve(
         stranger: Mutex::new(Some(slot)),
         failed_proofs: AtomicU32::new(0),
         user_cache: SessionCache::default(),
-        user_budget: std::sync::OnceLock::new(),
         server,
     });
     let mut streams = JoinSet::new();

@@ -154,7 +154,7 @@ pub(crate) struct ServerCtx {
     pub(crate) budget: Arc<frame_io::ByteBudget>,
     /// The bytes of all requests in flight on connections not authenticated yet.
     pub(crate) prelogin_budget: Arc<frame_io::ByteBudget>,
-    /// Each colleague's share, while one of their connections lives.
+    /// Each colleague's share, while one of their requests is read or handled.
     pub(crate) user_budgets: UserBudgets,
     /// What the defences refused.
     pub(crate) counters: admission::Counters,
@@ -163,12 +163,13 @@ pub(crate) struct ServerCtx {
     pub(crate) leader: Leadership,
 }
 
-/// Each colleague's share of the request budget, one for all of their connections.
+/// Each colleague's share of the request budget, one for all of their connections and
+/// devices, held by the streams reading or handling their requests.
 #[derive(Debug)]
 pub(crate) struct UserBudgets {
     /// The share's size.
     bytes: usize,
-    /// Per user, while one of their connections holds it.
+    /// Per user, while one of their streams holds it.
     shares: std::sync::Mutex<HashMap<UserId, Weak<frame_io::ByteBudget>>>,
 }
 
@@ -189,8 +190,9 @@ impl UserBudgets {
         if let Some(share) = shares.get(user).and_then(Weak::upgrade) {
             return share;
         }
-        // Shares whose connections all ended go when the map has doubled.
-        if shares.len() >= 1024 && shares.len().is_power_of_two() {
+        // Shares nobody reads with any more go every 1,024 new ones: the map holds the
+        // users reading now, and at most 1,024 more.
+        if shares.len() >= 1024 && shares.len().is_multiple_of(1024) {
             shares.retain(|_, s| s.strong_count() > 0);
         }
         let share = Arc::new(frame_io::ByteBudget::new(self.bytes, "one colleague"));

@@ -52,14 +52,10 @@ async fn first_request(
     // connection authenticates, so strangers never hold what colleagues' requests need.
     // A colleague's stream reads within their share too, so that one colleague's many
     // connections and streams never hold what the others' requests need.
-    let (limit, budget, share) = if ctx.is_authenticated() {
-        (
-            MAX_CONTROL_FRAME,
-            &ctx.server.budget,
-            ctx.user_budget.get().cloned(),
-        )
-    } else {
-        (PRE_AUTH_FRAME, &ctx.server.prelogin_budget, None)
+    let share = ctx.user_share();
+    let (limit, budget) = match share {
+        Some(_) => (MAX_CONTROL_FRAME, &ctx.server.budget),
+        None => (PRE_AUTH_FRAME, &ctx.server.prelogin_budget),
     };
     // Holds the request's bytes against the budget until the stream is done.
     let mut reader = FrameReader::new(limit, budget.clone(), share);
