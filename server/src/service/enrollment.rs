@@ -15,7 +15,7 @@ use super::auth::check_version;
 use super::refused::DirectoryRefused;
 use super::throttle::Factor;
 use super::{enrollment_codes, Refusal, Service};
-use crate::store::{DeviceRecord, Writes};
+use crate::store::{DeviceRecord, UserRecord, Writes};
 
 /// A device to create, as sent in `Enroll` or `AddDevice`. The password is wiped from
 /// memory when this is dropped.
@@ -100,6 +100,7 @@ impl Service {
                 .db
                 .user(&device.user)?
                 .ok_or(DirectoryRefused::CodeInvalid)?;
+            room_for_a_device(&user)?;
             let id = DeviceId(self.db.store().next_id()?);
             user.password_hash = Some(hash);
             user.devices.push(DeviceRecord {
@@ -189,6 +190,7 @@ impl Service {
                 .user(&device.user)?
                 .filter(|u| !u.removed)
                 .ok_or(DirectoryRefused::WrongPassword)?;
+            room_for_a_device(&user)?;
             let id = DeviceId(self.db.store().next_id()?);
             user.devices.push(DeviceRecord {
                 id,
@@ -285,6 +287,27 @@ pub(super) fn verify_password(password: &str, phc: &str) -> bool {
             false
         }
     }
+}
+
+/// Devices one colleague may have active at once (Signal links at most five).
+pub(super) const MAX_ACTIVE_DEVICES: usize = 16;
+
+/// Devices ever enrolled under one id (revoked ones stay on record, so that their proofs
+/// are refused and their leaves removed).
+pub(super) const MAX_DEVICE_RECORDS: usize = 256;
+
+/// Whether `user` may enroll one more device.
+fn room_for_a_device(user: &UserRecord) -> Result<(), Refusal> {
+    let active = user.active_devices().count();
+    if active >= MAX_ACTIVE_DEVICES || user.devices.len() >= MAX_DEVICE_RECORDS {
+        return Err(DirectoryRefused::TooManyDevices {
+            user: user.id.clone(),
+            active,
+            records: MAX_DEVICE_RECORDS,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

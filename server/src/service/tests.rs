@@ -1101,3 +1101,39 @@ async fn a_post_takes_only_so_many_edits_and_its_delete_withdraws_them_all() {
         rathaus_protocol::EntryBody::Removed { .. }
     ));
 }
+
+/// One colleague has at most `MAX_ACTIVE_DEVICES` active devices: the next is refused
+/// with a clear error until one is removed.
+#[tokio::test]
+async fn a_colleague_has_only_so_many_devices() {
+    use super::enrollment::MAX_ACTIVE_DEVICES;
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    let mut devices = Vec::new();
+    for _ in 1..MAX_ACTIVE_DEVICES {
+        let r = f
+            .service
+            .add_device(addr(), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
+            .await;
+        let Ok(Response::Enrolled { device, .. }) = r else {
+            panic!("{r:?}")
+        };
+        devices.push(device);
+    }
+    let r = f
+        .service
+        .add_device(addr(), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), ErrorCode::TooLarge);
+    assert!(r.message().contains("16 active devices"), "{}", r.message());
+    f.service
+        .handle(&anna, Request::RemoveDevice { device: devices[0] })
+        .await
+        .unwrap();
+    let r = f
+        .service
+        .add_device(addr(), PROTOCOL_VERSION, new_device("P1001", PASSWORD))
+        .await;
+    assert!(matches!(r, Ok(Response::Enrolled { .. })), "{r:?}");
+}

@@ -71,6 +71,19 @@ pub enum DirectoryRefused {
     /// The user or the password is wrong (never which).
     #[error("wrong user or password")]
     WrongPassword,
+    /// As many devices as one colleague may have are active (or were ever enrolled).
+    #[error(
+        "{user} has {active} active devices, the most one colleague may have (and at most \
+         {records} ever enrolled); remove one with `rathaus devices remove`, or ask IT"
+    )]
+    TooManyDevices {
+        /// The user.
+        user: UserId,
+        /// Devices active now.
+        active: usize,
+        /// Devices ever enrolled, at most.
+        records: usize,
+    },
     /// The current password, when changing it.
     #[error("the current password is wrong")]
     CurrentPasswordWrong,
@@ -109,7 +122,7 @@ impl DirectoryRefused {
             }
             Self::OffboardedAlready(_) => ErrorCode::NotFound,
             Self::Offboarded(_) => ErrorCode::Forbidden,
-            Self::ImportTooLarge => ErrorCode::TooLarge,
+            Self::ImportTooLarge | Self::TooManyDevices { .. } => ErrorCode::TooLarge,
             Self::CodeInvalid => ErrorCode::CodeInvalid,
             Self::WrongPassword | Self::CurrentPasswordWrong => ErrorCode::Unauthenticated,
             Self::ReservedSlug(_)
