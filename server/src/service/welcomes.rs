@@ -133,11 +133,8 @@ impl Service {
         since: u64,
     ) -> Result<(), Refusal> {
         let (user, device) = (&session.user, session.device);
-        let queued = self
-            .db
-            .queued_welcome(user, device, group)?
-            .is_some_and(|q| q.seq <= since);
-        let legacy = self.db.legacy_welcomes(user, device)?;
+        let (queued, legacy) = self.db.welcomes_waiting(user, device, group)?;
+        let queued = queued.is_some_and(|q| q.seq <= since);
         let legacy_taken = legacy.iter().any(|l| &l.group == group && l.seq <= since);
         if !queued && !legacy_taken {
             return Ok(());

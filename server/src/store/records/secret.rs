@@ -153,6 +153,31 @@ impl Db {
         self.get(&welcome_queue_key(user, device, group))
     }
 
+    /// What waits for a device about `group`, in one read: its queued Welcome there, and
+    /// the Welcomes an earlier release stored whole for it.
+    pub fn welcomes_waiting(
+        &self,
+        user: &UserId,
+        device: DeviceId,
+        group: &GroupHandle,
+    ) -> Result<(Option<QueuedWelcome>, Vec<WelcomeInfo>), StoreError> {
+        let queued_key = welcome_queue_key(user, device, group);
+        let legacy_key = device_key(WELCOME, user, device);
+        let found = self
+            .kv
+            .get_many(&[queued_key.clone(), legacy_key.clone()])?;
+        let mut found = found.into_iter();
+        let queued = match found.next().flatten() {
+            Some(v) => Some(decode(&queued_key, &v)?),
+            None => None,
+        };
+        let legacy = match found.next().flatten() {
+            Some(v) => decode(&legacy_key, &v)?,
+            None => Vec::new(),
+        };
+        Ok((queued, legacy))
+    }
+
     /// The Welcome and ratchet tree of the commit at `seq` of `group`.
     pub fn welcome_body(
         &self,
