@@ -15,6 +15,16 @@ use crate::store::{DepartmentRecord, UserRecord, Writes};
 /// Most colleagues invited to one room and not joined yet.
 const MAX_INVITED: usize = 1_000;
 
+/// Most rooms one colleague owns.
+pub(super) const MAX_OWNED_ROOMS: usize = 100;
+
+/// Most open room invitations one colleague has: so many fit in one `RoomInvitations`
+/// answer, and nobody fills another's list beyond it.
+pub(super) const MAX_OPEN_INVITATIONS: usize = 100;
+
+/// Owners an invitation names at most (the room's first ones).
+const OWNERS_SHOWN: usize = 16;
+
 impl Service {
     /// Creates a room owned by `me`.
     pub(super) async fn create_room(
@@ -32,6 +42,13 @@ impl Service {
             let _dir = self.directory();
             if self.db.room(&slug)?.is_some() {
                 return Err(SecretRefused::Exists(group).into());
+            }
+            let rooms = self.db.rooms()?;
+            if rooms.iter().filter(|r| r.owners.contains(&me.id)).count() >= MAX_OWNED_ROOMS {
+                return Err(SecretRefused::TooManyRooms {
+                    max: MAX_OWNED_ROOMS,
+                }
+                .into());
             }
             let room = DepartmentRecord {
                 slug: slug.clone(),
@@ -90,6 +107,13 @@ impl Service {
                 return Err(SecretRefused::TooManyInvitations {
                     group,
                     max: MAX_INVITED,
+                }
+                .into());
+            }
+            if self.open_invitations(&user)?.len() >= MAX_OPEN_INVITATIONS {
+                return Err(SecretRefused::InviteeHasTooMany {
+                    user,
+                    max: MAX_OPEN_INVITATIONS,
                 }
                 .into());
             }
@@ -187,19 +211,31 @@ impl Service {
         Ok(Response::Done)
     }
 
-    /// The rooms `me` is invited to and has not joined.
+    /// The rooms `me` is invited to and has not joined (at most
+    /// [`MAX_OPEN_INVITATIONS`], each naming at most [`OWNERS_SHOWN`] owners).
     pub(super) fn room_invitations(&self, me: &UserRecord) -> Result<Response, Refusal> {
+        let out = self
+            .open_invitations(&me.id)?
+            .into_iter()
+            .take(MAX_OPEN_INVITATIONS)
+            .map(|room| RoomInvitation {
+                room: GroupHandle::Room(room.slug.clone()),
+                name: room.name,
+                owners: room.owners.into_iter().take(OWNERS_SHOWN).collect(),
+            })
+            .collect();
+        Ok(Response::RoomInvitations(out))
+    }
+
+    /// The rooms `user` is invited to and has not joined.
+    fn open_invitations(&self, user: &UserId) -> Result<Vec<DepartmentRecord>, Refusal> {
         let mut out = Vec::new();
         for room in self.db.rooms()? {
-            if self.db.room_invitations(&room.slug)?.contains(&me.id) {
-                out.push(RoomInvitation {
-                    room: GroupHandle::Room(room.slug.clone()),
-                    name: room.name,
-                    owners: room.owners,
-                });
+            if self.db.room_invitations(&room.slug)?.contains(user) {
+                out.push(room);
             }
         }
-        Ok(Response::RoomInvitations(out))
+        Ok(out)
     }
 
     fn room_or_not_found(

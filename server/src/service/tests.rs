@@ -1145,3 +1145,48 @@ async fn a_colleague_has_only_so_many_devices() {
         .await;
     assert!(matches!(r, Ok(Response::Enrolled { .. })), "{r:?}");
 }
+
+/// One colleague owns at most `MAX_OWNED_ROOMS` rooms, and nobody can give another more
+/// than `MAX_OPEN_INVITATIONS` open invitations: the invitee's list always fits in one
+/// answer.
+#[tokio::test]
+async fn rooms_owned_and_invitations_open_are_bounded() {
+    use super::rooms::{MAX_OPEN_INVITATIONS, MAX_OWNED_ROOMS};
+    let f = Fixture::new().await;
+    let anna = f.user("P1001", &[]).await;
+    let jonas = f.user("P1002", &[]).await;
+    let bernd = f.user("P1003", &[]).await;
+    let create = |i: usize| Request::CreateRoom {
+        slug: DepartmentSlug::parse(&format!("raum-{i:03}")).unwrap(),
+        name: format!("Projekt {i}"),
+    };
+    for i in 0..MAX_OWNED_ROOMS {
+        f.service.handle(&anna, create(i)).await.unwrap();
+        let invite = Request::InviteToRoom {
+            room: GroupHandle::parse(&format!("room/raum-{i:03}")).unwrap(),
+            user: uid("P1002"),
+        };
+        f.service.handle(&anna, invite).await.unwrap();
+    }
+    let r = f.service.handle(&anna, create(MAX_OWNED_ROOMS)).await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::TooLarge);
+
+    f.service.handle(&bernd, create(500)).await.unwrap();
+    let invite = Request::InviteToRoom {
+        room: GroupHandle::parse("room/raum-500").unwrap(),
+        user: uid("P1002"),
+    };
+    let r = f.service.handle(&bernd, invite).await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::TooLarge);
+
+    let answer = f
+        .service
+        .handle(&jonas, Request::RoomInvitations)
+        .await
+        .unwrap();
+    assert!(rathaus_protocol::frame::encode(&answer).is_ok());
+    let Response::RoomInvitations(open) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(open.len(), MAX_OPEN_INVITATIONS);
+}

@@ -109,6 +109,20 @@ pub enum SecretRefused {
     /// Joining a room needs an invitation.
     #[error("nobody invited you to {0}; ask one of its owners")]
     NotInvited(GroupHandle),
+    /// The colleague owns as many rooms as one may.
+    #[error("you own {max} rooms already, the most one colleague may; hand one over or close one")]
+    TooManyRooms {
+        /// The limit.
+        max: usize,
+    },
+    /// The invitee has as many open invitations as one may.
+    #[error("{user} has {max} open room invitations already; they accept or decline some first")]
+    InviteeHasTooMany {
+        /// The invitee.
+        user: UserId,
+        /// The limit.
+        max: usize,
+    },
     /// A commit too large to be read back from the log in one answer.
     #[error(
         "this server accepts commits of at most {limit} bytes, this one has {size}; add fewer \
@@ -146,7 +160,10 @@ impl SecretRefused {
             | Self::NotInvited(_) => ErrorCode::Forbidden,
             Self::Exists(_) => ErrorCode::AlreadyExists,
             Self::RepairBehind { .. } | Self::Stale { .. } => ErrorCode::StaleEpoch,
-            Self::TooManyInvitations { .. } | Self::CommitTooLarge { .. } => ErrorCode::TooLarge,
+            Self::TooManyInvitations { .. }
+            | Self::CommitTooLarge { .. }
+            | Self::TooManyRooms { .. }
+            | Self::InviteeHasTooMany { .. } => ErrorCode::TooLarge,
             Self::NotSecret(_)
             | Self::RepairWithoutMe
             | Self::TooManyKeyPackages(_)
