@@ -234,16 +234,9 @@ impl Operator {
                 revoked: false,
             });
             writes.put_user(&record)?;
-            writes.put_key_packages(
-                user,
-                device,
-                &KeyPackageRecord {
-                    one_time: vec![package.clone()],
-                    last_resort: Some(package),
-                },
-            )?;
             Ok(())
-        })
+        })?;
+        self.substitute_key_packages(user, device, package)
     }
 
     /// Takes `user` off a department's roster (as a transfer or offboarding would) and
