@@ -28,7 +28,8 @@ pub use backend::TestBackend;
 pub use ca::TestCa;
 pub use database::{skip_on_postgres, testing_on_postgres, TestDatabase, TEST_STORE_VAR};
 pub use measure::{
-    contains, dir_size, files_containing, process_cpu_time, rss_kib, shared_endpoint, store_bytes,
+    contains, dir_size, files_containing, process_cpu_time, process_cpu_time_of, rss_kib,
+    shared_endpoint, store_bytes,
 };
 pub use process::{metric_at, parse_listening_line, sibling_bin, workspace_bin, ServerProcess};
 pub use provision::{

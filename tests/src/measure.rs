@@ -40,20 +40,29 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 /// `/proc` counts in USER_HZ ticks, which the kernel ABI fixes at 100 per second, so the
 /// resolution is 10 ms: measure phases of a second or more.
 pub fn process_cpu_time() -> Result<Duration> {
+    cpu_time_of("self")
+}
+
+/// [`process_cpu_time`] of another process, by pid.
+pub fn process_cpu_time_of(pid: u32) -> Result<Duration> {
+    cpu_time_of(&pid.to_string())
+}
+
+fn cpu_time_of(process: &str) -> Result<Duration> {
     const USER_HZ: u64 = 100;
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat"))?;
     // Field 2 (the command) may contain spaces; everything after its ')' is fixed.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("unexpected /proc/self/stat"))?;
+        .ok_or_else(|| anyhow!("unexpected /proc/{process}/stat"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3, utime field 14, stime field 15.
     let ticks = |i: usize| -> Result<u64> {
         fields
             .get(i - 3)
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("no field {i} in /proc/self/stat"))
+            .ok_or_else(|| anyhow!("no field {i} in /proc/{process}/stat"))
     };
     let total = ticks(14)? + ticks(15)?;
     Ok(Duration::from_millis(total * 1000 / USER_HZ))

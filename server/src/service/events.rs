@@ -68,13 +68,13 @@ impl Readers {
     }
 }
 
-/// The bytes of pushed entry frames that the event buffer or a subscriber still holds.
+/// The bytes of pushed entry frames that a subscription's inbox or stream still holds.
 ///
-/// A frame stays in the buffer until every subscriber has taken it, so one subscriber that
-/// stops reading (its phone accepts nothing, its connection stays open) would hold every
-/// frame published after it, up to the buffer's 4,096 of up to 512 KiB each. Past the
-/// bound, entries are stored as always but not pushed: subscribers see the gap at the next
-/// event, or at their next sync, and fetch.
+/// A frame stays in every inbox it was queued in until that subscriber has taken it, so
+/// one subscriber that stops reading (its phone accepts nothing, its connection stays
+/// open) would hold every frame published for it since, up to its inbox's 4,096 of up to
+/// 512 KiB each. Past the bound, entries are stored as always but not pushed: subscribers
+/// see the gap at the next event, or at their next sync, and fetch.
 #[derive(Debug)]
 pub(crate) struct PushedFrames {
     /// Bytes held now.
@@ -322,11 +322,9 @@ impl Service {
         }
     }
 
-    /// Hands `event` to every subscription task; each decides whether its connection
-    /// may see it.
+    /// Queues `event` for the subscriptions that may receive it (see `subscriptions`).
     pub(super) fn publish(&self, event: Broadcast) {
-        // No subscribers is fine.
-        let _ = self.events.send(event);
+        self.subscriptions.publish(event);
     }
 }
 

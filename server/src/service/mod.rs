@@ -38,6 +38,7 @@ mod rooms;
 mod search;
 mod secret;
 mod secret_commit;
+mod subscriptions;
 pub mod throttle;
 mod welcomes;
 
@@ -46,7 +47,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openmls_rust_crypto::RustCrypto;
 use rathaus_protocol::{DeviceId, GroupHandle, Request, Response, Role, SessionInfo, UserId};
-use tokio::sync::broadcast;
 
 use crate::clock::Clock;
 use crate::store::{Db, StoreError, UserRecord};
@@ -62,6 +62,7 @@ pub use operations::AdminCode;
 pub use provisioning::bootstrap;
 pub use refused::{Reason, Refusal};
 pub use retention::RetentionRun;
+pub use subscriptions::Subscription;
 pub use throttle::{Throttle, ThrottlePolicy};
 
 use audit::AuditChain;
@@ -101,8 +102,8 @@ pub struct Service {
     open_departments: open_departments::OpenDepartments,
     /// Which writes are durable.
     durability: Durability,
-    /// Pushed events.
-    events: broadcast::Sender<Broadcast>,
+    /// Pushed events: each subscription's inbox.
+    subscriptions: subscriptions::Subscriptions,
     /// The bytes of pushed entry frames still held, bounded.
     pushed: events::PushedFrames,
     /// Live authenticated connections per user.
@@ -225,7 +226,6 @@ impl Service {
             );
         }
         let log_generation = db.log_generation()?;
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let mut throttle = Throttle::new(policy);
         throttle.restore(attempts::stored_counters(&db)?, clock.now_ms());
         Ok(Self {
@@ -239,7 +239,7 @@ impl Service {
             directory: Mutex::new(()),
             open_departments: open_departments::OpenDepartments::default(),
             durability: Durability::default(),
-            events,
+            subscriptions: subscriptions::Subscriptions::new(EVENT_BUFFER),
             pushed: events::PushedFrames::new(events::PUSHED_BYTES_MAX),
             live: LiveConnections::default(),
             audit: AuditChain::default(),
@@ -276,14 +276,21 @@ impl Service {
         &self.live
     }
 
-    /// A receiver of everything pushed from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Broadcast> {
-        self.events.subscribe()
+    /// A subscription of `device` of `user`: everything pushed from now on that this
+    /// device may receive.
+    pub fn subscribe(&self, user: &UserId, device: DeviceId) -> Subscription {
+        self.subscriptions.subscribe(user, device)
+    }
+
+    /// A subscription to everything pushed from now on, whoever it is for.
+    #[cfg(test)]
+    pub(crate) fn observe(&self) -> Subscription {
+        self.subscriptions.observe()
     }
 
     /// Tells every subscriber that the server is going down.
     pub fn announce_shutdown(&self) {
-        let _ = self.events.send(Broadcast::ShuttingDown);
+        self.subscriptions.publish(Broadcast::ShuttingDown);
     }
 
     /// Waits until every write so far is durable (used at shutdown).

@@ -492,7 +492,7 @@ async fn a_one_time_key_package_is_handed_out_once_then_the_last_resort() {
             last_resort: true
         }
     );
-    let mut events = f.service.subscribe();
+    let mut events = f.service.observe();
 
     let mut seen = Vec::new();
     for expect_last_resort in [false, false, true, true] {
@@ -755,7 +755,7 @@ async fn only_devices_in_the_group_post_and_read_and_joiners_see_nothing_older()
     else {
         panic!()
     };
-    let mut pushes = f.service.subscribe();
+    let mut pushes = f.service.observe();
     let (c, w) = anna.add(&[packages[0].key_package.clone()]);
     let Response::Committed { seq: add_seq, .. } =
         commit(&f.service, &mut anna, c, Some(w)).await.unwrap()
@@ -782,7 +782,7 @@ async fn only_devices_in_the_group_post_and_read_and_joiners_see_nothing_older()
     assert_eq!(welcomes[0].seq, add_seq);
     ben.join(&welcomes[0]);
 
-    let mut events = f.service.subscribe();
+    let mut events = f.service.observe();
     let hello = ben.encrypt(b"Hallo");
     let r = call(&f.service, &ben, mls_post(3, hello.clone()))
         .await
@@ -877,7 +877,7 @@ async fn offboarding_proposes_the_removal_and_asks_an_online_member_to_commit() 
     f.service
         .live()
         .register(&anna.session.user, anna.session.device, 1, Arc::new(Online));
-    let mut events = f.service.subscribe();
+    let mut events = f.service.observe();
 
     f.service
         .handle(
@@ -936,7 +936,7 @@ async fn offboarding_proposes_the_removal_and_asks_an_online_member_to_commit() 
 
     // Done: no further requests.
     f.clock.advance(Duration::from_secs(10));
-    let mut events = f.service.subscribe();
+    let mut events = f.service.observe();
     f.service.drive_removals(true).await;
     assert!(events.try_recv().is_err());
 }
@@ -996,7 +996,7 @@ async fn uncommitted_removals_are_proposed_again_in_the_next_epoch() {
     );
 
     // After five seconds without a commit, the next online member is asked.
-    let mut events = f.service.subscribe();
+    let mut events = f.service.observe();
     f.clock.advance(Duration::from_secs(6));
     f.service.drive_removals(true).await;
     let mut asked = Vec::new();

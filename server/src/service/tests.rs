@@ -1014,7 +1014,7 @@ async fn a_subscriber_that_stops_reading_holds_only_so_many_pushed_frames() {
     f.service.pushed.set_max(256 * 1024);
     let anna = f.user("P1001", &[]).await;
     add_bauamt(&f, &[]).await.unwrap();
-    let stuck = f.service.subscribe();
+    let stuck = f.service.observe();
     let text = "x".repeat(60 * 1024);
     for i in 0..10u8 {
         let r = f.service.handle(&anna, post(bauamt(), i, &text)).await;
@@ -1043,7 +1043,7 @@ async fn a_subscriber_that_stops_reading_holds_only_so_many_pushed_frames() {
 
     drop(stuck);
     assert_eq!(f.service.pushed.held(), 0);
-    let mut live = f.service.subscribe();
+    let mut live = f.service.observe();
     f.service
         .handle(&anna, post(bauamt(), 11, "wieder da"))
         .await

@@ -31,13 +31,15 @@ async fn push(send: &mut SendStream, frame: bytes::Bytes) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs for as long as the phone stays subscribed, in its stream's task: the frames it
-/// encodes itself (`Subscribed`, the rare `GroupsChanged` and `ShuttingDown`) are written
-/// from a box, so the task is sized for the event loop and the shared frames' writes.
+/// Runs for as long as the phone stays subscribed, in its stream's task, which wakes only
+/// for what this device may receive. The frames it encodes itself (`Subscribed`, the rare
+/// `GroupsChanged` and `ShuttingDown`) are written from a box, so the task is sized for
+/// the event loop and the shared frames' writes.
 pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStream) {
     let service = &ctx.server.service;
-    // Subscribe before answering so nothing published after `Subscribed` is missed.
-    let mut events = service.subscribe();
+    // Subscribe before answering so nothing published after `Subscribed` is missed. The
+    // inbox gets only what this device may receive (see `service::subscriptions`).
+    let mut events = service.subscribe(&session.user, session.device);
     let _count = Counted::new(&ctx.server);
     if !Box::pin(write_frame(&mut send, &Response::Subscribed)).await {
         return;
@@ -48,37 +50,18 @@ pub(crate) async fn run(ctx: &ConnectionCtx, session: Session, mut send: SendStr
             e = events.recv() => e,
             _ = stopped => return,
         };
-        let ok = match event {
-            Ok(Broadcast::Posted { frame, readers, .. }) => {
-                if readers.admits(&session.user, session.device) {
-                    let taken = std::time::Instant::now();
-                    let ok = Box::pin(push(&mut send, frame)).await;
-                    service
-                        .metrics()
-                        .fanout_seconds
-                        .observe(taken.elapsed().as_secs_f64());
-                    ok
-                } else {
-                    true
-                }
+        let ok = match event.as_deref() {
+            Ok(Broadcast::Posted { frame, .. }) => {
+                let taken = std::time::Instant::now();
+                let ok = Box::pin(push(&mut send, frame.clone())).await;
+                service
+                    .metrics()
+                    .fanout_seconds
+                    .observe(taken.elapsed().as_secs_f64());
+                ok
             }
-            Ok(Broadcast::Direct {
-                user,
-                device,
-                frame,
-            }) => {
-                if user == session.user && device.is_none_or(|d| d == session.device) {
-                    Box::pin(push(&mut send, frame)).await
-                } else {
-                    true
-                }
-            }
-            Ok(Broadcast::Users { users, frame }) => {
-                if users.contains(&session.user) {
-                    Box::pin(push(&mut send, frame)).await
-                } else {
-                    true
-                }
+            Ok(Broadcast::Direct { frame, .. } | Broadcast::Users { frame, .. }) => {
+                Box::pin(push(&mut send, frame.clone())).await
             }
             Ok(Broadcast::GroupsChanged) => {
                 Box::pin(write_frame(

@@ -5,9 +5,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use rathaus_client::net::Connection;
+use rathaus_protocol::{DepartmentSlug, Request, Response};
 use rathaus_tests::{
-    init_data_dir, provision_users, rss_kib, shared_endpoint, sibling_bin, Provisioning,
-    ServerProcess, TestBackend,
+    init_data_dir, process_cpu_time_of, provision_users, rss_kib, shared_endpoint, sibling_bin,
+    Provisioning, ServerProcess, TestBackend,
 };
 
 use super::relay::connect_all;
@@ -73,8 +75,17 @@ pub(crate) async fn cli_send(runs: usize, suffix: &str) -> Result<Vec<Row>> {
     ))])
 }
 
+/// Rooms created in each half of `targeted-push` (at most half the connections).
+const TARGETED_EVENTS: usize = 200;
+
 /// `idle-connections`: `n` authenticated idle connections to a `rathaus-server` process;
 /// its RSS growth per connection and in total. Baseline: its RSS before any connection.
+///
+/// `targeted-push` on the same server: colleagues create rooms one after another, each
+/// creation pushing `SecretGroupsChanged` to its creator alone; the server's CPU time
+/// per creation while all `n` connections are subscribed. Baseline: the same while none
+/// is (the first half of the creators, before the subscriptions). An event for one
+/// colleague should cost the server the same however many others are subscribed.
 pub(crate) async fn idle_connections(n: usize, suffix: &str) -> Result<Vec<Row>> {
     let tmp = tempfile::tempdir()?;
     let data = init_data_dir(tmp.path())?;
@@ -99,6 +110,8 @@ pub(crate) async fn idle_connections(n: usize, suffix: &str) -> Result<Vec<Row>>
     // Let handshake buffers and per-connection tasks settle into their idle state.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss_kib(pid)?;
+    let events = TARGETED_EVENTS.min(n / 2);
+    let unsubscribed = create_rooms(&conns[..events], 0, pid).await?;
     // Then as phones are when their app is in the background: each also subscribed to
     // its events, a stream held open on both sides.
     let mut subscriptions = Vec::with_capacity(conns.len());
@@ -110,6 +123,7 @@ pub(crate) async fn idle_connections(n: usize, suffix: &str) -> Result<Vec<Row>>
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let subscribed = rss_kib(pid)?;
+    let targeted = create_rooms(&conns[events..2 * events], events, pid).await?;
     let alive = conns
         .iter()
         .filter(|c| c.raw().close_reason().is_none())
@@ -143,6 +157,13 @@ pub(crate) async fn idle_connections(n: usize, suffix: &str) -> Result<Vec<Row>>
             "the same, each connection also subscribed to its events (a phone in the \
              background), {n} connections"
         )),
+        Row::new(format!("targeted-push{suffix}"), targeted, "us/event")
+            .baseline(unsubscribed)
+            .note(format!(
+                "server CPU per room created (its event for the creator alone) with {n} \
+                 connections subscribed; baseline: none subscribed; {events} rooms each, \
+                 10 ms resolution"
+            )),
         Row::new(format!("idle-connections-rss{suffix}"), mib(after), "MiB")
             .baseline(mib(before))
             .bar(1024.0)
@@ -150,4 +171,25 @@ pub(crate) async fn idle_connections(n: usize, suffix: &str) -> Result<Vec<Row>>
                 "server RSS with {n} idle connections; baseline: before the first"
             )),
     ])
+}
+
+/// Each connection creates one room (`raum-{first + i}`), one after another; the server's
+/// CPU time per creation, µs.
+async fn create_rooms(conns: &[Connection], first: usize, pid: u32) -> Result<f64> {
+    let cpu0 = process_cpu_time_of(pid)?;
+    for (i, conn) in conns.iter().enumerate() {
+        let slug = format!("raum-{}", first + i);
+        let request = Request::CreateRoom {
+            slug: DepartmentSlug::parse(&slug)?,
+            name: format!("Raum {}", first + i),
+        };
+        match tokio::time::timeout(Duration::from_secs(60), conn.request(&request)).await {
+            Ok(Ok(Response::Done)) => {}
+            Ok(Ok(other)) => bail!("creating {slug}: {other:?}"),
+            Ok(Err(e)) => bail!("creating {slug}: {e}"),
+            Err(_) => bail!("creating {slug} timed out"),
+        }
+    }
+    let cpu = process_cpu_time_of(pid)?.saturating_sub(cpu0);
+    Ok(cpu.as_secs_f64() * 1e6 / conns.len().max(1) as f64)
 }
